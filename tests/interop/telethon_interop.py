@@ -1,0 +1,388 @@
+"""End-to-end interop: Telethon's MTProxy connection classes -> mtpx -> fake DC.
+
+For each client kind (dd secret + padded intermediate; classic secret + abridged; classic secret
++ intermediate) this starts a fake DC on 127.0.0.1, starts `mtpx simple-run` with
+`--dc-override 2=127.0.0.1:<dc port>`, connects Telethon's connection through it with dc_id 2,
+sends MTProto-shaped packets (small, around the abridged length boundary, pipelined, and one
+large), and checks the answers byte for byte; the fake DC must have seen the client's tag, DC 2,
+exactly the bytes sent and a well-formed proxy->DC frame.  Negative cases: a wrong classic
+secret and a non-dd tag on a dd secret must never reach the DC and must be closed by mtpx.
+mtpx must exit 0 on SIGTERM with no "panic" on stderr.
+
+Env: MTPX_BIN (default target/debug/mtpx), MTPX_VECTORS (default ../shared/vectors/mtg).
+`--reference` runs the same checks against ref_proxy.py (checks the harness itself).
+Last line: "N passed, N failed"; exit status 1 on any failure.  Loopback only.
+"""
+
+import asyncio
+import base64
+import glob
+import json
+import logging
+import os
+import signal
+import socket
+import struct
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+
+import fake_dc  # noqa: E402
+from fake_dc import FakeDc, answer_for, mtproto_plain  # noqa: E402
+
+from telethon.network.connection import (  # noqa: E402
+    ConnectionTcpMTProxyAbridged,
+    ConnectionTcpMTProxyIntermediate,
+    ConnectionTcpMTProxyRandomizedIntermediate,
+)
+from telethon.network.connection.tcpabridged import AbridgedPacketCodec  # noqa: E402
+from telethon.network.connection.tcpintermediate import (  # noqa: E402
+    IntermediatePacketCodec,
+    RandomizedIntermediatePacketCodec,
+)
+from telethon.network.connection.tcpmtproxy import MTProxyIO  # noqa: E402
+
+OVERALL_TIMEOUT = 90
+STEP_TIMEOUT = 30
+
+
+class Loggers(dict):
+    def __missing__(self, key):
+        return logging.getLogger(key)
+
+
+LOGGERS = Loggers()
+RESULTS = []
+PIDS = []  # every proxy started, killed at exit whatever happened
+
+
+def check(name, ok, detail=""):
+    RESULTS.append((name, bool(ok)))
+    line = "%s %s" % ("ok  " if ok else "FAIL", name)
+    if detail and not ok:
+        line += " -- " + detail
+    print(line, flush=True)
+    return bool(ok)
+
+
+def log(msg):
+    print("     " + msg, flush=True)
+
+
+def first_diff(a, b):
+    """Where two byte strings (or lists of them) first differ, for failure messages."""
+    if isinstance(a, list):
+        for i, (x, y) in enumerate(zip(a, b)):
+            if x != y:
+                return "item %d: %s" % (i, first_diff(x, y))
+        return "%d items vs %d" % (len(a), len(b))
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return "lengths %d/%d, first difference at byte %d (%02x vs %02x)" % (
+                len(a), len(b), i, x, y)
+    return "lengths %d/%d, one is a prefix of the other" % (len(a), len(b))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --- harness self-checks (no mtpx needed) ----------------------------------------------------
+
+def b64any(s):
+    s = s.replace("-", "+").replace("_", "/")
+    return base64.b64decode(s + "=" * (-len(s) % 4))
+
+
+async def self_checks():
+    # 1. mtg's obfuscation fixtures: the proxy side of a client frame.
+    vec_dir = os.environ.get("MTPX_VECTORS", os.path.join(ROOT, "..", "shared", "vectors", "mtg"))
+    files = sorted(glob.glob(os.path.join(
+        vec_dir, "mtglib", "internal", "obfuscation", "testdata", "*.json")))
+    if not files:
+        log("no obfuscation vectors under %s: skipped" % vec_dir)
+    for path in files:
+        v = json.load(open(path))
+        key, frame = b64any(v["secret"]), b64any(v["frame"])
+        c2p, p2c = fake_dc.client_keys(frame, key)
+        plain = c2p.apply(frame)
+        dc = struct.unpack("<h", plain[60:62])[0]
+        ok = (plain[56:60] == b"\xdd" * 4 and dc == v["dc"]
+              and c2p.apply(b64any(v["decrypted"]["cipher"])) == b64any(v["decrypted"]["text"])
+              and p2c.apply(b64any(v["encrypted"]["text"])) == b64any(v["encrypted"]["cipher"]))
+        check("self: mtg vector %s" % os.path.basename(path), ok)
+
+    # 2. Telethon's own client frame, parsed with our proxy-side key derivation.
+    key = os.urandom(16)
+    for codec, tag in ((AbridgedPacketCodec, "abridged"), (IntermediatePacketCodec, "intermediate"),
+                       (RandomizedIntermediatePacketCodec, "padded")):
+        header, t_enc, t_dec = MTProxyIO.init_header(key, -2, codec)
+        c2p, p2c = fake_dc.client_keys(header, key)
+        plain = c2p.apply(bytes(header))
+        data = os.urandom(100)
+        ok = (fake_dc.TAGS.get(plain[56:60]) == tag
+              and struct.unpack("<h", plain[60:62])[0] == -2
+              and c2p.apply(t_enc.encrypt(data)) == data
+              and t_dec.encrypt(p2c.apply(data)) == data)
+        check("self: Telethon %s frame parses on the proxy side" % tag, ok)
+
+    # 3. Our DC frame round trip and framing against Telethon's codecs.
+    for tag in ("abridged", "intermediate", "padded"):
+        wire, enc, dec = fake_dc.dc_frame(tag, -4)
+        got_tag, dc, d_dec, d_enc, _ = fake_dc.dc_accept(wire)
+        ok = got_tag == tag and dc == -4 and not fake_dc.frame_problems(wire)
+        ok = ok and d_dec.apply(enc.apply(b"abcd")) == b"abcd" and dec.apply(d_enc.apply(b"x")) == b"x"
+        check("self: DC frame round trip (%s)" % tag, ok)
+
+    codecs = {"abridged": AbridgedPacketCodec, "intermediate": IntermediatePacketCodec,
+              "padded": RandomizedIntermediatePacketCodec}
+    ok = True
+    for tag, codec in codecs.items():
+        for n in (0, 4, 484, 488, 492, 4096, 70000):
+            payload = mtproto_plain(n, os.urandom(n))
+            for raw in (codec(None).encode_packet(payload),
+                        fake_dc.encode_packet(tag, payload, os.urandom(n % 16) if tag == "padded" else b"")):
+                reader = asyncio.StreamReader()
+                reader.feed_data(raw)
+                reader.feed_eof()
+                got = await fake_dc.read_packet(tag, reader.readexactly)
+                ok = ok and got[0] == payload and reader.at_eof()
+                if tag != "padded":  # Telethon decodes ours (its padded reader wants pad < 4)
+                    reader = asyncio.StreamReader()
+                    reader.feed_data(fake_dc.encode_packet(tag, payload))
+                    reader.feed_eof()
+                    ok = ok and await codec(None).read_packet(reader) == payload
+    check("self: transport framing agrees with Telethon's codecs", ok)
+
+
+# --- mtpx process ----------------------------------------------------------------------------
+
+class Proxy:
+    def __init__(self, argv_prefix, secret, overrides):
+        self.port = free_port()
+        self.argv = list(argv_prefix) + ["simple-run", "127.0.0.1:%d" % self.port, secret]
+        for dc, addr in overrides.items():
+            self.argv += ["--dc-override", "%d=%s" % (dc, addr)]
+        self.err = tempfile.TemporaryFile()
+        self.proc = None
+
+    async def start(self):
+        self.proc = await asyncio.create_subprocess_exec(
+            *self.argv, stdin=asyncio.subprocess.DEVNULL,
+            stdout=self.err, stderr=self.err, cwd=HERE)
+        PIDS.append(self.proc.pid)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self.proc.returncode is not None:
+                break
+            try:
+                _r, w = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", self.port), 1)
+                w.close()
+                return True
+            except (OSError, asyncio.TimeoutError):
+                await asyncio.sleep(0.1)
+        return False
+
+    def output(self):
+        self.err.seek(0)
+        return self.err.read().decode("utf-8", "replace")
+
+    async def stop(self, name):
+        if self.proc is None or self.proc.returncode is not None:
+            check("%s: mtpx was still running at the end" % name, False,
+                  "exit code %s" % (self.proc.returncode if self.proc else None))
+        else:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                rc = await asyncio.wait_for(self.proc.wait(), 10)
+                check("%s: mtpx exits 0 on SIGTERM" % name, rc == 0, "exit code %s" % rc)
+            except asyncio.TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+                check("%s: mtpx exits 0 on SIGTERM" % name, False, "still running 10 s after SIGTERM")
+        out = self.output()
+        check("%s: no panic in mtpx output" % name, "panic" not in out.lower(), out[-2000:])
+        return out
+
+
+# --- the cases -------------------------------------------------------------------------------
+
+def new_sessions(dc, before):
+    return dc.sessions[before:]
+
+
+async def wait_until(pred, timeout):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        await asyncio.sleep(0.05)
+    return pred()
+
+
+async def exercise(name, conn_cls, secret, tag, port, dc, dc_id, big_body):
+    """A good client: packets out, answers back, byte for byte."""
+    before = len(dc.sessions)
+    conn = conn_cls("127.0.0.1", 443, dc_id, loggers=LOGGERS, proxy=("127.0.0.1", port, secret))
+    try:
+        await asyncio.wait_for(conn.connect(timeout=5), 10)
+    except Exception as e:  # noqa: BLE001 - reported as a failure
+        check("%s: connects through mtpx" % name, False, "%s: %s" % (type(e).__name__, e))
+        return
+    check("%s: connects through mtpx" % name, True)
+    sent = []
+    msg_id = (int(time.time()) << 32)
+
+    async def roundtrip(bodies, timeout):
+        nonlocal msg_id
+        payloads = []
+        for body in bodies:
+            msg_id += 4
+            payloads.append(mtproto_plain(msg_id, body))
+        for p in payloads:
+            await asyncio.wait_for(conn.send(p), timeout)
+            sent.append(p)
+        got = []
+        for _ in payloads:
+            got.append(await asyncio.wait_for(conn.recv(), timeout))
+        return payloads, got
+
+    try:
+        # 484/488/492-byte bodies put the abridged length right around the 1-byte limit.
+        for size in (4, 100, 484, 488, 492, 4096):
+            ps, got = await roundtrip([os.urandom(size)], 10)
+            if not check("%s: %d-byte body answered byte for byte" % (name, size),
+                         got[0] == answer_for(ps[0]),
+                         first_diff(got[0], answer_for(ps[0]))):
+                break
+        ps, got = await roundtrip([os.urandom(n) for n in (8, 12, 16, 2048, 40)], 10)
+        want = [answer_for(p) for p in ps]
+        check("%s: 5 pipelined packets answered in order" % name, got == want,
+              first_diff(got, want))
+        t0 = time.monotonic()
+        ps, got = await roundtrip([os.urandom(big_body)], STEP_TIMEOUT)
+        check("%s: %d-byte body answered byte for byte" % (name, big_body),
+              got[0] == answer_for(ps[0]), first_diff(got[0], answer_for(ps[0])))
+        log("large packet round trip: %.1f s" % (time.monotonic() - t0))
+    except Exception as e:  # noqa: BLE001
+        check("%s: exchange" % name, False, "%s: %s" % (type(e).__name__, e))
+
+    sess = new_sessions(dc, before)
+    if check("%s: fake DC saw exactly one connection" % name, len(sess) == 1,
+             "saw %d: %s" % (len(sess), [s.summary() for s in sess])):
+        s = sess[0]
+        check("%s: DC got the client's tag (%s)" % (name, tag), s.tag == tag, "got %s" % s.tag)
+        check("%s: DC got dc id %d" % (name, dc_id), s.dc == dc_id, "got %s" % s.dc)
+        check("%s: DC frame obeys the first-bytes rules" % name, not s.frame_problems,
+              "%s; wire frame %s" % (s.frame_problems, s.wire_frame.hex()))
+        check("%s: DC received exactly the packets sent" % name, s.packets == sent,
+              first_diff(s.packets, sent))
+        check("%s: no transport error at the DC" % name, s.error is None, str(s.error))
+        await conn.disconnect()
+        check("%s: mtpx closes the DC side when the client leaves" % name,
+              await wait_until(lambda: s.closed, 5))
+    else:
+        await conn.disconnect()
+
+
+async def rejected(name, conn_cls, secret, port, dc):
+    """A client mtpx must refuse: it is closed, and nothing reaches the DC."""
+    before = len(dc.sessions)
+    conn = conn_cls("127.0.0.1", 443, 2, loggers=LOGGERS, proxy=("127.0.0.1", port, secret))
+    closed, how = False, ""
+    try:
+        # Telethon waits 2 s for the proxy to close after its frame.
+        await asyncio.wait_for(conn.connect(timeout=5), 10)
+        try:
+            await asyncio.wait_for(conn.send(mtproto_plain(4, os.urandom(64))), 3)
+            reply = await asyncio.wait_for(conn.recv(), 5)
+            how = "got a %d-byte reply" % len(reply)
+        except asyncio.TimeoutError:
+            how = "connection still open after 7 s"
+        except (ConnectionError, asyncio.IncompleteReadError) as e:
+            closed, how = True, "closed after first packet (%s)" % type(e).__name__
+    except ConnectionError as e:
+        closed, how = True, str(e)
+    finally:
+        await conn.disconnect()
+    check("%s: mtpx closes the client" % name, closed, how)
+    if closed:
+        log(how)
+    sess = new_sessions(dc, before)
+    check("%s: nothing reaches the DC" % name, not sess, str([s.summary() for s in sess]))
+
+
+async def run_all(argv_prefix):
+    await self_checks()
+    dc = await FakeDc().start()
+    dc_media = await FakeDc().start()
+    log("fake DCs on 127.0.0.1:%d (dc 2) and 127.0.0.1:%d (dc -2)" % (dc.port, dc_media.port))
+    overrides = {2: "127.0.0.1:%d" % dc.port, -2: "127.0.0.1:%d" % dc_media.port}
+    try:
+        # dd secret: padded intermediate (what Telegram apps use with dd secrets).
+        key = os.urandom(16).hex()
+        p = Proxy(argv_prefix, "dd" + key, overrides)
+        if check("dd: mtpx simple-run listens", await p.start(), p.output()[-2000:]):
+            await exercise("dd/padded", ConnectionTcpMTProxyRandomizedIntermediate, "dd" + key,
+                           "padded", p.port, dc, 2, 1 << 20)
+            await exercise("dd/padded dc -2", ConnectionTcpMTProxyRandomizedIntermediate,
+                           "dd" + key, "padded", p.port, dc_media, -2, 256)
+            # Telethon strips "dd" and then speaks intermediate: a dd secret must refuse that.
+            await rejected("dd secret + intermediate tag", ConnectionTcpMTProxyIntermediate,
+                           "dd" + key, p.port, dc)
+        await p.stop("dd")
+
+        key = os.urandom(16).hex()
+        p = Proxy(argv_prefix, key, overrides)
+        if check("classic: mtpx simple-run listens", await p.start(), p.output()[-2000:]):
+            await exercise("classic/abridged", ConnectionTcpMTProxyAbridged, key, "abridged",
+                           p.port, dc, 2, 384 << 10)
+            await exercise("classic/intermediate", ConnectionTcpMTProxyIntermediate, key,
+                           "intermediate", p.port, dc, 2, 384 << 10)
+            await rejected("classic wrong secret", ConnectionTcpMTProxyIntermediate,
+                           os.urandom(16).hex(), p.port, dc)
+        await p.stop("classic")
+    finally:
+        await dc.stop()
+        await dc_media.stop()
+
+
+def main(argv):
+    logging.basicConfig(level=logging.ERROR, format="     telethon: %(message)s")
+    if "--reference" in argv:
+        prefix = [sys.executable, os.path.join(HERE, "ref_proxy.py")]
+    else:
+        binary = os.environ.get("MTPX_BIN", os.path.join(ROOT, "target", "debug", "mtpx"))
+        binary = os.path.abspath(os.path.join(ROOT, binary))
+        if not os.access(binary, os.X_OK):
+            check("mtpx binary exists (%s)" % binary, False, "build it first: cargo build")
+            prefix = None
+        else:
+            prefix = [binary]
+    t0 = time.monotonic()
+    if prefix is not None:
+        try:
+            asyncio.run(asyncio.wait_for(run_all(prefix), OVERALL_TIMEOUT))
+        except asyncio.TimeoutError:
+            check("everything within %d s" % OVERALL_TIMEOUT, False)
+        finally:
+            for pid in PIDS:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+    passed = sum(1 for _, ok in RESULTS if ok)
+    failed = len(RESULTS) - passed
+    print("interop took %.1f s" % (time.monotonic() - t0))
+    print("%d passed, %d failed" % (passed, failed))
+    return 1 if failed or not passed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
