@@ -1,0 +1,78 @@
+# mtpx - see `make help`.  Everything here stays on 127.0.0.1 except `make run`'s proxy itself
+# once a real Telegram client connects to it.
+
+CARGO      ?= cargo
+PYTHON     ?= python3
+TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
+RELEASE    := $(TARGET_DIR)/release/mtpx
+DEBUG_BIN  := $(TARGET_DIR)/debug/mtpx
+HOST       ?= localhost
+PORT       ?= 3128
+RUN_CONFIG := $(TARGET_DIR)/mtpx-run.toml
+
+.DEFAULT_GOAL := help
+.PHONY: help build test unit interop interop-reference lint layering check run clean
+
+help: ## show this list
+	@echo "usage: make <target> [HOST=example.com] [PORT=3128] [SECRET=...] [CARGO=cargo]"
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | \
+		awk 'BEGIN {FS = ":.*## "}; {printf "  %-18s %s\n", $$1, $$2}'
+
+build: ## release binary: target/release/mtpx
+	$(CARGO) build --release --locked
+
+test: unit interop ## cargo tests (all targets), then the Telethon interop against target/debug/mtpx
+
+unit: ## cargo test --locked --all-targets
+	$(CARGO) test --locked --all-targets
+
+interop: ## Telethon -> target/debug/mtpx -> fake DC (makes .venv on first use)
+	$(CARGO) build --locked
+	MTPX_BIN=$(DEBUG_BIN) PYTHON=$(PYTHON) bash tests/interop/run.sh
+
+interop-reference: ## the interop harness against its pure-Python reference proxy
+	PYTHON=$(PYTHON) bash tests/interop/run.sh --reference
+
+lint: ## rustfmt check + clippy with warnings denied
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --locked --all-targets -- -D warnings
+
+# Comments are ignored (text after //), so module docs may say what a layer must not do.
+layering: ## src/proto stays pure; `unsafe` only in src/sys.rs
+	@bad=$$(grep -rnE '\bmio\b|Instant::now|SystemTime::now|getrandom|TcpStream' src/proto \
+		| sed -E 's#//.*$$##' | grep -E '\bmio\b|Instant::now|SystemTime::now|getrandom|TcpStream' \
+		|| true); \
+	if [ -n "$$bad" ]; then \
+		echo "layering: src/proto must not use mio, the clock, getrandom or sockets:"; \
+		echo "$$bad"; exit 1; fi
+	@bad=$$(grep -rnw --include='*.rs' unsafe src | grep -v '^src/sys\.rs:' \
+		| sed -E 's#//.*$$##' | grep -w unsafe || true); \
+	if [ -n "$$bad" ]; then \
+		echo "layering: \`unsafe\` is only allowed in src/sys.rs:"; echo "$$bad"; exit 1; fi
+	@echo "layering: ok"
+
+check: lint layering ## lint + layering rules
+
+# `make run`: fresh ee secret for HOST (default localhost, i.e. nothing real to front for) unless
+# SECRET is given, config in $(RUN_CONFIG) on 127.0.0.1:$(PORT), links, then the proxy itself.
+run: build ## start a local proxy on 127.0.0.1:PORT (3128) and print its links
+	@mkdir -p $(TARGET_DIR)
+	@secret='$(SECRET)'; \
+	if [ -z "$$secret" ]; then secret=$$($(RELEASE) generate-secret $(HOST)) || exit 1; fi; \
+	printf '# written by `make run`\nsecret = "%s"\nbind-to = "127.0.0.1:%s"\n' \
+		"$$secret" '$(PORT)' > $(RUN_CONFIG)
+	@echo "config: $(RUN_CONFIG)"
+	$(RELEASE) access $(RUN_CONFIG) --ipv4 127.0.0.1
+	exec $(RELEASE) run $(RUN_CONFIG)
+
+clean: ## cargo clean and Python caches (keeps .venv)
+	$(CARGO) clean
+	rm -rf tests/interop/__pycache__
+
+# Later issues (not here yet):
+# stress:  cargo test --release -- --ignored
+# bench:   loopback MB/s and handshakes/s (#[ignore] benches)
+# size:    report the stripped release binary size
+# static:  x86_64-unknown-linux-musl build
+# dist:    release archives + checksums
+# ci:      what .ci/run does
