@@ -134,10 +134,8 @@ pub fn base64_std_decode(text: &str) -> Option<Vec<u8>> {
     let t = text.as_bytes();
     let pads = t.iter().rev().take_while(|&&c| c == b'=').count();
     let body = t.get(..t.len() - pads)?;
-    if pads > 0 {
-        if pads > 2 || t.len() % 4 != 0 || (body.len() % 4) + pads != 4 {
-            return None;
-        }
+    if pads > 0 && (pads > 2 || t.len() % 4 != 0 || (body.len() % 4) + pads != 4) {
+        return None;
     }
     b64_decode_unpadded(body, B64_STD)
 }
