@@ -9,7 +9,7 @@ exactly the bytes sent and a well-formed proxy->DC frame.  Negative cases: a wro
 secret and a non-dd tag on a dd secret must never reach the DC and must be closed by mtpx.
 mtpx must exit 0 on SIGTERM with no "panic" on stderr.
 
-Env: MTPX_BIN (default target/debug/mtpx), MTPX_VECTORS (default ../shared/vectors/mtg).
+Env: MTPX_BIN (default target/debug/mtpx), MTPX_VECTORS (default tests/data/mtg).
 `--reference` runs the same checks against ref_proxy.py (checks the harness itself).
 Last line: "N passed, N failed"; exit status 1 on any failure.  Loopback only.
 """
@@ -102,11 +102,10 @@ def b64any(s):
 
 async def self_checks():
     # 1. mtg's obfuscation fixtures: the proxy side of a client frame.
-    vec_dir = os.environ.get("MTPX_VECTORS", os.path.join(ROOT, "..", "shared", "vectors", "mtg"))
+    vec_dir = os.environ.get("MTPX_VECTORS", os.path.join(ROOT, "tests", "data", "mtg"))
     files = sorted(glob.glob(os.path.join(
         vec_dir, "mtglib", "internal", "obfuscation", "testdata", "*.json")))
-    if not files:
-        log("no obfuscation vectors under %s: skipped" % vec_dir)
+    check("self: mtg obfuscation vectors found under %s" % vec_dir, files)
     for path in files:
         v = json.load(open(path))
         key, frame = b64any(v["secret"]), b64any(v["frame"])
@@ -189,6 +188,11 @@ class Proxy:
                 await asyncio.sleep(0.1)
         return False
 
+    def why_not(self):
+        state = ("exited with code %s" % self.proc.returncode if self.proc.returncode is not None
+                 else "running but not accepting on port %d" % self.port)
+        return "%s; argv %s; output: %s" % (state, " ".join(self.argv), self.output()[-2000:])
+
     def output(self):
         self.err.seek(0)
         return self.err.read().decode("utf-8", "replace")
@@ -196,7 +200,7 @@ class Proxy:
     async def stop(self, name):
         if self.proc is None or self.proc.returncode is not None:
             check("%s: mtpx was still running at the end" % name, False,
-                  "exit code %s" % (self.proc.returncode if self.proc else None))
+                  "it exited early with code %s" % (self.proc.returncode if self.proc else None))
         else:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -328,7 +332,7 @@ async def run_all(argv_prefix):
         # dd secret: padded intermediate (what Telegram apps use with dd secrets).
         key = os.urandom(16).hex()
         p = Proxy(argv_prefix, "dd" + key, overrides)
-        if check("dd: mtpx simple-run listens", await p.start(), p.output()[-2000:]):
+        if check("dd: mtpx simple-run listens", await p.start(), p.why_not()):
             await exercise("dd/padded", ConnectionTcpMTProxyRandomizedIntermediate, "dd" + key,
                            "padded", p.port, dc, 2, 1 << 20)
             await exercise("dd/padded dc -2", ConnectionTcpMTProxyRandomizedIntermediate,
@@ -340,7 +344,7 @@ async def run_all(argv_prefix):
 
         key = os.urandom(16).hex()
         p = Proxy(argv_prefix, key, overrides)
-        if check("classic: mtpx simple-run listens", await p.start(), p.output()[-2000:]):
+        if check("classic: mtpx simple-run listens", await p.start(), p.why_not()):
             await exercise("classic/abridged", ConnectionTcpMTProxyAbridged, key, "abridged",
                            p.port, dc, 2, 384 << 10)
             await exercise("classic/intermediate", ConnectionTcpMTProxyIntermediate, key,
