@@ -1,1 +1,187 @@
-//! (being written)
+//! The one module that calls `libc` directly, for what std and mio lack: socket options
+//! (keep-alive tuning, listen backlog), signal handling, and the open-files limit.
+//!
+//! I/O layer. Every `unsafe` block carries a SAFETY comment; nothing else in the crate may use
+//! `unsafe` (`#![deny(unsafe_code)]` at the crate root, allowed only here).
+
+#![allow(unsafe_code)]
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+/// Raises the soft limit of open files to the hard limit. Returns `(soft, hard)` after the call.
+pub fn raise_nofile_limit() -> io::Result<(u64, u64)> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid, writable rlimit struct for the duration of the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let want = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: `want` is a valid rlimit struct; setrlimit only reads it.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &want) } == 0 {
+            lim = want;
+        }
+    }
+    Ok((lim.rlim_cur as u64, lim.rlim_max as u64))
+}
+
+fn setsockopt_int(fd: i32, level: i32, name: i32, value: i32) -> io::Result<()> {
+    // SAFETY: we pass a pointer to a live i32 and its exact size; the kernel only reads it.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&value as *const i32).cast(),
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Turns on TCP keep-alive with the given idle time, probe interval and probe count.
+pub fn set_keepalive(
+    sock: &impl AsRawFd,
+    idle: Duration,
+    interval: Duration,
+    count: u32,
+) -> io::Result<()> {
+    let fd = sock.as_raw_fd();
+    let secs = |d: Duration| d.as_secs().clamp(1, i32::MAX as u64) as i32;
+    setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1)?;
+    setsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, secs(idle))?;
+    setsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, secs(interval))?;
+    setsockopt_int(
+        fd,
+        libc::IPPROTO_TCP,
+        libc::TCP_KEEPCNT,
+        count.clamp(1, 127) as i32,
+    )
+}
+
+/// Sets `TCP_USER_TIMEOUT`: how long sent data may stay unacknowledged before the kernel
+/// drops the connection (bounds the life of a connection to a vanished peer).
+pub fn set_user_timeout(sock: &impl AsRawFd, timeout: Duration) -> io::Result<()> {
+    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+    setsockopt_int(
+        sock.as_raw_fd(),
+        libc::IPPROTO_TCP,
+        libc::TCP_USER_TIMEOUT,
+        ms,
+    )
+}
+
+/// Re-issues `listen` with a larger backlog on an already listening socket (Linux updates the
+/// backlog in place).
+pub fn set_listen_backlog(sock: &impl AsRawFd, backlog: i32) -> io::Result<()> {
+    // SAFETY: `listen` takes a file descriptor and an integer; an invalid fd yields an error.
+    if unsafe { libc::listen(sock.as_raw_fd(), backlog) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Signals seen since start, as bits: 1 = SIGTERM/SIGINT (stop), 2 = SIGHUP (reload).
+static SIGNALS: AtomicUsize = AtomicUsize::new(0);
+/// Bit set in [`take_signals`] when SIGTERM or SIGINT arrived.
+pub const SIG_STOP: usize = 1;
+/// Bit set in [`take_signals`] when SIGHUP arrived.
+pub const SIG_RELOAD: usize = 2;
+
+extern "C" fn on_signal(sig: libc::c_int) {
+    // Only an atomic store: async-signal-safe.
+    let bit = if sig == libc::SIGHUP {
+        SIG_RELOAD
+    } else {
+        SIG_STOP
+    };
+    SIGNALS.fetch_or(bit, Ordering::SeqCst);
+}
+
+/// Installs handlers for SIGTERM, SIGINT and SIGHUP that only record the signal (see
+/// [`take_signals`]), and ignores SIGPIPE (a write to a closed socket is an error, not death).
+pub fn install_signal_handlers() -> io::Result<()> {
+    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+        // SAFETY: a zeroed sigaction is a valid starting value; we set the handler to an
+        // `extern "C"` function that only performs an atomic store, which is async-signal-safe.
+        let rc = unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_signal as *const () as libc::sighandler_t;
+            sa.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(sig, &sa, std::ptr::null_mut())
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    // SAFETY: setting SIGPIPE to SIG_IGN is always valid.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
+    Ok(())
+}
+
+/// Returns and clears the signals recorded since the last call ([`SIG_STOP`], [`SIG_RELOAD`]).
+pub fn take_signals() -> usize {
+    SIGNALS.swap(0, Ordering::SeqCst)
+}
+
+/// CPU time (user + system) consumed by this process so far.
+pub fn process_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec for the duration of the call.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nofile_limit_is_raised_to_hard() {
+        let (soft, hard) = raise_nofile_limit().expect("getrlimit");
+        assert_eq!(soft, hard);
+    }
+
+    #[test]
+    fn keepalive_and_backlog_apply_to_real_sockets() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        set_listen_backlog(&l, 4096).unwrap();
+        let s = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        set_keepalive(&s, Duration::from_secs(30), Duration::from_secs(10), 3).unwrap();
+        set_user_timeout(&s, Duration::from_secs(60)).unwrap();
+    }
+
+    #[test]
+    fn cpu_time_advances() {
+        let a = process_cpu_time();
+        let mut x = 0u64;
+        for i in 0..5_000_000u64 {
+            x = x.wrapping_add(i * i);
+        }
+        std::hint::black_box(x);
+        assert!(process_cpu_time() > a);
+    }
+}

@@ -1,1 +1,267 @@
-//! (being written)
+//! The reactor: worker threads, each with its own mio `Poll`, connection slab and buffer pool.
+//!
+//! I/O layer: the only part of mtpx that touches sockets, threads and the clock (with
+//! [`crate::sys`] for the few calls std and mio lack). Protocol decisions are made by
+//! [`crate::proto`]; [`conn`] glues the two together.
+
+mod conn;
+mod pool;
+mod worker;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use mio::{Poll, Waker};
+
+use crate::config::Config;
+use crate::log::Level;
+use crate::proto::Rng;
+use crate::proto::dc::DcTable;
+use crate::proto::replay::ReplayFilter;
+
+/// Counters shared by all workers; touched per connection event, never per packet.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Connections accepted (within the concurrency limit).
+    pub accepted: AtomicU64,
+    /// Connections closed at once because `concurrency` was reached.
+    pub limited: AtomicU64,
+    /// Handshakes that reached the DC-connect stage.
+    pub handshakes: AtomicU64,
+    /// Handshakes rejected (bad secret, probe, timeout, replay…).
+    pub rejected: AtomicU64,
+    /// Connections for which no DC address could be reached.
+    pub dc_failures: AtomicU64,
+    /// Connections closed (for any reason).
+    pub closed: AtomicU64,
+    /// Payload bytes from clients to DCs (counted when a connection closes).
+    pub bytes_up: AtomicU64,
+    /// Payload bytes from DCs to clients (counted when a connection closes).
+    pub bytes_down: AtomicU64,
+}
+
+/// State shared by all workers.
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    pub(crate) dc: DcTable,
+    replay: Option<Mutex<ReplayFilter>>,
+    pub(crate) active: AtomicUsize,
+    pub(crate) stop: AtomicBool,
+    pub(crate) grace: Duration,
+    pub(crate) stats: Arc<Stats>,
+}
+
+impl Shared {
+    /// True if this handshake nonce was seen within the clock-skew window (and records it).
+    pub(crate) fn is_replay(&self, digest: &[u8], now_unix: u64) -> bool {
+        match &self.replay {
+            Some(m) => match m.lock() {
+                Ok(mut f) => f.check_and_insert(digest, now_unix),
+                Err(poisoned) => poisoned.into_inner().check_and_insert(digest, now_unix),
+            },
+            None => false,
+        }
+    }
+}
+
+/// The operating system's random source, behind [`Rng`].
+#[derive(Default)]
+pub(crate) struct OsRng;
+
+impl Rng for OsRng {
+    fn fill(&mut self, buf: &mut [u8]) {
+        if getrandom::fill(buf).is_err() {
+            // The OS random source does not fail on Linux once seeded; if it ever does, a
+            // proxy without randomness must not go on.
+            crate::log_event!(Level::Error, "fatal", reason = "getrandom failed");
+            std::process::abort();
+        }
+    }
+}
+
+/// Seconds since the Unix epoch by the system clock.
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// A running proxy: its workers, its address and its counters.
+pub struct Proxy {
+    shared: Arc<Shared>,
+    wakers: Vec<Arc<Waker>>,
+    threads: Vec<JoinHandle<()>>,
+    local_addr: SocketAddr,
+}
+
+impl Proxy {
+    /// The address the proxy listens on (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Live counters.
+    pub fn stats(&self) -> Arc<Stats> {
+        self.shared.stats.clone()
+    }
+
+    /// Connections currently open.
+    pub fn active(&self) -> usize {
+        self.shared.active.load(Ordering::Relaxed)
+    }
+
+    /// Stops accepting, lets relayed connections finish for up to the grace period, then
+    /// closes what is left and joins the workers.
+    pub fn shutdown(mut self) {
+        self.stop_and_join();
+    }
+
+    fn stop_and_join(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        for w in &self.wakers {
+            let _ = w.wake();
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop_and_join();
+    }
+}
+
+/// Binds the listener and starts the workers. Returns once the proxy accepts connections.
+pub fn start(config: Config) -> io::Result<Proxy> {
+    start_with_grace(config, Duration::from_secs(10))
+}
+
+/// [`start`] with a chosen shutdown grace period.
+pub fn start_with_grace(config: Config, grace: Duration) -> io::Result<Proxy> {
+    let listener = mio::net::TcpListener::bind(config.bind_to).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot listen on {}: {e}", config.bind_to),
+        )
+    })?;
+    let listener: std::net::TcpListener = listener.into();
+    let _ = crate::sys::set_listen_backlog(&listener, 4096);
+    let local_addr = listener.local_addr()?;
+
+    let workers = config.workers.max(1);
+    let replay = if config.anti_replay.enabled {
+        let mut key = [0u8; 16];
+        OsRng.fill(&mut key);
+        // Remember handshakes for the whole window in which their timestamps stay acceptable:
+        // a timestamp up to `tolerance` in the future stays valid until 2 × tolerance later.
+        let window = 2 * config.tolerate_time_skewness.as_secs() + 2;
+        Some(Mutex::new(ReplayFilter::new(
+            config.anti_replay.max_size,
+            window,
+            key,
+        )))
+    } else {
+        None
+    };
+    let dc = DcTable::new(config.prefer_ip, &config.dc_overrides);
+    let per_worker_conns = config.concurrency + 1;
+    let per_worker_bufs = (config.buffer_count / workers).max(2);
+    let shared = Arc::new(Shared {
+        dc,
+        replay,
+        active: AtomicUsize::new(0),
+        stop: AtomicBool::new(false),
+        grace,
+        stats: Arc::new(Stats::default()),
+        config,
+    });
+
+    let mut wakers = Vec::with_capacity(workers);
+    let mut threads = Vec::with_capacity(workers);
+    for index in 0..workers {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), worker::WAKER)?);
+        let worker = worker::Worker::new(
+            index,
+            poll,
+            listener.try_clone()?,
+            shared.clone(),
+            per_worker_conns,
+            per_worker_bufs,
+        )?;
+        let handle = std::thread::Builder::new()
+            .name(format!("mtpx-worker-{index}"))
+            .spawn(move || worker.run())?;
+        wakers.push(waker);
+        threads.push(handle);
+    }
+    Ok(Proxy {
+        shared,
+        wakers,
+        threads,
+        local_addr,
+    })
+}
+
+/// Runs the proxy in the foreground until SIGTERM or SIGINT, then shuts down gracefully.
+pub fn run(config: Config) -> io::Result<()> {
+    crate::sys::install_signal_handlers()?;
+    match crate::sys::raise_nofile_limit() {
+        Ok((soft, _)) => {
+            // Each relayed connection holds two sockets.
+            let need = 2 * config.concurrency as u64 + 64;
+            if soft < need {
+                crate::log_event!(
+                    Level::Warn,
+                    "fd-limit-low",
+                    limit = soft,
+                    concurrency = config.concurrency,
+                    fits = soft.saturating_sub(64) / 2,
+                    hint = "lower concurrency or raise the hard open-files limit"
+                );
+            }
+        }
+        Err(e) => crate::log_event!(Level::Warn, "fd-limit-unknown", error = e),
+    }
+    let secret_kind = config.secret.kind;
+    let workers = config.workers;
+    let proxy = start(config)?;
+    crate::log_event!(
+        Level::Info,
+        "proxy-started",
+        bind = proxy.local_addr(),
+        workers = workers,
+        secret_kind = match secret_kind {
+            crate::proto::secret::SecretKind::FakeTls => "faketls",
+            crate::proto::secret::SecretKind::Secure => "dd",
+            crate::proto::secret::SecretKind::Classic => "classic",
+        }
+    );
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        let sig = crate::sys::take_signals();
+        if sig & crate::sys::SIG_STOP != 0 {
+            crate::log_event!(Level::Info, "shutdown-started", active = proxy.active());
+            break;
+        }
+    }
+    let stats = proxy.stats();
+    proxy.shutdown();
+    crate::log_event!(
+        Level::Info,
+        "proxy-stopped",
+        accepted = stats.accepted.load(Ordering::Relaxed),
+        handshakes = stats.handshakes.load(Ordering::Relaxed),
+        rejected = stats.rejected.load(Ordering::Relaxed),
+        bytes_up = stats.bytes_up.load(Ordering::Relaxed),
+        bytes_down = stats.bytes_down.load(Ordering::Relaxed)
+    );
+    Ok(())
+}

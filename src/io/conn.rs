@@ -1,0 +1,844 @@
+//! One client connection: an explicit state machine driven by cached socket readiness.
+//!
+//! I/O layer glue between mio sockets and the pure [`crate::proto`] code.
+//!
+//! ```text
+//! Handshake ──(valid client)──► Connecting ──(DC socket up)──► Relay ──► Closed
+//!     │ (FakeTLS: ClientHello → ServerHello flight → obfuscated2 frame in app-data records;
+//!     │  dd / classic: obfuscated2 frame)
+//!     └─(bad handshake, timeout)──► Closed   (fronting replaces this in a later stage)
+//! ```
+//!
+//! Invariants:
+//! * Each direction ([`Half`]) holds a pool buffer only while bytes are in flight; an idle
+//!   connection holds none. When the pool is empty the direction waits (backpressure).
+//! * Bytes are transformed in place: client→DC = [deframe TLS records] → decrypt with the
+//!   client key → encrypt with the DC key; DC→client = decrypt with the DC key → encrypt with
+//!   the client key → [frame into TLS records, header written in reserved room].
+//! * Readiness is edge-triggered: a bit is cleared only when an operation returns WouldBlock.
+//! * A direction moves at most [`TURN_BUDGET`] bytes per turn, then the connection is requeued,
+//!   so one bulk transfer cannot starve the others.
+
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::time::{Duration, Instant};
+
+use aes::cipher::StreamCipher;
+use mio::net::TcpStream;
+use mio::{Interest, Registry, Token};
+
+use super::pool::{BufId, Pool};
+use super::{OsRng, Shared};
+use crate::log::Level;
+use crate::proto::faketls::{self, HelloRead, RecordReader};
+use crate::proto::obfs2::{self, AesCtr, Tag};
+use crate::proto::secret::SecretKind;
+use crate::proto::{Reject, Rng};
+
+/// Readiness bit: the socket may have bytes to read (or an EOF/error to report).
+pub(crate) const R: u8 = 1;
+/// Readiness bit: the socket may accept bytes (or has an error to report).
+pub(crate) const W: u8 = 2;
+/// Index of the client socket in [`Conn::ready`] and in tokens.
+pub(crate) const CLIENT: usize = 0;
+/// Index of the upstream (DC) socket.
+pub(crate) const UPSTREAM: usize = 1;
+
+/// Bytes a direction may move in one turn before yielding to other connections.
+pub(crate) const TURN_BUDGET: usize = 256 * 1024;
+
+/// Length of a TLS record header.
+const HDR: usize = faketls::RECORD_HEADER_LEN;
+
+/// Where a connection is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Reading the client's handshake (FakeTLS hello and/or obfuscated2 frame).
+    Handshake,
+    /// Connecting to a datacenter address.
+    Connecting,
+    /// Relaying bytes both ways.
+    Relay,
+    /// Done; the slot is freed at the end of the event batch.
+    Closed,
+}
+
+/// Why a connection ended (for logs and statistics).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum CloseReason {
+    /// Both directions finished cleanly.
+    Done,
+    /// The client's handshake was rejected.
+    Rejected(Reject),
+    /// No datacenter address could be reached.
+    DcUnreachable,
+    /// The client asked for a DC we do not know, and fallback is off.
+    UnknownDc,
+    /// No traffic for the idle timeout.
+    Idle,
+    /// A socket error (reset, broken pipe…).
+    Error(ErrorKind),
+    /// The proxy is shutting down.
+    Shutdown,
+}
+
+impl CloseReason {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::Done => "done",
+            CloseReason::Rejected(r) => r.as_str(),
+            CloseReason::DcUnreachable => "dc-unreachable",
+            CloseReason::UnknownDc => "unknown-dc",
+            CloseReason::Idle => "idle-timeout",
+            CloseReason::Error(_) => "socket-error",
+            CloseReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// One direction of the relay and its buffer window `[start, end)`.
+#[derive(Debug, Default)]
+pub(crate) struct Half {
+    buf: Option<BufId>,
+    start: usize,
+    end: usize,
+    /// The source sent EOF.
+    eof: bool,
+    /// `shutdown(Write)` was sent to the destination after EOF and a full flush.
+    shut: bool,
+}
+
+impl Half {
+    fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+
+    fn done(&self) -> bool {
+        self.eof && self.is_empty()
+    }
+
+    fn release(&mut self, pool: &mut Pool) {
+        if let Some(id) = self.buf.take() {
+            pool.release(id);
+        }
+        self.start = 0;
+        self.end = 0;
+    }
+}
+
+/// The four stream ciphers of a relayed connection.
+pub(crate) struct Keys {
+    /// client → proxy
+    client_dec: AesCtr,
+    /// proxy → client
+    client_enc: AesCtr,
+    /// proxy → DC
+    dc_enc: AesCtr,
+    /// DC → proxy
+    dc_dec: AesCtr,
+}
+
+/// Per-turn context handed to a connection by its worker.
+pub(crate) struct Ctx<'a> {
+    pub(crate) pool: &'a mut Pool,
+    pub(crate) shared: &'a Shared,
+    pub(crate) registry: &'a Registry,
+    pub(crate) rng: &'a mut OsRng,
+    pub(crate) scratch: &'a mut [u8],
+    pub(crate) now: Instant,
+    /// Set by the connection: it needs a buffer and the pool is empty.
+    pub(crate) want_buffer: bool,
+    /// Set by the connection: it stopped on its byte budget and must run again soon.
+    pub(crate) requeue: bool,
+}
+
+/// A client connection and, once connected, its datacenter socket.
+pub(crate) struct Conn {
+    pub(crate) id: u64,
+    pub(crate) peer: SocketAddr,
+    slot: usize,
+    client: TcpStream,
+    upstream: Option<TcpStream>,
+    /// Cached readiness bits ([`R`], [`W`]) of the client and upstream sockets.
+    pub(crate) ready: [u8; 2],
+    pub(crate) phase: Phase,
+    /// client → DC
+    up: Half,
+    /// DC → client
+    down: Half,
+    /// Some once a FakeTLS client finished its hello: its bytes arrive in TLS records.
+    tls: Option<RecordReader>,
+    keys: Option<Keys>,
+    /// Deadline of the current phase (handshake, connect) or of idleness (relay).
+    pub(crate) deadline: Instant,
+    started: Instant,
+    /// DC requested by the client and the address being tried.
+    dc: i16,
+    dc_send: i16,
+    addr_idx: usize,
+    pub(crate) queued: bool,
+    pub(crate) waiting_buf: bool,
+    pub(crate) reason: CloseReason,
+    /// Payload bytes received from the client / sent to the client (after the handshake).
+    pub(crate) bytes_up: u64,
+    pub(crate) bytes_down: u64,
+}
+
+fn token(slot: usize, side: usize) -> Token {
+    Token(slot << 1 | side)
+}
+
+fn apply(c: &mut AesCtr, data: &mut [u8]) {
+    c.apply_keystream(data);
+}
+
+impl Conn {
+    /// Registers a freshly accepted client socket and starts its handshake.
+    pub(crate) fn new(
+        id: u64,
+        slot: usize,
+        mut client: TcpStream,
+        peer: SocketAddr,
+        ctx: &mut Ctx<'_>,
+    ) -> io::Result<Conn> {
+        ctx.registry.register(
+            &mut client,
+            token(slot, CLIENT),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        let _ = client.set_nodelay(true);
+        Ok(Conn {
+            id,
+            peer,
+            slot,
+            client,
+            upstream: None,
+            ready: [0, 0],
+            phase: Phase::Handshake,
+            up: Half::default(),
+            down: Half::default(),
+            tls: None,
+            keys: None,
+            deadline: ctx.now + ctx.shared.config.timeouts.handshake,
+            started: ctx.now,
+            dc: 0,
+            dc_send: 0,
+            addr_idx: 0,
+            queued: false,
+            waiting_buf: false,
+            reason: CloseReason::Done,
+            bytes_up: 0,
+            bytes_down: 0,
+        })
+    }
+
+    /// How long the connection has existed.
+    pub(crate) fn age(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.started)
+    }
+
+    /// DC the client asked for (0 before the handshake finished).
+    pub(crate) fn dc(&self) -> i16 {
+        self.dc
+    }
+
+    /// Releases buffers and sockets. Idempotent.
+    pub(crate) fn close(&mut self, reason: CloseReason, ctx: &mut Ctx<'_>) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        self.phase = Phase::Closed;
+        self.reason = reason;
+        self.up.release(ctx.pool);
+        self.down.release(ctx.pool);
+        let _ = ctx.registry.deregister(&mut self.client);
+        if let Some(mut up) = self.upstream.take() {
+            let _ = ctx.registry.deregister(&mut up);
+        }
+        self.keys = None;
+    }
+
+    /// Handles a deadline check. Call periodically; closes or moves on when the deadline passed.
+    pub(crate) fn handle_timeout(&mut self, ctx: &mut Ctx<'_>) {
+        if self.phase == Phase::Closed || ctx.now < self.deadline {
+            return;
+        }
+        match self.phase {
+            Phase::Handshake => self.close(CloseReason::Rejected(Reject::Timeout), ctx),
+            Phase::Connecting => self.next_address(ctx),
+            Phase::Relay => self.close(CloseReason::Idle, ctx),
+            Phase::Closed => {}
+        }
+    }
+
+    /// Drives the connection with its cached readiness. Call after new events, after a buffer
+    /// became free if [`Ctx::want_buffer`] was set, and again soon if [`Ctx::requeue`] was set.
+    pub(crate) fn ready(&mut self, ctx: &mut Ctx<'_>) {
+        let result = match self.phase {
+            Phase::Handshake => self.handshake(ctx),
+            Phase::Connecting => self.connecting(ctx),
+            Phase::Relay => self.relay(ctx),
+            Phase::Closed => Ok(()),
+        };
+        if let Err(reason) = result {
+            self.close(reason, ctx);
+        }
+    }
+
+    // ---------------------------------------------------------------- handshake
+
+    fn handshake(&mut self, ctx: &mut Ctx<'_>) -> Result<(), CloseReason> {
+        // Flush the FakeTLS server flight if one is pending.
+        if !self.down.is_empty() && self.ready[CLIENT] & W != 0 {
+            let id = self.down.buf.expect("non-empty half has a buffer");
+            let buf = ctx.pool.get(id);
+            match write_some(&self.client, &buf[self.down.start..self.down.end]) {
+                Ok(n) => self.down.start += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => self.ready[CLIENT] &= !W,
+                Err(e) => return Err(CloseReason::Error(e.kind())),
+            }
+            if self.down.is_empty() {
+                self.down.release(ctx.pool);
+            }
+        }
+        if self.up.end > 0 {
+            // Bytes gathered before a pause (e.g. waiting for a pool buffer): look again.
+            self.advance_handshake(ctx)?;
+            if self.phase != Phase::Handshake {
+                return Ok(());
+            }
+        }
+        if self.ready[CLIENT] & R == 0 || self.up.eof {
+            return Ok(());
+        }
+        if self.up.buf.is_none() {
+            match ctx.pool.checkout() {
+                Some(id) => self.up.buf = Some(id),
+                None => {
+                    ctx.want_buffer = true;
+                    return Ok(());
+                }
+            }
+        }
+        let id = self.up.buf.expect("checked out above");
+        loop {
+            let cap = ctx.pool.buf_size();
+            if self.up.end >= cap {
+                return Err(CloseReason::Rejected(Reject::TooLarge));
+            }
+            let buf = ctx.pool.get(id);
+            match (&self.client).read(&mut buf[self.up.end..]) {
+                Ok(0) => {
+                    self.up.eof = true;
+                    // Decide on what we have; an incomplete handshake then ends in Eof.
+                    self.advance_handshake(ctx)?;
+                    if self.phase == Phase::Handshake {
+                        return Err(CloseReason::Rejected(Reject::Eof));
+                    }
+                    return Ok(());
+                }
+                Ok(n) => {
+                    if self.tls.is_some() {
+                        // After the hello: new bytes are TLS records; keep only their payload.
+                        let tls = self.tls.as_mut().expect("checked");
+                        let m = tls
+                            .deframe_in_place(&mut buf[self.up.end..self.up.end + n])
+                            .map_err(CloseReason::Rejected)?;
+                        self.up.end += m;
+                    } else {
+                        self.up.end += n;
+                    }
+                    self.advance_handshake(ctx)?;
+                    if self.phase != Phase::Handshake {
+                        return Ok(());
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    self.ready[CLIENT] &= !R;
+                    return Ok(());
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(CloseReason::Error(e.kind())),
+            }
+        }
+    }
+
+    /// Looks at the bytes gathered so far and moves the handshake on as far as they allow.
+    fn advance_handshake(&mut self, ctx: &mut Ctx<'_>) -> Result<(), CloseReason> {
+        let kind = ctx.shared.config.secret.kind;
+        if kind == SecretKind::FakeTls && self.tls.is_none() {
+            let id = self.up.buf.expect("handshake reads into a buffer");
+            let input = &ctx.pool.get(id)[..self.up.end];
+            match faketls::read_client_hello(input, ctx.scratch) {
+                HelloRead::NeedMore => return Ok(()),
+                HelloRead::Invalid(r) => return Err(CloseReason::Rejected(r)),
+                HelloRead::Complete { consumed, msg_len } => {
+                    self.accept_hello(consumed, msg_len, ctx)?;
+                }
+            }
+            if self.tls.is_none() {
+                // Waiting for a buffer to answer the hello.
+                return Ok(());
+            }
+        }
+        if self.up.end - self.up.start >= obfs2::FRAME_LEN {
+            self.accept_frame(ctx)?;
+        }
+        Ok(())
+    }
+
+    /// A complete ClientHello is in `scratch[..msg_len]`: verify it, answer with the server
+    /// flight, and switch the client side to TLS records.
+    fn accept_hello(
+        &mut self,
+        consumed: usize,
+        msg_len: usize,
+        ctx: &mut Ctx<'_>,
+    ) -> Result<(), CloseReason> {
+        // Take the buffer for our answer first, so that a busy pool delays the answer without
+        // having consumed the hello's anti-replay entry.
+        let Some(down) = ctx.pool.checkout() else {
+            ctx.want_buffer = true;
+            return Ok(());
+        };
+        let shared = ctx.shared;
+        let secret = &shared.config.secret;
+        let msg = &ctx.scratch[..msg_len];
+        let checked = faketls::parse_client_hello(msg).and_then(|hello| {
+            let now_unix = super::unix_now();
+            faketls::verify_client_hello(
+                &hello,
+                msg,
+                &secret.key,
+                secret.host.as_bytes(),
+                now_unix,
+                shared.config.tolerate_time_skewness.as_secs(),
+            )?;
+            if shared.is_replay(&hello.random, now_unix) {
+                return Err(Reject::Replay);
+            }
+            Ok(hello)
+        });
+        let hello = match checked {
+            Ok(h) => h,
+            Err(r) => {
+                ctx.pool.release(down);
+                return Err(CloseReason::Rejected(r));
+            }
+        };
+        let (_, public) = crate::proto::x25519::keypair(ctx.rng);
+        let noise = 2500 + ctx.rng.below(2200) as usize;
+        let out = ctx.pool.get(down);
+        let n = faketls::write_server_hello(out, &hello, &secret.key, ctx.rng, noise, &public);
+        if n == 0 {
+            ctx.pool.release(down);
+            return Err(CloseReason::Error(ErrorKind::OutOfMemory));
+        }
+        self.down.buf = Some(down);
+        self.down.start = 0;
+        self.down.end = n;
+        // Whatever followed the hello is TLS records: keep their payload only.
+        let id = self.up.buf.expect("hello was read into a buffer");
+        let buf = ctx.pool.get(id);
+        let rest = self.up.end - consumed;
+        buf.copy_within(consumed..self.up.end, 0);
+        let mut reader = RecordReader::new();
+        let m = reader
+            .deframe_in_place(&mut buf[..rest])
+            .map_err(CloseReason::Rejected)?;
+        self.up.start = 0;
+        self.up.end = m;
+        self.tls = Some(reader);
+        // Send the flight right away (the client waits for it before sending its frame).
+        let buf = ctx.pool.get(down);
+        match write_some(&self.client, &buf[..n]) {
+            Ok(w) => self.down.start = w,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => self.ready[CLIENT] &= !W,
+            Err(e) => return Err(CloseReason::Error(e.kind())),
+        }
+        if self.down.is_empty() {
+            self.down.release(ctx.pool);
+        }
+        Ok(())
+    }
+
+    /// The obfuscated2 frame is at `up[start..start+64]`: derive keys, pick the DC, replace the
+    /// frame in place with our frame toward the DC, re-encrypt what followed, start connecting.
+    fn accept_frame(&mut self, ctx: &mut Ctx<'_>) -> Result<(), CloseReason> {
+        let shared = ctx.shared;
+        let secret = &shared.config.secret;
+        let id = self.up.buf.expect("frame was read into a buffer");
+        let buf = ctx.pool.get(id);
+        let s = self.up.start;
+        let mut frame = [0u8; obfs2::FRAME_LEN];
+        frame.copy_from_slice(&buf[s..s + obfs2::FRAME_LEN]);
+        let hs = obfs2::client_handshake(&frame, &secret.key).map_err(CloseReason::Rejected)?;
+        if secret.kind == SecretKind::Secure && hs.tag != Tag::Padded {
+            return Err(CloseReason::Rejected(Reject::ObfsTagNotAllowed));
+        }
+        if secret.kind != SecretKind::FakeTls {
+            // FakeTLS hellos were checked against replay already; here the frame is the nonce.
+            if shared.is_replay(&obfs2::replay_key(&frame), super::unix_now()) {
+                return Err(CloseReason::Rejected(Reject::Replay));
+            }
+        }
+        self.dc = hs.dc;
+        let Some((dc_send, _)) = shared
+            .dc
+            .lookup_or_fallback(hs.dc, shared.config.allow_fallback_on_unknown_dc)
+        else {
+            return Err(CloseReason::UnknownDc);
+        };
+        self.dc_send = dc_send;
+        let mut dch = obfs2::dc_handshake(ctx.rng, hs.tag, dc_send);
+        let mut client_dec = hs.decrypt;
+        // Our frame replaces the client's, then the client's early data follows re-encrypted.
+        buf[s..s + obfs2::FRAME_LEN].copy_from_slice(&dch.frame);
+        let rest = &mut buf[s + obfs2::FRAME_LEN..self.up.end];
+        apply(&mut client_dec, rest);
+        apply(&mut dch.encrypt, rest);
+        self.bytes_up += rest.len() as u64;
+        self.keys = Some(Keys {
+            client_dec,
+            client_enc: hs.encrypt,
+            dc_enc: dch.encrypt,
+            dc_dec: dch.decrypt,
+        });
+        ctx.shared
+            .stats
+            .handshakes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.addr_idx = 0;
+        self.start_connect(ctx);
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- connecting
+
+    fn addresses<'s>(&self, shared: &'s Shared) -> &'s [SocketAddr] {
+        shared
+            .dc
+            .lookup_or_fallback(self.dc, shared.config.allow_fallback_on_unknown_dc)
+            .map(|(_, a)| a)
+            .unwrap_or(&[])
+    }
+
+    /// Starts a nonblocking connect to the current address, skipping addresses that fail at once.
+    fn start_connect(&mut self, ctx: &mut Ctx<'_>) {
+        self.phase = Phase::Connecting;
+        let shared = ctx.shared;
+        loop {
+            let addrs = self.addresses(shared);
+            let Some(&addr) = addrs.get(self.addr_idx) else {
+                shared
+                    .stats
+                    .dc_failures
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.close(CloseReason::DcUnreachable, ctx);
+                return;
+            };
+            match TcpStream::connect(addr) {
+                Ok(mut s) => {
+                    if ctx
+                        .registry
+                        .register(
+                            &mut s,
+                            token(self.slot, UPSTREAM),
+                            Interest::READABLE | Interest::WRITABLE,
+                        )
+                        .is_ok()
+                    {
+                        self.upstream = Some(s);
+                        self.ready[UPSTREAM] = 0;
+                        self.deadline = ctx.now + shared.config.timeouts.tcp;
+                        return;
+                    }
+                }
+                Err(e) => {
+                    crate::log_event!(
+                        Level::Debug,
+                        "dc-connect-failed",
+                        conn = self.id_str(),
+                        dc = self.dc,
+                        addr = addr,
+                        error = e
+                    );
+                }
+            }
+            self.addr_idx += 1;
+        }
+    }
+
+    /// The current address failed or timed out: try the next one.
+    fn next_address(&mut self, ctx: &mut Ctx<'_>) {
+        if let Some(mut s) = self.upstream.take() {
+            let _ = ctx.registry.deregister(&mut s);
+        }
+        self.addr_idx += 1;
+        self.start_connect(ctx);
+    }
+
+    fn connecting(&mut self, ctx: &mut Ctx<'_>) -> Result<(), CloseReason> {
+        // The client may hang up while we connect.
+        if self.ready[UPSTREAM] == 0 {
+            return Ok(());
+        }
+        let Some(up) = self.upstream.as_ref() else {
+            return Ok(());
+        };
+        let failed = match up.take_error() {
+            Ok(Some(_)) | Err(_) => true,
+            Ok(None) => match up.peer_addr() {
+                Ok(_) => false,
+                Err(e) if e.kind() == ErrorKind::NotConnected => {
+                    // Spurious wake-up: still connecting.
+                    self.ready[UPSTREAM] = 0;
+                    return Ok(());
+                }
+                Err(_) => true,
+            },
+        };
+        if failed {
+            crate::log_event!(
+                Level::Debug,
+                "dc-connect-failed",
+                conn = self.id_str(),
+                dc = self.dc
+            );
+            self.next_address(ctx);
+            return Ok(());
+        }
+        let _ = up.set_nodelay(true);
+        self.phase = Phase::Relay;
+        self.deadline = ctx.now + ctx.shared.config.timeouts.idle;
+        self.relay(ctx)
+    }
+
+    // ---------------------------------------------------------------- relay
+
+    fn relay(&mut self, ctx: &mut Ctx<'_>) -> Result<(), CloseReason> {
+        let moved_up = self
+            .pump_up(ctx)
+            .map_err(|e| CloseReason::Error(e.kind()))?;
+        let moved_down = self
+            .pump_down(ctx)
+            .map_err(|e| CloseReason::Error(e.kind()))?;
+        if moved_up + moved_down > 0 {
+            self.deadline = ctx.now + ctx.shared.config.timeouts.idle;
+        }
+        if self.up.done() && self.down.done() && self.up.shut && self.down.shut {
+            return Err(CloseReason::Done);
+        }
+        Ok(())
+    }
+
+    /// client → DC. Returns payload bytes moved.
+    fn pump_up(&mut self, ctx: &mut Ctx<'_>) -> io::Result<usize> {
+        let Some(upstream) = self.upstream.as_ref() else {
+            return Ok(0);
+        };
+        let keys = self.keys.as_mut().expect("relay has keys");
+        let half = &mut self.up;
+        let mut moved = 0;
+        loop {
+            let mut progress = false;
+            // Fill.
+            if !half.eof && self.ready[CLIENT] & R != 0 {
+                if half.buf.is_none() {
+                    half.buf = ctx.pool.checkout();
+                    if half.buf.is_none() {
+                        ctx.want_buffer = true;
+                    }
+                }
+                if let Some(id) = half.buf {
+                    let buf = ctx.pool.get(id);
+                    if half.end < buf.len() {
+                        match (&self.client).read(&mut buf[half.end..]) {
+                            Ok(0) => {
+                                half.eof = true;
+                                progress = true;
+                            }
+                            Ok(n) => {
+                                let m = match self.tls.as_mut() {
+                                    Some(t) => t
+                                        .deframe_in_place(&mut buf[half.end..half.end + n])
+                                        .map_err(|_| io::Error::from(ErrorKind::InvalidData))?,
+                                    None => n,
+                                };
+                                let data = &mut buf[half.end..half.end + m];
+                                apply(&mut keys.client_dec, data);
+                                apply(&mut keys.dc_enc, data);
+                                half.end += m;
+                                moved += m;
+                                self.bytes_up += m as u64;
+                                progress = true;
+                            }
+                            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                                self.ready[CLIENT] &= !R;
+                            }
+                            Err(e) if e.kind() == ErrorKind::Interrupted => progress = true,
+                            Err(e) => return Err(e),
+                        }
+                    }
+                }
+            }
+            // Flush.
+            if !half.is_empty() && self.ready[UPSTREAM] & W != 0 {
+                let id = half.buf.expect("non-empty half has a buffer");
+                let buf = ctx.pool.get(id);
+                match write_some(upstream, &buf[half.start..half.end]) {
+                    Ok(n) => {
+                        half.start += n;
+                        progress = true;
+                        if half.is_empty() {
+                            half.start = 0;
+                            half.end = 0;
+                        }
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                        self.ready[UPSTREAM] &= !W;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            if half.is_empty() && half.buf.is_some() && (half.eof || self.ready[CLIENT] & R == 0) {
+                half.release(ctx.pool);
+            }
+            if half.done() && !half.shut {
+                half.shut = true;
+                let _ = upstream.shutdown(Shutdown::Write);
+            }
+            if moved >= TURN_BUDGET {
+                ctx.requeue = true;
+                break;
+            }
+            if !progress {
+                break;
+            }
+        }
+        Ok(moved)
+    }
+
+    /// DC → client. Returns payload bytes moved.
+    fn pump_down(&mut self, ctx: &mut Ctx<'_>) -> io::Result<usize> {
+        let Some(upstream) = self.upstream.as_ref() else {
+            return Ok(0);
+        };
+        let keys = self.keys.as_mut().expect("relay has keys");
+        let framed = self.tls.is_some();
+        let half = &mut self.down;
+        let mut moved = 0;
+        loop {
+            let mut progress = false;
+            if !half.eof && self.ready[UPSTREAM] & R != 0 {
+                if half.buf.is_none() {
+                    half.buf = ctx.pool.checkout();
+                    if half.buf.is_none() {
+                        ctx.want_buffer = true;
+                    }
+                }
+                if let Some(id) = half.buf {
+                    let buf = ctx.pool.get(id);
+                    let (at, limit) = if framed {
+                        let at = half.end + HDR;
+                        (at, buf.len().min(at + faketls::MAX_RECORD_PAYLOAD))
+                    } else {
+                        (half.end, buf.len())
+                    };
+                    if at < limit {
+                        match (&*upstream).read(&mut buf[at..limit]) {
+                            Ok(0) => {
+                                half.eof = true;
+                                progress = true;
+                            }
+                            Ok(n) => {
+                                let data = &mut buf[at..at + n];
+                                apply(&mut keys.dc_dec, data);
+                                apply(&mut keys.client_enc, data);
+                                if framed {
+                                    buf[half.end..at]
+                                        .copy_from_slice(&faketls::record_header(n as u16));
+                                }
+                                half.end = at + n;
+                                moved += n;
+                                self.bytes_down += n as u64;
+                                progress = true;
+                            }
+                            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                                self.ready[UPSTREAM] &= !R;
+                            }
+                            Err(e) if e.kind() == ErrorKind::Interrupted => progress = true,
+                            Err(e) => return Err(e),
+                        }
+                    }
+                }
+            }
+            if !half.is_empty() && self.ready[CLIENT] & W != 0 {
+                let id = half.buf.expect("non-empty half has a buffer");
+                let buf = ctx.pool.get(id);
+                match write_some(&self.client, &buf[half.start..half.end]) {
+                    Ok(n) => {
+                        half.start += n;
+                        progress = true;
+                        if half.is_empty() {
+                            half.start = 0;
+                            half.end = 0;
+                        }
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                        self.ready[CLIENT] &= !W;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            if half.is_empty() && half.buf.is_some() && (half.eof || self.ready[UPSTREAM] & R == 0)
+            {
+                half.release(ctx.pool);
+            }
+            if half.done() && !half.shut {
+                half.shut = true;
+                let _ = self.client.shutdown(Shutdown::Write);
+            }
+            if moved >= TURN_BUDGET {
+                ctx.requeue = true;
+                break;
+            }
+            if !progress {
+                break;
+            }
+        }
+        Ok(moved)
+    }
+
+    /// Closes the connection for shutdown if it has not started relaying.
+    pub(crate) fn in_handshake(&self) -> bool {
+        matches!(self.phase, Phase::Handshake | Phase::Connecting)
+    }
+
+    /// The connection's id as logged (hex).
+    pub(crate) fn id_str(&self) -> ConnId {
+        ConnId(self.id)
+    }
+}
+
+/// One `write`, retried on EINTR. `Ok(0)` from the kernel becomes `WriteZero`.
+fn write_some(mut s: &TcpStream, data: &[u8]) -> io::Result<usize> {
+    loop {
+        match s.write(data) {
+            Ok(0) if !data.is_empty() => return Err(ErrorKind::WriteZero.into()),
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// A connection id, displayed as 12 hex digits (worker index in the top bits).
+#[derive(Clone, Copy)]
+pub(crate) struct ConnId(u64);
+
+impl std::fmt::Display for ConnId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:012x}", self.0)
+    }
+}

@@ -1,0 +1,415 @@
+//! One worker thread: its own `Poll`, connection slab, buffer pool and timer sweep.
+//!
+//! I/O layer. Every worker registers its own clone of the listening socket, so whichever
+//! worker wakes first accepts; accepted sockets are never handed between threads. Nothing here
+//! takes a lock on the data path: the only shared state touched per connection is the global
+//! connection counter (at accept and close) and the anti-replay filter (once per handshake).
+
+use std::collections::VecDeque;
+use std::io::{self, ErrorKind};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+
+use super::conn::{CLIENT, Conn, Ctx, Phase, R, UPSTREAM, W};
+use super::pool::Pool;
+use super::{OsRng, Shared};
+use crate::log::Level;
+
+/// Token of the listening socket.
+const LISTENER: Token = Token(usize::MAX - 1);
+/// Token of the waker.
+pub(crate) const WAKER: Token = Token(usize::MAX - 2);
+
+/// Connections accepted per loop turn before other work runs.
+const ACCEPT_BATCH: usize = 64;
+/// How often deadlines are checked.
+const SWEEP_EVERY: Duration = Duration::from_millis(250);
+/// Pause after the process ran out of file descriptors.
+const EMFILE_PAUSE: Duration = Duration::from_millis(100);
+
+/// A worker's state. Created on the spawning thread, then moved into its own thread.
+pub(crate) struct Worker {
+    index: usize,
+    poll: Poll,
+    listener: Option<TcpListener>,
+    shared: Arc<Shared>,
+    slab: Vec<Option<Conn>>,
+    free_slots: Vec<usize>,
+    pool: Pool,
+    scratch: Vec<u8>,
+    rng: OsRng,
+    run_queue: Vec<usize>,
+    next_queue: Vec<usize>,
+    buf_waiters: VecDeque<usize>,
+    to_free: Vec<usize>,
+    accept_pending: bool,
+    accept_paused_until: Option<Instant>,
+    next_id: u64,
+}
+
+impl Worker {
+    /// Prepares a worker: registers its listener clone and allocates its slab and pool.
+    pub(crate) fn new(
+        index: usize,
+        poll: Poll,
+        listener: std::net::TcpListener,
+        shared: Arc<Shared>,
+        max_conns: usize,
+        buffers: usize,
+    ) -> io::Result<Worker> {
+        listener.set_nonblocking(true)?;
+        let mut listener = TcpListener::from_std(listener);
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let buf_size = shared.config.buffer_size;
+        let mut slab = Vec::with_capacity(max_conns);
+        slab.resize_with(0, || None);
+        Ok(Worker {
+            index,
+            poll,
+            listener: Some(listener),
+            pool: Pool::new(buffers, buf_size),
+            scratch: vec![0u8; buf_size.max(16 * 1024)],
+            rng: OsRng::default(),
+            slab,
+            free_slots: Vec::with_capacity(max_conns),
+            run_queue: Vec::with_capacity(max_conns),
+            next_queue: Vec::with_capacity(max_conns),
+            buf_waiters: VecDeque::with_capacity(max_conns),
+            to_free: Vec::with_capacity(max_conns),
+            accept_pending: true,
+            accept_paused_until: None,
+            next_id: (index as u64) << 48,
+            shared,
+        })
+    }
+
+    /// Runs the loop until shutdown completes.
+    pub(crate) fn run(mut self) {
+        let mut events = Events::with_capacity(1024);
+        let mut next_sweep = Instant::now() + SWEEP_EVERY;
+        let mut stop_deadline: Option<Instant> = None;
+        loop {
+            let now = Instant::now();
+            let mut timeout = next_sweep.saturating_duration_since(now);
+            if !self.next_queue.is_empty() || (self.accept_pending && self.can_accept(now)) {
+                timeout = Duration::ZERO;
+            }
+            if let Some(until) = self.accept_paused_until {
+                timeout = timeout.min(until.saturating_duration_since(now));
+            }
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() != ErrorKind::Interrupted {
+                    crate::log_event!(Level::Error, "poll-failed", worker = self.index, error = e);
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                continue;
+            }
+            let now = Instant::now();
+            std::mem::swap(&mut self.run_queue, &mut self.next_queue);
+            for ev in events.iter() {
+                match ev.token() {
+                    LISTENER => self.accept_pending = true,
+                    WAKER => {}
+                    Token(t) => {
+                        let (slot, side) = (t >> 1, t & 1);
+                        let Some(Some(conn)) = self.slab.get_mut(slot) else {
+                            continue;
+                        };
+                        let mut bits = 0;
+                        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                            bits |= R;
+                        }
+                        if ev.is_writable() || ev.is_write_closed() || ev.is_error() {
+                            bits |= W;
+                        }
+                        conn.ready[if side == 0 { CLIENT } else { UPSTREAM }] |= bits;
+                        if !conn.queued {
+                            conn.queued = true;
+                            self.run_queue.push(slot);
+                        }
+                    }
+                }
+            }
+
+            let stopping = self.shared.stop.load(Ordering::Relaxed);
+            if stopping && stop_deadline.is_none() {
+                stop_deadline = Some(now + self.shared.grace);
+                if let Some(mut l) = self.listener.take() {
+                    let _ = self.poll.registry().deregister(&mut l);
+                }
+                self.close_unestablished(now);
+            }
+            if !stopping && self.accept_pending && self.can_accept(now) {
+                self.accept(now);
+            }
+            self.run_connections(now);
+            if now >= next_sweep {
+                self.sweep(now);
+                next_sweep = now + SWEEP_EVERY;
+            }
+            self.free_closed();
+            if let Some(deadline) = stop_deadline {
+                let live = self.slab.iter().flatten().count();
+                if live == 0 {
+                    break;
+                }
+                if now >= deadline {
+                    self.close_all(now);
+                    self.free_closed();
+                    break;
+                }
+            }
+        }
+    }
+
+    fn can_accept(&self, now: Instant) -> bool {
+        self.listener.is_some() && self.accept_paused_until.is_none_or(|t| now >= t)
+    }
+
+    fn accept(&mut self, now: Instant) {
+        self.accept_paused_until = None;
+        for _ in 0..ACCEPT_BATCH {
+            let Some(listener) = self.listener.as_ref() else {
+                return;
+            };
+            match listener.accept() {
+                Ok((stream, peer)) => self.admit(stream, peer, now),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    self.accept_pending = false;
+                    return;
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                    crate::log_event!(
+                        Level::Warn,
+                        "accept-paused",
+                        worker = self.index,
+                        reason = "out of file descriptors"
+                    );
+                    self.accept_paused_until = Some(now + EMFILE_PAUSE);
+                    return;
+                }
+                Err(e) => {
+                    // ECONNABORTED and friends: the next connection may be fine.
+                    crate::log_event!(
+                        Level::Debug,
+                        "accept-failed",
+                        worker = self.index,
+                        error = e
+                    );
+                }
+            }
+        }
+        // Batch used up: more may be waiting, and no new edge will tell us.
+        self.accept_pending = true;
+    }
+
+    fn admit(&mut self, stream: TcpStream, peer: SocketAddr, now: Instant) {
+        let shared = &self.shared;
+        let limit = shared.config.concurrency;
+        if shared.active.fetch_add(1, Ordering::AcqRel) >= limit {
+            shared.active.fetch_sub(1, Ordering::AcqRel);
+            shared.stats.limited.fetch_add(1, Ordering::Relaxed);
+            drop(stream);
+            return;
+        }
+        shared.stats.accepted.fetch_add(1, Ordering::Relaxed);
+        let slot = match self.free_slots.pop() {
+            Some(s) => s,
+            None => {
+                self.slab.push(None);
+                self.slab.len() - 1
+            }
+        };
+        self.next_id += 1;
+        let id = self.next_id;
+        let mut ctx = Ctx {
+            pool: &mut self.pool,
+            shared: &self.shared,
+            registry: self.poll.registry(),
+            rng: &mut self.rng,
+            scratch: &mut self.scratch,
+            now,
+            want_buffer: false,
+            requeue: false,
+        };
+        match Conn::new(id, slot, stream, peer, &mut ctx) {
+            Ok(mut conn) => {
+                conn.queued = true;
+                self.slab[slot] = Some(conn);
+                self.run_queue.push(slot);
+            }
+            Err(e) => {
+                crate::log_event!(
+                    Level::Debug,
+                    "register-failed",
+                    worker = self.index,
+                    error = e
+                );
+                self.shared.active.fetch_sub(1, Ordering::AcqRel);
+                self.free_slots.push(slot);
+            }
+        }
+    }
+
+    fn run_connections(&mut self, now: Instant) {
+        let mut i = 0;
+        while i < self.run_queue.len() {
+            let slot = self.run_queue[i];
+            i += 1;
+            let in_use_before = self.pool.in_use();
+            let Some(Some(conn)) = self.slab.get_mut(slot) else {
+                continue;
+            };
+            conn.queued = false;
+            let mut ctx = Ctx {
+                pool: &mut self.pool,
+                shared: &self.shared,
+                registry: self.poll.registry(),
+                rng: &mut self.rng,
+                scratch: &mut self.scratch,
+                now,
+                want_buffer: false,
+                requeue: false,
+            };
+            conn.ready(&mut ctx);
+            let (want_buffer, requeue) = (ctx.want_buffer, ctx.requeue);
+            if conn.phase == Phase::Closed {
+                self.to_free.push(slot);
+                // Mark so it is not pushed again this turn.
+                conn.queued = true;
+            } else if requeue && !conn.queued {
+                conn.queued = true;
+                self.next_queue.push(slot);
+            } else if want_buffer && !conn.waiting_buf {
+                conn.waiting_buf = true;
+                self.buf_waiters.push_back(slot);
+            }
+            // Buffers came back: let waiting connections try again this turn.
+            let freed = in_use_before.saturating_sub(self.pool.in_use());
+            for _ in 0..freed.max(usize::from(self.pool.in_use() < self.pool.capacity())) {
+                let Some(w) = self.buf_waiters.pop_front() else {
+                    break;
+                };
+                if let Some(Some(c)) = self.slab.get_mut(w) {
+                    c.waiting_buf = false;
+                    if !c.queued {
+                        c.queued = true;
+                        self.run_queue.push(w);
+                    }
+                }
+            }
+        }
+        self.run_queue.clear();
+    }
+
+    fn sweep(&mut self, now: Instant) {
+        for slot in 0..self.slab.len() {
+            let Some(Some(conn)) = self.slab.get_mut(slot) else {
+                continue;
+            };
+            if now < conn.deadline || conn.phase == Phase::Closed {
+                continue;
+            }
+            let mut ctx = Ctx {
+                pool: &mut self.pool,
+                shared: &self.shared,
+                registry: self.poll.registry(),
+                rng: &mut self.rng,
+                scratch: &mut self.scratch,
+                now,
+                want_buffer: false,
+                requeue: false,
+            };
+            conn.handle_timeout(&mut ctx);
+            if conn.phase == Phase::Closed {
+                self.to_free.push(slot);
+                conn.queued = true;
+            } else if !conn.queued {
+                // A new connect attempt may already have results.
+                conn.queued = true;
+                self.next_queue.push(slot);
+            }
+        }
+    }
+
+    fn close_unestablished(&mut self, now: Instant) {
+        self.close_where(now, |c| c.in_handshake());
+    }
+
+    fn close_all(&mut self, now: Instant) {
+        self.close_where(now, |_| true);
+    }
+
+    fn close_where(&mut self, now: Instant, pick: impl Fn(&Conn) -> bool) {
+        for slot in 0..self.slab.len() {
+            let Some(Some(conn)) = self.slab.get_mut(slot) else {
+                continue;
+            };
+            if conn.phase == Phase::Closed || !pick(conn) {
+                continue;
+            }
+            let mut ctx = Ctx {
+                pool: &mut self.pool,
+                shared: &self.shared,
+                registry: self.poll.registry(),
+                rng: &mut self.rng,
+                scratch: &mut self.scratch,
+                now,
+                want_buffer: false,
+                requeue: false,
+            };
+            conn.close(super::conn::CloseReason::Shutdown, &mut ctx);
+            self.to_free.push(slot);
+            conn.queued = true;
+        }
+    }
+
+    /// Frees the slots of connections closed during this turn (after all events were handled,
+    /// so that no stale event reaches a reused slot).
+    fn free_closed(&mut self) {
+        let now = Instant::now();
+        while let Some(slot) = self.to_free.pop() {
+            let Some(conn) = self.slab.get_mut(slot).and_then(Option::take) else {
+                continue;
+            };
+            self.shared.active.fetch_sub(1, Ordering::AcqRel);
+            let stats = &self.shared.stats;
+            stats.closed.fetch_add(1, Ordering::Relaxed);
+            stats.bytes_up.fetch_add(conn.bytes_up, Ordering::Relaxed);
+            stats
+                .bytes_down
+                .fetch_add(conn.bytes_down, Ordering::Relaxed);
+            if let super::conn::CloseReason::Rejected(r) = conn.reason {
+                stats.rejected.fetch_add(1, Ordering::Relaxed);
+                crate::log_event!(
+                    Level::Info,
+                    "handshake-rejected",
+                    conn = conn.id_str(),
+                    client = conn.peer,
+                    reason = r.as_str(),
+                    age_ms = conn.age(now).as_millis()
+                );
+            } else {
+                crate::log_event!(
+                    Level::Debug,
+                    "conn-closed",
+                    conn = conn.id_str(),
+                    client = conn.peer,
+                    reason = conn.reason.as_str(),
+                    dc = conn.dc(),
+                    bytes_up = conn.bytes_up,
+                    bytes_down = conn.bytes_down,
+                    age_ms = conn.age(now).as_millis()
+                );
+            }
+            self.free_slots.push(slot);
+        }
+    }
+}
