@@ -2,6 +2,7 @@
 //! deadlines come out. Nothing here touches a socket, the clock or the OS random source.
 
 pub mod dc;
+pub mod dns;
 pub mod encoding;
 pub mod faketls;
 pub mod obfs2;
