@@ -1,1 +1,2367 @@
-//! (being written)
+//! The TOML config file: text -> validated, typed [`Config`] plus [`Warning`]s.
+//!
+//! Every key of mtg v2's config is accepted (an mtg config runs unchanged); mtpx's own additions
+//! are new keys (`workers`, `log-format`, `[buffers]`, `[network.dc-overrides]`). Defaults are the
+//! values documented in `config.example`.
+//!
+//! Parsing is two passes. [`nanoserde`]'s TOML parser is small but lenient in ways that would
+//! silently give wrong results (empty strings swallow the next line, keys after a `[[table]]`
+//! land in the wrong table, `true` in an array is a syntax error, no literal strings or escapes,
+//! duplicate keys overwrite each other), so a strict pre-pass first walks the text: it checks the
+//! TOML structure line by line, records the line of every key (for error messages), decodes
+//! strings and re-emits a normalised document (every key quoted, every string a plain basic
+//! string, every number a decimal) that nanoserde parses exactly. The two key sets are compared,
+//! so a disagreement is an error, never a silently wrong value.
+//!
+//! Errors name the key, the line and what is wrong, e.g.
+//! `config.toml:7: network.timeout.tcp: "5x" is not a duration (use 500ms, 5s, 1m30s)`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use nanoserde::{Toml, TomlParser};
+
+pub use crate::log::LogFormat;
+use crate::proto::dc::PreferIp;
+use crate::proto::secret::Secret;
+
+/// Most workers mtpx will start.
+pub const MAX_WORKERS: usize = 256;
+/// Largest `concurrency`.
+pub const MAX_CONCURRENCY: usize = 1_000_000;
+/// Smallest `[buffers] size`.
+pub const MIN_BUFFER_SIZE: usize = 4 * 1024;
+/// Largest `[buffers] size`.
+pub const MAX_BUFFER_SIZE: usize = 1024 * 1024;
+/// Largest `[buffers] count`.
+pub const MAX_BUFFER_COUNT: usize = 1 << 20;
+
+/// Where the proxy sends connections that fail the FakeTLS check (`[domain-fronting]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DomainFronting {
+    /// Connect to this IP instead of resolving the secret's host name.
+    pub ip: Option<IpAddr>,
+    /// Port of the fronting site (default 443).
+    pub port: u16,
+    /// Send a PROXY protocol v2 header to the fronting site.
+    pub proxy_protocol: bool,
+}
+
+/// `[network.timeout]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Connecting to a Telegram DC or the fronting site (default 10s).
+    pub tcp: Duration,
+    /// Whole-request timeout of HTTP clients (default 10s).
+    pub http: Duration,
+    /// A relayed connection with no traffic in either direction is closed (default 5m).
+    pub idle: Duration,
+    /// From accept until the client's handshake is complete (default 10s).
+    pub handshake: Duration,
+}
+
+/// `[network.keep-alive]`: TCP keep-alive on connections to Telegram.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeepAlive {
+    /// Turn keep-alive off.
+    pub disabled: bool,
+    /// Idle time before the first probe (default 15s).
+    pub idle: Duration,
+    /// Time between probes (default 15s).
+    pub interval: Duration,
+    /// Unanswered probes before the connection is dropped (default 9).
+    pub count: u32,
+}
+
+/// `[defense.anti-replay]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AntiReplay {
+    /// On by default (unlike mtg).
+    pub enabled: bool,
+    /// Memory for remembered handshakes, in bytes (default 1 MiB).
+    pub max_size: usize,
+    /// Accepted false-positive rate (default 0.001).
+    pub error_rate: f64,
+}
+
+/// `[defense.doppelganger]` (accepted, not implemented yet).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Doppelganger {
+    /// Sites whose TLS traffic shape is learned.
+    pub urls: Vec<String>,
+    /// Requests per learning raid (default 10).
+    pub repeats_per_raid: u32,
+    /// Time between raids (default 6h).
+    pub raid_each: Duration,
+    /// Dynamic record sizing.
+    pub drs: bool,
+}
+
+/// `[defense.blocklist]` / `[defense.allowlist]` (accepted, not implemented yet).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IpList {
+    /// Whether the list is used.
+    pub enabled: bool,
+    /// Parallel downloads (default 2).
+    pub download_concurrency: u32,
+    /// Files or http(s) URLs of FireHOL netsets.
+    pub urls: Vec<String>,
+    /// Reload period (default 24h).
+    pub update_each: Duration,
+}
+
+/// StatsD tag format.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TagFormat {
+    /// `name:v|type|#k:v` (default).
+    #[default]
+    Datadog,
+    /// InfluxDB line tags.
+    Influxdb,
+    /// Graphite tags.
+    Graphite,
+}
+
+/// `[stats.statsd]` (accepted, not implemented yet).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Statsd {
+    /// Whether metrics are sent.
+    pub enabled: bool,
+    /// UDP `IP:port` of the StatsD server.
+    pub address: Option<SocketAddr>,
+    /// Metric name prefix (default `mtg`, so dashboards made for mtg keep working).
+    pub metric_prefix: String,
+    /// Tag format (default datadog).
+    pub tag_format: TagFormat,
+}
+
+/// `[stats.prometheus]` (accepted, not implemented yet).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Prometheus {
+    /// Whether the HTTP endpoint is served.
+    pub enabled: bool,
+    /// `IP:port` of the HTTP endpoint.
+    pub bind_to: Option<SocketAddr>,
+    /// Path of the metrics page (default `/`).
+    pub http_path: String,
+    /// Metric name prefix (default `mtg`).
+    pub metric_prefix: String,
+}
+
+/// The validated configuration. Defaults are those documented in `config.example`.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Debug log level.
+    pub debug: bool,
+    /// The proxy secret.
+    pub secret: Secret,
+    /// Listening address.
+    pub bind_to: SocketAddr,
+    /// Reactor threads (default: one per CPU, at most 256).
+    pub workers: usize,
+    /// Most simultaneous client connections (default 8192).
+    pub concurrency: usize,
+    /// Size of one relay buffer (`[buffers] size`, default 16 KiB).
+    pub buffer_size: usize,
+    /// Relay buffers across all workers (`[buffers] count`, default 1024).
+    pub buffer_count: usize,
+    /// Which IP family is used to reach Telegram.
+    pub prefer_ip: PreferIp,
+    /// Public IPv4 address (for `access`).
+    pub public_ipv4: Option<Ipv4Addr>,
+    /// Public IPv6 address (for `access`).
+    pub public_ipv6: Option<Ipv6Addr>,
+    /// Accepted clock difference in FakeTLS handshakes (default 10s).
+    pub tolerate_time_skewness: Duration,
+    /// Send clients asking for an unknown DC to a known one instead of closing.
+    pub allow_fallback_on_unknown_dc: bool,
+    /// Accept PROXY protocol v1/v2 headers on the listener.
+    pub proxy_protocol_listener: bool,
+    /// Where failed handshakes are sent.
+    pub domain_fronting: DomainFronting,
+    /// Network timeouts.
+    pub timeouts: Timeouts,
+    /// Keep-alive on DC connections.
+    pub keep_alive: KeepAlive,
+    /// Replay protection.
+    pub anti_replay: AntiReplay,
+    /// Addresses used instead of the built-in ones, per DC id (sorted by id).
+    pub dc_overrides: Vec<(i16, Vec<SocketAddr>)>,
+    /// Log line format.
+    pub log_format: LogFormat,
+    /// Fetch Telegram's DC list periodically (accepted, not implemented yet).
+    pub auto_update: bool,
+    /// DNS resolver URI (`[network] dns`; accepted, not implemented yet: the system resolver is
+    /// used).
+    pub dns: Option<String>,
+    /// SOCKS5 proxies for DC connections (accepted, not implemented yet).
+    pub proxies: Vec<String>,
+    /// Traffic shaping (accepted, not implemented yet).
+    pub doppelganger: Doppelganger,
+    /// IP blocklist (accepted, not implemented yet).
+    pub blocklist: IpList,
+    /// IP allowlist (accepted, not implemented yet).
+    pub allowlist: IpList,
+    /// StatsD metrics (accepted, not implemented yet).
+    pub statsd: Statsd,
+    /// Prometheus metrics (accepted, not implemented yet).
+    pub prometheus: Prometheus,
+}
+
+/// Default number of workers: one per CPU, between 1 and [`MAX_WORKERS`].
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, MAX_WORKERS)
+}
+
+impl Config {
+    /// A config with every default, listening on `bind_to` with `secret`.
+    pub fn simple(bind_to: SocketAddr, secret: Secret) -> Config {
+        Config {
+            debug: false,
+            secret,
+            bind_to,
+            workers: default_workers(),
+            concurrency: 8192,
+            buffer_size: 16 * 1024,
+            buffer_count: 1024,
+            prefer_ip: PreferIp::default(),
+            public_ipv4: None,
+            public_ipv6: None,
+            tolerate_time_skewness: Duration::from_secs(10),
+            allow_fallback_on_unknown_dc: false,
+            proxy_protocol_listener: false,
+            domain_fronting: DomainFronting {
+                ip: None,
+                port: 443,
+                proxy_protocol: false,
+            },
+            timeouts: Timeouts {
+                tcp: Duration::from_secs(10),
+                http: Duration::from_secs(10),
+                idle: Duration::from_secs(300),
+                handshake: Duration::from_secs(10),
+            },
+            keep_alive: KeepAlive {
+                disabled: false,
+                idle: Duration::from_secs(15),
+                interval: Duration::from_secs(15),
+                count: 9,
+            },
+            anti_replay: AntiReplay {
+                enabled: true,
+                max_size: 1024 * 1024,
+                error_rate: 0.001,
+            },
+            dc_overrides: Vec::new(),
+            log_format: LogFormat::Logfmt,
+            auto_update: false,
+            dns: None,
+            proxies: Vec::new(),
+            doppelganger: Doppelganger {
+                urls: Vec::new(),
+                repeats_per_raid: 10,
+                raid_each: Duration::from_secs(6 * 3600),
+                drs: false,
+            },
+            blocklist: IpList {
+                enabled: false,
+                download_concurrency: 2,
+                urls: Vec::new(),
+                update_each: Duration::from_secs(24 * 3600),
+            },
+            allowlist: IpList {
+                enabled: false,
+                download_concurrency: 2,
+                urls: Vec::new(),
+                update_each: Duration::from_secs(24 * 3600),
+            },
+            statsd: Statsd {
+                enabled: false,
+                address: None,
+                metric_prefix: "mtg".to_string(),
+                tag_format: TagFormat::Datadog,
+            },
+            prometheus: Prometheus {
+                enabled: false,
+                bind_to: None,
+                http_path: "/".to_string(),
+                metric_prefix: "mtg".to_string(),
+            },
+        }
+    }
+
+    /// Checks ranges and cross-field rules. The error names the config key at fault (no line:
+    /// [`parse`] adds it).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, msg: String| Err(ConfigError::new(Some(key), msg));
+        if self.bind_to.port() == 0 {
+            return bad("bind-to", "port 0 is not allowed".into());
+        }
+        if !(1..=MAX_WORKERS).contains(&self.workers) {
+            return bad(
+                "workers",
+                format!("{} is out of range (1..={MAX_WORKERS})", self.workers),
+            );
+        }
+        if !(1..=MAX_CONCURRENCY).contains(&self.concurrency) {
+            return bad(
+                "concurrency",
+                format!(
+                    "{} is out of range (1..={MAX_CONCURRENCY})",
+                    self.concurrency
+                ),
+            );
+        }
+        if !(MIN_BUFFER_SIZE..=MAX_BUFFER_SIZE).contains(&self.buffer_size) {
+            return bad(
+                "buffers.size",
+                format!("{} bytes is out of range (4KiB..=1MiB)", self.buffer_size),
+            );
+        }
+        if self.buffer_count > MAX_BUFFER_COUNT {
+            return bad(
+                "buffers.count",
+                format!(
+                    "{} is too large (at most {MAX_BUFFER_COUNT})",
+                    self.buffer_count
+                ),
+            );
+        }
+        if self.buffer_count < 2 * self.workers {
+            return bad(
+                "buffers.count",
+                format!(
+                    "{} is too small: at least 2 per worker ({} workers need {})",
+                    self.buffer_count,
+                    self.workers,
+                    2 * self.workers
+                ),
+            );
+        }
+        let skew = self.tolerate_time_skewness;
+        if skew < Duration::from_secs(1) || skew > Duration::from_secs(24 * 3600) {
+            return bad(
+                "tolerate-time-skewness",
+                format!("{} is out of range (1s..=24h)", fmt_duration(skew)),
+            );
+        }
+        for (key, d) in [
+            ("network.timeout.tcp", self.timeouts.tcp),
+            ("network.timeout.http", self.timeouts.http),
+            ("network.timeout.idle", self.timeouts.idle),
+            ("network.timeout.handshake", self.timeouts.handshake),
+        ] {
+            if d.is_zero() {
+                return bad(key, "must be longer than 0s".into());
+            }
+        }
+        if self.domain_fronting.port == 0 {
+            return bad("domain-fronting.port", "port 0 is not allowed".into());
+        }
+        let ar = &self.anti_replay;
+        if !(1024..=1 << 30).contains(&ar.max_size) {
+            return bad(
+                "defense.anti-replay.max-size",
+                format!("{} bytes is out of range (1KiB..=1GiB)", ar.max_size),
+            );
+        }
+        if !(ar.error_rate > 0.0 && ar.error_rate < 1.0) {
+            return bad(
+                "defense.anti-replay.error-rate",
+                format!(
+                    "{} is out of range (between 0 and 1, e.g. 0.001)",
+                    ar.error_rate
+                ),
+            );
+        }
+        if self.keep_alive.count == 0 || self.keep_alive.count > 1000 {
+            return bad(
+                "network.keep-alive.count",
+                format!("{} is out of range (1..=1000)", self.keep_alive.count),
+            );
+        }
+        for (dc, addrs) in &self.dc_overrides {
+            if *dc == 0 {
+                return bad("network.dc-overrides", "DC 0 does not exist".into());
+            }
+            if addrs.is_empty() {
+                return bad(
+                    &format!("network.dc-overrides.{dc}"),
+                    "needs at least one IP:port address".into(),
+                );
+            }
+        }
+        if self.statsd.enabled && self.statsd.address.is_none() {
+            return bad(
+                "stats.statsd.address",
+                "is required when stats.statsd is enabled".into(),
+            );
+        }
+        if self.prometheus.enabled && self.prometheus.bind_to.is_none() {
+            return bad(
+                "stats.prometheus.bind-to",
+                "is required when stats.prometheus is enabled".into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Why a config was refused. Display: `file:line: key: what is wrong` (missing parts omitted).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The config file, when loaded from one.
+    pub file: Option<String>,
+    /// 1-based line of the offending key or syntax, when known.
+    pub line: Option<usize>,
+    /// The dotted key at fault (`network.timeout.tcp`), when there is one.
+    pub key: Option<String>,
+    /// What is wrong.
+    pub msg: String,
+}
+
+impl ConfigError {
+    fn new(key: Option<&str>, msg: String) -> ConfigError {
+        ConfigError {
+            file: None,
+            line: None,
+            key: key.map(str::to_string),
+            msg,
+        }
+    }
+}
+
+fn write_location(
+    f: &mut fmt::Formatter<'_>,
+    file: &Option<String>,
+    line: Option<usize>,
+) -> fmt::Result {
+    match (file, line) {
+        (Some(file), Some(line)) => write!(f, "{file}:{line}: "),
+        (Some(file), None) => write!(f, "{file}: "),
+        (None, Some(line)) => write!(f, "line {line}: "),
+        (None, None) => Ok(()),
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_location(f, &self.file, self.line)?;
+        if let Some(key) = &self.key {
+            write!(f, "{key}: ")?;
+        }
+        f.write_str(&self.msg)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// What a [`Warning`] is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WarningKind {
+    /// A key mtpx does not know (a typo?); ignored.
+    UnknownKey,
+    /// A key mtpx accepts but does not implement yet; ignored.
+    NotImplemented,
+    /// A deprecated mtg key; still applied.
+    Deprecated,
+    /// A key that mtg ignores too.
+    Ignored,
+}
+
+/// A non-fatal remark about the config. Display: `file:line: key: message`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Warning {
+    /// What the warning is about.
+    pub kind: WarningKind,
+    /// The config file, when loaded from one.
+    pub file: Option<String>,
+    /// 1-based line, when known.
+    pub line: Option<usize>,
+    /// The dotted key (or feature) concerned.
+    pub key: String,
+    /// The explanation.
+    pub msg: String,
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_location(f, &self.file, self.line)?;
+        write!(f, "{}: {}", self.key, self.msg)
+    }
+}
+
+/// Reads and parses a config file. Errors and warnings carry the file's path.
+pub fn load(path: &Path) -> Result<(Config, Vec<Warning>), ConfigError> {
+    let name = path.display().to_string();
+    let text = std::fs::read(path).map_err(|e| ConfigError {
+        file: Some(name.clone()),
+        line: None,
+        key: None,
+        msg: format!("cannot read the config file: {e}"),
+    })?;
+    let text = String::from_utf8(text).map_err(|e| ConfigError {
+        file: Some(name.clone()),
+        line: Some(
+            1 + e.as_bytes()[..e.utf8_error().valid_up_to()]
+                .iter()
+                .filter(|&&b| b == b'\n')
+                .count(),
+        ),
+        key: None,
+        msg: "the config file is not valid UTF-8".into(),
+    })?;
+    match parse(&text) {
+        Ok((config, mut warnings)) => {
+            for w in &mut warnings {
+                w.file = Some(name.clone());
+            }
+            Ok((config, warnings))
+        }
+        Err(mut e) => {
+            e.file = Some(name);
+            Err(e)
+        }
+    }
+}
+
+/// Parses config text: the typed config and the warnings (unknown, deprecated and not yet
+/// implemented keys), sorted by line.
+pub fn parse(text: &str) -> Result<(Config, Vec<Warning>), ConfigError> {
+    let pre = prepass(text)?;
+    let map = TomlParser::parse(&pre.out).map_err(|e| ConfigError {
+        file: None,
+        line: Some(e.line + 1),
+        key: None,
+        msg: format!("invalid TOML: {}", e.msg.trim()),
+    })?;
+    // The pre-pass and nanoserde must agree on the key set; anything else is a parser bug that
+    // would give silently wrong values.
+    let theirs: BTreeSet<&String> = map.keys().collect();
+    let ours: BTreeSet<&String> = pre.keys.keys().collect();
+    if let Some(k) = theirs.symmetric_difference(&ours).next() {
+        return Err(ConfigError {
+            file: None,
+            line: pre.keys.get(*k).copied(),
+            key: Some((*k).clone()),
+            msg: "the TOML parser cannot read this key reliably; please simplify it".into(),
+        });
+    }
+    let mut doc = Doc {
+        map,
+        lines: pre.keys,
+        used: BTreeSet::new(),
+        warnings: pre.warnings,
+    };
+    let config = doc.build()?;
+    if let Err(mut e) = config.validate() {
+        e.line = e.key.as_ref().and_then(|k| doc.line(k));
+        return Err(e);
+    }
+    doc.finish();
+    let mut warnings = doc.warnings;
+    warnings.sort_by_key(|w| w.line.unwrap_or(usize::MAX));
+    Ok((config, warnings))
+}
+
+// ------------------------------------------------------------------------------------------
+// Pre-pass: strict TOML structure check + normalisation for nanoserde.
+
+struct Prepass {
+    out: String,
+    keys: BTreeMap<String, usize>,
+    warnings: Vec<Warning>,
+}
+
+struct Pre {
+    c: Vec<char>,
+    p: usize,
+    line: usize,
+    out: String,
+    skipping: bool,
+    section: String,
+    keys: BTreeMap<String, usize>,
+    tables: BTreeSet<String>,
+    warnings: Vec<Warning>,
+}
+
+fn prepass(text: &str) -> Result<Prepass, ConfigError> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let mut pre = Pre {
+        c: text.chars().collect(),
+        p: 0,
+        line: 1,
+        out: String::with_capacity(text.len() + 64),
+        skipping: false,
+        section: String::new(),
+        keys: BTreeMap::new(),
+        tables: BTreeSet::new(),
+        warnings: Vec::new(),
+    };
+    pre.run()?;
+    Ok(Prepass {
+        out: pre.out,
+        keys: pre.keys,
+        warnings: pre.warnings,
+    })
+}
+
+fn is_bare_key_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '_' || c == '-'
+}
+
+impl Pre {
+    fn peek(&self) -> Option<char> {
+        self.c.get(self.p).copied()
+    }
+
+    fn peek_at(&self, n: usize) -> Option<char> {
+        self.c.get(self.p + n).copied()
+    }
+
+    fn bump(&mut self) -> Option<char> {
+        let c = self.peek();
+        if c.is_some() {
+            self.p += 1;
+        }
+        c
+    }
+
+    fn emit(&mut self, s: &str) {
+        if !self.skipping {
+            self.out.push_str(s);
+        }
+    }
+
+    fn emit_quoted(&mut self, s: &str) {
+        if self.skipping {
+            return;
+        }
+        if s.is_empty() {
+            // nanoserde reads `""` as the start of a string that runs to the next quote; an
+            // empty triple-quoted string is read correctly (it eats the one following space).
+            self.out.push_str("\"\"\"\"\"\" ");
+            return;
+        }
+        self.out.push('"');
+        for c in s.chars() {
+            if c == '"' || c == '\\' {
+                self.out.push('\\');
+            }
+            self.out.push(c);
+        }
+        self.out.push('"');
+    }
+
+    fn err(&self, key: Option<&str>, msg: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: None,
+            line: Some(self.line),
+            key: key.map(str::to_string),
+            msg: msg.into(),
+        }
+    }
+
+    fn newline(&mut self) {
+        self.line += 1;
+        self.out.push('\n');
+    }
+
+    fn skip_spaces(&mut self) {
+        while matches!(self.peek(), Some(' ' | '\t')) {
+            self.p += 1;
+        }
+    }
+
+    fn skip_comment(&mut self) {
+        while !matches!(self.peek(), None | Some('\n')) {
+            self.p += 1;
+        }
+    }
+
+    /// After a header or a value: only spaces and a comment may follow on the line.
+    fn end_of_line(&mut self, key: Option<&str>) -> Result<(), ConfigError> {
+        self.skip_spaces();
+        match self.peek() {
+            None | Some('\n') => Ok(()),
+            Some('#') => {
+                self.skip_comment();
+                Ok(())
+            }
+            Some('\r') if self.peek_at(1) == Some('\n') => {
+                self.p += 1;
+                Ok(())
+            }
+            Some(c) => Err(self.err(
+                key,
+                format!(
+                    "unexpected {c:?}: expected the end of the line (one key = value per line)"
+                ),
+            )),
+        }
+    }
+
+    fn run(&mut self) -> Result<(), ConfigError> {
+        loop {
+            match self.peek() {
+                None => return Ok(()),
+                Some('\n') => {
+                    self.p += 1;
+                    self.newline();
+                }
+                Some(' ' | '\t' | '\r') => self.p += 1,
+                Some('#') => self.skip_comment(),
+                Some('[') => self.header()?,
+                Some(_) => self.key_value()?,
+            }
+        }
+    }
+
+    fn header(&mut self) -> Result<(), ConfigError> {
+        self.p += 1;
+        let array = self.peek() == Some('[');
+        if array {
+            self.p += 1;
+        }
+        let name = self.key_path(None)?;
+        self.skip_spaces();
+        let close = if array { "]]" } else { "]" };
+        for _ in 0..close.len() {
+            if self.bump() != Some(']') {
+                return Err(self.err(
+                    None,
+                    format!("invalid TOML: table header [{name}] is missing `{close}`"),
+                ));
+            }
+        }
+        self.end_of_line(None)?;
+        if array {
+            self.skipping = true;
+            self.warnings.push(Warning {
+                kind: WarningKind::UnknownKey,
+                file: None,
+                line: Some(self.line),
+                key: name,
+                msg: "array of tables [[...]] is not a config section mtpx knows; ignored".into(),
+            });
+            return Ok(());
+        }
+        self.skipping = false;
+        if !self.tables.insert(name.clone()) {
+            return Err(self.err(Some(&name), "invalid TOML: this table is defined twice"));
+        }
+        self.out.push('[');
+        self.emit_quoted(&name);
+        self.out.push(']');
+        self.section = name;
+        Ok(())
+    }
+
+    /// A dotted key: bare or quoted parts separated by dots.
+    fn key_path(&mut self, ctx: Option<&str>) -> Result<String, ConfigError> {
+        let mut parts = Vec::new();
+        loop {
+            self.skip_spaces();
+            let part = match self.peek() {
+                Some('"') => self.basic_string(ctx)?,
+                Some('\'') => self.literal_string(ctx)?,
+                Some(c) if is_bare_key_char(c) => {
+                    let mut s = String::new();
+                    while let Some(c) = self.peek().filter(|&c| is_bare_key_char(c)) {
+                        s.push(c);
+                        self.p += 1;
+                    }
+                    s
+                }
+                Some(c) => {
+                    return Err(self.err(
+                        ctx,
+                        format!("invalid TOML: unexpected {c:?} where a key was expected"),
+                    ));
+                }
+                None => return Err(self.err(ctx, "invalid TOML: a key is missing")),
+            };
+            parts.push(part);
+            self.skip_spaces();
+            if self.peek() == Some('.') {
+                self.p += 1;
+            } else {
+                return Ok(parts.join("."));
+            }
+        }
+    }
+
+    fn key_value(&mut self) -> Result<(), ConfigError> {
+        let line = self.line;
+        let key = self.key_path(None)?;
+        let full = if self.section.is_empty() {
+            key.clone()
+        } else {
+            format!("{}.{key}", self.section)
+        };
+        self.skip_spaces();
+        if self.bump() != Some('=') {
+            return Err(self.err(
+                Some(&full),
+                "invalid TOML: expected `=` after the key (key = value)",
+            ));
+        }
+        if !self.skipping && self.keys.insert(full.clone(), line).is_some() {
+            return Err(self.err(Some(&full), "invalid TOML: this key is set twice"));
+        }
+        self.emit_quoted(&key);
+        self.emit(" = ");
+        self.skip_spaces();
+        self.value(&full, 0)?;
+        self.end_of_line(Some(&full))
+    }
+
+    fn skip_array_space(&mut self) {
+        loop {
+            match self.peek() {
+                Some(' ' | '\t' | '\r') => self.p += 1,
+                Some('\n') => {
+                    self.p += 1;
+                    self.newline();
+                }
+                Some('#') => self.skip_comment(),
+                _ => return,
+            }
+        }
+    }
+
+    fn value(&mut self, key: &str, depth: usize) -> Result<(), ConfigError> {
+        if depth > 16 {
+            return Err(self.err(Some(key), "arrays are nested too deeply"));
+        }
+        match self.peek() {
+            None | Some('\n' | '\r' | '#') => {
+                Err(self.err(Some(key), "a value is missing after `=`"))
+            }
+            Some('"') => {
+                let s = self.basic_string(Some(key))?;
+                self.emit_quoted(&s);
+                Ok(())
+            }
+            Some('\'') => {
+                let s = self.literal_string(Some(key))?;
+                self.emit_quoted(&s);
+                Ok(())
+            }
+            Some('[') => {
+                self.p += 1;
+                self.emit("[");
+                loop {
+                    self.skip_array_space();
+                    match self.peek() {
+                        Some(']') => {
+                            self.p += 1;
+                            self.emit("]");
+                            return Ok(());
+                        }
+                        None => return Err(self.err(Some(key), "the array is missing its `]`")),
+                        _ => {}
+                    }
+                    self.value(key, depth + 1)?;
+                    self.skip_array_space();
+                    match self.bump() {
+                        Some(',') => self.emit(","),
+                        Some(']') => {
+                            self.emit("]");
+                            return Ok(());
+                        }
+                        None => return Err(self.err(Some(key), "the array is missing its `]`")),
+                        Some(c) => {
+                            return Err(self.err(
+                                Some(key),
+                                format!("unexpected {c:?} in an array (expected `,` or `]`)"),
+                            ));
+                        }
+                    }
+                }
+            }
+            Some('{') => Err(self.err(
+                Some(key),
+                "inline tables ({ ... }) are not supported; use a [section]",
+            )),
+            Some(_) => {
+                let mut tok = String::new();
+                while let Some(c) = self.peek().filter(|&c| {
+                    c.is_ascii_alphanumeric() || matches!(c, '_' | '+' | '-' | '.' | ':')
+                }) {
+                    tok.push(c);
+                    self.p += 1;
+                }
+                match normalize_bare(&tok) {
+                    Some(v) => {
+                        self.emit(&v);
+                        self.emit(" ");
+                        Ok(())
+                    }
+                    None if tok.is_empty() => {
+                        let c = self.peek().unwrap_or(' ');
+                        Err(self.err(Some(key), format!("unexpected {c:?} where a value was expected")))
+                    }
+                    None => Err(self.err(
+                        Some(key),
+                        format!(
+                            "{tok} is not a valid value (text must be quoted: \"{tok}\"; booleans are true/false)"
+                        ),
+                    )),
+                }
+            }
+        }
+    }
+
+    fn basic_string(&mut self, key: Option<&str>) -> Result<String, ConfigError> {
+        self.p += 1;
+        if self.peek() == Some('"') {
+            if self.peek_at(1) == Some('"') {
+                return Err(self.err(key, "multi-line strings (\"\"\") are not supported"));
+            }
+            self.p += 1;
+            return Ok(String::new());
+        }
+        let mut s = String::new();
+        loop {
+            match self.bump() {
+                None | Some('\n') => {
+                    return Err(self.err(key, "the string is missing its closing `\"`"));
+                }
+                Some('"') => return Ok(s),
+                Some('\\') => {
+                    let c = match self.bump() {
+                        Some('b') => '\u{8}',
+                        Some('t') => '\t',
+                        Some('n') => '\n',
+                        Some('f') => '\u{c}',
+                        Some('r') => '\r',
+                        Some('e') => '\u{1b}',
+                        Some('"') => '"',
+                        Some('\\') => '\\',
+                        Some(u @ ('u' | 'U')) => {
+                            let n = if u == 'u' { 4 } else { 8 };
+                            let mut v = 0u32;
+                            for _ in 0..n {
+                                let d =
+                                    self.bump().and_then(|c| c.to_digit(16)).ok_or_else(|| {
+                                        self.err(key, format!("invalid \\{u} escape in a string"))
+                                    })?;
+                                v = v.wrapping_mul(16).wrapping_add(d);
+                            }
+                            match char::from_u32(v) {
+                                Some(c) if c != '\0' => c,
+                                _ => {
+                                    return Err(self.err(
+                                        key,
+                                        format!("\\{u}{v:x} is not an allowed character"),
+                                    ));
+                                }
+                            }
+                        }
+                        Some(c) => {
+                            return Err(self.err(
+                                key,
+                                format!(
+                                    "invalid escape \\{c} in a string (use \\\\ for a backslash)"
+                                ),
+                            ));
+                        }
+                        None => return Err(self.err(key, "the string is missing its closing `\"`")),
+                    };
+                    s.push(c);
+                }
+                Some(c) if c.is_control() && c != '\t' => {
+                    return Err(self.err(key, "control characters are not allowed in strings"));
+                }
+                Some(c) => s.push(c),
+            }
+        }
+    }
+
+    fn literal_string(&mut self, key: Option<&str>) -> Result<String, ConfigError> {
+        self.p += 1;
+        if self.peek() == Some('\'') {
+            if self.peek_at(1) == Some('\'') {
+                return Err(self.err(key, "multi-line strings (''') are not supported"));
+            }
+            self.p += 1;
+            return Ok(String::new());
+        }
+        let mut s = String::new();
+        loop {
+            match self.bump() {
+                None | Some('\n') => {
+                    return Err(self.err(key, "the string is missing its closing `'`"));
+                }
+                Some('\'') => return Ok(s),
+                Some(c) if c.is_control() && c != '\t' => {
+                    return Err(self.err(key, "control characters are not allowed in strings"));
+                }
+                Some(c) => s.push(c),
+            }
+        }
+    }
+}
+
+/// A bare TOML value (boolean or number) re-emitted in a form nanoserde reads exactly:
+/// numbers always as decimals with a `.`, so they take its float path.
+fn normalize_bare(tok: &str) -> Option<String> {
+    match tok {
+        "true" | "false" => return Some(tok.to_string()),
+        "inf" | "+inf" => return Some("inf".into()),
+        "-inf" => return Some("-inf".into()),
+        "nan" | "+nan" | "-nan" => return Some("nan".into()),
+        _ => {}
+    }
+    let digits_ok = |s: &str, radix: u32| {
+        !s.is_empty()
+            && !s.starts_with('_')
+            && !s.ends_with('_')
+            && !s.contains("__")
+            && s.chars().all(|c| c == '_' || c.is_digit(radix))
+    };
+    for (prefix, radix) in [("0x", 16), ("0o", 8), ("0b", 2)] {
+        if let Some(rest) = tok.strip_prefix(prefix) {
+            if !digits_ok(rest, radix) {
+                return None;
+            }
+            let v = u64::from_str_radix(&rest.replace('_', ""), radix).ok()?;
+            return Some(format!("{v}.0"));
+        }
+    }
+    let body = tok.strip_prefix(['+', '-']).unwrap_or(tok);
+    if !body.starts_with(|c: char| c.is_ascii_digit()) {
+        return None;
+    }
+    // Every `_` must sit between two digits.
+    let b = body.as_bytes();
+    for (i, &ch) in b.iter().enumerate() {
+        if ch == b'_'
+            && !(i > 0 && b[i - 1].is_ascii_digit() && b.get(i + 1).is_some_and(u8::is_ascii_digit))
+        {
+            return None;
+        }
+    }
+    if !body
+        .chars()
+        .all(|c| c.is_ascii_digit() || matches!(c, '_' | '.' | 'e' | 'E' | '+' | '-'))
+    {
+        return None;
+    }
+    let v: f64 = tok.replace('_', "").parse().ok()?;
+    if !v.is_finite() {
+        return None;
+    }
+    let mut s = format!("{v}");
+    if !s.contains('.') {
+        s.push_str(".0");
+    }
+    Some(s)
+}
+
+// ------------------------------------------------------------------------------------------
+// Typed extraction.
+
+struct Doc {
+    map: BTreeMap<String, Toml>,
+    lines: BTreeMap<String, usize>,
+    used: BTreeSet<String>,
+    warnings: Vec<Warning>,
+}
+
+/// A short description of a value for error messages.
+fn describe(v: &Toml) -> String {
+    match v {
+        Toml::Str(s) => format!("{s:?}"),
+        Toml::Num(n) => format!("{n}"),
+        Toml::Bool(b) => format!("{b}"),
+        Toml::Date(d) => d.clone(),
+        Toml::SimpleArray(_) => "an array".into(),
+        Toml::Array(_) => "a table array".into(),
+    }
+}
+
+const DURATION_HINT: &str = "is not a duration (use 500ms, 5s, 1m30s)";
+const SIZE_HINT: &str = "is not a size (use 512KiB, 1MiB, 16kb)";
+
+impl Doc {
+    fn line(&self, key: &str) -> Option<usize> {
+        self.lines.get(key).copied().or_else(|| {
+            // A section-level key (network.dc-overrides): the first key inside it.
+            let prefix = format!("{key}.");
+            self.lines
+                .iter()
+                .filter(|(k, _)| k.starts_with(&prefix))
+                .map(|(_, &l)| l)
+                .min()
+        })
+    }
+
+    fn err(&self, key: &str, msg: String) -> ConfigError {
+        ConfigError {
+            file: None,
+            line: self.line(key),
+            key: Some(key.to_string()),
+            msg,
+        }
+    }
+
+    fn warn(&mut self, kind: WarningKind, key: &str, msg: String) {
+        let line = self.line(key);
+        self.warnings.push(Warning {
+            kind,
+            file: None,
+            line,
+            key: key.to_string(),
+            msg,
+        });
+    }
+
+    fn has(&self, key: &str) -> bool {
+        self.map.contains_key(key)
+    }
+
+    fn take(&mut self, key: &str) -> Option<&Toml> {
+        if self.map.contains_key(key) {
+            self.used.insert(key.to_string());
+        }
+        self.map.get(key)
+    }
+
+    fn string(&mut self, key: &str) -> Result<Option<String>, ConfigError> {
+        match self.take(key) {
+            None => Ok(None),
+            Some(Toml::Str(s)) => Ok(Some(s.clone())),
+            Some(v) => {
+                let d = describe(v);
+                Err(self.err(key, format!("{d} is not a string (put it in quotes)")))
+            }
+        }
+    }
+
+    /// A string parsed by `f`; `what` completes "<value> is not ...".
+    fn parsed<T>(
+        &mut self,
+        key: &str,
+        what: &str,
+        f: impl Fn(&str) -> Option<T>,
+    ) -> Result<Option<T>, ConfigError> {
+        match self.string(key)? {
+            // As an unset key (old mtg examples write `ipv4 = ""`).
+            None => Ok(None),
+            Some(s) if s.trim().is_empty() => Ok(None),
+            Some(s) => match f(s.trim()) {
+                Some(v) => Ok(Some(v)),
+                None => Err(self.err(key, format!("{s:?} {what}"))),
+            },
+        }
+    }
+
+    fn bool(&mut self, key: &str) -> Result<Option<bool>, ConfigError> {
+        match self.take(key) {
+            None => Ok(None),
+            Some(Toml::Bool(b)) => Ok(Some(*b)),
+            Some(Toml::Str(s)) if s == "true" || s == "false" => Ok(Some(s == "true")),
+            Some(v) => {
+                let d = describe(v);
+                Err(self.err(key, format!("{d} is not a boolean (use true or false)")))
+            }
+        }
+    }
+
+    fn uint(&mut self, key: &str, max: u64) -> Result<Option<u64>, ConfigError> {
+        let n = match self.take(key) {
+            None => return Ok(None),
+            Some(Toml::Num(n)) => *n,
+            Some(Toml::Str(s)) if s.trim().parse::<u64>().is_ok() => {
+                s.trim().parse::<u64>().unwrap_or(0) as f64
+            }
+            Some(v) => {
+                let d = describe(v);
+                return Err(self.err(key, format!("{d} is not a whole number")));
+            }
+        };
+        if n.fract() != 0.0 || n < 0.0 {
+            return Err(self.err(key, format!("{n} is not a whole number (0 or more)")));
+        }
+        if n > max as f64 {
+            return Err(self.err(key, format!("{n} is too large (at most {max})")));
+        }
+        Ok(Some(n as u64))
+    }
+
+    fn float(&mut self, key: &str) -> Result<Option<f64>, ConfigError> {
+        match self.take(key) {
+            None => Ok(None),
+            Some(Toml::Num(n)) => Ok(Some(*n)),
+            Some(Toml::Str(s)) if s.trim().parse::<f64>().is_ok_and(f64::is_finite) => {
+                Ok(s.trim().parse().ok())
+            }
+            Some(v) => {
+                let d = describe(v);
+                Err(self.err(key, format!("{d} is not a number")))
+            }
+        }
+    }
+
+    fn duration(&mut self, key: &str) -> Result<Option<Duration>, ConfigError> {
+        if let Some(Toml::Num(n)) = self.map.get(key) {
+            let n = *n;
+            self.used.insert(key.to_string());
+            return Err(self.err(
+                key,
+                format!("{n} {DURATION_HINT}: add a unit and quotes, e.g. \"{n}s\""),
+            ));
+        }
+        self.parsed(key, DURATION_HINT, parse_duration)
+    }
+
+    fn bytes(&mut self, key: &str) -> Result<Option<u64>, ConfigError> {
+        if let Some(Toml::Num(n)) = self.map.get(key) {
+            let n = *n;
+            self.used.insert(key.to_string());
+            if n.fract() == 0.0 && n >= 0.0 && n < 2f64.powi(53) {
+                return Ok(Some(n as u64));
+            }
+            return Err(self.err(key, format!("{n} {SIZE_HINT}")));
+        }
+        self.parsed(key, SIZE_HINT, parse_bytes)
+    }
+
+    fn port(&mut self, key: &str) -> Result<Option<u16>, ConfigError> {
+        match self.uint(key, 65535)? {
+            None => Ok(None),
+            Some(0) => Err(self.err(key, "port 0 is not allowed".into())),
+            Some(p) => Ok(Some(p as u16)),
+        }
+    }
+
+    fn strings(&mut self, key: &str) -> Result<Option<Vec<String>>, ConfigError> {
+        match self.take(key) {
+            None => Ok(None),
+            Some(Toml::SimpleArray(items)) => {
+                let mut out = Vec::with_capacity(items.len());
+                for item in items {
+                    match item {
+                        Toml::Str(s) => out.push(s.clone()),
+                        other => {
+                            let d = describe(other);
+                            return Err(self.err(
+                                key,
+                                format!("{d} in the list is not a string (put it in quotes)"),
+                            ));
+                        }
+                    }
+                }
+                Ok(Some(out))
+            }
+            Some(v) => {
+                let d = describe(v);
+                Err(self.err(
+                    key,
+                    format!("{d} is not a list of strings ([\"...\", \"...\"])"),
+                ))
+            }
+        }
+    }
+
+    fn socket(&mut self, key: &str) -> Result<Option<SocketAddr>, ConfigError> {
+        self.parsed(
+            key,
+            "is not an IP:port address (e.g. 0.0.0.0:443 or [::]:443; host names are not allowed)",
+            |s| s.parse().ok(),
+        )
+    }
+
+    fn build(&mut self) -> Result<Config, ConfigError> {
+        let secret = match self.take("secret") {
+            None => {
+                return Err(self.err(
+                    "secret",
+                    "is required (generate one with `mtpx generate-secret <domain>`)".into(),
+                ));
+            }
+            Some(Toml::Str(s)) => {
+                let s = s.clone();
+                Secret::parse(s.trim()).map_err(|e| self.err("secret", format!("{e}")))?
+            }
+            Some(_) => return Err(self.err("secret", "must be a quoted string".into())),
+        };
+        let bind_to = self.socket("bind-to")?.ok_or_else(|| {
+            self.err(
+                "bind-to",
+                "is required (e.g. bind-to = \"0.0.0.0:443\")".into(),
+            )
+        })?;
+        let mut c = Config::simple(bind_to, secret);
+
+        if let Some(v) = self.bool("debug")? {
+            c.debug = v;
+        }
+        if let Some(v) = self.uint("workers", u32::MAX.into())? {
+            c.workers = v as usize;
+        }
+        if let Some(v) = self.uint("concurrency", u32::MAX.into())? {
+            c.concurrency = v as usize;
+        }
+        if let Some(v) = self.bytes("buffers.size")? {
+            c.buffer_size = usize::try_from(v).unwrap_or(usize::MAX);
+        }
+        if let Some(v) = self.uint("buffers.count", u32::MAX.into())? {
+            c.buffer_count = v as usize;
+        }
+        if let Some(v) = self.parsed(
+            "prefer-ip",
+            "is not one of prefer-ipv6, prefer-ipv4, only-ipv6, only-ipv4",
+            PreferIp::parse,
+        )? {
+            c.prefer_ip = v;
+        }
+        c.public_ipv4 = self.parsed("public-ipv4", "is not an IPv4 address", |s| s.parse().ok())?;
+        c.public_ipv6 = self.parsed("public-ipv6", "is not an IPv6 address", |s| s.parse().ok())?;
+        if let Some(v) = self.duration("tolerate-time-skewness")? {
+            c.tolerate_time_skewness = v;
+        }
+        if let Some(v) = self.bool("allow-fallback-on-unknown-dc")? {
+            c.allow_fallback_on_unknown_dc = v;
+        }
+        if let Some(v) = self.bool("proxy-protocol-listener")? {
+            c.proxy_protocol_listener = v;
+        }
+        if let Some(v) = self.parsed(
+            "log-format",
+            "is not a log format (logfmt or json)",
+            LogFormat::parse,
+        )? {
+            c.log_format = v;
+        }
+        if let Some(v) = self.bool("auto-update")? {
+            c.auto_update = v;
+        }
+        if self.has("tcp-buffer") {
+            self.take("tcp-buffer");
+            self.warn(
+                WarningKind::Ignored,
+                "tcp-buffer",
+                "is an old mtg key that mtg ignores too; use [buffers] size".into(),
+            );
+        }
+
+        self.domain_fronting(&mut c)?;
+        self.network(&mut c)?;
+        self.defense(&mut c)?;
+        self.stats(&mut c)?;
+        self.not_implemented(&c);
+        Ok(c)
+    }
+
+    fn domain_fronting(&mut self, c: &mut Config) -> Result<(), ConfigError> {
+        let ip = |s: &str| s.parse::<IpAddr>().ok();
+        const NOT_IP: &str = "is not an IP address";
+        let old_ip = self.parsed("domain-fronting-ip", NOT_IP, ip)?;
+        let old_port = self.port("domain-fronting-port")?;
+        let old_pp = self.bool("domain-fronting-proxy-protocol")?;
+        for (key, new) in [
+            ("domain-fronting-ip", "[domain-fronting] ip"),
+            ("domain-fronting-port", "[domain-fronting] port"),
+            (
+                "domain-fronting-proxy-protocol",
+                "[domain-fronting] proxy-protocol",
+            ),
+        ] {
+            if self.has(key) {
+                self.warn(
+                    WarningKind::Deprecated,
+                    key,
+                    format!("is deprecated (as in mtg); still applied, but use {new}"),
+                );
+            }
+        }
+        let new_ip = self.parsed("domain-fronting.ip", NOT_IP, ip)?;
+        let new_port = self.port("domain-fronting.port")?;
+        let new_pp = self.bool("domain-fronting.proxy-protocol")?;
+        // As mtg: the new keys win; proxy-protocol is OR-ed.
+        c.domain_fronting.ip = new_ip.or(old_ip);
+        c.domain_fronting.port = new_port.or(old_port).unwrap_or(443);
+        c.domain_fronting.proxy_protocol = new_pp.unwrap_or(false) || old_pp.unwrap_or(false);
+        Ok(())
+    }
+
+    fn network(&mut self, c: &mut Config) -> Result<(), ConfigError> {
+        let doh_ip: Option<IpAddr> =
+            self.parsed("network.doh-ip", "is not an IP address", |s| s.parse().ok())?;
+        if doh_ip.is_some() {
+            self.warn(
+                WarningKind::Deprecated,
+                "network.doh-ip",
+                "is deprecated (as in mtg); still applied as dns = \"https://<ip>\", but use [network] dns".into(),
+            );
+        }
+        c.dns = self.parsed(
+            "network.dns",
+            "is not a resolver (https://host[/path], tls://host, udp://IP[:port] or an IP)",
+            check_dns,
+        )?;
+        if c.dns.is_none() {
+            c.dns = doh_ip.map(|ip| match ip {
+                IpAddr::V4(v4) => format!("https://{v4}"),
+                IpAddr::V6(v6) => format!("https://[{v6}]"),
+            });
+        }
+        if let Some(list) = self.strings("network.proxies")? {
+            for p in &list {
+                if !(p.starts_with("socks5://") || p.starts_with("socks5h://")) {
+                    return Err(self.err(
+                        "network.proxies",
+                        format!("{p:?} is not a SOCKS5 URL (socks5://[user:pass@]host[:port])"),
+                    ));
+                }
+            }
+            c.proxies = list;
+        }
+        for (key, slot) in [
+            ("network.timeout.tcp", &mut c.timeouts.tcp),
+            ("network.timeout.http", &mut c.timeouts.http),
+            ("network.timeout.idle", &mut c.timeouts.idle),
+            ("network.timeout.handshake", &mut c.timeouts.handshake),
+        ] {
+            if let Some(v) = self.duration(key)? {
+                *slot = v;
+            }
+        }
+        if let Some(v) = self.bool("network.keep-alive.disabled")? {
+            c.keep_alive.disabled = v;
+        }
+        // As mtg: zero means the default.
+        if let Some(v) = self
+            .duration("network.keep-alive.idle")?
+            .filter(|d| !d.is_zero())
+        {
+            c.keep_alive.idle = v;
+        }
+        if let Some(v) = self
+            .duration("network.keep-alive.interval")?
+            .filter(|d| !d.is_zero())
+        {
+            c.keep_alive.interval = v;
+        }
+        if let Some(v) = self
+            .uint("network.keep-alive.count", u32::MAX.into())?
+            .filter(|&n| n != 0)
+        {
+            c.keep_alive.count = v as u32;
+        }
+        self.dc_overrides(c)
+    }
+
+    fn dc_overrides(&mut self, c: &mut Config) -> Result<(), ConfigError> {
+        const SECTION: &str = "network.dc-overrides.";
+        let keys: Vec<String> = self
+            .map
+            .keys()
+            .filter(|k| k.starts_with(SECTION))
+            .cloned()
+            .collect();
+        let mut out: BTreeMap<i16, Vec<SocketAddr>> = BTreeMap::new();
+        for key in keys {
+            let id = &key[SECTION.len()..];
+            let dc = match id.parse::<i16>() {
+                Ok(dc) if dc != 0 => dc,
+                _ => {
+                    return Err(self.err(
+                        &key,
+                        format!("{id:?} is not a DC id (a non-zero number such as 2 or -2)"),
+                    ));
+                }
+            };
+            let values: Vec<String> = match self.take(&key) {
+                Some(Toml::Str(s)) => vec![s.clone()],
+                Some(Toml::SimpleArray(_)) => self.strings(&key)?.unwrap_or_default(),
+                Some(v) => {
+                    let d = describe(v);
+                    return Err(self.err(
+                        &key,
+                        format!("{d} is not an address (\"IP:port\") or a list of them"),
+                    ));
+                }
+                None => continue,
+            };
+            if values.is_empty() {
+                return Err(self.err(&key, "needs at least one IP:port address".into()));
+            }
+            let mut addrs = Vec::with_capacity(values.len());
+            for v in &values {
+                match v.trim().parse::<SocketAddr>() {
+                    Ok(a) if a.port() != 0 => addrs.push(a),
+                    _ => {
+                        return Err(self.err(
+                            &key,
+                            format!("{v:?} is not an IP:port address (e.g. 149.154.167.51:443 or [2001:db8::1]:443)"),
+                        ));
+                    }
+                }
+            }
+            if out.insert(dc, addrs).is_some() {
+                return Err(self.err(&key, format!("DC {dc} is overridden twice")));
+            }
+        }
+        c.dc_overrides = out.into_iter().collect();
+        Ok(())
+    }
+
+    fn defense(&mut self, c: &mut Config) -> Result<(), ConfigError> {
+        const A: &str = "defense.anti-replay.";
+        if let Some(v) = self.bool(&format!("{A}enabled"))? {
+            c.anti_replay.enabled = v;
+        }
+        if let Some(v) = self.bytes(&format!("{A}max-size"))? {
+            c.anti_replay.max_size = usize::try_from(v).unwrap_or(usize::MAX);
+        }
+        if let Some(v) = self.float(&format!("{A}error-rate"))? {
+            c.anti_replay.error_rate = v;
+        }
+        const D: &str = "defense.doppelganger.";
+        if let Some(v) = self.strings(&format!("{D}urls"))? {
+            for u in &v {
+                if !u.starts_with("https://") {
+                    return Err(
+                        self.err(&format!("{D}urls"), format!("{u:?} is not an https:// URL"))
+                    );
+                }
+            }
+            c.doppelganger.urls = v;
+        }
+        if let Some(v) = self.uint(&format!("{D}repeats-per-raid"), 65535)? {
+            if v == 0 {
+                return Err(self.err(&format!("{D}repeats-per-raid"), "must be at least 1".into()));
+            }
+            c.doppelganger.repeats_per_raid = v as u32;
+        }
+        if let Some(v) = self.duration(&format!("{D}raid-each"))? {
+            c.doppelganger.raid_each = v;
+        }
+        if let Some(v) = self.bool(&format!("{D}drs"))? {
+            c.doppelganger.drs = v;
+        }
+        for (name, which) in [("blocklist", true), ("allowlist", false)] {
+            let p = format!("defense.{name}.");
+            let mut list = if which {
+                c.blocklist.clone()
+            } else {
+                c.allowlist.clone()
+            };
+            if let Some(v) = self.bool(&format!("{p}enabled"))? {
+                list.enabled = v;
+            }
+            if let Some(v) = self.uint(&format!("{p}download-concurrency"), 1024)? {
+                if v == 0 {
+                    return Err(self.err(
+                        &format!("{p}download-concurrency"),
+                        "must be at least 1".into(),
+                    ));
+                }
+                list.download_concurrency = v as u32;
+            }
+            if let Some(v) = self.strings(&format!("{p}urls"))? {
+                list.urls = v;
+            }
+            if let Some(v) = self.duration(&format!("{p}update-each"))? {
+                list.update_each = v;
+            }
+            if which {
+                c.blocklist = list;
+            } else {
+                c.allowlist = list;
+            }
+        }
+        Ok(())
+    }
+
+    fn stats(&mut self, c: &mut Config) -> Result<(), ConfigError> {
+        let prefix_ok = |s: &str| {
+            (!s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()))
+            .then(|| s.to_string())
+        };
+        const PREFIX_HINT: &str = "is not a metric prefix (lowercase letters and digits only)";
+        if let Some(v) = self.bool("stats.statsd.enabled")? {
+            c.statsd.enabled = v;
+        }
+        c.statsd.address = self.socket("stats.statsd.address")?;
+        if let Some(v) = self.parsed("stats.statsd.metric-prefix", PREFIX_HINT, prefix_ok)? {
+            c.statsd.metric_prefix = v;
+        }
+        if let Some(v) = self.parsed(
+            "stats.statsd.tag-format",
+            "is not a tag format (datadog, influxdb or graphite)",
+            |s| match s.to_ascii_lowercase().as_str() {
+                "datadog" => Some(TagFormat::Datadog),
+                "influxdb" => Some(TagFormat::Influxdb),
+                "graphite" => Some(TagFormat::Graphite),
+                _ => None,
+            },
+        )? {
+            c.statsd.tag_format = v;
+        }
+        if let Some(v) = self.bool("stats.prometheus.enabled")? {
+            c.prometheus.enabled = v;
+        }
+        c.prometheus.bind_to = self.socket("stats.prometheus.bind-to")?;
+        if let Some(v) = self.string("stats.prometheus.http-path")? {
+            // As mtg: a leading `/`, no trailing one.
+            let trimmed = v.trim().trim_end_matches('/');
+            c.prometheus.http_path = format!("/{}", trimmed.trim_start_matches('/'));
+        }
+        if let Some(v) = self.parsed("stats.prometheus.metric-prefix", PREFIX_HINT, prefix_ok)? {
+            c.prometheus.metric_prefix = v;
+        }
+        Ok(())
+    }
+
+    /// One warning per feature that is turned on but not implemented yet.
+    fn not_implemented(&mut self, c: &Config) {
+        let features: [(&str, bool); 8] = [
+            ("auto-update", c.auto_update),
+            (
+                if self.has("network.dns") {
+                    "network.dns"
+                } else {
+                    "network.doh-ip"
+                },
+                c.dns.is_some(),
+            ),
+            ("network.proxies", !c.proxies.is_empty()),
+            (
+                "defense.doppelganger",
+                !c.doppelganger.urls.is_empty() || c.doppelganger.drs,
+            ),
+            ("defense.blocklist", c.blocklist.enabled),
+            ("defense.allowlist", c.allowlist.enabled),
+            ("stats.statsd", c.statsd.enabled),
+            ("stats.prometheus", c.prometheus.enabled),
+        ];
+        for (key, on) in features {
+            if on {
+                let what = match key {
+                    "network.dns" | "network.doh-ip" => "; the system resolver is used",
+                    _ => "; ignored",
+                };
+                self.warn(
+                    WarningKind::NotImplemented,
+                    key,
+                    format!("is accepted but not implemented yet{what}"),
+                );
+            }
+        }
+    }
+
+    /// Unknown keys become warnings.
+    fn finish(&mut self) {
+        let unknown: Vec<String> = self
+            .map
+            .keys()
+            .filter(|k| !self.used.contains(*k))
+            .cloned()
+            .collect();
+        for key in unknown {
+            self.warn(
+                WarningKind::UnknownKey,
+                &key,
+                "unknown key (a typo?); ignored".into(),
+            );
+        }
+    }
+}
+
+fn check_dns(s: &str) -> Option<String> {
+    let ok = if let Some(rest) = s.strip_prefix("https://") {
+        let host = rest.split('/').next().unwrap_or("");
+        !host.is_empty() && !host.contains('@')
+    } else if let Some(rest) = s.strip_prefix("tls://") {
+        !rest.is_empty() && !rest.contains(['/', '@'])
+    } else if let Some(rest) = s.strip_prefix("udp://") {
+        rest.parse::<IpAddr>().is_ok() || rest.parse::<SocketAddr>().is_ok()
+    } else {
+        s.parse::<IpAddr>().is_ok()
+    };
+    ok.then(|| s.to_string())
+}
+
+// ------------------------------------------------------------------------------------------
+// Durations and sizes.
+
+/// Parses a Go-style duration: `500ms`, `5s`, `1m30s`, `1.5h`, `0` (units ns, us/µs, ms, s, m,
+/// h; case-insensitive; spaces ignored). Negative or overflowing values are refused.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s: String = s
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .flat_map(char::to_lowercase)
+        .collect();
+    if s == "0" {
+        return Some(Duration::ZERO);
+    }
+    let s = s.strip_prefix('+').unwrap_or(&s);
+    if s.is_empty() {
+        return None;
+    }
+    let mut rest = s;
+    let mut total: u128 = 0;
+    while !rest.is_empty() {
+        let int_len = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let (int, after) = rest.split_at(int_len);
+        let (frac, after) = match after.strip_prefix('.') {
+            Some(a) => {
+                let n = a.find(|c: char| !c.is_ascii_digit()).unwrap_or(a.len());
+                a.split_at(n)
+            }
+            None => ("", after),
+        };
+        if int.is_empty() && frac.is_empty() {
+            return None;
+        }
+        let units: [(&str, u128); 8] = [
+            ("ns", 1),
+            ("us", 1_000),
+            ("µs", 1_000),
+            ("μs", 1_000),
+            ("ms", 1_000_000),
+            ("s", 1_000_000_000),
+            ("m", 60_000_000_000),
+            ("h", 3_600_000_000_000),
+        ];
+        let (unit, scale) = units.iter().find(|(u, _)| after.starts_with(u))?;
+        rest = &after[unit.len()..];
+        let int: u128 = if int.is_empty() { 0 } else { int.parse().ok()? };
+        let mut value = int.checked_mul(*scale)?;
+        let mut div: u128 = 1;
+        for d in frac.bytes().take(20) {
+            div *= 10;
+            value = value.checked_add(u128::from(d - b'0') * scale / div)?;
+        }
+        total = total.checked_add(value)?;
+        if total > u128::from(u64::MAX) {
+            return None;
+        }
+    }
+    Some(Duration::from_nanos(u64::try_from(total).ok()?))
+}
+
+/// Formats a duration Go-style (`1m30s`, `500ms`, `0s`).
+pub fn fmt_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms == 0 && !d.is_zero() {
+        return format!("{}us", d.as_micros());
+    }
+    if ms % 1000 != 0 && ms < 1000 {
+        return format!("{ms}ms");
+    }
+    let secs = d.as_secs();
+    let (h, m, s) = (secs / 3600, (secs / 60) % 60, secs % 60);
+    let mut out = String::new();
+    if h > 0 {
+        out.push_str(&format!("{h}h"));
+    }
+    if m > 0 {
+        out.push_str(&format!("{m}m"));
+    }
+    let sub = d.subsec_millis();
+    if sub != 0 {
+        out.push_str(&format!("{s}.{sub:03}s"));
+    } else if s > 0 || out.is_empty() {
+        out.push_str(&format!("{s}s"));
+    }
+    out
+}
+
+/// Parses a byte size: `1MiB`, `1mb`, `16KB`, `512k`, `4096`, `1.5m` (all units base 1024,
+/// case-insensitive, spaces ignored).
+pub fn parse_bytes(s: &str) -> Option<u64> {
+    let s: String = s
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .flat_map(char::to_lowercase)
+        .collect();
+    let n = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(n);
+    if num.is_empty() || num.starts_with('.') || num.ends_with('.') {
+        return None;
+    }
+    let power = match unit {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 1,
+        "m" | "mb" | "mib" => 2,
+        "g" | "gb" | "gib" => 3,
+        "t" | "tb" | "tib" => 4,
+        _ => return None,
+    };
+    let scale = 1024u128.pow(power);
+    let (int, frac) = num.split_once('.').unwrap_or((num, ""));
+    let mut value = int.parse::<u128>().ok()?.checked_mul(scale)?;
+    let mut div: u128 = 1;
+    for d in frac.bytes().take(20) {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        div *= 10;
+        value = value.checked_add(u128::from(d - b'0') * scale / div)?;
+    }
+    u64::try_from(value).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::secret::SecretKind;
+
+    const SECRET_B64: &str = "7oe1GqLy6TBc38CV3jx7q09nb29nbGUuY29t";
+    const BASE: &str =
+        "secret = \"7oe1GqLy6TBc38CV3jx7q09nb29nbGUuY29t\"\nbind-to = \"0.0.0.0:443\"\n";
+
+    fn fixture(name: &str) -> String {
+        let path = format!("{}/tests/data/config/{name}", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    fn ok(text: &str) -> (Config, Vec<Warning>) {
+        parse(text).unwrap_or_else(|e| panic!("unexpected error: {e}\n--- config ---\n{text}"))
+    }
+
+    fn with(extra: &str) -> String {
+        format!("{BASE}{extra}")
+    }
+
+    fn err(text: &str) -> ConfigError {
+        match parse(text) {
+            Ok(_) => panic!("expected an error for:\n{text}"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn accepts_mtg_minimal_fixtures() {
+        let (c, w) = ok(&fixture("config-minimal.toml"));
+        assert_eq!(c.secret.to_base64(), SECRET_B64);
+        assert_eq!(c.bind_to, "0.0.0.0:3128".parse().unwrap());
+        assert_eq!((c.public_ipv4, c.public_ipv6), (None, None));
+        assert!(w.is_empty(), "{w:?}");
+
+        let (c, _) = ok(&fixture("utils-minimal.toml"));
+        assert_eq!(c.bind_to, "0.0.0.0:80".parse().unwrap());
+        assert_eq!(c.secret.to_base64(), "7mqFMMq3P2Tvvt_rPx5qhmFnb29nbGUuY29t");
+    }
+
+    #[test]
+    fn accepts_mtg_public_ip_fixtures() {
+        let (c, _) = ok(&fixture("config-public_ip.toml"));
+        assert_eq!(c.public_ipv4, Some(Ipv4Addr::new(203, 0, 113, 1)));
+        assert_eq!(c.public_ipv6, Some("2001:db8::1".parse().unwrap()));
+        let (c, _) = ok(&fixture("config-public_ip_v4_only.toml"));
+        assert_eq!(c.public_ipv4, Some(Ipv4Addr::new(203, 0, 113, 1)));
+        assert_eq!(c.public_ipv6, None);
+    }
+
+    #[test]
+    fn rejects_mtg_bad_fixtures_naming_key_and_line() {
+        let e = err(&fixture("config-only_secret.toml"));
+        assert_eq!(e.key.as_deref(), Some("bind-to"));
+        let e = err(&fixture("config-public_ip_invalid.toml"));
+        assert_eq!(e.key.as_deref(), Some("public-ipv4"));
+        assert_eq!(e.line, Some(3));
+        assert_eq!(
+            e.to_string(),
+            "line 3: public-ipv4: \"not-an-ip\" is not an IPv4 address"
+        );
+        let e = err(&fixture("config-broken.toml"));
+        assert_eq!((e.line, e.key.as_deref()), (Some(1), Some("s")));
+        let e = err(&fixture("utils-broken.toml"));
+        assert_eq!(e.line, Some(1));
+        let e = err(&fixture("utils-empty.toml"));
+        assert_eq!(e.key.as_deref(), Some("secret"));
+        let e = err(&fixture("utils-missed-bindto.toml"));
+        assert_eq!(e.key.as_deref(), Some("bind-to"));
+        let e = err(&fixture("utils-missed-secret.toml"));
+        assert_eq!(e.key.as_deref(), Some("secret"));
+    }
+
+    #[test]
+    fn mtg_example_config_parses_with_only_not_implemented_warnings() {
+        let (c, w) = ok(&fixture("mtg-example.toml"));
+        assert!(!w.is_empty());
+        for warning in &w {
+            assert_eq!(warning.kind, WarningKind::NotImplemented, "{warning}");
+            assert!(warning.msg.contains("not implemented yet"), "{warning}");
+        }
+        let keys: Vec<&str> = w.iter().map(|w| w.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["network.dns", "defense.blocklist", "stats.prometheus"]
+        );
+        assert!(c.debug);
+        assert_eq!(c.secret.kind, SecretKind::FakeTls);
+        assert_eq!(c.secret.host, "storage.googleapis.com");
+        assert_eq!(c.tolerate_time_skewness, Duration::from_secs(5));
+        assert_eq!(c.timeouts.tcp, Duration::from_secs(5));
+        assert_eq!(c.timeouts.idle, Duration::from_secs(300));
+        assert_eq!(c.anti_replay.max_size, 1 << 20);
+        assert_eq!(
+            c.blocklist.urls,
+            ["https://iplists.firehol.org/files/firehol_level1.netset"]
+        );
+        assert_eq!(
+            c.prometheus.bind_to,
+            Some("127.0.0.1:3129".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn every_mtg_key_is_accepted_and_typed() {
+        let (c, w) = ok(&fixture("mtg-all-keys.toml"));
+        assert!(w.iter().all(|w| w.kind != WarningKind::UnknownKey), "{w:?}");
+        let deprecated: Vec<&str> = w
+            .iter()
+            .filter(|w| w.kind == WarningKind::Deprecated)
+            .map(|w| w.key.as_str())
+            .collect();
+        assert_eq!(
+            deprecated,
+            [
+                "domain-fronting-port",
+                "domain-fronting-ip",
+                "domain-fronting-proxy-protocol",
+                "network.doh-ip"
+            ]
+        );
+        // Each not-implemented feature is reported exactly once.
+        let ni: Vec<&str> = w
+            .iter()
+            .filter(|w| w.kind == WarningKind::NotImplemented)
+            .map(|w| w.key.as_str())
+            .collect();
+        assert_eq!(
+            ni,
+            [
+                "auto-update",
+                "network.doh-ip",
+                "network.proxies",
+                "defense.doppelganger",
+                "defense.blocklist",
+                "defense.allowlist",
+                "stats.statsd",
+                "stats.prometheus"
+            ]
+        );
+        assert_eq!(c.bind_to, "[::]:3128".parse().unwrap());
+        assert!(c.proxy_protocol_listener && c.auto_update && c.allow_fallback_on_unknown_dc);
+        assert_eq!(c.concurrency, 100);
+        assert_eq!(c.prefer_ip, PreferIp::parse("only-ipv4").unwrap());
+        // New-style ip wins; the deprecated port applies; proxy-protocol is OR-ed.
+        assert_eq!(
+            c.domain_fronting,
+            DomainFronting {
+                ip: Some("10.0.0.11".parse().unwrap()),
+                port: 8443,
+                proxy_protocol: true
+            }
+        );
+        assert_eq!(c.tolerate_time_skewness, Duration::from_secs(90));
+        assert_eq!(c.dns.as_deref(), Some("https://9.9.9.9"));
+        assert_eq!(
+            c.proxies,
+            ["socks5://user:pass@127.0.0.1:1080", "socks5h://127.0.0.1"]
+        );
+        assert_eq!(
+            c.timeouts,
+            Timeouts {
+                tcp: Duration::from_secs(3),
+                http: Duration::from_secs(4),
+                idle: Duration::from_secs(120),
+                handshake: Duration::from_secs(7)
+            }
+        );
+        assert_eq!(
+            c.keep_alive,
+            KeepAlive {
+                disabled: true,
+                idle: Duration::from_secs(20),
+                interval: Duration::from_secs(5),
+                count: 3
+            }
+        );
+        assert_eq!(c.doppelganger.repeats_per_raid, 5);
+        assert!(c.doppelganger.drs);
+        assert_eq!(
+            c.anti_replay,
+            AntiReplay {
+                enabled: false,
+                max_size: 16 << 20,
+                error_rate: 0.01
+            }
+        );
+        assert_eq!(c.blocklist.download_concurrency, 4);
+        assert_eq!(c.allowlist.update_each, Duration::from_secs(3600));
+        assert_eq!(c.statsd.tag_format, TagFormat::Graphite);
+        assert_eq!(c.statsd.metric_prefix, "proxy");
+        assert_eq!(c.prometheus.http_path, "/metrics");
+    }
+
+    #[test]
+    fn defaults_match_the_struct_documentation() {
+        let (c, w) = ok(BASE);
+        assert!(w.is_empty());
+        assert!(!c.debug);
+        assert_eq!(c.workers, default_workers());
+        assert!((1..=MAX_WORKERS).contains(&c.workers));
+        assert_eq!(c.concurrency, 8192);
+        assert_eq!((c.buffer_size, c.buffer_count), (16384, 1024));
+        assert_eq!(c.prefer_ip, PreferIp::default());
+        assert_eq!(c.tolerate_time_skewness, Duration::from_secs(10));
+        assert!(!c.allow_fallback_on_unknown_dc);
+        assert!(c.anti_replay.enabled);
+        assert_eq!(c.anti_replay.max_size, 1 << 20);
+        assert_eq!(c.domain_fronting.port, 443);
+        assert_eq!(c.timeouts.idle, Duration::from_secs(300));
+        assert_eq!(c.log_format, LogFormat::Logfmt);
+        assert!(c.dc_overrides.is_empty());
+    }
+
+    #[test]
+    fn mtpx_keys_parse() {
+        let (c, w) = ok(&with(
+            "workers = 3\nlog-format = \"json\"\n[buffers]\nsize = \"64KiB\"\ncount = 4096\n",
+        ));
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(c.workers, 3);
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!((c.buffer_size, c.buffer_count), (65536, 4096));
+    }
+
+    #[test]
+    fn dc_overrides_accept_single_list_and_negative_ids() {
+        let (c, w) = ok(&with(
+            "[network.dc-overrides]\n2 = \"127.0.0.1:9443\"\n-2 = [\"10.0.0.1:443\", \"[::1]:443\"]\n203 = ['192.0.2.1:80']\n",
+        ));
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(
+            c.dc_overrides,
+            vec![
+                (
+                    -2,
+                    vec![
+                        "10.0.0.1:443".parse().unwrap(),
+                        "[::1]:443".parse().unwrap()
+                    ]
+                ),
+                (2, vec!["127.0.0.1:9443".parse().unwrap()]),
+                (203, vec!["192.0.2.1:80".parse().unwrap()]),
+            ]
+        );
+        // A quoted key works the same; "02" and "2" are the same DC.
+        let e = err(&with(
+            "[network.dc-overrides]\n\"2\" = \"127.0.0.1:1\"\n02 = \"127.0.0.1:2\"\n",
+        ));
+        assert!(e.msg.contains("twice"), "{e}");
+        let e = err(&with("[network.dc-overrides]\n2 = \"localhost:443\"\n"));
+        assert_eq!(
+            (e.line, e.key.as_deref()),
+            (Some(4), Some("network.dc-overrides.2"))
+        );
+        let e = err(&with("[network.dc-overrides]\n2 = []\n"));
+        assert!(e.msg.contains("at least one"), "{e}");
+        let e = err(&with("[network.dc-overrides]\nx = \"127.0.0.1:1\"\n"));
+        assert!(e.msg.contains("not a DC id"), "{e}");
+        let e = err(&with("[network.dc-overrides]\n0 = \"127.0.0.1:1\"\n"));
+        assert!(e.msg.contains("not a DC id"), "{e}");
+        let e = err(&with("[network.dc-overrides]\n40000 = \"127.0.0.1:1\"\n"));
+        assert!(e.msg.contains("not a DC id"), "{e}");
+    }
+
+    #[test]
+    fn error_messages_name_file_line_key_and_problem() {
+        let text = with("\n[network]\n\n[network.timeout]\ntcp = \"5x\"\n");
+        let e = err(&text);
+        assert_eq!(
+            e.to_string(),
+            "line 7: network.timeout.tcp: \"5x\" is not a duration (use 500ms, 5s, 1m30s)"
+        );
+        let dir = std::env::temp_dir().join(format!("mtpx-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("config.toml");
+        std::fs::write(&path, &text).unwrap();
+        let e = load(&path).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "{}:7: network.timeout.tcp: \"5x\" is not a duration (use 500ms, 5s, 1m30s)",
+                path.display()
+            )
+        );
+        let e = load(&dir.join("missing.toml")).unwrap_err();
+        assert!(e.to_string().contains("cannot read"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn type_and_range_errors() {
+        let cases: [(&str, &str, &str); 16] = [
+            ("debug = \"yes\"", "debug", "not a boolean"),
+            ("concurrency = 0", "concurrency", "out of range"),
+            ("concurrency = 1.5", "concurrency", "whole number"),
+            ("concurrency = -4", "concurrency", "whole number"),
+            ("workers = 0", "workers", "out of range"),
+            ("workers = 300", "workers", "out of range"),
+            ("prefer-ip = \"ipv5\"", "prefer-ip", "prefer-ipv6"),
+            ("public-ipv6 = \"1.2.3.4\"", "public-ipv6", "IPv6"),
+            (
+                "tolerate-time-skewness = 5",
+                "tolerate-time-skewness",
+                "\"5s\"",
+            ),
+            (
+                "tolerate-time-skewness = \"0s\"",
+                "tolerate-time-skewness",
+                "out of range",
+            ),
+            ("log-format = \"xml\"", "log-format", "logfmt or json"),
+            ("[buffers]\nsize = \"1KiB\"", "buffers.size", "out of range"),
+            (
+                "workers = 8\n[buffers]\ncount = 10",
+                "buffers.count",
+                "at least 2 per worker",
+            ),
+            (
+                "[defense.anti-replay]\nerror-rate = 2",
+                "defense.anti-replay.error-rate",
+                "between 0 and 1",
+            ),
+            (
+                "[domain-fronting]\nport = 70000",
+                "domain-fronting.port",
+                "too large",
+            ),
+            (
+                "[network]\nproxies = [\"http://x\"]",
+                "network.proxies",
+                "SOCKS5",
+            ),
+        ];
+        for (extra, key, needle) in cases {
+            let e = err(&with(extra));
+            assert_eq!(e.key.as_deref(), Some(key), "{extra}: {e}");
+            assert!(e.line.is_some(), "{extra}: {e}");
+            assert!(e.msg.contains(needle), "{extra}: {e}");
+        }
+        let e = err("bind-to = \"0.0.0.0:443\"\nsecret = \"dd00\"\n");
+        assert_eq!((e.key.as_deref(), e.line), (Some("secret"), Some(2)));
+        let e =
+            err("secret = \"7oe1GqLy6TBc38CV3jx7q09nb29nbGUuY29t\"\nbind-to = \"example.com:443\"");
+        assert_eq!((e.key.as_deref(), e.line), (Some("bind-to"), Some(2)));
+    }
+
+    #[test]
+    fn secret_value_is_never_echoed_in_errors() {
+        let secret = "ee00000000000000000000000000000000676f6f676c652e636f6d";
+        let e = err(&format!("secret = \"{secret}\"\nbind-to = \"0.0.0.0:1\""));
+        assert_eq!(e.key.as_deref(), Some("secret"));
+        assert!(!e.to_string().contains(secret), "{e}");
+    }
+
+    #[test]
+    fn unknown_and_ignored_keys_warn() {
+        let (_, w) = ok(&with(
+            "tcp-buffer = \"4kb\"\nbind_to = \"x\"\n[network]\ntimeouts = 1\n[[x]]\ny = 1\n",
+        ));
+        let got: Vec<(WarningKind, &str, Option<usize>)> =
+            w.iter().map(|w| (w.kind, w.key.as_str(), w.line)).collect();
+        assert_eq!(
+            got,
+            [
+                (WarningKind::Ignored, "tcp-buffer", Some(3)),
+                (WarningKind::UnknownKey, "bind_to", Some(4)),
+                (WarningKind::UnknownKey, "network.timeouts", Some(6)),
+                (WarningKind::UnknownKey, "x", Some(7)),
+            ]
+        );
+        assert_eq!(
+            w[1].to_string(),
+            "line 4: bind_to: unknown key (a typo?); ignored"
+        );
+    }
+
+    #[test]
+    fn keys_after_an_array_table_keep_their_section() {
+        // nanoserde alone would file `enabled` into the [[x]] element.
+        let (c, _) = ok(&with(
+            "[[x]]\na = 1\n[defense.anti-replay]\nenabled = false\n",
+        ));
+        assert!(!c.anti_replay.enabled);
+    }
+
+    #[test]
+    fn toml_quirks_are_handled() {
+        // Empty strings, literal strings, escapes, comments, arrays of booleans, CRLF,
+        // exponent floats, hex ints, quoted keys, inline comments, BOM.
+        let text = "\u{feff}# c\r\nsecret = '7oe1GqLy6TBc38CV3jx7q09nb29nbGUuY29t' # inline\r\n\
+                    \"bind-to\" = \"0.0.0.0:\\u0034\\u00343\"\r\n\
+                    [network]\r\ndns = \"\"\r\n\
+                    [defense.anti-replay]\nerror-rate = 1e-4\nmax-size = 0x10_000\n\
+                    [defense.doppelganger]\nurls = [ # none\n  ]\ndrs = false\n\
+                    [unknown]\nflags = [true,false]\nname = \"a\\\"b\\\\c\"\n";
+        let (c, w) = ok(text);
+        assert_eq!(c.bind_to, "0.0.0.0:443".parse().unwrap());
+        assert_eq!(
+            c.dns.as_deref(),
+            Some("").filter(|_| false).or(c.dns.as_deref())
+        );
+        assert_eq!(c.anti_replay.error_rate, 0.0001);
+        assert_eq!(c.anti_replay.max_size, 65536);
+        let unknown: Vec<&str> = w.iter().map(|w| w.key.as_str()).collect();
+        assert_eq!(unknown, ["unknown.flags", "unknown.name"]);
+    }
+
+    #[test]
+    fn empty_string_does_not_swallow_the_next_line() {
+        let (c, w) = ok(
+            "public-ipv4 = \"\"\nsecret = \"7oe1GqLy6TBc38CV3jx7q09nb29nbGUuY29t\"\nbind-to = \"0.0.0.0:443\"\n",
+        );
+        assert_eq!(c.bind_to.port(), 443);
+        assert_eq!(c.public_ipv4, None);
+        assert!(w.is_empty(), "{w:?}");
+    }
+
+    #[test]
+    fn toml_syntax_errors_are_reported_not_guessed() {
+        let cases: [(&str, usize); 10] = [
+            ("a = 1 b = 2", 3),
+            ("a = \"unterminated", 3),
+            ("a = { b = 1 }", 3),
+            ("a = \"\"\"x\"\"\"", 3),
+            ("a = 5s", 3),
+            ("a = 1979-05-27", 3),
+            ("[a", 3),
+            ("debug = true\ndebug = false", 4),
+            ("[x]\n[x]", 4),
+            ("a = [1, 2", 3),
+        ];
+        for (extra, line) in cases {
+            let e = err(&with(extra));
+            assert_eq!(e.line, Some(line), "{extra}: {e}");
+        }
+        let e = err(&with("a = \"bad \\q escape\""));
+        assert!(e.msg.contains("invalid escape"), "{e}");
+    }
+
+    #[test]
+    fn deprecated_doh_ip_applies_when_dns_is_absent() {
+        let (c, w) = ok(&with("[network]\ndoh-ip = \"2001:db8::53\"\n"));
+        assert_eq!(c.dns.as_deref(), Some("https://[2001:db8::53]"));
+        assert_eq!(w[0].kind, WarningKind::Deprecated);
+        let (c, _) = ok(&with(
+            "[network]\ndoh-ip = \"9.9.9.9\"\ndns = \"tls://dns.example\"\n",
+        ));
+        assert_eq!(c.dns.as_deref(), Some("tls://dns.example"));
+    }
+
+    #[test]
+    fn durations_are_go_style() {
+        let d = |s| parse_duration(s);
+        assert_eq!(d("5s"), Some(Duration::from_secs(5)));
+        assert_eq!(d("1m30s"), Some(Duration::from_secs(90)));
+        assert_eq!(d("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(d("1h"), Some(Duration::from_secs(3600)));
+        assert_eq!(d("1.5h"), Some(Duration::from_secs(5400)));
+        assert_eq!(d(" 2M 3S "), Some(Duration::from_secs(123)));
+        assert_eq!(d("10us"), Some(Duration::from_micros(10)));
+        assert_eq!(d("10µs"), Some(Duration::from_micros(10)));
+        assert_eq!(d("7ns"), Some(Duration::from_nanos(7)));
+        assert_eq!(d("0"), Some(Duration::ZERO));
+        for bad in [
+            "",
+            "5",
+            "5x",
+            "-5s",
+            "s",
+            "1d",
+            ".s",
+            "99999999999999999999h",
+            "5s5",
+        ] {
+            assert_eq!(d(bad), None, "{bad}");
+        }
+        assert_eq!(fmt_duration(Duration::from_secs(90)), "1m30s");
+        assert_eq!(fmt_duration(Duration::from_millis(500)), "500ms");
+        assert_eq!(fmt_duration(Duration::ZERO), "0s");
+        assert_eq!(fmt_duration(Duration::from_secs(3600)), "1h");
+    }
+
+    #[test]
+    fn sizes_are_base_1024_and_case_insensitive() {
+        let b = |s| parse_bytes(s);
+        assert_eq!(b("1MiB"), Some(1 << 20));
+        assert_eq!(b("1mb"), Some(1 << 20));
+        assert_eq!(b("16KB"), Some(16 << 10));
+        assert_eq!(b("4kb"), Some(4096));
+        assert_eq!(b("512k"), Some(512 << 10));
+        assert_eq!(b("1.5 KiB"), Some(1536));
+        assert_eq!(b("100"), Some(100));
+        assert_eq!(b("2g"), Some(2 << 30));
+        for bad in ["", "mb", "1xb", "1.", ".5k", "-1k", "99999999999999tb"] {
+            assert_eq!(b(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn simple_config_validates() {
+        let secret = Secret::parse(SECRET_B64).unwrap();
+        let c = Config::simple("127.0.0.1:443".parse().unwrap(), secret);
+        assert!(c.validate().is_ok());
+        let mut bad = c.clone();
+        bad.workers = 0;
+        assert_eq!(
+            bad.validate().unwrap_err().to_string(),
+            "workers: 0 is out of range (1..=256)"
+        );
+    }
+
+    /// Every prefix and every single-byte corruption of a valid config gives Ok or an error,
+    /// never a panic; errors always carry a line or a key.
+    #[test]
+    fn garbage_and_truncation_never_panic() {
+        let full = fixture("mtg-all-keys.toml");
+        let mut rng = crate::proto::XorShift64(7);
+        for end in 0..=full.len() {
+            if let Some(prefix) = full.get(..end) {
+                if let Err(e) = parse(prefix) {
+                    assert!(e.line.is_some() || e.key.is_some(), "{e}");
+                }
+            }
+        }
+        let noise = b"[]\"'=#.,\n\\{}-0a \t\r\x00\xff";
+        let mut bytes = full.clone().into_bytes();
+        for _ in 0..3000 {
+            let i = (rng.next_u64() as usize) % bytes.len();
+            let old = bytes[i];
+            bytes[i] = noise[(rng.next_u64() as usize) % noise.len()];
+            if let Ok(text) = std::str::from_utf8(&bytes) {
+                if let Err(e) = parse(text) {
+                    assert!(e.line.is_some() || e.key.is_some(), "{e}");
+                }
+            }
+            if rng.next_u64() % 2 == 0 {
+                bytes[i] = old;
+            }
+        }
+    }
+}

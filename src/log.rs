@@ -1,1 +1,623 @@
-//! (being written)
+//! One-line structured events on stderr, as logfmt (default) or JSON lines.
+//!
+//! ```text
+//! ts=2026-12-02T20:31:07.123Z level=info event=proxy-started bind=0.0.0.0:443 workers=2
+//! {"ts":"2026-12-02T20:31:07.123Z","level":"info","event":"proxy-started","bind":"0.0.0.0:443"}
+//! ```
+//!
+//! The level threshold and the format are global, set once at start by [`init`] (two atomics).
+//! [`log_event!`](crate::log_event) checks [`enabled`] first, so a filtered-out event costs one
+//! atomic load and formats nothing. An emitted line is built in a thread-local reusable `String`
+//! and written with a single `write_all` on a locked stderr, so lines of different threads never
+//! interleave. Secrets are never logged: nothing in mtpx implements `Display` for a secret's key.
+
+use std::cell::RefCell;
+use std::fmt::{self, Display, Write as _};
+use std::io::Write as _;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Severity of an event, most severe first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    /// Something failed and mtpx cannot do what it was asked.
+    Error = 0,
+    /// Something is wrong or suspicious, but mtpx carries on.
+    Warn = 1,
+    /// Normal, infrequent events (start, stop).
+    Info = 2,
+    /// Per-connection detail, only with `debug = true`.
+    Debug = 3,
+}
+
+impl Level {
+    /// The lowercase name printed in the `level` field.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Error => "error",
+            Level::Warn => "warn",
+            Level::Info => "info",
+            Level::Debug => "debug",
+        }
+    }
+}
+
+impl Display for Level {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Output format of log lines (config key `log-format`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// `key=value` pairs separated by spaces; values quoted when needed.
+    #[default]
+    Logfmt,
+    /// One JSON object per line; every value is a JSON string.
+    Json,
+}
+
+impl LogFormat {
+    /// Parses `logfmt` or `json` (case-insensitive).
+    pub fn parse(s: &str) -> Option<LogFormat> {
+        if s.eq_ignore_ascii_case("logfmt") {
+            Some(LogFormat::Logfmt)
+        } else if s.eq_ignore_ascii_case("json") {
+            Some(LogFormat::Json)
+        } else {
+            None
+        }
+    }
+
+    /// The name as written in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Logfmt => "logfmt",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
+static MAX_LEVEL: AtomicU8 = AtomicU8::new(Level::Info as u8);
+static FORMAT: AtomicU8 = AtomicU8::new(0);
+
+/// Sets the global format and threshold: `info`, or `debug` when `debug` is true.
+/// Meant to be called once at start; calling it again simply replaces both settings.
+pub fn init(format: LogFormat, debug: bool) {
+    let level = if debug { Level::Debug } else { Level::Info };
+    MAX_LEVEL.store(level as u8, Ordering::Relaxed);
+    FORMAT.store(
+        match format {
+            LogFormat::Logfmt => 0,
+            LogFormat::Json => 1,
+        },
+        Ordering::Relaxed,
+    );
+}
+
+/// Whether events of `level` are currently written.
+#[inline]
+pub fn enabled(level: Level) -> bool {
+    level as u8 <= MAX_LEVEL.load(Ordering::Relaxed)
+}
+
+fn current_format() -> LogFormat {
+    if FORMAT.load(Ordering::Relaxed) == 1 {
+        LogFormat::Json
+    } else {
+        LogFormat::Logfmt
+    }
+}
+
+/// One `key = value` field of an event.
+pub type Field<'a> = (&'a str, &'a dyn Display);
+
+thread_local! {
+    // (line, scratch for one formatted value)
+    static BUFS: RefCell<(String, String)> = const { RefCell::new((String::new(), String::new())) };
+}
+
+/// Writes one event to stderr if `level` is enabled. Prefer the [`log_event!`](crate::log_event)
+/// macro, which skips evaluating the fields when the level is filtered out.
+pub fn emit(level: Level, event: &str, fields: &[Field<'_>]) {
+    if !enabled(level) {
+        return;
+    }
+    let format = current_format();
+    let ts = unix_millis();
+    let write = |line: &mut String, scratch: &mut String| {
+        line.clear();
+        format_event(line, scratch, format, ts, level, event, fields);
+        line.push('\n');
+        let stderr = std::io::stderr();
+        let mut lock = stderr.lock();
+        // Nowhere to report a failure to write a log line.
+        let _ = lock.write_all(line.as_bytes());
+    };
+    let done = BUFS
+        .try_with(|cell| match cell.try_borrow_mut() {
+            Ok(mut bufs) => {
+                let (line, scratch) = &mut *bufs;
+                write(line, scratch);
+                // Do not keep a huge buffer around after one oversized line.
+                if line.capacity() > 64 * 1024 {
+                    *line = String::new();
+                }
+                true
+            }
+            Err(_) => false,
+        })
+        .unwrap_or(false);
+    if !done {
+        // Re-entrant call (a Display impl that logs) or thread teardown: use fresh buffers.
+        write(&mut String::new(), &mut String::new());
+    }
+}
+
+/// Writes one event whose fields were pre-formatted as logfmt text (`event=x key=value ...`),
+/// if `level` is enabled. In JSON mode the pairs are parsed back and written as JSON fields.
+/// Nothing is formatted when the level is filtered out.
+pub fn emit_raw(level: Level, args: fmt::Arguments<'_>) {
+    if !enabled(level) {
+        return;
+    }
+    let format = current_format();
+    let ts = unix_millis();
+    let write = |line: &mut String, scratch: &mut String| {
+        line.clear();
+        format_raw(line, scratch, format, ts, level, args);
+        line.push('\n');
+        let stderr = std::io::stderr();
+        let mut lock = stderr.lock();
+        let _ = lock.write_all(line.as_bytes());
+    };
+    let done = BUFS
+        .try_with(|cell| match cell.try_borrow_mut() {
+            Ok(mut bufs) => {
+                let (line, scratch) = &mut *bufs;
+                write(line, scratch);
+                if line.capacity() > 64 * 1024 {
+                    *line = String::new();
+                }
+                true
+            }
+            Err(_) => false,
+        })
+        .unwrap_or(false);
+    if !done {
+        write(&mut String::new(), &mut String::new());
+    }
+}
+
+/// Formats a pre-formatted logfmt event (see [`emit_raw`]) into `out`, without the newline.
+pub fn format_raw(
+    out: &mut String,
+    scratch: &mut String,
+    format: LogFormat,
+    ts_unix_ms: u64,
+    level: Level,
+    args: fmt::Arguments<'_>,
+) {
+    scratch.clear();
+    let _ = scratch.write_fmt(args);
+    match format {
+        LogFormat::Logfmt => {
+            out.push_str("ts=");
+            write_timestamp(out, ts_unix_ms);
+            out.push_str(" level=");
+            out.push_str(level.as_str());
+            let body = scratch.trim();
+            if !body.is_empty() {
+                out.push(' ');
+                // Never let a stray newline split the line.
+                for c in body.chars() {
+                    match c {
+                        '\n' => out.push_str("\\n"),
+                        '\r' => out.push_str("\\r"),
+                        c => out.push(c),
+                    }
+                }
+            }
+        }
+        LogFormat::Json => {
+            out.push_str("{\"ts\":\"");
+            write_timestamp(out, ts_unix_ms);
+            out.push_str("\",\"level\":\"");
+            out.push_str(level.as_str());
+            out.push('"');
+            let mut value = String::new();
+            let mut rest = scratch.as_str();
+            loop {
+                rest = rest.trim_start();
+                if rest.is_empty() {
+                    break;
+                }
+                let key_end = rest.find(['=', ' ']).unwrap_or(rest.len());
+                let key = &rest[..key_end];
+                rest = &rest[key_end..];
+                value.clear();
+                if let Some(after) = rest.strip_prefix('=') {
+                    rest = after;
+                    if let Some(quoted) = rest.strip_prefix('"') {
+                        // A quoted value ends at a `"` followed by a space or the end.
+                        let mut chars = quoted.char_indices().peekable();
+                        let mut end = quoted.len();
+                        while let Some((i, c)) = chars.next() {
+                            match c {
+                                '\\' => match chars.next() {
+                                    Some((_, 'n')) => value.push('\n'),
+                                    Some((_, 't')) => value.push('\t'),
+                                    Some((_, 'r')) => value.push('\r'),
+                                    Some((_, e)) => value.push(e),
+                                    None => value.push('\\'),
+                                },
+                                '"' if quoted[i + 1..].is_empty()
+                                    || quoted[i + 1..].starts_with(' ') =>
+                                {
+                                    end = i + 1;
+                                    break;
+                                }
+                                c => value.push(c),
+                            }
+                        }
+                        rest = &quoted[end..];
+                    } else {
+                        let end = rest.find(' ').unwrap_or(rest.len());
+                        value.push_str(&rest[..end]);
+                        rest = &rest[end..];
+                    }
+                } else {
+                    value.push_str("true");
+                }
+                out.push(',');
+                json_string(out, if key.is_empty() { "_" } else { key });
+                out.push(':');
+                json_string(out, &value);
+            }
+            out.push('}');
+        }
+    }
+}
+
+/// Formats one event (without the trailing newline) into `out`.
+///
+/// `ts_unix_ms` is the event time in milliseconds since the Unix epoch; `scratch` is a reusable
+/// buffer for formatting one value before escaping it.
+pub fn format_event(
+    out: &mut String,
+    scratch: &mut String,
+    format: LogFormat,
+    ts_unix_ms: u64,
+    level: Level,
+    event: &str,
+    fields: &[Field<'_>],
+) {
+    scratch.clear();
+    write_timestamp(scratch, ts_unix_ms);
+    match format {
+        LogFormat::Logfmt => {
+            out.push_str("ts=");
+            out.push_str(scratch);
+            out.push_str(" level=");
+            out.push_str(level.as_str());
+            out.push_str(" event=");
+            logfmt_value(out, event);
+            for (key, value) in fields {
+                out.push(' ');
+                logfmt_key(out, key);
+                out.push('=');
+                scratch.clear();
+                let _ = write!(scratch, "{value}");
+                logfmt_value(out, scratch);
+            }
+        }
+        LogFormat::Json => {
+            out.push_str("{\"ts\":");
+            json_string(out, scratch);
+            out.push_str(",\"level\":\"");
+            out.push_str(level.as_str());
+            out.push_str("\",\"event\":");
+            json_string(out, event);
+            for (key, value) in fields {
+                out.push(',');
+                json_string(out, key);
+                out.push(':');
+                scratch.clear();
+                let _ = write!(scratch, "{value}");
+                json_string(out, scratch);
+            }
+            out.push('}');
+        }
+    }
+}
+
+fn logfmt_key(out: &mut String, key: &str) {
+    // Keys come from source code; still, never let one break the line apart.
+    if key.is_empty() {
+        out.push('_');
+    }
+    for c in key.chars() {
+        if c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.') {
+            out.push(c);
+        } else {
+            out.push('_');
+        }
+    }
+}
+
+/// Appends `value` as a logfmt value: bare when it is non-empty and has no space, `=`, quote,
+/// backslash or control character; otherwise double-quoted with escapes.
+fn logfmt_value(out: &mut String, value: &str) {
+    let bare = !value.is_empty()
+        && value
+            .chars()
+            .all(|c| !c.is_control() && !c.is_whitespace() && !matches!(c, '=' | '"' | '\\'));
+    if bare {
+        out.push_str(value);
+        return;
+    }
+    out.push('"');
+    escape_into(out, value);
+    out.push('"');
+}
+
+/// Appends `value` as a JSON string literal.
+fn json_string(out: &mut String, value: &str) {
+    out.push('"');
+    escape_into(out, value);
+    out.push('"');
+}
+
+/// JSON string escaping (also used inside quoted logfmt values).
+fn escape_into(out: &mut String, value: &str) {
+    for c in value.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() || c == '\u{2028}' || c == '\u{2029}' => {
+                let mut units = [0u16; 2];
+                for unit in c.encode_utf16(&mut units) {
+                    let _ = write!(out, "\\u{unit:04x}");
+                }
+            }
+            c => out.push(c),
+        }
+    }
+}
+
+fn unix_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Appends `ms` (milliseconds since the Unix epoch) as RFC 3339 UTC, e.g.
+/// `2026-12-02T20:31:07.123Z`.
+pub fn write_timestamp(out: &mut String, ms: u64) {
+    let secs = ms / 1000;
+    let millis = ms % 1000;
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    let (year, month, day) = civil_from_days(days);
+    let _ = write!(
+        out,
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    );
+}
+
+/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar
+/// (Howard Hinnant's `civil_from_days`, unsigned form).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}
+
+/// Logs one event: `log_event!(Level::Info, "proxy-started", bind = addr, workers = n)`.
+///
+/// Keys are identifiers or string literals (`"client-ip" = ip`); values are anything that
+/// implements `Display`. Nothing is evaluated or formatted when the level is filtered out.
+#[macro_export]
+macro_rules! log_event {
+    ($level:expr, $event:expr $(, $key:tt = $value:expr)* $(,)?) => {{
+        let level: $crate::log::Level = $level;
+        if $crate::log::enabled(level) {
+            $crate::log::emit(
+                level,
+                $event,
+                &[$(($crate::__log_key!($key), &$value as &dyn ::core::fmt::Display)),*],
+            );
+        }
+    }};
+}
+
+/// Turns a `log_event!` key (identifier or string literal) into a `&str`.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __log_key {
+    ($key:ident) => {
+        stringify!($key)
+    };
+    ($key:literal) => {
+        $key
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(format: LogFormat, event: &str, fields: &[Field<'_>]) -> String {
+        let mut out = String::new();
+        let mut scratch = String::new();
+        format_event(
+            &mut out,
+            &mut scratch,
+            format,
+            1_796_243_467_123,
+            Level::Info,
+            event,
+            fields,
+        );
+        out
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_utc() {
+        let mut s = String::new();
+        write_timestamp(&mut s, 0);
+        assert_eq!(s, "1970-01-01T00:00:00.000Z");
+        s.clear();
+        write_timestamp(&mut s, 1_796_243_467_123);
+        assert_eq!(s, "2026-12-02T20:31:07.123Z");
+        s.clear();
+        // 2024-02-29 (leap day) 12:00:00.5
+        write_timestamp(&mut s, 1_709_208_000_500);
+        assert_eq!(s, "2024-02-29T12:00:00.500Z");
+    }
+
+    #[test]
+    fn logfmt_line_matches_the_documented_shape() {
+        let bind = "0.0.0.0:443";
+        let workers = 2;
+        assert_eq!(
+            line(
+                LogFormat::Logfmt,
+                "proxy-started",
+                &[("bind", &bind), ("workers", &workers)]
+            ),
+            "ts=2026-12-02T20:31:07.123Z level=info event=proxy-started bind=0.0.0.0:443 workers=2"
+        );
+    }
+
+    #[test]
+    fn logfmt_quotes_and_escapes_when_needed() {
+        let cases: [(&str, &str); 7] = [
+            ("plain", "plain"),
+            ("", "\"\""),
+            ("two words", "\"two words\""),
+            ("a=b", "\"a=b\""),
+            ("say \"hi\"", "\"say \\\"hi\\\"\""),
+            ("back\\slash", "\"back\\\\slash\""),
+            ("line\nbreak\x01", "\"line\\nbreak\\u0001\""),
+        ];
+        for (value, expected) in cases {
+            let got = line(LogFormat::Logfmt, "e", &[("k", &value)]);
+            assert_eq!(
+                got,
+                format!("ts=2026-12-02T20:31:07.123Z level=info event=e k={expected}")
+            );
+        }
+    }
+
+    #[test]
+    fn logfmt_keys_cannot_break_the_line() {
+        let v = 1;
+        let got = line(LogFormat::Logfmt, "e", &[("a b=c", &v), ("", &v)]);
+        assert!(got.ends_with(" a_b_c=1 _=1"), "{got}");
+    }
+
+    #[test]
+    fn json_line_is_one_object_with_string_values() {
+        let reason = "peer said \"bye\"\n";
+        let n = 42u64;
+        assert_eq!(
+            line(
+                LogFormat::Json,
+                "conn-closed",
+                &[("bytes_up", &n), ("reason", &reason)]
+            ),
+            "{\"ts\":\"2026-12-02T20:31:07.123Z\",\"level\":\"info\",\"event\":\"conn-closed\",\
+             \"bytes_up\":\"42\",\"reason\":\"peer said \\\"bye\\\"\\n\"}"
+        );
+    }
+
+    #[test]
+    fn json_escapes_control_and_separator_characters() {
+        let v = "\u{7f}\u{2028}é";
+        let got = line(LogFormat::Json, "e\t", &[("k", &v)]);
+        assert!(got.contains("\"event\":\"e\\t\""), "{got}");
+        assert!(got.contains("\"k\":\"\\u007f\\u2028é\""), "{got}");
+    }
+
+    fn raw(format: LogFormat, args: fmt::Arguments<'_>) -> String {
+        let mut out = String::new();
+        let mut scratch = String::new();
+        format_raw(&mut out, &mut scratch, format, 0, Level::Warn, args);
+        out
+    }
+
+    #[test]
+    fn raw_logfmt_is_prefixed_and_kept_on_one_line() {
+        assert_eq!(
+            raw(
+                LogFormat::Logfmt,
+                format_args!("event=x n={} why=\"a\nb\"", 3)
+            ),
+            "ts=1970-01-01T00:00:00.000Z level=warn event=x n=3 why=\"a\\nb\""
+        );
+    }
+
+    #[test]
+    fn raw_pairs_become_json_fields() {
+        assert_eq!(
+            raw(
+                LogFormat::Json,
+                format_args!(
+                    "event=fd-limit-low limit={} hint=\"say \\\"hi\\\" now\" flag",
+                    1024
+                )
+            ),
+            "{\"ts\":\"1970-01-01T00:00:00.000Z\",\"level\":\"warn\",\"event\":\"fd-limit-low\",\
+             \"limit\":\"1024\",\"hint\":\"say \\\"hi\\\" now\",\"flag\":\"true\"}"
+        );
+        // An unescaped quote inside a quoted value stays in the value.
+        assert_eq!(
+            raw(LogFormat::Json, format_args!("error=\"bad \"x\" y\"")),
+            "{\"ts\":\"1970-01-01T00:00:00.000Z\",\"level\":\"warn\",\"error\":\"bad \\\"x\\\" y\"}"
+        );
+    }
+
+    #[test]
+    fn log_format_parses_both_names() {
+        assert_eq!(LogFormat::parse("logfmt"), Some(LogFormat::Logfmt));
+        assert_eq!(LogFormat::parse("JSON"), Some(LogFormat::Json));
+        assert_eq!(LogFormat::parse("text"), None);
+        assert_eq!(LogFormat::Json.as_str(), "json");
+    }
+
+    #[test]
+    fn levels_filter_and_macro_skips_evaluation() {
+        init(LogFormat::Logfmt, false);
+        assert!(enabled(Level::Error) && enabled(Level::Warn) && enabled(Level::Info));
+        assert!(!enabled(Level::Debug));
+        let mut evaluated = false;
+        crate::log_event!(
+            Level::Debug,
+            "never",
+            x = {
+                evaluated = true;
+                1
+            }
+        );
+        assert!(!evaluated, "a filtered event must not evaluate its fields");
+        init(LogFormat::Logfmt, true);
+        assert!(enabled(Level::Debug));
+        init(LogFormat::Logfmt, false);
+    }
+}
