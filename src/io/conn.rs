@@ -57,7 +57,9 @@ pub(crate) enum Phase {
     Handshake,
     /// Connecting to a datacenter address.
     Connecting,
-    /// Relaying bytes both ways.
+    /// Connecting to the fronting site after a failed handshake.
+    FrontConnecting,
+    /// Relaying bytes both ways (to a DC, or byte for byte to the fronting site).
     Relay,
     /// Done; the slot is freed at the end of the event batch.
     Closed,
@@ -72,6 +74,8 @@ pub(crate) enum CloseReason {
     Rejected(Reject),
     /// No datacenter address could be reached.
     DcUnreachable,
+    /// The fronting site could not be reached.
+    FrontUnreachable,
     /// The client asked for a DC we do not know, and fallback is off.
     UnknownDc,
     /// No traffic for the idle timeout.
@@ -88,6 +92,7 @@ impl CloseReason {
             CloseReason::Done => "done",
             CloseReason::Rejected(r) => r.as_str(),
             CloseReason::DcUnreachable => "dc-unreachable",
+            CloseReason::FrontUnreachable => "front-unreachable",
             CloseReason::UnknownDc => "unknown-dc",
             CloseReason::Idle => "idle-timeout",
             CloseReason::Error(_) => "socket-error",
@@ -176,6 +181,8 @@ pub(crate) struct Conn {
     dc: i16,
     dc_send: i16,
     addr_idx: usize,
+    /// Why the handshake failed, once the connection is spliced to the fronting site.
+    pub(crate) fronted: Option<Reject>,
     pub(crate) queued: bool,
     pub(crate) waiting_buf: bool,
     pub(crate) reason: CloseReason,
@@ -224,6 +231,7 @@ impl Conn {
             dc: 0,
             dc_send: 0,
             addr_idx: 0,
+            fronted: None,
             queued: false,
             waiting_buf: false,
             reason: CloseReason::Done,
@@ -264,8 +272,8 @@ impl Conn {
             return;
         }
         match self.phase {
-            Phase::Handshake => self.close(CloseReason::Rejected(Reject::Timeout), ctx),
-            Phase::Connecting => self.next_address(ctx),
+            Phase::Handshake => self.reject(Reject::Timeout, ctx),
+            Phase::Connecting | Phase::FrontConnecting => self.next_address(ctx),
             Phase::Relay => self.close(CloseReason::Idle, ctx),
             Phase::Closed => {}
         }
@@ -276,13 +284,63 @@ impl Conn {
     pub(crate) fn ready(&mut self, ctx: &mut Ctx<'_>) {
         let result = match self.phase {
             Phase::Handshake => self.handshake(ctx),
-            Phase::Connecting => self.connecting(ctx),
+            Phase::Connecting | Phase::FrontConnecting => self.connecting(ctx),
             Phase::Relay => self.relay(ctx),
             Phase::Closed => Ok(()),
         };
-        if let Err(reason) = result {
-            self.close(reason, ctx);
+        match result {
+            Ok(()) => {}
+            Err(CloseReason::Rejected(r)) if self.phase == Phase::Handshake => self.reject(r, ctx),
+            Err(reason) => self.close(reason, ctx),
         }
+    }
+
+    /// The handshake failed. Until we have answered as a proxy (FakeTLS: sent our server
+    /// flight), the connection is spliced to the fronting site: every byte read so far is
+    /// replayed unchanged, then both directions are relayed byte for byte (PROTOCOL.md §6).
+    /// Afterwards the only honest answer is to close, as mtg does.
+    fn reject(&mut self, why: Reject, ctx: &mut Ctx<'_>) {
+        if self.tls.is_some() || ctx.shared.front_addr(0).is_none() {
+            self.close(CloseReason::Rejected(why), ctx);
+            return;
+        }
+        self.fronted = Some(why);
+        ctx.shared
+            .stats
+            .fronted
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        crate::log_event!(
+            Level::Info,
+            "fronting",
+            conn = self.id_str(),
+            client = self.peer,
+            reason = why.as_str()
+        );
+        // The bytes read so far stay in the up half exactly as received.
+        self.up.start = 0;
+        self.addr_idx = 0;
+        self.start_connect(ctx);
+    }
+
+    /// Prepends a PROXY v2 header to the bytes waiting for the fronting site.
+    fn write_front_proxy_header(&mut self, front: SocketAddr, ctx: &mut Ctx<'_>) -> bool {
+        use crate::proto::proxy_protocol;
+        if self.up.buf.is_none() {
+            self.up.buf = ctx.pool.checkout();
+        }
+        let Some(id) = self.up.buf else {
+            return false;
+        };
+        let buf = ctx.pool.get(id);
+        if self.up.end + proxy_protocol::V2_MAX_LEN > buf.len() {
+            return false;
+        }
+        let mut hdr = [0u8; proxy_protocol::V2_MAX_LEN];
+        let n = proxy_protocol::write_v2(&mut hdr, self.peer, front);
+        buf.copy_within(self.up.start..self.up.end, self.up.start + n);
+        buf[self.up.start..self.up.start + n].copy_from_slice(&hdr[..n]);
+        self.up.end += n;
+        true
     }
 
     // ---------------------------------------------------------------- handshake
@@ -379,6 +437,15 @@ impl Conn {
             if self.tls.is_none() {
                 // Waiting for a buffer to answer the hello.
                 return Ok(());
+            }
+        }
+        if kind != SecretKind::FakeTls {
+            // Real clients never start their frame with these bytes (they regenerate it), so
+            // an HTTP request, a TLS hello or an abridged-only probe is fronted at once.
+            let id = self.up.buf.expect("handshake reads into a buffer");
+            let head = &ctx.pool.get(id)[self.up.start..self.up.end];
+            if obfs2::is_forbidden_start(head) {
+                return Err(CloseReason::Rejected(Reject::ObfsTag));
             }
         }
         if self.up.end - self.up.start >= obfs2::FRAME_LEN {
@@ -515,26 +582,43 @@ impl Conn {
 
     // ---------------------------------------------------------------- connecting
 
-    fn addresses<'s>(&self, shared: &'s Shared) -> &'s [SocketAddr] {
+    /// The `idx`-th address to try: of the fronting site when fronting, else of the DC.
+    fn addr_at(&self, idx: usize, shared: &Shared) -> Option<SocketAddr> {
+        if self.fronted.is_some() {
+            return shared.front_addr(idx);
+        }
         shared
             .dc
             .lookup_or_fallback(self.dc, shared.config.allow_fallback_on_unknown_dc)
-            .map(|(_, a)| a)
-            .unwrap_or(&[])
+            .and_then(|(_, a)| a.get(idx).copied())
     }
 
     /// Starts a nonblocking connect to the current address, skipping addresses that fail at once.
     fn start_connect(&mut self, ctx: &mut Ctx<'_>) {
-        self.phase = Phase::Connecting;
+        let fronting = self.fronted.is_some();
+        self.phase = if fronting {
+            Phase::FrontConnecting
+        } else {
+            Phase::Connecting
+        };
         let shared = ctx.shared;
         loop {
-            let addrs = self.addresses(shared);
-            let Some(&addr) = addrs.get(self.addr_idx) else {
-                shared
-                    .stats
-                    .dc_failures
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                self.close(CloseReason::DcUnreachable, ctx);
+            let Some(addr) = self.addr_at(self.addr_idx, shared) else {
+                if fronting {
+                    crate::log_event!(
+                        Level::Warn,
+                        "fronting-failed",
+                        conn = self.id_str(),
+                        reason = "no fronting address could be reached"
+                    );
+                    self.close(CloseReason::FrontUnreachable, ctx);
+                } else {
+                    shared
+                        .stats
+                        .dc_failures
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.close(CloseReason::DcUnreachable, ctx);
+                }
                 return;
             };
             match TcpStream::connect(addr) {
@@ -609,6 +693,12 @@ impl Conn {
             return Ok(());
         }
         let _ = up.set_nodelay(true);
+        if self.fronted.is_some() && ctx.shared.front_proxy_protocol {
+            let front = up.peer_addr().unwrap_or_else(|_| self.peer);
+            if !self.write_front_proxy_header(front, ctx) {
+                return Err(CloseReason::Error(ErrorKind::OutOfMemory));
+            }
+        }
         self.phase = Phase::Relay;
         self.deadline = ctx.now + ctx.shared.config.timeouts.idle;
         self.relay(ctx)
@@ -637,7 +727,8 @@ impl Conn {
         let Some(upstream) = self.upstream.as_ref() else {
             return Ok(0);
         };
-        let keys = self.keys.as_mut().expect("relay has keys");
+        // No keys: a fronted connection, relayed byte for byte.
+        let mut keys = self.keys.as_mut();
         let half = &mut self.up;
         let mut moved = 0;
         loop {
@@ -665,9 +756,11 @@ impl Conn {
                                         .map_err(|_| io::Error::from(ErrorKind::InvalidData))?,
                                     None => n,
                                 };
-                                let data = &mut buf[half.end..half.end + m];
-                                apply(&mut keys.client_dec, data);
-                                apply(&mut keys.dc_enc, data);
+                                if let Some(k) = keys.as_deref_mut() {
+                                    let data = &mut buf[half.end..half.end + m];
+                                    apply(&mut k.client_dec, data);
+                                    apply(&mut k.dc_enc, data);
+                                }
                                 half.end += m;
                                 moved += m;
                                 self.bytes_up += m as u64;
@@ -724,7 +817,7 @@ impl Conn {
         let Some(upstream) = self.upstream.as_ref() else {
             return Ok(0);
         };
-        let keys = self.keys.as_mut().expect("relay has keys");
+        let mut keys = self.keys.as_mut();
         let framed = self.tls.is_some();
         let half = &mut self.down;
         let mut moved = 0;
@@ -752,9 +845,11 @@ impl Conn {
                                 progress = true;
                             }
                             Ok(n) => {
-                                let data = &mut buf[at..at + n];
-                                apply(&mut keys.dc_dec, data);
-                                apply(&mut keys.client_enc, data);
+                                if let Some(k) = keys.as_deref_mut() {
+                                    let data = &mut buf[at..at + n];
+                                    apply(&mut k.dc_dec, data);
+                                    apply(&mut k.client_enc, data);
+                                }
                                 if framed {
                                     buf[half.end..at]
                                         .copy_from_slice(&faketls::record_header(n as u16));
@@ -812,7 +907,10 @@ impl Conn {
 
     /// Closes the connection for shutdown if it has not started relaying.
     pub(crate) fn in_handshake(&self) -> bool {
-        matches!(self.phase, Phase::Handshake | Phase::Connecting)
+        matches!(
+            self.phase,
+            Phase::Handshake | Phase::Connecting | Phase::FrontConnecting
+        )
     }
 
     /// The connection's id as logged (hex).

@@ -35,6 +35,8 @@ pub struct Stats {
     pub handshakes: AtomicU64,
     /// Handshakes rejected (bad secret, probe, timeout, replay…).
     pub rejected: AtomicU64,
+    /// Connections spliced to the fronting site after a failed handshake.
+    pub fronted: AtomicU64,
     /// Connections for which no DC address could be reached.
     pub dc_failures: AtomicU64,
     /// Connections closed (for any reason).
@@ -54,9 +56,29 @@ pub(crate) struct Shared {
     pub(crate) stop: AtomicBool,
     pub(crate) grace: Duration,
     pub(crate) stats: Arc<Stats>,
+    /// Addresses of the fronting site (refreshed in the background for a host name).
+    front_addrs: Mutex<Vec<SocketAddr>>,
+    /// Send a PROXY v2 header to the fronting site.
+    pub(crate) front_proxy_protocol: bool,
 }
 
 impl Shared {
+    /// The `idx`-th address of the fronting site, if any.
+    pub(crate) fn front_addr(&self, idx: usize) -> Option<SocketAddr> {
+        match self.front_addrs.lock() {
+            Ok(a) => a.get(idx).copied(),
+            Err(p) => p.into_inner().get(idx).copied(),
+        }
+    }
+
+    /// Replaces the fronting site's addresses (after a new resolution).
+    pub(crate) fn set_front_addrs(&self, addrs: Vec<SocketAddr>) {
+        match self.front_addrs.lock() {
+            Ok(mut a) => *a = addrs,
+            Err(p) => *p.into_inner() = addrs,
+        }
+    }
+
     /// True if this handshake nonce was seen within the clock-skew window (and records it).
     pub(crate) fn is_replay(&self, digest: &[u8], now_unix: u64) -> bool {
         match &self.replay {
@@ -174,7 +196,11 @@ pub fn start_with_grace(config: Config, grace: Duration) -> io::Result<Proxy> {
     let dc = DcTable::new(config.prefer_ip, &config.dc_overrides);
     let per_worker_conns = config.concurrency + 1;
     let per_worker_bufs = (config.buffer_count / workers).max(2);
+    let front_addrs = initial_front_addrs(&config);
+    let front_proxy_protocol = config.domain_fronting.proxy_protocol;
     let shared = Arc::new(Shared {
+        front_addrs: Mutex::new(front_addrs),
+        front_proxy_protocol,
         dc,
         replay,
         active: AtomicUsize::new(0),
@@ -209,6 +235,29 @@ pub fn start_with_grace(config: Config, grace: Duration) -> io::Result<Proxy> {
         threads,
         local_addr,
     })
+}
+
+/// The fronting site's addresses known without a DNS query: `[domain-fronting] ip`, or the
+/// secret's host when it is an IP literal or `localhost`. Host names are resolved later.
+fn initial_front_addrs(config: &Config) -> Vec<SocketAddr> {
+    let port = config.domain_fronting.port;
+    if let Some(ip) = config.domain_fronting.ip {
+        return vec![SocketAddr::new(ip, port)];
+    }
+    let host = config.secret.host.as_str();
+    if host.is_empty() {
+        return Vec::new();
+    }
+    if let Ok(ip) = host.trim_start_matches('[').trim_end_matches(']').parse() {
+        return vec![SocketAddr::new(ip, port)];
+    }
+    if host.eq_ignore_ascii_case("localhost") {
+        return vec![
+            SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), port),
+            SocketAddr::new(std::net::Ipv6Addr::LOCALHOST.into(), port),
+        ];
+    }
+    Vec::new()
 }
 
 /// Runs the proxy in the foreground until SIGTERM or SIGINT, then shuts down gracefully.

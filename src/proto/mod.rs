@@ -6,6 +6,7 @@ pub mod dns;
 pub mod encoding;
 pub mod faketls;
 pub mod obfs2;
+pub mod proxy_protocol;
 pub mod replay;
 pub mod secret;
 pub mod x25519;

@@ -168,6 +168,30 @@ pub fn is_valid_start(g: &[u8; FRAME_LEN]) -> bool {
     g[0] != 0xef && !forbidden.contains(&first) && g[4..8] != [0u8; 4]
 }
 
+/// True if the first bytes received from a would-be client already show it is not one: real
+/// clients regenerate frames whose start breaks [`is_valid_start`]'s rules, so an HTTP request,
+/// a TLS record or an abridged-only probe can be told apart after a few bytes. Works on any
+/// prefix (an empty prefix is never forbidden).
+pub fn is_forbidden_start(prefix: &[u8]) -> bool {
+    const FORBIDDEN: [[u8; 4]; 7] = [
+        *b"HEAD",
+        *b"POST",
+        *b"GET ",
+        *b"OPTI",
+        [0x16, 0x03, 0x01, 0x02],
+        [0xdd; 4],
+        [0xee; 4],
+    ];
+    match prefix {
+        [] => false,
+        [0xef, ..] => true,
+        [a, b, c, d, rest @ ..] => {
+            FORBIDDEN.contains(&[*a, *b, *c, *d]) || rest.get(..4) == Some(&[0u8; 4][..])
+        }
+        _ => false,
+    }
+}
+
 /// Random frame material obeying [`is_valid_start`], with tag and DC filled in.
 fn random_frame(rng: &mut impl Rng, tag: Tag, dc: i16) -> [u8; FRAME_LEN] {
     let mut g = [0u8; FRAME_LEN];
@@ -469,5 +493,27 @@ mod tests {
         }
         // 3 tags out of 2^32: random frames essentially never pass.
         assert_eq!(accepted, 0);
+    }
+
+    #[test]
+    fn forbidden_start_agrees_with_valid_start_on_full_frames() {
+        let mut rng = XorShift64(99);
+        for _ in 0..2000 {
+            let mut g = [0u8; FRAME_LEN];
+            rng.fill(&mut g);
+            if rng.below(4) == 0 {
+                g[..4].copy_from_slice(b"GET ");
+            }
+            if rng.below(8) == 0 {
+                g[4..8].fill(0);
+            }
+            assert_eq!(is_forbidden_start(&g), !is_valid_start(&g));
+        }
+        assert!(is_forbidden_start(b"POST /"));
+        assert!(is_forbidden_start(&[0xef]));
+        assert!(is_forbidden_start(&[0x16, 0x03, 0x01, 0x02, 0x00]));
+        assert!(!is_forbidden_start(b"GET"));
+        assert!(!is_forbidden_start(b""));
+        assert!(!is_forbidden_start(&[0x16, 0x03, 0x01, 0x00, 0x10]));
     }
 }
