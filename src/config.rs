@@ -2335,6 +2335,61 @@ mod tests {
         );
     }
 
+    const EXAMPLE: &str = include_str!("../config.example");
+
+    fn example_with_secret() -> String {
+        let line = EXAMPLE
+            .lines()
+            .find(|l| l.starts_with("secret = "))
+            .expect("config.example has a secret line");
+        EXAMPLE.replace(line, &format!("secret = \"{SECRET_B64}\""))
+    }
+
+    #[test]
+    fn config_example_placeholder_is_refused_with_a_hint() {
+        let e = err(EXAMPLE);
+        assert_eq!(e.key.as_deref(), Some("secret"));
+        assert!(e.to_string().contains("mtpx generate-secret"), "{e}");
+    }
+
+    #[test]
+    fn config_example_documents_the_real_defaults() {
+        let (c, w) = ok(&example_with_secret());
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(c.bind_to, "0.0.0.0:443".parse().unwrap());
+        let defaults = Config::simple(c.bind_to, c.secret.clone());
+        assert_eq!(format!("{c:?}"), format!("{defaults:?}"));
+    }
+
+    #[test]
+    fn config_example_lists_every_key() {
+        let mut keys: Vec<String> = prepass(&fixture("mtg-all-keys.toml"))
+            .unwrap()
+            .keys
+            .into_keys()
+            .collect();
+        keys.extend(
+            [
+                "workers",
+                "log-format",
+                "buffers.size",
+                "buffers.count",
+                "network.dns",
+            ]
+            .map(String::from),
+        );
+        for key in keys {
+            let last = key.rsplit('.').next().unwrap_or(&key);
+            let set = EXAMPLE.lines().any(|l| {
+                let l = l.trim_start_matches(['#', ' ']);
+                l.starts_with(&format!("{last} ="))
+                    || l.contains(&format!("{last},"))
+                    || l.ends_with(last)
+            });
+            assert!(set, "config.example does not mention {key}");
+        }
+    }
+
     /// Every prefix and every single-byte corruption of a valid config gives Ok or an error,
     /// never a panic; errors always carry a line or a key.
     #[test]
