@@ -316,12 +316,12 @@ where
 {
     use lexopt::prelude::*;
     let mut parser = lexopt::Parser::from_args(args.into_iter().map(Into::into));
-    let command = loop {
+    let command = {
         match parser.next()? {
             None => return Err(usage(None, "a command is required")),
             Some(Short('h') | Long("help")) => return Ok(Cli::Help(None)),
             Some(Short('v') | Long("version")) => return Ok(Cli::Version),
-            Some(Value(v)) => break text("mtpx", v, "command")?,
+            Some(Value(v)) => text("mtpx", v, "command")?,
             Some(arg) => {
                 return Err(usage(None, format!("unknown option {}", arg_name(&arg))));
             }

@@ -2382,7 +2382,7 @@ mod tests {
             let last = key.rsplit('.').next().unwrap_or(&key);
             let set = EXAMPLE.lines().any(|l| {
                 let l = l.trim_start_matches(['#', ' ']);
-                l.starts_with(&format!("{last} ="))
+                l.contains(&format!("{last} ="))
                     || l.contains(&format!("{last},"))
                     || l.ends_with(last)
             });
