@@ -61,7 +61,7 @@ async def serve(bind, secret_text, overrides):
             return
         host, port = target.rsplit(":", 1)
         up_r, up_w = await asyncio.open_connection(host, int(port))
-        wire, d_enc, d_dec = dc_frame(tag, dc)
+        wire, d_enc, d_dec = dc_frame(tag, abs(dc) or 2)  # PROTOCOL.md 3.2 step 6
         up_w.write(wire)
         await asyncio.gather(pump(reader, c_dec, d_enc, up_w), pump(up_r, d_dec, c_enc, writer))
 
