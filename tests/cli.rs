@@ -1,0 +1,257 @@
+//! Runs the real `mtpx` binary: exit codes, stdout and stderr of every command.
+
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use mtpx::proto::secret::{Secret, SecretKind};
+
+const SECRET_B64: &str = "7oe1GqLy6TBc38CV3jx7q09nb29nbGUuY29t";
+const SECRET_HEX: &str = "ee87b51aa2f2e9305cdfc095de3c7bab4f676f6f676c652e636f6d";
+
+fn mtpx(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mtpx"))
+        .args(args)
+        .output()
+        .expect("run mtpx")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn data(name: &str) -> String {
+    format!("{}/tests/data/config/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A file in a per-test temporary directory, removed on drop.
+struct TempFile(PathBuf);
+
+impl TempFile {
+    fn new(name: &str, contents: &str) -> TempFile {
+        let dir = std::env::temp_dir().join(format!("mtpx-cli-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("config.toml");
+        std::fs::write(&path, contents).unwrap();
+        TempFile(path)
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+fn assert_no_panic(o: &Output) {
+    let err = stderr(o);
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn help_and_version_exit_zero() {
+    for args in [
+        &["--help"][..],
+        &["-h"],
+        &["run", "--help"],
+        &["help", "simple-run"],
+    ] {
+        let o = mtpx(args);
+        assert!(o.status.success(), "{args:?}");
+        assert!(
+            stdout(&o).contains("Usage: mtpx"),
+            "{args:?}: {}",
+            stdout(&o)
+        );
+    }
+    for flag in ["--version", "-v"] {
+        let o = mtpx(&[flag]);
+        assert!(o.status.success());
+        assert_eq!(stdout(&o), "mtpx 0.1.0\n");
+    }
+}
+
+#[test]
+fn usage_errors_exit_two_with_a_hint() {
+    for args in [
+        &["--bogus"][..],
+        &["frobnicate"],
+        &[],
+        &["run"],
+        &["access", "x.toml", "--nope"],
+        &["simple-run", "127.0.0.1:1", "not-a-secret"],
+        &["generate-secret"],
+    ] {
+        let o = mtpx(args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        let err = stderr(&o);
+        assert!(err.contains("--help"), "{args:?}: {err}");
+        assert_no_panic(&o);
+        assert!(stdout(&o).is_empty());
+    }
+}
+
+#[test]
+fn generate_secret_default_is_base64_faketls_and_random() {
+    let a = mtpx(&["generate-secret", "www.example.com"]);
+    let b = mtpx(&["generate-secret", "www.example.com"]);
+    assert!(a.status.success() && b.status.success());
+    let (sa, sb) = (stdout(&a), stdout(&b));
+    assert_ne!(sa, sb, "two secrets must differ");
+    let line = sa.strip_suffix('\n').unwrap();
+    assert!(line.starts_with('7'), "{line}");
+    let s = Secret::parse(line).unwrap();
+    assert_eq!(s.kind, SecretKind::FakeTls);
+    assert_eq!(s.host, "www.example.com");
+    assert_eq!(s.to_base64(), line);
+}
+
+#[test]
+fn generate_secret_hex_classic_and_dd() {
+    let o = mtpx(&["generate-secret", "--hex", "google.com"]);
+    let line = stdout(&o).trim_end().to_string();
+    assert!(
+        line.starts_with("ee") && line.ends_with("676f6f676c652e636f6d"),
+        "{line}"
+    );
+    assert_eq!(Secret::parse(&line).unwrap().to_hex(), line);
+
+    let o = mtpx(&["generate-secret", "--classic"]);
+    assert!(o.status.success());
+    let line = stdout(&o).trim_end().to_string();
+    assert_eq!(line.len(), 32, "{line}");
+    assert_eq!(Secret::parse(&line).unwrap().kind, SecretKind::Classic);
+
+    let o = mtpx(&["generate-secret", "--dd", "ignored.example"]);
+    assert!(o.status.success());
+    let line = stdout(&o).trim_end().to_string();
+    assert!(line.starts_with("dd") && line.len() == 34, "{line}");
+    assert_eq!(Secret::parse(&line).unwrap().kind, SecretKind::Secure);
+    assert!(stderr(&o).contains("ignored"), "{}", stderr(&o));
+}
+
+#[test]
+fn access_prints_mtg_shaped_json() {
+    let o = mtpx(&["access", &data("config-public_ip.toml")]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let q4 = format!("port=3128&secret={SECRET_B64}&server=203.0.113.1");
+    let q6 = format!("port=3128&secret={SECRET_B64}&server=2001%3Adb8%3A%3A1");
+    let expected = format!(
+        "{{\n  \"ipv4\": {{\n    \"ip\": \"203.0.113.1\",\n    \"port\": 3128,\n    \
+         \"tg_url\": \"tg://proxy?{q4}\",\n    \"tme_url\": \"https://t.me/proxy?{q4}\"\n  }},\n  \
+         \"ipv6\": {{\n    \"ip\": \"2001:db8::1\",\n    \"port\": 3128,\n    \
+         \"tg_url\": \"tg://proxy?{q6}\",\n    \"tme_url\": \"https://t.me/proxy?{q6}\"\n  }},\n  \
+         \"secret\": {{\n    \"hex\": \"{SECRET_HEX}\",\n    \"base64\": \"{SECRET_B64}\"\n  }}\n}}\n"
+    );
+    assert_eq!(stdout(&o), expected);
+}
+
+#[test]
+fn access_flags_override_config_and_text_form() {
+    let o = mtpx(&[
+        "access",
+        &data("config-public_ip_v4_only.toml"),
+        "-i",
+        "198.51.100.2",
+        "-p",
+        "443",
+        "-x",
+        "--text",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let q = format!("port=443&secret={SECRET_HEX}&server=198.51.100.2");
+    assert_eq!(
+        stdout(&o),
+        format!("tg://proxy?{q}\nhttps://t.me/proxy?{q}\n")
+    );
+}
+
+#[test]
+fn access_without_addresses_prints_only_the_secret_and_a_note() {
+    let o = mtpx(&["access", &data("config-minimal.toml")]);
+    assert!(o.status.success());
+    let out = stdout(&o);
+    assert!(!out.contains("ipv4") && !out.contains("ipv6"), "{out}");
+    assert!(out.contains(SECRET_HEX));
+    assert!(stderr(&o).contains("--ipv4"), "{}", stderr(&o));
+}
+
+#[test]
+fn bad_config_exits_one_naming_file_line_and_key() {
+    let path = data("config-public_ip_invalid.toml");
+    for cmd in ["run", "access", "doctor"] {
+        let o = mtpx(&[cmd, &path]);
+        assert_eq!(o.status.code(), Some(1), "{cmd}");
+        let err = stderr(&o);
+        assert!(
+            err.contains(&format!("{path}:3: public-ipv4: \"not-an-ip\"")),
+            "{cmd}: {err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert_no_panic(&o);
+    }
+    let o = mtpx(&["run", "/nonexistent/mtpx.toml"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("cannot read"), "{}", stderr(&o));
+}
+
+#[test]
+fn doctor_validates_then_says_not_implemented() {
+    let cfg = TempFile::new(
+        "doctor",
+        &format!("secret = \"{SECRET_B64}\"\nbind-to = \"127.0.0.1:1\"\ntypo-key = 1\n"),
+    );
+    let o = mtpx(&["doctor", cfg.path()]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    assert!(
+        err.contains("typo-key") && err.contains("level=warn"),
+        "{err}"
+    );
+    assert!(err.contains("not implemented yet"), "{err}");
+}
+
+#[test]
+fn run_with_a_taken_port_fails_cleanly() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let cfg = TempFile::new(
+        "taken",
+        &format!("secret = \"{SECRET_B64}\"\nbind-to = \"{addr}\"\nworkers = 1\n"),
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mtpx"))
+        .args(["run", cfg.path()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("mtpx run kept running although {addr} is taken");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(err.contains(&addr.to_string()), "{err}");
+    assert!(err.contains("level=error"), "{err}");
+    assert_no_panic(&o);
+    drop(taken);
+}
