@@ -9,6 +9,7 @@ pub mod obfs2;
 pub mod proxy_protocol;
 pub mod replay;
 pub mod secret;
+pub mod tlsprofile;
 pub mod x25519;
 
 use std::fmt;
