@@ -252,9 +252,7 @@ pub fn format_raw(
                                     Some((_, e)) => value.push(e),
                                     None => value.push('\\'),
                                 },
-                                '"' if quoted[i + 1..].is_empty()
-                                    || quoted[i + 1..].starts_with(' ') =>
-                                {
+                                '"' if closes_quote(&quoted[i + 1..]) => {
                                     end = i + 1;
                                     break;
                                 }
@@ -278,6 +276,22 @@ pub fn format_raw(
             out.push('}');
         }
     }
+}
+
+/// Whether a `"` followed by `after` ends a quoted logfmt value: it does at the end of the
+/// text, or when a space and then another `key=` follow (so unescaped quotes inside a value
+/// stay in it).
+fn closes_quote(after: &str) -> bool {
+    let Some(next) = after.strip_prefix(' ') else {
+        return after.trim().is_empty();
+    };
+    let next = next.trim_start();
+    let word = next.split(' ').next().unwrap_or("");
+    next.is_empty()
+        || word
+            .split_once('=')
+            .is_some_and(|(k, _)| !k.is_empty() && !k.contains('"'))
+        || (!word.contains('=') && !word.contains('"') && !next.contains('"'))
 }
 
 /// Formats one event (without the trailing newline) into `out`.
