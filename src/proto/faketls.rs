@@ -25,7 +25,12 @@ use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
 use super::secret::ct_eq;
+use super::tlsprofile::{
+    EXT_KEY_SHARE, EXT_SUPPORTED_VERSIONS, Extension, MAX_OTHER_EXTENSION, ServerHelloTemplate,
+};
 use super::{Reject, Rng};
+
+pub use super::tlsprofile::MAX_CIPHERTEXT;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -151,12 +156,24 @@ pub struct ClientHello {
     pub session_id_len: u8,
     /// The first non-GREASE cipher suite offered.
     pub cipher_suite: u16,
+    /// Which TLS 1.3 suites 0x1301..=0x1305 were offered (bit `i` = 0x1301 + i).
+    pub tls13_suites: u8,
     /// `(offset, len)` of the server_name_list contents inside the message, if an SNI extension
     /// was present (already validated by [`parse_client_hello`]).
     pub sni: Option<(usize, usize)>,
 }
 
 impl ClientHello {
+    /// True when the client offered `suite` (known for its first non-GREASE suite and for the
+    /// TLS 1.3 suites 0x1301..=0x1305).
+    pub fn offers(&self, suite: u16) -> bool {
+        suite == self.cipher_suite
+            || suite
+                .checked_sub(0x1301)
+                .filter(|&i| i < 5)
+                .is_some_and(|i| self.tls13_suites & (1 << i) != 0)
+    }
+
     /// The session id bytes (as echoed in the ServerHello and used by anti-replay).
     pub fn session_id(&self) -> &[u8] {
         self.session_id
@@ -291,6 +308,11 @@ pub fn parse_client_hello(msg: &[u8]) -> Result<ClientHello, Reject> {
         .chunks_exact(2)
         .map(|s| u16::from_be_bytes([s[0], s[1]]))
         .find(|&s| !is_grease(s));
+    let tls13_suites = suites
+        .chunks_exact(2)
+        .filter_map(|s| u16::from_be_bytes([s[0], s[1]]).checked_sub(0x1301))
+        .filter(|&i| i < 5)
+        .fold(0u8, |m, i| m | 1 << i);
     let comp_len = usize::from(c.u8()?);
     c.take(comp_len)?;
     let ext_len = usize::from(c.u16()?);
@@ -311,6 +333,7 @@ pub fn parse_client_hello(msg: &[u8]) -> Result<ClientHello, Reject> {
         session_id,
         session_id_len: sid_len,
         cipher_suite: cipher_suite.ok_or(Reject::NoCipherSuite)?,
+        tls13_suites,
         sni,
     })
 }
@@ -357,18 +380,60 @@ pub fn verify_client_hello(
     Ok(ts)
 }
 
+/// Most bytes of ServerHello extensions a template can produce (bounded by the template's
+/// extension count and [`MAX_OTHER_EXTENSION`]).
+fn template_ext_len(t: &ServerHelloTemplate) -> usize {
+    let mut n: usize = t
+        .extensions()
+        .iter()
+        .map(|e| 4 + template_ext_data_len(e))
+        .sum();
+    if t.extension(EXT_SUPPORTED_VERSIONS).is_none() {
+        n += 6;
+    }
+    if t.extension(EXT_KEY_SHARE).is_none() {
+        n += 40;
+    }
+    n
+}
+
+/// The data length written for one template extension: supported_versions and key_share are
+/// always TLS 1.3 / x25519; other extensions keep the site's length (at most
+/// [`MAX_OTHER_EXTENSION`]).
+fn template_ext_data_len(e: &Extension) -> usize {
+    match e.kind {
+        EXT_SUPPORTED_VERSIONS => 2,
+        EXT_KEY_SHARE => 36,
+        _ => usize::from(e.len.min(MAX_OTHER_EXTENSION)),
+    }
+}
+
 /// Length of the ServerHello handshake body for a session id of `sid_len` bytes.
-fn server_hello_body_len(sid_len: usize) -> usize {
-    2 + 32 + 1 + sid_len + 2 + 1 + 2 + 46
+fn server_hello_body_len(t: &ServerHelloTemplate, sid_len: usize) -> usize {
+    2 + 32 + 1 + sid_len + 2 + 1 + 2 + template_ext_len(t)
 }
 
 /// Total bytes [`write_server_hello`] writes for this session-id length and noise length
 /// (after clamping `noise_len` to 1..=[`MAX_RECORD_PAYLOAD`]).
 pub fn server_hello_len(session_id_len: u8, noise_len: usize) -> usize {
-    let noise = noise_len.clamp(1, MAX_RECORD_PAYLOAD);
+    server_hello_len_as(
+        &ServerHelloTemplate::default(),
+        session_id_len,
+        noise_len.clamp(1, MAX_RECORD_PAYLOAD),
+    )
+}
+
+/// Total bytes [`write_server_hello_as`] writes for this template, session-id length and noise
+/// length (after clamping `noise_len` to 1..=[`MAX_CIPHERTEXT`]).
+pub fn server_hello_len_as(
+    template: &ServerHelloTemplate,
+    session_id_len: u8,
+    noise_len: usize,
+) -> usize {
+    let noise = noise_len.clamp(1, MAX_CIPHERTEXT);
     RECORD_HEADER_LEN
         + 4
-        + server_hello_body_len(usize::from(session_id_len.min(32)))
+        + server_hello_body_len(template, usize::from(session_id_len.min(32)))
         + CCS_RECORD.len()
         + RECORD_HEADER_LEN
         + noise
@@ -389,17 +454,51 @@ pub fn write_server_hello(
     noise_len: usize,
     key_share: &[u8; 32],
 ) -> usize {
+    write_server_hello_as(
+        out,
+        hello,
+        key,
+        rng,
+        &ServerHelloTemplate::default(),
+        noise_len.clamp(1, MAX_RECORD_PAYLOAD),
+        key_share,
+    )
+}
+
+/// Like [`write_server_hello`], shaped like the fronted site's ServerHello (`template`, from
+/// [`crate::proto::tlsprofile`]): its extensions in the site's order — supported_versions is
+/// always TLS 1.3, key_share always x25519 with `key_share` (a genuine public key), any other
+/// extension the site sent is reproduced by type and length (zero content, at most
+/// [`MAX_OTHER_EXTENSION`] bytes); supported_versions and key_share are appended if the
+/// template lacks them. The cipher suite is the site's if the client offered it, else the
+/// client's first non-GREASE suite. The session id is the client's, echoed. Then the CCS record
+/// and ONE application-data record of `noise_len` random bytes, clamped to
+/// 1..=[`MAX_CIPHERTEXT`] (what one TLS record may carry). Server random as in
+/// [`write_server_hello`]. Returns the bytes written, or 0 if `out` is too small.
+pub fn write_server_hello_as(
+    out: &mut [u8],
+    hello: &ClientHello,
+    key: &[u8; 16],
+    rng: &mut impl Rng,
+    template: &ServerHelloTemplate,
+    noise_len: usize,
+    key_share: &[u8; 32],
+) -> usize {
     let sid = hello.session_id();
-    let noise = noise_len.clamp(1, MAX_RECORD_PAYLOAD);
-    let body = server_hello_body_len(sid.len());
-    let total = server_hello_len(hello.session_id_len, noise);
+    let noise = noise_len.clamp(1, MAX_CIPHERTEXT);
+    let body = server_hello_body_len(template, sid.len());
+    let total = server_hello_len_as(template, hello.session_id_len, noise);
     let Some(out) = out.get_mut(..total) else {
         return 0;
     };
     let Some(mut m) = hmac(key) else {
         return 0;
     };
-    // The lengths below are all < 2^16 by construction (body <= 118, noise <= 16379).
+    let suite = template
+        .cipher_suite()
+        .filter(|&s| hello.offers(s))
+        .unwrap_or(hello.cipher_suite);
+    // The lengths below are all < 2^16 by construction (body <= ~700, noise <= 16640).
     let body16 = body as u16;
     let mut w = Writer { out, pos: 0 };
     w.put(&[TYPE_HANDSHAKE, 0x03, 0x03]);
@@ -410,11 +509,33 @@ pub fn write_server_hello(
     w.put(&[0u8; 32]);
     w.put(&[sid.len() as u8]);
     w.put(sid);
-    w.put(&hello.cipher_suite.to_be_bytes());
-    w.put(&[0x00, 0x00, 0x2e]);
-    w.put(&[0x00, 0x2b, 0x00, 0x02, 0x03, 0x04]);
-    w.put(&[0x00, 0x33, 0x00, 0x24, 0x00, 0x1d, 0x00, 0x20]);
-    w.put(key_share);
+    w.put(&suite.to_be_bytes());
+    w.put(&[0x00]);
+    w.put(&(template_ext_len(template) as u16).to_be_bytes());
+    let supported_versions = [0x00, 0x2b, 0x00, 0x02, 0x03, 0x04];
+    let share_header = [0x00, 0x33, 0x00, 0x24, 0x00, 0x1d, 0x00, 0x20];
+    for e in template.extensions() {
+        match e.kind {
+            EXT_SUPPORTED_VERSIONS => w.put(&supported_versions),
+            EXT_KEY_SHARE => {
+                w.put(&share_header);
+                w.put(key_share);
+            }
+            kind => {
+                let len = template_ext_data_len(e);
+                w.put(&kind.to_be_bytes());
+                w.put(&(len as u16).to_be_bytes());
+                w.put(&[0u8; MAX_OTHER_EXTENSION as usize][..len]);
+            }
+        }
+    }
+    if template.extension(EXT_SUPPORTED_VERSIONS).is_none() {
+        w.put(&supported_versions);
+    }
+    if template.extension(EXT_KEY_SHARE).is_none() {
+        w.put(&share_header);
+        w.put(key_share);
+    }
     w.put(&CCS_RECORD);
     w.put(&[TYPE_APP_DATA, 0x03, 0x03]);
     w.put(&(noise as u16).to_be_bytes());
@@ -1270,6 +1391,7 @@ mod tests {
             session_id,
             session_id_len: sid_len,
             cipher_suite: 0x1302,
+            tls13_suites: 0b111,
             sni: None,
         }
     }

@@ -1,0 +1,784 @@
+//! The fronted site's TLS handshake *shape*, learned without a TLS library.
+//!
+//! The scout (`io::scout`) sends the site a Telegram-shaped ClientHello and reads its first
+//! flight; [`parse_server_flight`] turns those bytes into an [`Observation`]: the ServerHello's
+//! shape (legacy version, cipher suite, session-id echo length, compression, extensions in order
+//! with their lengths, key-share group, supported version), whether a ChangeCipherSpec record
+//! followed, and the lengths of the encrypted records. Nothing is decrypted.
+//!
+//! A [`Profile`] keeps a bounded sample of observations and derives the [`FlightShape`] the
+//! proxy's fake flight copies: the most common ServerHello template, and the range of the total
+//! encrypted size (expressed as the payload of the one application-data record mtpx sends, so
+//! that the bytes on the wire after the CCS match). Without a usable observation it gives the
+//! built-in mtg-like default and says why.
+//!
+//! Pure: no sockets, no clock, no OS randomness. Spec: PROTOCOL.md §2.4, §7.4, §13.5.
+//!
+//! Invariants:
+//! * no input panics: any bytes give `NeedMore`, an observation or a definite error;
+//! * a [`FlightShape`]'s noise range is within `1..=`[`MAX_CIPHERTEXT`];
+//! * a [`ServerHelloTemplate`] has at most [`MAX_EXTENSIONS`] extensions.
+
+use std::collections::VecDeque;
+use std::fmt;
+
+use super::Rng;
+
+/// Most ciphertext one TLS 1.3 record may carry (2^14 + 256, RFC 8446 §5.2).
+pub const MAX_CIPHERTEXT: usize = 16384 + 256;
+/// Most encrypted records kept per observation.
+pub const MAX_RECORDS: usize = 16;
+/// Most ServerHello extensions kept in a template.
+pub const MAX_EXTENSIONS: usize = 8;
+/// Longest "other" ServerHello extension reproduced (longer ones make the observation unusable).
+pub const MAX_OTHER_EXTENSION: u16 = 64;
+/// Observations a [`Profile`] keeps by default.
+pub const SAMPLE_CAP: usize = 32;
+/// Built-in noise range (mtg's uncalibrated `2500 + U[0, 2200)`), inclusive.
+pub const DEFAULT_NOISE: (u16, u16) = (2500, 4699);
+
+/// supported_versions extension type.
+pub const EXT_SUPPORTED_VERSIONS: u16 = 0x002b;
+/// key_share extension type.
+pub const EXT_KEY_SHARE: u16 = 0x0033;
+/// The x25519 named group.
+pub const GROUP_X25519: u16 = 0x001d;
+/// TLS 1.3 in supported_versions.
+pub const TLS13: u16 = 0x0304;
+
+/// The random of a HelloRetryRequest (SHA-256 of "HelloRetryRequest", RFC 8446 §4.1.3).
+const HRR_RANDOM: [u8; 32] = [
+    0xcf, 0x21, 0xad, 0x74, 0xe5, 0x9a, 0x61, 0x11, 0xbe, 0x1d, 0x8c, 0x02, 0x1e, 0x65, 0xb8, 0x91,
+    0xc2, 0xa2, 0x11, 0x16, 0x7a, 0xbb, 0x8c, 0x5e, 0x07, 0x9e, 0x09, 0xe2, 0xc8, 0xa8, 0x33, 0x9c,
+];
+
+/// One ServerHello extension's shape: type, data length and, for supported_versions and
+/// key_share, the version / the group (0 for others).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Extension {
+    /// Extension type.
+    pub kind: u16,
+    /// Length of the extension data.
+    pub len: u16,
+    /// supported_versions: the selected version; key_share: the group; else 0.
+    pub value: u16,
+}
+
+impl Extension {
+    /// Bytes this extension takes in a ServerHello (4-byte header + data).
+    pub fn wire_len(&self) -> usize {
+        4 + usize::from(self.len)
+    }
+}
+
+/// The shape of a ServerHello: everything except the random, the session id bytes and the key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ServerHelloTemplate {
+    legacy_version: u16,
+    cipher_suite: Option<u16>,
+    session_id_len: u8,
+    compression: u8,
+    extensions: [Extension; MAX_EXTENSIONS],
+    extension_count: u8,
+    /// False when the ServerHello had no extensions block at all (pre-TLS 1.3 servers).
+    has_extensions: bool,
+}
+
+impl Default for ServerHelloTemplate {
+    /// mtg's ServerHello: legacy 0x0303, the client's cipher suite, a 32-byte session-id echo,
+    /// supported_versions (TLS 1.3) then key_share (x25519).
+    fn default() -> Self {
+        let mut extensions = [Extension::default(); MAX_EXTENSIONS];
+        extensions[0] = Extension {
+            kind: EXT_SUPPORTED_VERSIONS,
+            len: 2,
+            value: TLS13,
+        };
+        extensions[1] = Extension {
+            kind: EXT_KEY_SHARE,
+            len: 36,
+            value: GROUP_X25519,
+        };
+        ServerHelloTemplate {
+            legacy_version: 0x0303,
+            cipher_suite: None,
+            session_id_len: 32,
+            compression: 0,
+            extensions,
+            extension_count: 2,
+            has_extensions: true,
+        }
+    }
+}
+
+impl ServerHelloTemplate {
+    /// The ServerHello's legacy_version field.
+    pub fn legacy_version(&self) -> u16 {
+        self.legacy_version
+    }
+
+    /// The cipher suite the site chose; `None` = use the client's first non-GREASE suite.
+    pub fn cipher_suite(&self) -> Option<u16> {
+        self.cipher_suite
+    }
+
+    /// Length of the session id the site echoed.
+    pub fn session_id_len(&self) -> u8 {
+        self.session_id_len
+    }
+
+    /// The compression method byte.
+    pub fn compression(&self) -> u8 {
+        self.compression
+    }
+
+    /// The extensions in the site's order.
+    pub fn extensions(&self) -> &[Extension] {
+        let n = usize::from(self.extension_count).min(MAX_EXTENSIONS);
+        self.extensions.get(..n).unwrap_or(&[])
+    }
+
+    /// The extension of this type, if present.
+    pub fn extension(&self, kind: u16) -> Option<Extension> {
+        self.extensions().iter().copied().find(|e| e.kind == kind)
+    }
+
+    /// The key-share group, if a key_share extension is present.
+    pub fn key_share_group(&self) -> Option<u16> {
+        self.extension(EXT_KEY_SHARE).map(|e| e.value)
+    }
+
+    /// The version selected in supported_versions, if present.
+    pub fn supported_version(&self) -> Option<u16> {
+        self.extension(EXT_SUPPORTED_VERSIONS).map(|e| e.value)
+    }
+
+    /// The extension types in order (for logs and comparisons).
+    pub fn extension_types(&self) -> Vec<u16> {
+        self.extensions().iter().map(|e| e.kind).collect()
+    }
+
+    /// Length of the ServerHello handshake message (4-byte header included) that this template
+    /// gives with a session id of `sid_len` bytes, as the site itself sent it.
+    pub fn message_len(&self, sid_len: usize) -> usize {
+        let ext: usize = self.extensions().iter().map(Extension::wire_len).sum();
+        let ext_block = if self.has_extensions { 2 + ext } else { 0 };
+        4 + 2 + 32 + 1 + sid_len + 2 + 1 + ext_block
+    }
+
+    /// Why a fake ServerHello cannot copy this template (TLS 1.3 with x25519 only).
+    pub fn check(&self) -> Result<(), Unusable> {
+        match self.supported_version() {
+            Some(TLS13) => {}
+            other => return Err(Unusable::NotTls13(other.unwrap_or(self.legacy_version))),
+        }
+        match self.extension(EXT_KEY_SHARE) {
+            Some(e) if e.value == GROUP_X25519 && e.len == 36 => {}
+            Some(e) => return Err(Unusable::KeyShare(Some(e.value))),
+            None => return Err(Unusable::KeyShare(None)),
+        }
+        if self.legacy_version != 0x0303 || self.compression != 0 || !self.has_extensions {
+            return Err(Unusable::Odd("legacy version or compression"));
+        }
+        if self
+            .extension(EXT_SUPPORTED_VERSIONS)
+            .is_some_and(|e| e.len != 2)
+        {
+            return Err(Unusable::Odd("supported_versions length"));
+        }
+        let mut seen = [0u16; MAX_EXTENSIONS];
+        for (i, e) in self.extensions().iter().enumerate() {
+            if seen.get(..i).unwrap_or(&[]).contains(&e.kind) {
+                return Err(Unusable::Odd("duplicate extension"));
+            }
+            if let Some(s) = seen.get_mut(i) {
+                *s = e.kind;
+            }
+            if e.kind != EXT_KEY_SHARE
+                && e.kind != EXT_SUPPORTED_VERSIONS
+                && e.len > MAX_OTHER_EXTENSION
+            {
+                return Err(Unusable::Odd("long extension"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why an observation (or a whole profile) cannot be copied; the fake flight then uses the
+/// built-in default.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unusable {
+    /// The site negotiated a version other than TLS 1.3 (the value: selected or legacy version).
+    NotTls13(u16),
+    /// The site asked for another key share (HelloRetryRequest).
+    HelloRetry,
+    /// The key share is not x25519 (the group, if any).
+    KeyShare(Option<u16>),
+    /// No encrypted record followed the ServerHello.
+    NoEncryptedRecords,
+    /// More encrypted records than [`MAX_RECORDS`].
+    TooManyRecords,
+    /// Something no TLS 1.3 server sends.
+    Odd(&'static str),
+}
+
+impl fmt::Display for Unusable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Unusable::NotTls13(v) => write!(f, "the site negotiated version {v:#06x}, not TLS 1.3"),
+            Unusable::HelloRetry => {
+                f.write_str("the site asked for another key share (HelloRetryRequest)")
+            }
+            Unusable::KeyShare(Some(g)) => {
+                write!(f, "the site's key share is group {g:#06x}, not x25519")
+            }
+            Unusable::KeyShare(None) => f.write_str("the site sent no key share"),
+            Unusable::NoEncryptedRecords => {
+                f.write_str("no encrypted records after the ServerHello")
+            }
+            Unusable::TooManyRecords => write!(f, "more than {MAX_RECORDS} encrypted records"),
+            Unusable::Odd(what) => write!(f, "unusual ServerHello ({what})"),
+        }
+    }
+}
+
+/// What the site answered to one ClientHello.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Observation {
+    /// The ServerHello's shape.
+    pub server_hello: ServerHelloTemplate,
+    /// Length of the ServerHello record's payload.
+    pub server_hello_record_len: u16,
+    /// The ServerHello record's version field.
+    pub record_version: u16,
+    /// The ServerHello was a HelloRetryRequest.
+    pub hello_retry: bool,
+    /// A ChangeCipherSpec record followed the ServerHello.
+    pub ccs: bool,
+    /// Payload lengths of the encrypted (application-data) records, in order.
+    pub encrypted_records: [u16; MAX_RECORDS],
+    /// How many of `encrypted_records` are used.
+    pub record_count: u8,
+    /// More than [`MAX_RECORDS`] encrypted records were seen (the rest are not kept).
+    pub overflow: bool,
+}
+
+impl Observation {
+    /// The encrypted records' payload lengths.
+    pub fn records(&self) -> &[u16] {
+        let n = usize::from(self.record_count).min(MAX_RECORDS);
+        self.encrypted_records.get(..n).unwrap_or(&[])
+    }
+
+    /// Sum of the encrypted records' payload lengths.
+    pub fn encrypted_payload(&self) -> usize {
+        self.records().iter().map(|&l| usize::from(l)).sum()
+    }
+
+    /// Bytes on the wire of the encrypted records, headers included.
+    pub fn encrypted_wire_len(&self) -> usize {
+        self.encrypted_payload() + 5 * self.records().len()
+    }
+
+    /// The payload of the ONE application-data record that puts the same number of bytes on the
+    /// wire as the site's encrypted records: payloads + 5 × (n − 1) headers.
+    pub fn one_record_len(&self) -> usize {
+        self.encrypted_wire_len().saturating_sub(5)
+    }
+
+    /// True when the site negotiated TLS 1.3 (not a HelloRetryRequest).
+    pub fn is_tls13(&self) -> bool {
+        !self.hello_retry && self.server_hello.supported_version() == Some(TLS13)
+    }
+
+    /// True when the last record looks like an encrypted Finished (hash + type byte + 16-byte
+    /// tag) after at least two other records: the flight is most likely over.
+    pub fn looks_finished(&self) -> bool {
+        let hash = if self.server_hello.cipher_suite() == Some(0x1302) {
+            48
+        } else {
+            32
+        };
+        let r = self.records();
+        r.len() >= 3 && r.last().is_some_and(|&l| usize::from(l) == hash + 1 + 16)
+    }
+
+    /// Whether a fake flight can copy this observation.
+    pub fn check(&self) -> Result<(), Unusable> {
+        if self.hello_retry {
+            return Err(Unusable::HelloRetry);
+        }
+        self.server_hello.check()?;
+        if self.record_version >> 8 != 3 {
+            return Err(Unusable::Odd("record version"));
+        }
+        if self.overflow {
+            return Err(Unusable::TooManyRecords);
+        }
+        if self.records().is_empty() {
+            return Err(Unusable::NoEncryptedRecords);
+        }
+        if self
+            .records()
+            .iter()
+            .any(|&l| usize::from(l) > MAX_CIPHERTEXT || l < 17)
+        {
+            return Err(Unusable::Odd("encrypted record length"));
+        }
+        Ok(())
+    }
+}
+
+/// Why [`parse_server_flight`] gave no observation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlightError {
+    /// The flight is incomplete: read more (a record is cut, or no encrypted record yet).
+    NeedMore,
+    /// The site answered with a TLS alert.
+    Alert {
+        /// Alert level (1 warning, 2 fatal).
+        level: u8,
+        /// Alert description (e.g. 40 handshake_failure, 112 unrecognized_name).
+        description: u8,
+    },
+    /// Not a TLS answer (wrong record type or version, not a ServerHello, bad lengths).
+    Malformed(&'static str),
+}
+
+impl fmt::Display for FlightError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FlightError::NeedMore => f.write_str("incomplete server flight"),
+            FlightError::Alert { level, description } => {
+                write!(f, "TLS alert level {level} description {description}")
+            }
+            FlightError::Malformed(what) => write!(f, "not a TLS server flight: {what}"),
+        }
+    }
+}
+
+/// A bounds-checked reader; a short read is `None`.
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let s = self.buf.get(self.pos..self.pos.checked_add(n)?)?;
+        self.pos += n;
+        Some(s)
+    }
+
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+
+    fn u16(&mut self) -> Option<u16> {
+        self.take(2).map(|b| u16::from_be_bytes([b[0], b[1]]))
+    }
+
+    fn rest(&self) -> usize {
+        self.buf.len().saturating_sub(self.pos)
+    }
+}
+
+/// Parses a ServerHello handshake message (`02 | u24 | body`, exactly `msg`): the template and
+/// whether it is a HelloRetryRequest.
+fn parse_server_hello(msg: &[u8]) -> Option<(ServerHelloTemplate, bool)> {
+    let mut r = Reader { buf: msg, pos: 0 };
+    if r.u8()? != 0x02 {
+        return None;
+    }
+    let l = r.take(3)?;
+    let body_len = usize::from(l[0]) << 16 | usize::from(l[1]) << 8 | usize::from(l[2]);
+    if body_len != r.rest() {
+        return None;
+    }
+    let legacy_version = r.u16()?;
+    let random = r.take(32)?;
+    let hello_retry = random == HRR_RANDOM;
+    let session_id_len = r.u8()?;
+    if session_id_len > 32 {
+        return None;
+    }
+    r.take(usize::from(session_id_len))?;
+    let cipher_suite = r.u16()?;
+    let compression = r.u8()?;
+    let mut t = ServerHelloTemplate {
+        legacy_version,
+        cipher_suite: Some(cipher_suite),
+        session_id_len,
+        compression,
+        extensions: [Extension::default(); MAX_EXTENSIONS],
+        extension_count: 0,
+        has_extensions: false,
+    };
+    if r.rest() == 0 {
+        return Some((t, hello_retry));
+    }
+    t.has_extensions = true;
+    let ext_len = usize::from(r.u16()?);
+    if ext_len != r.rest() {
+        return None;
+    }
+    while r.rest() > 0 {
+        let kind = r.u16()?;
+        let len = r.u16()?;
+        let data = r.take(usize::from(len))?;
+        let value = match (kind, data) {
+            (EXT_SUPPORTED_VERSIONS | EXT_KEY_SHARE, [a, b, ..]) => u16::from_be_bytes([*a, *b]),
+            _ => 0,
+        };
+        if kind == EXT_KEY_SHARE && !hello_retry {
+            // group u16, key length u16, key: the lengths must agree.
+            let key_len = data
+                .get(2..4)
+                .map(|k| usize::from(u16::from_be_bytes([k[0], k[1]])));
+            if key_len.map(|k| k + 4) != Some(data.len()) {
+                return None;
+            }
+        }
+        let i = usize::from(t.extension_count);
+        let slot = t.extensions.get_mut(i)?; // more than MAX_EXTENSIONS: not a usable hello
+        *slot = Extension { kind, len, value };
+        t.extension_count += 1;
+    }
+    Some((t, hello_retry))
+}
+
+/// Reads a server's first flight: the ServerHello record, an optional ChangeCipherSpec record,
+/// then application-data records, all complete.
+///
+/// * `Err(NeedMore)`: the bytes end inside a record, or (TLS 1.3) no encrypted record yet;
+/// * `Ok(obs)`: the observation over every complete record in `bytes` (call again with more
+///   bytes to extend it; the caller decides the flight is over by a quiet period, or by
+///   [`Observation::looks_finished`]). A ServerHello that is not TLS 1.3 (or is a
+///   HelloRetryRequest) is returned at once: nothing encrypted follows it;
+/// * `Err(Alert)` for an alert record, `Err(Malformed)` for anything that is not TLS.
+pub fn parse_server_flight(bytes: &[u8]) -> Result<Observation, FlightError> {
+    let mut pos = 0usize;
+    let mut obs: Option<Observation> = None;
+    loop {
+        let rest = bytes.get(pos..).unwrap_or(&[]);
+        let Some(hdr) = rest.get(..5) else {
+            if !rest.is_empty() {
+                return Err(FlightError::NeedMore);
+            }
+            return match obs {
+                Some(o) if !o.records().is_empty() || o.overflow => Ok(o),
+                _ => Err(FlightError::NeedMore),
+            };
+        };
+        let (kind, version) = (hdr[0], u16::from_be_bytes([hdr[1], hdr[2]]));
+        let len = usize::from(u16::from_be_bytes([hdr[3], hdr[4]]));
+        if version >> 8 != 3 {
+            return Err(FlightError::Malformed("record version"));
+        }
+        if len > MAX_CIPHERTEXT + 2048 {
+            return Err(FlightError::Malformed("record length"));
+        }
+        let Some(payload) = rest.get(5..5 + len) else {
+            return Err(FlightError::NeedMore);
+        };
+        pos += 5 + len;
+        match (kind, obs.as_mut()) {
+            (0x15, _) => {
+                return match payload {
+                    [level, description, ..] => Err(FlightError::Alert {
+                        level: *level,
+                        description: *description,
+                    }),
+                    _ => Err(FlightError::Malformed("short alert")),
+                };
+            }
+            (0x16, None) => {
+                let msg_len = match payload {
+                    [_, a, b, c, ..] => {
+                        4 + (usize::from(*a) << 16 | usize::from(*b) << 8 | usize::from(*c))
+                    }
+                    _ => return Err(FlightError::Malformed("short handshake record")),
+                };
+                if payload.first() != Some(&0x02) {
+                    return Err(FlightError::Malformed("not a ServerHello"));
+                }
+                let Some(msg) = payload.get(..msg_len) else {
+                    return Err(FlightError::Malformed("ServerHello split over records"));
+                };
+                let Some((server_hello, hello_retry)) = parse_server_hello(msg) else {
+                    return Err(FlightError::Malformed("ServerHello"));
+                };
+                let o = Observation {
+                    server_hello,
+                    server_hello_record_len: len as u16,
+                    record_version: version,
+                    hello_retry,
+                    ccs: false,
+                    encrypted_records: [0; MAX_RECORDS],
+                    record_count: 0,
+                    overflow: false,
+                };
+                if !o.is_tls13() {
+                    return Ok(o);
+                }
+                obs = Some(o);
+            }
+            (_, None) => return Err(FlightError::Malformed("first record is not a handshake")),
+            (0x14, Some(o)) if !o.ccs && o.records().is_empty() => o.ccs = true,
+            (0x17, Some(o)) => {
+                let i = usize::from(o.record_count);
+                match o.encrypted_records.get_mut(i) {
+                    Some(slot) => {
+                        *slot = len as u16;
+                        o.record_count += 1;
+                    }
+                    None => o.overflow = true,
+                }
+            }
+            (_, Some(_)) => {
+                return Err(FlightError::Malformed(
+                    "unexpected record after ServerHello",
+                ));
+            }
+        }
+    }
+}
+
+/// What the fake flight copies, derived by a [`Profile`]: cheap to copy (read once per
+/// handshake).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlightShape {
+    /// The ServerHello to imitate.
+    pub template: ServerHelloTemplate,
+    /// Smallest payload of the application-data record (inclusive).
+    pub noise_min: u16,
+    /// Largest payload of the application-data record (inclusive), at most [`MAX_CIPHERTEXT`].
+    pub noise_max: u16,
+    /// Encrypted records the site sends (0 when nothing was learned).
+    pub site_records: u8,
+    /// True when learned from the site, false for the built-in default.
+    pub learned: bool,
+}
+
+impl Default for FlightShape {
+    fn default() -> Self {
+        FlightShape {
+            template: ServerHelloTemplate::default(),
+            noise_min: DEFAULT_NOISE.0,
+            noise_max: DEFAULT_NOISE.1,
+            site_records: 0,
+            learned: false,
+        }
+    }
+}
+
+impl FlightShape {
+    /// A payload length for the application-data record, uniform in `noise_min..=noise_max`.
+    pub fn noise_len(&self, rng: &mut impl Rng) -> usize {
+        let lo = u32::from(self.noise_min.min(self.noise_max));
+        let hi = u32::from(self.noise_max);
+        let n = lo + rng.below(hi - lo + 1);
+        (n as usize).clamp(1, MAX_CIPHERTEXT)
+    }
+}
+
+/// A one-line account of what a [`Profile`] learned, for start-up logs and `doctor`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Summary {
+    /// Usable observations in the sample.
+    pub samples: usize,
+    /// Observations refused since the start.
+    pub refused: u64,
+    /// Why the last refused observation was refused.
+    pub problem: Option<Unusable>,
+    /// Encrypted records per flight (the most common count; 0 = nothing learned).
+    pub records: u8,
+    /// The site sends a ChangeCipherSpec (in every usable observation).
+    pub ccs: bool,
+    /// ServerHello record payload length (most common template).
+    pub server_hello_len: usize,
+    /// Mean of the one-record-equivalent encrypted size (M).
+    pub mean: usize,
+    /// Largest distance of a sample from the mean (J).
+    pub jitter: usize,
+    /// Smallest and largest sample.
+    pub min: usize,
+    /// See `min`.
+    pub max: usize,
+    /// The learned size exceeded one record and was clamped to [`MAX_CIPHERTEXT`].
+    pub clamped: bool,
+}
+
+impl Summary {
+    /// Advice when the site's flight differs in a way the fake one cannot copy.
+    pub fn advice(&self) -> Option<&'static str> {
+        if self.records > 1 {
+            Some(
+                "the site sends its encrypted handshake in several records, the proxy in one \
+                 (Telegram clients require it): front a site whose servers send one",
+            )
+        } else if self.clamped {
+            Some(
+                "the site's handshake is larger than one record may carry: front a site with a smaller certificate chain",
+            )
+        } else {
+            None
+        }
+    }
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.samples == 0 {
+            f.write_str("nothing learned, built-in shape")?;
+            if let Some(p) = self.problem {
+                write!(f, " ({p})")?;
+            }
+            return Ok(());
+        }
+        write!(
+            f,
+            "{} samples: ServerHello {} bytes, ccs {}, {} encrypted record(s), size {} ± {} ({}..{}){}",
+            self.samples,
+            self.server_hello_len,
+            self.ccs,
+            self.records,
+            self.mean,
+            self.jitter,
+            self.min,
+            self.max,
+            if self.clamped { ", clamped" } else { "" }
+        )
+    }
+}
+
+/// A bounded sample of usable observations and what they say.
+#[derive(Clone, Debug)]
+pub struct Profile {
+    cap: usize,
+    samples: VecDeque<Observation>,
+    refused: u64,
+    problem: Option<Unusable>,
+    shape: FlightShape,
+    summary: Summary,
+}
+
+impl Default for Profile {
+    fn default() -> Self {
+        Profile::new(SAMPLE_CAP)
+    }
+}
+
+impl Profile {
+    /// An empty profile keeping the last `cap` (at least 1) usable observations.
+    pub fn new(cap: usize) -> Self {
+        let mut p = Profile {
+            cap: cap.max(1),
+            samples: VecDeque::new(),
+            refused: 0,
+            problem: None,
+            shape: FlightShape::default(),
+            summary: Summary {
+                samples: 0,
+                refused: 0,
+                problem: None,
+                records: 0,
+                ccs: true,
+                server_hello_len: 0,
+                mean: 0,
+                jitter: 0,
+                min: 0,
+                max: 0,
+                clamped: false,
+            },
+        };
+        p.derive();
+        p
+    }
+
+    /// Adds an observation (the oldest drops out beyond the cap); an unusable one is refused
+    /// and remembered as the reason, the sample is unchanged.
+    pub fn push(&mut self, obs: Observation) -> Result<(), Unusable> {
+        if let Err(e) = obs.check() {
+            self.refused += 1;
+            self.problem = Some(e);
+            self.derive();
+            return Err(e);
+        }
+        if self.samples.len() >= self.cap {
+            self.samples.pop_front();
+        }
+        self.samples.push_back(obs);
+        self.derive();
+        Ok(())
+    }
+
+    /// The shape the fake flight copies (the default when nothing usable was learned).
+    pub fn shape(&self) -> FlightShape {
+        self.shape
+    }
+
+    /// What was learned, for logs.
+    pub fn summary(&self) -> Summary {
+        self.summary
+    }
+
+    /// The usable observations kept, oldest first.
+    pub fn samples(&self) -> impl Iterator<Item = &Observation> {
+        self.samples.iter()
+    }
+
+    fn derive(&mut self) {
+        let mut s = self.summary;
+        s.refused = self.refused;
+        s.problem = self.problem;
+        s.samples = self.samples.len();
+        let template = most_common(self.samples.iter().map(|o| o.server_hello));
+        let (Some(template), false) = (template, self.samples.is_empty()) else {
+            self.shape = FlightShape::default();
+            self.summary = s;
+            return;
+        };
+        let sizes = || self.samples.iter().map(Observation::one_record_len);
+        let n = self.samples.len();
+        let min = sizes().min().unwrap_or(0);
+        let max = sizes().max().unwrap_or(0);
+        let mean = sizes().sum::<usize>() / n.max(1);
+        let jitter = sizes().map(|x| x.abs_diff(mean)).max().unwrap_or(0);
+        let records = most_common(self.samples.iter().map(|o| o.record_count)).unwrap_or(0);
+        let clamp = |x: usize| x.clamp(1, MAX_CIPHERTEXT) as u16;
+        s.records = records;
+        s.ccs = self.samples.iter().all(|o| o.ccs);
+        s.server_hello_len = self
+            .samples
+            .iter()
+            .find(|o| o.server_hello == template)
+            .map_or(0, |o| usize::from(o.server_hello_record_len));
+        s.mean = mean;
+        s.jitter = jitter;
+        s.min = min;
+        s.max = max;
+        s.clamped = max > MAX_CIPHERTEXT;
+        self.summary = s;
+        self.shape = FlightShape {
+            template,
+            noise_min: clamp(min),
+            noise_max: clamp(max),
+            site_records: records,
+            learned: true,
+        };
+    }
+}
+
+/// The most frequent value (the latest among equals, so a changed site wins ties).
+fn most_common<T: PartialEq + Copy>(items: impl Iterator<Item = T> + Clone) -> Option<T> {
+    let mut best: Option<(T, usize)> = None;
+    for x in items.clone() {
+        let count = items.clone().filter(|y| *y == x).count();
+        if best.is_none_or(|(_, c)| count >= c) {
+            best = Some((x, count));
+        }
+    }
+    best.map(|(x, _)| x)
+}
