@@ -6,6 +6,7 @@
 
 mod conn;
 mod pool;
+pub mod scout;
 pub mod resolve;
 mod worker;
 
