@@ -1,0 +1,1 @@
+//! FireHOL netset parser and an immutable IP prefix table.
