@@ -5,10 +5,12 @@ pub mod dc;
 pub mod dns;
 pub mod encoding;
 pub mod faketls;
+pub mod iplist;
 pub mod obfs2;
 pub mod proxy_protocol;
 pub mod replay;
 pub mod secret;
+pub mod socks5;
 pub mod tlsprofile;
 pub mod x25519;
 
