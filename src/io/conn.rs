@@ -28,7 +28,7 @@ use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 
 use super::pool::{BufId, Pool};
-use super::{OsRng, Shared};
+use super::{FastRng, Shared};
 use crate::log::Level;
 use crate::proto::faketls::{self, HelloRead, RecordReader};
 use crate::proto::obfs2::{self, AesCtr, Tag};
@@ -148,7 +148,8 @@ pub(crate) struct Ctx<'a> {
     pub(crate) pool: &'a mut Pool,
     pub(crate) shared: &'a Shared,
     pub(crate) registry: &'a Registry,
-    pub(crate) rng: &'a mut OsRng,
+    pub(crate) rng: &'a mut FastRng,
+    pub(crate) keyshares: &'a mut crate::proto::x25519::KeyShares,
     pub(crate) scratch: &'a mut [u8],
     pub(crate) now: Instant,
     /// Set by the connection: it needs a buffer and the pool is empty.
@@ -493,7 +494,7 @@ impl Conn {
                 return Err(CloseReason::Rejected(r));
             }
         };
-        let (_, public) = crate::proto::x25519::keypair(ctx.rng);
+        let public = ctx.keyshares.next(ctx.rng);
         let noise = 2500 + ctx.rng.below(2200) as usize;
         let out = ctx.pool.get(down);
         let n = faketls::write_server_hello(out, &hello, &secret.key, ctx.rng, noise, &public);

@@ -6,8 +6,8 @@
 
 mod conn;
 mod pool;
-pub mod scout;
 pub mod resolve;
+pub mod scout;
 mod worker;
 
 use std::io;
@@ -23,6 +23,7 @@ use crate::config::Config;
 use crate::log::Level;
 use crate::proto::Rng;
 use crate::proto::dc::DcTable;
+use crate::proto::obfs2::AesCtr;
 use crate::proto::replay::ReplayFilter;
 
 /// Counters shared by all workers; touched per connection event, never per packet.
@@ -92,18 +93,64 @@ impl Shared {
     }
 }
 
-/// The operating system's random source, behind [`Rng`].
-#[derive(Default)]
+/// A worker's random source: an AES-256-CTR keystream keyed from the operating system's
+/// generator and re-keyed every [`RESEED_EVERY`] bytes (the construction of OpenBSD's
+/// arc4random). Fake-handshake noise, key shares and frames need a few KiB per connection;
+/// a system call for each would dominate the handshake's cost.
+pub(crate) struct FastRng {
+    stream: Option<AesCtr>,
+    used: usize,
+}
+
+/// Bytes produced before the keystream is re-keyed from the OS.
+const RESEED_EVERY: usize = 1 << 20;
+
+impl Default for FastRng {
+    fn default() -> Self {
+        FastRng {
+            stream: None,
+            used: 0,
+        }
+    }
+}
+
+/// The operating system's random source itself (one system call per `fill`).
+#[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct OsRng;
 
 impl Rng for OsRng {
     fn fill(&mut self, buf: &mut [u8]) {
+        OsRng::os_fill(buf);
+    }
+}
+
+impl OsRng {
+    fn os_fill(buf: &mut [u8]) {
         if getrandom::fill(buf).is_err() {
             // The OS random source does not fail on Linux once seeded; if it ever does, a
             // proxy without randomness must not go on.
             crate::log_event!(Level::Error, "fatal", reason = "getrandom failed");
             std::process::abort();
         }
+    }
+}
+
+impl Rng for FastRng {
+    fn fill(&mut self, buf: &mut [u8]) {
+        use aes::cipher::{KeyIvInit, StreamCipher};
+        if self.stream.is_none() || self.used >= RESEED_EVERY {
+            let mut seed = [0u8; 48];
+            OsRng::os_fill(&mut seed);
+            let key: [u8; 32] = seed[..32].try_into().expect("32 bytes");
+            let iv: [u8; 16] = seed[32..].try_into().expect("16 bytes");
+            self.stream = Some(AesCtr::new(&key.into(), &iv.into()));
+            self.used = 0;
+        }
+        buf.fill(0);
+        if let Some(s) = self.stream.as_mut() {
+            s.apply_keystream(buf);
+        }
+        self.used += buf.len();
     }
 }
 
@@ -182,7 +229,7 @@ pub fn start_with_grace(config: Config, grace: Duration) -> io::Result<Proxy> {
     let workers = config.workers.max(1);
     let replay = if config.anti_replay.enabled {
         let mut key = [0u8; 16];
-        OsRng.fill(&mut key);
+        OsRng::os_fill(&mut key);
         // Remember handshakes for the whole window in which their timestamps stay acceptable:
         // a timestamp up to `tolerance` in the future stays valid until 2 × tolerance later.
         let window = 2 * config.tolerate_time_skewness.as_secs() + 2;

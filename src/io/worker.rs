@@ -17,8 +17,9 @@ use mio::{Events, Interest, Poll, Token};
 
 use super::conn::{CLIENT, Conn, Ctx, Phase, R, UPSTREAM, W};
 use super::pool::Pool;
-use super::{OsRng, Shared};
+use super::{FastRng, Shared};
 use crate::log::Level;
+use crate::proto::x25519::KeyShares;
 
 /// Token of the listening socket.
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -42,7 +43,8 @@ pub(crate) struct Worker {
     free_slots: Vec<usize>,
     pool: Pool,
     scratch: Vec<u8>,
-    rng: OsRng,
+    rng: FastRng,
+    keyshares: KeyShares,
     run_queue: Vec<usize>,
     next_queue: Vec<usize>,
     buf_waiters: VecDeque<usize>,
@@ -67,6 +69,7 @@ impl Worker {
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let buf_size = shared.config.buffer_size;
+        let mut rng = FastRng::default();
         let mut slab = Vec::with_capacity(max_conns);
         slab.resize_with(0, || None);
         Ok(Worker {
@@ -75,7 +78,8 @@ impl Worker {
             listener: Some(listener),
             pool: Pool::new(buffers, buf_size),
             scratch: vec![0u8; buf_size.max(16 * 1024)],
-            rng: OsRng::default(),
+            keyshares: KeyShares::new(&mut rng),
+            rng,
             slab,
             free_slots: Vec::with_capacity(max_conns),
             run_queue: Vec::with_capacity(max_conns),
@@ -234,6 +238,7 @@ impl Worker {
             shared: &self.shared,
             registry: self.poll.registry(),
             rng: &mut self.rng,
+            keyshares: &mut self.keyshares,
             scratch: &mut self.scratch,
             now,
             want_buffer: false,
@@ -273,6 +278,7 @@ impl Worker {
                 shared: &self.shared,
                 registry: self.poll.registry(),
                 rng: &mut self.rng,
+                keyshares: &mut self.keyshares,
                 scratch: &mut self.scratch,
                 now,
                 want_buffer: false,
@@ -322,6 +328,7 @@ impl Worker {
                 shared: &self.shared,
                 registry: self.poll.registry(),
                 rng: &mut self.rng,
+                keyshares: &mut self.keyshares,
                 scratch: &mut self.scratch,
                 now,
                 want_buffer: false,
@@ -360,6 +367,7 @@ impl Worker {
                 shared: &self.shared,
                 registry: self.poll.registry(),
                 rng: &mut self.rng,
+                keyshares: &mut self.keyshares,
                 scratch: &mut self.scratch,
                 now,
                 want_buffer: false,
