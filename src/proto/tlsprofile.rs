@@ -292,8 +292,9 @@ impl Observation {
         !self.hello_retry && self.server_hello.supported_version() == Some(TLS13)
     }
 
-    /// True when the last record looks like an encrypted Finished (hash + type byte + 16-byte
-    /// tag) after at least two other records: the flight is most likely over.
+    /// True when the last record looks like an encrypted Finished (4-byte handshake header +
+    /// the suite's hash + content-type byte + 16-byte tag: 53 bytes, 69 for SHA-384) after at
+    /// least two other records: the flight is most likely over.
     pub fn looks_finished(&self) -> bool {
         let hash = if self.server_hello.cipher_suite() == Some(0x1302) {
             48
@@ -301,7 +302,9 @@ impl Observation {
             32
         };
         let r = self.records();
-        r.len() >= 3 && r.last().is_some_and(|&l| usize::from(l) == hash + 1 + 16)
+        r.len() >= 3
+            && r.last()
+                .is_some_and(|&l| usize::from(l) == 4 + hash + 1 + 16)
     }
 
     /// Whether a fake flight can copy this observation.
