@@ -941,3 +941,17 @@ impl std::fmt::Display for ConnId {
         write!(f, "{:012x}", self.0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_state_stays_small() {
+        // An idle connection costs its slab slot and nothing else (no buffers), so this size
+        // is the per-connection memory floor of the proxy (issue: ≤ 2 KiB per idle connection).
+        let size = std::mem::size_of::<Option<Conn>>();
+        eprintln!("Option<Conn> = {size} bytes, Keys = {}", std::mem::size_of::<Keys>());
+        assert!(size <= 1536, "Option<Conn> grew to {size} bytes");
+    }
+}

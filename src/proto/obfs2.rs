@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 use super::{Reject, Rng};
 
 /// AES-256 in CTR mode with a 128-bit big-endian counter (the IV is the initial counter).
-pub type AesCtr = ctr::Ctr128BE<aes::Aes256>;
+pub type AesCtr = ctr::Ctr128BE<aes::Aes256Enc>;
 
 /// Length of the obfuscated2 handshake frame.
 pub const FRAME_LEN: usize = 64;
