@@ -785,3 +785,386 @@ fn most_common<T: PartialEq + Copy>(items: impl Iterator<Item = T> + Clone) -> O
     }
     best.map(|(x, _)| x)
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::proto::XorShift64;
+
+    pub(crate) const RSA: &[u8] = include_bytes!("../../tests/data/tls/nginx-rsa-flight.bin");
+    const ECDSA: &[u8] = include_bytes!("../../tests/data/tls/nginx-ecdsa-flight.bin");
+    const TLS12: &[u8] = include_bytes!("../../tests/data/tls/nginx-tls12-flight.bin");
+
+    /// A ServerHello record (`16 03 03`) with these extensions, then a CCS and the given
+    /// application-data record lengths.
+    pub(crate) fn flight(
+        random: [u8; 32],
+        suite: u16,
+        exts: &[(u16, Vec<u8>)],
+        app: &[usize],
+    ) -> Vec<u8> {
+        let mut ext = Vec::new();
+        for (kind, data) in exts {
+            ext.extend_from_slice(&kind.to_be_bytes());
+            ext.extend_from_slice(&(data.len() as u16).to_be_bytes());
+            ext.extend_from_slice(data);
+        }
+        let mut body = vec![0x03, 0x03];
+        body.extend_from_slice(&random);
+        body.push(32);
+        body.extend_from_slice(&[7; 32]);
+        body.extend_from_slice(&suite.to_be_bytes());
+        body.push(0);
+        body.extend_from_slice(&(ext.len() as u16).to_be_bytes());
+        body.extend_from_slice(&ext);
+        let mut out = vec![0x16, 0x03, 0x03];
+        out.extend_from_slice(&((body.len() + 4) as u16).to_be_bytes());
+        out.extend_from_slice(&[0x02, 0, (body.len() >> 8) as u8, body.len() as u8]);
+        out.extend_from_slice(&body);
+        out.extend_from_slice(&[0x14, 0x03, 0x03, 0x00, 0x01, 0x01]);
+        for &n in app {
+            out.extend_from_slice(&[0x17, 0x03, 0x03, (n >> 8) as u8, n as u8]);
+            out.resize(out.len() + n, 0xee);
+        }
+        out
+    }
+
+    pub(crate) fn sv() -> (u16, Vec<u8>) {
+        (EXT_SUPPORTED_VERSIONS, vec![0x03, 0x04])
+    }
+
+    pub(crate) fn ks(group: u16, key_len: usize) -> (u16, Vec<u8>) {
+        let mut d = group.to_be_bytes().to_vec();
+        d.extend_from_slice(&(key_len as u16).to_be_bytes());
+        d.resize(4 + key_len, 0x42);
+        (EXT_KEY_SHARE, d)
+    }
+
+    fn rsa() -> Observation {
+        parse_server_flight(RSA).unwrap()
+    }
+
+    fn with_records(mut o: Observation, recs: &[u16]) -> Observation {
+        o.encrypted_records = [0; MAX_RECORDS];
+        o.encrypted_records[..recs.len()].copy_from_slice(recs);
+        o.record_count = recs.len() as u8;
+        o
+    }
+
+    #[test]
+    fn accepts_nginx_rsa_capture() {
+        let o = rsa();
+        assert!(o.is_tls13() && o.ccs && !o.hello_retry && !o.overflow);
+        assert_eq!(o.records(), [42, 825, 281, 53]);
+        assert_eq!(o.server_hello_record_len, 122);
+        assert_eq!(o.record_version, 0x0303);
+        let t = o.server_hello;
+        assert_eq!(t.legacy_version(), 0x0303);
+        assert_eq!(t.cipher_suite(), Some(0x1301));
+        assert_eq!(t.session_id_len(), 32);
+        assert_eq!(t.compression(), 0);
+        assert_eq!(t.extension_types(), [EXT_SUPPORTED_VERSIONS, EXT_KEY_SHARE]);
+        assert_eq!(t.key_share_group(), Some(GROUP_X25519));
+        assert_eq!(t.supported_version(), Some(TLS13));
+        assert_eq!(t.message_len(32), 122);
+        assert_eq!(o.encrypted_payload(), 1201);
+        assert_eq!(o.encrypted_wire_len(), 1221);
+        assert_eq!(o.one_record_len(), 1216);
+        assert!(o.looks_finished());
+        assert_eq!(o.check(), Ok(()));
+        // nginx's ServerHello has mtg's (and the default template's) shape.
+        let mut d = ServerHelloTemplate::default();
+        d.cipher_suite = Some(0x1301);
+        assert_eq!(t, d);
+    }
+
+    #[test]
+    fn accepts_nginx_ecdsa_capture() {
+        let o = parse_server_flight(ECDSA).unwrap();
+        assert_eq!(o.records().len(), 4);
+        // EncryptedExtensions, Certificate (its size varies with the certificate made),
+        // CertificateVerify (a DER ECDSA signature: 70..72 bytes + 4 + 17), Finished.
+        let r = o.records();
+        assert_eq!((r[0], r[3]), (42, 53));
+        assert!((400..460).contains(&r[1]), "{r:?}");
+        assert!((95..=97).contains(&r[2]), "{r:?}");
+        assert!(o.looks_finished());
+        assert_eq!(o.check(), Ok(()));
+    }
+
+    #[test]
+    fn accepts_every_prefix_as_need_more_or_complete_records() {
+        let bounds: Vec<usize> = {
+            let mut b = Vec::new();
+            let mut p = 0;
+            while p < RSA.len() {
+                p += 5 + usize::from(u16::from_be_bytes([RSA[p + 3], RSA[p + 4]]));
+                b.push(p);
+            }
+            b
+        };
+        assert_eq!(bounds.len(), 6);
+        assert_eq!(*bounds.last().unwrap(), RSA.len());
+        for i in 0..=RSA.len() {
+            let r = parse_server_flight(&RSA[..i]);
+            match bounds.iter().position(|&b| b == i) {
+                // After the ServerHello and the CCS: no encrypted record yet.
+                Some(k) if k >= 2 => {
+                    let o = r.unwrap();
+                    assert_eq!(o.records(), &[42, 825, 281, 53][..k - 1], "{i}");
+                    assert_eq!(o.looks_finished(), k == 5);
+                }
+                _ => assert_eq!(r, Err(FlightError::NeedMore), "{i}"),
+            }
+        }
+    }
+
+    #[test]
+    fn accepts_tls12_capture_as_unusable() {
+        let o = parse_server_flight(TLS12).unwrap();
+        // Returned at the ServerHello: nothing encrypted follows in TLS 1.2.
+        assert!(!o.is_tls13());
+        assert!(o.records().is_empty() && !o.ccs);
+        assert_eq!(o.server_hello.supported_version(), None);
+        assert_eq!(o.check(), Err(Unusable::NotTls13(0x0303)));
+        // Its first record alone is enough.
+        let first = 5 + usize::from(u16::from_be_bytes([TLS12[3], TLS12[4]]));
+        assert_eq!(parse_server_flight(&TLS12[..first]), Ok(o));
+        assert_eq!(
+            parse_server_flight(&TLS12[..first - 1]),
+            Err(FlightError::NeedMore)
+        );
+        let mut p = Profile::default();
+        assert_eq!(p.push(o), Err(Unusable::NotTls13(0x0303)));
+        assert!(!p.shape().learned);
+        assert_eq!(p.summary().problem, Some(Unusable::NotTls13(0x0303)));
+        assert!(p.summary().to_string().contains("not TLS 1.3"));
+    }
+
+    #[test]
+    fn rejects_alerts_and_non_tls() {
+        assert_eq!(
+            parse_server_flight(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x70]),
+            Err(FlightError::Alert {
+                level: 2,
+                description: 112
+            })
+        );
+        assert_eq!(
+            parse_server_flight(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02]),
+            Err(FlightError::NeedMore)
+        );
+        assert!(matches!(
+            parse_server_flight(b"HTTP/1.1 400 Bad Request\r\n"),
+            Err(FlightError::Malformed(_))
+        ));
+        assert!(matches!(
+            parse_server_flight(&[0x17, 0x03, 0x03, 0x00, 0x01, 0x00]),
+            Err(FlightError::Malformed(_))
+        ));
+        // An alert after the ServerHello ends the flight too.
+        let mut f = RSA[..133].to_vec();
+        f.extend_from_slice(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x28]);
+        assert_eq!(
+            parse_server_flight(&f),
+            Err(FlightError::Alert {
+                level: 2,
+                description: 40
+            })
+        );
+        // A handshake message that is not a ServerHello.
+        let mut f = RSA.to_vec();
+        f[5] = 0x0b;
+        assert!(matches!(
+            parse_server_flight(&f),
+            Err(FlightError::Malformed(_))
+        ));
+        assert_eq!(parse_server_flight(&[]), Err(FlightError::NeedMore));
+    }
+
+    #[test]
+    fn rejects_mutations_without_panic() {
+        let mut rng = XorShift64(99);
+        for i in 0..4000 {
+            let src = [RSA, ECDSA, TLS12][i % 3];
+            let mut f = src.to_vec();
+            for _ in 0..=rng.below(3) {
+                let at = rng.below(f.len() as u32) as usize;
+                f[at] = rng.below(256) as u8;
+            }
+            f.truncate(rng.below(f.len() as u32 + 1) as usize);
+            if let Ok(o) = parse_server_flight(&f) {
+                assert!(o.records().len() <= MAX_RECORDS);
+                let _ = o.check();
+                let mut p = Profile::new(4);
+                let _ = p.push(o);
+                let s = p.shape();
+                assert!(s.noise_min <= s.noise_max);
+                assert!(usize::from(s.noise_max) <= MAX_CIPHERTEXT);
+            }
+            let mut junk = vec![0u8; rng.below(200) as usize];
+            rng.fill(&mut junk);
+            let _ = parse_server_flight(&junk);
+        }
+    }
+
+    #[test]
+    fn rejects_hello_retry_and_other_groups() {
+        let hrr = flight(
+            HRR_RANDOM,
+            0x1301,
+            &[sv(), (EXT_KEY_SHARE, vec![0, 0x17])],
+            &[],
+        );
+        let o = parse_server_flight(&hrr).unwrap();
+        assert!(o.hello_retry && !o.is_tls13());
+        assert_eq!(o.check(), Err(Unusable::HelloRetry));
+
+        let p256 = flight([1; 32], 0x1301, &[sv(), ks(0x0017, 65)], &[100, 53]);
+        let o = parse_server_flight(&p256).unwrap();
+        assert_eq!(o.records(), [100, 53]);
+        assert_eq!(o.check(), Err(Unusable::KeyShare(Some(0x0017))));
+
+        let no_ks = flight([1; 32], 0x1301, &[sv()], &[100]);
+        let o = parse_server_flight(&no_ks).unwrap();
+        assert_eq!(o.check(), Err(Unusable::KeyShare(None)));
+
+        // Key length disagreeing with the extension length: malformed.
+        let mut bad = ks(GROUP_X25519, 32);
+        bad.1[3] = 31;
+        assert!(matches!(
+            parse_server_flight(&flight([1; 32], 0x1301, &[sv(), bad], &[100])),
+            Err(FlightError::Malformed(_))
+        ));
+        // Nine extensions: more than a template holds.
+        let many: Vec<_> = (0..9u16).map(|k| (0x100 + k, vec![])).collect();
+        assert!(parse_server_flight(&flight([1; 32], 0x1301, &many, &[100])).is_err());
+        // A long unknown extension, a duplicate: unusable.
+        let long = flight(
+            [1; 32],
+            0x1301,
+            &[sv(), ks(29, 32), (0x29, vec![0; 65])],
+            &[99],
+        );
+        let o = parse_server_flight(&long).unwrap();
+        assert!(matches!(o.check(), Err(Unusable::Odd(_))));
+        let dup = flight([1; 32], 0x1301, &[sv(), ks(29, 32), sv()], &[99]);
+        let o = parse_server_flight(&dup).unwrap();
+        assert_eq!(o.check(), Err(Unusable::Odd("duplicate extension")));
+        // Too many encrypted records.
+        let o =
+            parse_server_flight(&flight([1; 32], 0x1301, &[sv(), ks(29, 32)], &[20; 17])).unwrap();
+        assert!(o.overflow);
+        assert_eq!(o.check(), Err(Unusable::TooManyRecords));
+    }
+
+    #[test]
+    fn accepts_other_extensions_in_site_order() {
+        let f = flight(
+            [3; 32],
+            0x1302,
+            &[ks(29, 32), (0x0029, vec![0, 0]), sv()],
+            &[3000],
+        );
+        let o = parse_server_flight(&f).unwrap();
+        assert_eq!(o.check(), Ok(()));
+        let t = o.server_hello;
+        assert_eq!(
+            t.extension_types(),
+            [EXT_KEY_SHARE, 0x0029, EXT_SUPPORTED_VERSIONS]
+        );
+        assert_eq!(t.extension(0x0029).map(|e| e.len), Some(2));
+        assert_eq!(usize::from(o.server_hello_record_len), t.message_len(32));
+        assert_eq!(o.one_record_len(), 3000);
+        // One record, not a Finished: the scout waits for the quiet period.
+        assert!(!o.looks_finished());
+        let fin384 = parse_server_flight(&flight(
+            [3; 32],
+            0x1302,
+            &[sv(), ks(29, 32)],
+            &[30, 900, 80, 69],
+        ))
+        .unwrap();
+        assert!(fin384.looks_finished());
+    }
+
+    #[test]
+    fn profile_learns_mean_jitter_and_range() {
+        let mut p = Profile::default();
+        assert_eq!(p.shape(), FlightShape::default());
+        assert!(p.summary().to_string().starts_with("nothing learned"));
+        for r in [281u16, 283, 280, 281] {
+            p.push(with_records(rsa(), &[42, 825, r, 53])).unwrap();
+        }
+        let s = p.summary();
+        // one-record sizes: 1216, 1218, 1215, 1216 -> mean 1216, J = 2.
+        assert_eq!((s.samples, s.records, s.mean, s.jitter), (4, 4, 1216, 2));
+        assert_eq!((s.min, s.max, s.server_hello_len), (1215, 1218, 122));
+        assert!(s.ccs && !s.clamped);
+        assert!(
+            s.advice()
+                .unwrap()
+                .contains("front a site whose servers send one")
+        );
+        let shape = p.shape();
+        assert!(shape.learned);
+        assert_eq!(
+            (shape.noise_min, shape.noise_max, shape.site_records),
+            (1215, 1218, 4)
+        );
+        assert_eq!(shape.template, rsa().server_hello);
+        let mut rng = XorShift64(5);
+        let mut seen = [false; 4];
+        for _ in 0..400 {
+            let n = shape.noise_len(&mut rng);
+            assert!((1215..=1218).contains(&n));
+            seen[n - 1215] = true;
+        }
+        assert_eq!(seen, [true; 4]);
+        // A refused observation keeps what was learned.
+        assert!(p.push(parse_server_flight(TLS12).unwrap()).is_err());
+        assert_eq!(p.shape(), shape);
+        assert_eq!(p.summary().refused, 1);
+        // One record: no advice.
+        let mut q = Profile::default();
+        q.push(with_records(rsa(), &[1221])).unwrap();
+        assert_eq!(q.summary().records, 1);
+        assert_eq!(q.summary().advice(), None);
+        assert_eq!(q.shape().noise_min, 1221);
+    }
+
+    #[test]
+    fn profile_is_bounded_and_follows_the_site() {
+        let mut p = Profile::new(8);
+        for _ in 0..20 {
+            p.push(with_records(rsa(), &[1000])).unwrap();
+        }
+        assert_eq!(p.summary().samples, 8);
+        // The site changes: after the sample turns over, only the new size is left.
+        let other = flight([1; 32], 0x1303, &[ks(29, 32), sv()], &[2000]);
+        for i in 0..8 {
+            p.push(parse_server_flight(&other).unwrap()).unwrap();
+            let t = p.shape().template;
+            // Most common template wins; on a tie, the latest.
+            assert_eq!(t.cipher_suite() == Some(0x1303), i >= 3, "{i}");
+        }
+        assert_eq!(p.samples().count(), 8);
+        assert_eq!((p.shape().noise_min, p.shape().noise_max), (2000, 2000));
+        assert_eq!(p.summary().jitter, 0);
+    }
+
+    #[test]
+    fn profile_clamps_to_one_record() {
+        let mut p = Profile::default();
+        p.push(with_records(rsa(), &[42, 16401, 16401, 53]))
+            .unwrap();
+        let s = p.summary();
+        assert!(s.clamped);
+        assert!(s.advice().is_some());
+        assert_eq!(p.shape().noise_max, MAX_CIPHERTEXT as u16);
+        assert_eq!(p.shape().noise_min, MAX_CIPHERTEXT as u16);
+        assert!(p.shape().noise_len(&mut XorShift64(1)) == MAX_CIPHERTEXT);
+        // A single record longer than TLS allows is refused.
+        assert!(p.push(with_records(rsa(), &[16641])).is_err());
+    }
+}
