@@ -830,6 +830,7 @@ mod tests {
     use super::*;
     use crate::proto::XorShift64;
     use crate::proto::encoding::{base64_std_decode, hex_decode};
+    use crate::proto::tlsprofile;
 
     const KEY_HEX: &str = "367a189aee18fa31c190054efd4a8e95";
     const HOST: &[u8] = b"storage.googleapis.com";
@@ -1514,6 +1515,182 @@ mod tests {
             verify_server_flight(&out[..n], &hello.random, &key()),
             Ok(Some(n))
         );
+    }
+
+    #[test]
+    fn accepts_default_template_same_bytes_as_write_server_hello() {
+        let share = [0x77; 32];
+        for (sid_len, noise) in [(32u8, 2600usize), (0, 1), (16, 16_000)] {
+            let hello = sample_hello(sid_len);
+            let mut a = vec![0u8; 20_000];
+            let mut b = vec![0u8; 20_000];
+            let na = write_server_hello(&mut a, &hello, &key(), &mut XorShift64(4), noise, &share);
+            let nb = write_server_hello_as(
+                &mut b,
+                &hello,
+                &key(),
+                &mut XorShift64(4),
+                &ServerHelloTemplate::default(),
+                noise,
+                &share,
+            );
+            assert_eq!(a[..na], b[..nb]);
+            assert_eq!(
+                nb,
+                server_hello_len_as(&ServerHelloTemplate::default(), sid_len, noise)
+            );
+        }
+    }
+
+    const NGINX_RSA: &[u8] = include_bytes!("../../tests/data/tls/nginx-rsa-flight.bin");
+    const NGINX_RSA_HELLO: &[u8] =
+        include_bytes!("../../tests/data/tls/nginx-rsa-client-hello.bin");
+
+    #[test]
+    fn accepts_nginx_capture_reproduced_byte_for_byte() {
+        // The ClientHello nginx answered, and the fake answer to the same hello.
+        let hello = parse_client_hello(&NGINX_RSA_HELLO[5..]).unwrap();
+        let site = tlsprofile::parse_server_flight(NGINX_RSA).unwrap();
+        let share = crate::proto::x25519::public_key(&[9; 32]);
+        let mut out = vec![0u8; 4000];
+        let noise = site.one_record_len();
+        let n = write_server_hello_as(
+            &mut out,
+            &hello,
+            &key(),
+            &mut XorShift64(6),
+            &site.server_hello,
+            noise,
+            &share,
+        );
+        let fake = &out[..n];
+        let sh = 5 + usize::from(site.server_hello_record_len);
+        // ServerHello + CCS identical except the random (11..43) and the key (last 32 bytes).
+        assert_eq!(fake[..11], NGINX_RSA[..11]);
+        assert_eq!(fake[43..sh - 32], NGINX_RSA[43..sh - 32]);
+        assert_eq!(fake[sh - 32..sh], share);
+        assert_eq!(fake[sh..sh + 6], NGINX_RSA[sh..sh + 6]);
+        // Same bytes on the wire in total: four records vs one.
+        assert_eq!(n, NGINX_RSA.len());
+        assert_eq!(
+            verify_server_flight(fake, &hello.random, &key()),
+            Ok(Some(n))
+        );
+        let o = tlsprofile::parse_server_flight(fake).unwrap();
+        assert_eq!(o.records(), [1216]);
+        assert_eq!(o.server_hello, site.server_hello);
+    }
+
+    #[test]
+    fn accepts_site_extension_order_and_suite() {
+        use tlsprofile::tests::{flight, ks, sv};
+        let site = tlsprofile::parse_server_flight(&flight(
+            [1; 32],
+            0x1303,
+            &[ks(0x1d, 32), (0x0029, vec![0, 0]), sv()],
+            &[900],
+        ))
+        .unwrap();
+        let t = site.server_hello;
+        let share = [0x31; 32];
+        let mut out = vec![0u8; 2000];
+        // The client offered 0x1303: the site's choice is copied.
+        let hello = sample_hello(32);
+        let n = write_server_hello_as(
+            &mut out,
+            &hello,
+            &key(),
+            &mut XorShift64(1),
+            &t,
+            900,
+            &share,
+        );
+        assert_eq!(n, server_hello_len_as(&t, 32, 900));
+        let o = tlsprofile::parse_server_flight(&out[..n]).unwrap();
+        assert_eq!(o.server_hello, t);
+        assert_eq!(o.server_hello_record_len, site.server_hello_record_len);
+        assert_eq!(o.records(), [900]);
+        assert_eq!(
+            verify_server_flight(&out[..n], &hello.random, &key()),
+            Ok(Some(n))
+        );
+        // The key share is ours, right after its header.
+        let p = 44 + 32 + 2 + 1 + 2;
+        assert_eq!(
+            out[p..p + 8],
+            [0x00, 0x33, 0x00, 0x24, 0x00, 0x1d, 0x00, 0x20]
+        );
+        assert_eq!(out[p + 8..p + 40], share);
+        assert_eq!(out[p + 40..p + 46], [0x00, 0x29, 0x00, 0x02, 0x00, 0x00]);
+        assert_eq!(out[p + 46..p + 52], [0x00, 0x2b, 0x00, 0x02, 0x03, 0x04]);
+        // A client that did not offer 0x1303 gets its own first suite.
+        let mut h = sample_hello(32);
+        h.tls13_suites = 0b001;
+        h.cipher_suite = 0x1301;
+        assert!(!h.offers(0x1303) && h.offers(0x1301));
+        let n = write_server_hello_as(&mut out, &h, &key(), &mut XorShift64(1), &t, 900, &share);
+        assert_eq!(out[44 + 32..44 + 34], [0x13, 0x01]);
+        assert_eq!(
+            verify_server_flight(&out[..n], &h.random, &key()),
+            Ok(Some(n))
+        );
+    }
+
+    #[test]
+    fn accepts_template_without_key_share_and_clamps_to_one_record() {
+        // A TLS 1.2 template (no extensions): the fake still says TLS 1.3 with x25519.
+        const TLS12: &[u8] = include_bytes!("../../tests/data/tls/nginx-tls12-flight.bin");
+        let t = tlsprofile::parse_server_flight(TLS12).unwrap().server_hello;
+        let hello = sample_hello(32);
+        let mut out = vec![0u8; 40_000];
+        let n = write_server_hello_as(
+            &mut out,
+            &hello,
+            &key(),
+            &mut XorShift64(2),
+            &t,
+            100_000,
+            &[5; 32],
+        );
+        assert_eq!(n, server_hello_len_as(&t, 32, MAX_CIPHERTEXT));
+        let o = tlsprofile::parse_server_flight(&out[..n]).unwrap();
+        assert!(o.is_tls13());
+        // nginx's TLS 1.2 extensions are kept in order, TLS 1.3's two are appended.
+        let mut types = t.extension_types();
+        assert!(!types.is_empty() && !types.contains(&0x33));
+        types.extend([0x2b, 0x33]);
+        assert_eq!(o.server_hello.extension_types(), types);
+        assert_eq!(o.server_hello.key_share_group(), Some(0x1d));
+        assert_eq!(o.records(), [MAX_CIPHERTEXT as u16]);
+        assert_eq!(
+            verify_server_flight(&out[..n], &hello.random, &key()),
+            Ok(Some(n))
+        );
+        let need = server_hello_len_as(&t, 32, 10);
+        assert_eq!(
+            write_server_hello_as(
+                &mut out[..need - 1],
+                &hello,
+                &key(),
+                &mut XorShift64(2),
+                &t,
+                10,
+                &[5; 32]
+            ),
+            0
+        );
+    }
+
+    #[test]
+    fn accepts_offered_tls13_suites_from_parse() {
+        let k = [1; 16];
+        let rec = build_client_hello(&mut XorShift64(3), &k, "a.example", 1);
+        let h = parse_client_hello(&rec[5..]).unwrap();
+        assert_eq!(h.tls13_suites, 0b111);
+        assert!(h.offers(0x1301) && h.offers(0x1302) && h.offers(0x1303));
+        assert!(!h.offers(0x1304) && !h.offers(0x1305) && !h.offers(0x1306));
+        assert!(h.offers(h.cipher_suite));
+        assert!(!h.offers(0xc02b));
     }
 
     #[test]

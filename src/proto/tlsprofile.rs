@@ -82,6 +82,8 @@ pub struct ServerHelloTemplate {
     extension_count: u8,
     /// False when the ServerHello had no extensions block at all (pre-TLS 1.3 servers).
     has_extensions: bool,
+    /// More than [`MAX_EXTENSIONS`] extensions were sent (the rest are not kept).
+    extension_overflow: bool,
 }
 
 impl Default for ServerHelloTemplate {
@@ -107,6 +109,7 @@ impl Default for ServerHelloTemplate {
             extensions,
             extension_count: 2,
             has_extensions: true,
+            extension_overflow: false,
         }
     }
 }
@@ -176,6 +179,9 @@ impl ServerHelloTemplate {
             Some(e) if e.value == GROUP_X25519 && e.len == 36 => {}
             Some(e) => return Err(Unusable::KeyShare(Some(e.value))),
             None => return Err(Unusable::KeyShare(None)),
+        }
+        if self.extension_overflow {
+            return Err(Unusable::Odd("too many extensions"));
         }
         if self.legacy_version != 0x0303 || self.compression != 0 || !self.has_extensions {
             return Err(Unusable::Odd("legacy version or compression"));
@@ -417,6 +423,7 @@ fn parse_server_hello(msg: &[u8]) -> Option<(ServerHelloTemplate, bool)> {
         extensions: [Extension::default(); MAX_EXTENSIONS],
         extension_count: 0,
         has_extensions: false,
+        extension_overflow: false,
     };
     if r.rest() == 0 {
         return Some((t, hello_retry));
@@ -443,10 +450,13 @@ fn parse_server_hello(msg: &[u8]) -> Option<(ServerHelloTemplate, bool)> {
                 return None;
             }
         }
-        let i = usize::from(t.extension_count);
-        let slot = t.extensions.get_mut(i)?; // more than MAX_EXTENSIONS: not a usable hello
-        *slot = Extension { kind, len, value };
-        t.extension_count += 1;
+        match t.extensions.get_mut(usize::from(t.extension_count)) {
+            Some(slot) => {
+                *slot = Extension { kind, len, value };
+                t.extension_count += 1;
+            }
+            None => t.extension_overflow = true,
+        }
     }
     Some((t, hello_retry))
 }
@@ -1037,8 +1047,11 @@ pub(crate) mod tests {
             Err(FlightError::Malformed(_))
         ));
         // Nine extensions: more than a template holds.
-        let many: Vec<_> = (0..9u16).map(|k| (0x100 + k, vec![])).collect();
-        assert!(parse_server_flight(&flight([1; 32], 0x1301, &many, &[100])).is_err());
+        let mut many = vec![sv(), ks(29, 32)];
+        many.extend((0..7u16).map(|k| (0x100 + k, vec![])));
+        let o = parse_server_flight(&flight([1; 32], 0x1301, &many, &[100])).unwrap();
+        assert_eq!(o.server_hello.extensions().len(), MAX_EXTENSIONS);
+        assert_eq!(o.check(), Err(Unusable::Odd("too many extensions")));
         // A long unknown extension, a duplicate: unusable.
         let long = flight(
             [1; 32],
