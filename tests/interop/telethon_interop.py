@@ -46,8 +46,8 @@ from telethon.network.connection.tcpintermediate import (  # noqa: E402
 )
 from telethon.network.connection.tcpmtproxy import MTProxyIO  # noqa: E402
 
-OVERALL_TIMEOUT = 90
-STEP_TIMEOUT = 30
+OVERALL_TIMEOUT = 120  # ~25 s on an idle 2-core machine; pure-Python AES on the client side
+STEP_TIMEOUT = 45
 
 
 class Loggers(dict):
