@@ -11,12 +11,16 @@ sent once to nginx directly ("real") and once to mtpx, and the two observations 
 * non-TLS probes (plain HTTP, random bytes, truncated hellos, idle): the raw bytes received
   (HTTP Date header normalised) and the close behaviour (FIN, RST, or still open).
 
+A control mtpx fronts to a decoy nginx (EC certificate, other page, server_tokens off): every
+probe that sees site content must tell the decoy apart, so a probe that cannot fail is caught.
+
 The valid-client probe also checks mtpx's own answer (PROTOCOL.md §2.4): server random =
 HMAC-SHA256(key, client_random ‖ flight with random zeroed); its replay must then be fronted.
 
 Python 3.11 stdlib + the `nginx`, `openssl` and `curl` CLIs. Loopback only. Prints a table and
 `N passed, N failed` last; exits 1 on any failure, 2 if the harness could not start.
-Usage: probes.py [--mtpx target/debug/mtpx] [--keep] [-v]
+Usage: probes.py [--mtpx target/debug/mtpx] [--keep] [-v] [-k NAME-SUBSTRING]
+(or `make probes`; ~15 s).
 """
 
 from __future__ import annotations
@@ -429,12 +433,12 @@ def short(b: bytes, n=48) -> str:
     return repr(first[:n]) if isinstance(first, bytes) else first
 
 
-def curl_obs(port, path):
+def curl_obs(port, path, extra=()):
     hdr = tempfile.NamedTemporaryFile(delete=False)
     hdr.close()
     try:
         p = subprocess.run(
-            ["curl", "-k", "-sS", "--max-time", "10", "--resolve", f"{HOST}:{port}:127.0.0.1",
+            ["curl", "-k", "-sS", "--max-time", "10", *extra, "--resolve", f"{HOST}:{port}:127.0.0.1",
              "-D", hdr.name, "-o", "-", "-w", "\n%{http_code} %{http_version} %{ssl_verify_result}",
              f"https://{HOST}:{port}{path}"], capture_output=True, timeout=15)
         with open(hdr.name, "rb") as f:
@@ -446,6 +450,21 @@ def curl_obs(port, path):
            "body_sha256": hashlib.sha256(body).hexdigest(), "body_len": len(body),
            "stderr": re.sub(r":\d+", ":<port>", p.stderr.decode(errors="replace")).strip()}
     return obs, f"rc={p.returncode} {meta.decode()} body={len(body)}B"
+
+
+_BIG = []
+
+
+def big_file():
+    """A 4 MiB request body (made once, removed at exit)."""
+    if not _BIG:
+        f = tempfile.NamedTemporaryFile(prefix="mtpx-probes-body-", delete=False)
+        f.write(random.Random(7).randbytes(4 << 20))
+        f.close()
+        _BIG.append(f.name)
+        import atexit
+        atexit.register(os.unlink, f.name)
+    return _BIG[0]
 
 
 def s_client_obs(port, servername=HOST, extra=()):
@@ -580,6 +599,8 @@ def make_probes(key: bytes, real: int, mtpx: int):
     probes = [
         ("curl https GET /", both(lambda p: curl_obs(p, "/"))),
         ("curl https GET /missing (404)", both(lambda p: curl_obs(p, "/missing"))),
+        ("curl https POST / 4 MiB body (413)",
+         both(lambda p: curl_obs(p, "/", ("--data-binary", "@" + big_file())))),
         ("openssl s_client -showcerts", both(lambda p: s_client_obs(p))),
         ("openssl s_client -tls1_2", both(lambda p: s_client_obs(p, extra=("-tls1_2",)))),
         ("openssl s_client, no SNI", both(lambda p: s_client_obs(p, servername=None,
@@ -589,6 +610,8 @@ def make_probes(key: bytes, real: int, mtpx: int):
         ("TLS1.2 record sequence (GET /)",
          both(lambda p: python_tls_obs(p, ssl.TLSVersion.TLSv1_2))),
         ("plain HTTP on the TLS port", both(lambda p: raw_obs(p, http_req))),
+        ("plain HTTP + 256 KiB junk, held open",
+         both(lambda p: raw_obs(p, http_req + bytes(range(256)) * 1024))),
         ("random bytes (300B, held open)", both(lambda p: raw_obs(p, random_bytes))),
         ("random bytes (300B, then FIN)",
          both(lambda p: raw_obs(p, random_bytes, half_close=True))),
@@ -637,7 +660,7 @@ def make_probes(key: bytes, real: int, mtpx: int):
         chunks = [(0, hello[:150]), (late, hello[150:])]
         return (raw_obs(real, b"", chunks=chunks, tls=True, wait=late + 5),
                 raw_obs(mtpx, b"", chunks=chunks, tls=True, wait=late + 5))
-    probes.append((f"hello 150B, rest after {late:g}s", truncated_late))
+    probes.append((f"hello 150B, rest {late:g}s later", truncated_late))
     partial = f"GET / HTTP/1.1\r\nHost: {HOST}\r\n".encode()
     probes.append(("TLS1.3, partial HTTP request, held open",
                    both(lambda p: python_tls_obs(p, ssl.TLSVersion.TLSv1_3, partial))))
