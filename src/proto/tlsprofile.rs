@@ -883,8 +883,10 @@ pub(crate) mod tests {
         assert!(o.looks_finished());
         assert_eq!(o.check(), Ok(()));
         // nginx's ServerHello has mtg's (and the default template's) shape.
-        let mut d = ServerHelloTemplate::default();
-        d.cipher_suite = Some(0x1301);
+        let d = ServerHelloTemplate {
+            cipher_suite: Some(0x1301),
+            ..Default::default()
+        };
         assert_eq!(t, d);
     }
 
