@@ -25,9 +25,10 @@ REL_RUSTFLAGS  := --remap-path-prefix=$(REL_CARGO_HOME)=/cargo \
                   --remap-path-prefix=$(CURDIR)=/mtpx \
                   --remap-path-prefix=$(REL_TARGET_ABS)=/mtpx/target \
                   -C target-feature=+crt-static
-# Neutralise environment that would make a build differ from the next one.
-REL_ENV := RUSTFLAGS='$(strip $(REL_RUSTFLAGS))' CARGO_ENCODED_RUSTFLAGS= \
-           CARGO_INCREMENTAL=0 CARGO_BUILD_RUSTFLAGS= \
+# Neutralise environment that would make a build differ from the next one. (An empty but set
+# CARGO_ENCODED_RUSTFLAGS would win over RUSTFLAGS, hence env -u.)
+REL_ENV := env -u CARGO_ENCODED_RUSTFLAGS -u CARGO_BUILD_RUSTFLAGS \
+           RUSTFLAGS='$(strip $(REL_RUSTFLAGS))' CARGO_INCREMENTAL=0 \
            CARGO_TARGET_DIR='$(TARGET_DIR)' \
            CARGO_TARGET_X86_64_UNKNOWN_LINUX_MUSL_LINKER=rust-lld \
            CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER=rust-lld
