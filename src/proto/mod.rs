@@ -8,6 +8,7 @@ pub mod faketls;
 pub mod iplist;
 pub mod obfs2;
 pub mod proxy_protocol;
+pub mod qr;
 pub mod replay;
 pub mod secret;
 pub mod socks5;
