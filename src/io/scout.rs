@@ -29,6 +29,21 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 /// and closes. `timeout` bounds the connect and the whole read. An alert, a non-TLS answer or
 /// a flight cut short is an error (`InvalidData`, `UnexpectedEof`, `TimedOut`).
 pub fn probe_once(addr: SocketAddr, host: &str, timeout: Duration) -> io::Result<Observation> {
+    let mut rng = super::OsRng;
+    let mut key = [0u8; 16];
+    rng.fill(&mut key);
+    let now = u32::try_from(super::unix_now()).unwrap_or(u32::MAX);
+    let hello = build_client_hello(&mut rng, &key, host, now);
+    capture(addr, &hello, timeout).map(|(obs, _)| obs)
+}
+
+/// Sends `hello` (a complete ClientHello record) to `addr` and reads the site's first flight:
+/// the observation and the raw bytes read (for tests and captures). See [`probe_once`].
+pub fn capture(
+    addr: SocketAddr,
+    hello: &[u8],
+    timeout: Duration,
+) -> io::Result<(Observation, Vec<u8>)> {
     let start = Instant::now();
     let deadline = start + timeout;
     let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
@@ -36,18 +51,16 @@ pub fn probe_once(addr: SocketAddr, host: &str, timeout: Duration) -> io::Result
     stream.set_nodelay(true)?;
     let quiet = (rtt * 2 + Duration::from_millis(150))
         .clamp(Duration::from_millis(250), Duration::from_millis(1500));
-
-    let mut rng = super::OsRng;
-    let mut key = [0u8; 16];
-    rng.fill(&mut key);
-    let now = u32::try_from(super::unix_now()).unwrap_or(u32::MAX);
-    let hello = build_client_hello(&mut rng, &key, host, now);
     stream.set_write_timeout(Some(timeout))?;
-    stream.write_all(&hello)?;
+    stream.write_all(hello)?;
 
     let mut buf = vec![0u8; MAX_FLIGHT];
     let mut len = 0usize;
     let mut last: Option<Observation> = None;
+    let done = |last: Option<Observation>, buf: &mut Vec<u8>, len: usize, e: io::Error| {
+        buf.truncate(len);
+        last.map(|o| (o, std::mem::take(buf))).ok_or(e)
+    };
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let wait = if last.is_some() {
@@ -56,20 +69,19 @@ pub fn probe_once(addr: SocketAddr, host: &str, timeout: Duration) -> io::Result
             left
         };
         if wait.is_zero() {
-            return last.ok_or_else(|| io::Error::from(io::ErrorKind::TimedOut));
+            return done(last, &mut buf, len, io::ErrorKind::TimedOut.into());
         }
         stream.set_read_timeout(Some(wait))?;
         let Some(room) = buf.get_mut(len..).filter(|r| !r.is_empty()) else {
-            return last.ok_or_else(|| invalid("flight larger than 64 KiB"));
+            return done(last, &mut buf, len, invalid("flight larger than 64 KiB"));
         };
         match stream.read(room) {
             Ok(0) => {
-                return last.ok_or_else(|| {
-                    io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "site closed before its flight",
-                    )
-                });
+                let eof = io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "site closed before its flight",
+                );
+                return done(last, &mut buf, len, eof);
             }
             Ok(n) => len += n,
             Err(e)
@@ -79,13 +91,16 @@ pub fn probe_once(addr: SocketAddr, host: &str, timeout: Duration) -> io::Result
                 ) =>
             {
                 // Quiet after complete records: the flight is over.
-                return last.ok_or(e);
+                return done(last, &mut buf, len, e);
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return last.ok_or(e),
+            Err(e) => return done(last, &mut buf, len, e),
         }
         match parse_server_flight(buf.get(..len).unwrap_or(&[])) {
-            Ok(obs) if !obs.is_tls13() || obs.looks_finished() => return Ok(obs),
+            Ok(obs) if !obs.is_tls13() || obs.looks_finished() => {
+                buf.truncate(len);
+                return Ok((obs, buf));
+            }
             Ok(obs) => last = Some(obs),
             Err(FlightError::NeedMore) => {}
             Err(e) => return Err(invalid(&e.to_string())),
