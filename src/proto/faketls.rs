@@ -7,6 +7,8 @@
 //! * [`verify_client_hello`] checks SNI, the HMAC hidden in the client random, and its timestamp;
 //! * [`write_server_hello`] writes the ServerHello + ChangeCipherSpec + one application-data
 //!   record, with the server random set to the HMAC Telegram clients check;
+//!   [`write_server_hello_as`] does the same shaped like the fronted site's answer (a template
+//!   learned by [`crate::proto::tlsprofile`]), its one record up to [`MAX_CIPHERTEXT`];
 //! * [`RecordReader`] strips record headers from the post-handshake client stream, in place;
 //! * [`build_client_hello`] and [`verify_server_flight`] are the client's side, for tests and
 //!   the bench tool.
@@ -437,6 +439,13 @@ pub fn server_hello_len_as(
         + CCS_RECORD.len()
         + RECORD_HEADER_LEN
         + noise
+}
+
+/// The largest noise length whose flight (this template and session-id length) fits in
+/// `out_len` bytes, at most [`MAX_CIPHERTEXT`]; 0 when not even a 1-byte record fits.
+pub fn noise_room(template: &ServerHelloTemplate, session_id_len: u8, out_len: usize) -> usize {
+    let fixed = server_hello_len_as(template, session_id_len, 1) - 1;
+    out_len.saturating_sub(fixed).min(MAX_CIPHERTEXT)
 }
 
 /// Writes the server flight into `out`: a ServerHello record (`16 03 03`), the
@@ -1679,6 +1688,37 @@ mod tests {
             ),
             0
         );
+    }
+
+    #[test]
+    fn accepts_noise_room_as_the_exact_fit() {
+        let t = ServerHelloTemplate::default();
+        let hello = sample_hello(32);
+        let mut out = vec![0u8; 16_384];
+        let room = noise_room(&t, 32, out.len());
+        assert_eq!(room, 16_384 - 138);
+        let n = write_server_hello_as(
+            &mut out,
+            &hello,
+            &key(),
+            &mut XorShift64(1),
+            &t,
+            room,
+            &[1; 32],
+        );
+        assert_eq!(n, 16_384);
+        let n = write_server_hello_as(
+            &mut out,
+            &hello,
+            &key(),
+            &mut XorShift64(1),
+            &t,
+            room + 1,
+            &[1; 32],
+        );
+        assert_eq!(n, 0);
+        assert_eq!(noise_room(&t, 32, 100), 0);
+        assert_eq!(noise_room(&t, 32, 1 << 20), MAX_CIPHERTEXT);
     }
 
     #[test]
