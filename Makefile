@@ -11,17 +11,20 @@ PORT       ?= 3128
 RUN_CONFIG := $(TARGET_DIR)/mtpx-run.toml
 
 .DEFAULT_GOAL := help
+
+include mk/probes.mk
+include mk/release.mk
 .PHONY: help build test unit interop interop-reference lint layering check run clean
 
 help: ## show this list
 	@echo "usage: make <target> [HOST=example.com] [PORT=3128] [SECRET=...] [CARGO=cargo]"
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | \
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | \
 		awk 'BEGIN {FS = ":.*## "}; {printf "  %-18s %s\n", $$1, $$2}'
 
 build: ## release binary: target/release/mtpx
 	$(CARGO) build --release --locked
 
-test: unit interop ## cargo tests (all targets), then the Telethon interop against target/debug/mtpx
+test: unit interop probes ## cargo tests, Telethon interop, then the active-probe suite (nginx vs mtpx)
 
 unit: ## cargo test --locked --all-targets
 	$(CARGO) test --locked --all-targets

@@ -72,6 +72,30 @@ pub fn set_keepalive(
     )
 }
 
+/// Sets `SO_LINGER` to {on, 0}: closing the socket then sends a reset (RST) instead of a FIN.
+pub fn set_linger_zero(sock: &impl AsRawFd) -> io::Result<()> {
+    let lin = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: we pass a pointer to a live `linger` struct and its exact size; the kernel only
+    // reads it.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&lin as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Sets `TCP_USER_TIMEOUT`: how long sent data may stay unacknowledged before the kernel
 /// drops the connection (bounds the life of a connection to a vanished peer).
 pub fn set_user_timeout(sock: &impl AsRawFd, timeout: Duration) -> io::Result<()> {
@@ -172,6 +196,16 @@ mod tests {
         let s = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
         set_keepalive(&s, Duration::from_secs(30), Duration::from_secs(10), 3).unwrap();
         set_user_timeout(&s, Duration::from_secs(60)).unwrap();
+        // With linger {on, 0}, closing resets the connection: the peer's read fails with
+        // ECONNRESET instead of returning EOF.
+        let (peer, _) = l.accept().unwrap();
+        set_linger_zero(&peer).unwrap();
+        drop(peer);
+        let mut buf = [0u8; 1];
+        let mut s = s;
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let err = std::io::Read::read(&mut s, &mut buf).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset);
     }
 
     #[test]

@@ -117,6 +117,8 @@ pub(crate) struct Half {
     eof: bool,
     /// `shutdown(Write)` was sent to the destination after EOF and a full flush.
     shut: bool,
+    /// The source ended with a reset: after the flush, reset the destination too.
+    reset: bool,
 }
 
 impl Half {
@@ -495,48 +497,36 @@ impl Conn {
         msg_len: usize,
         ctx: &mut Ctx<'_>,
     ) -> Result<(), CloseReason> {
-        // Take the buffer for our answer first, so that a busy pool delays the answer without
-        // having consumed the hello's anti-replay entry.
-        let Some(down) = ctx.pool.checkout() else {
-            ctx.want_buffer = true;
-            return Ok(());
-        };
         let shared = ctx.shared;
         let secret = &shared.config.secret;
         let msg = &ctx.scratch[..msg_len];
-        let checked = faketls::parse_client_hello(msg).and_then(|hello| {
-            let now_unix = super::unix_now();
-            faketls::verify_client_hello(
-                &hello,
-                msg,
-                &secret.key,
-                secret.host.as_bytes(),
-                now_unix,
-                shared.config.tolerate_time_skewness.as_secs(),
-            )?;
-            if shared.is_replay(&hello.random, now_unix) {
-                return Err(Reject::Replay);
-            }
-            Ok(hello)
-        });
-        let hello = match checked {
-            Ok(h) => h,
-            Err(r) => {
-                ctx.pool.release(down);
-                return Err(CloseReason::Rejected(r));
-            }
-        };
+        let hello = faketls::parse_client_hello(msg)
+            .and_then(|hello| {
+                let now_unix = super::unix_now();
+                faketls::verify_client_hello(
+                    &hello,
+                    msg,
+                    &secret.key,
+                    secret.host.as_bytes(),
+                    now_unix,
+                    shared.config.tolerate_time_skewness.as_secs(),
+                )?;
+                if shared.is_replay(&hello.random, now_unix) {
+                    return Err(Reject::Replay);
+                }
+                Ok(hello)
+            })
+            .map_err(CloseReason::Rejected)?;
+        // The flight is built in the worker's scratch space and written at once: a fresh
+        // socket's send buffer takes it whole. So a handshake holds one pool buffer, never two
+        // (holding two would let handshakes deadlock each other on a small pool).
         let public = ctx.keyshares.next(ctx.rng);
         let noise = 2500 + ctx.rng.below(2200) as usize;
-        let out = ctx.pool.get(down);
-        let n = faketls::write_server_hello(out, &hello, &secret.key, ctx.rng, noise, &public);
+        let n =
+            faketls::write_server_hello(ctx.scratch, &hello, &secret.key, ctx.rng, noise, &public);
         if n == 0 {
-            ctx.pool.release(down);
             return Err(CloseReason::Error(ErrorKind::OutOfMemory));
         }
-        self.down.buf = Some(down);
-        self.down.start = 0;
-        self.down.end = n;
         // Whatever followed the hello is TLS records: keep their payload only.
         let id = self.up.buf.expect("hello was read into a buffer");
         let buf = ctx.pool.get(id);
@@ -549,15 +539,21 @@ impl Conn {
         self.up.start = 0;
         self.up.end = m;
         self.tls = Some(reader);
-        // Send the flight right away (the client waits for it before sending its frame).
-        let buf = ctx.pool.get(down);
-        match write_some(&self.client, &buf[..n]) {
-            Ok(w) => self.down.start = w,
-            Err(e) if e.kind() == ErrorKind::WouldBlock => self.ready[CLIENT] &= !W,
+        let written = match write_some(&self.client, &ctx.scratch[..n]) {
+            Ok(w) => w,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => 0,
             Err(e) => return Err(CloseReason::Error(e.kind())),
-        }
-        if self.down.is_empty() {
-            self.down.release(ctx.pool);
+        };
+        if written < n {
+            // Rare: the rest waits in a buffer of its own until the socket is writable.
+            self.ready[CLIENT] &= !W;
+            let Some(down) = ctx.pool.checkout() else {
+                return Err(CloseReason::Error(ErrorKind::OutOfMemory));
+            };
+            ctx.pool.get(down)[..n - written].copy_from_slice(&ctx.scratch[written..n]);
+            self.down.buf = Some(down);
+            self.down.start = 0;
+            self.down.end = n - written;
         }
         Ok(())
     }
@@ -740,12 +736,8 @@ impl Conn {
     // ---------------------------------------------------------------- relay
 
     fn relay(&mut self, ctx: &mut Ctx<'_>) -> Result<(), CloseReason> {
-        let moved_up = self
-            .pump_up(ctx)
-            .map_err(|e| CloseReason::Error(e.kind()))?;
-        let moved_down = self
-            .pump_down(ctx)
-            .map_err(|e| CloseReason::Error(e.kind()))?;
+        let moved_up = self.pump_up(ctx).map_err(|e| self.socket_failed(e))?;
+        let moved_down = self.pump_down(ctx).map_err(|e| self.socket_failed(e))?;
         if moved_up + moved_down > 0 {
             self.deadline = ctx.now + ctx.shared.config.timeouts.idle;
         }
@@ -755,8 +747,20 @@ impl Conn {
         Ok(())
     }
 
+    /// A socket of the pair failed. A reset is passed on as a reset (not a FIN) to the other
+    /// side, so that through the proxy a peer sees exactly how the far end closed.
+    fn socket_failed(&self, (side, e): (usize, io::Error)) -> CloseReason {
+        if e.kind() == ErrorKind::ConnectionReset && !(self.up.reset || self.down.reset) {
+            let _ = match side {
+                CLIENT => self.upstream.as_ref().map(crate::sys::set_linger_zero),
+                _ => Some(crate::sys::set_linger_zero(&self.client)),
+            };
+        }
+        CloseReason::Error(e.kind())
+    }
+
     /// client → DC. Returns payload bytes moved.
-    fn pump_up(&mut self, ctx: &mut Ctx<'_>) -> io::Result<usize> {
+    fn pump_up(&mut self, ctx: &mut Ctx<'_>) -> Result<usize, (usize, io::Error)> {
         let Some(upstream) = self.upstream.as_ref() else {
             return Ok(0);
         };
@@ -786,7 +790,9 @@ impl Conn {
                                 let m = match self.tls.as_mut() {
                                     Some(t) => t
                                         .deframe_in_place(&mut buf[half.end..half.end + n])
-                                        .map_err(|_| io::Error::from(ErrorKind::InvalidData))?,
+                                        .map_err(|_| {
+                                            (CLIENT, io::Error::from(ErrorKind::InvalidData))
+                                        })?,
                                     None => n,
                                 };
                                 if let Some(k) = keys.as_deref_mut() {
@@ -802,8 +808,13 @@ impl Conn {
                             Err(e) if e.kind() == ErrorKind::WouldBlock => {
                                 self.ready[CLIENT] &= !R;
                             }
+                            Err(e) if e.kind() == ErrorKind::ConnectionReset => {
+                                half.eof = true;
+                                half.reset = true;
+                                progress = true;
+                            }
                             Err(e) if e.kind() == ErrorKind::Interrupted => progress = true,
-                            Err(e) => return Err(e),
+                            Err(e) => return Err((CLIENT, e)),
                         }
                     }
                 }
@@ -824,7 +835,7 @@ impl Conn {
                     Err(e) if e.kind() == ErrorKind::WouldBlock => {
                         self.ready[UPSTREAM] &= !W;
                     }
-                    Err(e) => return Err(e),
+                    Err(e) => return Err((UPSTREAM, e)),
                 }
             }
             if half.is_empty() && half.buf.is_some() && (half.eof || self.ready[CLIENT] & R == 0) {
@@ -832,6 +843,10 @@ impl Conn {
             }
             if half.done() && !half.shut {
                 half.shut = true;
+                if half.reset {
+                    let _ = crate::sys::set_linger_zero(upstream);
+                    return Err((CLIENT, ErrorKind::ConnectionReset.into()));
+                }
                 let _ = upstream.shutdown(Shutdown::Write);
             }
             if moved >= TURN_BUDGET {
@@ -846,7 +861,7 @@ impl Conn {
     }
 
     /// DC → client. Returns payload bytes moved.
-    fn pump_down(&mut self, ctx: &mut Ctx<'_>) -> io::Result<usize> {
+    fn pump_down(&mut self, ctx: &mut Ctx<'_>) -> Result<usize, (usize, io::Error)> {
         let Some(upstream) = self.upstream.as_ref() else {
             return Ok(0);
         };
@@ -895,8 +910,13 @@ impl Conn {
                             Err(e) if e.kind() == ErrorKind::WouldBlock => {
                                 self.ready[UPSTREAM] &= !R;
                             }
+                            Err(e) if e.kind() == ErrorKind::ConnectionReset => {
+                                half.eof = true;
+                                half.reset = true;
+                                progress = true;
+                            }
                             Err(e) if e.kind() == ErrorKind::Interrupted => progress = true,
-                            Err(e) => return Err(e),
+                            Err(e) => return Err((UPSTREAM, e)),
                         }
                     }
                 }
@@ -916,7 +936,7 @@ impl Conn {
                     Err(e) if e.kind() == ErrorKind::WouldBlock => {
                         self.ready[CLIENT] &= !W;
                     }
-                    Err(e) => return Err(e),
+                    Err(e) => return Err((CLIENT, e)),
                 }
             }
             if half.is_empty() && half.buf.is_some() && (half.eof || self.ready[UPSTREAM] & R == 0)
@@ -925,6 +945,11 @@ impl Conn {
             }
             if half.done() && !half.shut {
                 half.shut = true;
+                if half.reset {
+                    // The far end reset: flushed what it sent, now reset the client too.
+                    let _ = crate::sys::set_linger_zero(&self.client);
+                    return Err((UPSTREAM, ErrorKind::ConnectionReset.into()));
+                }
                 let _ = self.client.shutdown(Shutdown::Write);
             }
             if moved >= TURN_BUDGET {

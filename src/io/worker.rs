@@ -77,7 +77,8 @@ impl Worker {
             poll,
             listener: Some(listener),
             pool: Pool::new(buffers, buf_size),
-            scratch: vec![0u8; buf_size.max(16 * 1024)],
+            // Room for a reassembled ClientHello or a whole fake server flight (<= 16.8 KB).
+            scratch: vec![0u8; buf_size.max(32 * 1024)],
             keyshares: KeyShares::new(&mut rng),
             rng,
             slab,
