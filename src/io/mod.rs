@@ -263,6 +263,9 @@ pub fn start_with_grace(config: Config, grace: Duration) -> io::Result<Proxy> {
         config,
     });
 
+    if shared.front_addr(0).is_none() && !shared.config.secret.host.is_empty() {
+        spawn_front_resolver(shared.clone());
+    }
     let mut wakers = Vec::with_capacity(workers);
     let mut threads = Vec::with_capacity(workers);
     for index in 0..workers {
@@ -311,6 +314,52 @@ fn initial_front_addrs(config: &Config) -> Vec<SocketAddr> {
         ];
     }
     Vec::new()
+}
+
+/// How often the fronting site's host name is resolved again.
+const FRONT_REFRESH: Duration = Duration::from_secs(300);
+
+/// Resolves the fronting site's host name now and every [`FRONT_REFRESH`], on a thread of its
+/// own (a DNS query never blocks a worker). Until the first answer, failed handshakes are
+/// closed instead of fronted. Ends when the proxy stops.
+fn spawn_front_resolver(shared: Arc<Shared>) {
+    let spawned = std::thread::Builder::new()
+        .name("mtpx-front-dns".into())
+        .spawn(move || {
+            let host = shared.config.secret.host.clone();
+            let port = shared.config.domain_fronting.port;
+            let mut next = std::time::Instant::now();
+            while !shared.stop.load(Ordering::Relaxed) {
+                if std::time::Instant::now() >= next {
+                    let mut retry = Duration::from_secs(30);
+                    match resolve::resolve(&host, port, Duration::from_secs(10)) {
+                        Ok(addrs) if !addrs.is_empty() => {
+                            retry = FRONT_REFRESH;
+                            crate::log_event!(
+                                Level::Debug,
+                                "fronting-resolved",
+                                host = host,
+                                addresses = addrs.len()
+                            );
+                            shared.set_front_addrs(addrs);
+                        }
+                        Ok(_) => {}
+                        Err(e) => crate::log_event!(
+                            Level::Warn,
+                            "fronting-resolve-failed",
+                            host = host,
+                            error = e,
+                            hint = "set [domain-fronting] ip to skip DNS"
+                        ),
+                    }
+                    next = std::time::Instant::now() + retry;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        });
+    if let Err(e) = spawned {
+        crate::log_event!(Level::Warn, "fronting-resolver-not-started", error = e);
+    }
 }
 
 /// Runs the proxy in the foreground until SIGTERM or SIGINT, then shuts down gracefully.
