@@ -11,6 +11,7 @@ pub mod proxy_protocol;
 pub mod qr;
 pub mod replay;
 pub mod secret;
+pub mod sntp;
 pub mod socks5;
 pub mod tlsprofile;
 pub mod x25519;
