@@ -15,6 +15,9 @@ use crate::proto::dns::{self, Answer, DnsError, QType, ResolvConf};
 /// Where the nameservers are configured.
 pub const RESOLV_CONF: &str = "/etc/resolv.conf";
 
+/// The longest a resolution may take, whatever timeout is asked for.
+const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+
 /// Reads [`RESOLV_CONF`] (a missing or unreadable file counts as empty).
 pub fn resolv_conf() -> ResolvConf {
     let text = std::fs::read_to_string(RESOLV_CONF).unwrap_or_default();
@@ -95,8 +98,10 @@ fn resolve_inner(
     if servers.is_empty() {
         return Err(err(io::ErrorKind::NotFound, host, "no nameservers"));
     }
+    // Bounded so that the deadline arithmetic cannot overflow whatever the caller passes.
+    let timeout = timeout.min(MAX_TIMEOUT);
     let deadline = Instant::now() + timeout;
-    let per_try = per_try.max(Duration::from_millis(100));
+    let per_try = per_try.clamp(Duration::from_millis(100), MAX_TIMEOUT);
     let mut last = err(
         io::ErrorKind::TimedOut,
         host,
@@ -297,6 +302,17 @@ mod tests {
             vec!["[::1]:80".parse().unwrap()]
         );
         assert_eq!(resolve_with(none, "LocalHost.", 1, t).unwrap().len(), 2);
+        // A huge timeout must not overflow the deadline arithmetic (the closed port refuses).
+        let closed = UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        assert_eq!(
+            resolve_with(&[closed], "example.com", 1, Duration::MAX)
+                .unwrap_err()
+                .kind(),
+            io::ErrorKind::ConnectionRefused
+        );
         assert_eq!(
             resolve_with(none, "example.com", 1, t).unwrap_err().kind(),
             io::ErrorKind::NotFound

@@ -325,7 +325,9 @@ pub fn parse_response(msg: &[u8], id: u16, name: &str, qtype: QType) -> Result<A
         if r.class != CLASS_IN || r.rtype != qtype.code() || !chain.contains(&r.owner) {
             continue;
         }
-        let data = &msg[r.rdata_at..r.rdata_at + r.rdata_len];
+        let Some(data) = msg.get(r.rdata_at..r.rdata_at + r.rdata_len) else {
+            return Err(DnsError::Malformed);
+        };
         let ip = match (qtype, data.len()) {
             (QType::A, 4) => {
                 let mut b = [0u8; 4];
