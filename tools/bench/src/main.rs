@@ -1,0 +1,911 @@
+//! mtpx-bench: loopback benchmark of the mtpx release binary (see BENCHMARKS.md).
+//!
+//! ```text
+//! mtpx-bench [--quick] [--mtpx PATH] [--json PATH] [--workers N] [--idle N] [--rounds N]
+//! mtpx-bench fake-dc                      (internal: one fake DC process)
+//! mtpx-bench worker <proxy> <src> <key> <host>   (internal: one load-generator process)
+//! ```
+//!
+//! The orchestrator starts fake DC processes, mtpx (`simple-run`, every DC overridden to a fake
+//! DC, fronting pointed at a refused loopback port) and load-generator processes, and only
+//! measures: `/proc/<mtpx>/stat` (CPU), `/proc/<mtpx>/status` (VmRSS), `/proc/<mtpx>/fd`.
+//! Nothing leaves 127.0.0.0/8. Every phase has a count and a deadline, and a watchdog ends
+//! the whole run (children die with it: PR_SET_PDEATHSIG).
+
+mod common;
+mod dc;
+mod worker;
+
+use std::fmt::Write as _;
+use std::io::{self, BufRead, BufReader, Write};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::{Receiver, channel};
+use std::time::{Duration, Instant};
+
+use aes::cipher::{KeyIvInit, StreamCipher};
+use mtpx::proto::XorShift64;
+use mtpx::proto::obfs2::AesCtr;
+use mtpx::proto::secret::{Secret, SecretKind};
+
+use common::*;
+
+const MIB: u64 = 1024 * 1024;
+const GB: f64 = 1e9;
+/// The FakeTLS host of the bench secret (nothing is ever resolved or fronted for real).
+const HOST: &str = "localhost";
+
+/// Makes this process die when its parent does (children of the orchestrator).
+pub fn die_with_parent() {
+    // SAFETY: prctl with integer arguments only.
+    unsafe {
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        );
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let r = match args.get(1).map(String::as_str) {
+        Some("fake-dc") => dc::run(),
+        Some("worker") => worker_main(&args[2..]),
+        _ => orchestrate(&args[1..]),
+    };
+    if let Err(e) = r {
+        eprintln!("mtpx-bench: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn worker_main(a: &[String]) -> io::Result<()> {
+    let bad = || io::Error::other("usage: worker <proxy> <src> <key-hex> <host>");
+    let proxy: SocketAddrV4 = a.first().and_then(|v| v.parse().ok()).ok_or_else(bad)?;
+    let src: Ipv4Addr = a.get(1).and_then(|v| v.parse().ok()).ok_or_else(bad)?;
+    let hex = a.get(2).ok_or_else(bad)?;
+    let mut key = [0u8; 16];
+    for (i, k) in key.iter_mut().enumerate() {
+        *k = hex
+            .get(2 * i..2 * i + 2)
+            .and_then(|h| u8::from_str_radix(h, 16).ok())
+            .ok_or_else(bad)?;
+    }
+    let host = a.get(3).ok_or_else(bad)?.clone();
+    worker::run(Target {
+        proxy,
+        src,
+        key,
+        host,
+    })
+}
+
+// ------------------------------------------------------------------------------------------
+// Options and plan
+
+struct Plan {
+    quick: bool,
+    mtpx: PathBuf,
+    json: PathBuf,
+    workers: usize,
+    idle_small: usize,
+    idle_big: usize,
+    rounds: usize,
+    idle_procs: usize,
+    xfer_single: u64,
+    xfer_multi: u64,
+    multi_conns: usize,
+    hs_ms: u64,
+    hs_clients: usize,
+    hs_procs: usize,
+    floor_bytes: u64,
+    limit: Duration,
+}
+
+fn parse(args: &[String]) -> Result<Plan, String> {
+    let quick = args.iter().any(|a| a == "--quick");
+    let mut p = Plan {
+        quick,
+        mtpx: PathBuf::from(std::env::var("MTPX_BIN").unwrap_or("target/release/mtpx".into())),
+        json: PathBuf::from("target/bench.json"),
+        workers: 2,
+        idle_small: if quick { 200 } else { 1000 },
+        idle_big: if quick { 1000 } else { 9000 },
+        rounds: if quick { 3 } else { 10 },
+        idle_procs: 3,
+        xfer_single: if quick { 256 * MIB } else { 1024 * MIB },
+        xfer_multi: if quick { 256 * MIB } else { 1024 * MIB },
+        multi_conns: 64,
+        hs_ms: if quick { 2000 } else { 5000 },
+        hs_clients: 256,
+        hs_procs: 2,
+        floor_bytes: if quick { 128 * MIB } else { 512 * MIB },
+        limit: Duration::from_secs(if quick { 90 } else { 600 }),
+    };
+    let mut i = 0;
+    while i < args.len() {
+        let a = args[i].as_str();
+        let mut val = || {
+            i += 1;
+            args.get(i).cloned().ok_or(format!("{a} needs a value"))
+        };
+        match a {
+            "--quick" => {}
+            "--mtpx" => p.mtpx = PathBuf::from(val()?),
+            "--json" => p.json = PathBuf::from(val()?),
+            "--workers" | "-w" => p.workers = val()?.parse().map_err(|_| "bad --workers")?,
+            "--idle" => p.idle_big = val()?.parse().map_err(|_| "bad --idle")?,
+            "--rounds" => p.rounds = val()?.parse().map_err(|_| "bad --rounds")?,
+            "-h" | "--help" => {
+                println!(
+                    "usage: mtpx-bench [--quick] [--mtpx PATH] [--json PATH] [--workers N] \
+                     [--idle N (<= 9900)] [--rounds N]"
+                );
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown argument {other}")),
+        }
+        i += 1;
+    }
+    p.idle_big = p.idle_big.clamp(1, 9900);
+    p.idle_small = p.idle_small.min(p.idle_big);
+    Ok(p)
+}
+
+// ------------------------------------------------------------------------------------------
+// Child processes
+
+/// A child answering one line per command.
+struct Proc {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: Receiver<String>,
+    name: String,
+}
+
+impl Proc {
+    fn spawn(mut cmd: Command, name: &str) -> io::Result<Proc> {
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
+        let mut child = cmd.spawn()?;
+        let stdin = child.stdin.take();
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| io::Error::other("no stdout"))?;
+        let (tx, rx) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Proc {
+            child,
+            stdin,
+            lines: rx,
+            name: name.to_string(),
+        })
+    }
+
+    fn send(&mut self, cmd: &str) -> io::Result<()> {
+        let s = self
+            .stdin
+            .as_mut()
+            .ok_or_else(|| io::Error::other("stdin closed"))?;
+        writeln!(s, "{cmd}")?;
+        s.flush()
+    }
+
+    fn recv(&mut self, limit: Duration) -> io::Result<String> {
+        self.lines
+            .recv_timeout(limit)
+            .map_err(|_| io::Error::other(format!("{}: no answer within {limit:?}", self.name)))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.stdin = None;
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn self_cmd() -> io::Result<Command> {
+    let exe = std::env::current_exe()?;
+    let mut c = Command::new(exe);
+    c.stderr(Stdio::inherit());
+    Ok(c)
+}
+
+/// Sends `cmd` to every process, then collects one answer from each.
+fn ask_all(ps: &mut [Proc], cmds: &[String], limit: Duration) -> io::Result<Vec<String>> {
+    for (p, c) in ps.iter_mut().zip(cmds) {
+        p.send(c)?;
+    }
+    ps.iter_mut().map(|p| p.recv(limit)).collect()
+}
+
+/// The running proxy under test.
+struct Mtpx {
+    child: Child,
+    pid: u32,
+    addr: SocketAddrV4,
+}
+
+impl Mtpx {
+    fn start(plan: &Plan, secret: &str, dcs: &[u16], refused: u16, log: &str) -> io::Result<Mtpx> {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+            l.local_addr()?.port()
+        };
+        let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
+        let mut cmd = Command::new(&plan.mtpx);
+        cmd.arg("simple-run")
+            .arg(addr.to_string())
+            .arg(secret)
+            .args(["-c", "10000", "-w", &plan.workers.to_string()])
+            .args([
+                "--domain-fronting-ip",
+                "127.0.0.1",
+                "-p",
+                &refused.to_string(),
+            ]);
+        // Every DC (and the media DCs) goes to a fake DC on loopback.
+        for (i, id) in [1i16, 2, 3, 4, 5, 203].iter().enumerate() {
+            let p = dcs[i % dcs.len()];
+            cmd.arg("--dc-override").arg(format!("{id}=127.0.0.1:{p}"));
+            cmd.arg("--dc-override")
+                .arg(format!("{}=127.0.0.1:{p}", -id));
+        }
+        let logf = std::fs::File::create(log)?;
+        cmd.stdin(Stdio::null())
+            .stdout(logf.try_clone()?)
+            .stderr(logf);
+        // SAFETY: only an async-signal-safe prctl between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(
+                    libc::PR_SET_PDEATHSIG,
+                    libc::SIGKILL as libc::c_ulong,
+                    0,
+                    0,
+                    0,
+                );
+                Ok(())
+            });
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| io::Error::other(format!("cannot start {}: {e}", plan.mtpx.display())))?;
+        let pid = child.id();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(st)) = child.try_wait() {
+                return Err(io::Error::other(format!(
+                    "mtpx exited at start ({st}); see {log}"
+                )));
+            }
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            if text.contains("proxy-started") {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(io::Error::other(format!("mtpx did not start; see {log}")));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Mtpx { child, pid, addr })
+    }
+
+    /// (user, system) CPU seconds.
+    fn cpu_split(&self) -> (f64, f64) {
+        proc_cpu_split(self.pid).unwrap_or((f64::NAN, f64::NAN))
+    }
+
+    fn rss(&self) -> u64 {
+        proc_rss(self.pid).unwrap_or(0)
+    }
+
+    fn fds(&self) -> usize {
+        proc_fds(self.pid)
+    }
+
+    /// Waits until mtpx holds at most `want` descriptors (closes are asynchronous).
+    fn settle_fds(&self, want: usize, limit: Duration) -> usize {
+        let deadline = Instant::now() + limit;
+        loop {
+            let n = self.fds();
+            if n <= want || Instant::now() > deadline {
+                return n;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn stop(mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(12);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Mtpx {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A loopback port that is bound but not listening (connects are refused): the fronting site.
+struct Refused(#[allow(dead_code)] std::os::fd::OwnedFd, u16);
+
+fn refused_port() -> io::Result<Refused> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: libc socket calls on a descriptor we own; sockaddrs are local values.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let owned = std::os::fd::OwnedFd::from_raw_fd(fd);
+        let mut sa: libc::sockaddr_in = std::mem::zeroed();
+        sa.sin_family = libc::AF_INET as libc::sa_family_t;
+        sa.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
+        let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        if libc::bind(fd, &sa as *const _ as *const libc::sockaddr, len) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        libc::getsockname(fd, &mut sa as *mut _ as *mut libc::sockaddr, &mut len);
+        Ok(Refused(owned, u16::from_be(sa.sin_port)))
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Measurements
+
+/// CPU seconds per GB of AES-256-CTR applied twice (decrypt + re-encrypt, as the relay does),
+/// over `bytes` in 16 KiB buffers (the proxy's buffer size), on this thread.
+fn crypto_floor(bytes: u64) -> f64 {
+    let mut a = AesCtr::new(&[7u8; 32].into(), &[1u8; 16].into());
+    let mut b = AesCtr::new(&[9u8; 32].into(), &[2u8; 16].into());
+    let mut buf = vec![0x5au8; 16 * 1024];
+    let n = bytes / buf.len() as u64;
+    // Warm up.
+    for _ in 0..64 {
+        a.apply_keystream(&mut buf);
+        b.apply_keystream(&mut buf);
+    }
+    let t0 = thread_cpu();
+    for _ in 0..n {
+        a.apply_keystream(&mut buf);
+        b.apply_keystream(&mut buf);
+    }
+    let dt = thread_cpu() - t0;
+    std::hint::black_box(&buf);
+    dt / (n as f64 * buf.len() as f64) * GB
+}
+
+struct Xfer {
+    name: String,
+    bytes: u64,
+    secs: f64,
+    cpu: f64,
+    /// The user-space part of `cpu` (the rest is the kernel: syscalls and, on loopback, the
+    /// peers' receive processing that the sender pays for).
+    user: f64,
+    errors: u64,
+}
+
+struct Hs {
+    count: u64,
+    errors: u64,
+    secs: f64,
+    p50_us: u64,
+    p99_us: u64,
+    cpu: f64,
+    user: f64,
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn kib(b: u64) -> f64 {
+    b as f64 / 1024.0
+}
+
+fn num(line: &str, i: usize) -> u64 {
+    line.split_whitespace()
+        .nth(i)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn split(n: usize, parts: usize) -> Vec<usize> {
+    (0..parts)
+        .map(|i| n / parts + usize::from(i < n % parts))
+        .collect()
+}
+
+fn orchestrate(args: &[String]) -> io::Result<()> {
+    let plan = parse(args).map_err(io::Error::other)?;
+    if !plan.mtpx.exists() {
+        return Err(io::Error::other(format!(
+            "{} not found: build it first (cargo build --release) or pass --mtpx",
+            plan.mtpx.display()
+        )));
+    }
+    // Watchdog: the run ends by itself, whatever happens.
+    let limit = plan.limit;
+    std::thread::spawn(move || {
+        std::thread::sleep(limit);
+        eprintln!("mtpx-bench: time limit {limit:?} reached, aborting");
+        std::process::exit(3);
+    });
+    let started = Instant::now();
+    let logdir = plan.json.parent().map(PathBuf::from).unwrap_or_default();
+    let _ = std::fs::create_dir_all(&logdir);
+    let log = |n: &str| logdir.join(n).to_string_lossy().into_owned();
+
+    let mode = if plan.quick { "quick" } else { "full" };
+    println!(
+        "mtpx-bench ({mode}): {} -w {} on {} CPUs, all on loopback",
+        plan.mtpx.display(),
+        plan.workers,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    let secret = Secret::generate(SecretKind::FakeTls, HOST, &mut XorShift64(seed()));
+    let key_hex: String = secret.key.iter().map(|b| format!("{b:02x}")).collect();
+    let refused = refused_port()?;
+
+    // Crypto floor first, on a quiet machine.
+    let floor = crypto_floor(plan.floor_bytes);
+    println!(
+        "crypto floor: AES-256-CTR x2 = {floor:.3} CPU s/GB   (size_of AesCtr = {} B)",
+        std::mem::size_of::<AesCtr>()
+    );
+
+    // Fake DCs: two processes.
+    let mut dcs = Vec::new();
+    let mut dc_ports = Vec::new();
+    for i in 0..2 {
+        let mut c = self_cmd()?;
+        c.arg("fake-dc");
+        let mut p = Proc::spawn(c, &format!("fake-dc-{i}"))?;
+        let line = p.recv(Duration::from_secs(5))?;
+        dc_ports.push(num(&line, 1) as u16);
+        dcs.push(p);
+    }
+    let spawn_workers = |m: &Mtpx, n: usize, first_src: u8| -> io::Result<Vec<Proc>> {
+        (0..n)
+            .map(|i| {
+                let mut c = self_cmd()?;
+                let src = Ipv4Addr::new(127, 0, 0, first_src + i as u8);
+                c.args([
+                    "worker",
+                    &m.addr.to_string(),
+                    &src.to_string(),
+                    &key_hex,
+                    HOST,
+                ]);
+                Proc::spawn(c, &format!("worker-{src}"))
+            })
+            .collect()
+    };
+    let t_open = Duration::from_secs(120);
+
+    // ---------------------------------------------------------------- memory (fresh mtpx)
+    println!("\n== memory: idle FakeTLS connections (fresh mtpx) ==");
+    let m = Mtpx::start(
+        &plan,
+        &secret.to_hex(),
+        &dc_ports,
+        refused.1,
+        &log("bench-mtpx-mem.log"),
+    )?;
+    std::thread::sleep(Duration::from_millis(500));
+    let fd_rest = m.fds();
+    let rss_rest = m.rss();
+    println!("at rest: RSS {:.0} KiB, {fd_rest} fds", kib(rss_rest));
+    let mut idle = spawn_workers(&m, plan.idle_procs, 2)?;
+    let open = |ps: &mut [Proc], n: usize| -> io::Result<(usize, usize)> {
+        let cmds: Vec<String> = split(n, ps.len())
+            .iter()
+            .map(|k| format!("open {k} 16"))
+            .collect();
+        let r = ask_all(ps, &cmds, t_open)?;
+        Ok((
+            r.iter().map(|l| num(l, 1) as usize).sum(),
+            r.iter().map(|l| num(l, 2) as usize).sum(),
+        ))
+    };
+    let close = |ps: &mut [Proc]| -> io::Result<usize> {
+        let cmds = vec!["close 16".to_string(); ps.len()];
+        let r = ask_all(ps, &cmds, t_open)?;
+        Ok(r.iter().map(|l| num(l, 1) as usize).sum())
+    };
+    let settle = Duration::from_millis(700);
+    let (ok_small, f1) = open(&mut idle, plan.idle_small)?;
+    std::thread::sleep(settle);
+    let (rss_small, fd_small) = (m.rss(), m.fds());
+    println!(
+        "{ok_small} idle ({f1} failed): RSS {:.0} KiB, {fd_small} fds",
+        kib(rss_small)
+    );
+    let (ok_more, f2) = open(&mut idle, plan.idle_big - plan.idle_small)?;
+    std::thread::sleep(settle);
+    let (rss_big, fd_big) = (m.rss(), m.fds());
+    let ok_big = ok_small + ok_more;
+    println!(
+        "{ok_big} idle ({f2} failed): RSS {:.0} KiB, {fd_big} fds",
+        kib(rss_big)
+    );
+    let slope = (rss_big as f64 - rss_small as f64) / (ok_big - ok_small).max(1) as f64;
+    println!(
+        "per idle connection: {slope:.0} B ({:.2} KiB)   [{} connections between the two points]",
+        slope / 1024.0,
+        ok_big - ok_small
+    );
+    close(&mut idle)?;
+    let fd_after = m.settle_fds(fd_rest, Duration::from_secs(20));
+    let rss_round0 = m.rss();
+    println!(
+        "after closing all: RSS {:.0} KiB, {fd_after} fds",
+        kib(rss_round0)
+    );
+
+    println!(
+        "\n== churn: {} rounds of {} connections opening and closing ==",
+        plan.rounds, plan.idle_big
+    );
+    let mut rounds = Vec::new();
+    for r in 1..=plan.rounds {
+        let t = Instant::now();
+        let (ok, f) = open(&mut idle, plan.idle_big)?;
+        let rss_open = m.rss();
+        close(&mut idle)?;
+        let fds = m.settle_fds(fd_rest, Duration::from_secs(20));
+        let rss = m.rss();
+        println!(
+            "round {r:2}: {ok} opened ({f} failed), RSS open {:.0} KiB, after close {:.0} KiB, \
+             {fds} fds, {:.1} s",
+            kib(rss_open),
+            kib(rss),
+            t.elapsed().as_secs_f64()
+        );
+        rounds.push((ok, f, rss_open, rss, fds));
+    }
+    drop(idle);
+    m.stop();
+
+    // ---------------------------------------------------------------- throughput
+    println!("\n== throughput (fresh mtpx) ==");
+    let m = Mtpx::start(
+        &plan,
+        &secret.to_hex(),
+        &dc_ports,
+        refused.1,
+        &log("bench-mtpx-tput.log"),
+    )?;
+    let mut load = spawn_workers(&m, 1, 10)?;
+    let mut xfers = Vec::new();
+    let runs = [
+        ("upload, 1 conn", "up", plan.xfer_single, 1),
+        ("download, 1 conn", "down", plan.xfer_single, 1),
+        ("upload, 64 conns", "up", plan.xfer_multi, plan.multi_conns),
+        (
+            "download, 64 conns",
+            "down",
+            plan.xfer_multi,
+            plan.multi_conns,
+        ),
+    ];
+    for (name, dir, bytes, conns) in runs {
+        let (u0, s0) = m.cpu_split();
+        let r = ask_all(
+            &mut load,
+            &[format!("{dir} {bytes} {conns}")],
+            Duration::from_secs(240),
+        )?;
+        let (u1, s1) = m.cpu_split();
+        let x = Xfer {
+            name: name.to_string(),
+            bytes: num(&r[0], 1),
+            secs: num(&r[0], 2) as f64 * 1e-6,
+            cpu: (u1 + s1) - (u0 + s0),
+            user: u1 - u0,
+            errors: num(&r[0], 3),
+        };
+        println!(
+            "{name:<20} {:>7.1} MB/s  ({} MiB in {:.2} s, {} errors)  mtpx CPU {:.2} s = {:.3} s/GB = {:.2}x floor (user {:.3} s/GB = {:.2}x)",
+            x.bytes as f64 / x.secs.max(1e-9) / 1e6,
+            x.bytes / MIB,
+            x.secs,
+            x.errors,
+            x.cpu,
+            x.cpu / (x.bytes.max(1) as f64) * GB,
+            x.cpu / (x.bytes.max(1) as f64) * GB / floor,
+            x.user / (x.bytes.max(1) as f64) * GB,
+            x.user / (x.bytes.max(1) as f64) * GB / floor
+        );
+        xfers.push(x);
+    }
+    drop(load);
+    let relay_bytes: u64 = xfers.iter().map(|x| x.bytes).sum();
+    let relay_cpu: f64 = xfers.iter().map(|x| x.cpu).sum();
+    let relay_per_gb = relay_cpu / relay_bytes.max(1) as f64 * GB;
+    let relay_ratio = relay_per_gb / floor;
+    let relay_user: f64 = xfers.iter().map(|x| x.user).sum();
+    let relay_user_per_gb = relay_user / relay_bytes.max(1) as f64 * GB;
+    let relay_user_ratio = relay_user_per_gb / floor;
+    println!(
+        "relay cost overall: {relay_per_gb:.3} CPU s/GB = {relay_ratio:.2}x the crypto floor ({floor:.3} s/GB); \
+         user space alone {relay_user_per_gb:.3} s/GB = {relay_user_ratio:.2}x"
+    );
+
+    // ---------------------------------------------------------------- handshakes
+    println!(
+        "\n== handshakes: {} concurrent clients for {} ms ==",
+        plan.hs_clients, plan.hs_ms
+    );
+    let mut load = spawn_workers(&m, plan.hs_procs, 20)?;
+    let per = split(plan.hs_clients, plan.hs_procs);
+    let cmds: Vec<String> = per
+        .iter()
+        .map(|t| format!("hs {} {t} 1000000", plan.hs_ms))
+        .collect();
+    let (u0, s0) = m.cpu_split();
+    let t0 = Instant::now();
+    let r = ask_all(
+        &mut load,
+        &cmds,
+        Duration::from_millis(plan.hs_ms) + Duration::from_secs(60),
+    )?;
+    let secs = t0.elapsed().as_secs_f64();
+    // Let the last closes finish before reading the CPU.
+    m.settle_fds(fd_rest + 2, Duration::from_secs(5));
+    let (u1, s1) = m.cpu_split();
+    let mut lat: Vec<u64> = r
+        .iter()
+        .flat_map(|l| l.split_whitespace().skip(3).filter_map(|v| v.parse().ok()))
+        .collect();
+    lat.sort_unstable();
+    let hs = Hs {
+        count: r.iter().map(|l| num(l, 1)).sum(),
+        errors: r.iter().map(|l| num(l, 2)).sum(),
+        secs,
+        p50_us: percentile(&lat, 0.50),
+        p99_us: percentile(&lat, 0.99),
+        cpu: (u1 + s1) - (u0 + s0),
+        user: u1 - u0,
+    };
+    let hs_cpu_us = hs.cpu / hs.count.max(1) as f64 * 1e6;
+    let hs_user_us = hs.user / hs.count.max(1) as f64 * 1e6;
+    println!(
+        "{} handshakes ({} errors) in {:.2} s = {:.0}/s; latency p50 {} us, p99 {} us; \
+         mtpx CPU {:.2} s = {hs_cpu_us:.1} us/handshake (user {hs_user_us:.1} us, kernel {:.1} us)",
+        hs.count,
+        hs.errors,
+        hs.secs,
+        hs.count as f64 / hs.secs,
+        hs.p50_us,
+        hs.p99_us,
+        hs.cpu,
+        hs_cpu_us - hs_user_us
+    );
+    drop(load);
+    let rss_after_load = m.rss();
+    m.stop();
+    drop(dcs);
+
+    // ---------------------------------------------------------------- summary
+    let growth = match (rounds.first(), rounds.last()) {
+        (Some(a), Some(b)) => b.3 as i64 - a.3 as i64,
+        _ => 0,
+    };
+    let failures = f1
+        + f2
+        + rounds.iter().map(|r| r.1).sum::<usize>()
+        + xfers.iter().map(|x| x.errors as usize).sum::<usize>()
+        + hs.errors as usize;
+    println!(
+        "\n== summary ({mode}, {:.0} s) ==",
+        started.elapsed().as_secs_f64()
+    );
+    println!("{:<44} {:>14}  {:<14} {}", "metric", "value", "goal", "");
+    let row = |name: &str, val: String, goal: &str, ok: Option<bool>| {
+        let verdict = match ok {
+            Some(true) => "ok",
+            Some(false) => "MISSED",
+            None => "",
+        };
+        println!("{name:<44} {val:>14}  {goal:<14} {verdict}");
+    };
+    for x in &xfers {
+        row(
+            &format!("throughput {} (MB/s)", x.name),
+            format!("{:.1}", x.bytes as f64 / x.secs.max(1e-9) / 1e6),
+            "",
+            None,
+        );
+    }
+    row(
+        "relay CPU (s/GB) / crypto floor",
+        format!("{relay_per_gb:.3} / {floor:.3}"),
+        "",
+        None,
+    );
+    row(
+        "relay cost ratio (x floor)",
+        format!("{relay_ratio:.2}"),
+        "<= 2.0",
+        Some(relay_ratio <= 2.0),
+    );
+    row(
+        "  of which user space (x floor)",
+        format!("{relay_user_ratio:.2}"),
+        "",
+        None,
+    );
+    row(
+        "handshakes/s (256 concurrent)",
+        format!("{:.0}", hs.count as f64 / hs.secs),
+        "",
+        None,
+    );
+    row(
+        "handshake latency p50 / p99 (us)",
+        format!("{} / {}", hs.p50_us, hs.p99_us),
+        "",
+        None,
+    );
+    row(
+        "mtpx CPU per handshake (us)",
+        format!("{hs_cpu_us:.1}"),
+        "<= 50",
+        Some(hs_cpu_us <= 50.0),
+    );
+    row(
+        "RSS at rest (KiB)",
+        format!("{:.0}", kib(rss_rest)),
+        "",
+        None,
+    );
+    row(
+        &format!("RSS with {ok_small} / {ok_big} idle (KiB)"),
+        format!("{:.0} / {:.0}", kib(rss_small), kib(rss_big)),
+        "",
+        None,
+    );
+    row(
+        "resident per idle connection (KiB)",
+        format!("{:.2}", slope / 1024.0),
+        "<= 2.00",
+        Some(slope <= 2048.0),
+    );
+    row(
+        &format!("RSS growth round 1 -> {} (KiB)", rounds.len()),
+        format!("{:.0}", growth as f64 / 1024.0),
+        "no growth",
+        Some(growth <= 64 * 1024),
+    );
+    row(
+        "RSS after all load (KiB)",
+        format!("{:.0}", kib(rss_after_load)),
+        "",
+        None,
+    );
+    row(
+        "failed operations",
+        failures.to_string(),
+        "0",
+        Some(failures == 0),
+    );
+
+    // ---------------------------------------------------------------- JSON
+    let mut j = String::new();
+    let _ = write!(
+        j,
+        "{{\n  \"mode\": \"{mode}\",\n  \"mtpx\": \"{}\",\n  \"mtpx_workers\": {},\n  \"cpus\": {},\n  \"elapsed_s\": {:.1},\n",
+        plan.mtpx.display(),
+        plan.workers,
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        started.elapsed().as_secs_f64()
+    );
+    let _ = write!(
+        j,
+        "  \"crypto_floor_cpu_s_per_gb\": {floor:.4},\n  \"aes_ctr_state_bytes\": {},\n",
+        std::mem::size_of::<AesCtr>()
+    );
+    j.push_str("  \"throughput\": [\n");
+    for (i, x) in xfers.iter().enumerate() {
+        let _ = write!(
+            j,
+            "    {{\"name\": \"{}\", \"bytes\": {}, \"seconds\": {:.4}, \"mb_per_s\": {:.2}, \"mtpx_cpu_s\": {:.3}, \"mtpx_user_s\": {:.3}, \"cpu_s_per_gb\": {:.4}, \"ratio_to_floor\": {:.3}, \"errors\": {}}}{}\n",
+            x.name,
+            x.bytes,
+            x.secs,
+            x.bytes as f64 / x.secs.max(1e-9) / 1e6,
+            x.cpu,
+            x.user,
+            x.cpu / x.bytes.max(1) as f64 * GB,
+            x.cpu / x.bytes.max(1) as f64 * GB / floor,
+            x.errors,
+            if i + 1 < xfers.len() { "," } else { "" }
+        );
+    }
+    let _ = write!(
+        j,
+        "  ],\n  \"relay\": {{\"bytes\": {relay_bytes}, \"mtpx_cpu_s\": {relay_cpu:.3}, \"cpu_s_per_gb\": {relay_per_gb:.4}, \"ratio_to_floor\": {relay_ratio:.3}, \"user_cpu_s_per_gb\": {relay_user_per_gb:.4}, \"user_ratio_to_floor\": {relay_user_ratio:.3}, \"goal_ratio\": 2.0}},\n"
+    );
+    let _ = write!(
+        j,
+        "  \"handshakes\": {{\"clients\": {}, \"count\": {}, \"errors\": {}, \"seconds\": {:.3}, \"per_s\": {:.1}, \"p50_us\": {}, \"p99_us\": {}, \"mtpx_cpu_s\": {:.3}, \"mtpx_cpu_us_per_handshake\": {hs_cpu_us:.2}, \"mtpx_user_us_per_handshake\": {hs_user_us:.2}, \"goal_us\": 50}},\n",
+        plan.hs_clients,
+        hs.count,
+        hs.errors,
+        hs.secs,
+        hs.count as f64 / hs.secs,
+        hs.p50_us,
+        hs.p99_us,
+        hs.cpu
+    );
+    let _ = write!(
+        j,
+        "  \"memory\": {{\"rss_rest\": {rss_rest}, \"idle_small\": {ok_small}, \"rss_idle_small\": {rss_small}, \"idle_big\": {ok_big}, \"rss_idle_big\": {rss_big}, \"bytes_per_idle_conn\": {slope:.1}, \"goal_bytes\": 2048, \"fds_rest\": {fd_rest}, \"fds_idle_big\": {fd_big}, \"rss_after_close\": {rss_round0}, \"rss_after_all_load\": {rss_after_load}}},\n"
+    );
+    j.push_str("  \"rounds\": [\n");
+    for (i, r) in rounds.iter().enumerate() {
+        let _ = write!(
+            j,
+            "    {{\"round\": {}, \"opened\": {}, \"failed\": {}, \"rss_open\": {}, \"rss_after_close\": {}, \"fds_after_close\": {}}}{}\n",
+            i + 1,
+            r.0,
+            r.1,
+            r.2,
+            r.3,
+            r.4,
+            if i + 1 < rounds.len() { "," } else { "" }
+        );
+    }
+    let _ = write!(
+        j,
+        "  ],\n  \"rss_growth_over_rounds\": {growth},\n  \"failures\": {failures}\n}}\n"
+    );
+    std::fs::write(&plan.json, j)?;
+    println!("\nwrote {}", plan.json.display());
+    drop(refused);
+    if failures > 0 {
+        return Err(io::Error::other(format!("{failures} operations failed")));
+    }
+    Ok(())
+}
