@@ -87,9 +87,11 @@ pub struct AntiReplay {
     pub error_rate: f64,
 }
 
-/// `[defense.doppelganger]` (accepted, not implemented yet).
+/// `[defense.doppelganger]`: learning the fronting site's handshake shape.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Doppelganger {
+    /// Probe the fronting site and shape the fake handshake like its answer (default true).
+    pub learn: bool,
     /// Sites whose TLS traffic shape is learned.
     pub urls: Vec<String>,
     /// Requests per learning raid (default 10).
@@ -264,6 +266,7 @@ impl Config {
             dns: None,
             proxies: Vec::new(),
             doppelganger: Doppelganger {
+                learn: true,
                 urls: Vec::new(),
                 repeats_per_raid: 10,
                 raid_each: Duration::from_secs(6 * 3600),
@@ -1549,6 +1552,9 @@ impl Doc {
         }
         if let Some(v) = self.bool(&format!("{D}drs"))? {
             c.doppelganger.drs = v;
+        }
+        if let Some(v) = self.bool(&format!("{D}learn"))? {
+            c.doppelganger.learn = v;
         }
         for (name, which) in [("blocklist", true), ("allowlist", false)] {
             let p = format!("defense.{name}.");

@@ -30,10 +30,10 @@ use mio::{Interest, Registry, Token};
 use super::pool::{BufId, Pool};
 use super::{FastRng, Shared};
 use crate::log::Level;
+use crate::proto::Reject;
 use crate::proto::faketls::{self, HelloRead, RecordReader};
 use crate::proto::obfs2::{self, AesCtr, Tag};
 use crate::proto::secret::SecretKind;
-use crate::proto::{Reject, Rng};
 
 /// Readiness bit: the socket may have bytes to read (or an EOF/error to report).
 pub(crate) const R: u8 = 1;
@@ -520,10 +520,23 @@ impl Conn {
         // The flight is built in the worker's scratch space and written at once: a fresh
         // socket's send buffer takes it whole. So a handshake holds one pool buffer, never two
         // (holding two would let handshakes deadlock each other on a small pool).
+        // Shaped like the fronting site's own first flight (learned by the scout).
+        let shape = match shared.profile.lock() {
+            Ok(p) => p.shape(),
+            Err(p) => p.into_inner().shape(),
+        };
         let public = ctx.keyshares.next(ctx.rng);
-        let noise = 2500 + ctx.rng.below(2200) as usize;
-        let n =
-            faketls::write_server_hello(ctx.scratch, &hello, &secret.key, ctx.rng, noise, &public);
+        let room = faketls::noise_room(&shape.template, hello.session_id_len, ctx.scratch.len());
+        let noise = shape.noise_len(ctx.rng).min(room);
+        let n = faketls::write_server_hello_as(
+            ctx.scratch,
+            &hello,
+            &secret.key,
+            ctx.rng,
+            &shape.template,
+            noise,
+            &public,
+        );
         if n == 0 {
             return Err(CloseReason::Error(ErrorKind::OutOfMemory));
         }
@@ -550,6 +563,10 @@ impl Conn {
             let Some(down) = ctx.pool.checkout() else {
                 return Err(CloseReason::Error(ErrorKind::OutOfMemory));
             };
+            if n - written > ctx.pool.buf_size() {
+                ctx.pool.release(down);
+                return Err(CloseReason::Error(ErrorKind::OutOfMemory));
+            }
             ctx.pool.get(down)[..n - written].copy_from_slice(&ctx.scratch[written..n]);
             self.down.buf = Some(down);
             self.down.start = 0;

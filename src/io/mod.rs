@@ -62,6 +62,8 @@ pub(crate) struct Shared {
     front_addrs: Mutex<Vec<SocketAddr>>,
     /// Send a PROXY v2 header to the fronting site.
     pub(crate) front_proxy_protocol: bool,
+    /// What the fronting site's TLS first flight looks like (learned by the scout).
+    pub(crate) profile: Arc<Mutex<crate::proto::tlsprofile::Profile>>,
 }
 
 impl Shared {
@@ -170,6 +172,7 @@ pub(crate) fn unix_now() -> u64 {
 /// A running proxy: its workers, its address and its counters.
 pub struct Proxy {
     shared: Arc<Shared>,
+    scout: Option<scout::Scout>,
     wakers: Vec<Arc<Waker>>,
     threads: Vec<JoinHandle<()>>,
     local_addr: SocketAddr,
@@ -199,6 +202,9 @@ impl Proxy {
 
     fn stop_and_join(&mut self) {
         self.shared.stop.store(true, Ordering::SeqCst);
+        if let Some(s) = self.scout.take() {
+            s.stop();
+        }
         for w in &self.wakers {
             let _ = w.wake();
         }
@@ -254,6 +260,7 @@ pub fn start_with_grace(config: Config, grace: Duration) -> io::Result<Proxy> {
     let shared = Arc::new(Shared {
         front_addrs: Mutex::new(front_addrs),
         front_proxy_protocol,
+        profile: Arc::new(Mutex::new(crate::proto::tlsprofile::Profile::default())),
         dc,
         replay,
         active: AtomicUsize::new(0),
@@ -285,8 +292,31 @@ pub fn start_with_grace(config: Config, grace: Duration) -> io::Result<Proxy> {
         wakers.push(waker);
         threads.push(handle);
     }
+    // Learn the fronting site's handshake shape (FakeTLS only: other secrets send none).
+    let scout = if shared.config.secret.kind == crate::proto::secret::SecretKind::FakeTls
+        && shared.config.doppelganger.learn
+    {
+        let s = shared.clone();
+        let d = &shared.config.doppelganger;
+        match scout::spawn(
+            move || (0..16).map_while(|i| s.front_addr(i)).collect(),
+            shared.config.secret.host.clone(),
+            d.raid_each,
+            d.repeats_per_raid,
+            shared.profile.clone(),
+        ) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                crate::log_event!(Level::Warn, "scout-not-started", error = e);
+                None
+            }
+        }
+    } else {
+        None
+    };
     Ok(Proxy {
         shared,
+        scout,
         wakers,
         threads,
         local_addr,

@@ -228,8 +228,26 @@ where
         .spawn(move || {
             let every = every.max(Duration::from_secs(1));
             let mut last_warned: Option<(u8, bool, bool)> = None;
+            let mut waited = Duration::ZERO;
             loop {
                 let addrs = targets();
+                // The site's name may not be resolved yet: wait for it (up to a minute)
+                // rather than learning nothing until the next raid hours later.
+                let wait = if addrs.is_empty() && waited < Duration::from_secs(60) {
+                    waited += Duration::from_secs(2);
+                    Some(Duration::from_secs(2))
+                } else {
+                    None
+                };
+                if let Some(w) = wait {
+                    let (m, c) = &*flag;
+                    let g = m.lock().unwrap_or_else(|p| p.into_inner());
+                    let (g, _) = c.wait_timeout(g, w).unwrap_or_else(|p| p.into_inner());
+                    if *g {
+                        return;
+                    }
+                    continue;
+                }
                 let (s, answered) = raid(&addrs, &host, repeats, PROBE_TIMEOUT, &profile);
                 // Warn at the first raid and whenever what is wrong changes; info otherwise.
                 let key = (s.records, s.clamped, s.samples == 0);

@@ -766,6 +766,92 @@ pub fn build_client_hello(
     rec
 }
 
+/// A ClientHello captured from a real Telegram app (mtg's fixture `client-hello-ok-19dfe…`,
+/// 517 bytes, SNI `storage.googleapis.com`): the template for [`telegram_hello`].
+const TELEGRAM_HELLO: &[u8; 517] = include_bytes!("data/telegram-hello.bin");
+
+/// A ClientHello exactly shaped like the captured Telegram one: same record, suites,
+/// extensions and order, same total size (the padding extension absorbs a longer or shorter
+/// host name while it can), with a fresh session id, a fresh key share, SNI = `host`, and a
+/// random carrying HMAC-SHA256(key, …) ⊕ (0^28 ‖ u32le(now_unix)) as a real client computes it.
+/// This is what the scout sends to the fronting site, so that what it learns is the site's
+/// answer to a Telegram client; tests use it as a realistic client.
+pub fn telegram_hello(rng: &mut impl Rng, key: &[u8; 16], host: &str, now_unix: u32) -> Vec<u8> {
+    let t = &TELEGRAM_HELLO[..];
+    let host = &host.as_bytes()[..host.len().min(253)];
+    // Walk the template: header(5) type(1) len(3) version(2) random(32) sid(1+32).
+    let mut off = RECORD_HEADER_LEN + 4 + 2 + 32;
+    let sid_len = usize::from(t[off]);
+    off += 1 + sid_len;
+    let suites = usize::from(u16::from_be_bytes([t[off], t[off + 1]]));
+    off += 2 + suites;
+    off += 1 + usize::from(t[off]);
+    let head_end = off; // start of the extensions length
+    let mut exts: Vec<(u16, Vec<u8>)> = Vec::new();
+    let mut i = head_end + 2;
+    while i + 4 <= t.len() {
+        let ty = u16::from_be_bytes([t[i], t[i + 1]]);
+        let len = usize::from(u16::from_be_bytes([t[i + 2], t[i + 3]]));
+        let data = t.get(i + 4..i + 4 + len).unwrap_or(&[]).to_vec();
+        exts.push((ty, data));
+        i += 4 + len;
+    }
+    let hl = host.len() as u16;
+    for (ty, data) in exts.iter_mut() {
+        match *ty {
+            0x0000 => {
+                let mut d = Vec::with_capacity(host.len() + 5);
+                d.extend_from_slice(&(hl + 3).to_be_bytes());
+                d.push(0);
+                d.extend_from_slice(&hl.to_be_bytes());
+                d.extend_from_slice(host);
+                *data = d;
+            }
+            0x0033 => {
+                // One x25519 share: list len(2) group(2) len(2) key(32).
+                if let Some(k) = data.get_mut(6..38) {
+                    rng.fill(k);
+                }
+            }
+            _ => {}
+        }
+    }
+    let size = |exts: &[(u16, Vec<u8>)]| exts.iter().map(|(_, d)| 4 + d.len()).sum::<usize>();
+    let want = TELEGRAM_HELLO.len() - head_end - 2;
+    let now = size(&exts);
+    if let Some((_, pad)) = exts.iter_mut().find(|(ty, _)| *ty == 0x0015) {
+        let other = now - pad.len();
+        pad.clear();
+        pad.resize(want.saturating_sub(other), 0);
+    }
+    let ext_len = size(&exts);
+    let mut rec = Vec::with_capacity(head_end + 2 + ext_len);
+    rec.extend_from_slice(&t[..head_end]);
+    rec.extend_from_slice(&(ext_len as u16).to_be_bytes());
+    for (ty, data) in &exts {
+        rec.extend_from_slice(&ty.to_be_bytes());
+        rec.extend_from_slice(&(data.len() as u16).to_be_bytes());
+        rec.extend_from_slice(data);
+    }
+    let msg_len = rec.len() - RECORD_HEADER_LEN;
+    rec[3..5].copy_from_slice(&(msg_len as u16).to_be_bytes());
+    let body = msg_len - 4;
+    rec[6..9].copy_from_slice(&[(body >> 16) as u8, (body >> 8) as u8, body as u8]);
+    // Fresh session id, zero random, then the HMAC-and-timestamp random.
+    let sid_at = RECORD_HEADER_LEN + 4 + 2 + 32 + 1;
+    rng.fill(&mut rec[sid_at..sid_at + sid_len]);
+    rec[RECORD_RANDOM..RECORD_RANDOM + 32].fill(0);
+    if let Some(mut m) = hmac(key) {
+        m.update(&rec);
+        let mut mac: [u8; 32] = m.finalize().into_bytes().into();
+        for (d, t) in mac[28..].iter_mut().zip(now_unix.to_le_bytes()) {
+            *d ^= t;
+        }
+        rec[RECORD_RANDOM..RECORD_RANDOM + 32].copy_from_slice(&mac);
+    }
+    rec
+}
+
 /// Client side, for tests and the bench tool: checks the proxy's server flight (ServerHello
 /// record, the ChangeCipherSpec record, one application-data record) and the server random
 /// HMAC over `client_random ‖ flight` with the random zeroed.
@@ -1845,5 +1931,47 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn accepts_telegram_hello_shaped_like_the_capture() {
+        let mut rng = crate::proto::XorShift64(8);
+        let key = [7u8; 16];
+        for host in [
+            "storage.googleapis.com",
+            "a.io",
+            "www.some-longer-host-name.example.org",
+        ] {
+            let rec = telegram_hello(&mut rng, &key, host, 1_700_000_000);
+            assert_eq!(rec.len(), 517, "{host}");
+            let mut scratch = [0u8; 4096];
+            let HelloRead::Complete { msg_len, .. } = read_client_hello(&rec, &mut scratch) else {
+                panic!("{host}: not a complete hello");
+            };
+            let msg = &scratch[..msg_len];
+            let h = parse_client_hello(msg).unwrap();
+            assert_eq!(
+                verify_client_hello(&h, msg, &key, host.as_bytes(), 1_700_000_000, 5),
+                Ok(1_700_000_000)
+            );
+            assert_eq!(h.cipher_suite, 0x1303);
+        }
+        // Same host as the capture: everything but random, session id and key share is equal.
+        let rec = telegram_hello(&mut rng, &key, "storage.googleapis.com", 1);
+        let t = &TELEGRAM_HELLO[..];
+        assert_eq!(&rec[..11], &t[..11]);
+        assert_eq!(
+            &rec[76..300],
+            &t[76..300]
+                .iter()
+                .zip(&rec[76..300])
+                .map(|(a, b)| if a == b { *a } else { *b })
+                .collect::<Vec<_>>()[..]
+        );
+        let differing = rec.iter().zip(t.iter()).filter(|(a, b)| a != b).count();
+        assert!(
+            differing <= 32 + 32 + 32,
+            "{differing} bytes differ from the capture"
+        );
     }
 }

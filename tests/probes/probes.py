@@ -277,6 +277,24 @@ def read_flight(port, hello, timeout=5.0):
         return got, "OPEN"
 
 
+def read_site_flight(port, hello, timeout=5.0, quiet=0.5):
+    """Sends a hello and reads the server's whole first flight: everything until the server
+    goes quiet (it then waits for the client's Finished)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(hello)
+        got, end = b"", time.monotonic() + timeout
+        while time.monotonic() < end:
+            s.settimeout(quiet if got else max(0.01, end - time.monotonic()))
+            try:
+                b = s.recv(65536)
+            except (socket.timeout, ConnectionResetError):
+                break
+            if not b:
+                break
+            got += b
+        return got
+
+
 def records(data: bytes):
     """Splits a byte stream into TLS records: [(type, version, length, payload)], plus the
     number of trailing bytes that do not form a whole record."""
@@ -388,8 +406,14 @@ def client_hello(key: bytes, sni: str, ts: int, seed=None, suites=None,
     return rec[:11] + rnd + rec[43:]
 
 
-def check_mtpx_flight(key: bytes, hello: bytes, resp: bytes) -> str | None:
-    """None if `resp` is mtpx's own server flight for `hello` (PROTOCOL.md §2.4)."""
+class ShapeMismatch(AssertionError):
+    """mtpx answered a valid hello itself, but its flight is not shaped like the site's."""
+
+
+def check_mtpx_flight(key: bytes, hello: bytes, resp: bytes, site: list[bytes]) -> str | None:
+    """None if `resp` is mtpx's own server flight for `hello` (PROTOCOL.md §2.4), shaped like
+    the site's answers `site` to the same kind of hello: same ServerHello record length, same
+    CCS, and a total length within the range the site itself shows (TLS fidelity)."""
     recs, rest = records(resp)
     if len(recs) != 3 or rest:
         return f"expected 3 whole records, got {describe_records(resp)}"
@@ -398,8 +422,14 @@ def check_mtpx_flight(key: bytes, hello: bytes, resp: bytes) -> str | None:
         return f"unexpected record layout {describe_records(resp)}"
     if p1[0] != 2 or p1[38:39 + 32] != hello[43:76]:
         return "ServerHello does not echo the session id"
-    if not 2500 <= n3 < 4700:
-        return f"noise record length {n3} outside 2500..4699"
+    site_recs = [records(x)[0] for x in site]
+    if any(not r or r[0][0] != 0x16 for r in site_recs):
+        return "the site did not answer the hello with a ServerHello"
+    if any(r[0][2] != n1 for r in site_recs):
+        return f"ServerHello record is {n1} bytes, the site's is {site_recs[0][0][2]}"
+    lo, hi = min(len(x) for x in site), max(len(x) for x in site)
+    if not lo <= len(resp) <= hi:
+        return f"flight is {len(resp)} bytes, the site's is {lo}..{hi}"
     zeroed = resp[:11] + bytes(32) + resp[43:]
     want = hmac.new(key, hello[11:43] + zeroed, hashlib.sha256).digest()
     if resp[11:43] != want:
@@ -635,9 +665,14 @@ def make_probes(key: bytes, real: int, mtpx: int):
                 "hello, only GREASE suites (alert)")
 
     def replay():
+        # The site's own answers to Telegram-shaped hellos (wrong key: it never sees ours).
+        site = [read_site_flight(real, client_hello(os.urandom(16), HOST, now()))
+                for _ in range(3)]
         hello = client_hello(key, HOST, now())
         got, kind = read_flight(mtpx, hello)
-        err = check_mtpx_flight(key, hello, got)
+        err = check_mtpx_flight(key, hello, got, site)
+        if err and (err.startswith("flight is") or err.startswith("ServerHello record is")):
+            raise ShapeMismatch(f"mtpx's flight does not look like the site's: {err}")
         if err:
             raise AssertionError(f"valid hello was not answered by mtpx itself: {err} "
                                  f"(got {len(got)}B {kind})")
@@ -755,7 +790,11 @@ def main() -> int:
                         results[name] = (rs, ms, "PASS" if not d else "FAIL", d)
                 else:
                     # the control mtpx fronts to the decoy: the probe must see a difference
-                    detected[name] = bool(d) if not err else f"error: {err}"
+                    # A fake flight shaped unlike the site's is a difference the probe saw.
+                    if err and err.startswith("ShapeMismatch"):
+                        detected[name] = True
+                    else:
+                        detected[name] = bool(d) if not err else f"error: {err}"
         if control:
             missed = [n for n, _ in control if detected.get(n) is not True]
             k = len(control) - len(missed)
