@@ -31,6 +31,7 @@ pub fn raise_nofile_limit() -> io::Result<(u64, u64)> {
             lim = want;
         }
     }
+    #[allow(clippy::unnecessary_cast)] // rlim_t is not u64 on every target
     Ok((lim.rlim_cur as u64, lim.rlim_max as u64))
 }
 

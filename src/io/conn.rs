@@ -408,9 +408,8 @@ impl Conn {
                     return Ok(());
                 }
                 Ok(n) => {
-                    if self.tls.is_some() {
+                    if let Some(tls) = self.tls.as_mut() {
                         // After the hello: new bytes are TLS records; keep only their payload.
-                        let tls = self.tls.as_mut().expect("checked");
                         let m = tls
                             .deframe_in_place(&mut buf[self.up.end..self.up.end + n])
                             .map_err(CloseReason::Rejected)?;
@@ -740,7 +739,7 @@ impl Conn {
         }
         let _ = up.set_nodelay(true);
         if self.fronted.is_some() && ctx.shared.front_proxy_protocol {
-            let front = up.peer_addr().unwrap_or_else(|_| self.peer);
+            let front = up.peer_addr().unwrap_or(self.peer);
             if !self.write_front_proxy_header(front, ctx) {
                 return Err(CloseReason::Error(ErrorKind::OutOfMemory));
             }

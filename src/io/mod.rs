@@ -104,6 +104,7 @@ impl Shared {
 /// generator and re-keyed every [`RESEED_EVERY`] bytes (the construction of OpenBSD's
 /// arc4random). Fake-handshake noise, key shares and frames need a few KiB per connection;
 /// a system call for each would dominate the handshake's cost.
+#[derive(Default)]
 pub(crate) struct FastRng {
     stream: Option<AesCtr>,
     used: usize,
@@ -111,15 +112,6 @@ pub(crate) struct FastRng {
 
 /// Bytes produced before the keystream is re-keyed from the OS.
 const RESEED_EVERY: usize = 1 << 20;
-
-impl Default for FastRng {
-    fn default() -> Self {
-        FastRng {
-            stream: None,
-            used: 0,
-        }
-    }
-}
 
 /// The operating system's random source itself (one system call per `fill`).
 #[derive(Clone, Copy, Debug, Default)]
