@@ -1,0 +1,1484 @@
+//! End-to-end tests: a real proxy (in-process, loopback) between test clients and fake DCs.
+//!
+//! Every test starts its own proxies on 127.0.0.1:0 and its own fake DCs; every built-in DC is
+//! overridden to a refused loopback port, so nothing ever leaves the machine. Socket operations
+//! have timeouts and waits have deadlines: a bug fails a test, it never hangs it.
+
+mod common;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use common::*;
+use mtpx::config::Config;
+use mtpx::io::{Proxy, Stats};
+use mtpx::proto::XorShift64;
+use mtpx::proto::faketls;
+use mtpx::proto::obfs2::{self, Tag};
+use mtpx::proto::secret::{Secret, SecretKind};
+
+const ALL_KINDS: [SecretKind; 3] = [SecretKind::FakeTls, SecretKind::Secure, SecretKind::Classic];
+
+fn start(config: Config) -> Proxy {
+    mtpx::io::start(config).expect("start proxy")
+}
+
+fn load(v: &std::sync::atomic::AtomicU64) -> u64 {
+    v.load(Ordering::SeqCst)
+}
+
+fn stats_line(s: &Stats) -> String {
+    format!(
+        "accepted={} limited={} handshakes={} rejected={} fronted={} dc_failures={} closed={} up={} down={}",
+        load(&s.accepted),
+        load(&s.limited),
+        load(&s.handshakes),
+        load(&s.rejected),
+        load(&s.fronted),
+        load(&s.dc_failures),
+        load(&s.closed),
+        load(&s.bytes_up),
+        load(&s.bytes_down)
+    )
+}
+
+/// The tag a client uses by default for a secret kind (dd requires padded).
+fn default_tag(kind: SecretKind) -> Tag {
+    match kind {
+        SecretKind::Secure => Tag::Padded,
+        SecretKind::FakeTls => Tag::Intermediate,
+        SecretKind::Classic => Tag::Abridged,
+    }
+}
+
+fn kind_name(kind: SecretKind) -> &'static str {
+    match kind {
+        SecretKind::FakeTls => "ee",
+        SecretKind::Secure => "dd",
+        SecretKind::Classic => "classic",
+    }
+}
+
+/// One echo exchange of `len` pattern bytes through `proxy`; panics with `what` on failure.
+fn echo_ok(proxy: SocketAddr, secret: &Secret, opts: &ClientOpts, len: usize, what: &str) {
+    let mut c = TestClient::connect(proxy, secret, opts)
+        .unwrap_or_else(|e| panic!("{what}: handshake failed: {e}"));
+    let data = Pattern::new(opts.seed ^ 0x5555).take(len);
+    let got = c
+        .echo_round_trip(&data)
+        .unwrap_or_else(|e| panic!("{what}: echo failed: {e}"));
+    assert!(got == data, "{what}: echoed bytes differ");
+    c.shutdown_write().expect("shutdown");
+    c.rx.expect_eof()
+        .unwrap_or_else(|e| panic!("{what}: no clean EOF after echo: {e}"));
+}
+
+// ------------------------------------------------------------------------------------------
+// 1. happy paths
+
+/// ee, dd and classic (all three tags) echo byte for byte; the fake DC sees the client's tag
+/// and the DC number (|dc|; 0 means 2; -2 uses the override for 2).
+#[test]
+fn happy_path_all_kinds_tags_and_dcs() {
+    for workers in [1, 4] {
+        let refused = RefusedPort::new();
+        let dc2 = FakeDc::start(DcMode::Echo);
+        let dc4 = FakeDc::start(DcMode::Echo);
+        // (kind, tag, requested dc, which fake DC, dc expected in the DC frame)
+        let cases: &[(SecretKind, Tag, i16, u8, i16)] = &[
+            (SecretKind::FakeTls, Tag::Intermediate, 2, 2, 2),
+            (SecretKind::FakeTls, Tag::Padded, -2, 2, 2),
+            (SecretKind::FakeTls, Tag::Abridged, 4, 4, 4),
+            (SecretKind::Secure, Tag::Padded, 4, 4, 4),
+            (SecretKind::Secure, Tag::Padded, -2, 2, 2),
+            (SecretKind::Classic, Tag::Abridged, 2, 2, 2),
+            (SecretKind::Classic, Tag::Intermediate, -2, 2, 2),
+            (SecretKind::Classic, Tag::Padded, 4, 4, 4),
+            (SecretKind::Classic, Tag::Abridged, 0, 2, 2),
+        ];
+        for (i, &(kind, tag, dc, which, frame_dc)) in cases.iter().enumerate() {
+            let secret = secret(kind, 100 + i as u64);
+            let mut cfg = test_config(secret.clone(), workers, &refused);
+            cfg.dc_overrides.push((2, vec![dc2.addr]));
+            cfg.dc_overrides.push((4, vec![dc4.addr]));
+            let proxy = start(cfg);
+            let fake = if which == 2 { &dc2 } else { &dc4 };
+            let before = fake.count();
+            let what = format!("workers={workers} {} {tag:?} dc={dc}", kind_name(kind));
+            echo_ok(
+                proxy.local_addr(),
+                &secret,
+                &ClientOpts::new(tag, dc, 1000 + i as u64),
+                100_000,
+                &what,
+            );
+            assert_eq!(fake.count(), before + 1, "{what}: one DC connection");
+            let conn = fake.conn(before);
+            assert_eq!(
+                *conn.frame.lock().unwrap(),
+                Some((tag, frame_dc)),
+                "{what}: DC frame"
+            );
+            assert!(
+                wait_until(Duration::from_secs(5), || conn.eof.load(Ordering::SeqCst)),
+                "{what}: DC never saw EOF"
+            );
+            assert_eq!(load(&conn.received), 100_000, "{what}: DC received");
+            // Byte counters are added at close.
+            let st = proxy.stats();
+            assert!(
+                wait_until(Duration::from_secs(5), || load(&st.closed) == 1),
+                "{what}: not closed: {}",
+                stats_line(&st)
+            );
+            assert_eq!(load(&st.handshakes), 1, "{what}: {}", stats_line(&st));
+            assert_eq!(load(&st.rejected), 0, "{what}: {}", stats_line(&st));
+            assert_eq!(load(&st.bytes_up), 100_000, "{what}: {}", stats_line(&st));
+            assert_eq!(load(&st.bytes_down), 100_000, "{what}: {}", stats_line(&st));
+            assert_eq!(proxy.active(), 0, "{what}");
+            proxy.shutdown();
+        }
+    }
+}
+
+/// FakeTLS clients that stress the record layer: frame in the hello's segment, a CCS record
+/// first, odd record sizes, a hello split across TCP segments with a pause, a hello split into
+/// several TLS records (up to the limit of 11), and all of these at once.
+#[test]
+fn faketls_client_variants() {
+    let refused = RefusedPort::new();
+    let dc = FakeDc::start(DcMode::Echo);
+    let secret = secret(SecretKind::FakeTls, 7);
+    for workers in [1, 4] {
+        let mut cfg = test_config(secret.clone(), workers, &refused);
+        cfg.dc_overrides.push((2, vec![dc.addr]));
+        let proxy = start(cfg);
+        let base = ClientOpts::new(Tag::Padded, 2, 0);
+        let variants: Vec<(&str, ClientOpts)> = vec![
+            ("plain", base.clone()),
+            (
+                "frame with hello",
+                ClientOpts {
+                    frame_with_hello: true,
+                    ..base.clone()
+                },
+            ),
+            (
+                "ccs first",
+                ClientOpts {
+                    ccs_first: true,
+                    ..base.clone()
+                },
+            ),
+            (
+                "odd records",
+                ClientOpts {
+                    record_sizes: vec![1, 7, 63, 64, 65, 1000, 16379, 16384, 40000, 3],
+                    ..base.clone()
+                },
+            ),
+            (
+                "hello split over TCP",
+                ClientOpts {
+                    hello_tcp_split: Some((3, Duration::from_millis(150))),
+                    ..base.clone()
+                },
+            ),
+            (
+                "hello split 2 over TCP",
+                ClientOpts {
+                    hello_tcp_split: Some((300, Duration::from_millis(150))),
+                    ..base.clone()
+                },
+            ),
+            (
+                "hello in 3 records",
+                ClientOpts {
+                    hello_records: 3,
+                    ..base.clone()
+                },
+            ),
+            (
+                "hello in 11 records",
+                ClientOpts {
+                    hello_records: 11,
+                    ..base.clone()
+                },
+            ),
+            (
+                "all at once",
+                ClientOpts {
+                    frame_with_hello: true,
+                    ccs_first: true,
+                    record_sizes: vec![5, 61, 2, 17000],
+                    hello_records: 4,
+                    hello_tcp_split: Some((100, Duration::from_millis(100))),
+                    ..base.clone()
+                },
+            ),
+        ];
+        for (i, (name, mut opts)) in variants.into_iter().enumerate() {
+            opts.seed = 50 + (workers as u64) * 100 + i as u64;
+            echo_ok(
+                proxy.local_addr(),
+                &secret,
+                &opts,
+                70_000,
+                &format!("workers={workers} {name}"),
+            );
+        }
+        let st = proxy.stats();
+        assert_eq!(load(&st.rejected), 0, "{}", stats_line(&st));
+        proxy.shutdown();
+    }
+}
+
+/// The proxy's records toward the client stay within 16379 payload bytes; the flight's HMAC
+/// verifies (checked in the handshake) and nothing precedes the client's first data.
+#[test]
+fn faketls_records_from_proxy_are_bounded() {
+    let refused = RefusedPort::new();
+    let dc = FakeDc::start(DcMode::Sink {
+        expect_seed: 1,
+        reply_seed: 2,
+        reply: 1 << 20,
+        after_eof: false,
+    });
+    let secret = secret(SecretKind::FakeTls, 8);
+    let mut cfg = test_config(secret.clone(), 1, &refused);
+    cfg.dc_overrides.push((2, vec![dc.addr]));
+    let proxy = start(cfg);
+    let mut c = TestClient::connect(
+        proxy.local_addr(),
+        &secret,
+        &ClientOpts::new(Tag::Padded, 2, 3),
+    )
+    .expect("handshake");
+    assert!(
+        c.flight_len > 127 + 6 + 5 + 2500 - 1,
+        "flight {}",
+        c.flight_len
+    );
+    c.shutdown_write().expect("shutdown");
+    let n =
+        c.rx.recv_check_to_eof(&mut Pattern::new(2), 1 << 21)
+            .expect("download");
+    assert_eq!(n, 1 << 20);
+    assert!(c.rx.max_record <= MAX_RECORD_PAYLOAD);
+    assert!(c.rx.records >= 64, "1 MiB in {} records", c.rx.records);
+    drop(proxy);
+}
+
+// ------------------------------------------------------------------------------------------
+// 2. many connections
+
+/// 200 clients at once (a mix of kinds is impossible with one secret, so one proxy per kind is
+/// not needed: ee, the heaviest), each 64 KiB each way, byte for byte; workers 1 and 4.
+#[test]
+fn many_concurrent_clients() {
+    const CLIENTS: usize = 200;
+    const THREADS: usize = 20;
+    const LEN: usize = scaled(64 * 1024, 4 * 1024) as usize;
+    for workers in [1, 4] {
+        let refused = RefusedPort::new();
+        let dc = FakeDc::start(DcMode::Echo);
+        let secret = secret(SecretKind::FakeTls, 9);
+        let mut cfg = test_config(secret.clone(), workers, &refused);
+        cfg.dc_overrides.push((2, vec![dc.addr]));
+        let proxy = start(cfg);
+        let addr = proxy.local_addr();
+        let t0 = Instant::now();
+        std::thread::scope(|s| {
+            let mut hs = Vec::new();
+            for t in 0..THREADS {
+                let secret = &secret;
+                hs.push(s.spawn(move || {
+                    // Each thread opens its clients first, so all 200 are open together.
+                    let mut clients = Vec::new();
+                    for k in 0..CLIENTS / THREADS {
+                        let seed = (workers * 100_000 + t * 1000 + k) as u64;
+                        let c = TestClient::connect(
+                            addr,
+                            secret,
+                            &ClientOpts::new(Tag::Padded, 2, seed),
+                        )
+                        .unwrap_or_else(|e| panic!("client {t}/{k}: handshake: {e}"));
+                        clients.push((seed, c));
+                    }
+                    for (seed, c) in &mut clients {
+                        let data = Pattern::new(*seed).take(LEN);
+                        let got = c
+                            .echo_round_trip(&data)
+                            .unwrap_or_else(|e| panic!("client seed {seed}: {e}"));
+                        assert!(got == data, "client seed {seed}: bytes differ");
+                    }
+                    for (_, c) in &mut clients {
+                        c.shutdown_write().expect("shutdown");
+                        c.rx.expect_eof().expect("EOF");
+                    }
+                }));
+            }
+            for h in hs {
+                h.join().expect("client thread");
+            }
+        });
+        let st = proxy.stats();
+        assert!(
+            wait_until(Duration::from_secs(5), || load(&st.closed)
+                == CLIENTS as u64),
+            "workers={workers}: {}",
+            stats_line(&st)
+        );
+        assert_eq!(load(&st.handshakes), CLIENTS as u64);
+        assert_eq!(load(&st.bytes_up), (CLIENTS * LEN) as u64);
+        assert_eq!(load(&st.bytes_down), (CLIENTS * LEN) as u64);
+        assert_eq!(dc.count(), CLIENTS);
+        eprintln!(
+            "many_concurrent_clients workers={workers}: {:?}",
+            t0.elapsed()
+        );
+        proxy.shutdown();
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// 3. large transfers
+
+/// Uploads `up` bytes while downloading `down` bytes on one connection, concurrently.
+fn bulk(kind: SecretKind, workers: usize, up: u64, down: u64) {
+    let refused = RefusedPort::new();
+    let dc = FakeDc::start(DcMode::Sink {
+        expect_seed: 11,
+        reply_seed: 12,
+        reply: down,
+        after_eof: false,
+    });
+    let secret = secret(kind, 10);
+    let mut cfg = test_config(secret.clone(), workers, &refused);
+    cfg.dc_overrides.push((2, vec![dc.addr]));
+    let proxy = start(cfg);
+    let c = TestClient::connect(
+        proxy.local_addr(),
+        &secret,
+        &ClientOpts::new(default_tag(kind), 2, 13),
+    )
+    .expect("handshake");
+    let (mut tx, mut rx) = c.split();
+    let t0 = Instant::now();
+    let received = std::thread::scope(|s| {
+        s.spawn(move || {
+            let mut p = Pattern::new(11);
+            let mut left = up;
+            while left > 0 {
+                let n = left.min(48 * 1024) as usize;
+                tx.send(&p.take(n)).expect("upload");
+                left -= n as u64;
+            }
+            tx.shutdown_write().expect("shutdown");
+        });
+        rx.recv_check_to_eof(&mut Pattern::new(12), down + 1)
+            .expect("download")
+    });
+    assert_eq!(received, down, "{}: downloaded bytes", kind_name(kind));
+    let conn = dc.conn(0);
+    assert!(
+        wait_until(Duration::from_secs(10), || conn.eof.load(Ordering::SeqCst)),
+        "DC did not see EOF; received {}",
+        load(&conn.received)
+    );
+    assert_eq!(
+        load(&conn.received),
+        up,
+        "{}: uploaded bytes",
+        kind_name(kind)
+    );
+    assert_eq!(load(&conn.mismatch_at), u64::MAX, "upload corrupted");
+    let st = proxy.stats();
+    assert!(wait_until(Duration::from_secs(5), || load(&st.closed) == 1));
+    assert_eq!(load(&st.bytes_up), up);
+    assert_eq!(load(&st.bytes_down), down);
+    eprintln!(
+        "bulk {} workers={workers}: {} MiB up + {} MiB down in {:?}",
+        kind_name(kind),
+        up >> 20,
+        down >> 20,
+        t0.elapsed()
+    );
+}
+
+#[test]
+fn large_transfer_both_ways_ee() {
+    bulk(
+        SecretKind::FakeTls,
+        2,
+        scaled(32 << 20, 1 << 20),
+        scaled(32 << 20, 1 << 20),
+    );
+}
+
+#[test]
+fn large_transfer_both_ways_dd() {
+    bulk(
+        SecretKind::Secure,
+        1,
+        scaled(32 << 20, 1 << 20),
+        scaled(32 << 20, 1 << 20),
+    );
+}
+
+// ------------------------------------------------------------------------------------------
+// 4. half-close
+
+/// Client sends then shuts its write side: the DC sees every byte then EOF, and its answer
+/// (sent only after that EOF) still reaches the client in full.
+#[test]
+fn half_close_client_first() {
+    for kind in ALL_KINDS {
+        for workers in [1, 4] {
+            let what = format!("{} workers={workers}", kind_name(kind));
+            let refused = RefusedPort::new();
+            let dc = FakeDc::start(DcMode::Sink {
+                expect_seed: 21,
+                reply_seed: 22,
+                reply: 300_000,
+                after_eof: true,
+            });
+            let secret = secret(kind, 20);
+            let mut cfg = test_config(secret.clone(), workers, &refused);
+            cfg.dc_overrides.push((2, vec![dc.addr]));
+            let proxy = start(cfg);
+            let mut c = TestClient::connect(
+                proxy.local_addr(),
+                &secret,
+                &ClientOpts::new(default_tag(kind), 2, 23),
+            )
+            .expect("handshake");
+            c.send(&Pattern::new(21).take(200_000)).expect("send");
+            c.shutdown_write().expect("shutdown");
+            let conn = {
+                assert!(
+                    dc.wait_count(1, Duration::from_secs(5)),
+                    "{what}: no DC conn"
+                );
+                dc.conn(0)
+            };
+            assert!(
+                wait_until(Duration::from_secs(5), || conn.eof.load(Ordering::SeqCst)),
+                "{what}: DC did not see EOF (received {})",
+                load(&conn.received)
+            );
+            assert_eq!(load(&conn.received), 200_000, "{what}");
+            assert_eq!(load(&conn.mismatch_at), u64::MAX, "{what}");
+            let n =
+                c.rx.recv_check_to_eof(&mut Pattern::new(22), 400_000)
+                    .unwrap_or_else(|e| panic!("{what}: answer: {e}"));
+            assert_eq!(n, 300_000, "{what}: answer length");
+            let st = proxy.stats();
+            assert!(
+                wait_until(Duration::from_secs(5), || load(&st.closed) == 1),
+                "{what}: {}",
+                stats_line(&st)
+            );
+        }
+    }
+}
+
+/// The DC answers then shuts its write side first: the client gets all of it and EOF, and can
+/// still send afterwards; the DC receives every byte.
+#[test]
+fn half_close_dc_first() {
+    for kind in ALL_KINDS {
+        for workers in [1, 4] {
+            let what = format!("{} workers={workers}", kind_name(kind));
+            let refused = RefusedPort::new();
+            let dc = FakeDc::start(DcMode::Sink {
+                expect_seed: 31,
+                reply_seed: 32,
+                reply: 250_000,
+                after_eof: false,
+            });
+            let secret = secret(kind, 30);
+            let mut cfg = test_config(secret.clone(), workers, &refused);
+            cfg.dc_overrides.push((2, vec![dc.addr]));
+            let proxy = start(cfg);
+            let mut c = TestClient::connect(
+                proxy.local_addr(),
+                &secret,
+                &ClientOpts::new(default_tag(kind), 2, 33),
+            )
+            .expect("handshake");
+            let n =
+                c.rx.recv_check_to_eof(&mut Pattern::new(32), 400_000)
+                    .unwrap_or_else(|e| panic!("{what}: DC data: {e}"));
+            assert_eq!(n, 250_000, "{what}");
+            // Our side is still open: send after the DC's EOF.
+            c.send(&Pattern::new(31).take(150_000))
+                .unwrap_or_else(|e| panic!("{what}: send after EOF: {e}"));
+            c.shutdown_write().expect("shutdown");
+            let conn = dc.conn(0);
+            assert!(
+                wait_until(Duration::from_secs(5), || conn.eof.load(Ordering::SeqCst)),
+                "{what}: DC did not see EOF (received {}, error {:?})",
+                load(&conn.received),
+                conn.error.lock().unwrap()
+            );
+            assert_eq!(load(&conn.received), 150_000, "{what}");
+            assert_eq!(load(&conn.mismatch_at), u64::MAX, "{what}");
+            let st = proxy.stats();
+            assert!(
+                wait_until(Duration::from_secs(5), || load(&st.closed) == 1),
+                "{what}: {}",
+                stats_line(&st)
+            );
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// 5. DC refused
+
+#[test]
+fn dc_refused_closes_client_and_counts() {
+    for kind in ALL_KINDS {
+        let what = kind_name(kind);
+        let refused = RefusedPort::new();
+        let other = RefusedPort::new();
+        let dc = FakeDc::start(DcMode::Echo);
+        let secret = secret(kind, 40);
+        let mut cfg = test_config(secret.clone(), 2, &refused);
+        cfg.dc_overrides.push((3, vec![other.addr]));
+        cfg.dc_overrides.push((2, vec![dc.addr]));
+        let proxy = start(cfg);
+        let st = proxy.stats();
+        let mut c = TestClient::connect(
+            proxy.local_addr(),
+            &secret,
+            &ClientOpts::new(default_tag(kind), 3, 41),
+        )
+        .expect("handshake");
+        // Early data is fine to send; it goes nowhere.
+        let _ = c.send(b"hello");
+        let t0 = Instant::now();
+        let mut buf = [0u8; 16];
+        c.rx.set_read_timeout(Duration::from_secs(5));
+        let r = c.rx.recv(&mut buf);
+        assert!(
+            matches!(r, Ok(0))
+                || r.as_ref().is_err_and(
+                    |e| e.kind() != ErrorKind::WouldBlock && e.kind() != ErrorKind::TimedOut
+                ),
+            "{what}: client not closed: {r:?}"
+        );
+        assert!(
+            t0.elapsed() < Duration::from_secs(3),
+            "{what}: took {:?}",
+            t0.elapsed()
+        );
+        assert!(
+            wait_until(Duration::from_secs(3), || load(&st.dc_failures) == 1),
+            "{what}: {}",
+            stats_line(&st)
+        );
+        // Still serving.
+        echo_ok(
+            proxy.local_addr(),
+            &secret,
+            &ClientOpts::new(default_tag(kind), 2, 42),
+            10_000,
+            &format!("{what}: next client"),
+        );
+        assert_eq!(load(&st.dc_failures), 1, "{what}: {}", stats_line(&st));
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// 6. DC blackholed: connect timeout, and fallback to the next address
+
+#[test]
+fn dc_blackholed_times_out_then_falls_back() {
+    let refused = RefusedPort::new();
+    let hole = Blackhole::new();
+    let dc = FakeDc::start(DcMode::Echo);
+    let secret = secret(SecretKind::Secure, 50);
+    let mut cfg = test_config(secret.clone(), 2, &refused);
+    cfg.timeouts.tcp = Duration::from_secs(1);
+    cfg.dc_overrides.push((3, vec![hole.addr]));
+    cfg.dc_overrides.push((4, vec![hole.addr, dc.addr]));
+    let proxy = start(cfg);
+    let st = proxy.stats();
+
+    // Only the blackhole: closed after about the connect timeout.
+    let mut c = TestClient::connect(
+        proxy.local_addr(),
+        &secret,
+        &ClientOpts::new(Tag::Padded, 3, 51),
+    )
+    .expect("handshake");
+    let t0 = Instant::now();
+    c.rx.set_read_timeout(Duration::from_secs(6));
+    let mut buf = [0u8; 16];
+    let r = c.rx.recv(&mut buf);
+    let took = t0.elapsed();
+    assert!(
+        matches!(r, Ok(0))
+            || r.as_ref().is_err_and(
+                |e| e.kind() != ErrorKind::WouldBlock && e.kind() != ErrorKind::TimedOut
+            ),
+        "client not closed after {took:?}: {r:?}"
+    );
+    assert!(
+        took >= Duration::from_millis(900) && took <= Duration::from_secs(3),
+        "closed after {took:?}, want about 1 s"
+    );
+    assert!(
+        wait_until(Duration::from_secs(2), || load(&st.dc_failures) == 1),
+        "{}",
+        stats_line(&st)
+    );
+
+    // Blackhole first, then a live DC: the exchange succeeds after about 1 s.
+    let t0 = Instant::now();
+    echo_ok(
+        proxy.local_addr(),
+        &secret,
+        &ClientOpts::new(Tag::Padded, 4, 52),
+        50_000,
+        "fallback to the second address",
+    );
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_millis(900),
+        "fallback too fast ({took:?})?"
+    );
+    assert!(took <= Duration::from_secs(4), "fallback took {took:?}");
+    assert_eq!(dc.frames(), vec![(Tag::Padded, 4)]);
+    assert_eq!(load(&st.dc_failures), 1, "{}", stats_line(&st));
+}
+
+// ------------------------------------------------------------------------------------------
+// 7. silent client: handshake timeout
+
+#[test]
+fn silent_client_handshake_timeout() {
+    for kind in ALL_KINDS {
+        let what = kind_name(kind);
+        let refused = RefusedPort::new();
+        let dc = FakeDc::start(DcMode::Echo);
+        let secret = secret(kind, 60);
+        let mut cfg = test_config(secret.clone(), 1, &refused);
+        cfg.timeouts.handshake = Duration::from_secs(1);
+        if kind != SecretKind::FakeTls {
+            // No fronting site (dd/classic secrets have no host): a failed handshake closes.
+            cfg.domain_fronting.ip = None;
+        }
+        cfg.dc_overrides.push((2, vec![dc.addr]));
+        let proxy = start(cfg);
+        let st = proxy.stats();
+
+        // Says nothing at all.
+        let mut s = connect(proxy.local_addr()).expect("connect");
+        let closed = read_until_closed(&mut s, Duration::from_secs(4))
+            .unwrap_or_else(|e| panic!("{what}: silent client: {e}"));
+        assert!(
+            closed.bytes.is_empty(),
+            "{what}: proxy sent {:?}",
+            closed.bytes
+        );
+        assert!(
+            closed.after >= Duration::from_millis(900)
+                && closed.after <= Duration::from_millis(2500),
+            "{what}: closed after {:?}",
+            closed.after
+        );
+        // Half a handshake: a partial frame (or, for ee, a complete hello and no frame).
+        let mut s = connect(proxy.local_addr()).expect("connect");
+        let mut rng = XorShift64(61);
+        if kind == SecretKind::FakeTls {
+            let hello =
+                faketls::build_client_hello(&mut rng, &secret.key, &secret.host, unix_now());
+            s.write_all(&hello).expect("hello");
+        } else {
+            let (frame, _, _) = obfs2::client_frame(&mut rng, &secret.key, default_tag(kind), 2);
+            s.write_all(&frame[..40]).expect("partial frame");
+        }
+        let closed = read_until_closed(&mut s, Duration::from_secs(4))
+            .unwrap_or_else(|e| panic!("{what}: stalled client: {e}"));
+        assert!(
+            closed.after <= Duration::from_millis(2500),
+            "{what}: closed after {:?}",
+            closed.after
+        );
+        if kind == SecretKind::FakeTls {
+            // Before the server flight the silent client goes to the (unreachable) front;
+            // after it, the only answer is to close.
+            assert!(
+                !closed.bytes.is_empty(),
+                "{what}: expected the server flight before the close"
+            );
+            assert!(
+                wait_until(Duration::from_secs(2), || load(&st.rejected) == 1
+                    && load(&st.fronted) == 1),
+                "{what}: {}",
+                stats_line(&st)
+            );
+        } else {
+            assert!(closed.bytes.is_empty(), "{what}: got {:?}", closed.bytes);
+            assert!(
+                wait_until(Duration::from_secs(2), || load(&st.rejected) == 2),
+                "{what}: {}",
+                stats_line(&st)
+            );
+            assert_eq!(load(&st.fronted), 0, "{what}: {}", stats_line(&st));
+        }
+        assert_eq!(load(&st.handshakes), 0);
+        assert_eq!(dc.count(), 0, "{what}: something reached the DC");
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// 8. bad input
+
+fn http_get() -> Vec<u8> {
+    b"GET / HTTP/1.1\r\nHost: www.example.com\r\nUser-Agent: curl/8.0\r\nAccept: */*\r\n\r\n"
+        .to_vec()
+}
+
+/// One bad input: raw bytes to send, whether to shut the write side after them.
+struct Bad {
+    name: &'static str,
+    bytes: Vec<u8>,
+    then_eof: bool,
+}
+
+fn bad_inputs(kind: SecretKind, secret: &Secret) -> Vec<Bad> {
+    let other = match kind {
+        SecretKind::FakeTls => common::secret(kind, 9999),
+        _ => common::secret(kind, 8888),
+    };
+    let mut rng = XorShift64(77);
+    let mut random = vec![0u8; 700];
+    mtpx::proto::Rng::fill(&mut rng, &mut random);
+    let mut v = vec![
+        Bad {
+            name: "random bytes",
+            bytes: random.clone(),
+            then_eof: false,
+        },
+        Bad {
+            name: "HTTP GET",
+            bytes: http_get(),
+            then_eof: false,
+        },
+    ];
+    match kind {
+        SecretKind::FakeTls => {
+            let now = unix_now();
+            let wrong_key = faketls::build_client_hello(&mut rng, &other.key, HOST, now);
+            let wrong_host =
+                faketls::build_client_hello(&mut rng, &secret.key, "other.example.org", now);
+            let old = faketls::build_client_hello(&mut rng, &secret.key, HOST, now - 3600);
+            let future = faketls::build_client_hello(&mut rng, &secret.key, HOST, now + 3600);
+            let good = faketls::build_client_hello(&mut rng, &secret.key, HOST, now);
+            let mut flipped = faketls::build_client_hello(&mut rng, &secret.key, HOST, now);
+            flipped[200] ^= 1;
+            v.push(Bad {
+                name: "ee hello with another key",
+                bytes: wrong_key,
+                then_eof: false,
+            });
+            v.push(Bad {
+                name: "ee hello for another host",
+                bytes: wrong_host,
+                then_eof: false,
+            });
+            v.push(Bad {
+                name: "ee hello an hour old",
+                bytes: old,
+                then_eof: false,
+            });
+            v.push(Bad {
+                name: "ee hello an hour ahead",
+                bytes: future,
+                then_eof: false,
+            });
+            v.push(Bad {
+                name: "ee hello with a flipped bit",
+                bytes: flipped,
+                then_eof: false,
+            });
+            v.push(Bad {
+                name: "truncated ee hello then EOF",
+                bytes: good[..300].to_vec(),
+                then_eof: true,
+            });
+            let mut hdr_only = good[..5].to_vec();
+            hdr_only[0] = 0x17;
+            v.push(Bad {
+                name: "app-data record instead of hello",
+                bytes: hdr_only,
+                then_eof: false,
+            });
+        }
+        _ => {
+            let tag = default_tag(kind);
+            let (wrong, _, _) = obfs2::client_frame(&mut rng, &other.key, tag, 2);
+            let (good, _, _) = obfs2::client_frame(&mut rng, &secret.key, tag, 2);
+            v.push(Bad {
+                name: "frame with another key",
+                bytes: wrong.to_vec(),
+                then_eof: false,
+            });
+            v.push(Bad {
+                name: "truncated frame then EOF",
+                bytes: good[..63].to_vec(),
+                then_eof: true,
+            });
+            if kind == SecretKind::Secure {
+                let (abridged, _, _) = obfs2::client_frame(&mut rng, &secret.key, Tag::Abridged, 2);
+                v.push(Bad {
+                    name: "dd secret with an abridged frame",
+                    bytes: abridged.to_vec(),
+                    then_eof: false,
+                });
+            }
+            // A FakeTLS hello to a non-FakeTLS proxy.
+            let hello = faketls::build_client_hello(&mut rng, &secret.key, HOST, unix_now());
+            v.push(Bad {
+                name: "ee hello to a non-ee proxy",
+                bytes: hello,
+                then_eof: false,
+            });
+        }
+    }
+    v
+}
+
+/// With a fronting site: every bad input is relayed to it byte for byte, its answer comes back
+/// to the client, then the connection closes; nothing reaches the DC.
+#[test]
+fn bad_input_is_fronted_byte_for_byte() {
+    for kind in ALL_KINDS {
+        let refused = RefusedPort::new();
+        let dc = FakeDc::start(DcMode::Echo);
+        let front = FakeFront::start();
+        let secret = secret(kind, 72);
+        let mut cfg = test_config(secret.clone(), 2, &refused);
+        cfg.domain_fronting.port = front.addr.port();
+        cfg.dc_overrides.push((2, vec![dc.addr]));
+        let proxy = start(cfg);
+        let st = proxy.stats();
+        let cases = bad_inputs(kind, &secret);
+        for (i, bad) in cases.iter().enumerate() {
+            let what = format!("{}: {}", kind_name(kind), bad.name);
+            let mut s = connect(proxy.local_addr()).expect("connect");
+            s.write_all(&bad.bytes).expect("write");
+            if bad.then_eof {
+                s.shutdown(std::net::Shutdown::Write).expect("shutdown");
+            }
+            let closed = read_until_closed(&mut s, Duration::from_secs(4))
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert!(
+                closed.bytes == FRONT_REPLY,
+                "{what}: client got {:?}, want the front's reply",
+                String::from_utf8_lossy(&closed.bytes)
+            );
+            // The front also gets the proxy's own scout probes (ee): find ours by content.
+            let matching = || {
+                (0..front.count())
+                    .filter(|&j| front.received(j) == bad.bytes)
+                    .count()
+            };
+            assert!(
+                wait_until(Duration::from_secs(2), || matching() == 1),
+                "{what}: no front connection received exactly the client's {} bytes; got {:?}",
+                bad.bytes.len(),
+                (0..front.count())
+                    .map(|j| front.received(j).len())
+                    .collect::<Vec<_>>()
+            );
+            assert_eq!(
+                load(&st.fronted),
+                i as u64 + 1,
+                "{what}: {}",
+                stats_line(&st)
+            );
+        }
+        assert_eq!(
+            dc.count(),
+            0,
+            "{}: bad input reached the DC",
+            kind_name(kind)
+        );
+        assert_eq!(load(&st.handshakes), 0, "{}", stats_line(&st));
+        echo_ok(
+            proxy.local_addr(),
+            &secret,
+            &ClientOpts::new(default_tag(kind), 2, 73),
+            20_000,
+            &format!("{}: valid client after bad input", kind_name(kind)),
+        );
+    }
+}
+
+/// With the fronting site unreachable: every bad input is closed without a byte in answer.
+#[test]
+fn bad_input_is_closed_and_never_reaches_dc() {
+    for kind in ALL_KINDS {
+        let refused = RefusedPort::new();
+        let dc = FakeDc::start(DcMode::Echo);
+        let secret = secret(kind, 70);
+        let mut cfg = test_config(secret.clone(), 2, &refused);
+        cfg.dc_overrides.push((2, vec![dc.addr]));
+        let proxy = start(cfg);
+        let st = proxy.stats();
+        let cases = bad_inputs(kind, &secret);
+        for (i, bad) in cases.iter().enumerate() {
+            let what = format!("{}: {}", kind_name(kind), bad.name);
+            let mut s = connect(proxy.local_addr()).expect("connect");
+            s.write_all(&bad.bytes).expect("write");
+            if bad.then_eof {
+                s.shutdown(std::net::Shutdown::Write).expect("shutdown");
+            }
+            // Rejected on content, well before the 10 s handshake timeout.
+            let closed = read_until_closed(&mut s, Duration::from_secs(3))
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert!(
+                closed.bytes.is_empty(),
+                "{what}: proxy answered {} bytes: {:02x?}",
+                closed.bytes.len(),
+                &closed.bytes[..closed.bytes.len().min(16)]
+            );
+            // Handed to the (unreachable) fronting site, hence closed.
+            assert!(
+                wait_until(Duration::from_secs(2), || load(&st.fronted) == i as u64 + 1),
+                "{what}: {}",
+                stats_line(&st)
+            );
+        }
+        assert_eq!(
+            dc.count(),
+            0,
+            "{}: bad input reached the DC",
+            kind_name(kind)
+        );
+        assert_eq!(load(&st.handshakes), 0, "{}", stats_line(&st));
+        echo_ok(
+            proxy.local_addr(),
+            &secret,
+            &ClientOpts::new(default_tag(kind), 2, 71),
+            20_000,
+            &format!("{}: valid client after bad input", kind_name(kind)),
+        );
+        assert_eq!(dc.count(), 1);
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// 9. replay
+
+/// Sends `first` (a hello or a frame) on a fresh connection and reports whether the proxy
+/// answered/relayed (`true`) or closed without a word (`false`).
+fn replay_attempt(proxy: SocketAddr, secret: &Secret, seed: u64, dc: &FakeDc) -> bool {
+    let before = dc.count();
+    let opts = ClientOpts::new(default_tag(secret.kind), 2, seed);
+    match TestClient::connect(proxy, secret, &opts) {
+        Ok(mut c) => {
+            let data = Pattern::new(seed).take(1000);
+            match c.echo_round_trip(&data) {
+                Ok(got) if got == data => {
+                    assert_eq!(dc.count(), before + 1);
+                    true
+                }
+                Ok(_) => panic!("replayed connection echoed wrong bytes"),
+                Err(_) => {
+                    assert!(dc.count() == before, "a rejected frame reached the DC");
+                    false
+                }
+            }
+        }
+        Err(e) => {
+            assert!(
+                matches!(
+                    e.kind(),
+                    ErrorKind::UnexpectedEof
+                        | ErrorKind::ConnectionReset
+                        | ErrorKind::ConnectionAborted
+                ),
+                "unexpected handshake error: {e}"
+            );
+            assert_eq!(dc.count(), before, "a rejected hello reached the DC");
+            false
+        }
+    }
+}
+
+#[test]
+fn replayed_handshakes_are_rejected() {
+    for kind in ALL_KINDS {
+        for enabled in [true, false] {
+            let what = format!("{} anti-replay={enabled}", kind_name(kind));
+            let refused = RefusedPort::new();
+            let dc = FakeDc::start(DcMode::Echo);
+            let secret = secret(kind, 80);
+            let mut cfg = test_config(secret.clone(), 2, &refused);
+            cfg.anti_replay.enabled = enabled;
+            cfg.dc_overrides.push((2, vec![dc.addr]));
+            let proxy = start(cfg);
+            let st = proxy.stats();
+            // The same seed gives the same hello (same second) and the same frame.
+            assert!(
+                replay_attempt(proxy.local_addr(), &secret, 81, &dc),
+                "{what}: first"
+            );
+            let second = replay_attempt(proxy.local_addr(), &secret, 81, &dc);
+            assert_eq!(second, !enabled, "{what}: second accepted = {second}");
+            // A fresh handshake is fine either way.
+            assert!(
+                replay_attempt(proxy.local_addr(), &secret, 82, &dc),
+                "{what}: fresh"
+            );
+            // A replay is answered like any failed handshake: handed to the fronting site
+            // (here unreachable, so closed).
+            assert!(
+                wait_until(Duration::from_secs(2), || load(&st.fronted)
+                    == u64::from(enabled)),
+                "{what}: {}",
+                stats_line(&st)
+            );
+        }
+    }
+}
+
+/// The ee hello's replay identity is the hello itself, not the frame: the same hello with a
+/// different frame is still a replay.
+#[test]
+fn replayed_ee_hello_with_new_frame_is_rejected() {
+    let refused = RefusedPort::new();
+    let dc = FakeDc::start(DcMode::Echo);
+    let secret = secret(SecretKind::FakeTls, 83);
+    let mut cfg = test_config(secret.clone(), 1, &refused);
+    cfg.dc_overrides.push((2, vec![dc.addr]));
+    let proxy = start(cfg);
+    let hello = faketls::build_client_hello(&mut XorShift64(84), &secret.key, HOST, unix_now());
+    let mut first = connect(proxy.local_addr()).expect("connect");
+    first.write_all(&hello).expect("hello");
+    let mut flight = [0u8; 5];
+    first.read_exact(&mut flight).expect("first hello answered");
+    assert_eq!(&flight[..3], &[0x16, 0x03, 0x03]);
+    let mut second = connect(proxy.local_addr()).expect("connect");
+    second.write_all(&hello).expect("hello");
+    let closed = read_until_closed(&mut second, Duration::from_secs(3)).expect("closed");
+    assert!(
+        closed.bytes.is_empty(),
+        "replayed hello got {} bytes",
+        closed.bytes.len()
+    );
+    drop(first);
+}
+
+// ------------------------------------------------------------------------------------------
+// 10. slow reader, bounded memory (measured in a child process so other tests' memory does
+// not count)
+
+const SLOW_TOTAL: u64 = scaled(64 << 20, 12 << 20);
+const RSS_BOUND: u64 = scaled(8 << 20, 6 << 20);
+
+#[test]
+fn slow_reader_memory_is_bounded() {
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut child = std::process::Command::new(exe)
+        .args([
+            "--exact",
+            "slow_reader_child",
+            "--include-ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn child test");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("try_wait") {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("slow_reader_child did not finish within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut out = String::new();
+    let mut err = String::new();
+    let _ = child
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut out);
+    let _ = child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut err);
+    eprintln!("{err}");
+    assert!(status.success(), "child failed:\n{out}\n{err}");
+    assert!(
+        out.contains("1 passed"),
+        "child did not run the test:\n{out}"
+    );
+}
+
+#[test]
+#[ignore = "run in a child process by slow_reader_memory_is_bounded"]
+fn slow_reader_child() {
+    let refused = RefusedPort::new();
+    let dc = FakeDc::start(DcMode::Sink {
+        expect_seed: 91,
+        reply_seed: 92,
+        reply: SLOW_TOTAL,
+        after_eof: false,
+    });
+    let secret = secret(SecretKind::FakeTls, 90);
+    let mut cfg = test_config(secret.clone(), 2, &refused);
+    cfg.dc_overrides.push((2, vec![dc.addr]));
+    let proxy = start(cfg);
+    let mut c = TestClient::connect(
+        proxy.local_addr(),
+        &secret,
+        &ClientOpts::new(Tag::Padded, 2, 93),
+    )
+    .expect("handshake");
+    c.send(b"x").ok();
+    assert!(dc.wait_count(1, Duration::from_secs(5)));
+    let conn = dc.conn(0);
+    assert!(wait_until(Duration::from_secs(5), || load(&conn.sent) > 0));
+    let base = rss_bytes();
+    // Read nothing for 2 s.
+    let mut peak = base;
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(2) {
+        peak = peak.max(rss_bytes());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let sent_while_stalled = load(&conn.sent);
+    eprintln!(
+        "stalled 2 s: DC wrote {} KiB, RSS {} -> {} KiB",
+        sent_while_stalled >> 10,
+        base >> 10,
+        peak >> 10
+    );
+    // Kernel socket buffers on loopback may hold several MiB; the proxy itself must not.
+    if SLOW_TOTAL >= 64 << 20 {
+        assert!(
+            sent_while_stalled < 40 << 20,
+            "DC could push {sent_while_stalled} bytes to a client that reads nothing"
+        );
+    }
+    // Then read slowly (4 KiB reads, a pause every 256 KiB), verifying every byte.
+    let mut p = Pattern::new(92);
+    let mut buf = vec![0u8; 4096];
+    let mut total = 0u64;
+    let mut next_pause = 256 * 1024;
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let n = c.rx.recv(&mut buf).expect("slow read");
+        if n == 0 {
+            break;
+        }
+        p.check(&buf[..n])
+            .unwrap_or_else(|at| panic!("slow reader: data differs at offset {at}"));
+        total += n as u64;
+        if total >= next_pause {
+            next_pause += 256 * 1024;
+            peak = peak.max(rss_bytes());
+            if total < 4 << 20 {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "slow read too slow: {total} bytes"
+        );
+    }
+    peak = peak.max(rss_bytes());
+    eprintln!(
+        "read {} MiB; RSS base {} KiB, peak {} KiB (+{} KiB)",
+        total >> 20,
+        base >> 10,
+        peak >> 10,
+        (peak.saturating_sub(base)) >> 10
+    );
+    assert_eq!(total, SLOW_TOTAL);
+    assert!(
+        peak.saturating_sub(base) < RSS_BOUND,
+        "RSS grew by {} KiB (bound {} KiB)",
+        (peak - base) >> 10,
+        RSS_BOUND >> 10
+    );
+}
+
+// ------------------------------------------------------------------------------------------
+// 11. pool exhaustion
+
+#[test]
+fn tiny_pool_applies_backpressure() {
+    const CLIENTS: usize = 30;
+    const LEN: usize = scaled(200_000, 20_000) as usize;
+    for kind in [SecretKind::Secure, SecretKind::Classic, SecretKind::FakeTls] {
+        let refused = RefusedPort::new();
+        let dc = FakeDc::start(DcMode::Echo);
+        let secret = secret(kind, 100);
+        let mut cfg = test_config(secret.clone(), 2, &refused);
+        cfg.buffer_count = 8;
+        cfg.dc_overrides.push((2, vec![dc.addr]));
+        let proxy = start(cfg);
+        let addr = proxy.local_addr();
+        let t0 = Instant::now();
+        std::thread::scope(|s| {
+            let hs: Vec<_> = (0..CLIENTS)
+                .map(|i| {
+                    let secret = &secret;
+                    s.spawn(move || {
+                        let seed = 1000 + i as u64;
+                        let mut c = TestClient::connect(
+                            addr,
+                            secret,
+                            &ClientOpts::new(default_tag(kind), 2, seed),
+                        )
+                        .unwrap_or_else(|e| panic!("client {i}: handshake: {e}"));
+                        let data = Pattern::new(seed).take(LEN);
+                        let got = c
+                            .echo_round_trip(&data)
+                            .unwrap_or_else(|e| panic!("client {i}: {e}"));
+                        assert!(got == data, "client {i}: bytes differ");
+                        c.shutdown_write().expect("shutdown");
+                        c.rx.expect_eof().expect("EOF");
+                    })
+                })
+                .collect();
+            for h in hs {
+                h.join().expect("client");
+            }
+        });
+        let st = proxy.stats();
+        assert!(
+            wait_until(Duration::from_secs(5), || load(&st.closed)
+                == CLIENTS as u64),
+            "{}",
+            stats_line(&st)
+        );
+        assert_eq!(load(&st.rejected), 0, "{}", stats_line(&st));
+        assert_eq!(load(&st.bytes_up), (CLIENTS * LEN) as u64);
+        eprintln!("tiny pool {}: {:?}", kind_name(kind), t0.elapsed());
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// 12. unknown DC
+
+#[test]
+fn unknown_dc_closed_or_falls_back_to_dc2() {
+    for fallback in [false, true] {
+        for kind in ALL_KINDS {
+            let what = format!("{} fallback={fallback}", kind_name(kind));
+            let refused = RefusedPort::new();
+            let dc2 = FakeDc::start(DcMode::Echo);
+            let secret = secret(kind, 110);
+            let mut cfg = test_config(secret.clone(), 1, &refused);
+            cfg.allow_fallback_on_unknown_dc = fallback;
+            cfg.dc_overrides.push((2, vec![dc2.addr]));
+            let proxy = start(cfg);
+            let opts = ClientOpts::new(default_tag(kind), 99, 111);
+            if fallback {
+                echo_ok(proxy.local_addr(), &secret, &opts, 30_000, &what);
+                assert_eq!(dc2.frames(), vec![(default_tag(kind), 2)], "{what}");
+            } else {
+                let mut c = TestClient::connect(proxy.local_addr(), &secret, &opts)
+                    .expect("handshake (the DC is only looked at after it)");
+                let _ = c.send(b"ping");
+                c.rx.set_read_timeout(Duration::from_secs(3));
+                let mut buf = [0u8; 8];
+                let r = c.rx.recv(&mut buf);
+                assert!(
+                    matches!(r, Ok(0))
+                        || r.as_ref().is_err_and(|e| e.kind() != ErrorKind::WouldBlock
+                            && e.kind() != ErrorKind::TimedOut),
+                    "{what}: not closed: {r:?}"
+                );
+                assert_eq!(dc2.count(), 0, "{what}");
+            }
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// 13. graceful shutdown
+
+#[test]
+fn graceful_shutdown_lets_transfer_finish() {
+    for workers in [1, 4] {
+        const TOTAL: u64 = scaled(8 << 20, 1 << 20);
+        const FIRST: u64 = TOTAL / 8;
+        let refused = RefusedPort::new();
+        let dc = FakeDc::start(DcMode::Sink {
+            expect_seed: 121,
+            reply_seed: 122,
+            reply: TOTAL,
+            after_eof: true,
+        });
+        let secret = secret(SecretKind::FakeTls, 120);
+        let mut cfg = test_config(secret.clone(), workers, &refused);
+        cfg.dc_overrides.push((2, vec![dc.addr]));
+        let proxy = mtpx::io::start_with_grace(cfg, Duration::from_secs(5)).expect("start");
+        let addr = proxy.local_addr();
+        let st = proxy.stats();
+        let mut c = TestClient::connect(addr, &secret, &ClientOpts::new(Tag::Padded, 2, 123))
+            .expect("handshake");
+        let mut p = Pattern::new(121);
+        c.send(&p.take(FIRST as usize)).expect("first part");
+        assert!(dc.wait_count(1, Duration::from_secs(5)));
+        let conn = dc.conn(0);
+        assert!(wait_until(Duration::from_secs(5), || load(&conn.received) >= FIRST));
+
+        // A connection still in its handshake when shutdown starts.
+        let mut idle = connect(addr).expect("connect idle");
+
+        let t0 = Instant::now();
+        let stopper = std::thread::spawn(move || {
+            proxy.shutdown();
+            Instant::now()
+        });
+        // The listener closes as soon as the workers see the stop flag.
+        assert!(
+            wait_until(Duration::from_secs(3), || {
+                match TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+                    Err(e) => e.kind() == ErrorKind::ConnectionRefused,
+                    Ok(_) => false,
+                }
+            }),
+            "workers={workers}: listener still accepting after shutdown()"
+        );
+        // The handshake-phase connection is closed promptly.
+        let closed = read_until_closed(&mut idle, Duration::from_secs(3)).expect("idle closed");
+        assert!(closed.bytes.is_empty());
+
+        // The relay goes on: the rest of the upload, then the whole answer.
+        let mut left = TOTAL - FIRST;
+        while left > 0 {
+            let n = left.min(64 * 1024);
+            c.send(&p.take(n as usize)).expect("upload during shutdown");
+            left -= n;
+        }
+        c.shutdown_write().expect("shutdown write");
+        let n =
+            c.rx.recv_check_to_eof(&mut Pattern::new(122), TOTAL + 1)
+                .expect("download during shutdown");
+        assert_eq!(n, TOTAL, "workers={workers}");
+        assert_eq!(load(&conn.received), TOTAL);
+        assert_eq!(load(&conn.mismatch_at), u64::MAX);
+        let done_at = stopper.join().expect("shutdown thread");
+        let took = done_at - t0;
+        assert!(
+            took < Duration::from_secs(5),
+            "workers={workers}: shutdown took {took:?}"
+        );
+        assert!(
+            matches!(TcpStream::connect_timeout(&addr, Duration::from_secs(1)), Err(e) if e.kind() == ErrorKind::ConnectionRefused),
+            "workers={workers}: connect after shutdown not refused"
+        );
+        assert_eq!(load(&st.closed), load(&st.accepted), "{}", stats_line(&st));
+    }
+}
+
+/// After the grace period, connections still relaying are closed and shutdown returns.
+#[test]
+fn shutdown_grace_expires() {
+    let refused = RefusedPort::new();
+    let dc = FakeDc::start(DcMode::Silent);
+    let secret = secret(SecretKind::Secure, 130);
+    let mut cfg = test_config(secret.clone(), 2, &refused);
+    cfg.dc_overrides.push((2, vec![dc.addr]));
+    let proxy = mtpx::io::start_with_grace(cfg, Duration::from_secs(1)).expect("start");
+    let mut c = TestClient::connect(
+        proxy.local_addr(),
+        &secret,
+        &ClientOpts::new(Tag::Padded, 2, 131),
+    )
+    .expect("handshake");
+    c.send(b"keep me open").expect("send");
+    assert!(dc.wait_count(1, Duration::from_secs(5)));
+    let t0 = Instant::now();
+    proxy.shutdown();
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+        "shutdown took {took:?} with a 1 s grace"
+    );
+    c.rx.set_read_timeout(Duration::from_secs(3));
+    let mut buf = [0u8; 8];
+    let r = c.rx.recv(&mut buf);
+    assert!(
+        matches!(r, Ok(0))
+            || r.as_ref().is_err_and(
+                |e| e.kind() != ErrorKind::WouldBlock && e.kind() != ErrorKind::TimedOut
+            ),
+        "client not closed after the grace: {r:?}"
+    );
+}
+
+// ------------------------------------------------------------------------------------------
+// Harness self-checks (so that a broken harness cannot make proxy tests pass)
+
+#[test]
+fn harness_blackhole_and_refused_port_behave() {
+    let r = RefusedPort::new();
+    let e = TcpStream::connect_timeout(&r.addr, Duration::from_secs(2)).expect_err("refused");
+    assert_eq!(e.kind(), ErrorKind::ConnectionRefused);
+    let hole = Blackhole::new();
+    let t0 = Instant::now();
+    let e = TcpStream::connect_timeout(&hole.addr, Duration::from_millis(500)).expect_err("hangs");
+    assert!(t0.elapsed() >= Duration::from_millis(450), "{e}");
+}
+
+#[test]
+fn harness_pattern_is_chunk_independent() {
+    let whole = Pattern::new(5).take(1000);
+    let mut p = Pattern::new(5);
+    let mut parts = Vec::new();
+    for n in [1, 7, 8, 3, 500, 481] {
+        parts.extend(p.take(n));
+    }
+    assert_eq!(whole, parts);
+    let mut q = Pattern::new(5);
+    assert_eq!(q.check(&whole[..10]), Ok(()));
+    let mut bad = whole[10..20].to_vec();
+    bad[4] ^= 1;
+    assert_eq!(q.check(&bad), Err(14));
+    assert_ne!(Pattern::new(6).take(16), Pattern::new(5).take(16));
+}
+
+/// The fake DC's echo works with a direct (proxy-less) obfuscated2 client, so that echo tests
+/// measure the proxy, not the harness.
+#[test]
+fn harness_fake_dc_echo_direct() {
+    let dc = FakeDc::start(DcMode::Echo);
+    let mut rng = XorShift64(140);
+    let dch = obfs2::dc_handshake(&mut rng, Tag::Intermediate, -3);
+    let mut enc = dch.encrypt;
+    let mut dec = dch.decrypt;
+    let mut s = connect(dc.addr).expect("connect DC");
+    s.write_all(&dch.frame).expect("frame");
+    let data = Pattern::new(141).take(5000);
+    let mut wire = data.clone();
+    aes::cipher::StreamCipher::apply_keystream(&mut enc, &mut wire);
+    s.write_all(&wire).expect("data");
+    let mut back = vec![0u8; 5000];
+    s.read_exact(&mut back).expect("echo");
+    aes::cipher::StreamCipher::apply_keystream(&mut dec, &mut back);
+    assert_eq!(back, data);
+    assert_eq!(dc.frames(), vec![(Tag::Intermediate, -3)]);
+}
