@@ -7,6 +7,7 @@ pub mod encoding;
 pub mod faketls;
 pub mod http;
 pub mod iplist;
+pub mod metrics;
 pub mod obfs2;
 pub mod proxy_protocol;
 pub mod qr;
