@@ -1420,10 +1420,11 @@ impl Doc {
         }
         if let Some(list) = self.strings("network.proxies")? {
             for p in &list {
-                if !(p.starts_with("socks5://") || p.starts_with("socks5h://")) {
+                // The URL may carry a password: say what is wrong, never echo it.
+                if let Err(e) = crate::proto::socks5::parse_url(p) {
                     return Err(self.err(
                         "network.proxies",
-                        format!("{p:?} is not a SOCKS5 URL (socks5://[user:pass@]host[:port])"),
+                        format!("not a SOCKS5 URL (socks5://[user:pass@]host[:port]): {e}"),
                     ));
                 }
             }
@@ -1634,7 +1635,7 @@ impl Doc {
 
     /// One warning per feature that is turned on but not implemented yet.
     fn not_implemented(&mut self, c: &Config) {
-        let features: [(&str, bool); 8] = [
+        let features: [(&str, bool); 7] = [
             ("auto-update", c.auto_update),
             (
                 if self.has("network.dns") {
@@ -1644,7 +1645,6 @@ impl Doc {
                 },
                 c.dns.is_some(),
             ),
-            ("network.proxies", !c.proxies.is_empty()),
             (
                 "defense.doppelganger",
                 !c.doppelganger.urls.is_empty() || c.doppelganger.drs,
@@ -1961,7 +1961,6 @@ mod tests {
             [
                 "auto-update",
                 "network.doh-ip",
-                "network.proxies",
                 "defense.doppelganger",
                 "defense.blocklist",
                 "defense.allowlist",

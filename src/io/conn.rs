@@ -34,6 +34,7 @@ use crate::proto::Reject;
 use crate::proto::faketls::{self, HelloRead, RecordReader};
 use crate::proto::obfs2::{self, AesCtr, Tag};
 use crate::proto::secret::SecretKind;
+use crate::proto::socks5::{Socks5Client, Step, Target};
 
 /// Readiness bit: the socket may have bytes to read (or an EOF/error to report).
 pub(crate) const R: u8 = 1;
@@ -57,6 +58,8 @@ pub(crate) enum Phase {
     Handshake,
     /// Connecting to a datacenter address.
     Connecting,
+    /// Asking a SOCKS5 upstream to connect us to the DC.
+    Socks,
     /// Connecting to the fronting site after a failed handshake.
     FrontConnecting,
     /// Relaying bytes both ways (to a DC, or byte for byte to the fronting site).
@@ -190,6 +193,10 @@ pub(crate) struct Conn {
     dc: i16,
     dc_send: i16,
     addr_idx: usize,
+    /// The SOCKS5 upstream (index) and DC address of the current attempt, if any.
+    via: Option<(usize, SocketAddr)>,
+    /// The SOCKS5 exchange in progress (only while connecting through an upstream).
+    socks: Option<Box<SocksState>>,
     /// A PROXY protocol header may still come first (`proxy-protocol-listener`).
     expect_proxy_header: bool,
     /// Why the handshake failed, once the connection is spliced to the fronting site.
@@ -242,6 +249,8 @@ impl Conn {
             dc: 0,
             dc_send: 0,
             addr_idx: 0,
+            via: None,
+            socks: None,
             expect_proxy_header: ctx.shared.config.proxy_protocol_listener,
             fronted: None,
             queued: false,
@@ -285,7 +294,7 @@ impl Conn {
         }
         match self.phase {
             Phase::Handshake => self.reject(Reject::Timeout, ctx),
-            Phase::Connecting | Phase::FrontConnecting => self.next_address(ctx),
+            Phase::Connecting | Phase::FrontConnecting | Phase::Socks => self.next_address(ctx),
             Phase::Relay => self.close(CloseReason::Idle, ctx),
             Phase::Closed => {}
         }
@@ -297,6 +306,7 @@ impl Conn {
         let result = match self.phase {
             Phase::Handshake => self.handshake(ctx),
             Phase::Connecting | Phase::FrontConnecting => self.connecting(ctx),
+            Phase::Socks => self.socks_exchange(ctx),
             Phase::Relay => self.relay(ctx),
             Phase::Closed => Ok(()),
         };
@@ -627,15 +637,32 @@ impl Conn {
 
     // ---------------------------------------------------------------- connecting
 
-    /// The `idx`-th address to try: of the fronting site when fronting, else of the DC.
-    fn addr_at(&self, idx: usize, shared: &Shared) -> Option<SocketAddr> {
+    /// The `idx`-th way to try: the address to connect to and, when going through a SOCKS5
+    /// upstream, which one and the DC address to ask it for. Fronting is always direct; with
+    /// upstreams, each DC address is tried through every upstream, those that failed recently
+    /// last (PROTOCOL.md §8.5).
+    fn route_at(
+        &self,
+        idx: usize,
+        shared: &Shared,
+    ) -> Option<(SocketAddr, Option<(usize, SocketAddr)>)> {
         if self.fronted.is_some() {
-            return shared.front_addr(idx);
+            return shared.front_addr(idx).map(|a| (a, None));
         }
-        shared
+        let addrs = shared
             .dc
             .lookup_or_fallback(self.dc, shared.config.allow_fallback_on_unknown_dc)
-            .and_then(|(_, a)| a.get(idx).copied())
+            .map(|(_, a)| a)?;
+        let n = shared.socks.len();
+        if n == 0 {
+            return addrs.get(idx).map(|&a| (a, None));
+        }
+        let dc = *addrs.get(idx / n)?;
+        let proxy = shared.socks_order(idx % n);
+        // An upstream whose name did not resolve gets an address that cannot be connected to,
+        // so the attempt fails at once and the next one is tried (never a direct connection).
+        let via = shared.socks[proxy].addr.unwrap_or(UNROUTABLE);
+        Some((via, Some((proxy, dc))))
     }
 
     /// Starts a nonblocking connect to the current address, skipping addresses that fail at once.
@@ -648,7 +675,7 @@ impl Conn {
         };
         let shared = ctx.shared;
         loop {
-            let Some(addr) = self.addr_at(self.addr_idx, shared) else {
+            let Some((addr, via)) = self.route_at(self.addr_idx, shared) else {
                 if fronting {
                     crate::log_event!(
                         Level::Warn,
@@ -666,7 +693,12 @@ impl Conn {
                 }
                 return;
             };
-            match TcpStream::connect(addr) {
+            let connected = if addr.port() == 0 {
+                Err(io::Error::from(ErrorKind::AddrNotAvailable))
+            } else {
+                TcpStream::connect(addr)
+            };
+            match connected {
                 Ok(mut s) => {
                     if ctx
                         .registry
@@ -678,6 +710,7 @@ impl Conn {
                         .is_ok()
                     {
                         self.upstream = Some(s);
+                        self.via = via;
                         self.ready[UPSTREAM] = 0;
                         self.deadline = ctx.now + shared.config.timeouts.tcp;
                         return;
@@ -703,6 +736,10 @@ impl Conn {
         if let Some(mut s) = self.upstream.take() {
             let _ = ctx.registry.deregister(&mut s);
         }
+        if let Some((proxy, _)) = self.via.take() {
+            ctx.shared.socks_failed(proxy);
+        }
+        self.socks = None;
         self.addr_idx += 1;
         self.start_connect(ctx);
     }
@@ -744,9 +781,111 @@ impl Conn {
                 return Err(CloseReason::Error(ErrorKind::OutOfMemory));
             }
         }
+        if let Some((proxy, dc)) = self.via {
+            return self.start_socks(proxy, dc, ctx);
+        }
         self.phase = Phase::Relay;
         self.deadline = ctx.now + ctx.shared.config.timeouts.idle;
         self.relay(ctx)
+    }
+
+    /// Connected to a SOCKS5 upstream: send the greeting.
+    fn start_socks(
+        &mut self,
+        proxy: usize,
+        dc: SocketAddr,
+        ctx: &mut Ctx<'_>,
+    ) -> Result<(), CloseReason> {
+        let up = &ctx.shared.socks[proxy];
+        // Boxed and only on this path: a connection without upstreams pays nothing for it.
+        let mut st = Box::new(SocksState {
+            client: Socks5Client::new(Target::Ip(dc), up.auth.clone()),
+            input: [0u8; SOCKS_IN],
+            len: 0,
+        });
+        let n = st.client.initial(ctx.scratch);
+        self.socks = Some(st);
+        self.phase = Phase::Socks;
+        if !self.socks_send(n, ctx) {
+            self.next_address(ctx);
+            return Ok(());
+        }
+        self.socks_exchange(ctx)
+    }
+
+    /// Writes `scratch[..n]` to the upstream in one go (SOCKS5 messages are tiny; a fresh
+    /// socket always takes them whole). False if it did not.
+    fn socks_send(&mut self, n: usize, ctx: &mut Ctx<'_>) -> bool {
+        let Some(up) = self.upstream.as_ref() else {
+            return false;
+        };
+        n == 0 || matches!(write_some(up, &ctx.scratch[..n]), Ok(w) if w == n)
+    }
+
+    /// Drives the SOCKS5 exchange with what the upstream sent.
+    fn socks_exchange(&mut self, ctx: &mut Ctx<'_>) -> Result<(), CloseReason> {
+        loop {
+            let (Some(up), Some(st)) = (self.upstream.as_ref(), self.socks.as_mut()) else {
+                return Ok(());
+            };
+            let step = st.client.handle(&st.input[..st.len], ctx.scratch);
+            match step {
+                Step::Send { consumed, len } => {
+                    st.input.copy_within(consumed..st.len, 0);
+                    st.len -= consumed;
+                    if !self.socks_send(len, ctx) {
+                        self.next_address(ctx);
+                        return Ok(());
+                    }
+                }
+                Step::Connected { consumed } => {
+                    // A DC never speaks first, so nothing may follow the reply.
+                    if consumed != st.len {
+                        self.next_address(ctx);
+                        return Ok(());
+                    }
+                    self.socks = None;
+                    self.via = None;
+                    self.phase = Phase::Relay;
+                    self.deadline = ctx.now + ctx.shared.config.timeouts.idle;
+                    return self.relay(ctx);
+                }
+                Step::Failed(e) => {
+                    crate::log_event!(
+                        Level::Warn,
+                        "socks5-failed",
+                        conn = self.id_str(),
+                        error = e.as_str()
+                    );
+                    self.next_address(ctx);
+                    return Ok(());
+                }
+                Step::NeedMore => {
+                    if self.ready[UPSTREAM] & R == 0 || st.len == SOCKS_IN {
+                        if st.len == SOCKS_IN {
+                            self.next_address(ctx);
+                        }
+                        return Ok(());
+                    }
+                    match (&*up).read(&mut st.input[st.len..]) {
+                        Ok(0) => {
+                            self.next_address(ctx);
+                            return Ok(());
+                        }
+                        Ok(n) => st.len += n,
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                            self.ready[UPSTREAM] &= !R;
+                            return Ok(());
+                        }
+                        Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                        Err(_) => {
+                            self.next_address(ctx);
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+        }
     }
 
     // ---------------------------------------------------------------- relay
@@ -983,7 +1122,7 @@ impl Conn {
     pub(crate) fn in_handshake(&self) -> bool {
         matches!(
             self.phase,
-            Phase::Handshake | Phase::Connecting | Phase::FrontConnecting
+            Phase::Handshake | Phase::Connecting | Phase::Socks | Phase::FrontConnecting
         )
     }
 
@@ -991,6 +1130,20 @@ impl Conn {
     pub(crate) fn id_str(&self) -> ConnId {
         ConnId(self.id)
     }
+}
+
+/// Stands for an upstream that has no address (port 0 is refused by `connect`).
+const UNROUTABLE: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
+
+/// Room for a SOCKS5 reply (the longest: a 255-byte bound domain name).
+const SOCKS_IN: usize = 4 + 1 + 255 + 2;
+
+/// A SOCKS5 exchange with an upstream, kept only while it lasts.
+struct SocksState {
+    client: Socks5Client,
+    input: [u8; SOCKS_IN],
+    len: usize,
 }
 
 /// One `write`, retried on EINTR. `Ok(0)` from the kernel becomes `WriteZero`.

@@ -62,11 +62,54 @@ pub(crate) struct Shared {
     front_addrs: Mutex<Vec<SocketAddr>>,
     /// Send a PROXY v2 header to the fronting site.
     pub(crate) front_proxy_protocol: bool,
+    /// SOCKS5 upstreams toward the DCs (`[network] proxies`), in order.
+    pub(crate) socks: Vec<SocksUpstream>,
     /// What the fronting site's TLS first flight looks like (learned by the scout).
     pub(crate) profile: Arc<Mutex<crate::proto::tlsprofile::Profile>>,
 }
 
+/// A SOCKS5 upstream: where it listens, its credentials, and when it last failed.
+pub(crate) struct SocksUpstream {
+    /// Resolved at start; `None` if its host name could not be resolved.
+    pub(crate) addr: Option<SocketAddr>,
+    pub(crate) auth: Option<(String, String)>,
+    /// Unix milliseconds until which a failure is remembered (tried last until then).
+    failed_until: AtomicU64,
+}
+
+/// How long a failed SOCKS5 upstream is tried last.
+const SOCKS_FAILURE_MEMORY_MS: u64 = 30_000;
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 impl Shared {
+    /// The `k`-th upstream to try: healthy ones in config order, then recently failed ones.
+    pub(crate) fn socks_order(&self, k: usize) -> usize {
+        let now = unix_ms();
+        let healthy = |i: &usize| self.socks[*i].failed_until.load(Ordering::Relaxed) <= now;
+        let mut order = (0..self.socks.len()).filter(healthy);
+        let mut failed = (0..self.socks.len()).filter(|i| !healthy(i));
+        let h = (0..self.socks.len()).filter(healthy).count();
+        if k < h {
+            order.nth(k).unwrap_or(0)
+        } else {
+            failed.nth(k - h).unwrap_or(0)
+        }
+    }
+
+    /// Remembers that upstream `i` failed.
+    pub(crate) fn socks_failed(&self, i: usize) {
+        if let Some(u) = self.socks.get(i) {
+            u.failed_until
+                .store(unix_ms() + SOCKS_FAILURE_MEMORY_MS, Ordering::Relaxed);
+        }
+    }
+
     /// Whether a client from `ip` may use the proxy (IP allow/block lists).
     pub(crate) fn admits(&self, _ip: std::net::IpAddr) -> bool {
         true
@@ -248,10 +291,12 @@ pub fn start_with_grace(config: Config, grace: Duration) -> io::Result<Proxy> {
     let per_worker_conns = config.concurrency + 1;
     let per_worker_bufs = (config.buffer_count / workers).max(2);
     let front_addrs = initial_front_addrs(&config);
+    let socks = socks_upstreams(&config);
     let front_proxy_protocol = config.domain_fronting.proxy_protocol;
     let shared = Arc::new(Shared {
         front_addrs: Mutex::new(front_addrs),
         front_proxy_protocol,
+        socks,
         profile: Arc::new(Mutex::new(crate::proto::tlsprofile::Profile::default())),
         dc,
         replay,
@@ -313,6 +358,44 @@ pub fn start_with_grace(config: Config, grace: Duration) -> io::Result<Proxy> {
         threads,
         local_addr,
     })
+}
+
+/// Parses `[network] proxies` and resolves the upstreams' host names (once, at start).
+fn socks_upstreams(config: &Config) -> Vec<SocksUpstream> {
+    use crate::proto::socks5::{Target, parse_url};
+    let mut out = Vec::new();
+    for url in &config.proxies {
+        let parsed = match parse_url(url) {
+            Ok(p) => p,
+            Err(e) => {
+                crate::log_event!(Level::Warn, "socks5-url-invalid", error = e);
+                continue;
+            }
+        };
+        let addr = match &parsed.server {
+            Target::Ip(a) => Some(*a),
+            Target::Domain(host, port) => {
+                match resolve::resolve(host, *port, Duration::from_secs(10)) {
+                    Ok(a) => a.first().copied(),
+                    Err(e) => {
+                        crate::log_event!(
+                            Level::Warn,
+                            "socks5-resolve-failed",
+                            host = host,
+                            error = e
+                        );
+                        None
+                    }
+                }
+            }
+        };
+        out.push(SocksUpstream {
+            addr,
+            auth: parsed.auth,
+            failed_until: AtomicU64::new(0),
+        });
+    }
+    out
 }
 
 /// The fronting site's addresses known without a DNS query: `[domain-fronting] ip`, or the
