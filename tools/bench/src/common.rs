@@ -176,17 +176,28 @@ pub fn proc_fds(pid: u32) -> usize {
         .unwrap_or(0)
 }
 
-/// A seed that differs per process, thread and call.
+/// A seed that differs per call: splitmix64 over a per-process random base (from the OS) and a
+/// counter, so seeds never repeat within a process and collide across processes only by
+/// 64-bit chance (the proxy's anti-replay filter would reject a repeated session id).
 pub fn seed() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
+    static BASE: OnceLock<u64> = OnceLock::new();
     static N: AtomicU64 = AtomicU64::new(0);
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
-    let n = N.fetch_add(1, Ordering::Relaxed);
-    let mut x = XorShift64(t ^ (u64::from(std::process::id()) << 32) ^ n.wrapping_mul(0x9E37));
-    x.next_u64()
+    let base = *BASE.get_or_init(|| {
+        let mut b = [0u8; 8];
+        // SAFETY: getrandom writes at most b.len() bytes into b.
+        let r = unsafe { libc::getrandom(b.as_mut_ptr() as *mut libc::c_void, b.len(), 0) };
+        assert_eq!(r, 8, "getrandom failed");
+        u64::from_le_bytes(b)
+    });
+    let mut z = base.wrapping_add(
+        N.fetch_add(1, Ordering::Relaxed)
+            .wrapping_add(1)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15),
+    );
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 // ------------------------------------------------------------------------------------------
