@@ -14,6 +14,7 @@ RUN_CONFIG := $(TARGET_DIR)/mtpx-run.toml
 
 include mk/probes.mk
 include mk/release.mk
+include mk/bench.mk
 .PHONY: help build test unit interop interop-reference lint layering check run clean
 
 help: ## show this list
