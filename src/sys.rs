@@ -73,6 +73,11 @@ pub fn set_keepalive(
     )
 }
 
+/// Sets `TCP_NODELAY` (on a listening socket, accepted sockets inherit it).
+pub fn set_nodelay(sock: &impl AsRawFd) -> io::Result<()> {
+    setsockopt_int(sock.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)
+}
+
 /// Sets `SO_LINGER` to {on, 0}: closing the socket then sends a reset (RST) instead of a FIN.
 pub fn set_linger_zero(sock: &impl AsRawFd) -> io::Result<()> {
     let lin = libc::linger {

@@ -348,6 +348,10 @@ fn many_concurrent_clients() {
 
 /// Uploads `up` bytes while downloading `down` bytes on one connection, concurrently.
 fn bulk(kind: SecretKind, workers: usize, up: u64, down: u64) {
+    bulk_with_buffers(kind, workers, up, down, None);
+}
+
+fn bulk_with_buffers(kind: SecretKind, workers: usize, up: u64, down: u64, size: Option<usize>) {
     let refused = RefusedPort::new();
     let dc = FakeDc::start(DcMode::Sink {
         expect_seed: 11,
@@ -358,6 +362,9 @@ fn bulk(kind: SecretKind, workers: usize, up: u64, down: u64) {
     let secret = secret(kind, 10);
     let mut cfg = test_config(secret.clone(), workers, &refused);
     cfg.dc_overrides.push((2, vec![dc.addr]));
+    if let Some(size) = size {
+        cfg.buffer_size = size;
+    }
     let proxy = start(cfg);
     let c = TestClient::connect(
         proxy.local_addr(),
@@ -416,6 +423,20 @@ fn large_transfer_both_ways_ee() {
         scaled(32 << 20, 1 << 20),
         scaled(32 << 20, 1 << 20),
     );
+}
+
+/// Buffers larger than one TLS record: the proxy frames several records per read (readv).
+#[test]
+fn large_transfer_both_ways_ee_big_buffers() {
+    for size in [64 * 1024, 40_000] {
+        bulk_with_buffers(
+            SecretKind::FakeTls,
+            1,
+            scaled(16 << 20, 1 << 20),
+            scaled(16 << 20, 1 << 20),
+            Some(size),
+        );
+    }
 }
 
 #[test]
@@ -1474,11 +1495,11 @@ fn harness_fake_dc_echo_direct() {
     s.write_all(&dch.frame).expect("frame");
     let data = Pattern::new(141).take(5000);
     let mut wire = data.clone();
-    aes::cipher::StreamCipher::apply_keystream(&mut enc, &mut wire);
+    enc.apply_keystream(&mut wire);
     s.write_all(&wire).expect("data");
     let mut back = vec![0u8; 5000];
     s.read_exact(&mut back).expect("echo");
-    aes::cipher::StreamCipher::apply_keystream(&mut dec, &mut back);
+    dec.apply_keystream(&mut back);
     assert_eq!(back, data);
     assert_eq!(dc.frames(), vec![(Tag::Intermediate, -3)]);
 }

@@ -23,7 +23,6 @@ use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::time::{Duration, Instant};
 
-use aes::cipher::StreamCipher;
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 
@@ -32,7 +31,7 @@ use super::{FastRng, Shared};
 use crate::log::Level;
 use crate::proto::Reject;
 use crate::proto::faketls::{self, HelloRead, RecordReader};
-use crate::proto::obfs2::{self, AesCtr, Tag};
+use crate::proto::obfs2::{self, CompactCtr, Tag};
 use crate::proto::secret::SecretKind;
 use crate::proto::socks5::{Socks5Client, Step, Target};
 
@@ -145,13 +144,13 @@ impl Half {
 /// The four stream ciphers of a relayed connection.
 pub(crate) struct Keys {
     /// client → proxy
-    client_dec: AesCtr,
+    client_dec: CompactCtr,
     /// proxy → client
-    client_enc: AesCtr,
+    client_enc: CompactCtr,
     /// proxy → DC
-    dc_enc: AesCtr,
+    dc_enc: CompactCtr,
     /// DC → proxy
-    dc_dec: AesCtr,
+    dc_dec: CompactCtr,
 }
 
 /// Per-turn context handed to a connection by its worker.
@@ -213,7 +212,7 @@ fn token(slot: usize, side: usize) -> Token {
     Token(slot << 1 | side)
 }
 
-fn apply(c: &mut AesCtr, data: &mut [u8]) {
+fn apply(c: &mut CompactCtr, data: &mut [u8]) {
     c.apply_keystream(data);
 }
 
@@ -231,7 +230,7 @@ impl Conn {
             token(slot, CLIENT),
             Interest::READABLE | Interest::WRITABLE,
         )?;
-        let _ = client.set_nodelay(true);
+        // TCP_NODELAY is inherited from the listening socket.
         Ok(Conn {
             id,
             peer,
@@ -280,10 +279,10 @@ impl Conn {
         self.reason = reason;
         self.up.release(ctx.pool);
         self.down.release(ctx.pool);
-        let _ = ctx.registry.deregister(&mut self.client);
-        if let Some(mut up) = self.upstream.take() {
-            let _ = ctx.registry.deregister(&mut up);
-        }
+        // Closing a socket removes it from epoll: no deregister calls. The client socket is
+        // closed when the slot is freed after this event batch; events for it until then find
+        // the connection Closed and are ignored.
+        self.upstream = None;
         self.keys = None;
     }
 
@@ -733,9 +732,8 @@ impl Conn {
 
     /// The current address failed or timed out: try the next one.
     fn next_address(&mut self, ctx: &mut Ctx<'_>) {
-        if let Some(mut s) = self.upstream.take() {
-            let _ = ctx.registry.deregister(&mut s);
-        }
+        // Dropping the socket closes it, which also removes it from epoll.
+        self.upstream = None;
         if let Some((proxy, _)) = self.via.take() {
             ctx.shared.socks_failed(proxy);
         }
@@ -1035,44 +1033,57 @@ impl Conn {
                 }
                 if let Some(id) = half.buf {
                     let buf = ctx.pool.get(id);
-                    let (at, limit) = if framed {
-                        let at = half.end + HDR;
-                        (at, buf.len().min(at + faketls::MAX_RECORD_PAYLOAD))
+                    let read = if framed {
+                        read_records(upstream, buf, half.end)
+                    } else if half.end < buf.len() {
+                        (&*upstream)
+                            .read(&mut buf[half.end..])
+                            .map(|n| Some((n, half.end + n)))
                     } else {
-                        (half.end, buf.len())
+                        Ok(None)
                     };
-                    if at < limit {
-                        match (&*upstream).read(&mut buf[at..limit]) {
-                            Ok(0) => {
-                                half.eof = true;
-                                progress = true;
-                            }
-                            Ok(n) => {
-                                if let Some(k) = keys.as_deref_mut() {
-                                    let data = &mut buf[at..at + n];
+                    match read {
+                        Ok(None) => {}
+                        Ok(Some((0, _))) => {
+                            half.eof = true;
+                            progress = true;
+                        }
+                        Ok(Some((n, new_end))) => {
+                            if let Some(k) = keys.as_deref_mut() {
+                                if framed {
+                                    // Payloads sit between the headers just written.
+                                    let mut p = half.end;
+                                    while p < new_end {
+                                        let len = usize::from(u16::from_be_bytes([
+                                            buf[p + 3],
+                                            buf[p + 4],
+                                        ]));
+                                        let data = &mut buf[p + HDR..p + HDR + len];
+                                        apply(&mut k.dc_dec, data);
+                                        apply(&mut k.client_enc, data);
+                                        p += HDR + len;
+                                    }
+                                } else {
+                                    let data = &mut buf[half.end..new_end];
                                     apply(&mut k.dc_dec, data);
                                     apply(&mut k.client_enc, data);
                                 }
-                                if framed {
-                                    buf[half.end..at]
-                                        .copy_from_slice(&faketls::record_header(n as u16));
-                                }
-                                half.end = at + n;
-                                moved += n;
-                                self.bytes_down += n as u64;
-                                progress = true;
                             }
-                            Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                                self.ready[UPSTREAM] &= !R;
-                            }
-                            Err(e) if e.kind() == ErrorKind::ConnectionReset => {
-                                half.eof = true;
-                                half.reset = true;
-                                progress = true;
-                            }
-                            Err(e) if e.kind() == ErrorKind::Interrupted => progress = true,
-                            Err(e) => return Err((UPSTREAM, e)),
+                            half.end = new_end;
+                            moved += n;
+                            self.bytes_down += n as u64;
+                            progress = true;
                         }
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                            self.ready[UPSTREAM] &= !R;
+                        }
+                        Err(e) if e.kind() == ErrorKind::ConnectionReset => {
+                            half.eof = true;
+                            half.reset = true;
+                            progress = true;
+                        }
+                        Err(e) if e.kind() == ErrorKind::Interrupted => progress = true,
+                        Err(e) => return Err((UPSTREAM, e)),
                     }
                 }
             }
@@ -1146,6 +1157,58 @@ struct SocksState {
     len: usize,
 }
 
+/// Records one `readv` may fill.
+const MAX_SEGMENTS: usize = 4;
+
+/// Reads from `src` into `buf[end..]` as TLS application-data records, with one `readv`: each
+/// payload segment (at most [`faketls::MAX_RECORD_PAYLOAD`] bytes) follows room for its header,
+/// so framing costs no copy. Writes the headers of the records that got bytes. Returns
+/// `(payload bytes read, end of the framed bytes)`, or `None` when there is no room.
+fn read_records(src: &TcpStream, buf: &mut [u8], end: usize) -> io::Result<Option<(usize, usize)>> {
+    let mut sizes = [0usize; MAX_SEGMENTS];
+    let mut count = 0;
+    {
+        let mut segs: [&mut [u8]; MAX_SEGMENTS] = Default::default();
+        let mut rest = buf.get_mut(end..).unwrap_or_default();
+        while count < MAX_SEGMENTS && rest.len() > HDR {
+            let (_, r) = rest.split_at_mut(HDR);
+            let take = r.len().min(faketls::MAX_RECORD_PAYLOAD);
+            let (seg, r) = r.split_at_mut(take);
+            sizes[count] = take;
+            segs[count] = seg;
+            rest = r;
+            count += 1;
+        }
+        if count == 0 {
+            return Ok(None);
+        }
+        let mut ios = segs.map(std::io::IoSliceMut::new);
+        let n = loop {
+            match (&*src).read_vectored(&mut ios[..count]) {
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                r => break r?,
+            }
+        };
+        if n == 0 {
+            return Ok(Some((0, end)));
+        }
+        drop(ios);
+        // Headers for the segments that got bytes (each full but the last).
+        let mut left = n;
+        let mut p = end;
+        for &size in &sizes[..count] {
+            if left == 0 {
+                break;
+            }
+            let len = left.min(size);
+            buf[p..p + HDR].copy_from_slice(&faketls::record_header(len as u16));
+            p += HDR + len;
+            left -= len;
+        }
+        Ok(Some((n, p)))
+    }
+}
+
 /// One `write`, retried on EINTR. `Ok(0)` from the kernel becomes `WriteZero`.
 fn write_some(mut s: &TcpStream, data: &[u8]) -> io::Result<usize> {
     loop {
@@ -1181,6 +1244,6 @@ mod tests {
             "Option<Conn> = {size} bytes, Keys = {}",
             std::mem::size_of::<Keys>()
         );
-        assert!(size <= 1536, "Option<Conn> grew to {size} bytes");
+        assert!(size <= 640, "Option<Conn> grew to {size} bytes");
     }
 }

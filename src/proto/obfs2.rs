@@ -68,15 +68,53 @@ impl Tag {
 }
 
 /// The proxy's view of a client's handshake.
+/// AES-256-CTR kept compact: key, IV and stream position (56 bytes instead of the 288 of an
+/// expanded key schedule). The schedule is expanded on each [`CompactCtr::apply_keystream`]
+/// call, which costs about as much as encrypting 200 bytes; the relay calls it once per
+/// socket read of up to a buffer, so an idle connection carries only these 56 bytes.
+#[derive(Clone)]
+pub struct CompactCtr {
+    key: [u8; 32],
+    iv: [u8; 16],
+    pos: u64,
+}
+
+impl CompactCtr {
+    /// A stream at position `pos` (bytes of keystream already used).
+    pub fn new(key: [u8; 32], iv: [u8; 16], pos: u64) -> CompactCtr {
+        CompactCtr { key, iv, pos }
+    }
+
+    /// XORs the next `data.len()` bytes of keystream into `data`.
+    pub fn apply_keystream(&mut self, data: &mut [u8]) {
+        use aes::cipher::StreamCipherSeek;
+        if data.is_empty() {
+            return;
+        }
+        let mut c = cipher(&self.key, &self.iv);
+        c.seek(self.pos);
+        c.apply_keystream(data);
+        self.pos += data.len() as u64;
+    }
+}
+
+impl std::fmt::Debug for CompactCtr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CompactCtr")
+            .field("pos", &self.pos)
+            .finish_non_exhaustive()
+    }
+}
+
 pub struct ClientHandshake {
     /// The transport the client announced.
     pub tag: Tag,
     /// The raw DC index (i16 little-endian at 60..62; negative = media, 0 = default).
     pub dc: i16,
     /// Client→proxy stream; 64 bytes of keystream already consumed.
-    pub decrypt: AesCtr,
+    pub decrypt: CompactCtr,
     /// Proxy→client stream, at offset 0.
-    pub encrypt: AesCtr,
+    pub encrypt: CompactCtr,
 }
 
 /// The proxy's handshake toward a Telegram DC.
@@ -84,9 +122,9 @@ pub struct DcHandshake {
     /// The 64 bytes to send to the DC, as they go on the wire.
     pub frame: [u8; FRAME_LEN],
     /// Proxy→DC stream; 64 bytes of keystream already consumed.
-    pub encrypt: AesCtr,
+    pub encrypt: CompactCtr,
     /// DC→proxy stream, at offset 0.
-    pub decrypt: AesCtr,
+    pub decrypt: CompactCtr,
 }
 
 fn cipher(key: &[u8; 32], iv: &[u8; 16]) -> AesCtr {
@@ -112,6 +150,11 @@ fn material(frame: &[u8; FRAME_LEN]) -> ([u8; 48], [u8; 48]) {
 
 /// A stream keyed from 48 bytes of material, hashing the key with the secret when given.
 fn stream(m: &[u8; 48], secret: Option<&[u8; 16]>) -> AesCtr {
+    let (key, iv) = stream_key(m, secret);
+    cipher(&key, &iv)
+}
+
+fn stream_key(m: &[u8; 48], secret: Option<&[u8; 16]>) -> ([u8; 32], [u8; 16]) {
     let (mut key, iv) = split_key_iv(m);
     if let Some(s) = secret {
         let mut h = Sha256::new();
@@ -119,7 +162,12 @@ fn stream(m: &[u8; 48], secret: Option<&[u8; 16]>) -> AesCtr {
         h.update(s);
         key = h.finalize().into();
     }
-    cipher(&key, &iv)
+    (key, iv)
+}
+
+fn compact(m: &[u8; 48], secret: Option<&[u8; 16]>, pos: u64) -> CompactCtr {
+    let (key, iv) = stream_key(m, secret);
+    CompactCtr::new(key, iv, pos)
 }
 
 fn tag_and_dc(plain: &[u8; FRAME_LEN]) -> Result<(Tag, i16), Reject> {
@@ -138,8 +186,8 @@ pub fn client_handshake(
     key: &[u8; 16],
 ) -> Result<ClientHandshake, Reject> {
     let (fwd, rev) = material(frame);
-    let mut decrypt = stream(&fwd, Some(key));
-    let encrypt = stream(&rev, Some(key));
+    let mut decrypt = compact(&fwd, Some(key), 0);
+    let encrypt = compact(&rev, Some(key), 0);
     let mut plain = *frame;
     decrypt.apply_keystream(&mut plain);
     let (tag, dc) = tag_and_dc(&plain)?;
@@ -223,13 +271,12 @@ fn seal(g: &[u8; FRAME_LEN], encrypt: &mut AesCtr) -> [u8; FRAME_LEN] {
 pub fn dc_handshake(rng: &mut impl Rng, tag: Tag, dc: i16) -> DcHandshake {
     let g = random_frame(rng, tag, dc);
     let (fwd, rev) = material(&g);
-    let mut encrypt = stream(&fwd, None);
-    let decrypt = stream(&rev, None);
-    let frame = seal(&g, &mut encrypt);
+    let mut full = stream(&fwd, None);
+    let frame = seal(&g, &mut full);
     DcHandshake {
         frame,
-        encrypt,
-        decrypt,
+        encrypt: compact(&fwd, None, FRAME_LEN as u64),
+        decrypt: compact(&rev, None, 0),
     }
 }
 
