@@ -2,8 +2,8 @@
 //! (same names, same short flags), plus mtpx's own flags.
 //!
 //! [`parse_args`] is a pure function from an argument list to a [`Cli`] value (unit-tested
-//! with arrays); [`main`] runs it. Exit codes: 0 success, 1 runtime or config error, 2 usage
-//! error (unknown command or flag, bad flag value) and `doctor` (not implemented yet).
+//! with arrays); [`main`] runs it. Exit codes: 0 success, 1 runtime or config error or a failed
+//! `doctor` check, 2 usage error (unknown command or flag, bad flag value).
 
 use std::ffi::OsString;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -15,6 +15,26 @@ use crate::log::Level;
 use crate::proto::Rng;
 use crate::proto::dc::PreferIp;
 use crate::proto::secret::{Secret, SecretKind, check_host};
+
+// print!/eprintln! panic when the stream is gone (`mtpx doctor | head -1`); these ignore it.
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout().lock(), $($t)*);
+    }};
+}
+macro_rules! outln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($t)*);
+    }};
+}
+macro_rules! errln {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($t)*);
+    }};
+}
 
 /// The operating system's random source (`getrandom`). A failure is remembered in `failed`
 /// (the buffer is then left zeroed) so that the caller can refuse to use the output.
@@ -56,7 +76,7 @@ pub struct SimpleRun {
     pub doh_ip: Option<IpAddr>,
     /// `-t/--timeout`: sets the tcp, http and idle timeouts, as in mtg.
     pub timeout: Option<Duration>,
-    /// `-s/--socks5-proxy`, repeatable (accepted, not implemented yet).
+    /// `-s/--socks5-proxy`, repeatable: DC connections go through these, in order.
     pub socks5_proxies: Vec<String>,
     /// `-a/--antireplay-cache-size`.
     pub antireplay_cache_size: Option<usize>,
@@ -87,6 +107,23 @@ pub struct Access {
     pub hex: bool,
     /// `--text`: plain links instead of JSON.
     pub text: bool,
+    /// `--json`: JSON (the default, unless `--text` or `--qr` is given alone).
+    pub json: bool,
+    /// `--qr`: QR codes in the terminal.
+    pub qr: bool,
+}
+
+/// `mtpx doctor` arguments.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Doctor {
+    /// The config file.
+    pub config: PathBuf,
+    /// `--json`: a JSON array instead of the human report.
+    pub json: bool,
+    /// `--strict`: warnings fail the run too.
+    pub strict: bool,
+    /// `--ntp HOST[:PORT]`, repeatable (default: pool.ntp.org).
+    pub ntp: Vec<(String, u16)>,
 }
 
 /// A parsed command line.
@@ -114,11 +151,8 @@ pub enum Cli {
     },
     /// `mtpx access <config> [flags]`.
     Access(Access),
-    /// `mtpx doctor <config>`.
-    Doctor {
-        /// The config file.
-        config: PathBuf,
-    },
+    /// `mtpx doctor <config> [flags]`.
+    Doctor(Doctor),
 }
 
 /// A usage error: printed with a hint to use `--help`; exit status 2.
@@ -169,7 +203,7 @@ Commands:
   run <config.toml>              Run the proxy with a config file
   simple-run <bind-to> <secret>  Run the proxy configured by flags only
   access <config.toml>           Print the tg:// and t.me links for a config
-  doctor <config.toml>           Check a config (network checks are not implemented yet)
+  doctor <config.toml>           Check a config and the network: clock, DCs, fronting site
 
 Options:
   -h, --help       Print help (also: mtpx <command> --help)
@@ -211,7 +245,7 @@ Options (as in mtg):
   -n, --doh-ip <IP>                  DNS-over-HTTPS resolver (not implemented yet)
   -t, --timeout <DURATION>           Sets the tcp, http and idle timeouts (as mtg does)
                                      [default: tcp 10s, http 10s, idle 5m]
-  -s, --socks5-proxy <URL>           SOCKS5 upstream, repeatable (not implemented yet)
+  -s, --socks5-proxy <URL>           SOCKS5 upstream for DC connections, repeatable
   -a, --antireplay-cache-size <SIZE> Anti-replay memory [default: 1MiB]
 mtpx options:
   -w, --workers <N>                  Worker threads [default: one per CPU]
@@ -256,17 +290,39 @@ Options:
   -p, --port <PORT>   Port in the links [default: the bind-to port]
   -x, --hex           Hex secret in the links
       --text          One link per line instead of JSON
+      --json          JSON (the default; with --qr: JSON, then the QR codes)
+      --qr            QR codes drawn in the terminal, made here (the secret goes nowhere).
+                      Alone: each t.me link with its QR code below it. With --text or
+                      --json: that output first, then each tg:// link with its QR code.
   -h, --help          Print this help
 ";
 
 const HELP_DOCTOR: &str = "\
-Check a config file. For now only the config itself is validated (its warnings are
-printed); the network checks are not implemented yet, so the exit status is 2.
+Check a config file and the network around it, as mtg's doctor does.
 
-Usage: mtpx doctor <config.toml>
+Usage: mtpx doctor <config.toml> [options]
+
+Sections (run in parallel, each check on one line marked ✅ ok, ⚠️ warning or ❌ failure,
+with a hint below warnings and failures):
+  Config            deprecated mtg keys, unknown keys, keys not implemented yet
+  Time skew         SNTP query; the clock offset against tolerate-time-skewness:
+                    < 30% ok, < 70% warning, else failure; no answer is a warning
+  Telegram DCs      TCP connect to each DC (1-5, 203 and [network.dc-overrides]) in the
+                    prefer-ip order, with the time taken (timeout: [network.timeout] tcp, <= 10s)
+  SOCKS5 upstreams  a CONNECT to DC 2 through each [network] proxies URL
+  Fronting site     TCP connect to the ee secret's site (or [domain-fronting] ip), then 3
+                    TLS probes: a warning when its handshake shape cannot be copied
+  SNI-DNS match     whether the secret's host resolves to public-ipv4 / public-ipv6
+
+Exit status: 0 when nothing failed (warnings included, unless --strict), 1 when a check
+failed or the config is invalid, 2 on a usage error.
 
 Options:
-  -h, --help    Print this help
+      --json             A JSON array of {section, name, status (ok|warn|fail), message,
+                         hint} instead of the report
+      --strict           Warnings fail the run too (exit status 1)
+      --ntp <HOST[:PORT]>  NTP server to ask, repeatable [default: pool.ntp.org]
+  -h, --help             Print this help
 ";
 
 fn usage(command: Option<&'static str>, msg: impl Into<String>) -> CliError {
@@ -353,7 +409,7 @@ where
         }
     };
     match cmd {
-        "run" | "doctor" => {
+        "run" => {
             let mut config = None;
             while let Some(arg) = parser.next()? {
                 match arg {
@@ -363,11 +419,34 @@ where
                 }
             }
             let config = config.ok_or_else(|| usage(Some(cmd), "the config file is missing"))?;
-            Ok(if cmd == "run" {
-                Cli::Run { config }
-            } else {
-                Cli::Doctor { config }
-            })
+            Ok(Cli::Run { config })
+        }
+        "doctor" => {
+            let mut d = Doctor {
+                config: PathBuf::new(),
+                json: false,
+                strict: false,
+                ntp: Vec::new(),
+            };
+            let mut config = None;
+            while let Some(arg) = parser.next()? {
+                match arg {
+                    Short('h') | Long("help") => return Ok(Cli::Help(Some(cmd))),
+                    Long("json") => d.json = true,
+                    Long("strict") => d.strict = true,
+                    Long("ntp") => d.ntp.push(value(
+                        cmd,
+                        &mut parser,
+                        "--ntp",
+                        "HOST or HOST:PORT (e.g. pool.ntp.org, 127.0.0.1:1123, [::1]:123)",
+                        |s| crate::doctor::parse_host_port(s, crate::doctor::NTP_PORT),
+                    )?),
+                    Value(v) if config.is_none() => config = Some(PathBuf::from(v)),
+                    arg => return Err(unexpected(cmd, arg)),
+                }
+            }
+            d.config = config.ok_or_else(|| usage(Some(cmd), "the config file is missing"))?;
+            Ok(Cli::Doctor(d))
         }
         "generate-secret" => {
             let (mut hex, mut kind, mut host) = (false, SecretKind::FakeTls, None);
@@ -401,6 +480,8 @@ where
                 port: None,
                 hex: false,
                 text: false,
+                json: false,
+                qr: false,
             };
             let mut config = None;
             while let Some(arg) = parser.next()? {
@@ -427,6 +508,8 @@ where
                     }
                     Short('x') | Long("hex") => a.hex = true,
                     Long("text") => a.text = true,
+                    Long("json") => a.json = true,
+                    Long("qr") => a.qr = true,
                     Value(v) if config.is_none() => config = Some(PathBuf::from(v)),
                     arg => return Err(unexpected(cmd, arg)),
                 }
@@ -656,10 +739,6 @@ impl SimpleRun {
         }
         if !self.socks5_proxies.is_empty() {
             c.proxies = self.socks5_proxies.clone();
-            warnings.push(
-                "--socks5-proxy is accepted but not implemented yet; connecting directly"
-                    .to_string(),
-            );
         }
         if let Some(n) = self.antireplay_cache_size {
             c.anti_replay.max_size = n;
@@ -701,7 +780,7 @@ pub fn main() -> i32 {
                 Some(c) => format!("mtpx {c} --help"),
                 None => "mtpx --help".to_string(),
             };
-            eprintln!("mtpx: {e}\nRun `{hint}` for usage.");
+            errln!("mtpx: {e}\nRun `{hint}` for usage.");
             2
         }
     }
@@ -715,7 +794,7 @@ fn log_config_warnings(warnings: &[Warning]) {
 
 fn load_config(path: &std::path::Path) -> Result<(Config, Vec<Warning>), i32> {
     config::load(path).map_err(|e| {
-        eprintln!("mtpx: {e}");
+        errln!("mtpx: {e}");
         1
     })
 }
@@ -723,11 +802,11 @@ fn load_config(path: &std::path::Path) -> Result<(Config, Vec<Warning>), i32> {
 fn execute(cli: Cli) -> i32 {
     match cli {
         Cli::Help(topic) => {
-            print!("{}", help_text(topic));
+            out!("{}", help_text(topic));
             0
         }
         Cli::Version => {
-            println!("mtpx {}", env!("CARGO_PKG_VERSION"));
+            outln!("mtpx {}", env!("CARGO_PKG_VERSION"));
             0
         }
         Cli::Run { config } => {
@@ -743,7 +822,7 @@ fn execute(cli: Cli) -> i32 {
             let (c, warnings) = match s.to_config() {
                 Ok(v) => v,
                 Err(e) => {
-                    eprintln!("mtpx: {e}");
+                    errln!("mtpx: {e}");
                     return 1;
                 }
             };
@@ -759,7 +838,7 @@ fn execute(cli: Cli) -> i32 {
                 host.as_deref().unwrap_or("")
             } else {
                 if let Some(h) = &host {
-                    eprintln!(
+                    errln!(
                         "mtpx: note: hostname {h:?} is ignored: classic and dd secrets carry no host"
                     );
                 }
@@ -767,13 +846,13 @@ fn execute(cli: Cli) -> i32 {
             };
             let secret = Secret::generate(kind, host_name, &mut rng);
             if rng.failed {
-                eprintln!("mtpx: the operating system's random source failed; no secret made");
+                errln!("mtpx: the operating system's random source failed; no secret made");
                 return 1;
             }
             if kind == SecretKind::FakeTls && !hex {
-                println!("{}", secret.to_base64());
+                outln!("{}", secret.to_base64());
             } else {
-                println!("{}", secret.to_hex());
+                outln!("{}", secret.to_hex());
             }
             0
         }
@@ -788,35 +867,87 @@ fn execute(cli: Cli) -> i32 {
             let ipv6 = a.ipv6.or(c.public_ipv6);
             let port = a.port.unwrap_or(c.bind_to.port());
             if ipv4.is_none() && ipv6.is_none() {
-                eprintln!(
+                errln!(
                     "mtpx: no public address known, so no links: pass -i/--ipv4 or -I/--ipv6, or \
                      set public-ipv4/public-ipv6 in the config"
                 );
             }
+            if a.text && a.json {
+                errln!("mtpx: --text and --json both given: printing both");
+            }
+            let qr_alone = a.qr && !a.text && !a.json;
             if a.text {
-                print!(
+                out!(
                     "{}",
                     crate::links::access_text(&c.secret, ipv4, ipv6, port, a.hex)
                 );
-            } else {
-                println!(
+            }
+            if a.json || (!a.text && !a.qr) {
+                outln!(
                     "{}",
                     crate::links::access_json(&c.secret, ipv4, ipv6, port, a.hex)
                 );
             }
+            if a.qr {
+                let ips = ipv4.map(IpAddr::V4).into_iter().chain(ipv6.map(IpAddr::V6));
+                for (i, ip) in ips.enumerate() {
+                    let link = if qr_alone {
+                        crate::links::tme_url(&c.secret, ip, port, a.hex)
+                    } else {
+                        crate::links::tg_url(&c.secret, ip, port, a.hex)
+                    };
+                    if i > 0 || !qr_alone {
+                        outln!();
+                    }
+                    match qr_block(&link) {
+                        Ok(block) => out!("{block}"),
+                        Err(e) => {
+                            errln!("mtpx: cannot draw a QR code for {link}: {e}");
+                            return 1;
+                        }
+                    }
+                }
+            }
             0
         }
-        Cli::Doctor { config } => {
-            let (c, warnings) = match load_config(&config) {
-                Ok(v) => v,
-                Err(code) => return code,
-            };
-            crate::log::init(c.log_format, c.debug);
-            log_config_warnings(&warnings);
-            eprintln!("mtpx: the config is valid; doctor is not implemented yet");
-            2
-        }
+        Cli::Doctor(d) => doctor(&d),
     }
+}
+
+/// `link` on one line, then its QR code (ECC level M) drawn for a light-on-dark terminal.
+pub fn qr_block(link: &str) -> Result<String, crate::proto::qr::QrError> {
+    use crate::proto::qr;
+    let code = qr::encode(link.as_bytes(), qr::Ecc::Medium)?;
+    Ok(format!("{link}\n{}", qr::render_terminal(&code, true)))
+}
+
+fn doctor(d: &Doctor) -> i32 {
+    let (c, warnings) = match load_config(&d.config) {
+        Ok(v) => v,
+        Err(code) => return code,
+    };
+    // The config's warnings are part of the report, not log lines.
+    crate::log::init(c.log_format, c.debug);
+    let opts = crate::doctor::Options {
+        ntp: d.ntp.clone(),
+        ..crate::doctor::Options::default()
+    };
+    let json = d.json;
+    let checks = crate::doctor::run(&c, &warnings, &opts, |section, checks| {
+        if !json {
+            use std::io::Write as _;
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(crate::doctor::render_section(section, checks).as_bytes());
+            let _ = out.flush();
+        }
+    });
+    if json {
+        out!("{}", crate::doctor::render_json(&checks));
+    } else {
+        outln!();
+        out!("{}", crate::doctor::render_totals(&checks));
+    }
+    crate::doctor::exit_status(&checks, d.strict)
 }
 
 fn run_proxy(c: Config) -> i32 {
@@ -936,10 +1067,43 @@ mod tests {
         );
         assert_eq!(
             p(&["doctor", "c.toml"]),
-            Ok(Cli::Doctor {
-                config: "c.toml".into()
-            })
+            Ok(Cli::Doctor(Doctor {
+                config: "c.toml".into(),
+                json: false,
+                strict: false,
+                ntp: vec![],
+            }))
         );
+        assert_eq!(
+            p(&[
+                "doctor",
+                "--json",
+                "c.toml",
+                "--strict",
+                "--ntp",
+                "127.0.0.1:1123",
+                "--ntp=[::1]",
+                "--ntp",
+                "time.example"
+            ]),
+            Ok(Cli::Doctor(Doctor {
+                config: "c.toml".into(),
+                json: true,
+                strict: true,
+                ntp: vec![
+                    ("127.0.0.1".into(), 1123),
+                    ("::1".into(), 123),
+                    ("time.example".into(), 123)
+                ],
+            }))
+        );
+        assert!(p(&["doctor", "c.toml", "--ntp"]).is_err());
+        assert!(p(&["doctor", "c.toml", "--ntp", "h:0"]).is_err());
+        assert!(p(&["doctor", "c.toml", "--bogus"]).is_err());
+        assert!(p(&["doctor", "--json"]).is_err());
+        for flag in ["--json", "--strict", "--ntp"] {
+            assert!(HELP_DOCTOR.contains(flag), "{flag}");
+        }
         assert_eq!(
             p(&[
                 "access",
@@ -959,8 +1123,14 @@ mod tests {
                 port: Some(8443),
                 hex: true,
                 text: true,
+                json: false,
+                qr: false,
             }))
         );
+        match p(&["access", "c.toml", "--qr", "--json"]) {
+            Ok(Cli::Access(a)) => assert!(a.qr && a.json && !a.text),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
@@ -1036,7 +1206,7 @@ mod tests {
             "4s",
         ]);
         let (c, warnings) = s.to_config().unwrap();
-        assert_eq!(warnings.len(), 3, "{warnings:?}");
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
         assert!(c.debug && c.allow_fallback_on_unknown_dc && c.anti_replay.enabled);
         assert_eq!(c.bind_to, "127.0.0.1:3128".parse().unwrap());
         assert_eq!(c.secret.to_base64(), SECRET);

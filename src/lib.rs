@@ -8,6 +8,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod doctor;
 pub mod io;
 pub mod links;
 pub mod log;

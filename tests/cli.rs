@@ -206,19 +206,124 @@ fn bad_config_exits_one_naming_file_line_and_key() {
 }
 
 #[test]
-fn doctor_validates_then_says_not_implemented() {
-    let cfg = TempFile::new(
-        "doctor",
-        &format!("secret = \"{SECRET_B64}\"\nbind-to = \"127.0.0.1:1\"\ntypo-key = 1\n"),
+fn doctor_reports_config_warnings_and_checks_on_loopback_only() {
+    // Every DC goes to one loopback listener, NTP to a loopback port nobody answers on, and a
+    // classic secret fronts no site: nothing leaves 127.0.0.1.
+    let dc = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dc_addr = dc.local_addr().unwrap();
+    let ntp = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let mut text = String::from(
+        "secret = \"0123456789abcdef0123456789abcdef\"\nbind-to = \"127.0.0.1:1\"\ntypo-key = 1\n\n\
+         [network.timeout]\ntcp = \"2s\"\n\n[network.dc-overrides]\n",
     );
-    let o = mtpx(&["doctor", cfg.path()]);
-    assert_eq!(o.status.code(), Some(2));
-    let err = stderr(&o);
+    for id in [1, 2, 3, 4, 5, 203] {
+        text.push_str(&format!("{id} = \"{dc_addr}\"\n"));
+    }
+    let cfg = TempFile::new("doctor", &text);
+    let o = mtpx(&["doctor", cfg.path(), "--ntp", &ntp]);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}\n{}", stderr(&o));
     assert!(
-        err.contains("typo-key") && err.contains("level=warn"),
-        "{err}"
+        out.starts_with("Config\n  ⚠️ typo-key: unknown key"),
+        "{out}"
     );
-    assert!(err.contains("not implemented yet"), "{err}");
+    assert!(out.contains(&format!("  ⚠️ {ntp}: unreachable")), "{out}");
+    assert!(
+        out.contains(&format!("  ✅ DC 203: {dc_addr} in ")),
+        "{out}"
+    );
+    assert!(out.contains("  ✅ fronting: not used"), "{out}");
+    assert!(out.ends_with("\n9 ok, 2 warnings, 0 failures\n"), "{out}");
+    // The warnings are in the report, not logged.
+    assert!(!stderr(&o).contains("typo-key"), "{}", stderr(&o));
+    let o = mtpx(&["doctor", cfg.path(), "--ntp", &ntp, "--strict"]);
+    assert_eq!(o.status.code(), Some(1));
+    let o = mtpx(&["doctor", cfg.path(), "--ntp", &ntp, "--json"]);
+    assert_eq!(o.status.code(), Some(0));
+    let json = stdout(&o);
+    assert!(
+        json.starts_with(
+            "[\n  {\"section\": \"Config\", \"name\": \"typo-key\", \"status\": \"warn\""
+        ),
+        "{json}"
+    );
+    assert_eq!(json.matches("\"status\": ").count(), 11, "{json}");
+    // Usage errors.
+    for args in [
+        &["doctor", cfg.path(), "--ntp"][..],
+        &["doctor", cfg.path(), "--ntp", "h:0"],
+        &["doctor", "--json"],
+    ] {
+        let o = mtpx(args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        assert_no_panic(&o);
+    }
+    let o = mtpx(&["doctor", "--help"]);
+    assert!(o.status.success());
+    for word in ["--json", "--strict", "--ntp", "Time skew", "SNI-DNS"] {
+        assert!(stdout(&o).contains(word), "{word}");
+    }
+    drop(dc);
+}
+
+/// The QR block the binary must print for `link`: the link, then the code (ECC M) drawn for a
+/// dark terminal.
+fn qr_block(link: &str) -> String {
+    use mtpx::proto::qr;
+    let code = qr::encode(link.as_bytes(), qr::Ecc::Medium).unwrap();
+    format!("{link}\n{}", qr::render_terminal(&code, true))
+}
+
+#[test]
+fn access_qr_alone_draws_each_tme_link() {
+    let o = mtpx(&["access", &data("config-public_ip.toml"), "--qr"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let q4 = format!("port=3128&secret={SECRET_B64}&server=203.0.113.1");
+    let q6 = format!("port=3128&secret={SECRET_B64}&server=2001%3Adb8%3A%3A1");
+    let expected = format!(
+        "{}\n{}",
+        qr_block(&format!("https://t.me/proxy?{q4}")),
+        qr_block(&format!("https://t.me/proxy?{q6}"))
+    );
+    assert_eq!(stdout(&o), expected);
+    // The drawing is made of block characters only, one line per two module rows.
+    let out = stdout(&o);
+    let art: Vec<&str> = out
+        .lines()
+        .skip(1)
+        .take_while(|l| !l.starts_with("https"))
+        .collect();
+    assert!(art.len() > 10, "{art:?}");
+    assert!(
+        art.iter().all(|l| l.chars().all(|c| " █▀▄".contains(c))),
+        "{art:?}"
+    );
+}
+
+#[test]
+fn access_qr_after_json_or_text_draws_tg_links() {
+    let path = data("config-public_ip_v4_only.toml");
+    let q = format!("port=3128&secret={SECRET_B64}&server=203.0.113.1");
+    let tg = format!("tg://proxy?{q}");
+    let o = mtpx(&["access", &path, "--qr", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let plain = stdout(&mtpx(&["access", &path]));
+    assert!(plain.starts_with('{'), "{plain}");
+    assert_eq!(stdout(&o), format!("{plain}\n{}", qr_block(&tg)));
+    let o = mtpx(&["access", &path, "--text", "--qr"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o),
+        format!("{tg}\nhttps://t.me/proxy?{q}\n\n{}", qr_block(&tg))
+    );
+    // No address: no links and no codes.
+    let o = mtpx(&["access", &data("config-minimal.toml"), "--qr"]);
+    assert!(o.status.success());
+    assert_eq!(stdout(&o), "");
 }
 
 #[test]
