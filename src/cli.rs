@@ -306,7 +306,8 @@ Sections (run in parallel, each check on one line marked ✅ ok, ⚠️ warning 
 with a hint below warnings and failures):
   Config            deprecated mtg keys, unknown keys, keys not implemented yet
   Time skew         SNTP query; the clock offset against tolerate-time-skewness:
-                    < 30% ok, < 70% warning, else failure; no answer is a warning
+                    < 30% ok, < 70% warning, else failure (only a warning for classic
+                    and dd secrets, whose handshakes carry no time); no answer is a warning
   Telegram DCs      TCP connect to each DC (1-5, 203 and [network.dc-overrides]) in the
                     prefer-ip order, with the time taken (timeout: [network.timeout] tcp, <= 10s)
   SOCKS5 upstreams  a CONNECT to DC 2 through each [network] proxies URL

@@ -548,7 +548,12 @@ fn time_check(config: &Config, host: &str, port: u16) -> Check {
         match sntp_query(addr, NTP_WAIT) {
             Ok(sample) => {
                 let tol = config.tolerate_time_skewness;
-                let status = skew_status(sample.offset, tol);
+                let mut status = skew_status(sample.offset, tol);
+                // Only FakeTLS handshakes carry a timestamp the proxy checks.
+                let faketls = config.secret.kind == SecretKind::FakeTls;
+                if !faketls {
+                    status = status.min(Status::Warn);
+                }
                 let off = sample.offset.abs();
                 let way = if sample.offset > 0.0 {
                     "behind"
@@ -568,6 +573,11 @@ fn time_check(config: &Config, host: &str, port: u16) -> Check {
                 );
                 let hint = match status {
                     Status::Ok => None,
+                    Status::Warn if !faketls => Some(
+                        "the clock is off: no harm to classic and dd secrets, but an ee secret \
+                         would reject clients; run an NTP client (chrony, systemd-timesyncd)"
+                            .to_string(),
+                    ),
                     Status::Warn => Some(
                         "the clock drifts towards the tolerance: run an NTP client \
                          (chrony, systemd-timesyncd)"

@@ -728,6 +728,7 @@ fn library_api_reports_in_section_order() {
     let dc = FakeDc::start();
     let refused = RefusedPort::new();
     let ntp = FakeNtp::start(0.0);
+    let skewed = FakeNtp::start(-60.0);
     let text = format!(
         "secret = \"0123456789abcdef0123456789abcdef\"\nbind-to = \"127.0.0.1:3128\"\n\n\
          [network.timeout]\ntcp = \"2s\"\n\n{}",
@@ -740,7 +741,10 @@ fn library_api_reports_in_section_order() {
     );
     let (config, warnings) = mtpx::config::parse(&text).unwrap();
     let opts = mtpx::doctor::Options {
-        ntp: vec![("127.0.0.1".to_string(), ntp.addr.port())],
+        ntp: vec![
+            ("127.0.0.1".to_string(), ntp.addr.port()),
+            ("127.0.0.1".to_string(), skewed.addr.port()),
+        ],
         ..Default::default()
     };
     let mut seen = Vec::new();
@@ -760,6 +764,8 @@ fn library_api_reports_in_section_order() {
     };
     assert_eq!(status("Config", "config"), Status::Ok);
     assert_eq!(status("Time skew", &ntp.addr.to_string()), Status::Ok);
+    // A minute off is only a warning for a classic secret: its handshake has no timestamp.
+    assert_eq!(status("Time skew", &skewed.addr.to_string()), Status::Warn);
     assert_eq!(status("Telegram DCs", "DC 2"), Status::Ok);
     assert_eq!(status("Telegram DCs", "DC 203"), Status::Fail);
     // A classic secret fronts no site and carries no host name.
