@@ -309,7 +309,8 @@ with a hint below warnings and failures):
                     < 30% ok, < 70% warning, else failure (only a warning for classic
                     and dd secrets, whose handshakes carry no time); no answer is a warning
   Telegram DCs      TCP connect to each DC (1-5, 203 and [network.dc-overrides]) in the
-                    prefer-ip order, with the time taken (timeout: [network.timeout] tcp, <= 10s)
+                    prefer-ip order, with the time taken (timeout: [network.timeout] tcp, <= 10s);
+                    with [network] proxies set, an unreachable DC is only a warning
   SOCKS5 upstreams  a CONNECT to DC 2 through each [network] proxies URL
   Fronting site     TCP connect to the ee secret's site (or [domain-fronting] ip), then 3
                     TLS probes: a warning when its handshake shape cannot be copied
@@ -319,11 +320,11 @@ Exit status: 0 when nothing failed (warnings included, unless --strict), 1 when 
 failed or the config is invalid, 2 on a usage error.
 
 Options:
-      --json             A JSON array of {section, name, status (ok|warn|fail), message,
-                         hint} instead of the report
-      --strict           Warnings fail the run too (exit status 1)
+      --json               A JSON array of {section, name, status (ok|warn|fail), message,
+                           hint} instead of the report
+      --strict             Warnings fail the run too (exit status 1)
       --ntp <HOST[:PORT]>  NTP server to ask, repeatable [default: pool.ntp.org]
-  -h, --help             Print this help
+  -h, --help               Print this help
 ";
 
 fn usage(command: Option<&'static str>, msg: impl Into<String>) -> CliError {
