@@ -115,13 +115,6 @@ impl Counters {
             c.store(capacity, Ordering::Relaxed);
         }
     }
-
-    /// Handshakes failed for `why` so far.
-    pub(crate) fn failures(&self, why: Reject) -> u64 {
-        self.rejects
-            .get(why as usize)
-            .map_or(0, |c| c.load(Ordering::Relaxed))
-    }
 }
 
 /// Where the numbers come from.
@@ -366,7 +359,8 @@ fn tag_format(t: crate::config::TagFormat) -> TagFormat {
 // Service handles
 // ---------------------------------------------------------------------------------------------
 
-/// A metrics thread. Stopping (or dropping) it ends the thread and joins it.
+/// A metrics thread. Dropping it stops the thread and joins it (a StatsD sender flushes once
+/// more first).
 pub(crate) struct Service {
     stop: Arc<AtomicBool>,
     waker: Option<Arc<Waker>>,
@@ -374,11 +368,6 @@ pub(crate) struct Service {
 }
 
 impl Service {
-    /// Stops the thread and waits for it (a StatsD sender flushes once more first).
-    pub(crate) fn stop(mut self) {
-        self.stop_and_join();
-    }
-
     fn stop_and_join(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(w) = &self.waker {
@@ -897,7 +886,7 @@ mod tests {
         );
         src.stats.accepted.store(10, Ordering::Relaxed);
         src.stats.bytes_down.store(500, Ordering::Relaxed);
-        svc.stop();
+        drop(svc);
         // Drain: the last datagram carries the delta since the previous send.
         let mut all = String::new();
         recv.set_read_timeout(Some(Duration::from_millis(300)))
@@ -1001,7 +990,7 @@ mod tests {
         let mut out = String::new();
         let _ = s.read_to_string(&mut out);
         assert!(out.starts_with("HTTP/1.1 200 "), "{out}");
-        svc.stop();
+        drop(svc);
         assert!(std::net::TcpStream::connect(addr).is_err());
     }
 
@@ -1044,6 +1033,6 @@ mod tests {
             waited >= SCRAPE_TIMEOUT - Duration::from_millis(100) && waited < SCRAPE_TIMEOUT * 2,
             "{waited:?}"
         );
-        svc.stop();
+        drop(svc);
     }
 }
