@@ -321,6 +321,7 @@ impl Conn {
     /// replayed unchanged, then both directions are relayed byte for byte (PROTOCOL.md §6).
     /// Afterwards the only honest answer is to close, as mtg does.
     fn reject(&mut self, why: Reject, ctx: &mut Ctx<'_>) {
+        ctx.shared.counters.handshake_failed(why);
         if self.tls.is_some() || ctx.shared.front_addr(0).is_none() {
             self.close(CloseReason::Rejected(why), ctx);
             return;

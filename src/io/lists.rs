@@ -14,9 +14,6 @@
 //! supported (mtpx has no TLS client): a start-up warning says how to fetch such a list into a
 //! file instead.
 
-// Until the reactor calls this module (see the wiring request); remove with the wiring.
-#![allow(dead_code)]
-
 use std::cell::RefCell;
 use std::io::{Read, Write};
 use std::net::{IpAddr, TcpStream};

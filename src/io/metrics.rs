@@ -15,9 +15,6 @@
 //! `handshake_failures{reason}`, `fronted_connections`, `dc_connect_failures` and
 //! `buffer_pool_in_use` / `buffer_pool_capacity`.
 
-// Until the reactor calls this module (see the wiring request); remove with the wiring.
-#![allow(dead_code)]
-
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;

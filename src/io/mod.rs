@@ -68,6 +68,10 @@ pub(crate) struct Shared {
     pub(crate) socks: Vec<SocksUpstream>,
     /// What the fronting site's TLS first flight looks like (learned by the scout).
     pub(crate) profile: Arc<Mutex<crate::proto::tlsprofile::Profile>>,
+    /// IP block/allow lists.
+    pub(crate) lists: Arc<lists::Lists>,
+    /// Counters only the metrics exporters read.
+    pub(crate) counters: Arc<metrics::Counters>,
 }
 
 /// A SOCKS5 upstream: where it listens, its credentials, and when it last failed.
@@ -113,8 +117,8 @@ impl Shared {
     }
 
     /// Whether a client from `ip` may use the proxy (IP allow/block lists).
-    pub(crate) fn admits(&self, _ip: std::net::IpAddr) -> bool {
-        true
+    pub(crate) fn admits(&self, ip: std::net::IpAddr) -> bool {
+        self.lists.admits(ip) == lists::Admit::Ok
     }
 
     /// The `idx`-th address of the fronting site, if any.
@@ -209,6 +213,7 @@ pub(crate) fn unix_now() -> u64 {
 /// A running proxy: its workers, its address and its counters.
 pub struct Proxy {
     shared: Arc<Shared>,
+    services: Vec<metrics::Service>,
     scout: Option<scout::Scout>,
     wakers: Vec<Arc<Waker>>,
     threads: Vec<JoinHandle<()>>,
@@ -219,6 +224,11 @@ impl Proxy {
     /// The address the proxy listens on (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Reloads the IP lists now (what SIGHUP does).
+    pub fn reload_lists(&self) {
+        self.shared.lists.reload();
     }
 
     /// Live counters.
@@ -248,6 +258,9 @@ impl Proxy {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+        self.shared.lists.stop();
+        // After the workers: StatsD's last flush sees every connection's bytes.
+        self.services.clear();
     }
 }
 
@@ -297,7 +310,10 @@ pub fn start_with_grace(config: Config, grace: Duration) -> io::Result<Proxy> {
     let front_addrs = initial_front_addrs(&config);
     let socks = socks_upstreams(&config);
     let front_proxy_protocol = config.domain_fronting.proxy_protocol;
+    let lists = lists::Lists::start(&config);
     let shared = Arc::new(Shared {
+        lists,
+        counters: Arc::new(metrics::Counters::new(workers)),
         front_addrs: Mutex::new(front_addrs),
         front_proxy_protocol,
         socks,
@@ -355,7 +371,21 @@ pub fn start_with_grace(config: Config, grace: Duration) -> io::Result<Proxy> {
     } else {
         None
     };
+    let source = metrics::MetricsSource {
+        stats: shared.stats.clone(),
+        counters: shared.counters.clone(),
+        lists: Some(shared.lists.clone()),
+        active: {
+            let weak = Arc::downgrade(&shared);
+            Arc::new(move || {
+                weak.upgrade()
+                    .map_or(0, |s| s.active.load(Ordering::Relaxed))
+            })
+        },
+    };
+    let services = metrics::start_services(&shared.config, &source);
     Ok(Proxy {
+        services,
         shared,
         scout,
         wakers,
@@ -508,6 +538,9 @@ pub fn run(config: Config) -> io::Result<()> {
     loop {
         std::thread::sleep(Duration::from_millis(100));
         let sig = crate::sys::take_signals();
+        if sig & crate::sys::SIG_RELOAD != 0 {
+            proxy.reload_lists();
+        }
         if sig & crate::sys::SIG_STOP != 0 {
             crate::log_event!(Level::Info, "shutdown-started", active = proxy.active());
             break;

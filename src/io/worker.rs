@@ -217,6 +217,11 @@ impl Worker {
 
     fn admit(&mut self, stream: TcpStream, peer: SocketAddr, now: Instant) {
         let shared = &self.shared;
+        // IP lists (with a PROXY listener, the connection checks the announced address).
+        if !shared.config.proxy_protocol_listener && !shared.admits(peer.ip()) {
+            drop(stream);
+            return;
+        }
         let limit = shared.config.concurrency;
         if shared.active.fetch_add(1, Ordering::AcqRel) >= limit {
             shared.active.fetch_sub(1, Ordering::AcqRel);
@@ -317,6 +322,8 @@ impl Worker {
     }
 
     fn sweep(&mut self, now: Instant) {
+        let (in_use, capacity) = (self.pool.in_use(), self.pool.capacity());
+        self.shared.counters.pool(self.index, in_use, capacity);
         for slot in 0..self.slab.len() {
             let Some(Some(conn)) = self.slab.get_mut(slot) else {
                 continue;
@@ -389,6 +396,10 @@ impl Worker {
                 continue;
             };
             self.shared.active.fetch_sub(1, Ordering::AcqRel);
+            if conn.fronted.is_some() {
+                let c = &self.shared.counters;
+                c.fronted_closed(conn.bytes_up, conn.bytes_down);
+            }
             let stats = &self.shared.stats;
             stats.closed.fetch_add(1, Ordering::Relaxed);
             stats.bytes_up.fetch_add(conn.bytes_up, Ordering::Relaxed);
