@@ -1193,7 +1193,6 @@ fn read_records(src: &TcpStream, buf: &mut [u8], end: usize) -> io::Result<Optio
         if n == 0 {
             return Ok(Some((0, end)));
         }
-        drop(ios);
         // Headers for the segments that got bytes (each full but the last).
         let mut left = n;
         let mut p = end;

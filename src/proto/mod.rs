@@ -43,7 +43,11 @@ pub struct XorShift64(pub u64);
 impl XorShift64 {
     /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
-        let mut x = if self.0 == 0 { 0x9E37_79B9_7F4A_7C15 } else { self.0 };
+        let mut x = if self.0 == 0 {
+            0x9E37_79B9_7F4A_7C15
+        } else {
+            self.0
+        };
         x ^= x >> 12;
         x ^= x << 25;
         x ^= x >> 27;

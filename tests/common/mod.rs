@@ -348,9 +348,12 @@ pub const FRONT_REPLY: &[u8] =
 
 /// A fake fronting web site: records every byte each connection sends; once the peer has
 /// been quiet for 300 ms (or sent EOF) it answers [`FRONT_REPLY`] and closes.
+/// Bytes received on each accepted connection.
+type Received = Arc<Mutex<Vec<Arc<Mutex<Vec<u8>>>>>>;
+
 pub struct FakeFront {
     pub addr: SocketAddr,
-    conns: Arc<Mutex<Vec<Arc<Mutex<Vec<u8>>>>>>,
+    conns: Received,
     stop: Arc<AtomicBool>,
     acceptor: Option<JoinHandle<()>>,
     threads: Arc<Mutex<Vec<JoinHandle<()>>>>,
@@ -360,7 +363,7 @@ impl FakeFront {
     pub fn start() -> FakeFront {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind fake front");
         let addr = listener.local_addr().expect("local_addr");
-        let conns: Arc<Mutex<Vec<Arc<Mutex<Vec<u8>>>>>> = Arc::default();
+        let conns: Received = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
         let threads: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
         let (c2, s2, t2) = (conns.clone(), stop.clone(), threads.clone());
