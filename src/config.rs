@@ -1645,10 +1645,7 @@ impl Doc {
                 },
                 c.dns.is_some(),
             ),
-            (
-                "defense.doppelganger",
-                !c.doppelganger.urls.is_empty() || c.doppelganger.drs,
-            ),
+            ("defense.doppelganger", !c.doppelganger.urls.is_empty()),
         ];
         for (key, on) in features {
             if on {

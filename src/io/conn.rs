@@ -30,6 +30,7 @@ use super::pool::{BufId, Pool};
 use super::{FastRng, Shared};
 use crate::log::Level;
 use crate::proto::Reject;
+use crate::proto::Rng;
 use crate::proto::faketls::{self, HelloRead, RecordReader};
 use crate::proto::obfs2::{self, CompactCtr, Tag};
 use crate::proto::secret::SecretKind;
@@ -196,6 +197,8 @@ pub(crate) struct Conn {
     via: Option<(usize, SocketAddr)>,
     /// The SOCKS5 exchange in progress (only while connecting through an upstream).
     socks: Option<Box<SocksState>>,
+    /// Dynamic record sizing of the records sent to a FakeTLS client.
+    drs: Drs,
     /// A PROXY protocol header may still come first (`proxy-protocol-listener`).
     expect_proxy_header: bool,
     /// Why the handshake failed, once the connection is spliced to the fronting site.
@@ -251,6 +254,7 @@ impl Conn {
             via: None,
             socks: None,
             expect_proxy_header: ctx.shared.config.proxy_protocol_listener,
+            drs: Drs::new(ctx.shared.config.doppelganger.drs, ctx.now),
             fronted: None,
             queued: false,
             waiting_buf: false,
@@ -1035,7 +1039,8 @@ impl Conn {
                 if let Some(id) = half.buf {
                     let buf = ctx.pool.get(id);
                     let read = if framed {
-                        read_records(upstream, buf, half.end)
+                        let caps = self.drs.caps(ctx.now, ctx.rng);
+                        read_records(upstream, buf, half.end, &caps)
                     } else if half.end < buf.len() {
                         (&*upstream)
                             .read(&mut buf[half.end..])
@@ -1050,25 +1055,26 @@ impl Conn {
                             progress = true;
                         }
                         Ok(Some((n, new_end))) => {
-                            if let Some(k) = keys.as_deref_mut() {
-                                if framed {
-                                    // Payloads sit between the headers just written.
-                                    let mut p = half.end;
-                                    while p < new_end {
-                                        let len = usize::from(u16::from_be_bytes([
-                                            buf[p + 3],
-                                            buf[p + 4],
-                                        ]));
+                            if framed {
+                                // Payloads sit between the headers just written.
+                                let mut p = half.end;
+                                let mut records = 0;
+                                while p < new_end {
+                                    let len =
+                                        usize::from(u16::from_be_bytes([buf[p + 3], buf[p + 4]]));
+                                    if let Some(k) = keys.as_deref_mut() {
                                         let data = &mut buf[p + HDR..p + HDR + len];
                                         apply(&mut k.dc_dec, data);
                                         apply(&mut k.client_enc, data);
-                                        p += HDR + len;
                                     }
-                                } else {
-                                    let data = &mut buf[half.end..new_end];
-                                    apply(&mut k.dc_dec, data);
-                                    apply(&mut k.client_enc, data);
+                                    p += HDR + len;
+                                    records += 1;
                                 }
+                                self.drs.sent(records, ctx.now);
+                            } else if let Some(k) = keys.as_deref_mut() {
+                                let data = &mut buf[half.end..new_end];
+                                apply(&mut k.dc_dec, data);
+                                apply(&mut k.client_enc, data);
                             }
                             half.end = new_end;
                             moved += n;
@@ -1158,14 +1164,68 @@ struct SocksState {
     len: usize,
 }
 
+/// Dynamic record sizing (PROTOCOL.md §7.3), as TLS servers do it: after an idle second the
+/// first 40 records carry about one MSS (1450 − U[0,100) bytes), the next 20 about 4 KiB
+/// (4096 − U[0,100)), then full records. Off: always full records.
+struct Drs {
+    on: bool,
+    records: u32,
+    last: Instant,
+}
+
+impl Drs {
+    fn new(on: bool, now: Instant) -> Drs {
+        Drs {
+            on,
+            records: 0,
+            last: now,
+        }
+    }
+
+    /// Payload caps for the next records of one read.
+    fn caps(&mut self, now: Instant, rng: &mut FastRng) -> [usize; MAX_SEGMENTS] {
+        let mut caps = [faketls::MAX_RECORD_PAYLOAD; MAX_SEGMENTS];
+        if !self.on {
+            return caps;
+        }
+        if now.saturating_duration_since(self.last) > Duration::from_secs(1) {
+            self.records = 0;
+        }
+        for (i, cap) in caps.iter_mut().enumerate() {
+            let k = self.records + i as u32;
+            let jitter = rng.below(100) as usize;
+            *cap = match k {
+                0..40 => 1450 - jitter,
+                40..60 => 4096 - jitter,
+                _ => faketls::MAX_RECORD_PAYLOAD,
+            };
+        }
+        caps
+    }
+
+    /// `records` records were framed.
+    fn sent(&mut self, records: u32, now: Instant) {
+        if self.on {
+            self.records = self.records.saturating_add(records);
+            self.last = now;
+        }
+    }
+}
+
 /// Records one `readv` may fill.
 const MAX_SEGMENTS: usize = 4;
 
 /// Reads from `src` into `buf[end..]` as TLS application-data records, with one `readv`: each
 /// payload segment (at most [`faketls::MAX_RECORD_PAYLOAD`] bytes) follows room for its header,
-/// so framing costs no copy. Writes the headers of the records that got bytes. Returns
+/// so framing costs no copy. `caps` bounds each record's payload (dynamic record sizing).
+/// Writes the headers of the records that got bytes. Returns
 /// `(payload bytes read, end of the framed bytes)`, or `None` when there is no room.
-fn read_records(src: &TcpStream, buf: &mut [u8], end: usize) -> io::Result<Option<(usize, usize)>> {
+fn read_records(
+    src: &TcpStream,
+    buf: &mut [u8],
+    end: usize,
+    caps: &[usize; MAX_SEGMENTS],
+) -> io::Result<Option<(usize, usize)>> {
     let mut sizes = [0usize; MAX_SEGMENTS];
     let mut count = 0;
     {
@@ -1173,7 +1233,7 @@ fn read_records(src: &TcpStream, buf: &mut [u8], end: usize) -> io::Result<Optio
         let mut rest = buf.get_mut(end..).unwrap_or_default();
         while count < MAX_SEGMENTS && rest.len() > HDR {
             let (_, r) = rest.split_at_mut(HDR);
-            let take = r.len().min(faketls::MAX_RECORD_PAYLOAD);
+            let take = r.len().min(caps[count]);
             let (seg, r) = r.split_at_mut(take);
             sizes[count] = take;
             segs[count] = seg;

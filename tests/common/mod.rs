@@ -826,6 +826,8 @@ pub struct ClientRx {
     /// Number of records received and the largest payload seen.
     pub records: u64,
     pub max_record: usize,
+    /// Payload size of each record received (the first 4096).
+    pub sizes: Vec<usize>,
 }
 
 fn bad_data(msg: String) -> io::Error {
@@ -912,6 +914,9 @@ impl ClientRx {
                 }
                 self.records += 1;
                 self.max_record = self.max_record.max(len);
+                if self.sizes.len() < 4096 {
+                    self.sizes.push(len);
+                }
                 self.remaining = len;
             }
         }
@@ -1080,6 +1085,7 @@ impl TestClient {
             plain_pos: 0,
             records: 0,
             max_record: 0,
+            sizes: Vec::new(),
         };
         if !leftover.is_empty() {
             rx.absorb(&leftover)?;
