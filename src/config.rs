@@ -199,8 +199,11 @@ pub struct Config {
     /// DNS resolver URI (`[network] dns`; accepted, not implemented yet: the system resolver is
     /// used).
     pub dns: Option<String>,
-    /// SOCKS5 proxies for DC connections (accepted, not implemented yet).
+    /// SOCKS5 upstreams for DC connections, tried in order (`[network] proxies`).
     pub proxies: Vec<String>,
+    /// NTP servers `doctor` asks for the clock check (`[network] ntp`, `host[:port]`;
+    /// default `pool.ntp.org`).
+    pub ntp: Vec<String>,
     /// Traffic shaping (accepted, not implemented yet).
     pub doppelganger: Doppelganger,
     /// IP blocklist (accepted, not implemented yet).
@@ -265,6 +268,7 @@ impl Config {
             auto_update: false,
             dns: None,
             proxies: Vec::new(),
+            ntp: vec![crate::doctor::DEFAULT_NTP.to_string()],
             doppelganger: Doppelganger {
                 learn: true,
                 urls: Vec::new(),
@@ -1417,6 +1421,9 @@ impl Doc {
                 IpAddr::V4(v4) => format!("https://{v4}"),
                 IpAddr::V6(v6) => format!("https://[{v6}]"),
             });
+        }
+        if let Some(list) = self.strings("network.ntp")? {
+            c.ntp = list;
         }
         if let Some(list) = self.strings("network.proxies")? {
             for p in &list {

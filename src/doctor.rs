@@ -506,11 +506,19 @@ pub fn sntp_query(addr: SocketAddr, wait: Duration) -> io::Result<sntp::Sample> 
 }
 
 fn time_checks(config: &Config, servers: &[(String, u16)]) -> Vec<Check> {
+    // --ntp flags first, then `[network] ntp` from the config, then pool.ntp.org.
+    let from_config: Vec<(String, u16)> = config
+        .ntp
+        .iter()
+        .filter_map(|s| parse_host_port(s, NTP_PORT))
+        .collect();
     let default = [(DEFAULT_NTP.to_string(), NTP_PORT)];
-    let servers = if servers.is_empty() {
-        &default[..]
-    } else {
+    let servers = if !servers.is_empty() {
         servers
+    } else if !from_config.is_empty() {
+        &from_config[..]
+    } else {
+        &default[..]
     };
     parallel(servers, |(host, port)| time_check(config, host, *port))
         .into_iter()
