@@ -15,7 +15,7 @@ RUN_CONFIG := $(TARGET_DIR)/mtpx-run.toml
 include mk/probes.mk
 include mk/release.mk
 include mk/bench.mk
-.PHONY: help build test unit interop interop-reference lint layering check run clean
+.PHONY: help build test unit interop interop-tdlib interop-reference lint layering check run clean
 
 help: ## show this list
 	@echo "usage: make <target> [HOST=example.com] [PORT=3128] [SECRET=...] [CARGO=cargo]"
@@ -25,14 +25,18 @@ help: ## show this list
 build: ## release binary: target/release/mtpx
 	$(CARGO) build --release --locked
 
-test: unit interop probes ## cargo tests, Telethon interop, then the active-probe suite (nginx vs mtpx)
+test: unit interop interop-tdlib probes ## cargo tests, Telethon and TDLib interop, then the active-probe suite (nginx vs mtpx)
 
 unit: ## cargo test --locked --all-targets
-	$(CARGO) test --locked --all-targets
+	$(CARGO) test --locked --workspace --all-targets
 
 interop: ## Telethon -> target/debug/mtpx -> fake DC (makes .venv on first use)
 	$(CARGO) build --locked
 	MTPX_BIN=$(DEBUG_BIN) PYTHON=$(PYTHON) bash tests/interop/run.sh
+
+interop-tdlib: ## TDLib -> target/debug/mtpx -> fake DC, in a loopback-only netns (root, unshare, ip)
+	$(CARGO) build --locked
+	MTPX_BIN=$(DEBUG_BIN) PYTHON=$(PYTHON) bash tests/interop/tdlib.sh
 
 interop-reference: ## the interop harness against its pure-Python reference proxy
 	PYTHON=$(PYTHON) bash tests/interop/run.sh --reference

@@ -24,7 +24,8 @@ REL_TARGET_ABS := $(abspath $(TARGET_DIR))
 REL_RUSTFLAGS  := --remap-path-prefix=$(REL_CARGO_HOME)=/cargo \
                   --remap-path-prefix=$(CURDIR)=/mtpx \
                   --remap-path-prefix=$(REL_TARGET_ABS)=/mtpx/target \
-                  -C target-feature=+crt-static
+                  -C target-feature=+crt-static \
+                  -C link-arg=--strip-all -C link-arg=--icf=all -C force-unwind-tables=no
 # Neutralise environment that would make a build differ from the next one. (An empty but set
 # CARGO_ENCODED_RUSTFLAGS would win over RUSTFLAGS, hence env -u.)
 REL_ENV := env -u CARGO_ENCODED_RUSTFLAGS -u CARGO_BUILD_RUSTFLAGS \

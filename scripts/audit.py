@@ -8,7 +8,8 @@ is warm). Fails (exit 1) when:
 
 * a direct dependency of mtpx is not listed in audit/allowed-crates.txt,
 * the tree holds more crates than `tree-size` recorded there (mtpx itself not counted),
-* a crate comes from anywhere but crates.io (git or path dependencies),
+* a crate comes from anywhere but crates.io (git or path dependencies; the crates of this
+  repository's own workspace, crates/*, are mtpx's own code and are walked through),
 * a crate in the tree has no license, or mtpx gains build-dependencies or proc-macros.
 
 Usage: scripts/audit.py [--count] [--allowed FILE]
@@ -56,14 +57,22 @@ def tree(meta):
     pkgs = {p["id"]: p for p in meta["packages"]}
     nodes = {n["id"]: n for n in meta["resolve"]["nodes"]}
     root = meta["resolve"]["root"]
+    # Crates of this repository's workspace (crates/*) are mtpx's own code: not counted, their
+    # dependencies are mtpx's direct dependencies.
+    own = set(meta.get("workspace_members", [])) | {root}
     direct, build_only = set(), set()
-    seen, todo = set(), [root]
+    seen, todo, walked = set(), [root], {root}
     while todo:
         nid = todo.pop()
         for d in nodes[nid]["deps"]:
             kinds = {k["kind"] for k in d["dep_kinds"]}
             if None in kinds:
-                if nid == root:
+                if d["pkg"] in own:
+                    if d["pkg"] not in walked:
+                        walked.add(d["pkg"])
+                        todo.append(d["pkg"])
+                    continue
+                if nid in own:
                     direct.add(pkgs[d["pkg"]]["name"])
                 if d["pkg"] not in seen:
                     seen.add(d["pkg"])

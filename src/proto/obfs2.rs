@@ -87,13 +87,10 @@ impl CompactCtr {
 
     /// XORs the next `data.len()` bytes of keystream into `data`.
     pub fn apply_keystream(&mut self, data: &mut [u8]) {
-        use aes::cipher::StreamCipherSeek;
         if data.is_empty() {
             return;
         }
-        let mut c = cipher(&self.key, &self.iv);
-        c.seek(self.pos);
-        c.apply_keystream(data);
+        mtpx_ctr::apply_keystream(&self.key, &self.iv, self.pos, data);
         self.pos += data.len() as u64;
     }
 }
