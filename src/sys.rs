@@ -53,7 +53,8 @@ fn setsockopt_int(fd: i32, level: i32, name: i32, value: i32) -> io::Result<()> 
     }
 }
 
-/// Turns on TCP keep-alive with the given idle time, probe interval and probe count.
+/// Turns on TCP keep-alive with the given idle time, probe interval and probe count. On a
+/// listening socket the settings are inherited by the accepted sockets.
 pub fn set_keepalive(
     sock: &impl AsRawFd,
     idle: Duration,
@@ -212,6 +213,37 @@ mod tests {
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let err = std::io::Read::read(&mut s, &mut buf).unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset);
+    }
+
+    fn getsockopt_int(fd: i32, level: i32, name: i32) -> i32 {
+        let mut v: i32 = 0;
+        let mut len = std::mem::size_of::<i32>() as libc::socklen_t;
+        // SAFETY: `v` and `len` are live and writable; the kernel writes at most `len` bytes.
+        let rc =
+            unsafe { libc::getsockopt(fd, level, name, (&mut v as *mut i32).cast(), &mut len) };
+        assert_eq!(rc, 0);
+        v
+    }
+
+    #[test]
+    fn keepalive_on_the_listener_is_inherited_by_accepted_sockets() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        set_keepalive(&l, Duration::from_secs(33), Duration::from_secs(7), 4).unwrap();
+        set_nodelay(&l).unwrap();
+        let _c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (a, _) = l.accept().unwrap();
+        let fd = a.as_raw_fd();
+        assert_eq!(getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE), 1);
+        assert_eq!(
+            getsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE),
+            33
+        );
+        assert_eq!(
+            getsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL),
+            7
+        );
+        assert_eq!(getsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_KEEPCNT), 4);
+        assert!(a.nodelay().unwrap());
     }
 
     #[test]

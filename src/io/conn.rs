@@ -778,6 +778,11 @@ impl Conn {
             return Ok(());
         }
         let _ = up.set_nodelay(true);
+        let ka = &ctx.shared.config.keep_alive;
+        if self.fronted.is_none() && !ka.disabled {
+            // DC connections live long and idle: find a vanished DC or upstream.
+            let _ = crate::sys::set_keepalive(up, ka.idle, ka.interval, ka.count);
+        }
         if self.fronted.is_some() && ctx.shared.front_proxy_protocol {
             let front = up.peer_addr().unwrap_or(self.peer);
             if !self.write_front_proxy_header(front, ctx) {

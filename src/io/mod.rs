@@ -285,8 +285,15 @@ pub fn start_with_grace(config: Config, grace: Duration) -> io::Result<Proxy> {
     })?;
     let listener: std::net::TcpListener = listener.into();
     let _ = crate::sys::set_listen_backlog(&listener, 4096);
-    // Accepted sockets inherit TCP_NODELAY: one system call here instead of one per client.
+    // Accepted sockets inherit TCP_NODELAY and the keep-alive settings: system calls here
+    // instead of per client.
     let _ = crate::sys::set_nodelay(&listener);
+    let ka = &config.keep_alive;
+    if !ka.disabled {
+        if let Err(e) = crate::sys::set_keepalive(&listener, ka.idle, ka.interval, ka.count) {
+            crate::log_event!(Level::Warn, "keepalive-not-set", error = e);
+        }
+    }
     let local_addr = listener.local_addr()?;
 
     let workers = config.workers.max(1);
