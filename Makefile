@@ -15,7 +15,7 @@ RUN_CONFIG := $(TARGET_DIR)/mtpx-run.toml
 include mk/probes.mk
 include mk/release.mk
 include mk/bench.mk
-.PHONY: help build test unit interop interop-tdlib interop-reference lint layering check run clean
+.PHONY: help build test unit interop interop-tdlib haproxy interop-reference lint layering check run clean
 
 help: ## show this list
 	@echo "usage: make <target> [HOST=example.com] [PORT=3128] [SECRET=...] [CARGO=cargo]"
@@ -25,7 +25,7 @@ help: ## show this list
 build: ## release binary: target/release/mtpx
 	$(CARGO) build --release --locked
 
-test: unit interop interop-tdlib probes ## cargo tests, Telethon and TDLib interop, then the active-probe suite (nginx vs mtpx)
+test: unit interop interop-tdlib haproxy probes ## cargo tests, Telethon and TDLib interop, HAProxy, then the active-probe suite
 
 unit: ## cargo test --locked --all-targets
 	$(CARGO) test --locked --workspace --all-targets
@@ -37,6 +37,10 @@ interop: ## Telethon -> target/debug/mtpx -> fake DC (makes .venv on first use)
 interop-tdlib: ## TDLib -> target/debug/mtpx -> fake DC, in a loopback-only netns (root, unshare, ip)
 	$(CARGO) build --locked
 	MTPX_BIN=$(DEBUG_BIN) PYTHON=$(PYTHON) bash tests/interop/tdlib.sh
+
+haproxy: ## a real HAProxy (send-proxy-v2) balancing two mtpx instances
+	$(CARGO) build --locked
+	bash tests/haproxy/run.sh
 
 interop-reference: ## the interop harness against its pure-Python reference proxy
 	PYTHON=$(PYTHON) bash tests/interop/run.sh --reference

@@ -102,7 +102,7 @@ pub struct Doppelganger {
     pub drs: bool,
 }
 
-/// `[defense.blocklist]` / `[defense.allowlist]` (accepted, not implemented yet).
+/// `[defense.blocklist]` / `[defense.allowlist]`: FireHOL lists from files or http:// URLs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IpList {
     /// Whether the list is used.
@@ -127,7 +127,7 @@ pub enum TagFormat {
     Graphite,
 }
 
-/// `[stats.statsd]` (accepted, not implemented yet).
+/// `[stats.statsd]`: metrics over UDP.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Statsd {
     /// Whether metrics are sent.
@@ -140,7 +140,7 @@ pub struct Statsd {
     pub tag_format: TagFormat,
 }
 
-/// `[stats.prometheus]` (accepted, not implemented yet).
+/// `[stats.prometheus]`: metrics over HTTP, served by mtpx.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Prometheus {
     /// Whether the HTTP endpoint is served.
@@ -196,7 +196,7 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Fetch Telegram's DC list periodically (accepted, not implemented yet).
     pub auto_update: bool,
-    /// DNS resolver URI (`[network] dns`; accepted, not implemented yet: the system resolver is
+    /// DNS resolver URI (`[network] dns`; accepted, not implemented yet: mtpx's own resolver over /etc/resolv.conf is
     /// used).
     pub dns: Option<String>,
     /// SOCKS5 upstreams for DC connections, tried in order (`[network] proxies`).
@@ -204,15 +204,15 @@ pub struct Config {
     /// NTP servers `doctor` asks for the clock check (`[network] ntp`, `host[:port]`;
     /// default `pool.ntp.org`).
     pub ntp: Vec<String>,
-    /// Traffic shaping (accepted, not implemented yet).
+    /// TLS-shape learning and dynamic record sizing (`[defense.doppelganger]`).
     pub doppelganger: Doppelganger,
-    /// IP blocklist (accepted, not implemented yet).
+    /// IP blocklist.
     pub blocklist: IpList,
-    /// IP allowlist (accepted, not implemented yet).
+    /// IP allowlist.
     pub allowlist: IpList,
-    /// StatsD metrics (accepted, not implemented yet).
+    /// StatsD metrics.
     pub statsd: Statsd,
-    /// Prometheus metrics (accepted, not implemented yet).
+    /// Prometheus metrics.
     pub prometheus: Prometheus,
 }
 
