@@ -33,6 +33,23 @@ const SWEEP_EVERY: Duration = Duration::from_millis(250);
 /// Pause after the process ran out of file descriptors.
 const EMFILE_PAUSE: Duration = Duration::from_millis(100);
 
+/// A per-turn [`Ctx`] over the worker's fields (a macro, so that the slab can stay borrowed).
+macro_rules! ctx {
+    ($w:expr, $now:expr) => {
+        Ctx {
+            pool: &mut $w.pool,
+            shared: &$w.shared,
+            registry: $w.poll.registry(),
+            rng: &mut $w.rng,
+            keyshares: &mut $w.keyshares,
+            scratch: &mut $w.scratch,
+            now: $now,
+            want_buffer: false,
+            requeue: false,
+        }
+    };
+}
+
 /// A worker's state. Created on the spawning thread, then moved into its own thread.
 pub(crate) struct Worker {
     index: usize,
@@ -239,17 +256,7 @@ impl Worker {
         };
         self.next_id += 1;
         let id = self.next_id;
-        let mut ctx = Ctx {
-            pool: &mut self.pool,
-            shared: &self.shared,
-            registry: self.poll.registry(),
-            rng: &mut self.rng,
-            keyshares: &mut self.keyshares,
-            scratch: &mut self.scratch,
-            now,
-            want_buffer: false,
-            requeue: false,
-        };
+        let mut ctx = ctx!(self, now);
         match Conn::new(id, slot, stream, peer, &mut ctx) {
             Ok(mut conn) => {
                 conn.queued = true;
@@ -279,17 +286,7 @@ impl Worker {
                 continue;
             };
             conn.queued = false;
-            let mut ctx = Ctx {
-                pool: &mut self.pool,
-                shared: &self.shared,
-                registry: self.poll.registry(),
-                rng: &mut self.rng,
-                keyshares: &mut self.keyshares,
-                scratch: &mut self.scratch,
-                now,
-                want_buffer: false,
-                requeue: false,
-            };
+            let mut ctx = ctx!(self, now);
             conn.ready(&mut ctx);
             let (want_buffer, requeue) = (ctx.want_buffer, ctx.requeue);
             if conn.phase == Phase::Closed {
@@ -331,17 +328,7 @@ impl Worker {
             if now < conn.deadline || conn.phase == Phase::Closed {
                 continue;
             }
-            let mut ctx = Ctx {
-                pool: &mut self.pool,
-                shared: &self.shared,
-                registry: self.poll.registry(),
-                rng: &mut self.rng,
-                keyshares: &mut self.keyshares,
-                scratch: &mut self.scratch,
-                now,
-                want_buffer: false,
-                requeue: false,
-            };
+            let mut ctx = ctx!(self, now);
             conn.handle_timeout(&mut ctx);
             if conn.phase == Phase::Closed {
                 self.to_free.push(slot);
@@ -370,17 +357,7 @@ impl Worker {
             if conn.phase == Phase::Closed || !pick(conn) {
                 continue;
             }
-            let mut ctx = Ctx {
-                pool: &mut self.pool,
-                shared: &self.shared,
-                registry: self.poll.registry(),
-                rng: &mut self.rng,
-                keyshares: &mut self.keyshares,
-                scratch: &mut self.scratch,
-                now,
-                want_buffer: false,
-                requeue: false,
-            };
+            let mut ctx = ctx!(self, now);
             conn.close(super::conn::CloseReason::Shutdown, &mut ctx);
             self.to_free.push(slot);
             conn.queued = true;
