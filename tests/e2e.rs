@@ -725,6 +725,35 @@ fn dc_blackholed_times_out_then_falls_back() {
     assert_eq!(load(&st.dc_failures), 1, "{}", stats_line(&st));
 }
 
+/// With a fallback address after it, a silent address is given up after 3 s even when the
+/// connect timeout is 10 s (a broken IPv6 route must not cost every client 10 s).
+#[test]
+fn dc_fallback_gives_up_a_silent_address_sooner() {
+    let refused = RefusedPort::new();
+    let hole = Blackhole::new();
+    let dc = FakeDc::start(DcMode::Echo);
+    let secret = secret(SecretKind::Secure, 53);
+    let mut cfg = test_config(secret.clone(), 1, &refused);
+    cfg.timeouts.tcp = Duration::from_secs(10);
+    cfg.dc_overrides.push((4, vec![hole.addr, dc.addr]));
+    let proxy = start(cfg);
+    let t0 = Instant::now();
+    echo_ok(
+        proxy.local_addr(),
+        &secret,
+        &ClientOpts::new(Tag::Padded, 4, 54),
+        10_000,
+        "fallback after the shortened timeout",
+    );
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_millis(2900),
+        "fallback too fast ({took:?})?"
+    );
+    assert!(took <= Duration::from_secs(7), "fallback took {took:?}");
+    assert_eq!(dc.frames(), vec![(Tag::Padded, 4)]);
+}
+
 // ------------------------------------------------------------------------------------------
 // 7. silent client: handshake timeout
 

@@ -48,6 +48,10 @@ pub(crate) const UPSTREAM: usize = 1;
 /// Bytes a direction may move in one turn before yielding to other connections.
 pub(crate) const TURN_BUDGET: usize = 256 * 1024;
 
+/// Connect timeout for an address that has a fallback after it (the last one gets the full
+/// `[network.timeout] tcp`).
+const FALLBACK_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// Length of a TLS record header.
 const HDR: usize = faketls::RECORD_HEADER_LEN;
 
@@ -716,7 +720,14 @@ impl Conn {
                         self.upstream = Some(s);
                         self.via = via;
                         self.ready[UPSTREAM] = 0;
-                        self.deadline = ctx.now + shared.config.timeouts.tcp;
+                        // While other addresses remain (IPv6 then IPv4, or a second DC
+                        // address), a silent one is given up sooner: a host whose IPv6 is
+                        // configured but broken must not cost every client the full timeout.
+                        let mut wait = shared.config.timeouts.tcp;
+                        if self.route_at(self.addr_idx + 1, shared).is_some() {
+                            wait = wait.min(FALLBACK_CONNECT_TIMEOUT);
+                        }
+                        self.deadline = ctx.now + wait;
                         return;
                     }
                 }
