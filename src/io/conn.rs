@@ -137,6 +137,50 @@ impl Half {
         self.eof && self.is_empty()
     }
 
+    /// The common tail of both pumps: writes what is buffered to `dst`, gives the buffer back
+    /// once it is empty and the source has nothing more for now, and after the source's EOF
+    /// passes it on (`shutdown(Write)`, or a reset after a reset). `src`/`dst` index `ready`.
+    /// Returns whether bytes were written; errors name the failing side.
+    fn flush(
+        &mut self,
+        dst: &TcpStream,
+        ready: &mut [u8; 2],
+        src: usize,
+        dst_side: usize,
+        pool: &mut Pool,
+    ) -> Result<bool, (usize, io::Error)> {
+        let mut progress = false;
+        if !self.is_empty() && ready[dst_side] & W != 0 {
+            let id = self.buf.expect("non-empty half has a buffer");
+            let buf = pool.get(id);
+            match write_some(dst, &buf[self.start..self.end]) {
+                Ok(n) => {
+                    self.start += n;
+                    progress = true;
+                    if self.is_empty() {
+                        self.start = 0;
+                        self.end = 0;
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => ready[dst_side] &= !W,
+                Err(e) => return Err((dst_side, e)),
+            }
+        }
+        if self.is_empty() && self.buf.is_some() && (self.eof || ready[src] & R == 0) {
+            self.release(pool);
+        }
+        if self.done() && !self.shut {
+            self.shut = true;
+            if self.reset {
+                // The source reset: what it sent is flushed, now reset the destination too.
+                let _ = crate::sys::set_linger_zero(dst);
+                return Err((src, ErrorKind::ConnectionReset.into()));
+            }
+            let _ = dst.shutdown(Shutdown::Write);
+        }
+        Ok(progress)
+    }
+
     fn release(&mut self, pool: &mut Pool) {
         if let Some(id) = self.buf.take() {
             pool.release(id);
@@ -993,36 +1037,7 @@ impl Conn {
                     }
                 }
             }
-            // Flush.
-            if !half.is_empty() && self.ready[UPSTREAM] & W != 0 {
-                let id = half.buf.expect("non-empty half has a buffer");
-                let buf = ctx.pool.get(id);
-                match write_some(upstream, &buf[half.start..half.end]) {
-                    Ok(n) => {
-                        half.start += n;
-                        progress = true;
-                        if half.is_empty() {
-                            half.start = 0;
-                            half.end = 0;
-                        }
-                    }
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                        self.ready[UPSTREAM] &= !W;
-                    }
-                    Err(e) => return Err((UPSTREAM, e)),
-                }
-            }
-            if half.is_empty() && half.buf.is_some() && (half.eof || self.ready[CLIENT] & R == 0) {
-                half.release(ctx.pool);
-            }
-            if half.done() && !half.shut {
-                half.shut = true;
-                if half.reset {
-                    let _ = crate::sys::set_linger_zero(upstream);
-                    return Err((CLIENT, ErrorKind::ConnectionReset.into()));
-                }
-                let _ = upstream.shutdown(Shutdown::Write);
-            }
+            progress |= half.flush(upstream, &mut self.ready, CLIENT, UPSTREAM, ctx.pool)?;
             if moved >= TURN_BUDGET {
                 ctx.requeue = true;
                 break;
@@ -1110,37 +1125,7 @@ impl Conn {
                     }
                 }
             }
-            if !half.is_empty() && self.ready[CLIENT] & W != 0 {
-                let id = half.buf.expect("non-empty half has a buffer");
-                let buf = ctx.pool.get(id);
-                match write_some(&self.client, &buf[half.start..half.end]) {
-                    Ok(n) => {
-                        half.start += n;
-                        progress = true;
-                        if half.is_empty() {
-                            half.start = 0;
-                            half.end = 0;
-                        }
-                    }
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                        self.ready[CLIENT] &= !W;
-                    }
-                    Err(e) => return Err((CLIENT, e)),
-                }
-            }
-            if half.is_empty() && half.buf.is_some() && (half.eof || self.ready[UPSTREAM] & R == 0)
-            {
-                half.release(ctx.pool);
-            }
-            if half.done() && !half.shut {
-                half.shut = true;
-                if half.reset {
-                    // The far end reset: flushed what it sent, now reset the client too.
-                    let _ = crate::sys::set_linger_zero(&self.client);
-                    return Err((UPSTREAM, ErrorKind::ConnectionReset.into()));
-                }
-                let _ = self.client.shutdown(Shutdown::Write);
-            }
+            progress |= half.flush(&self.client, &mut self.ready, UPSTREAM, CLIENT, ctx.pool)?;
             if moved >= TURN_BUDGET {
                 ctx.requeue = true;
                 break;
