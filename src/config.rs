@@ -87,8 +87,8 @@ pub struct AntiReplay {
     pub error_rate: f64,
 }
 
-/// `[defense.doppelganger]`: learning the fronting site's handshake shape.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// `[defense.doppelganger]`: learning the fronting site's handshake shape, and shaping.
+#[derive(Clone, Debug, PartialEq)]
 pub struct Doppelganger {
     /// Probe the fronting site and shape the fake handshake like its answer (default true).
     pub learn: bool,
@@ -100,6 +100,14 @@ pub struct Doppelganger {
     pub raid_each: Duration,
     /// Dynamic record sizing.
     pub drs: bool,
+    /// Inter-record timing toward FakeTLS clients (default false).
+    pub delays: bool,
+    /// Weibull shape k of the gaps (default mtg's 0.378…).
+    pub delay_shape: f64,
+    /// Weibull scale λ of the gaps (default 1.73 ms).
+    pub delay_scale: Duration,
+    /// Bytes per second a download keeps at least while shaped (default 4 MiB; 0 = none).
+    pub min_rate: u64,
 }
 
 /// `[defense.blocklist]` / `[defense.allowlist]`: FireHOL lists from files or http:// URLs.
@@ -275,6 +283,10 @@ impl Config {
                 repeats_per_raid: 10,
                 raid_each: Duration::from_secs(6 * 3600),
                 drs: false,
+                delays: false,
+                delay_shape: crate::proto::shaping::DEFAULT_SHAPE,
+                delay_scale: crate::proto::shaping::DEFAULT_SCALE,
+                min_rate: 4 << 20,
             },
             blocklist: IpList {
                 enabled: false,
@@ -1564,6 +1576,24 @@ impl Doc {
         if let Some(v) = self.bool(&format!("{D}learn"))? {
             c.doppelganger.learn = v;
         }
+        if let Some(v) = self.bool(&format!("{D}delays"))? {
+            c.doppelganger.delays = v;
+        }
+        if let Some(v) = self.float(&format!("{D}delay-shape"))? {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(self.err(&format!("{D}delay-shape"), format!("{v} must be above 0")));
+            }
+            c.doppelganger.delay_shape = v;
+        }
+        if let Some(v) = self.duration(&format!("{D}delay-scale"))? {
+            if v.is_zero() {
+                return Err(self.err(&format!("{D}delay-scale"), "must be above 0".into()));
+            }
+            c.doppelganger.delay_scale = v;
+        }
+        if let Some(v) = self.bytes(&format!("{D}min-rate"))? {
+            c.doppelganger.min_rate = v;
+        }
         for (name, which) in [("blocklist", true), ("allowlist", false)] {
             let p = format!("defense.{name}.");
             let mut list = if which {
@@ -2357,6 +2387,36 @@ mod tests {
     }
 
     #[test]
+    fn shaping_keys_parse_and_bad_values_name_the_key() {
+        let base = "secret = \"ee0123456789abcdef0123456789abcdef6578616d706c652e636f6d\"\n\
+                    bind-to = \"127.0.0.1:3128\"\n[defense.doppelganger]\n";
+        let (c, w) = ok(&format!(
+            "{base}delays = true\ndelay-shape = 0.5\ndelay-scale = \"2.5ms\"\nmin-rate = \"1MiB\"\n"
+        ));
+        assert!(w.is_empty(), "{w:?}");
+        let d = &c.doppelganger;
+        assert!(d.delays);
+        assert_eq!(d.delay_shape, 0.5);
+        assert_eq!(d.delay_scale, Duration::from_micros(2500));
+        assert_eq!(d.min_rate, 1 << 20);
+        let (c, _) = ok(&format!("{base}min-rate = 0\n"));
+        assert_eq!(c.doppelganger.min_rate, 0);
+        assert!(!c.doppelganger.delays);
+        for (bad, key) in [
+            ("delay-shape = 0", "delay-shape"),
+            ("delay-shape = -1.5", "delay-shape"),
+            ("delay-shape = \"fast\"", "delay-shape"),
+            ("delay-scale = \"0s\"", "delay-scale"),
+            ("delay-scale = \"2\"", "delay-scale"),
+            ("min-rate = \"lots\"", "min-rate"),
+            ("delays = \"yes please\"", "delays"),
+        ] {
+            let e = parse(&format!("{base}{bad}\n")).expect_err(bad).to_string();
+            assert!(e.contains(key), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn config_example_lists_every_key() {
         let mut keys: Vec<String> = prepass(&fixture("mtg-all-keys.toml"))
             .unwrap()
@@ -2370,6 +2430,10 @@ mod tests {
                 "buffers.size",
                 "buffers.count",
                 "network.dns",
+                "defense.doppelganger.delays",
+                "defense.doppelganger.delay-shape",
+                "defense.doppelganger.delay-scale",
+                "defense.doppelganger.min-rate",
             ]
             .map(String::from),
         );

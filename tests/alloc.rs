@@ -317,6 +317,8 @@ fn steady_state_relay_allocates_nothing() {
     let secret = Secret::generate(SecretKind::FakeTls, HOST, &mut XorShift64(77));
     let mut cfg = Config::simple(SocketAddr::from(([127, 0, 0, 1], 0)), secret.clone());
     cfg.workers = 2;
+    // Traffic shaping on: its timers run on the workers too (mtg's gaps, 4 MiB/s floor).
+    cfg.doppelganger.delays = true;
     cfg.domain_fronting.ip = Some(refused.ip());
     cfg.domain_fronting.port = refused.port();
     cfg.dc_overrides = [1i16, 2, 3, 4, 5, 203]

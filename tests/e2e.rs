@@ -318,6 +318,122 @@ fn faketls_dynamic_record_sizing_ramps_up() {
     drop(proxy);
 }
 
+/// Starts a proxy whose fake DC sends `reply` bytes to an ee client; returns the client's
+/// record sizes and arrival times after checking every byte.
+fn shaped_download(
+    reply: usize,
+    tune: impl FnOnce(&mut Config),
+) -> (Vec<usize>, Vec<Instant>, Duration) {
+    let refused = RefusedPort::new();
+    let dc = FakeDc::start(DcMode::Sink {
+        expect_seed: 1,
+        reply_seed: 2,
+        reply: reply as u64,
+        after_eof: false,
+    });
+    let secret = secret(SecretKind::FakeTls, 9);
+    let mut cfg = test_config(secret.clone(), 1, &refused);
+    cfg.dc_overrides.push((2, vec![dc.addr]));
+    tune(&mut cfg);
+    let proxy = start(cfg);
+    let t0 = Instant::now();
+    let mut c = TestClient::connect(
+        proxy.local_addr(),
+        &secret,
+        &ClientOpts::new(Tag::Padded, 2, 4),
+    )
+    .expect("handshake");
+    c.shutdown_write().expect("shutdown");
+    let n =
+        c.rx.recv_check_to_eof(&mut Pattern::new(2), reply as u64 * 2)
+            .expect("download");
+    assert_eq!(n, reply as u64);
+    let took = t0.elapsed();
+    drop(proxy);
+    (c.rx.sizes.clone(), c.rx.arrivals.clone(), took)
+}
+
+/// `delays = true` (PROTOCOL.md §7.2): every record toward the client waits a gap after the
+/// previous one, here from a nearly constant Weibull (k = 50, λ = 30 ms: gaps 26–32 ms), with
+/// no throughput floor. Unshaped, the same download arrives in a burst.
+#[test]
+fn faketls_shaping_spaces_records() {
+    let (sizes, arrivals, _) = shaped_download(16 * 16379, |c| {
+        let d = &mut c.doppelganger;
+        d.delays = true;
+        d.delay_shape = 50.0;
+        d.delay_scale = Duration::from_millis(30);
+        d.min_rate = 0;
+    });
+    assert!(sizes.len() >= 16, "{} records", sizes.len());
+    let gaps: Vec<Duration> = arrivals.windows(2).map(|w| w[1] - w[0]).collect();
+    // Timers have 1 ms ticks: a record may leave up to 1 ms early, never 5 ms.
+    let short: Vec<_> = gaps
+        .iter()
+        .filter(|g| **g < Duration::from_millis(20))
+        .collect();
+    assert!(
+        short.is_empty(),
+        "gaps shorter than 20 ms: {short:?} of {gaps:?}"
+    );
+    eprintln!("shaped gaps: {gaps:?}");
+
+    // The same download unshaped: most records arrive together.
+    let (_, arrivals, _) = shaped_download(16 * 16379, |_| {});
+    let spread = *arrivals.last().unwrap() - arrivals[0];
+    assert!(
+        spread < Duration::from_millis(15 * 20),
+        "unshaped took {spread:?}"
+    );
+}
+
+/// Shaping never cuts a bulk download below `min-rate`: with gaps of about one second each
+/// (k = 50, λ = 1 s), 2 MiB (128 full records) would take two minutes; with a 2 MiB/s floor a
+/// record waits at most 16379 / 2 MiB = 7.8 ms.
+#[test]
+fn faketls_shaping_keeps_the_min_rate() {
+    let (sizes, _, took) = shaped_download(2 << 20, |c| {
+        let d = &mut c.doppelganger;
+        d.delays = true;
+        d.delay_shape = 50.0;
+        d.delay_scale = Duration::from_secs(1);
+        d.min_rate = 2 << 20;
+        d.drs = true;
+    });
+    assert!(sizes.len() >= 128, "{} records", sizes.len());
+    assert!(took < Duration::from_secs(40), "2 MiB took {took:?}");
+    eprintln!("2 MiB with a 2 MiB/s floor: {took:?}");
+}
+
+/// Default shaping (mtg's Weibull, 4 MiB/s floor) with several clients at once, echoing both
+/// ways: every byte arrives, in order.
+#[test]
+fn faketls_shaping_with_concurrent_echo_clients() {
+    let refused = RefusedPort::new();
+    let dc = FakeDc::start(DcMode::Echo);
+    let secret = secret(SecretKind::FakeTls, 9);
+    let mut cfg = test_config(secret.clone(), 2, &refused);
+    cfg.dc_overrides.push((2, vec![dc.addr]));
+    cfg.doppelganger.delays = true;
+    let proxy = start(cfg);
+    let addr = proxy.local_addr();
+    std::thread::scope(|s| {
+        for k in 0..16u64 {
+            let secret = &secret;
+            s.spawn(move || {
+                let mut c = TestClient::connect(addr, secret, &ClientOpts::new(Tag::Padded, 2, k))
+                    .expect("handshake");
+                let data = Pattern::new(k).take(256 * 1024);
+                let back = c.echo_round_trip(&data).expect("echo");
+                assert!(back == data, "client {k}: echo differs");
+                c.shutdown_write().expect("shutdown");
+                c.rx.expect_eof().expect("EOF");
+            });
+        }
+    });
+    drop(proxy);
+}
+
 // ------------------------------------------------------------------------------------------
 // 2. many connections
 

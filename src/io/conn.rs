@@ -52,6 +52,12 @@ pub(crate) const TURN_BUDGET: usize = 256 * 1024;
 /// `[network.timeout] tcp`).
 const FALLBACK_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// A shaped record may leave this early (timers have 1 ms ticks).
+const PACE_SLACK: Duration = Duration::from_micros(500);
+
+/// How late a shaped record may have left without the next gap growing by as much.
+const PACE_LATE_CREDIT: Duration = Duration::from_millis(2);
+
 /// Length of a TLS record header.
 const HDR: usize = faketls::RECORD_HEADER_LEN;
 
@@ -126,6 +132,9 @@ pub(crate) struct Half {
     shut: bool,
     /// The source ended with a reset: after the flush, reset the destination too.
     reset: bool,
+    /// Shaped direction: bytes before this offset may be written now (the records whose
+    /// send time came); the record starting here waits for its time.
+    limit: usize,
 }
 
 impl Half {
@@ -141,25 +150,32 @@ impl Half {
     /// once it is empty and the source has nothing more for now, and after the source's EOF
     /// passes it on (`shutdown(Write)`, or a reset after a reset). `src`/`dst` index `ready`.
     /// Returns whether bytes were written; errors name the failing side.
+    /// With `paced`, only bytes before [`Half::limit`] are written.
     fn flush(
         &mut self,
         dst: &TcpStream,
         ready: &mut [u8; 2],
-        src: usize,
-        dst_side: usize,
+        (src, dst_side): (usize, usize),
         pool: &mut Pool,
+        paced: bool,
     ) -> Result<bool, (usize, io::Error)> {
         let mut progress = false;
-        if !self.is_empty() && ready[dst_side] & W != 0 {
+        let upto = if paced {
+            self.limit.min(self.end)
+        } else {
+            self.end
+        };
+        if self.start < upto && ready[dst_side] & W != 0 {
             let id = self.buf.expect("non-empty half has a buffer");
             let buf = pool.get(id);
-            match write_some(dst, &buf[self.start..self.end]) {
+            match write_some(dst, &buf[self.start..upto]) {
                 Ok(n) => {
                     self.start += n;
                     progress = true;
                     if self.is_empty() {
                         self.start = 0;
                         self.end = 0;
+                        self.limit = 0;
                     }
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => ready[dst_side] &= !W,
@@ -187,6 +203,7 @@ impl Half {
         }
         self.start = 0;
         self.end = 0;
+        self.limit = 0;
     }
 }
 
@@ -215,6 +232,8 @@ pub(crate) struct Ctx<'a> {
     pub(crate) want_buffer: bool,
     /// Set by the connection: it stopped on its byte budget and must run again soon.
     pub(crate) requeue: bool,
+    /// Set by the connection: run it again at this time (traffic shaping).
+    pub(crate) wake_at: Option<Instant>,
 }
 
 /// A client connection and, once connected, its datacenter socket.
@@ -247,6 +266,8 @@ pub(crate) struct Conn {
     socks: Option<Box<SocksState>>,
     /// Dynamic record sizing of the records sent to a FakeTLS client.
     drs: Drs,
+    /// With traffic shaping: when the next record to the client may leave.
+    pace_at: Instant,
     /// A PROXY protocol header may still come first (`proxy-protocol-listener`).
     expect_proxy_header: bool,
     /// Why the handshake failed, once the connection is spliced to the fronting site.
@@ -303,6 +324,7 @@ impl Conn {
             socks: None,
             expect_proxy_header: ctx.shared.config.proxy_protocol_listener,
             drs: Drs::new(ctx.shared.config.doppelganger.drs, ctx.now),
+            pace_at: ctx.now,
             fronted: None,
             queued: false,
             waiting_buf: false,
@@ -632,6 +654,13 @@ impl Conn {
             self.down.buf = Some(down);
             self.down.start = 0;
             self.down.end = n - written;
+            // The rest of the flight is not shaped.
+            self.down.limit = n - written;
+        }
+        if let Some(s) = &ctx.shared.shaping {
+            // As mtg: the first record also waits one gap after the flight.
+            let u = crate::proto::shaping::draw(ctx.rng);
+            self.pace_at = ctx.now + s.delay(faketls::MAX_RECORD_PAYLOAD, u);
         }
         Ok(())
     }
@@ -1037,7 +1066,13 @@ impl Conn {
                     }
                 }
             }
-            progress |= half.flush(upstream, &mut self.ready, CLIENT, UPSTREAM, ctx.pool)?;
+            progress |= half.flush(
+                upstream,
+                &mut self.ready,
+                (CLIENT, UPSTREAM),
+                ctx.pool,
+                false,
+            )?;
             if moved >= TURN_BUDGET {
                 ctx.requeue = true;
                 break;
@@ -1056,6 +1091,8 @@ impl Conn {
         };
         let mut keys = self.keys.as_mut();
         let framed = self.tls.is_some();
+        // Shaping applies to records toward a FakeTLS client of ours (never to fronting).
+        let shaping = ctx.shared.shaping.filter(|_| framed && keys.is_some());
         let half = &mut self.down;
         let mut moved = 0;
         loop {
@@ -1125,7 +1162,33 @@ impl Conn {
                     }
                 }
             }
-            progress |= half.flush(&self.client, &mut self.ready, UPSTREAM, CLIENT, ctx.pool)?;
+            if let Some(s) = shaping {
+                if half.start >= half.limit && !half.is_empty() {
+                    if ctx.now + PACE_SLACK >= self.pace_at {
+                        // The next record may go; the one after waits a gap.
+                        let id = half.buf.expect("non-empty half has a buffer");
+                        let buf = ctx.pool.get(id);
+                        let (p, len) = (half.start, HDR);
+                        let payload = usize::from(u16::from_be_bytes([buf[p + 3], buf[p + 4]]));
+                        half.limit = p + len + payload;
+                        let u = crate::proto::shaping::draw(ctx.rng);
+                        // Timer lateness (ms ticks, loop latency) is not added to the next gap,
+                        // so a backlog really moves at the floor rate.
+                        let base = ctx.now.checked_sub(PACE_LATE_CREDIT).unwrap_or(ctx.now);
+                        self.pace_at = self.pace_at.max(base) + s.delay(payload, u);
+                    } else {
+                        ctx.wake_at = Some(self.pace_at);
+                    }
+                }
+            }
+            let paced = shaping.is_some();
+            progress |= half.flush(
+                &self.client,
+                &mut self.ready,
+                (UPSTREAM, CLIENT),
+                ctx.pool,
+                paced,
+            )?;
             if moved >= TURN_BUDGET {
                 ctx.requeue = true;
                 break;

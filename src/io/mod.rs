@@ -10,6 +10,7 @@ pub(crate) mod metrics;
 mod pool;
 pub mod resolve;
 pub mod scout;
+mod timers;
 mod worker;
 
 use std::io;
@@ -64,6 +65,8 @@ pub(crate) struct Shared {
     front_addrs: Mutex<Vec<SocketAddr>>,
     /// Send a PROXY v2 header to the fronting site.
     pub(crate) front_proxy_protocol: bool,
+    /// Inter-record timing toward FakeTLS clients (`[defense.doppelganger] delays`).
+    pub(crate) shaping: Option<crate::proto::shaping::Shaping>,
     /// SOCKS5 upstreams toward the DCs (`[network] proxies`), in order.
     pub(crate) socks: Vec<SocksUpstream>,
     /// What the fronting site's TLS first flight looks like (learned by the scout).
@@ -72,6 +75,15 @@ pub(crate) struct Shared {
     pub(crate) lists: Arc<lists::Lists>,
     /// Counters only the metrics exporters read.
     pub(crate) counters: Arc<metrics::Counters>,
+}
+
+/// The shaping of `[defense.doppelganger]`, if `delays` is on (FakeTLS secrets only).
+fn shaping(config: &Config) -> Option<crate::proto::shaping::Shaping> {
+    let d = &config.doppelganger;
+    if !d.delays || config.secret.kind != crate::proto::secret::SecretKind::FakeTls {
+        return None;
+    }
+    crate::proto::shaping::Shaping::new(d.delay_shape, d.delay_scale, d.min_rate)
 }
 
 /// A SOCKS5 upstream: where it listens, its credentials, and when it last failed.
@@ -323,6 +335,7 @@ pub fn start_with_grace(config: Config, grace: Duration) -> io::Result<Proxy> {
         counters: Arc::new(metrics::Counters::new(workers)),
         front_addrs: Mutex::new(front_addrs),
         front_proxy_protocol,
+        shaping: shaping(&config),
         socks,
         profile: Arc::new(Mutex::new(crate::proto::tlsprofile::Profile::default())),
         dc,
@@ -530,6 +543,7 @@ pub fn run(config: Config) -> io::Result<()> {
     }
     let secret_kind = config.secret.kind;
     let workers = config.workers;
+    let (drs, delays) = (config.doppelganger.drs, shaping(&config).is_some());
     let proxy = start(config)?;
     crate::log_event!(
         Level::Info,
@@ -540,7 +554,9 @@ pub fn run(config: Config) -> io::Result<()> {
             crate::proto::secret::SecretKind::FakeTls => "faketls",
             crate::proto::secret::SecretKind::Secure => "dd",
             crate::proto::secret::SecretKind::Classic => "classic",
-        }
+        },
+        drs = drs,
+        delays = delays
     );
     loop {
         std::thread::sleep(Duration::from_millis(100));

@@ -17,6 +17,7 @@ use mio::{Events, Interest, Poll, Token};
 
 use super::conn::{CLIENT, Conn, Ctx, Phase, R, UPSTREAM, W};
 use super::pool::Pool;
+use super::timers::Timers;
 use super::{FastRng, Shared};
 use crate::log::Level;
 use crate::proto::x25519::KeyShares;
@@ -46,6 +47,7 @@ macro_rules! ctx {
             now: $now,
             want_buffer: false,
             requeue: false,
+            wake_at: None,
         }
     };
 }
@@ -66,6 +68,8 @@ pub(crate) struct Worker {
     next_queue: Vec<usize>,
     buf_waiters: VecDeque<usize>,
     to_free: Vec<usize>,
+    /// Wake-ups of shaped connections.
+    timers: Timers,
     accept_pending: bool,
     accept_paused_until: Option<Instant>,
     next_id: u64,
@@ -104,6 +108,15 @@ impl Worker {
             next_queue: Vec::with_capacity(max_conns),
             buf_waiters: VecDeque::with_capacity(max_conns),
             to_free: Vec::with_capacity(max_conns),
+            // Sized for the slab only when shaping is on (otherwise never armed).
+            timers: Timers::new(
+                Instant::now(),
+                if shared.shaping.is_some() {
+                    max_conns
+                } else {
+                    0
+                },
+            ),
             accept_pending: true,
             accept_paused_until: None,
             next_id: (index as u64) << 48,
@@ -125,6 +138,9 @@ impl Worker {
             if let Some(until) = self.accept_paused_until {
                 timeout = timeout.min(until.saturating_duration_since(now));
             }
+            if let Some(at) = self.timers.next_wake() {
+                timeout = timeout.min(at.saturating_duration_since(now));
+            }
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != ErrorKind::Interrupted {
                     crate::log_event!(Level::Error, "poll-failed", worker = self.index, error = e);
@@ -134,6 +150,15 @@ impl Worker {
             }
             let now = Instant::now();
             std::mem::swap(&mut self.run_queue, &mut self.next_queue);
+            let (slab, run_queue) = (&mut self.slab, &mut self.run_queue);
+            self.timers.expire(now, |slot| {
+                if let Some(Some(conn)) = slab.get_mut(slot) {
+                    if !conn.queued {
+                        conn.queued = true;
+                        run_queue.push(slot);
+                    }
+                }
+            });
             for ev in events.iter() {
                 match ev.token() {
                     LISTENER => self.accept_pending = true,
@@ -289,6 +314,10 @@ impl Worker {
             let mut ctx = ctx!(self, now);
             conn.ready(&mut ctx);
             let (want_buffer, requeue) = (ctx.want_buffer, ctx.requeue);
+            match ctx.wake_at {
+                Some(at) if conn.phase != Phase::Closed => self.timers.arm(slot, at),
+                _ => self.timers.disarm(slot),
+            }
             if conn.phase == Phase::Closed {
                 self.to_free.push(slot);
                 // Mark so it is not pushed again this turn.
@@ -372,6 +401,7 @@ impl Worker {
             let Some(conn) = self.slab.get_mut(slot).and_then(Option::take) else {
                 continue;
             };
+            self.timers.disarm(slot);
             self.shared.active.fetch_sub(1, Ordering::AcqRel);
             if conn.fronted.is_some() {
                 let c = &self.shared.counters;

@@ -13,6 +13,7 @@ pub mod proxy_protocol;
 pub mod qr;
 pub mod replay;
 pub mod secret;
+pub mod shaping;
 pub mod sntp;
 pub mod socks5;
 pub mod tlsprofile;

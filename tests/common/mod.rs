@@ -828,6 +828,8 @@ pub struct ClientRx {
     pub max_record: usize,
     /// Payload size of each record received (the first 4096).
     pub sizes: Vec<usize>,
+    /// When each record's header arrived (the first 4096).
+    pub arrivals: Vec<Instant>,
 }
 
 fn bad_data(msg: String) -> io::Error {
@@ -916,6 +918,7 @@ impl ClientRx {
                 self.max_record = self.max_record.max(len);
                 if self.sizes.len() < 4096 {
                     self.sizes.push(len);
+                    self.arrivals.push(Instant::now());
                 }
                 self.remaining = len;
             }
@@ -1086,6 +1089,7 @@ impl TestClient {
             records: 0,
             max_record: 0,
             sizes: Vec::new(),
+            arrivals: Vec::new(),
         };
         if !leftover.is_empty() {
             rx.absorb(&leftover)?;
