@@ -271,53 +271,6 @@ fn faketls_records_from_proxy_are_bounded() {
     drop(proxy);
 }
 
-/// `drs = true`: the download starts with MSS-sized records, then ~4 KiB ones, then full
-/// ones, as TLS servers with dynamic record sizing do (PROTOCOL.md §7.3).
-#[test]
-fn faketls_dynamic_record_sizing_ramps_up() {
-    let refused = RefusedPort::new();
-    let dc = FakeDc::start(DcMode::Sink {
-        expect_seed: 1,
-        reply_seed: 2,
-        reply: 1 << 20,
-        after_eof: false,
-    });
-    let secret = secret(SecretKind::FakeTls, 9);
-    let mut cfg = test_config(secret.clone(), 1, &refused);
-    cfg.dc_overrides.push((2, vec![dc.addr]));
-    cfg.doppelganger.drs = true;
-    let proxy = start(cfg);
-    let mut c = TestClient::connect(
-        proxy.local_addr(),
-        &secret,
-        &ClientOpts::new(Tag::Padded, 2, 4),
-    )
-    .expect("handshake");
-    c.shutdown_write().expect("shutdown");
-    let n =
-        c.rx.recv_check_to_eof(&mut Pattern::new(2), 1 << 21)
-            .expect("download");
-    assert_eq!(n, 1 << 20);
-    let sizes = &c.rx.sizes;
-    assert!(sizes.len() > 60, "{} records", sizes.len());
-    assert!(sizes[..40].iter().all(|&l| l <= 1450), "{:?}", &sizes[..40]);
-    assert!(
-        sizes[40..60].iter().all(|&l| l <= 4096),
-        "{:?}",
-        &sizes[40..60]
-    );
-    assert!(
-        sizes[..40].iter().filter(|&&l| l > 1300).count() >= 30,
-        "{:?}",
-        &sizes[..40]
-    );
-    assert!(
-        sizes[60..].iter().any(|&l| l > 4096),
-        "no full records after the ramp"
-    );
-    drop(proxy);
-}
-
 /// Starts a proxy whose fake DC sends `reply` bytes to an ee client; returns the client's
 /// record sizes and arrival times after checking every byte.
 fn shaped_download(
@@ -351,6 +304,30 @@ fn shaped_download(
     let took = t0.elapsed();
     drop(proxy);
     (c.rx.sizes.clone(), c.rx.arrivals.clone(), took)
+}
+
+/// `drs = true`: the download starts with MSS-sized records, then ~4 KiB ones, then full
+/// ones, as TLS servers with dynamic record sizing do (PROTOCOL.md §7.3).
+#[test]
+fn faketls_dynamic_record_sizing_ramps_up() {
+    let (sizes, _, _) = shaped_download(1 << 20, |c| c.doppelganger.drs = true);
+    let sizes = &sizes;
+    assert!(sizes.len() > 60, "{} records", sizes.len());
+    assert!(sizes[..40].iter().all(|&l| l <= 1450), "{:?}", &sizes[..40]);
+    assert!(
+        sizes[40..60].iter().all(|&l| l <= 4096),
+        "{:?}",
+        &sizes[40..60]
+    );
+    assert!(
+        sizes[..40].iter().filter(|&&l| l > 1300).count() >= 30,
+        "{:?}",
+        &sizes[..40]
+    );
+    assert!(
+        sizes[60..].iter().any(|&l| l > 4096),
+        "no full records after the ramp"
+    );
 }
 
 /// `delays = true` (PROTOCOL.md §7.2): every record toward the client waits a gap after the
