@@ -16,6 +16,7 @@ pub mod secret;
 pub mod shaping;
 pub mod sntp;
 pub mod socks5;
+pub mod tls13;
 pub mod tlsprofile;
 pub mod x25519;
 
