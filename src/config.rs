@@ -1672,7 +1672,7 @@ impl Doc {
 
     /// One warning per feature that is turned on but not implemented yet.
     fn not_implemented(&mut self, c: &Config) {
-        let features: [(&str, bool); 3] = [
+        let features: [(&str, bool); 2] = [
             ("auto-update", c.auto_update),
             (
                 if self.has("network.dns") {
@@ -1682,8 +1682,18 @@ impl Doc {
                 },
                 c.dns.is_some(),
             ),
-            ("defense.doppelganger", !c.doppelganger.urls.is_empty()),
         ];
+        let d = &c.doppelganger;
+        let learns = d.delays && d.learn;
+        if !d.urls.is_empty() && !learns {
+            self.warn(
+                WarningKind::NotImplemented,
+                "defense.doppelganger.urls",
+                "are fetched to learn inter-record timing, which is off (needs delays = true and \
+                 learn = true); ignored"
+                    .into(),
+            );
+        }
         for (key, on) in features {
             if on {
                 let what = match key {
@@ -1986,7 +1996,7 @@ mod tests {
             .collect();
         assert_eq!(
             ni,
-            ["auto-update", "network.doh-ip", "defense.doppelganger",]
+            ["auto-update", "network.doh-ip", "defense.doppelganger.urls"]
         );
         assert_eq!(c.bind_to, "[::]:3128".parse().unwrap());
         assert!(c.proxy_protocol_listener && c.auto_update && c.allow_fallback_on_unknown_dc);

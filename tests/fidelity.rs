@@ -60,7 +60,7 @@ enum Cert {
     EcdsaP256,
 }
 
-/// An nginx serving TLS on 127.0.0.1, killed on drop.
+/// A TLS server process on 127.0.0.1 (nginx, or the timed Python site), killed on drop.
 struct Nginx {
     child: Child,
     addr: SocketAddr,
@@ -101,19 +101,13 @@ fn nginx_conf(dir: &Path, port: u16, protocols: &str, temp_paths: &[&str]) -> St
          pid {d}/nginx.pid;\nevents {{ worker_connections 64; }}\nhttp {{\n  access_log off;\n\
          {temps}  server {{\n    listen 127.0.0.1:{port} ssl;\n    server_name {HOST};\n\
          ssl_certificate {d}/cert.pem;\n    ssl_certificate_key {d}/key.pem;\n\
-         ssl_protocols {protocols};\n    location / {{ return 200 \"ok\\n\"; }}\n  }}\n}}\n"
+         ssl_protocols {protocols};\n    location / {{ return 200 \"ok\\n\"; }}\n\
+         location = /big.bin {{ root {d}; }}\n  }}\n}}\n"
     )
 }
 
-fn start_nginx(nginx: &Path, openssl: &Path, cert: Cert, protocols: &str) -> Nginx {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "mtpx-fidelity-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+/// A self-signed certificate for [`HOST`]: `dir/cert.pem`, `dir/key.pem`.
+fn make_cert(openssl: &Path, dir: &Path, cert: Cert) {
     let newkey = match cert {
         Cert::Rsa2048 => vec!["-newkey", "rsa:2048"],
         Cert::EcdsaP256 => vec!["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"],
@@ -129,6 +123,20 @@ fn start_nginx(nginx: &Path, openssl: &Path, cert: Cert, protocols: &str) -> Ngi
             .arg(dir.join("cert.pem"))),
         "openssl could not make a certificate"
     );
+}
+
+fn start_nginx(nginx: &Path, openssl: &Path, cert: Cert, protocols: &str) -> Nginx {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "mtpx-fidelity-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    make_cert(openssl, &dir, cert);
+    // A 1 MiB page for timing observations (64 full records).
+    std::fs::write(dir.join("big.bin"), vec![0x42u8; 1 << 20]).unwrap();
     let port = free_port();
     let conf = dir.join("nginx.conf");
     // Builds differ in which temp-path directives exist; take the first config nginx accepts.
@@ -374,6 +382,7 @@ fn unreachable_site_keeps_builtin_shape_and_scout_stops() {
         Duration::from_secs(3600),
         2,
         profile.clone(),
+        None,
     )
     .unwrap();
     std::thread::sleep(Duration::from_millis(200));
@@ -403,6 +412,7 @@ fn scout_thread_learns_from_nginx() {
         Duration::from_secs(3600),
         3,
         profile.clone(),
+        None,
     )
     .unwrap();
     let until = Instant::now() + Duration::from_secs(20);
@@ -414,4 +424,131 @@ fn scout_thread_learns_from_nginx() {
     let shape = profile.lock().unwrap().shape();
     assert!(shape.learned);
     assert_eq!(shape.site_records, 4);
+}
+
+// ------------------------------------------------------------------------------------------
+// Inter-record timing learned from the site (PROTOCOL.md §7.4).
+
+/// The scout's TLS 1.3 client against a real server (nginx + OpenSSL): the handshake completes
+/// (OpenSSL checks our Finished and the GCM tags of our records) and the GET is answered: the
+/// 1 MiB page arrives as ≥ 64 application-data records.
+#[test]
+fn timing_observation_fetches_a_page_from_nginx() {
+    let Some((nginx, openssl)) = tools() else {
+        return;
+    };
+    for cert in [Cert::Rsa2048, Cert::EcdsaP256] {
+        let site = start_nginx(&nginx, &openssl, cert, "TLSv1.2 TLSv1.3");
+        let gaps = scout::observe_gaps(site.addr, HOST, "/big.bin", TIMEOUT).expect("observe");
+        assert!(gaps.len() >= 64, "{} gaps for 1 MiB", gaps.len());
+        // A small page: a few records (tickets, the answer).
+        let gaps = scout::observe_gaps(site.addr, HOST, "/", TIMEOUT).expect("observe /");
+        assert!(
+            !gaps.is_empty() && gaps.len() < 16,
+            "{} gaps for /",
+            gaps.len()
+        );
+    }
+}
+
+/// A TLS 1.3 site (Python's ssl, i.e. OpenSSL) that answers a GET with 1000-byte records spaced
+/// by Weibull(k, λ) gaps. Prints its port, serves until killed.
+const TIMED_SITE: &str = r#"
+import random, socket, ssl, sys, time
+cert, key, k, lam_ms, n = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(cert, key)
+ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+ctx.num_tickets = 0
+ls = socket.socket()
+ls.bind(("127.0.0.1", 0))
+ls.listen(16)
+print(ls.getsockname()[1], flush=True)
+rng = random.Random(7)
+while True:
+    c, _ = ls.accept()
+    c.settimeout(10)
+    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        s = ctx.wrap_socket(c, server_side=True)
+        req = b""
+        while b"\r\n\r\n" not in req:
+            d = s.recv(4096)
+            if not d:
+                raise EOFError
+            req += d
+        s.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % (n * 1000))
+        for _ in range(n):
+            time.sleep(rng.weibullvariate(lam_ms / 1000, k))
+            s.sendall(b"x" * 1000)
+        s.close()
+    except Exception:
+        c.close()
+"#;
+
+fn start_timed_site(openssl: &Path, k: f64, lambda_ms: f64, records: u32) -> Option<Nginx> {
+    let python = find("python3")?;
+    let dir = std::env::temp_dir().join(format!("mtpx-timed-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    make_cert(openssl, &dir, Cert::EcdsaP256);
+    let mut child = Command::new(python)
+        .arg("-c")
+        .arg(TIMED_SITE)
+        .arg(dir.join("cert.pem"))
+        .arg(dir.join("key.pem"))
+        .arg(k.to_string())
+        .arg(lambda_ms.to_string())
+        .arg(records.to_string())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    use std::io::BufRead;
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port: u16 = line.trim().parse().expect("timed site port");
+    Some(Nginx {
+        child,
+        addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        dir,
+    })
+}
+
+/// `delays = true` with `learn = true`: the proxy's scout fetches the fronting site's page,
+/// times its records and fits the gap distribution; the proxy then uses the site's k and λ
+/// instead of the configured ones. The site here spaces its records by Weibull(1.3, 6 ms).
+#[test]
+fn proxy_learns_the_fronting_sites_record_timing() {
+    let Some((_, openssl)) = tools() else {
+        return;
+    };
+    let Some(site) = start_timed_site(&openssl, 1.3, 6.0, 100) else {
+        eprintln!("SKIP: no python3");
+        return;
+    };
+    let secret = mtpx::proto::secret::Secret::generate(
+        mtpx::proto::secret::SecretKind::FakeTls,
+        HOST,
+        &mut XorShift64(5),
+    );
+    let mut cfg = mtpx::config::Config::simple(SocketAddr::from(([127, 0, 0, 1], 0)), secret);
+    cfg.domain_fronting.ip = Some(site.addr.ip());
+    cfg.domain_fronting.port = site.addr.port();
+    cfg.doppelganger.delays = true;
+    cfg.doppelganger.repeats_per_raid = 3;
+    let configured = (cfg.doppelganger.delay_shape, cfg.doppelganger.delay_scale);
+    let proxy = mtpx::io::start(cfg).expect("start");
+    assert_eq!(proxy.shaping(), configured);
+    let until = Instant::now() + Duration::from_secs(60);
+    while proxy.shaping() == configured {
+        assert!(Instant::now() < until, "no fit within a minute");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (k, scale) = proxy.shaping();
+    let ms = scale.as_secs_f64() * 1000.0;
+    eprintln!("learned k = {k:.3}, λ = {ms:.3} ms (site: 1.3, 6 ms)");
+    assert!((1.3 * 0.7..1.3 * 1.3).contains(&k), "k = {k}");
+    assert!((6.0 * 0.75..6.0 * 1.25).contains(&ms), "λ = {ms} ms");
+    proxy.shutdown();
 }

@@ -657,7 +657,7 @@ impl Conn {
             // The rest of the flight is not shaped.
             self.down.limit = n - written;
         }
-        if let Some(s) = &ctx.shared.shaping {
+        if let Some(s) = ctx.shared.shaping.get() {
             // As mtg: the first record also waits one gap after the flight.
             let u = crate::proto::shaping::draw(ctx.rng);
             self.pace_at = ctx.now + s.delay(faketls::MAX_RECORD_PAYLOAD, u);
@@ -1092,7 +1092,11 @@ impl Conn {
         let mut keys = self.keys.as_mut();
         let framed = self.tls.is_some();
         // Shaping applies to records toward a FakeTLS client of ours (never to fronting).
-        let shaping = ctx.shared.shaping.filter(|_| framed && keys.is_some());
+        let shaping = if framed && keys.is_some() {
+            ctx.shared.shaping.get()
+        } else {
+            None
+        };
         let half = &mut self.down;
         let mut moved = 0;
         loop {

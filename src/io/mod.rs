@@ -66,7 +66,7 @@ pub(crate) struct Shared {
     /// Send a PROXY v2 header to the fronting site.
     pub(crate) front_proxy_protocol: bool,
     /// Inter-record timing toward FakeTLS clients (`[defense.doppelganger] delays`).
-    pub(crate) shaping: Option<crate::proto::shaping::Shaping>,
+    pub(crate) shaping: Arc<ShapingCell>,
     /// SOCKS5 upstreams toward the DCs (`[network] proxies`), in order.
     pub(crate) socks: Vec<SocksUpstream>,
     /// What the fronting site's TLS first flight looks like (learned by the scout).
@@ -77,13 +77,59 @@ pub(crate) struct Shared {
     pub(crate) counters: Arc<metrics::Counters>,
 }
 
-/// The shaping of `[defense.doppelganger]`, if `delays` is on (FakeTLS secrets only).
-fn shaping(config: &Config) -> Option<crate::proto::shaping::Shaping> {
-    let d = &config.doppelganger;
-    if !d.delays || config.secret.kind != crate::proto::secret::SecretKind::FakeTls {
-        return None;
+/// The inter-record timing in force: the configured Weibull parameters, replaced by the ones
+/// the scout fits to the site's traffic. Read per shaped record, lock-free (two atomics).
+pub struct ShapingCell {
+    on: bool,
+    min_rate: u64,
+    shape: AtomicU64,
+    scale_ns: AtomicU64,
+}
+
+impl ShapingCell {
+    /// From `[defense.doppelganger]`: on with `delays` (FakeTLS secrets only).
+    pub fn new(config: &Config) -> ShapingCell {
+        let d = &config.doppelganger;
+        ShapingCell {
+            on: d.delays && config.secret.kind == crate::proto::secret::SecretKind::FakeTls,
+            min_rate: d.min_rate,
+            shape: AtomicU64::new(d.delay_shape.to_bits()),
+            scale_ns: AtomicU64::new(d.delay_scale.as_nanos().min(u128::from(u64::MAX)) as u64),
+        }
     }
-    crate::proto::shaping::Shaping::new(d.delay_shape, d.delay_scale, d.min_rate)
+
+    /// The shaping to apply now, if on.
+    pub fn get(&self) -> Option<crate::proto::shaping::Shaping> {
+        if !self.on {
+            return None;
+        }
+        let k = f64::from_bits(self.shape.load(Ordering::Relaxed));
+        let scale = Duration::from_nanos(self.scale_ns.load(Ordering::Relaxed));
+        crate::proto::shaping::Shaping::new(k, scale, self.min_rate)
+    }
+
+    /// The Weibull parameters `(k, λ)` in force.
+    pub fn params(&self) -> (f64, Duration) {
+        let k = f64::from_bits(self.shape.load(Ordering::Relaxed));
+        (
+            k,
+            Duration::from_nanos(self.scale_ns.load(Ordering::Relaxed)),
+        )
+    }
+
+    /// Installs fitted parameters (ignored unless valid).
+    pub fn set(&self, k: f64, scale: Duration) {
+        if crate::proto::shaping::Shaping::new(k, scale, 0).is_some() {
+            self.shape.store(k.to_bits(), Ordering::Relaxed);
+            self.scale_ns
+                .store(scale.as_nanos() as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether shaping is on.
+    pub fn is_on(&self) -> bool {
+        self.on
+    }
 }
 
 /// A SOCKS5 upstream: where it listens, its credentials, and when it last failed.
@@ -248,6 +294,11 @@ impl Proxy {
         self.shared.stats.clone()
     }
 
+    /// The inter-record timing in force, `(k, λ)`: configured, or fitted by the scout.
+    pub fn shaping(&self) -> (f64, Duration) {
+        self.shared.shaping.params()
+    }
+
     /// Connections currently open.
     pub fn active(&self) -> usize {
         self.shared.active.load(Ordering::Relaxed)
@@ -335,7 +386,7 @@ pub fn start_with_grace(config: Config, grace: Duration) -> io::Result<Proxy> {
         counters: Arc::new(metrics::Counters::new(workers)),
         front_addrs: Mutex::new(front_addrs),
         front_proxy_protocol,
-        shaping: shaping(&config),
+        shaping: Arc::new(ShapingCell::new(&config)),
         socks,
         profile: Arc::new(Mutex::new(crate::proto::tlsprofile::Profile::default())),
         dc,
@@ -381,6 +432,10 @@ pub fn start_with_grace(config: Config, grace: Duration) -> io::Result<Proxy> {
             d.raid_each,
             d.repeats_per_raid,
             shared.profile.clone(),
+            shared
+                .shaping
+                .is_on()
+                .then(|| scout::TimingRaid::new(&d.urls, shared.shaping.clone())),
         ) {
             Ok(s) => Some(s),
             Err(e) => {
@@ -543,7 +598,7 @@ pub fn run(config: Config) -> io::Result<()> {
     }
     let secret_kind = config.secret.kind;
     let workers = config.workers;
-    let (drs, delays) = (config.doppelganger.drs, shaping(&config).is_some());
+    let (drs, delays) = (config.doppelganger.drs, ShapingCell::new(&config).is_on());
     let proxy = start(config)?;
     crate::log_event!(
         Level::Info,

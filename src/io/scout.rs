@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 use crate::log::Level;
 use crate::proto::Rng;
 use crate::proto::faketls::build_client_hello;
+use crate::proto::shaping::{self, MIN_FIT_SAMPLES};
+use crate::proto::tls13::{self, Step};
 use crate::proto::tlsprofile::{FlightError, Observation, Profile, Summary, parse_server_flight};
 
 /// Most bytes read from the site per probe.
@@ -106,6 +108,181 @@ pub fn capture(
             Err(e) => return Err(invalid(&e.to_string())),
         }
     }
+}
+
+/// Most response bytes read per timing observation.
+const MAX_BODY: usize = 8 << 20;
+/// Gaps kept for the fit (the newest).
+const MAX_GAPS: usize = 4096;
+
+/// Fetches `path` from `addr` over TLS 1.3 (SNI and `Host` = `host`, as `curl` would) and
+/// returns the gaps between consecutive application-data records of the answer, as they
+/// arrived. Reads until the site closes, [`MAX_BODY`] bytes, [`MAX_GAPS`] gaps or `timeout`.
+/// Errors: the handshake failed (the site refused x25519 / AES-128-GCM, an alert, a bad
+/// Finished) or the connection did.
+pub fn observe_gaps(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    timeout: Duration,
+) -> io::Result<Vec<Duration>> {
+    let deadline = Instant::now() + timeout;
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: curl/8.5.0\r\nAccept: */*\r\n\
+         Connection: close\r\n\r\n"
+    );
+    let (mut client, hello) = tls13::Client::start(&mut super::OsRng, host, request.as_bytes());
+    let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_nodelay(true)?;
+    stream.set_write_timeout(Some(timeout))?;
+    stream.write_all(&hello)?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let (mut len, mut body) = (0usize, 0usize);
+    let mut gaps = Vec::new();
+    let mut last: Option<Instant> = None;
+    while body < MAX_BODY && gaps.len() < MAX_GAPS {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        stream.set_read_timeout(Some(left))?;
+        let n = match stream.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if client.established() && is_timeout(&e) => break,
+            Err(e) => return Err(e),
+        };
+        let at = Instant::now();
+        len += n;
+        while len >= 5 {
+            let rec = 5 + usize::from(u16::from_be_bytes([buf[3], buf[4]]));
+            if rec > tls13::MAX_RECORD {
+                return Err(invalid("oversized TLS record"));
+            }
+            if len < rec {
+                break;
+            }
+            match client
+                .on_record(&mut buf[..rec])
+                .map_err(|e| invalid(e.0))?
+            {
+                Step::Wait => {}
+                Step::Send(out) => stream.write_all(&out)?,
+                Step::Data(n) => {
+                    if let Some(p) = last {
+                        gaps.push(at - p);
+                    }
+                    last = Some(at);
+                    body += n;
+                }
+            }
+            buf.copy_within(rec..len, 0);
+            len -= rec;
+        }
+    }
+    if !client.established() {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "site closed during the handshake",
+        ));
+    }
+    Ok(gaps)
+}
+
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+/// Where timing raids fetch from: `[defense.doppelganger] urls` (https://host[:port]/path),
+/// or else the fronting site's `/`.
+pub struct TimingRaid {
+    /// `(host, port, path)` of each URL.
+    pub urls: Vec<(String, u16, String)>,
+    /// Where fitted parameters go.
+    pub cell: Arc<super::ShapingCell>,
+    /// Gaps observed so far (the newest [`MAX_GAPS`]).
+    gaps: std::collections::VecDeque<Duration>,
+}
+
+impl TimingRaid {
+    /// A raid plan; `urls` are `https://` URLs (checked by the config).
+    pub fn new(urls: &[String], cell: Arc<super::ShapingCell>) -> TimingRaid {
+        let urls = urls.iter().filter_map(|u| parse_https_url(u)).collect();
+        TimingRaid {
+            urls,
+            cell,
+            gaps: std::collections::VecDeque::new(),
+        }
+    }
+
+    /// `repeats` observations of each URL (or of the fronting site at `front`), then a fit of
+    /// every gap kept so far into the shaping cell. Returns `(observations that worked, gaps
+    /// kept, the fit if one was made)`.
+    pub fn run(
+        &mut self,
+        front: &[SocketAddr],
+        host: &str,
+        repeats: u32,
+        timeout: Duration,
+    ) -> (u32, usize, Option<(f64, Duration)>) {
+        let mut ok = 0;
+        for _ in 0..repeats {
+            let mut targets: Vec<(Vec<SocketAddr>, &str, &str)> = Vec::new();
+            if self.urls.is_empty() {
+                targets.push((front.to_vec(), host, "/"));
+            } else {
+                for (h, port, path) in &self.urls {
+                    let addrs = super::resolve::resolve(h, *port, timeout).unwrap_or_default();
+                    targets.push((addrs, h, path));
+                }
+            }
+            for (addrs, h, path) in targets {
+                for addr in addrs {
+                    match observe_gaps(addr, h, path, timeout) {
+                        Ok(gaps) => {
+                            ok += 1;
+                            for g in gaps {
+                                if self.gaps.len() == MAX_GAPS {
+                                    self.gaps.pop_front();
+                                }
+                                self.gaps.push_back(g);
+                            }
+                            break;
+                        }
+                        Err(e) => crate::log_event!(
+                            Level::Debug,
+                            "scout-timing-failed",
+                            addr = addr,
+                            error = e
+                        ),
+                    }
+                }
+            }
+        }
+        let sample: Vec<Duration> = self.gaps.iter().copied().collect();
+        let fitted = shaping::fit(&sample);
+        if let Some((k, scale)) = fitted {
+            self.cell.set(k, scale);
+        }
+        (ok, sample.len(), fitted)
+    }
+}
+
+/// `https://host[:port][/path]` → `(host, port (443), path)`.
+pub fn parse_https_url(u: &str) -> Option<(String, u16, String)> {
+    let rest = u.trim().strip_prefix("https://")?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let explicit = authority.rsplit_once(':').is_some_and(|(h, p)| {
+        !p.is_empty()
+            && p.bytes().all(|b| b.is_ascii_digit())
+            && (!h.starts_with('[') || h.ends_with(']'))
+    });
+    let (host, port, path) = crate::proto::http::parse_http_url(&format!("http://{rest}")).ok()?;
+    Some((host, if explicit { port } else { 443 }, path))
 }
 
 fn invalid(what: &str) -> io::Error {
@@ -217,6 +394,7 @@ pub fn spawn<F>(
     every: Duration,
     repeats: u32,
     profile: Arc<Mutex<Profile>>,
+    mut timing: Option<TimingRaid>,
 ) -> io::Result<Scout>
 where
     F: FnMut() -> Vec<SocketAddr> + Send + 'static,
@@ -249,6 +427,24 @@ where
                     continue;
                 }
                 let (s, answered) = raid(&addrs, &host, repeats, PROBE_TIMEOUT, &profile);
+                if let Some(t) = timing.as_mut() {
+                    let (ok, kept, fitted) = t.run(&addrs, &host, repeats, PROBE_TIMEOUT);
+                    let (k, scale) = t.cell.params();
+                    crate::log_event!(
+                        if fitted.is_some() || ok == 0 {
+                            Level::Info
+                        } else {
+                            Level::Debug
+                        },
+                        "scout-timing",
+                        observed = ok,
+                        gaps = kept,
+                        fitted = fitted.is_some(),
+                        shape = format_args!("{k:.4}"),
+                        scale_us = scale.as_micros(),
+                        needs = MIN_FIT_SAMPLES,
+                    );
+                }
                 // Warn at the first raid and whenever what is wrong changes; info otherwise.
                 let key = (s.records, s.clamped, s.samples == 0);
                 if last_warned != Some(key) {

@@ -111,11 +111,7 @@ impl Worker {
             // Sized for the slab only when shaping is on (otherwise never armed).
             timers: Timers::new(
                 Instant::now(),
-                if shared.shaping.is_some() {
-                    max_conns
-                } else {
-                    0
-                },
+                if shared.shaping.is_on() { max_conns } else { 0 },
             ),
             accept_pending: true,
             accept_paused_until: None,

@@ -66,6 +66,49 @@ impl Shaping {
     }
 }
 
+/// Fewest gaps a fit is made from.
+pub const MIN_FIT_SAMPLES: usize = 64;
+
+/// Fits a Weibull distribution to observed gaps by maximum likelihood (PROTOCOL.md §7.4):
+/// the shape k solves `1/k + mean(ln x) − Σ xᵏ ln x / Σ xᵏ = 0` (70 bisection steps on
+/// [0.01, 10]), then λ = mean(xᵏ)^(1/k). Gaps are taken in milliseconds and clamped to at least
+/// 1 µs (a zero gap would make ln x = −∞ and collapse the fit). `None` with fewer than
+/// [`MIN_FIT_SAMPLES`] gaps. Returns `(k, λ)`.
+pub fn fit(gaps: &[Duration]) -> Option<(f64, Duration)> {
+    if gaps.len() < MIN_FIT_SAMPLES {
+        return None;
+    }
+    let xs = gaps.iter().map(|g| (g.as_nanos() as f64 / 1e6).max(1e-3));
+    let n = gaps.len() as f64;
+    let mean_ln = xs.clone().map(f64::ln).sum::<f64>() / n;
+    let g = |k: f64| {
+        let (mut sk, mut skl) = (0.0, 0.0);
+        for x in xs.clone() {
+            let xk = x.powf(k);
+            sk += xk;
+            skl += xk * x.ln();
+        }
+        1.0 / k + mean_ln - skl / sk
+    };
+    // g decreases in k: positive below the root, negative above.
+    let (mut lo, mut hi) = (0.01f64, 10.0f64);
+    for _ in 0..70 {
+        let mid = (lo + hi) / 2.0;
+        if g(mid) > 0.0 {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    let k = (lo + hi) / 2.0;
+    let lambda_ms = (xs.map(|x| x.powf(k)).sum::<f64>() / n).powf(1.0 / k);
+    if !(k.is_finite() && lambda_ms.is_finite() && lambda_ms > 0.0) {
+        return None;
+    }
+    let ns = (lambda_ms * 1e6).clamp(1.0, MAX_DELAY.as_nanos() as f64);
+    Some((k, Duration::from_nanos(ns as u64)))
+}
+
 /// A uniform number in (0, 1] from `rng`.
 pub fn draw(rng: &mut impl super::Rng) -> f64 {
     let mut b = [0u8; 8];
@@ -156,6 +199,52 @@ mod tests {
         let e = Shaping::new(1.0, Duration::from_millis(10), 0).unwrap();
         let median = e.gap(0.5).as_secs_f64() * 1000.0;
         assert!((median - 6.931).abs() < 0.01, "{median}");
+    }
+
+    #[test]
+    fn fit_recovers_the_parameters_it_was_sampled_from() {
+        let mut x = 0x1234_5678_9abc_def1u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            unit(x)
+        };
+        for (k, scale_us) in [(0.378, 1732u64), (0.7, 5000), (1.5, 20_000), (3.0, 800)] {
+            let s = Shaping::new(k, Duration::from_micros(scale_us), 0).unwrap();
+            let gaps: Vec<Duration> = (0..4096).map(|_| s.gap(next())).collect();
+            let (fk, fl) = fit(&gaps).expect("fit");
+            let fl_us = fl.as_secs_f64() * 1e6;
+            assert!((fk / k - 1.0).abs() < 0.06, "k {k}: fitted {fk}");
+            assert!(
+                (fl_us / scale_us as f64 - 1.0).abs() < 0.08,
+                "λ {scale_us} µs: fitted {fl_us}"
+            );
+        }
+    }
+
+    #[test]
+    fn fit_is_safe_on_degenerate_samples() {
+        // Too few gaps: no fit.
+        assert_eq!(fit(&[Duration::from_millis(1); 10]), None);
+        // All zero (a site that sends everything at once on loopback): clamped to 1 µs, a
+        // tiny scale, never an absurd one.
+        let (k, l) = fit(&[Duration::ZERO; 100]).expect("fit");
+        assert!(k > 0.0 && l <= Duration::from_micros(2), "{k} {l:?}");
+        // Zeros mixed with long gaps: the scale stays finite and capped.
+        let mixed: Vec<Duration> = (0..200)
+            .map(|i| {
+                if i % 2 == 0 {
+                    Duration::ZERO
+                } else {
+                    Duration::from_secs(30)
+                }
+            })
+            .collect();
+        let (k, l) = fit(&mixed).expect("fit");
+        assert!(k >= 0.01 && l <= MAX_DELAY, "{k} {l:?}");
+        let s = Shaping::new(k, l, 4 << 20).unwrap();
+        assert!(s.delay(16384, 1e-9) <= Duration::from_millis(4));
     }
 
     #[test]
