@@ -630,6 +630,7 @@ fn hex_val(b: u8) -> Option<u8> {
 /// IPv6 brackets, port 80 by default, path with its query (default `/`), fragment dropped.
 /// `https://` is refused with a message saying so (mtpx has no TLS client); so are user info,
 /// other schemes, and bytes that cannot appear in a URL.
+#[inline(never)]
 pub fn parse_http_url(s: &str) -> Result<(String, u16, String), String> {
     let s = s.trim();
     let lower_scheme = s.get(..8).map(str::to_ascii_lowercase);

@@ -14,6 +14,78 @@
 
 use std::time::Duration;
 
+// ln and exp of our own: the libm versions (`f64::ln`, `powf`) pull ~13 KiB of tables into
+// the static binary, and shaping needs only a few digits.
+
+const LN2: f64 = std::f64::consts::LN_2;
+
+/// Natural logarithm of a positive, finite `x` (relative error below 1e-12); `-inf` for 0 and
+/// anything not positive.
+pub fn ln(x: f64) -> f64 {
+    if x.is_nan() || x <= 0.0 {
+        return f64::NEG_INFINITY;
+    }
+    if x.is_infinite() {
+        return f64::INFINITY;
+    }
+    // x = m · 2^e with m in [1, 2) (subnormals scaled up first).
+    let (x, bias) = if x < f64::MIN_POSITIVE {
+        (x * (1u64 << 54) as f64, -54)
+    } else {
+        (x, 0)
+    };
+    let bits = x.to_bits();
+    let e = ((bits >> 52) & 0x7ff) as i64 - 1023 + bias;
+    let mut m = f64::from_bits((bits & ((1 << 52) - 1)) | (1023 << 52));
+    let mut e = e as f64;
+    if m > std::f64::consts::SQRT_2 {
+        m /= 2.0;
+        e += 1.0;
+    }
+    // ln m = 2 atanh(t), t = (m − 1)/(m + 1), |t| < 0.172.
+    let t = (m - 1.0) / (m + 1.0);
+    let t2 = t * t;
+    let mut term = t;
+    let mut sum = 0.0;
+    for k in 0..12 {
+        sum += term / f64::from(2 * k + 1);
+        term *= t2;
+    }
+    e * LN2 + 2.0 * sum
+}
+
+/// e^x (relative error below 1e-12); 0 below −745, `inf` above 709.
+pub fn exp(x: f64) -> f64 {
+    if x.is_nan() {
+        return x;
+    }
+    if x > 709.0 {
+        return f64::INFINITY;
+    }
+    if x < -745.0 {
+        return 0.0;
+    }
+    // x = n ln2 + r, |r| <= ln2 / 2; e^r by Taylor series.
+    let n = (x / LN2).round();
+    let r = x - n * LN2;
+    let mut term = 1.0;
+    let mut sum = 1.0;
+    for k in 1..18 {
+        term *= r / f64::from(k);
+        sum += term;
+    }
+    // Scale by 2^n in two steps (n may be below the normal exponent range).
+    let n = n as i64;
+    let half = n / 2;
+    let p = |k: i64| f64::from_bits(((k + 1023) as u64) << 52);
+    sum * p(half) * p(n - half)
+}
+
+/// `x^y` for `x > 0`.
+fn pow(x: f64, y: f64) -> f64 {
+    exp(y * ln(x))
+}
+
 /// mtg's shape parameter k (measured on ok.ru).
 pub const DEFAULT_SHAPE: f64 = 0.378_463_738_957_853_35;
 /// mtg's scale parameter λ: 1.731 770 860 ms.
@@ -46,7 +118,7 @@ impl Shaping {
     /// The Weibull gap for a uniform `u` in (0, 1]: `λ·(−ln u)^(1/k)`, at most [`MAX_DELAY`].
     pub fn gap(&self, u: f64) -> Duration {
         let u = u.clamp(f64::MIN_POSITIVE, 1.0);
-        let ns = self.scale_ns * (-u.ln()).powf(self.inv_shape);
+        let ns = self.scale_ns * pow(-ln(u), self.inv_shape);
         let max = MAX_DELAY.as_nanos() as f64;
         if ns.is_nan() || ns >= max {
             return MAX_DELAY;
@@ -80,13 +152,14 @@ pub fn fit(gaps: &[Duration]) -> Option<(f64, Duration)> {
     }
     let xs = gaps.iter().map(|g| (g.as_nanos() as f64 / 1e6).max(1e-3));
     let n = gaps.len() as f64;
-    let mean_ln = xs.clone().map(f64::ln).sum::<f64>() / n;
+    let mean_ln = xs.clone().map(ln).sum::<f64>() / n;
     let g = |k: f64| {
         let (mut sk, mut skl) = (0.0, 0.0);
         for x in xs.clone() {
-            let xk = x.powf(k);
+            let lx = ln(x);
+            let xk = exp(k * lx);
             sk += xk;
-            skl += xk * x.ln();
+            skl += xk * lx;
         }
         1.0 / k + mean_ln - skl / sk
     };
@@ -101,7 +174,7 @@ pub fn fit(gaps: &[Duration]) -> Option<(f64, Duration)> {
         }
     }
     let k = (lo + hi) / 2.0;
-    let lambda_ms = (xs.map(|x| x.powf(k)).sum::<f64>() / n).powf(1.0 / k);
+    let lambda_ms = pow(xs.map(|x| pow(x, k)).sum::<f64>() / n, 1.0 / k);
     if !(k.is_finite() && lambda_ms.is_finite() && lambda_ms > 0.0) {
         return None;
     }
@@ -245,6 +318,35 @@ mod tests {
         assert!(k >= 0.01 && l <= MAX_DELAY, "{k} {l:?}");
         let s = Shaping::new(k, l, 4 << 20).unwrap();
         assert!(s.delay(16384, 1e-9) <= Duration::from_millis(4));
+    }
+
+    #[test]
+    fn own_ln_and_exp_match_libm() {
+        let mut x = 1e-300;
+        while x < 1e300 {
+            for v in [x, x * 1.37, x * 2.9] {
+                let (a, b) = (ln(v), v.ln());
+                assert!(
+                    (a - b).abs() <= 1e-12 * b.abs().max(1.0),
+                    "ln {v}: {a} vs {b}"
+                );
+            }
+            x *= 7.3;
+        }
+        assert_eq!(ln(1.0), 0.0);
+        assert_eq!(ln(0.0), f64::NEG_INFINITY);
+        assert_eq!(ln(-1.0), f64::NEG_INFINITY);
+        assert!((ln(f64::MIN_POSITIVE / 8.0) - (f64::MIN_POSITIVE / 8.0).ln()).abs() < 1e-9);
+        let mut y = -740.0;
+        while y < 705.0 {
+            let (a, b) = (exp(y), y.exp());
+            assert!((a - b).abs() <= 1e-12 * b, "exp {y}: {a} vs {b}");
+            y += 0.731;
+        }
+        assert_eq!(exp(0.0), 1.0);
+        assert_eq!(exp(-1000.0), 0.0);
+        assert_eq!(exp(1000.0), f64::INFINITY);
+        assert!((pow(2.0, 10.0) - 1024.0).abs() < 1e-9);
     }
 
     #[test]
