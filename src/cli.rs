@@ -756,7 +756,7 @@ impl SimpleRun {
                 None => c.dc_overrides.push((*dc, vec![*addr])),
             }
         }
-        c.dc_overrides.sort_by_key(|(dc, _)| *dc);
+        crate::proto::sort_small_by_key(&mut c.dc_overrides, |(dc, _)| *dc);
         if let Some(f) = self.log_format {
             c.log_format = f;
         }

@@ -585,7 +585,7 @@ pub fn parse(text: &str) -> Result<(Config, Vec<Warning>), ConfigError> {
     }
     doc.finish();
     let mut warnings = doc.warnings;
-    warnings.sort_by_key(|w| w.line.unwrap_or(usize::MAX));
+    crate::proto::sort_small_by_key(&mut warnings, |w| w.line.unwrap_or(usize::MAX));
     Ok((config, warnings))
 }
 

@@ -175,7 +175,7 @@ impl DcTable {
             .filter_map(|(id, _)| i16::try_from(*id).ok())
             .chain(merged.iter().map(|(id, _)| *id))
             .collect();
-        known.sort_unstable();
+        super::sort_small_by_key(&mut known, |id| *id);
         known.dedup();
 
         DcTable {

@@ -129,8 +129,35 @@ impl fmt::Display for Reject {
     }
 }
 
+/// Stable insertion sort by key, for the short lists of configuration code (warnings, DC
+/// overrides, DC ids: tens of items). Size, not speed: each `sort_by_key`/`sort_unstable` on a
+/// new element type brings its own copy of the standard library's sort (several KiB per type in
+/// the shipped binary, issue 5); this loop costs a few hundred bytes. Quadratic: not for long
+/// or attacker-sized input.
+pub fn sort_small_by_key<T, K: Ord>(v: &mut [T], mut key: impl FnMut(&T) -> K) {
+    for i in 1..v.len() {
+        let mut j = i;
+        while j > 0 && key(&v[j - 1]) > key(&v[j]) {
+            v.swap(j - 1, j);
+            j -= 1;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn sort_small_by_key_is_a_stable_sort() {
+        let mut rng = super::XorShift64(7);
+        for len in 0..40 {
+            let mut v: Vec<(u64, usize)> = (0..len).map(|i| (rng.next_u64() % 5, i)).collect();
+            let mut want = v.clone();
+            want.sort_by_key(|e| e.0);
+            super::sort_small_by_key(&mut v, |e| e.0);
+            assert_eq!(v, want);
+        }
+    }
+
     use super::*;
 
     #[test]
