@@ -1,6 +1,7 @@
 //! Host name resolution without the libc resolver (the static binaries have none that works).
 //!
-//! A small blocking stub resolver: nameservers from `/etc/resolv.conf`, A and AAAA over UDP
+//! A small blocking stub resolver: the `[network] dns` server or else the nameservers from
+//! `/etc/resolv.conf`, A and AAAA over UDP
 //! from a fresh socket on a kernel-chosen random port with random ids, answers accepted only
 //! from the server asked and only when they echo the question; TCP when the answer is
 //! truncated. Called from the CLI or a background thread, never from a worker loop.
@@ -30,10 +31,19 @@ pub fn resolv_conf_servers() -> Vec<SocketAddr> {
 }
 
 /// Resolves `host` to socket addresses with `port`: IP literals (also `[v6]`) directly,
-/// `localhost` and `*.localhost` to the loopback addresses, anything else through the
+/// `localhost` and `*.localhost` to the loopback addresses, anything else through `server`
+/// (the config's [`nameserver`](crate::config::Config::nameserver)) or, without one, the
 /// nameservers in `/etc/resolv.conf`. IPv4 addresses come first. Blocks for at most about
 /// `timeout`.
-pub fn resolve(host: &str, port: u16, timeout: Duration) -> io::Result<Vec<SocketAddr>> {
+pub fn resolve(
+    server: Option<SocketAddr>,
+    host: &str,
+    port: u16,
+    timeout: Duration,
+) -> io::Result<Vec<SocketAddr>> {
+    if let Some(s) = server {
+        return resolve_with(&[s], host, port, timeout);
+    }
     if let Some(addrs) = literal(host, port) {
         return Ok(addrs);
     }
