@@ -8,7 +8,7 @@
 #![allow(dead_code)]
 
 use std::io::{self, ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -361,7 +361,12 @@ pub struct FakeFront {
 
 impl FakeFront {
     pub fn start() -> FakeFront {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind fake front");
+        FakeFront::start_on(IpAddr::from([127, 0, 0, 1]))
+    }
+
+    /// [`FakeFront::start`] on another loopback address (e.g. 127.0.0.3).
+    pub fn start_on(ip: IpAddr) -> FakeFront {
+        let listener = TcpListener::bind((ip, 0)).expect("bind fake front");
         let addr = listener.local_addr().expect("local_addr");
         let conns: Received = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
