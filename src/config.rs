@@ -220,28 +220,26 @@ pub struct Config {
 /// not have: their host on port 53 when it is an IP literal. `None` (a host name, or no
 /// usable value): the nameservers of `/etc/resolv.conf`.
 pub fn dns_server(uri: &str) -> Option<SocketAddr> {
-    let (rest, plain) = match uri.strip_prefix("udp://") {
-        Some(r) => (r, true),
-        None => match uri
-            .strip_prefix("https://")
-            .or_else(|| uri.strip_prefix("tls://"))
-        {
-            Some(r) => (r.split('/').next().unwrap_or(""), false),
-            None => (uri, true),
-        },
+    let (scheme, rest) = uri.split_once("://").unwrap_or(("udp", uri));
+    let plain = scheme == "udp";
+    let host = if plain {
+        rest
+    } else {
+        rest.split('/').next().unwrap_or("")
     };
-    if let Ok(a) = rest.parse::<SocketAddr>() {
-        return Some(if plain {
-            a
-        } else {
-            SocketAddr::new(a.ip(), 53)
-        });
-    }
-    let bare = rest
+    let bare = host
         .strip_prefix('[')
         .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(rest);
-    bare.parse().ok().map(|ip| SocketAddr::new(ip, 53))
+        .unwrap_or(host);
+    let a = match host.parse::<SocketAddr>() {
+        Ok(a) => a,
+        Err(_) => SocketAddr::new(bare.parse().ok()?, 53),
+    };
+    Some(if plain {
+        a
+    } else {
+        SocketAddr::new(a.ip(), 53)
+    })
 }
 
 /// For a `dns` value asking for encrypted DNS: what mtpx does instead, as a warning message.
@@ -275,6 +273,7 @@ pub fn default_workers() -> usize {
 
 impl Config {
     /// The DNS server every lookup goes to (see [`dns_server`]); `None`: `/etc/resolv.conf`.
+    #[inline(never)] // called from many places; keeps the binary small
     pub fn nameserver(&self) -> Option<SocketAddr> {
         self.dns.as_deref().and_then(dns_server)
     }

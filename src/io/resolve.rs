@@ -41,25 +41,27 @@ pub fn resolve(
     port: u16,
     timeout: Duration,
 ) -> io::Result<Vec<SocketAddr>> {
-    if let Some(s) = server {
-        return resolve_with(&[s], host, port, timeout);
-    }
     if let Some(addrs) = literal(host, port) {
         return Ok(addrs);
     }
-    let conf = resolv_conf();
-    resolve_inner(
-        &conf.nameservers,
-        host,
-        port,
-        timeout,
-        Duration::from_secs(u64::from(conf.timeout_secs)),
-        conf.attempts,
-    )
+    // One call site of resolve_inner, whichever the source of the servers (binary size).
+    let (one, conf);
+    let (servers, per_try, attempts): (&[SocketAddr], _, _) = match server {
+        Some(s) => {
+            one = [s];
+            (&one, timeout / 2, 2)
+        }
+        None => {
+            conf = resolv_conf();
+            let per_try = Duration::from_secs(u64::from(conf.timeout_secs));
+            (&conf.nameservers, per_try, conf.attempts)
+        }
+    };
+    resolve_inner(servers, host, port, timeout, per_try, attempts)
 }
 
-/// [`resolve`] against the given nameservers (tests, or an explicit `dns` setting): each try
-/// waits up to `timeout / 2` per server, with two rounds over the list.
+/// [`resolve`] against the given nameservers (tests): each try waits up to `timeout / 2` per
+/// server, with two rounds over the list.
 pub fn resolve_with(
     servers: &[SocketAddr],
     host: &str,
