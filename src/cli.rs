@@ -72,7 +72,7 @@ pub struct SimpleRun {
     pub domain_fronting_port: Option<u16>,
     /// `--domain-fronting-ip`.
     pub domain_fronting_ip: Option<IpAddr>,
-    /// `-n/--doh-ip` (accepted, not implemented yet).
+    /// `-n/--doh-ip`: mtpx has no TLS, so this server is asked in plain DNS (port 53).
     pub doh_ip: Option<IpAddr>,
     /// `-t/--timeout`: sets the tcp, http and idle timeouts, as in mtg.
     pub timeout: Option<Duration>,
@@ -242,7 +242,7 @@ Options (as in mtg):
                                      [default: prefer-ipv6]
   -p, --domain-fronting-port <PORT>  Port of the fronting site [default: 443]
       --domain-fronting-ip <IP>      Connect to this IP for fronting instead of resolving
-  -n, --doh-ip <IP>                  DNS-over-HTTPS resolver (not implemented yet)
+  -n, --doh-ip <IP>                  DNS resolver, asked in plain DNS (mtpx has no DoH)
   -t, --timeout <DURATION>           Sets the tcp, http and idle timeouts (as mtg does)
                                      [default: tcp 10s, http 10s, idle 5m]
   -s, --socks5-proxy <URL>           SOCKS5 upstream for DC connections, repeatable
@@ -725,14 +725,12 @@ impl SimpleRun {
         }
         c.domain_fronting.ip = self.domain_fronting_ip;
         if let Some(ip) = self.doh_ip {
-            c.dns = Some(match ip {
+            let dns = match ip {
                 IpAddr::V4(v4) => format!("https://{v4}"),
                 IpAddr::V6(v6) => format!("https://[{v6}]"),
-            });
-            warnings.push(
-                "--doh-ip is accepted but not implemented yet; the system resolver is used"
-                    .to_string(),
-            );
+            };
+            warnings.extend(config::dns_warning(&dns).map(|w| format!("--doh-ip: {w}")));
+            c.dns = Some(dns);
         }
         if let Some(t) = self.timeout {
             c.timeouts.tcp = t;

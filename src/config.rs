@@ -204,8 +204,7 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Fetch Telegram's DC list periodically (accepted, not implemented yet).
     pub auto_update: bool,
-    /// DNS resolver URI (`[network] dns`; accepted, not implemented yet: mtpx's own resolver over /etc/resolv.conf is
-    /// used).
+    /// DNS resolver URI (`[network] dns`); [`Config::nameserver`] is the server mtpx asks.
     pub dns: Option<String>,
     /// SOCKS5 upstreams for DC connections, tried in order (`[network] proxies`).
     pub proxies: Vec<String>,
@@ -224,6 +223,54 @@ pub struct Config {
     pub prometheus: Prometheus,
 }
 
+/// The plain-DNS server mtpx asks for a `[network] dns` value: `udp://IP[:port]` and a bare IP
+/// as given (port 53 by default). `https://` (DoH) and `tls://` (DoT) need TLS, which mtpx does
+/// not have: their host on port 53 when it is an IP literal. `None` (a host name, or no
+/// usable value): the nameservers of `/etc/resolv.conf`.
+pub fn dns_server(uri: &str) -> Option<SocketAddr> {
+    let (scheme, rest) = uri.split_once("://").unwrap_or(("udp", uri));
+    let plain = scheme == "udp";
+    let host = if plain {
+        rest
+    } else {
+        rest.split('/').next().unwrap_or("")
+    };
+    let bare = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let a = match host.parse::<SocketAddr>() {
+        Ok(a) => a,
+        Err(_) => SocketAddr::new(bare.parse().ok()?, 53),
+    };
+    Some(if plain {
+        a
+    } else {
+        SocketAddr::new(a.ip(), 53)
+    })
+}
+
+/// For a `dns` value asking for encrypted DNS: what mtpx does instead, as a warning message.
+/// `None` for plain DNS (`udp://` or an IP), which is used as written.
+pub fn dns_warning(uri: &str) -> Option<String> {
+    let what = if uri.starts_with("https://") {
+        "DNS-over-HTTPS"
+    } else if uri.starts_with("tls://") {
+        "DNS-over-TLS"
+    } else {
+        return None;
+    };
+    let ip = dns_server(uri).map(|a| a.ip());
+    let (who, how): (&dyn fmt::Display, &str) = match &ip {
+        Some(ip) => (ip, " in plain DNS (port 53)"),
+        None => (&"the nameservers in /etc/resolv.conf", ""),
+    };
+    Some(format!(
+        "{uri:?} is {what}, which needs TLS (mtpx has none); asking {who}{how} instead; for \
+         encrypted DNS run a local stub resolver and set dns = \"udp://127.0.0.53\""
+    ))
+}
+
 /// Default number of workers: one per CPU, between 1 and [`MAX_WORKERS`].
 pub fn default_workers() -> usize {
     std::thread::available_parallelism()
@@ -233,6 +280,12 @@ pub fn default_workers() -> usize {
 }
 
 impl Config {
+    /// The DNS server every lookup goes to (see [`dns_server`]); `None`: `/etc/resolv.conf`.
+    #[inline(never)] // called from many places; keeps the binary small
+    pub fn nameserver(&self) -> Option<SocketAddr> {
+        self.dns.as_deref().and_then(dns_server)
+    }
+
     /// A config with every default, listening on `bind_to` with `secret`.
     pub fn simple(bind_to: SocketAddr, secret: Secret) -> Config {
         Config {
@@ -488,6 +541,8 @@ pub enum WarningKind {
     UnknownKey,
     /// A key mtpx accepts but does not implement yet; ignored.
     NotImplemented,
+    /// A setting mtpx cannot apply as written; the message says what it does instead.
+    Fallback,
     /// A deprecated mtg key; still applied.
     Deprecated,
     /// A key that mtg ignores too.
@@ -1670,19 +1725,17 @@ impl Doc {
         Ok(())
     }
 
-    /// One warning per feature that is turned on but not implemented yet.
+    /// One warning per feature that is turned on but not implemented yet, and one for a `dns`
+    /// setting that mtpx applies differently.
     fn not_implemented(&mut self, c: &Config) {
-        let features: [(&str, bool); 2] = [
-            ("auto-update", c.auto_update),
-            (
-                if self.has("network.dns") {
-                    "network.dns"
-                } else {
-                    "network.doh-ip"
-                },
-                c.dns.is_some(),
-            ),
-        ];
+        if let Some(msg) = c.dns.as_deref().and_then(dns_warning) {
+            let key = if self.has("network.dns") {
+                "network.dns"
+            } else {
+                "network.doh-ip"
+            };
+            self.warn(WarningKind::Fallback, key, msg);
+        }
         let d = &c.doppelganger;
         let learns = d.delays && d.learn;
         if !d.urls.is_empty() && !learns {
@@ -1694,18 +1747,12 @@ impl Doc {
                     .into(),
             );
         }
-        for (key, on) in features {
-            if on {
-                let what = match key {
-                    "network.dns" | "network.doh-ip" => "; the system resolver is used",
-                    _ => "; ignored",
-                };
-                self.warn(
-                    WarningKind::NotImplemented,
-                    key,
-                    format!("is accepted but not implemented yet{what}"),
-                );
-            }
+        if c.auto_update {
+            self.warn(
+                WarningKind::NotImplemented,
+                "auto-update",
+                "is accepted but not implemented yet; ignored".into(),
+            );
         }
     }
 
@@ -1733,8 +1780,8 @@ fn check_dns(s: &str) -> Option<String> {
         !host.is_empty() && !host.contains('@')
     } else if let Some(rest) = s.strip_prefix("tls://") {
         !rest.is_empty() && !rest.contains(['/', '@'])
-    } else if let Some(rest) = s.strip_prefix("udp://") {
-        rest.parse::<IpAddr>().is_ok() || rest.parse::<SocketAddr>().is_ok()
+    } else if s.starts_with("udp://") {
+        dns_server(s).is_some_and(|a| a.port() != 0)
     } else {
         s.parse::<IpAddr>().is_ok()
     };
@@ -1943,16 +1990,18 @@ mod tests {
     }
 
     #[test]
-    fn mtg_example_config_parses_with_only_not_implemented_warnings() {
+    fn mtg_example_config_parses_with_only_the_dns_warning() {
         let (c, w) = ok(&fixture("mtg-example.toml"));
-        assert!(!w.is_empty());
-        for warning in &w {
-            assert_eq!(warning.kind, WarningKind::NotImplemented, "{warning}");
-            assert!(warning.msg.contains("not implemented yet"), "{warning}");
-        }
-        let keys: Vec<&str> = w.iter().map(|w| w.key.as_str()).collect();
-        // The blocklist and Prometheus sections are implemented; only DoH is not.
-        assert_eq!(keys, ["network.dns"]);
+        // The blocklist and Prometheus sections are implemented; DoH becomes plain DNS.
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert_eq!(w[0].kind, WarningKind::Fallback);
+        assert_eq!(
+            w[0].to_string(),
+            "line 37: network.dns: \"https://1.1.1.1\" is DNS-over-HTTPS, which needs TLS \
+             (mtpx has none); asking 1.1.1.1 in plain DNS (port 53) instead; for encrypted DNS \
+             run a local stub resolver and set dns = \"udp://127.0.0.53\""
+        );
+        assert_eq!(c.nameserver(), Some("1.1.1.1:53".parse().unwrap()));
         assert!(c.debug);
         assert_eq!(c.secret.kind, SecretKind::FakeTls);
         assert_eq!(c.secret.host, "storage.googleapis.com");
@@ -1994,10 +2043,13 @@ mod tests {
             .filter(|w| w.kind == WarningKind::NotImplemented)
             .map(|w| w.key.as_str())
             .collect();
-        assert_eq!(
-            ni,
-            ["auto-update", "network.doh-ip", "defense.doppelganger.urls"]
-        );
+        assert_eq!(ni, ["auto-update", "defense.doppelganger.urls"]);
+        let fallback: Vec<&str> = w
+            .iter()
+            .filter(|w| w.kind == WarningKind::Fallback)
+            .map(|w| w.key.as_str())
+            .collect();
+        assert_eq!(fallback, ["network.doh-ip"]);
         assert_eq!(c.bind_to, "[::]:3128".parse().unwrap());
         assert!(c.proxy_protocol_listener && c.auto_update && c.allow_fallback_on_unknown_dc);
         assert_eq!(c.concurrency, 100);
@@ -2307,6 +2359,75 @@ mod tests {
             "[network]\ndoh-ip = \"9.9.9.9\"\ndns = \"tls://dns.example\"\n",
         ));
         assert_eq!(c.dns.as_deref(), Some("tls://dns.example"));
+    }
+
+    #[test]
+    fn dns_uris_map_to_a_plain_dns_server() {
+        let cases: [(&str, Option<&str>); 14] = [
+            ("udp://127.0.0.53", Some("127.0.0.53:53")),
+            ("udp://127.0.0.1:5353", Some("127.0.0.1:5353")),
+            ("udp://[::1]:5353", Some("[::1]:5353")),
+            ("udp://[::1]", Some("[::1]:53")),
+            ("udp://::1", Some("[::1]:53")),
+            ("9.9.9.9", Some("9.9.9.9:53")),
+            ("2001:db8::53", Some("[2001:db8::53]:53")),
+            // DoH and DoT: the same server, in plain DNS on port 53.
+            ("https://1.1.1.1", Some("1.1.1.1:53")),
+            ("https://1.1.1.1:443/dns-query", Some("1.1.1.1:53")),
+            (
+                "https://[2606:4700::1111]/dns-query",
+                Some("[2606:4700::1111]:53"),
+            ),
+            ("tls://9.9.9.9", Some("9.9.9.9:53")),
+            ("tls://[2620:fe::fe]:853", Some("[2620:fe::fe]:53")),
+            // A host name: /etc/resolv.conf.
+            ("https://cloudflare-dns.com/dns-query", None),
+            ("tls://dns.quad9.net:853", None),
+        ];
+        for (uri, want) in cases {
+            let want = want.map(|w| w.parse::<SocketAddr>().unwrap());
+            assert_eq!(dns_server(uri), want, "{uri}");
+            assert!(check_dns(uri).is_some(), "{uri}");
+        }
+        for bad in [
+            "udp://dns.example",
+            "udp://1.2.3.4:0",
+            "udp://",
+            "dns.example",
+        ] {
+            assert_eq!(check_dns(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn encrypted_dns_warns_once_with_what_happens_instead() {
+        let warned = |dns: &str| {
+            let (c, w) = ok(&with(&format!("[network]\ndns = \"{dns}\"\n")));
+            assert!(w.len() <= 1, "{w:?}");
+            (c.nameserver(), w.first().map(|w| (w.kind, w.to_string())))
+        };
+        for plain in ["udp://127.0.0.1:5353", "127.0.0.1"] {
+            assert_eq!(warned(plain).1, None, "{plain}");
+        }
+        let (server, w) = warned("tls://[2620:fe::fe]:853");
+        assert_eq!(server, Some("[2620:fe::fe]:53".parse().unwrap()));
+        let (kind, msg) = w.unwrap();
+        assert_eq!(kind, WarningKind::Fallback);
+        assert!(msg.starts_with("line 4: network.dns: \"tls://[2620:fe::fe]:853\" is DNS-over-TLS, which needs TLS (mtpx has none); asking 2620:fe::fe in plain DNS (port 53) instead;"), "{msg}");
+        let (server, w) = warned("https://cloudflare-dns.com/dns-query");
+        assert_eq!(server, None);
+        assert!(w.unwrap().1.contains("DNS-over-HTTPS, which needs TLS (mtpx has none); asking the nameservers in /etc/resolv.conf instead; for encrypted DNS run a local stub resolver and set dns = \"udp://127.0.0.53\""));
+        // The deprecated doh-ip: the same warning, on its own line.
+        let (c, w) = ok(&with("[network]\ndoh-ip = \"9.9.9.9\"\n"));
+        assert_eq!(c.nameserver(), Some("9.9.9.9:53".parse().unwrap()));
+        let kinds: Vec<_> = w.iter().map(|w| (w.kind, w.key.as_str())).collect();
+        assert_eq!(
+            kinds,
+            [
+                (WarningKind::Deprecated, "network.doh-ip"),
+                (WarningKind::Fallback, "network.doh-ip")
+            ]
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! further), reported in a fixed order:
 //!
 //! * **Config**: the warnings from loading the file (deprecated mtg keys, unknown keys, keys
-//!   accepted but not implemented yet).
+//!   accepted but not implemented yet, a `dns` mtpx applies differently).
 //! * **Time skew**: an SNTP query to each NTP server (default `pool.ntp.org`); the offset is
 //!   compared with `tolerate-time-skewness`: under 30 % ok, under 70 % warning, else failure.
 //!   An unreachable server is a warning.
@@ -16,7 +16,8 @@
 //!   first flight, as the proxy's scout does.
 //! * **SNI-DNS match**: does the secret's host name resolve to this server's public address?
 //!
-//! Host names are resolved with mtpx's own resolver ([`crate::io::resolve`]), never libc's.
+//! Host names are resolved with mtpx's own resolver ([`crate::io::resolve`]), never libc's,
+//! through the `[network] dns` server when one is set.
 //! Every network step has a timeout (at most [`MAX_WAIT`]), so the whole run takes seconds.
 
 use std::fmt::Write as _;
@@ -400,6 +401,7 @@ fn config_checks(warnings: &[Warning]) -> Vec<Check> {
                     "accepted so that mtg configs keep working, but mtpx does nothing with it yet"
                 }
                 WarningKind::Ignored => "ignored by mtg too: remove it",
+                WarningKind::Fallback => "mtpx does what the message says instead",
             };
             let at = match (&w.file, w.line) {
                 (Some(f), Some(l)) => format!(" ({f}:{l})"),
@@ -542,7 +544,7 @@ fn time_check(config: &Config, host: &str, port: u16) -> Check {
                 .to_string(),
         )
     };
-    let addrs = match resolve::resolve(host, port, RESOLVE_WAIT) {
+    let addrs = match resolve::resolve(config.nameserver(), host, port, RESOLVE_WAIT) {
         Ok(a) if !a.is_empty() => a,
         Ok(_) => {
             return Check::new(S, name, Status::Warn, "no address", unreachable_hint());
@@ -739,13 +741,21 @@ fn socks5_checks(config: &Config) -> Vec<Check> {
         .map(<[SocketAddr]>::to_vec)
         .unwrap_or_default();
     let wait = connect_wait(config);
-    parallel(&config.proxies, |url| socks5_check(url, &targets, wait))
-        .into_iter()
-        .map(|c| c.unwrap_or_else(|| crashed(S)))
-        .collect()
+    let dns = config.nameserver();
+    parallel(&config.proxies, |url| {
+        socks5_check(url, dns, &targets, wait)
+    })
+    .into_iter()
+    .map(|c| c.unwrap_or_else(|| crashed(S)))
+    .collect()
 }
 
-fn socks5_check(url: &str, targets: &[SocketAddr], wait: Duration) -> Check {
+fn socks5_check(
+    url: &str,
+    dns: Option<SocketAddr>,
+    targets: &[SocketAddr],
+    wait: Duration,
+) -> Check {
     const S: &str = "SOCKS5 upstreams";
     let name = redact(url);
     let p = match socks5::parse_url(url) {
@@ -762,7 +772,7 @@ fn socks5_check(url: &str, targets: &[SocketAddr], wait: Duration) -> Check {
     };
     let servers = match &p.server {
         Target::Ip(a) => vec![*a],
-        Target::Domain(h, port) => match resolve::resolve(h, *port, RESOLVE_WAIT) {
+        Target::Domain(h, port) => match resolve::resolve(dns, h, *port, RESOLVE_WAIT) {
             Ok(a) => a,
             Err(e) => {
                 return Check::new(
@@ -930,7 +940,7 @@ fn fronting_checks(config: &Config, repeats: u32) -> Vec<Check> {
     let wait = connect_wait(config);
     let addrs = match config.domain_fronting.ip {
         Some(ip) => vec![SocketAddr::new(ip, port)],
-        None => match resolve::resolve(host, port, RESOLVE_WAIT) {
+        None => match resolve::resolve(config.nameserver(), host, port, RESOLVE_WAIT) {
             Ok(a) if !a.is_empty() => a,
             Ok(_) => {
                 return vec![Check::new(S, host, Status::Fail, "no address", None)];
@@ -1035,7 +1045,8 @@ fn sni_checks(config: &Config) -> Vec<Check> {
         )];
     }
     let host = config.secret.host.as_str();
-    let mut ips: Vec<IpAddr> = match resolve::resolve(host, 443, RESOLVE_WAIT) {
+    let mut ips: Vec<IpAddr> = match resolve::resolve(config.nameserver(), host, 443, RESOLVE_WAIT)
+    {
         Ok(a) => a.iter().map(SocketAddr::ip).collect(),
         Err(e) => {
             return vec![Check::new(

@@ -13,6 +13,7 @@
 //!   then the right one from the server's port
 //! * `garbage.test`  first junk bytes, then the right answer
 //! * `silent.test`   never answered
+//! * `front.test`    A 127.0.0.3 (a fake fronting site listens there); AAAA: no data
 //!
 //! A responder in `servfail` mode answers SERVFAIL to everything.
 
@@ -24,6 +25,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use mtpx::io::resolve::{resolv_conf_servers, resolve_with};
+
+mod common;
 
 const A: u16 = 1;
 const CNAME: u16 = 5;
@@ -152,6 +155,8 @@ fn answer(query: &[u8], tcp: bool, servfail: bool) -> Vec<(bool, Vec<u8>)> {
         }
         ("big.test", _) => one(ok, &[]),
         ("nx.test", _) => one(0x8183, &[]),
+        ("front.test", A) => one(ok, &[(own(), A, v4([127, 0, 0, 3]))]),
+        ("front.test", _) => one(ok, &[]),
         ("wrongid.test", t) => {
             let data = if t == A {
                 v4([203, 0, 113, 66])
@@ -461,4 +466,65 @@ fn literals_and_resolv_conf() {
     let servers = resolv_conf_servers();
     assert!(!servers.is_empty() && servers.len() <= 3);
     assert!(servers.iter().all(|s| s.port() == 53));
+}
+
+/// `[network] dns = "udp://…"` end to end: the proxy resolves the fronting host of its `ee`
+/// secret through the configured server (not /etc/resolv.conf), and a client with the wrong
+/// key is spliced to the address that server gave (127.0.0.3, which only it knows).
+#[test]
+fn configured_dns_server_finds_the_fronting_site() {
+    use common::*;
+    use mtpx::proto::XorShift64;
+    use mtpx::proto::faketls;
+    use mtpx::proto::secret::{Secret, SecretKind};
+
+    let r = responder(false);
+    let front = FakeFront::start_on(IpAddr::from([127, 0, 0, 3]));
+    let refused = RefusedPort::new();
+    let secret = Secret::generate(SecretKind::FakeTls, "front.test", &mut XorShift64(5));
+    let text = format!(
+        "secret = \"{}\"\nbind-to = \"127.0.0.1:1\"\n\
+         [domain-fronting]\nport = {}\n\
+         [network]\ndns = \"udp://{}\"\n\
+         [network.dc-overrides]\n1 = \"{r0}\"\n2 = \"{r0}\"\n3 = \"{r0}\"\n4 = \"{r0}\"\n\
+         5 = \"{r0}\"\n203 = \"{r0}\"\n",
+        secret.to_hex(),
+        front.addr.port(),
+        r.addr,
+        r0 = refused.addr,
+    );
+    let (mut config, warnings) = mtpx::config::parse(&text).expect("config");
+    config.bind_to.set_port(0); // the file format refuses port 0; any free port will do
+    assert!(warnings.is_empty(), "{warnings:?}");
+    // Checked before start, so that a wiring bug cannot send a query off this machine.
+    assert_eq!(config.nameserver(), Some(r.addr));
+    let proxy = mtpx::io::start(config).expect("start proxy");
+
+    let wrong_key = [0x5Au8; 16];
+    let mut seed = 10;
+    let fronted = |hello: &[u8]| {
+        let mut s = connect(proxy.local_addr()).expect("connect");
+        s.write_all(hello).expect("hello");
+        let closed = read_until_closed(&mut s, Duration::from_secs(5)).expect("closed");
+        closed.bytes == FRONT_REPLY
+    };
+    // Until the fronting resolver has its answer, failed handshakes are closed, not fronted.
+    let mut hello = Vec::new();
+    let ok = common::wait_until(Duration::from_secs(10), || {
+        seed += 1;
+        hello = faketls::build_client_hello(
+            &mut XorShift64(seed),
+            &wrong_key,
+            "front.test",
+            unix_now(),
+        );
+        fronted(&hello)
+    });
+    assert!(ok, "a wrong-key client was never fronted to 127.0.0.3");
+    assert!(
+        (0..front.count()).any(|i| front.received(i) == hello),
+        "the fake site at 127.0.0.3 did not get the client's hello"
+    );
+    assert!(r.udp_queries.load(Ordering::SeqCst) >= 2);
+    proxy.shutdown();
 }

@@ -16,7 +16,7 @@
 
 use std::cell::RefCell;
 use std::io::{Read, Write};
-use std::net::{IpAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -133,6 +133,8 @@ pub(crate) struct Lists {
     stop: AtomicBool,
     updater: Mutex<Option<std::thread::Thread>>,
     http_timeout: Duration,
+    /// The `[network] dns` server for http:// sources (`None`: /etc/resolv.conf).
+    dns: Option<SocketAddr>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -222,6 +224,7 @@ impl Lists {
             stop: AtomicBool::new(false),
             updater: Mutex::new(None),
             http_timeout: config.timeouts.http.max(Duration::from_millis(100)),
+            dns: config.nameserver(),
         });
         for which in [Which::Block, Which::Allow] {
             let c = &lists.conf[which as usize];
@@ -457,7 +460,10 @@ impl Lists {
                 let text = read_file(p)?;
                 (text, before)
             }
-            Source::Http(url) => (fetch(url, self.http_timeout, MAX_LIST_BYTES)?, None),
+            Source::Http(url) => (
+                fetch(url, self.dns, self.http_timeout, MAX_LIST_BYTES)?,
+                None,
+            ),
         };
         let (cidrs, errors) = parse_netset(&text);
         let name = src.describe();
@@ -509,12 +515,18 @@ fn read_file(p: &std::path::Path) -> Result<String, String> {
 
 /// Downloads `url` (`http://` only) and returns its body as text. Status ≥ 400, a body over
 /// `cap` bytes, a malformed response or a timeout is an error. Follows a few `http://`
-/// redirects. Blocking: for the updater thread only.
-pub(crate) fn fetch(url: &str, timeout: Duration, cap: usize) -> Result<String, String> {
+/// redirects; host names are resolved through `dns` (else /etc/resolv.conf). Blocking: for the
+/// updater thread only.
+pub(crate) fn fetch(
+    url: &str,
+    dns: Option<SocketAddr>,
+    timeout: Duration,
+    cap: usize,
+) -> Result<String, String> {
     let deadline = later(Instant::now(), MAX_DOWNLOAD_TIME);
     let mut url = url.to_string();
     for _ in 0..=MAX_REDIRECTS {
-        match fetch_once(&url, timeout, cap, deadline)? {
+        match fetch_once(&url, dns, timeout, cap, deadline)? {
             Fetched::Body(b) => return Ok(String::from_utf8_lossy(&b).into_owned()),
             Fetched::Redirect(to) => url = to,
         }
@@ -529,12 +541,13 @@ enum Fetched {
 
 fn fetch_once(
     url: &str,
+    dns: Option<SocketAddr>,
     timeout: Duration,
     cap: usize,
     deadline: Instant,
 ) -> Result<Fetched, String> {
     let (host, port, path) = http::parse_http_url(url)?;
-    let addrs = crate::io::resolve::resolve(&host, port, timeout)
+    let addrs = crate::io::resolve::resolve(dns, &host, port, timeout)
         .map_err(|e| format!("cannot resolve {host}: {e}"))?;
     let mut last = format!("{host} has no address");
     let mut stream = None;
@@ -987,18 +1000,21 @@ mod tests {
             b"HTTP/1.0 200 OK\r\n\r\n10.0.0.5\n".to_vec(),
         ]);
         let t = Duration::from_secs(3);
-        let e = fetch(&format!("{base}/a"), t, 50).unwrap_err();
+        let e = fetch(&format!("{base}/a"), None, t, 50).unwrap_err();
         assert!(e.contains("larger"), "{e}");
-        let e = fetch(&format!("{base}/b"), t, 10).unwrap_err();
+        let e = fetch(&format!("{base}/b"), None, t, 10).unwrap_err();
         assert!(e.contains("larger"), "{e}");
-        assert_eq!(fetch(&format!("{base}/c"), t, 50).unwrap(), "10.0.0.5\n");
+        assert_eq!(
+            fetch(&format!("{base}/c"), None, t, 50).unwrap(),
+            "10.0.0.5\n"
+        );
         let reqs = server.join().unwrap();
         assert!(reqs[3].starts_with("GET /next "), "{reqs:?}");
     }
 
     #[test]
     fn fetch_refuses_https_and_reports_refused_ports() {
-        let e = fetch("https://127.0.0.1/x", Duration::from_secs(1), 10).unwrap_err();
+        let e = fetch("https://127.0.0.1/x", None, Duration::from_secs(1), 10).unwrap_err();
         assert!(e.contains("https"), "{e}");
         let port = {
             let l = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -1006,6 +1022,7 @@ mod tests {
         };
         let e = fetch(
             &format!("http://127.0.0.1:{port}/"),
+            None,
             Duration::from_secs(1),
             10,
         )

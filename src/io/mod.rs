@@ -432,10 +432,10 @@ pub fn start_with_grace(config: Config, grace: Duration) -> io::Result<Proxy> {
             d.raid_each,
             d.repeats_per_raid,
             shared.profile.clone(),
-            shared
-                .shaping
-                .is_on()
-                .then(|| scout::TimingRaid::new(&d.urls, shared.shaping.clone())),
+            shared.shaping.is_on().then(|| {
+                let dns = shared.config.nameserver();
+                scout::TimingRaid::new(&d.urls, shared.shaping.clone(), dns)
+            }),
         ) {
             Ok(s) => Some(s),
             Err(e) => {
@@ -484,7 +484,7 @@ fn socks_upstreams(config: &Config) -> Vec<SocksUpstream> {
         let addr = match &parsed.server {
             Target::Ip(a) => Some(*a),
             Target::Domain(host, port) => {
-                match resolve::resolve(host, *port, Duration::from_secs(10)) {
+                match resolve::resolve(config.nameserver(), host, *port, Duration::from_secs(10)) {
                     Ok(a) => a.first().copied(),
                     Err(e) => {
                         crate::log_event!(
@@ -542,11 +542,12 @@ fn spawn_front_resolver(shared: Arc<Shared>) {
         .spawn(move || {
             let host = shared.config.secret.host.clone();
             let port = shared.config.domain_fronting.port;
+            let dns = shared.config.nameserver();
             let mut next = std::time::Instant::now();
             while !shared.stop.load(Ordering::Relaxed) {
                 if std::time::Instant::now() >= next {
                     let mut retry = Duration::from_secs(30);
-                    match resolve::resolve(&host, port, Duration::from_secs(10)) {
+                    match resolve::resolve(dns, &host, port, Duration::from_secs(10)) {
                         Ok(addrs) if !addrs.is_empty() => {
                             retry = FRONT_REFRESH;
                             crate::log_event!(

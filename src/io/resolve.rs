@@ -1,6 +1,7 @@
 //! Host name resolution without the libc resolver (the static binaries have none that works).
 //!
-//! A small blocking stub resolver: nameservers from `/etc/resolv.conf`, A and AAAA over UDP
+//! A small blocking stub resolver: the `[network] dns` server or else the nameservers from
+//! `/etc/resolv.conf`, A and AAAA over UDP
 //! from a fresh socket on a kernel-chosen random port with random ids, answers accepted only
 //! from the server asked and only when they echo the question; TCP when the answer is
 //! truncated. Called from the CLI or a background thread, never from a worker loop.
@@ -30,26 +31,37 @@ pub fn resolv_conf_servers() -> Vec<SocketAddr> {
 }
 
 /// Resolves `host` to socket addresses with `port`: IP literals (also `[v6]`) directly,
-/// `localhost` and `*.localhost` to the loopback addresses, anything else through the
+/// `localhost` and `*.localhost` to the loopback addresses, anything else through `server`
+/// (the config's [`nameserver`](crate::config::Config::nameserver)) or, without one, the
 /// nameservers in `/etc/resolv.conf`. IPv4 addresses come first. Blocks for at most about
 /// `timeout`.
-pub fn resolve(host: &str, port: u16, timeout: Duration) -> io::Result<Vec<SocketAddr>> {
+pub fn resolve(
+    server: Option<SocketAddr>,
+    host: &str,
+    port: u16,
+    timeout: Duration,
+) -> io::Result<Vec<SocketAddr>> {
     if let Some(addrs) = literal(host, port) {
         return Ok(addrs);
     }
-    let conf = resolv_conf();
-    resolve_inner(
-        &conf.nameservers,
-        host,
-        port,
-        timeout,
-        Duration::from_secs(u64::from(conf.timeout_secs)),
-        conf.attempts,
-    )
+    // One call site of resolve_inner, whichever the source of the servers (binary size).
+    let (one, conf);
+    let (servers, per_try, attempts): (&[SocketAddr], _, _) = match server {
+        Some(s) => {
+            one = [s];
+            (&one, timeout / 2, 2)
+        }
+        None => {
+            conf = resolv_conf();
+            let per_try = Duration::from_secs(u64::from(conf.timeout_secs));
+            (&conf.nameservers, per_try, conf.attempts)
+        }
+    };
+    resolve_inner(servers, host, port, timeout, per_try, attempts)
 }
 
-/// [`resolve`] against the given nameservers (tests, or an explicit `dns` setting): each try
-/// waits up to `timeout / 2` per server, with two rounds over the list.
+/// [`resolve`] against the given nameservers (tests): each try waits up to `timeout / 2` per
+/// server, with two rounds over the list.
 pub fn resolve_with(
     servers: &[SocketAddr],
     host: &str,

@@ -204,17 +204,24 @@ pub struct TimingRaid {
     pub urls: Vec<(String, u16, String)>,
     /// Where fitted parameters go.
     pub cell: Arc<super::ShapingCell>,
+    /// The `[network] dns` server for the URLs' host names (else /etc/resolv.conf).
+    dns: Option<SocketAddr>,
     /// Gaps observed so far (the newest [`MAX_GAPS`]).
     gaps: std::collections::VecDeque<Duration>,
 }
 
 impl TimingRaid {
     /// A raid plan; `urls` are `https://` URLs (checked by the config).
-    pub fn new(urls: &[String], cell: Arc<super::ShapingCell>) -> TimingRaid {
+    pub fn new(
+        urls: &[String],
+        cell: Arc<super::ShapingCell>,
+        dns: Option<SocketAddr>,
+    ) -> TimingRaid {
         let urls = urls.iter().filter_map(|u| parse_https_url(u)).collect();
         TimingRaid {
             urls,
             cell,
+            dns,
             gaps: std::collections::VecDeque::new(),
         }
     }
@@ -236,7 +243,8 @@ impl TimingRaid {
                 targets.push((front.to_vec(), host, "/"));
             } else {
                 for (h, port, path) in &self.urls {
-                    let addrs = super::resolve::resolve(h, *port, timeout).unwrap_or_default();
+                    let addrs =
+                        super::resolve::resolve(self.dns, h, *port, timeout).unwrap_or_default();
                     targets.push((addrs, h, path));
                 }
             }

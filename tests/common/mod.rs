@@ -8,7 +8,7 @@
 #![allow(dead_code)]
 
 use std::io::{self, ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -317,6 +317,137 @@ impl Blackhole {
     }
 }
 
+/// A TCP connection to `dst` from the loopback address `src` (e.g. 127.0.0.2), with the
+/// harness timeouts: std cannot bind a socket before connecting it, so this uses libc.
+pub fn connect_from(src: Ipv4Addr, dst: SocketAddr) -> io::Result<TcpStream> {
+    use std::os::fd::FromRawFd;
+    let SocketAddr::V4(dst) = dst else {
+        return Err(io::Error::new(ErrorKind::InvalidInput, "IPv4 only"));
+    };
+    let sockaddr = |ip: Ipv4Addr, port: u16| {
+        // SAFETY: sockaddr_in is plain old data; all-zero is a valid value.
+        let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        sa.sin_family = libc::AF_INET as libc::sa_family_t;
+        sa.sin_addr.s_addr = u32::from_ne_bytes(ip.octets());
+        sa.sin_port = port.to_be();
+        sa
+    };
+    let (local, remote) = (sockaddr(src, 0), sockaddr(*dst.ip(), dst.port()));
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: a fresh descriptor that the TcpStream owns (and closes) from then on; the
+    // sockaddrs are fully initialised locals whose size we pass.
+    let stream = unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let stream = TcpStream::from_raw_fd(fd);
+        let as_ptr =
+            |sa: &libc::sockaddr_in| sa as *const libc::sockaddr_in as *const libc::sockaddr;
+        if libc::bind(fd, as_ptr(&local), len) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if libc::connect(fd, as_ptr(&remote), len) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        stream
+    };
+    set_timeouts(&stream, IO_TIMEOUT);
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+// ------------------------------------------------------------------------------------------
+// DNS
+
+/// A DNS server on 127.0.0.1 (UDP only): A queries for the names it knows get their one IPv4
+/// address, AAAA queries for them get no data, anything else NXDOMAIN. Written independently
+/// of `mtpx::proto::dns`. Stops when dropped.
+pub struct DnsStub {
+    pub addr: SocketAddr,
+    queries: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl DnsStub {
+    pub fn start(names: &[(&str, Ipv4Addr)]) -> DnsStub {
+        let sock = UdpSocket::bind("127.0.0.1:0").expect("bind DNS stub");
+        sock.set_read_timeout(Some(Duration::from_millis(50)))
+            .expect("set_read_timeout");
+        let addr = sock.local_addr().expect("local_addr");
+        let names: Vec<(String, Ipv4Addr)> = names
+            .iter()
+            .map(|(n, ip)| (n.to_ascii_lowercase(), *ip))
+            .collect();
+        let queries: Arc<Mutex<Vec<String>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (q2, s2) = (queries.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 1500];
+            while !s2.load(Ordering::SeqCst) {
+                let Ok((n, from)) = sock.recv_from(&mut buf) else {
+                    continue;
+                };
+                let q = &buf[..n];
+                // Header (12 bytes), then the name as labels, then type and class.
+                let mut pos = 12;
+                let mut labels = Vec::new();
+                while let Some(&len) = q.get(pos) {
+                    pos += 1;
+                    if len == 0 || pos + usize::from(len) > q.len() {
+                        break;
+                    }
+                    labels.push(
+                        String::from_utf8_lossy(&q[pos..pos + usize::from(len)])
+                            .to_ascii_lowercase(),
+                    );
+                    pos += usize::from(len);
+                }
+                if pos + 4 > q.len() {
+                    continue;
+                }
+                let name = labels.join(".");
+                let qtype = u16::from_be_bytes([q[pos], q[pos + 1]]);
+                q2.lock()
+                    .unwrap()
+                    .push(format!("{name} {}", if qtype == 28 { "AAAA" } else { "A" }));
+                let known = names.iter().find(|(n, _)| *n == name).map(|(_, ip)| *ip);
+                let answer = known.filter(|_| qtype == 1);
+                let mut r = q[..2].to_vec();
+                r.extend_from_slice(if known.is_some() {
+                    &[0x81, 0x80]
+                } else {
+                    &[0x81, 0x83]
+                });
+                r.extend_from_slice(&[0, 1, 0, u8::from(answer.is_some()), 0, 0, 0, 0]);
+                r.extend_from_slice(&q[12..pos + 4]);
+                if let Some(ip) = answer {
+                    // Owner: a pointer to the question's name; A, IN, TTL 60, 4 bytes.
+                    r.extend_from_slice(&[0xC0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4]);
+                    r.extend_from_slice(&ip.octets());
+                }
+                let _ = sock.send_to(&r, from);
+            }
+        });
+        DnsStub {
+            addr,
+            queries,
+            stop,
+        }
+    }
+
+    /// The questions asked so far, as "name A" / "name AAAA" (lowercase), in order.
+    pub fn queries(&self) -> Vec<String> {
+        self.queries.lock().unwrap().clone()
+    }
+}
+
+impl Drop for DnsStub {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
 // ------------------------------------------------------------------------------------------
 // Proxy configuration
 
@@ -361,7 +492,12 @@ pub struct FakeFront {
 
 impl FakeFront {
     pub fn start() -> FakeFront {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind fake front");
+        FakeFront::start_on(IpAddr::from([127, 0, 0, 1]))
+    }
+
+    /// [`FakeFront::start`] on another loopback address (e.g. 127.0.0.3).
+    pub fn start_on(ip: IpAddr) -> FakeFront {
+        let listener = TcpListener::bind((ip, 0)).expect("bind fake front");
         let addr = listener.local_addr().expect("local_addr");
         let conns: Received = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
