@@ -11,6 +11,7 @@ mod pool;
 pub mod resolve;
 pub mod scout;
 mod timers;
+mod tls;
 mod worker;
 
 use std::io;

@@ -131,70 +131,24 @@ pub fn observe_gaps(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: curl/8.5.0\r\nAccept: */*\r\n\
          Connection: close\r\n\r\n"
     );
-    let (mut client, hello) = tls13::Client::start(&mut super::OsRng, host, request.as_bytes());
-    let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
-    stream.set_nodelay(true)?;
-    stream.set_write_timeout(Some(timeout))?;
-    stream.write_all(&hello)?;
-    let mut buf = vec![0u8; 64 * 1024];
-    let (mut len, mut body) = (0usize, 0usize);
+    let opts = tls13::Options {
+        host,
+        alpn: b"http/1.1",
+        decrypt: false,
+    };
     let mut gaps = Vec::new();
-    let mut last: Option<Instant> = None;
-    while body < MAX_BODY && gaps.len() < MAX_GAPS {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            break;
+    let (mut last, mut body) = (None::<Instant>, 0usize);
+    super::tls::session(addr, opts, request.as_bytes(), deadline, |at, step| {
+        if let Step::Data(n) = step {
+            if let Some(p) = last {
+                gaps.push(at - p);
+            }
+            last = Some(at);
+            body += n;
         }
-        stream.set_read_timeout(Some(left))?;
-        let n = match stream.read(&mut buf[len..]) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) if client.established() && is_timeout(&e) => break,
-            Err(e) => return Err(e),
-        };
-        let at = Instant::now();
-        len += n;
-        while len >= 5 {
-            let rec = 5 + usize::from(u16::from_be_bytes([buf[3], buf[4]]));
-            if rec > tls13::MAX_RECORD {
-                return Err(invalid("oversized TLS record"));
-            }
-            if len < rec {
-                break;
-            }
-            match client
-                .on_record(&mut buf[..rec])
-                .map_err(|e| invalid(e.0))?
-            {
-                Step::Wait => {}
-                Step::Send(out) => stream.write_all(&out)?,
-                Step::Data(n) => {
-                    if let Some(p) = last {
-                        gaps.push(at - p);
-                    }
-                    last = Some(at);
-                    body += n;
-                }
-            }
-            buf.copy_within(rec..len, 0);
-            len -= rec;
-        }
-    }
-    if !client.established() {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "site closed during the handshake",
-        ));
-    }
+        body < MAX_BODY && gaps.len() < MAX_GAPS
+    })?;
     Ok(gaps)
-}
-
-fn is_timeout(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-    )
 }
 
 /// Where timing raids fetch from: `[defense.doppelganger] urls` (https://host[:port]/path),

@@ -13,7 +13,13 @@
 //! Flow: [`Client::start`] → ClientHello record; [`Client::on_record`] for every record read:
 //! ServerHello → keys; encrypted EncryptedExtensions / Certificate / CertificateVerify /
 //! Finished → [`Step::Send`] (CCS, client Finished, the request); afterwards every
-//! application-data record is [`Step::Data`] (not decrypted: only its size matters).
+//! application-data record is [`Step::Data`] (not decrypted: only its size matters), or with
+//! [`Options::decrypt`] its plaintext, [`Step::Plain`].
+//!
+//! The resolver also uses it for `[network] dns` over TLS / HTTPS: there the answers are
+//! private from passive observers and safe from injected datagrams, but, with no certificate
+//! check, not authenticated against an attacker who terminates TLS on the path (who could
+//! forge plain DNS just as well).
 
 use aes::Aes128Enc;
 use aes::cipher::{BlockCipherEncrypt, KeyInit};
@@ -265,6 +271,21 @@ pub enum Step {
     Send(Vec<u8>),
     /// An application-data record of this many bytes (payload, as on the wire).
     Data(usize),
+    /// The plaintext of an application-data record ([`Options::decrypt`]).
+    Plain(Vec<u8>),
+    /// The server closed the session (close_notify; [`Options::decrypt`]).
+    Closed,
+}
+
+/// How a [`Client`] talks.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Options<'a> {
+    /// Server name for SNI (none when empty or an IP literal, RFC 6066 §3).
+    pub host: &'a str,
+    /// ALPN protocol to offer (none when empty).
+    pub alpn: &'a [u8],
+    /// Decrypt application data ([`Step::Plain`]) instead of reporting sizes.
+    pub decrypt: bool,
 }
 
 /// One observing TLS 1.3 connection.
@@ -276,6 +297,9 @@ pub struct Client {
     server_hs: [u8; 32],
     master: [u8; 32],
     server: Option<Traffic>,
+    /// Decrypts application data (with [`Options::decrypt`]).
+    server_app: Option<Traffic>,
+    decrypt: bool,
     /// Handshake bytes decrypted but not yet a whole message.
     pending: Vec<u8>,
     request: Vec<u8>,
@@ -292,21 +316,33 @@ fn ext(out: &mut Vec<u8>, kind: u16, body: &[u8]) {
 }
 
 impl Client {
-    /// A client for `host` (SNI) that sends `request` once the handshake is done. Returns the
-    /// ClientHello record to write first.
-    pub fn start(rng: &mut impl super::Rng, host: &str, request: &[u8]) -> (Client, Vec<u8>) {
+    /// A client that sends `request` once the handshake is done. Returns the ClientHello
+    /// record to write first.
+    pub fn start(
+        rng: &mut impl super::Rng,
+        opts: Options<'_>,
+        request: &[u8],
+    ) -> (Client, Vec<u8>) {
         let (secret, public) = x25519::keypair(rng);
         let mut random = [0u8; 64];
         rng.fill(&mut random);
-        let host = host.as_bytes().get(..253).unwrap_or(host.as_bytes());
+        let bare = opts.host.trim_start_matches('[').trim_end_matches(']');
+        let is_ip = bare.parse::<std::net::IpAddr>().is_ok();
+        let host = opts
+            .host
+            .as_bytes()
+            .get(..253)
+            .unwrap_or(opts.host.as_bytes());
 
         let mut exts = Vec::with_capacity(256);
-        let mut sni = Vec::with_capacity(host.len() + 5);
-        put16(&mut sni, host.len() + 3);
-        sni.push(0);
-        put16(&mut sni, host.len());
-        sni.extend_from_slice(host);
-        ext(&mut exts, 0x0000, &sni);
+        if !host.is_empty() && !is_ip {
+            let mut sni = Vec::with_capacity(host.len() + 5);
+            put16(&mut sni, host.len() + 3);
+            sni.push(0);
+            put16(&mut sni, host.len());
+            sni.extend_from_slice(host);
+            ext(&mut exts, 0x0000, &sni);
+        }
         ext(&mut exts, 0x000a, &[0, 2, 0x00, 0x1d]); // supported_groups: x25519
         // signature_algorithms: ecdsa P-256/P-384, rsa-pss, rsa-pkcs1, ed25519
         ext(
@@ -314,7 +350,14 @@ impl Client {
             0x000d,
             &[0, 16, 4, 3, 5, 3, 8, 4, 8, 5, 8, 6, 4, 1, 5, 1, 8, 7],
         );
-        ext(&mut exts, 0x0010, b"\x00\x09\x08http/1.1"); // ALPN
+        if !opts.alpn.is_empty() {
+            let n = opts.alpn.len().min(255);
+            let mut alpn = Vec::with_capacity(n + 3);
+            put16(&mut alpn, n + 1);
+            alpn.push(n as u8);
+            alpn.extend_from_slice(&opts.alpn[..n]);
+            ext(&mut exts, 0x0010, &alpn);
+        }
         ext(&mut exts, 0x002b, &[2, 0x03, 0x04]); // supported_versions: TLS 1.3
         ext(&mut exts, 0x002d, &[1, 1]); // psk_key_exchange_modes: psk_dhe_ke
         let mut share = vec![0, 36, 0x00, 0x1d, 0, 32];
@@ -346,6 +389,8 @@ impl Client {
             server_hs: [0; 32],
             master: [0; 32],
             server: None,
+            server_app: None,
+            decrypt: opts.decrypt,
             pending: Vec::new(),
             request: request.to_vec(),
         };
@@ -369,7 +414,15 @@ impl Client {
             (0x14, _) if self.state != State::Established => Ok(Step::Wait), // compatibility CCS
             (0x16, State::ServerHello) => self.server_hello(&record[5..]),
             (0x17, State::ServerFlight) => self.server_flight(record),
-            (0x17, State::Established) => Ok(Step::Data(record.len() - 5)),
+            (0x17, State::Established) => match self.server_app.as_mut() {
+                None => Ok(Step::Data(record.len() - 5)),
+                Some(app) => match app.open(record)? {
+                    (0x17, data) => Ok(Step::Plain(data.to_vec())),
+                    (0x16, _) => Ok(Step::Wait), // NewSessionTicket
+                    (0x15, [_, 0]) => Ok(Step::Closed),
+                    _ => bad("alert or key update after the handshake"),
+                },
+            },
             _ => bad("unexpected record"),
         }
     }
@@ -483,6 +536,10 @@ impl Client {
     fn finish(&mut self) -> Vec<u8> {
         let hash: [u8; 32] = self.transcript.clone().finalize().into();
         let c_ap = expand_label(&self.master, "c ap traffic", &hash, 32);
+        if self.decrypt {
+            let s_ap = expand_label(&self.master, "s ap traffic", &hash, 32);
+            self.server_app = Some(Traffic::new(&s_ap));
+        }
         let key = expand_label(&self.client_hs, "finished", &[], 32);
         let mut fin = vec![20, 0, 0, 32];
         fin.extend_from_slice(&hmac(&key, &[&hash]));
@@ -516,6 +573,12 @@ impl<'a> Reader<'a> {
 mod tests {
     use super::*;
     use crate::proto::encoding::hex_decode;
+
+    const OBSERVE: Options<'static> = Options {
+        host: "site.test",
+        alpn: b"http/1.1",
+        decrypt: false,
+    };
 
     fn h(s: &str) -> Vec<u8> {
         hex_decode(s).expect("hex")
@@ -598,7 +661,7 @@ mod tests {
     fn client_completes_a_handshake_and_reports_data_records() {
         use crate::proto::XorShift64;
         let mut rng = XorShift64(3);
-        let (mut client, hello) = Client::start(&mut rng, "site.test", b"GET / HTTP/1.1\r\n\r\n");
+        let (mut client, hello) = Client::start(&mut rng, OBSERVE, b"GET / HTTP/1.1\r\n\r\n");
         assert_eq!(&hello[..3], &[0x16, 0x03, 0x01]);
         // The server's key share and ServerHello.
         let (srv_secret, srv_public) = x25519::keypair(&mut rng);
@@ -678,7 +741,7 @@ mod tests {
         use crate::proto::XorShift64;
         let mut rng = XorShift64(9);
         for seed in 0..2000u64 {
-            let (mut client, _) = Client::start(&mut rng, "x.test", b"");
+            let (mut client, _) = Client::start(&mut rng, OBSERVE, b"");
             let mut r = XorShift64(seed);
             let len = (r.next_u64() % 120) as usize;
             let mut rec = vec![0u8; 5 + len];
@@ -691,7 +754,7 @@ mod tests {
             let _ = client.on_record(&mut rec);
             let _ = client.on_record(&mut rec.clone());
         }
-        let (mut client, _) = Client::start(&mut rng, "x.test", b"");
+        let (mut client, _) = Client::start(&mut rng, OBSERVE, b"");
         assert!(client.on_record(&mut [0x16, 3, 3, 0, 9, 1]).is_err());
         assert!(client.on_record(&mut [0x16]).is_err());
     }
