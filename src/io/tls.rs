@@ -34,8 +34,7 @@ pub(crate) fn session(
     stream.write_all(&hello)?;
     let mut buf = vec![0u8; 2 * tls13::MAX_RECORD];
     let mut len = 0usize;
-    loop {
-        let Ok(wait) = left(deadline) else { break };
+    while let Ok(wait) = left(deadline) {
         stream.set_read_timeout(Some(wait))?;
         let n = match stream.read(&mut buf[len..]) {
             Ok(0) => break,
