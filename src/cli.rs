@@ -72,7 +72,7 @@ pub struct SimpleRun {
     pub domain_fronting_port: Option<u16>,
     /// `--domain-fronting-ip`.
     pub domain_fronting_ip: Option<IpAddr>,
-    /// `-n/--doh-ip`: mtpx has no TLS, so this server is asked in plain DNS (port 53).
+    /// `-n/--doh-ip`: the DNS-over-HTTPS server (`https://<ip>/dns-query`).
     pub doh_ip: Option<IpAddr>,
     /// `-t/--timeout`: sets the tcp, http and idle timeouts, as in mtg.
     pub timeout: Option<Duration>,
@@ -242,7 +242,7 @@ Options (as in mtg):
                                      [default: prefer-ipv6]
   -p, --domain-fronting-port <PORT>  Port of the fronting site [default: 443]
       --domain-fronting-ip <IP>      Connect to this IP for fronting instead of resolving
-  -n, --doh-ip <IP>                  DNS resolver, asked in plain DNS (mtpx has no DoH)
+  -n, --doh-ip <IP>                  DNS-over-HTTPS resolver (https://<IP>/dns-query)
   -t, --timeout <DURATION>           Sets the tcp, http and idle timeouts (as mtg does)
                                      [default: tcp 10s, http 10s, idle 5m]
   -s, --socks5-proxy <URL>           SOCKS5 upstream for DC connections, repeatable
@@ -729,7 +729,6 @@ impl SimpleRun {
                 IpAddr::V4(v4) => format!("https://{v4}"),
                 IpAddr::V6(v6) => format!("https://[{v6}]"),
             };
-            warnings.extend(config::dns_warning(&dns).map(|w| format!("--doh-ip: {w}")));
             c.dns = Some(dns);
         }
         if let Some(t) = self.timeout {
@@ -1206,7 +1205,7 @@ mod tests {
             "4s",
         ]);
         let (c, warnings) = s.to_config().unwrap();
-        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
         assert!(c.debug && c.allow_fallback_on_unknown_dc && c.anti_replay.enabled);
         assert_eq!(c.bind_to, "127.0.0.1:3128".parse().unwrap());
         assert_eq!(c.secret.to_base64(), SECRET);

@@ -26,6 +26,7 @@ use nanoserde::{Toml, TomlParser};
 
 pub use crate::log::LogFormat;
 use crate::proto::dc::PreferIp;
+pub use crate::proto::dns::{Nameserver, Transport};
 use crate::proto::secret::Secret;
 
 /// Most workers mtpx will start.
@@ -223,51 +224,47 @@ pub struct Config {
     pub prometheus: Prometheus,
 }
 
-/// The plain-DNS server mtpx asks for a `[network] dns` value: `udp://IP[:port]` and a bare IP
-/// as given (port 53 by default). `https://` (DoH) and `tls://` (DoT) need TLS, which mtpx does
-/// not have: their host on port 53 when it is an IP literal. `None` (a host name, or no
-/// usable value): the nameservers of `/etc/resolv.conf`.
-pub fn dns_server(uri: &str) -> Option<SocketAddr> {
+/// The server mtpx asks for a `[network] dns` value: `udp://IP[:port]` and a bare IP in plain
+/// DNS (port 53 by default); `tls://IP[:port]` in DNS over TLS (RFC 7858, port 853);
+/// `https://IP[:port][/path]` in DNS over HTTPS (RFC 8484, port 443, path `/dns-query`).
+/// `None` (a host name, which would need a resolver to find the resolver, or no usable
+/// value): the nameservers of `/etc/resolv.conf`.
+pub fn dns_server(uri: &str) -> Option<Nameserver> {
     let (scheme, rest) = uri.split_once("://").unwrap_or(("udp", uri));
-    let plain = scheme == "udp";
-    let host = if plain {
-        rest
-    } else {
-        rest.split('/').next().unwrap_or("")
+    let (authority, path) = match rest.find('/') {
+        Some(i) if scheme == "https" => rest.split_at(i),
+        _ => (rest, ""),
     };
-    let bare = host
+    let (default_port, transport) = match scheme {
+        "udp" => (53, Transport::Plain),
+        "tls" => (853, Transport::Tls),
+        "https" => {
+            let path = if path.is_empty() { "/dns-query" } else { path };
+            (443, Transport::Https(path.to_string()))
+        }
+        _ => return None,
+    };
+    let bare = authority
         .strip_prefix('[')
         .and_then(|h| h.strip_suffix(']'))
-        .unwrap_or(host);
-    let a = match host.parse::<SocketAddr>() {
+        .unwrap_or(authority);
+    let addr = match authority.parse::<SocketAddr>() {
         Ok(a) => a,
-        Err(_) => SocketAddr::new(bare.parse().ok()?, 53),
+        Err(_) => SocketAddr::new(bare.parse().ok()?, default_port),
     };
-    Some(if plain {
-        a
-    } else {
-        SocketAddr::new(a.ip(), 53)
-    })
+    Some(Nameserver { addr, transport })
 }
 
-/// For a `dns` value asking for encrypted DNS: what mtpx does instead, as a warning message.
-/// `None` for plain DNS (`udp://` or an IP), which is used as written.
+/// For a `dns` value mtpx cannot follow as written (DoH/DoT named by a host name), what it
+/// does instead, as a warning message. `None` when the value is used as written.
 pub fn dns_warning(uri: &str) -> Option<String> {
-    let what = if uri.starts_with("https://") {
-        "DNS-over-HTTPS"
-    } else if uri.starts_with("tls://") {
-        "DNS-over-TLS"
-    } else {
+    if dns_server(uri).is_some() || !(uri.starts_with("https://") || uri.starts_with("tls://")) {
         return None;
-    };
-    let ip = dns_server(uri).map(|a| a.ip());
-    let (who, how): (&dyn fmt::Display, &str) = match &ip {
-        Some(ip) => (ip, " in plain DNS (port 53)"),
-        None => (&"the nameservers in /etc/resolv.conf", ""),
-    };
+    }
     Some(format!(
-        "{uri:?} is {what}, which needs TLS (mtpx has none); asking {who}{how} instead; for \
-         encrypted DNS run a local stub resolver and set dns = \"udp://127.0.0.53\""
+        "{uri:?} names the DNS server by a host name, which would need another resolver to \
+         find; asking the nameservers in /etc/resolv.conf instead; give its IP address \
+         (as mtg's doh-ip did), e.g. dns = \"https://1.1.1.1/dns-query\""
     ))
 }
 
@@ -282,7 +279,7 @@ pub fn default_workers() -> usize {
 impl Config {
     /// The DNS server every lookup goes to (see [`dns_server`]); `None`: `/etc/resolv.conf`.
     #[inline(never)] // called from many places; keeps the binary small
-    pub fn nameserver(&self) -> Option<SocketAddr> {
+    pub fn nameserver(&self) -> Option<Nameserver> {
         self.dns.as_deref().and_then(dns_server)
     }
 
@@ -1781,7 +1778,7 @@ fn check_dns(s: &str) -> Option<String> {
     } else if let Some(rest) = s.strip_prefix("tls://") {
         !rest.is_empty() && !rest.contains(['/', '@'])
     } else if s.starts_with("udp://") {
-        dns_server(s).is_some_and(|a| a.port() != 0)
+        dns_server(s).is_some_and(|a| a.addr.port() != 0)
     } else {
         s.parse::<IpAddr>().is_ok()
     };
@@ -1990,18 +1987,17 @@ mod tests {
     }
 
     #[test]
-    fn mtg_example_config_parses_with_only_the_dns_warning() {
+    fn mtg_example_config_parses_without_warnings() {
         let (c, w) = ok(&fixture("mtg-example.toml"));
-        // The blocklist and Prometheus sections are implemented; DoH becomes plain DNS.
-        assert_eq!(w.len(), 1, "{w:?}");
-        assert_eq!(w[0].kind, WarningKind::Fallback);
+        // Every section is implemented, DoH included.
+        assert!(w.is_empty(), "{w:?}");
         assert_eq!(
-            w[0].to_string(),
-            "line 37: network.dns: \"https://1.1.1.1\" is DNS-over-HTTPS, which needs TLS \
-             (mtpx has none); asking 1.1.1.1 in plain DNS (port 53) instead; for encrypted DNS \
-             run a local stub resolver and set dns = \"udp://127.0.0.53\""
+            c.nameserver(),
+            Some(Nameserver {
+                addr: "1.1.1.1:443".parse().unwrap(),
+                transport: Transport::Https("/dns-query".into())
+            })
         );
-        assert_eq!(c.nameserver(), Some("1.1.1.1:53".parse().unwrap()));
         assert!(c.debug);
         assert_eq!(c.secret.kind, SecretKind::FakeTls);
         assert_eq!(c.secret.host, "storage.googleapis.com");
@@ -2044,12 +2040,7 @@ mod tests {
             .map(|w| w.key.as_str())
             .collect();
         assert_eq!(ni, ["auto-update", "defense.doppelganger.urls"]);
-        let fallback: Vec<&str> = w
-            .iter()
-            .filter(|w| w.kind == WarningKind::Fallback)
-            .map(|w| w.key.as_str())
-            .collect();
-        assert_eq!(fallback, ["network.doh-ip"]);
+        assert!(!w.iter().any(|w| w.kind == WarningKind::Fallback), "{w:?}");
         assert_eq!(c.bind_to, "[::]:3128".parse().unwrap());
         assert!(c.proxy_protocol_listener && c.auto_update && c.allow_fallback_on_unknown_dc);
         assert_eq!(c.concurrency, 100);
@@ -2362,30 +2353,51 @@ mod tests {
     }
 
     #[test]
-    fn dns_uris_map_to_a_plain_dns_server() {
-        let cases: [(&str, Option<&str>); 14] = [
-            ("udp://127.0.0.53", Some("127.0.0.53:53")),
-            ("udp://127.0.0.1:5353", Some("127.0.0.1:5353")),
-            ("udp://[::1]:5353", Some("[::1]:5353")),
-            ("udp://[::1]", Some("[::1]:53")),
-            ("udp://::1", Some("[::1]:53")),
-            ("9.9.9.9", Some("9.9.9.9:53")),
-            ("2001:db8::53", Some("[2001:db8::53]:53")),
-            // DoH and DoT: the same server, in plain DNS on port 53.
-            ("https://1.1.1.1", Some("1.1.1.1:53")),
-            ("https://1.1.1.1:443/dns-query", Some("1.1.1.1:53")),
+    fn dns_uris_map_to_a_server_and_transport() {
+        let https = |p: &str| Transport::Https(p.into());
+        let cases: [(&str, Option<(&str, Transport)>); 14] = [
+            (
+                "udp://127.0.0.53",
+                Some(("127.0.0.53:53", Transport::Plain)),
+            ),
+            (
+                "udp://127.0.0.1:5353",
+                Some(("127.0.0.1:5353", Transport::Plain)),
+            ),
+            ("udp://[::1]:5353", Some(("[::1]:5353", Transport::Plain))),
+            ("udp://[::1]", Some(("[::1]:53", Transport::Plain))),
+            ("udp://::1", Some(("[::1]:53", Transport::Plain))),
+            ("9.9.9.9", Some(("9.9.9.9:53", Transport::Plain))),
+            (
+                "2001:db8::53",
+                Some(("[2001:db8::53]:53", Transport::Plain)),
+            ),
+            (
+                "https://1.1.1.1",
+                Some(("1.1.1.1:443", https("/dns-query"))),
+            ),
+            (
+                "https://1.1.1.1:8443/q?x=1",
+                Some(("1.1.1.1:8443", https("/q?x=1"))),
+            ),
             (
                 "https://[2606:4700::1111]/dns-query",
-                Some("[2606:4700::1111]:53"),
+                Some(("[2606:4700::1111]:443", https("/dns-query"))),
             ),
-            ("tls://9.9.9.9", Some("9.9.9.9:53")),
-            ("tls://[2620:fe::fe]:853", Some("[2620:fe::fe]:53")),
+            ("tls://9.9.9.9", Some(("9.9.9.9:853", Transport::Tls))),
+            (
+                "tls://[2620:fe::fe]:8853",
+                Some(("[2620:fe::fe]:8853", Transport::Tls)),
+            ),
             // A host name: /etc/resolv.conf.
             ("https://cloudflare-dns.com/dns-query", None),
             ("tls://dns.quad9.net:853", None),
         ];
         for (uri, want) in cases {
-            let want = want.map(|w| w.parse::<SocketAddr>().unwrap());
+            let want = want.map(|(a, transport)| Nameserver {
+                addr: a.parse().unwrap(),
+                transport,
+            });
             assert_eq!(dns_server(uri), want, "{uri}");
             assert!(check_dns(uri).is_some(), "{uri}");
         }
@@ -2400,34 +2412,40 @@ mod tests {
     }
 
     #[test]
-    fn encrypted_dns_warns_once_with_what_happens_instead() {
+    fn dns_by_host_name_warns_once_with_what_happens_instead() {
         let warned = |dns: &str| {
             let (c, w) = ok(&with(&format!("[network]\ndns = \"{dns}\"\n")));
             assert!(w.len() <= 1, "{w:?}");
             (c.nameserver(), w.first().map(|w| (w.kind, w.to_string())))
         };
-        for plain in ["udp://127.0.0.1:5353", "127.0.0.1"] {
-            assert_eq!(warned(plain).1, None, "{plain}");
+        for fine in [
+            "udp://127.0.0.1:5353",
+            "127.0.0.1",
+            "tls://[2620:fe::fe]:853",
+            "https://1.1.1.1",
+        ] {
+            assert_eq!(warned(fine).1, None, "{fine}");
         }
-        let (server, w) = warned("tls://[2620:fe::fe]:853");
-        assert_eq!(server, Some("[2620:fe::fe]:53".parse().unwrap()));
-        let (kind, msg) = w.unwrap();
-        assert_eq!(kind, WarningKind::Fallback);
-        assert!(msg.starts_with("line 4: network.dns: \"tls://[2620:fe::fe]:853\" is DNS-over-TLS, which needs TLS (mtpx has none); asking 2620:fe::fe in plain DNS (port 53) instead;"), "{msg}");
         let (server, w) = warned("https://cloudflare-dns.com/dns-query");
         assert_eq!(server, None);
-        assert!(w.unwrap().1.contains("DNS-over-HTTPS, which needs TLS (mtpx has none); asking the nameservers in /etc/resolv.conf instead; for encrypted DNS run a local stub resolver and set dns = \"udp://127.0.0.53\""));
-        // The deprecated doh-ip: the same warning, on its own line.
-        let (c, w) = ok(&with("[network]\ndoh-ip = \"9.9.9.9\"\n"));
-        assert_eq!(c.nameserver(), Some("9.9.9.9:53".parse().unwrap()));
-        let kinds: Vec<_> = w.iter().map(|w| (w.kind, w.key.as_str())).collect();
-        assert_eq!(
-            kinds,
-            [
-                (WarningKind::Deprecated, "network.doh-ip"),
-                (WarningKind::Fallback, "network.doh-ip")
-            ]
+        let (kind, msg) = w.unwrap();
+        assert_eq!(kind, WarningKind::Fallback);
+        assert!(
+            msg.starts_with("line 4: network.dns: \"https://cloudflare-dns.com/dns-query\" names the DNS server by a host name"),
+            "{msg}"
         );
+        assert!(
+            msg.contains("asking the nameservers in /etc/resolv.conf instead"),
+            "{msg}"
+        );
+        // The deprecated doh-ip still applies (as DoH to that address), with its warning.
+        let (c, w) = ok(&with("[network]\ndoh-ip = \"9.9.9.9\"\n"));
+        assert_eq!(
+            c.nameserver().map(|n| n.addr),
+            Some("9.9.9.9:443".parse().unwrap())
+        );
+        let kinds: Vec<_> = w.iter().map(|w| (w.kind, w.key.as_str())).collect();
+        assert_eq!(kinds, [(WarningKind::Deprecated, "network.doh-ip")]);
     }
 
     #[test]

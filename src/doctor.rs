@@ -544,7 +544,7 @@ fn time_check(config: &Config, host: &str, port: u16) -> Check {
                 .to_string(),
         )
     };
-    let addrs = match resolve::resolve(config.nameserver(), host, port, RESOLVE_WAIT) {
+    let addrs = match resolve::resolve(config.nameserver().as_ref(), host, port, RESOLVE_WAIT) {
         Ok(a) if !a.is_empty() => a,
         Ok(_) => {
             return Check::new(S, name, Status::Warn, "no address", unreachable_hint());
@@ -743,7 +743,7 @@ fn socks5_checks(config: &Config) -> Vec<Check> {
     let wait = connect_wait(config);
     let dns = config.nameserver();
     parallel(&config.proxies, |url| {
-        socks5_check(url, dns, &targets, wait)
+        socks5_check(url, dns.as_ref(), &targets, wait)
     })
     .into_iter()
     .map(|c| c.unwrap_or_else(|| crashed(S)))
@@ -752,7 +752,7 @@ fn socks5_checks(config: &Config) -> Vec<Check> {
 
 fn socks5_check(
     url: &str,
-    dns: Option<SocketAddr>,
+    dns: Option<&crate::proto::dns::Nameserver>,
     targets: &[SocketAddr],
     wait: Duration,
 ) -> Check {
@@ -940,7 +940,7 @@ fn fronting_checks(config: &Config, repeats: u32) -> Vec<Check> {
     let wait = connect_wait(config);
     let addrs = match config.domain_fronting.ip {
         Some(ip) => vec![SocketAddr::new(ip, port)],
-        None => match resolve::resolve(config.nameserver(), host, port, RESOLVE_WAIT) {
+        None => match resolve::resolve(config.nameserver().as_ref(), host, port, RESOLVE_WAIT) {
             Ok(a) if !a.is_empty() => a,
             Ok(_) => {
                 return vec![Check::new(S, host, Status::Fail, "no address", None)];
@@ -1045,23 +1045,23 @@ fn sni_checks(config: &Config) -> Vec<Check> {
         )];
     }
     let host = config.secret.host.as_str();
-    let mut ips: Vec<IpAddr> = match resolve::resolve(config.nameserver(), host, 443, RESOLVE_WAIT)
-    {
-        Ok(a) => a.iter().map(SocketAddr::ip).collect(),
-        Err(e) => {
-            return vec![Check::new(
-                S,
-                host,
-                Status::Fail,
-                short_err(&e),
-                Some(
-                    "clients send this name in their TLS hello: a name that does not resolve \
+    let mut ips: Vec<IpAddr> =
+        match resolve::resolve(config.nameserver().as_ref(), host, 443, RESOLVE_WAIT) {
+            Ok(a) => a.iter().map(SocketAddr::ip).collect(),
+            Err(e) => {
+                return vec![Check::new(
+                    S,
+                    host,
+                    Status::Fail,
+                    short_err(&e),
+                    Some(
+                        "clients send this name in their TLS hello: a name that does not resolve \
                      stands out; pick a real site"
-                        .into(),
-                ),
-            )];
-        }
-    };
+                            .into(),
+                    ),
+                )];
+            }
+        };
     ips.dedup();
     let publics: Vec<IpAddr> = config
         .public_ipv4

@@ -471,33 +471,34 @@ fn literals_and_resolv_conf() {
 /// `[network] dns = "udp://…"` end to end: the proxy resolves the fronting host of its `ee`
 /// secret through the configured server (not /etc/resolv.conf), and a client with the wrong
 /// key is spliced to the address that server gave (127.0.0.3, which only it knows).
-#[test]
-fn configured_dns_server_finds_the_fronting_site() {
+/// Starts a proxy whose secret names `front.test` and whose `[network] dns` is `dns`; a
+/// wrong-key client must end up fronted to the fake site at 127.0.0.3, the address only the
+/// configured server gives for that name.
+fn fronting_site_found_through(dns: &str) {
     use common::*;
     use mtpx::proto::XorShift64;
     use mtpx::proto::faketls;
     use mtpx::proto::secret::{Secret, SecretKind};
 
-    let r = responder(false);
     let front = FakeFront::start_on(IpAddr::from([127, 0, 0, 3]));
     let refused = RefusedPort::new();
     let secret = Secret::generate(SecretKind::FakeTls, "front.test", &mut XorShift64(5));
     let text = format!(
         "secret = \"{}\"\nbind-to = \"127.0.0.1:1\"\n\
          [domain-fronting]\nport = {}\n\
-         [network]\ndns = \"udp://{}\"\n\
+         [network]\ndns = \"{dns}\"\n\
          [network.dc-overrides]\n1 = \"{r0}\"\n2 = \"{r0}\"\n3 = \"{r0}\"\n4 = \"{r0}\"\n\
          5 = \"{r0}\"\n203 = \"{r0}\"\n",
         secret.to_hex(),
         front.addr.port(),
-        r.addr,
         r0 = refused.addr,
     );
     let (mut config, warnings) = mtpx::config::parse(&text).expect("config");
     config.bind_to.set_port(0); // the file format refuses port 0; any free port will do
     assert!(warnings.is_empty(), "{warnings:?}");
     // Checked before start, so that a wiring bug cannot send a query off this machine.
-    assert_eq!(config.nameserver(), Some(r.addr));
+    let ns = config.nameserver().expect("a configured server");
+    assert!(ns.addr.ip().is_loopback(), "{ns:?}");
     let proxy = mtpx::io::start(config).expect("start proxy");
 
     let wrong_key = [0x5Au8; 16];
@@ -520,11 +521,81 @@ fn configured_dns_server_finds_the_fronting_site() {
         );
         fronted(&hello)
     });
-    assert!(ok, "a wrong-key client was never fronted to 127.0.0.3");
+    assert!(
+        ok,
+        "a wrong-key client was never fronted to 127.0.0.3 ({dns})"
+    );
     assert!(
         (0..front.count()).any(|i| front.received(i) == hello),
         "the fake site at 127.0.0.3 did not get the client's hello"
     );
-    assert!(r.udp_queries.load(Ordering::SeqCst) >= 2);
     proxy.shutdown();
+}
+
+#[test]
+fn configured_dns_server_finds_the_fronting_site() {
+    let r = responder(false);
+    fronting_site_found_through(&format!("udp://{}", r.addr));
+    assert!(r.udp_queries.load(Ordering::SeqCst) >= 2);
+}
+
+/// `dns = "https://…"` and `"tls://…"`: mtpx's own TLS 1.3 client against Python's ssl
+/// (OpenSSL): the answers come from the DoH / DoT server, which alone knows `front.test`.
+#[test]
+fn dns_over_https_and_tls_resolve_through_an_openssl_server() {
+    use mtpx::io::resolve::resolve;
+    use mtpx::proto::dns::{Nameserver, Transport};
+    let Some(srv) = common::tls_dns_server(&[
+        ("front.test", "127.0.0.3"),
+        ("dual.test", "192.0.2.7"),
+        ("dual.test", "2001:db8::7"),
+    ]) else {
+        return;
+    };
+    let doh = Nameserver {
+        addr: srv.doh,
+        transport: Transport::Https("/dns-query".into()),
+    };
+    let dot = Nameserver {
+        addr: srv.dot,
+        transport: Transport::Tls,
+    };
+    let t = Duration::from_secs(5);
+    for ns in [&doh, &dot] {
+        let got = resolve(Some(ns), "dual.test", 443, t).expect("resolve");
+        assert_eq!(
+            ips(&got),
+            [
+                "192.0.2.7".parse::<IpAddr>().unwrap(),
+                "2001:db8::7".parse().unwrap()
+            ],
+            "{ns:?}"
+        );
+        assert!(got.iter().all(|a| a.port() == 443));
+        let e = resolve(Some(ns), "nx.test", 443, t).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::NotFound, "{ns:?}: {e}");
+    }
+    // A server that is not there fails within the budget.
+    let gone = Nameserver {
+        addr: common::RefusedPort::new().addr,
+        transport: Transport::Tls,
+    };
+    let t0 = Instant::now();
+    assert!(resolve(Some(&gone), "front.test", 443, t).is_err());
+    assert!(t0.elapsed() < t + Duration::from_secs(1));
+    let q = srv.queries();
+    for want in [
+        "doh dual.test A",
+        "doh dual.test AAAA",
+        "dot dual.test A",
+        "dot nx.test A",
+    ] {
+        assert!(q.iter().any(|l| l == want), "{want} not in {q:?}");
+    }
+    // End to end through the proxy, both transports.
+    fronting_site_found_through(&format!("https://{}/dns-query", srv.doh));
+    fronting_site_found_through(&format!("tls://{}", srv.dot));
+    let q = srv.queries();
+    assert!(q.iter().any(|l| l == "doh front.test A"), "{q:?}");
+    assert!(q.iter().any(|l| l == "dot front.test A"), "{q:?}");
 }

@@ -3,8 +3,10 @@
 //! leaves loopback:
 //!
 //! * `bind-to` and `[stats.prometheus] bind-to`: free ports on 127.0.0.1;
-//! * `dns = "https://1.1.1.1"` -> `udp://` a local DNS stub that answers the secret's host
-//!   (storage.googleapis.com) with 127.0.0.1;
+//! * `dns = "https://1.1.1.1"` -> `https://127.0.0.1:<port>`, a local DNS-over-HTTPS server
+//!   (tests/data/dns/tls_server.py, Python's ssl) that answers the secret's host
+//!   (storage.googleapis.com) with 127.0.0.1 — or, where python3/openssl are missing, a plain
+//!   `udp://` stub doing the same;
 //! * the FireHOL blocklist URL -> `http://` a tiny local server holding `127.0.0.2/32`;
 //! * `[domain-fronting] port` (commented out in the example: 443 needs root) -> a fake site;
 //! * an added `[network.dc-overrides]` (mtpx's own key): DC 2 is a fake DC, the other DCs a
@@ -155,6 +157,16 @@ fn mtg_example_config_runs_with_every_section_in_effect() {
     assert_eq!(host, "storage.googleapis.com");
 
     let dns = DnsStub::start(&[(&host, Ipv4Addr::LOCALHOST)]);
+    let doh = tls_dns_server(&[(&host, "127.0.0.1")]);
+    // Questions asked, as "<name> <type>", from whichever server is configured.
+    let queries = || match &doh {
+        Some(s) => s
+            .queries()
+            .iter()
+            .filter_map(|l| l.strip_prefix("doh ").map(str::to_string))
+            .collect(),
+        None => dns.queries(),
+    };
     let front = FakeFront::start();
     let dc = FakeDc::start(DcMode::Echo);
     let refused = RefusedPort::new();
@@ -170,7 +182,10 @@ fn mtg_example_config_runs_with_every_section_in_effect() {
         ),
         (
             "dns = \"https://1.1.1.1\"".into(),
-            format!("dns = \"udp://{}\"", dns.addr),
+            match &doh {
+                Some(s) => format!("dns = \"https://{}\"", s.doh),
+                None => format!("dns = \"udp://{}\"", dns.addr),
+            },
         ),
         (
             "\"https://iplists.firehol.org/files/firehol_level1.netset\"".into(),
@@ -294,11 +309,10 @@ fn mtg_example_config_runs_with_every_section_in_effect() {
     // 5. A wrong secret is fronted to the site whose address came from the DNS stub. Until the
     // proxy has the answer, failed handshakes are closed rather than fronted.
     assert!(
-        wait_until(Duration::from_secs(10), || dns
-            .queries()
+        wait_until(Duration::from_secs(10), || queries()
             .contains(&format!("{host} A"))),
         "the secret's host was never asked: {:?}",
-        dns.queries()
+        queries()
     );
     let wrong_key = [0xA5u8; 16];
     let mut seed = 100;
@@ -371,11 +385,9 @@ fn mtg_example_config_runs_with_every_section_in_effect() {
     );
     // Every lookup went to the stub (and was about the secret's host).
     assert!(
-        dns.queries()
-            .iter()
-            .all(|q| q.starts_with(&format!("{host} "))),
+        queries().iter().all(|q| q.starts_with(&format!("{host} "))),
         "{:?}",
-        dns.queries()
+        queries()
     );
 
     // SIGTERM: a clean stop.

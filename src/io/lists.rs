@@ -16,7 +16,7 @@
 
 use std::cell::RefCell;
 use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::net::{IpAddr, TcpStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -134,7 +134,7 @@ pub(crate) struct Lists {
     updater: Mutex<Option<std::thread::Thread>>,
     http_timeout: Duration,
     /// The `[network] dns` server for http:// sources (`None`: /etc/resolv.conf).
-    dns: Option<SocketAddr>,
+    dns: Option<crate::proto::dns::Nameserver>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -461,7 +461,7 @@ impl Lists {
                 (text, before)
             }
             Source::Http(url) => (
-                fetch(url, self.dns, self.http_timeout, MAX_LIST_BYTES)?,
+                fetch(url, self.dns.as_ref(), self.http_timeout, MAX_LIST_BYTES)?,
                 None,
             ),
         };
@@ -519,7 +519,7 @@ fn read_file(p: &std::path::Path) -> Result<String, String> {
 /// updater thread only.
 pub(crate) fn fetch(
     url: &str,
-    dns: Option<SocketAddr>,
+    dns: Option<&crate::proto::dns::Nameserver>,
     timeout: Duration,
     cap: usize,
 ) -> Result<String, String> {
@@ -541,7 +541,7 @@ enum Fetched {
 
 fn fetch_once(
     url: &str,
-    dns: Option<SocketAddr>,
+    dns: Option<&crate::proto::dns::Nameserver>,
     timeout: Duration,
     cap: usize,
     deadline: Instant,

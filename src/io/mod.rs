@@ -485,7 +485,12 @@ fn socks_upstreams(config: &Config) -> Vec<SocksUpstream> {
         let addr = match &parsed.server {
             Target::Ip(a) => Some(*a),
             Target::Domain(host, port) => {
-                match resolve::resolve(config.nameserver(), host, *port, Duration::from_secs(10)) {
+                match resolve::resolve(
+                    config.nameserver().as_ref(),
+                    host,
+                    *port,
+                    Duration::from_secs(10),
+                ) {
                     Ok(a) => a.first().copied(),
                     Err(e) => {
                         crate::log_event!(
@@ -548,7 +553,7 @@ fn spawn_front_resolver(shared: Arc<Shared>) {
             while !shared.stop.load(Ordering::Relaxed) {
                 if std::time::Instant::now() >= next {
                     let mut retry = Duration::from_secs(30);
-                    match resolve::resolve(dns, &host, port, Duration::from_secs(10)) {
+                    match resolve::resolve(dns.as_ref(), &host, port, Duration::from_secs(10)) {
                         Ok(addrs) if !addrs.is_empty() => {
                             retry = FRONT_REFRESH;
                             crate::log_event!(

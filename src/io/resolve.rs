@@ -11,7 +11,8 @@ use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
-use crate::proto::dns::{self, Answer, DnsError, QType, ResolvConf};
+use crate::proto::dns::{self, Answer, DnsError, Nameserver, QType, ResolvConf, Transport};
+use crate::proto::tls13::{self, Step};
 
 /// Where the nameservers are configured.
 pub const RESOLV_CONF: &str = "/etc/resolv.conf";
@@ -36,7 +37,7 @@ pub fn resolv_conf_servers() -> Vec<SocketAddr> {
 /// nameservers in `/etc/resolv.conf`. IPv4 addresses come first. Blocks for at most about
 /// `timeout`.
 pub fn resolve(
-    server: Option<SocketAddr>,
+    server: Option<&Nameserver>,
     host: &str,
     port: u16,
     timeout: Duration,
@@ -44,6 +45,10 @@ pub fn resolve(
     if let Some(addrs) = literal(host, port) {
         return Ok(addrs);
     }
+    if let Some(ns) = server.filter(|ns| ns.transport != Transport::Plain) {
+        return resolve_tls(ns, host, port, timeout);
+    }
+    let server = server.map(|ns| ns.addr);
     // One call site of resolve_inner, whichever the source of the servers (binary size).
     let (one, conf);
     let (servers, per_try, attempts): (&[SocketAddr], _, _) = match server {
@@ -248,6 +253,130 @@ fn query_server(
     match answers {
         [Some(a), Some(b)] => Ok((a, b)),
         _ => Err(timed_out().into()),
+    }
+}
+
+/// A and AAAA from a DNS-over-TLS or DNS-over-HTTPS server, one TLS session per question.
+fn resolve_tls(
+    ns: &Nameserver,
+    host: &str,
+    port: u16,
+    timeout: Duration,
+) -> io::Result<Vec<SocketAddr>> {
+    let deadline = Instant::now() + timeout.min(MAX_TIMEOUT);
+    let mut addrs = Vec::new();
+    for qtype in [QType::A, QType::Aaaa] {
+        let id = random_id()?;
+        let q = dns::build_query(id, host, qtype)
+            .map_err(|e| err(io::ErrorKind::InvalidInput, host, e))?;
+        let msg = exchange_tls(ns, &q, deadline).map_err(|e| err(e.kind(), host, e))?;
+        match dns::parse_response(&msg, id, host, qtype) {
+            Ok(a) => addrs.extend(a.addrs.iter().map(|(ip, _)| SocketAddr::new(*ip, port))),
+            Err(e @ DnsError::NxDomain) => return Err(err(io::ErrorKind::NotFound, host, e)),
+            Err(e) => {
+                return Err(err(
+                    io::ErrorKind::InvalidData,
+                    host,
+                    format!("{}: {e}", ns.addr),
+                ));
+            }
+        }
+    }
+    if addrs.is_empty() {
+        return Err(err(io::ErrorKind::NotFound, host, "no A or AAAA records"));
+    }
+    Ok(addrs)
+}
+
+/// Sends one DNS query `q` over TLS (DoT framing, or a DoH GET) and returns the answer
+/// message.
+fn exchange_tls(ns: &Nameserver, q: &[u8], deadline: Instant) -> io::Result<Vec<u8>> {
+    let ip = ns.addr.ip().to_string();
+    let (request, alpn): (Vec<u8>, &[u8]) = match &ns.transport {
+        Transport::Https(path) => {
+            let sep = if path.contains('?') { '&' } else { '?' };
+            let host = if ns.addr.is_ipv6() {
+                format!("[{ip}]")
+            } else {
+                ip
+            };
+            let host = match ns.addr.port() {
+                443 => host,
+                p => format!("{host}:{p}"),
+            };
+            let b64 = crate::proto::encoding::base64url_encode(q);
+            let req = format!(
+                "GET {path}{sep}dns={b64} HTTP/1.1\r\nHost: {host}\r\n\
+                 Accept: application/dns-message\r\nConnection: close\r\n\r\n"
+            );
+            (req.into_bytes(), b"http/1.1")
+        }
+        _ => ([&(q.len() as u16).to_be_bytes()[..], q].concat(), b""),
+    };
+    let https = matches!(ns.transport, Transport::Https(_));
+    let opts = tls13::Options {
+        host: "",
+        alpn,
+        decrypt: true,
+    };
+    let mut got = Vec::new();
+    let mut answer: Option<Vec<u8>> = None;
+    super::tls::session(ns.addr, opts, &request, deadline, |_, step| {
+        if let Step::Plain(data) = step {
+            got.extend_from_slice(&data);
+        }
+        answer = if https {
+            http_answer(&got, false)
+        } else {
+            dot_answer(&got)
+        };
+        answer.is_none() && got.len() < 64 * 1024
+    })?;
+    match answer.or_else(|| if https { http_answer(&got, true) } else { None }) {
+        Some(a) => Ok(a),
+        None if https && got.starts_with(b"HTTP/") && !got.starts_with(b"HTTP/1.1 200") => {
+            Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "DNS-over-HTTPS server did not answer 200",
+            ))
+        }
+        None => Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "no DNS answer over TLS",
+        )),
+    }
+}
+
+/// A complete DoT answer (two-byte length prefix) at the start of `got`.
+fn dot_answer(got: &[u8]) -> Option<Vec<u8>> {
+    let n = usize::from(u16::from_be_bytes([*got.first()?, *got.get(1)?]));
+    got.get(2..2 + n).map(<[u8]>::to_vec)
+}
+
+/// The body of a complete `200` DoH response in `got`; with `eof`, a body that runs to the
+/// end of the stream.
+fn http_answer(got: &[u8], eof: bool) -> Option<Vec<u8>> {
+    use crate::proto::http::{ChunkedDecoder, ResponseParse, parse_response_head};
+    let ResponseParse::Head {
+        consumed,
+        status: 200,
+        content_length,
+        chunked,
+        ..
+    } = parse_response_head(got)
+    else {
+        return None;
+    };
+    let body = &got[consumed..];
+    if chunked {
+        let mut d = ChunkedDecoder::new(64 * 1024);
+        let mut out = Vec::new();
+        d.feed(body, &mut out).ok()?;
+        return d.is_done().then_some(out);
+    }
+    match content_length {
+        Some(n) => body.get(..n).map(<[u8]>::to_vec),
+        None => eof.then(|| body.to_vec()),
     }
 }
 

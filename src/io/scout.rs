@@ -159,7 +159,7 @@ pub struct TimingRaid {
     /// Where fitted parameters go.
     pub cell: Arc<super::ShapingCell>,
     /// The `[network] dns` server for the URLs' host names (else /etc/resolv.conf).
-    dns: Option<SocketAddr>,
+    dns: Option<crate::proto::dns::Nameserver>,
     /// Gaps observed so far (the newest [`MAX_GAPS`]).
     gaps: std::collections::VecDeque<Duration>,
 }
@@ -169,7 +169,7 @@ impl TimingRaid {
     pub fn new(
         urls: &[String],
         cell: Arc<super::ShapingCell>,
-        dns: Option<SocketAddr>,
+        dns: Option<crate::proto::dns::Nameserver>,
     ) -> TimingRaid {
         let urls = urls.iter().filter_map(|u| parse_https_url(u)).collect();
         TimingRaid {
@@ -197,8 +197,8 @@ impl TimingRaid {
                 targets.push((front.to_vec(), host, "/"));
             } else {
                 for (h, port, path) in &self.urls {
-                    let addrs =
-                        super::resolve::resolve(self.dns, h, *port, timeout).unwrap_or_default();
+                    let addrs = super::resolve::resolve(self.dns.as_ref(), h, *port, timeout)
+                        .unwrap_or_default();
                     targets.push((addrs, h, path));
                 }
             }

@@ -423,6 +423,24 @@ pub fn parse_resolv_conf(text: &str) -> ResolvConf {
     conf
 }
 
+/// A DNS server and how to reach it (`[network] dns`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Nameserver {
+    pub addr: std::net::SocketAddr,
+    pub transport: Transport,
+}
+
+/// How queries travel to a [`Nameserver`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// UDP, TCP when truncated (RFC 1035, RFC 7766).
+    Plain,
+    /// DNS over TLS (RFC 7858): length-prefixed messages in a TLS 1.3 session.
+    Tls,
+    /// DNS over HTTPS (RFC 8484): `GET <path>?dns=<base64url>` over TLS 1.3.
+    Https(String),
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

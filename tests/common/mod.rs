@@ -1279,3 +1279,118 @@ impl TestClient {
         })
     }
 }
+
+// ------------------------------------------------------------------------------------------
+// DNS over TLS / HTTPS test server (tests/data/dns/tls_server.py: Python's ssl = OpenSSL).
+
+/// A program on `PATH` (or in the usual sbin directories).
+pub fn find_tool(tool: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(std::path::PathBuf::from))
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file())
+}
+
+/// A DoT + DoH server on 127.0.0.1, killed on drop.
+pub struct TlsDns {
+    child: std::process::Child,
+    dir: std::path::PathBuf,
+    /// DNS over TLS (length-prefixed messages).
+    pub dot: SocketAddr,
+    /// DNS over HTTPS (`GET /dns-query?dns=`).
+    pub doh: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl TlsDns {
+    /// Questions answered so far, as `"<dot|doh> <name> <A|AAAA>"`.
+    pub fn queries(&self) -> Vec<String> {
+        self.log.lock().expect("log").clone()
+    }
+}
+
+impl Drop for TlsDns {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Starts the DoT/DoH server answering `names` (`(name, ip)`; NXDOMAIN otherwise). `None`
+/// (with a SKIP line) without `python3` or `openssl`, unless `MTPX_REQUIRE_NGINX` is set (CI).
+pub fn tls_dns_server(names: &[(&str, &str)]) -> Option<TlsDns> {
+    use std::process::{Command, Stdio};
+    let (Some(python), Some(openssl)) = (find_tool("python3"), find_tool("openssl")) else {
+        assert!(
+            std::env::var_os("MTPX_REQUIRE_NGINX").is_none(),
+            "python3/openssl not found but MTPX_REQUIRE_NGINX is set"
+        );
+        eprintln!("SKIP: python3 or openssl not found");
+        return None;
+    };
+    static N: AtomicU64 = AtomicU64::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "mtpx-tlsdns-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let ok = Command::new(&openssl)
+        .args([
+            "req",
+            "-x509",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=dns.test",
+        ])
+        .args([
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-keyout",
+        ])
+        .arg(dir.join("key.pem"))
+        .arg("-out")
+        .arg(dir.join("cert.pem"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "openssl could not make a certificate");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/dns/tls_server.py");
+    let mut child = Command::new(python)
+        .arg(script)
+        .arg(dir.join("cert.pem"))
+        .arg(dir.join("key.pem"))
+        .args(names.iter().map(|(n, ip)| format!("{n}={ip}")))
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start tls_server.py");
+    let mut out = io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    io::BufRead::read_line(&mut out, &mut line).expect("ports");
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        for l in io::BufRead::lines(out).map_while(Result::ok) {
+            sink.lock().expect("log").push(l);
+        }
+    });
+    let ports: Vec<u16> = line
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    assert_eq!(ports.len(), 2, "tls_server.py printed {line:?}");
+    Some(TlsDns {
+        child,
+        dir,
+        dot: SocketAddr::from(([127, 0, 0, 1], ports[0])),
+        doh: SocketAddr::from(([127, 0, 0, 1], ports[1])),
+        log,
+    })
+}
