@@ -413,9 +413,8 @@ fn prometheus_scrape_matches_the_traffic() {
     }
     // One probe that is not a proxy client: it is fronted.
     let mut probe = connect(addr).expect("connect");
-    probe
-        .write_all(b"GET / HTTP/1.1\r\nHost: www.example.com\r\n\r\n")
-        .expect("probe");
+    let probe_bytes = b"GET / HTTP/1.1\r\nHost: www.example.com\r\n\r\n";
+    probe.write_all(probe_bytes).expect("probe");
     let closed = read_until_closed(&mut probe, Duration::from_secs(5)).expect("front closes");
     assert!(
         closed.bytes == FRONT_REPLY,
@@ -455,6 +454,14 @@ fn prometheus_scrape_matches_the_traffic() {
             "mtg_domain_fronting_traffic{direction=\"to_client\"}"
         ),
         FRONT_REPLY.len() as f64
+    );
+    // The probe's request, replayed to the site, counts as its traffic.
+    assert_eq!(
+        metric(
+            &body,
+            "mtg_domain_fronting_traffic{direction=\"from_client\"}"
+        ),
+        probe_bytes.len() as f64
     );
     assert_eq!(metric(&body, "mtg_concurrency_limited"), 0.0);
     assert_eq!(metric(&body, "mtg_replay_attacks"), 0.0);

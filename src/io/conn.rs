@@ -412,8 +412,10 @@ impl Conn {
             client = self.peer,
             reason = why.as_str()
         );
-        // The bytes read so far stay in the up half exactly as received.
+        // The bytes read so far stay in the up half exactly as received (and count as the
+        // client's traffic to the site).
         self.up.start = 0;
+        self.bytes_up += self.up.end as u64;
         self.addr_idx = 0;
         self.start_connect(ctx);
     }
