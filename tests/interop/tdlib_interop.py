@@ -7,8 +7,12 @@ TDLib then opens its own proxy connection: for ee a FakeTLS ClientHello, a check
 ServerHello HMAC, then the obfuscated2 frame; for dd/classic the frame directly.  The test
 asserts that the fake DC got, through mtpx, a well-formed proxy->DC frame (padded tag for
 ee/dd), a DC id TDLib chose, and a first packet that is unencrypted MTProto (auth_key_id 0)
-carrying req_pq_multi (0xbe7e8ef1), i.e. TDLib finished the proxy handshake.  The fake DC has
-no real keys, so the exchange stops there (TDLib keeps retrying; that is fine).
+carrying req_pq_multi (0xbe7e8ef1), i.e. TDLib finished the proxy handshake.  The fake DC then
+answers resPQ (nonce echoed, a small pq, Telegram's RSA key fingerprints) and must get
+req_DH_params (0xd712e4be) back: TDLib read mtpx's DC->client direction (for ee: TLS records).
+The fake DC has no real keys, so the exchange stops there (TDLib keeps retrying; fine).
+A fourth case, "ee shaped", runs mtpx from a config file with traffic shaping on
+(`[defense.doppelganger] drs = true, delays = true`, Weibull gaps of λ = 20 ms).
 
 Negative control: a TDLib client with a wrong ee secret (other key, same host): mtpx must front
 it (to --domain-fronting-ip 127.0.0.1 on a closed port) and the fake DC must see nothing.
@@ -41,13 +45,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
-from fake_dc import FakeDc  # noqa: E402
+from fake_dc import FakeDc, res_pq_answer  # noqa: E402
 
 MTPX = os.environ.get("MTPX_BIN", os.path.join(ROOT, "target", "debug", "mtpx"))
-DEADLINE = time.monotonic() + 85  # whole run stays under 90 s
+DEADLINE = time.monotonic() + 110  # whole run stays under two minutes
 CASE_TIMEOUT = 20
 NEGATIVE_WAIT = 6
 REQ_PQ_MULTI = struct.pack("<I", 0xBE7E8EF1)  # f1 8e 7e be
+REQ_DH_PARAMS = struct.pack("<I", 0xD712E4BE)
 API_ID, API_HASH = 94575, "a3406de8d171bb422bb6ddf3bbd800e2"  # TDLib's public test values
 
 RESULTS = []
@@ -127,8 +132,8 @@ class DcThread:
     def run(self, coro, timeout=10):
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
-    def new_dc(self):
-        return self.run(FakeDc().start())
+    def new_dc(self, answer=None):
+        return self.run(FakeDc(answer=answer).start())
 
 
 # --- mtpx --------------------------------------------------------------------------------------
@@ -148,15 +153,27 @@ def generate_secret(kind):
 
 
 class Mtpx:
-    def __init__(self, secret, dc_port, tmp, name):
+    def __init__(self, secret, dc_port, tmp, name, shaped=False):
         self.port = free_port()
         self.err_path = os.path.join(tmp, "mtpx-%s.log" % name)
-        args = [MTPX, "simple-run", "127.0.0.1:%d" % self.port, secret, "-d"]
-        for dc in (1, 2, 3, 4, 5, 203):
-            for d in (dc, -dc):
+        dcs = [d for dc in (1, 2, 3, 4, 5, 203) for d in (dc, -dc)]
+        closed = free_port()  # fronted connections get refused, never leave the host
+        if shaped:
+            conf = os.path.join(tmp, "mtpx-%s.toml" % name)
+            with open(conf, "w") as f:
+                f.write('secret = "%s"\nbind-to = "127.0.0.1:%d"\ndebug = true\n'
+                        '[domain-fronting]\nip = "127.0.0.1"\nport = %d\n'
+                        '[defense.doppelganger]\nlearn = false\ndrs = true\ndelays = true\n'
+                        'delay-shape = 1.0\ndelay-scale = "20ms"\n'
+                        '[network.dc-overrides]\n' % (secret, self.port, closed))
+                for d in dcs:
+                    f.write('%d = "127.0.0.1:%d"\n' % (d, dc_port))
+            args = [MTPX, "run", conf]
+        else:
+            args = [MTPX, "simple-run", "127.0.0.1:%d" % self.port, secret, "-d"]
+            for d in dcs:
                 args += ["--dc-override", "%d=127.0.0.1:%d" % (d, dc_port)]
-        # a closed port: fronted connections get refused, never leave the host
-        args += ["--domain-fronting-ip", "127.0.0.1", "-p", str(free_port())]
+            args += ["--domain-fronting-ip", "127.0.0.1", "-p", str(closed)]
         self.err = open(self.err_path, "w+b")
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=self.err, stderr=self.err)
         end = time.monotonic() + 10
@@ -287,11 +304,19 @@ def req_pq_session(dc):
     return None
 
 
+def dh_session(dc):
+    for s in dc.valid_sessions():
+        if any(p[0:8] == b"\0" * 8 and p[20:24] == REQ_DH_PARAMS for p in s.packets):
+            return s
+    return None
+
+
 def positive_case(td, dct, tmp, kind):
     name = "tdlib %s" % kind
-    secret = generate_secret(kind)
-    dc = dct.new_dc()
-    mtpx = Mtpx(secret, dc.port, tmp, kind)
+    shaped = kind == "ee shaped"
+    secret = generate_secret("ee" if shaped else kind)
+    dc = dct.new_dc(answer=res_pq_answer)
+    mtpx = Mtpx(secret, dc.port, tmp, kind.replace(" ", "-"), shaped=shaped)
     log("%s: secret %s..., mtpx 127.0.0.1:%d, fake DC 127.0.0.1:%d"
         % (name, secret[:2] if kind != "classic" else "(classic)", mtpx.port, dc.port))
     cid, proxy, params = start_client(td, tmp, kind, mtpx.port, secret)
@@ -307,7 +332,7 @@ def positive_case(td, dct, tmp, kind):
         p = s.packets[0]
         log("%s: %d DC connection(s); frame tag=%s dc=%d; first packet %d bytes (+%d pad): %s"
             % (name, len(sessions), s.tag, s.dc, len(p), s.paddings[0], p[:40].hex()))
-        want_tag = "padded" if kind in ("ee", "dd") else None
+        want_tag = "padded" if kind in ("ee", "dd", "ee shaped") else None
         check("%s: frame tag %s" % (name, want_tag or "any"),
               s.tag == want_tag if want_tag else s.tag in ("abridged", "intermediate", "padded"),
               "tag %s" % s.tag)
@@ -321,6 +346,14 @@ def positive_case(td, dct, tmp, kind):
         check("%s: first packet: auth_key_id 0, req_pq_multi, consistent length" % name,
               p[0:8] == b"\0" * 8 and p[20:24] == REQ_PQ_MULTI and msg_len == len(p) - 20 >= 20
               and struct.unpack("<Q", p[8:16])[0] % 4 == 0, p[:40].hex())
+        # The DC->client direction: TDLib parsed our resPQ and goes on with req_DH_params.
+        dh = wait_for(lambda: dh_session(dc), CASE_TIMEOUT)
+        check("%s: TDLib read resPQ through mtpx and sent req_DH_params" % name, dh,
+              "sessions: %s" % [x.summary() for x in dc.sessions])
+        if shaped:
+            text = mtpx.log()
+            check("%s: mtpx started with drs and delays on" % name,
+                  "drs=true delays=true" in text, text[-800:])
     close_client(td, cid)
     rc = mtpx.stop()
     text = mtpx.log()
@@ -378,7 +411,7 @@ def main():
         dct = DcThread()
         log("TDLib %s" % json.loads(tdjson.td_execute(json.dumps(
             {"@type": "getOption", "name": "version"}).encode()))["value"])
-        for kind in ("ee", "dd", "classic"):
+        for kind in ("ee", "dd", "classic", "ee shaped"):
             try:
                 positive_case(td, dct, tmp, kind)
             except Exception as e:  # noqa: BLE001
