@@ -96,7 +96,7 @@ struct SourceState {
     /// Entries of the last successful load (`None`: never loaded).
     cidrs: Option<Vec<Cidr>>,
     /// Modification time and length of a file when it was last read.
-    stamp: Option<(SystemTime, u64)>,
+    stamp: Option<FileStamp>,
 }
 
 #[derive(Clone)]
@@ -493,13 +493,24 @@ impl Lists {
 
 struct Loaded {
     cidrs: Vec<Cidr>,
-    stamp: Option<(SystemTime, u64)>,
+    stamp: Option<FileStamp>,
 }
 
-fn file_stamp(p: &std::path::Path) -> Option<(SystemTime, u64)> {
+/// What tells a changed file: its mtime and length, and its inode and ctime (a file replaced
+/// by `mv`, or rewritten with the old mtime put back, still counts as changed).
+fn file_stamp(p: &std::path::Path) -> Option<FileStamp> {
+    use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(p).ok()?;
-    Some((m.modified().ok()?, m.len()))
+    Some((
+        m.modified().ok()?,
+        m.len(),
+        m.ino(),
+        m.ctime(),
+        m.ctime_nsec(),
+    ))
 }
+
+type FileStamp = (SystemTime, u64, u64, i64, i64);
 
 fn read_file(p: &std::path::Path) -> Result<String, String> {
     let f = std::fs::File::open(p).map_err(|e| format!("cannot open: {e}"))?;
@@ -921,6 +932,24 @@ mod tests {
         std::fs::write(&path, "10.0.0.0/24\n10.9.9.9\n").unwrap();
         assert!(lists.update(Which::Block, Reload::ChangedFiles));
         assert_eq!(lists.size(Which::Block), Some(2));
+        assert!(!lists.update(Which::Block, Reload::ChangedFiles));
+        // Same length, old mtime put back: the ctime still tells.
+        let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        std::fs::write(&path, "10.0.0.0/24\n10.9.9.8\n").unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        assert!(lists.update(Which::Block, Reload::ChangedFiles));
+        assert_eq!(lists.admits(ip("10.9.9.8")), Admit::Blocked);
+        // Replaced by a rename (a new inode), same content length.
+        let tmp = d.file("l.new", "10.0.0.0/24\n10.9.9.7\n");
+        std::fs::rename(&tmp, &path).unwrap();
+        assert!(lists.update(Which::Block, Reload::ChangedFiles));
+        assert_eq!(lists.admits(ip("10.9.9.7")), Admit::Blocked);
         assert!(!lists.update(Which::Block, Reload::ChangedFiles));
     }
 
