@@ -366,7 +366,9 @@ fn mtg_example_config_runs_with_every_section_in_effect() {
     assert!(metric("mtg_handshakes") >= 1.0);
     for dir in ["from_client", "to_client"] {
         assert_eq!(
-            metric(&format!("mtg_telegram_traffic{{direction=\"{dir}\"}}")),
+            metric(&format!(
+                "mtg_telegram_traffic{{dc=\"2\",direction=\"{dir}\"}}"
+            )),
             data.len() as f64
         );
     }

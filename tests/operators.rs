@@ -395,6 +395,40 @@ fn http_list_is_fetched_in_the_background_and_every_update_each() {
 // ------------------------------------------------------------------------------------------
 // Metrics
 
+/// Bytes of a relay still open show in a scrape (counted by the worker's 250 ms sweep, not
+/// only at close), with the open relay in `telegram_connections{dc}`.
+#[test]
+fn prometheus_counts_a_relay_while_it_is_open() {
+    let refused = RefusedPort::new();
+    let dc = FakeDc::start(DcMode::Echo);
+    let secret = secret(SecretKind::Secure, 6);
+    let mut c = config(&secret, &refused, &dc);
+    let metrics = prometheus_on(&mut c);
+    let proxy = start(c);
+    wait_metrics(metrics);
+    let mut client = TestClient::connect(proxy.local_addr(), &secret, &opts(7)).expect("handshake");
+    let data = Pattern::new(7).take(30_000);
+    assert!(client.echo_round_trip(&data).expect("echo") == data);
+    let series = "mtg_telegram_traffic{dc=\"2\",direction=\"to_client\"}";
+    let mut body = String::new();
+    let seen = wait_until(Duration::from_secs(5), || {
+        body = scrape(metrics, "/metrics").1;
+        sample(&body, series) == Some(30_000.0)
+    });
+    assert!(seen, "open relay's bytes not counted:\n{body}");
+    assert_eq!(metric(&body, "mtg_telegram_connections{dc=\"2\"}"), 1.0);
+    assert_eq!(metric(&body, "mtg_client_connections"), 1.0);
+    client.shutdown_write().expect("shutdown");
+    client.rx.expect_eof().expect("eof");
+    let closed = wait_until(Duration::from_secs(5), || {
+        body = scrape(metrics, "/metrics").1;
+        sample(&body, "mtg_telegram_connections{dc=\"2\"}") == Some(0.0)
+    });
+    assert!(closed, "the relay's close was not counted:\n{body}");
+    // Counted once, not again at close.
+    assert_eq!(metric(&body, series), 30_000.0);
+}
+
 #[test]
 fn prometheus_scrape_matches_the_traffic() {
     let refused = RefusedPort::new();
@@ -441,11 +475,17 @@ fn prometheus_scrape_matches_the_traffic() {
     assert_eq!(metric(&body, "mtg_client_connections"), 0.0);
     assert_eq!(metric(&body, "mtg_fronted_connections"), 0.0);
     assert_eq!(
-        metric(&body, "mtg_telegram_traffic{direction=\"from_client\"}"),
+        metric(
+            &body,
+            "mtg_telegram_traffic{dc=\"2\",direction=\"from_client\"}"
+        ),
         total as f64
     );
     assert_eq!(
-        metric(&body, "mtg_telegram_traffic{direction=\"to_client\"}"),
+        metric(
+            &body,
+            "mtg_telegram_traffic{dc=\"2\",direction=\"to_client\"}"
+        ),
         total as f64
     );
     assert_eq!(
@@ -463,6 +503,8 @@ fn prometheus_scrape_matches_the_traffic() {
         ),
         probe_bytes.len() as f64
     );
+    assert_eq!(metric(&body, "mtg_connections{secret_kind=\"dd\"}"), 3.0);
+    assert_eq!(metric(&body, "mtg_telegram_connections{dc=\"2\"}"), 0.0);
     assert_eq!(metric(&body, "mtg_concurrency_limited"), 0.0);
     assert_eq!(metric(&body, "mtg_replay_attacks"), 0.0);
     assert_eq!(metric(&body, "mtg_dc_connect_failures"), 0.0);
@@ -580,12 +622,12 @@ fn statsd_datagrams_carry_the_counters() {
     assert_eq!(get("mtg.accepted_connections|c|"), 2.0, "{sums:?}");
     assert_eq!(get("mtg.handshakes|c|"), 2.0, "{sums:?}");
     assert_eq!(
-        get("mtg.telegram_traffic|c|direction:from_client"),
+        get("mtg.telegram_traffic|c|dc:2,direction:from_client"),
         10_000.0,
         "{sums:?}"
     );
     assert_eq!(
-        get("mtg.telegram_traffic|c|direction:to_client"),
+        get("mtg.telegram_traffic|c|dc:2,direction:to_client"),
         10_000.0,
         "{sums:?}"
     );

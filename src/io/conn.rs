@@ -278,6 +278,10 @@ pub(crate) struct Conn {
     /// Payload bytes received from the client / sent to the client (after the handshake).
     pub(crate) bytes_up: u64,
     pub(crate) bytes_down: u64,
+    /// `bytes_up` / `bytes_down` already reported to the metrics counters.
+    counted: [u64; 2],
+    /// Counted in the open-relays gauge of its DC.
+    dc_relay: bool,
 }
 
 fn token(slot: usize, side: usize) -> Token {
@@ -331,6 +335,8 @@ impl Conn {
             reason: CloseReason::Done,
             bytes_up: 0,
             bytes_down: 0,
+            counted: [0, 0],
+            dc_relay: false,
         })
     }
 
@@ -878,9 +884,35 @@ impl Conn {
         if let Some((proxy, dc)) = self.via {
             return self.start_socks(proxy, dc, ctx);
         }
+        self.enter_relay(ctx)
+    }
+
+    /// Connected (directly or through SOCKS5): relay from now on.
+    fn enter_relay(&mut self, ctx: &mut Ctx<'_>) -> Result<(), CloseReason> {
         self.phase = Phase::Relay;
         self.deadline = ctx.now + ctx.shared.config.timeouts.idle;
+        if self.fronted.is_none() {
+            self.dc_relay = true;
+            ctx.shared.counters.dc_relay(self.dc, true);
+        }
         self.relay(ctx)
+    }
+
+    /// Reports the bytes relayed since the last report, and at the end the relay's close, to
+    /// the metrics counters (from the worker's sweep and when the slot is freed).
+    pub(crate) fn report(&mut self, counters: &super::metrics::Counters, last: bool) {
+        let (up, down) = (
+            self.bytes_up - self.counted[0],
+            self.bytes_down - self.counted[1],
+        );
+        if up | down != 0 {
+            counters.traffic(self.fronted.is_some(), self.dc, up, down);
+            self.counted = [self.bytes_up, self.bytes_down];
+        }
+        if last && self.dc_relay {
+            self.dc_relay = false;
+            counters.dc_relay(self.dc, false);
+        }
     }
 
     /// Connected to a SOCKS5 upstream: send the greeting.
@@ -940,9 +972,7 @@ impl Conn {
                     }
                     self.socks = None;
                     self.via = None;
-                    self.phase = Phase::Relay;
-                    self.deadline = ctx.now + ctx.shared.config.timeouts.idle;
-                    return self.relay(ctx);
+                    return self.enter_relay(ctx);
                 }
                 Step::Failed(e) => {
                     crate::log_event!(

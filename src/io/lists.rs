@@ -11,7 +11,7 @@
 //! URLs are fetched by the updater thread. Then every `update-each`, on [`Lists::reload`]
 //! (SIGHUP) and whenever a file's modification time or size changes (checked every
 //! [`MTIME_CHECK`]). A source that fails keeps its previous entries. `https://` is not
-//! supported (mtpx has no TLS client): a start-up warning says how to fetch such a list into a
+//! fetched (mtpx's TLS client checks no certificates): a start-up warning says how to fetch such a list into a
 //! file instead.
 
 use std::cell::RefCell;
@@ -169,7 +169,7 @@ fn list_conf(l: &IpList, which: Which) -> ListConf {
                     "iplist-https-unsupported",
                     list = which.name(),
                     url = u,
-                    hint = "mtpx has no TLS client: fetch the list with a systemd timer or cron job \
+                    hint = "mtpx checks no TLS certificates, so it does not fetch lists over https: fetch the list with a systemd timer or cron job \
                             into a file (e.g. curl -o /var/lib/mtpx/list.netset URL) and put the \
                             file's path in urls; mtpx reloads it when it changes"
                 );

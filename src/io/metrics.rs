@@ -8,10 +8,11 @@
 //!
 //! Names and labels are mtg's (prefix `mtg` by default, so dashboards keep working) where
 //! mtpx has the data: `client_connections` (the total, without the `ip_family` split),
-//! `domain_fronting`, `concurrency_limited`, `replay_attacks`, `ip_blocklisted{ip_list}`,
-//! `iplist_size{ip_list}`, `telegram_traffic{direction}` and
-//! `domain_fronting_traffic{direction}` (without mtg's `dc` / `telegram_ip` labels; bytes are
-//! counted when a connection closes). mtpx adds `accepted_connections`, `handshakes`,
+//! `telegram_connections{dc}`, `domain_fronting`, `concurrency_limited`, `replay_attacks`,
+//! `ip_blocklisted{ip_list}`, `iplist_size{ip_list}`, `telegram_traffic{dc,direction}` and
+//! `domain_fronting_traffic{direction}` (without mtg's `telegram_ip` label; bytes are counted
+//! by the workers' 250 ms sweep and at close, so an open relay shows too). mtpx adds
+//! `accepted_connections`, `handshakes`, `connections{secret_kind}`,
 //! `handshake_failures{reason}`, `fronted_connections`, `dc_connect_failures` and
 //! `buffer_pool_in_use` / `buffer_pool_capacity`.
 
@@ -63,14 +64,32 @@ pub(crate) const MAX_SCRAPERS: usize = 16;
 /// Time a scraper has to send its request and read the answer.
 pub(crate) const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The `dc` label of per-DC series: DCs 1–5 and 203 (media DCs count as their DC), anything
+/// else (a fallback for an unknown DC) as `other`.
+pub(crate) const DC_LABELS: [&str; 7] = ["1", "2", "3", "4", "5", "203", "other"];
+
+/// Index into [`DC_LABELS`] for DC `dc`.
+pub(crate) fn dc_slot(dc: i16) -> usize {
+    match dc.unsigned_abs() {
+        d @ 1..=5 => usize::from(d) - 1,
+        203 => 5,
+        _ => 6,
+    }
+}
+
 /// Counters the workers bump that [`Stats`] does not have. Per event (handshake failure,
-/// fronted close) or per sweep (pool levels), never per packet.
+/// connection opened or closed) or per sweep (pool levels, bytes relayed since the last
+/// sweep), never per packet.
 #[derive(Debug)]
 pub(crate) struct Counters {
     rejects: [AtomicU64; REJECTS.len()],
     front_closed: AtomicU64,
     front_up: AtomicU64,
     front_down: AtomicU64,
+    /// Bytes client -> DC, DC -> client, and relays open, per [`DC_LABELS`] slot.
+    dc_up: [AtomicU64; DC_LABELS.len()],
+    dc_down: [AtomicU64; DC_LABELS.len()],
+    dc_open: [AtomicU64; DC_LABELS.len()],
     pool_in_use: Box<[AtomicUsize]>,
     pool_capacity: Box<[AtomicUsize]>,
 }
@@ -84,6 +103,9 @@ impl Counters {
             front_closed: AtomicU64::new(0),
             front_up: AtomicU64::new(0),
             front_down: AtomicU64::new(0),
+            dc_up: Default::default(),
+            dc_down: Default::default(),
+            dc_open: Default::default(),
             pool_in_use: per_worker(),
             pool_capacity: per_worker(),
         }
@@ -96,11 +118,31 @@ impl Counters {
         }
     }
 
-    /// A fronted connection closed after relaying these bytes (also counted in [`Stats`]).
-    pub(crate) fn fronted_closed(&self, bytes_up: u64, bytes_down: u64) {
+    /// A fronted connection closed.
+    pub(crate) fn fronted_closed(&self) {
         self.front_closed.fetch_add(1, Ordering::Relaxed);
-        self.front_up.fetch_add(bytes_up, Ordering::Relaxed);
-        self.front_down.fetch_add(bytes_down, Ordering::Relaxed);
+    }
+
+    /// Bytes a connection relayed since it last reported (to the fronting site, or to DC `dc`).
+    pub(crate) fn traffic(&self, fronted: bool, dc: i16, up: u64, down: u64) {
+        let (u, d) = if fronted {
+            (&self.front_up, &self.front_down)
+        } else {
+            let i = dc_slot(dc);
+            (&self.dc_up[i], &self.dc_down[i])
+        };
+        u.fetch_add(up, Ordering::Relaxed);
+        d.fetch_add(down, Ordering::Relaxed);
+    }
+
+    /// A relay to DC `dc` opened (`true`) or closed.
+    pub(crate) fn dc_relay(&self, dc: i16, open: bool) {
+        let c = &self.dc_open[dc_slot(dc)];
+        if open {
+            c.fetch_add(1, Ordering::Relaxed);
+        } else {
+            c.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     /// Worker `worker`'s buffer pool levels (call from its periodic sweep).
@@ -122,6 +164,8 @@ pub(crate) struct MetricsSource {
     pub(crate) lists: Option<Arc<Lists>>,
     /// Client connections open now.
     pub(crate) active: Arc<dyn Fn() -> usize + Send + Sync>,
+    /// The listener's secret kind (`faketls`, `dd`, `classic`): the `secret_kind` label.
+    pub(crate) secret_kind: &'static str,
 }
 
 /// One reading of every metric.
@@ -135,8 +179,10 @@ pub(crate) struct Snapshot {
     pub(crate) fronted_open: u64,
     pub(crate) dc_failures: u64,
     pub(crate) rejects: [u64; REJECTS.len()],
-    pub(crate) tg_up: u64,
-    pub(crate) tg_down: u64,
+    pub(crate) secret_kind: &'static str,
+    pub(crate) dc_up: [u64; DC_LABELS.len()],
+    pub(crate) dc_down: [u64; DC_LABELS.len()],
+    pub(crate) dc_open: [u64; DC_LABELS.len()],
     pub(crate) front_up: u64,
     pub(crate) front_down: u64,
     /// `(size, refused)` per list (block, allow), `None` when disabled.
@@ -166,8 +212,10 @@ impl MetricsSource {
             fronted_open: l(&s.fronted).saturating_sub(l(&c.front_closed)),
             dc_failures: l(&s.dc_failures),
             rejects: std::array::from_fn(|i| c.rejects.get(i).map_or(0, l)),
-            tg_up: l(&s.bytes_up).saturating_sub(front_up),
-            tg_down: l(&s.bytes_down).saturating_sub(front_down),
+            secret_kind: self.secret_kind,
+            dc_up: std::array::from_fn(|i| l(&c.dc_up[i])),
+            dc_down: std::array::from_fn(|i| l(&c.dc_down[i])),
+            dc_open: std::array::from_fn(|i| l(&c.dc_open[i])),
             front_up,
             front_down,
             lists: [list(Which::Block), list(Which::Allow)],
@@ -225,16 +273,50 @@ fn with_metrics<R>(
     let replays = one(s.rejects[Reject::Replay as usize]
         .saturating_sub(base.map_or(0, |b| b.rejects[Reject::Replay as usize]))
         as f64);
-    let tg = [
-        Sample {
-            labels: &TO_CLIENT,
-            value: d(s.tg_down, |b| b.tg_down),
-        },
-        Sample {
-            labels: &FROM_CLIENT,
-            value: d(s.tg_up, |b| b.tg_up),
-        },
-    ];
+    // Per DC, the DCs that ever had a relay.
+    let used: Vec<usize> = (0..DC_LABELS.len())
+        .filter(|&i| s.dc_up[i] + s.dc_down[i] + s.dc_open[i] > 0)
+        .collect();
+    let dc_dir_labels: Vec<[(&str, &str); 2]> = used
+        .iter()
+        .flat_map(|&i| {
+            [DIRECTION_TO_CLIENT, DIRECTION_FROM_CLIENT]
+                .map(|dir| [(fmt::LABEL_DC, DC_LABELS[i]), (LABEL_DIRECTION, dir)])
+        })
+        .collect();
+    let tg: Vec<Sample<'_>> = dc_dir_labels
+        .iter()
+        .enumerate()
+        .map(|(k, labels)| {
+            let i = used[k / 2];
+            let (cur, old) = if k % 2 == 0 {
+                (s.dc_down[i], base.map_or(0, |b| b.dc_down[i]))
+            } else {
+                (s.dc_up[i], base.map_or(0, |b| b.dc_up[i]))
+            };
+            Sample {
+                labels,
+                value: cur.saturating_sub(old) as f64,
+            }
+        })
+        .collect();
+    let dc_labels: Vec<[(&str, &str); 1]> = used
+        .iter()
+        .map(|&i| [(fmt::LABEL_DC, DC_LABELS[i])])
+        .collect();
+    let tg_open: Vec<Sample<'_>> = dc_labels
+        .iter()
+        .zip(&used)
+        .map(|(labels, &i)| Sample {
+            labels,
+            value: g(s.dc_open[i]),
+        })
+        .collect();
+    let kind_label = [(fmt::LABEL_SECRET_KIND, s.secret_kind)];
+    let by_kind = [Sample {
+        labels: &kind_label,
+        value: d(s.handshakes, |b| b.handshakes),
+    }];
     let front = [
         Sample {
             labels: &TO_CLIENT,
@@ -280,16 +362,23 @@ fn with_metrics<R>(
         cat(fmt::IPLIST_SIZE, &sizes[..]),
         own(
             fmt::TELEGRAM_TRAFFIC,
-            "Bytes relayed to and from Telegram (counted when a connection closes).",
+            "Bytes relayed to and from Telegram, by DC (counted every 250 ms and at close).",
             Kind::Counter,
             &tg[..],
         ),
         own(
+            fmt::TELEGRAM_CONNECTIONS,
+            "Relays to Telegram currently open, by DC.",
+            Kind::Gauge,
+            &tg_open[..],
+        ),
+        own(
             fmt::DOMAIN_FRONTING_TRAFFIC,
-            "Bytes relayed to and from the fronting domain (counted when a connection closes).",
+            "Bytes relayed to and from the fronting domain (counted every 250 ms and at close).",
             Kind::Counter,
             &front[..],
         ),
+        cat(fmt::CONNECTIONS, &by_kind[..]),
         own(
             "accepted_connections",
             "Client connections accepted (within the concurrency limit).",
@@ -748,6 +837,7 @@ mod tests {
                 counters: Arc::new(Counters::new(2)),
                 lists: None,
                 active: Arc::new(move || a.load(Ordering::Relaxed)),
+                secret_kind: "dd",
             },
             active,
         )
@@ -774,9 +864,17 @@ mod tests {
         s.accepted.store(5, Ordering::Relaxed);
         s.fronted.store(2, Ordering::Relaxed);
         s.limited.store(1, Ordering::Relaxed);
-        s.bytes_up.store(1000, Ordering::Relaxed);
-        s.bytes_down.store(3000, Ordering::Relaxed);
-        src.counters.fronted_closed(100, 300);
+        s.handshakes.store(3, Ordering::Relaxed);
+        let c = &src.counters;
+        c.traffic(false, 2, 800, 2000);
+        c.traffic(false, -2, 50, 500); // a media DC counts as its DC
+        c.traffic(false, 4, 50, 200);
+        c.traffic(true, 0, 100, 300);
+        c.fronted_closed();
+        c.dc_relay(2, true);
+        c.dc_relay(2, true);
+        c.dc_relay(4, true);
+        c.dc_relay(4, false);
         src.counters.handshake_failed(Reject::Replay);
         src.counters.handshake_failed(Reject::Replay);
         src.counters.handshake_failed(Reject::Digest);
@@ -796,8 +894,23 @@ mod tests {
         assert_eq!(v("mtg_handshake_failures{reason=\"replay\"}"), 2.0);
         assert_eq!(v("mtg_handshake_failures{reason=\"bad-digest\"}"), 1.0);
         assert_eq!(v("mtg_handshake_failures{reason=\"eof\"}"), 0.0);
-        assert_eq!(v("mtg_telegram_traffic{direction=\"from_client\"}"), 900.0);
-        assert_eq!(v("mtg_telegram_traffic{direction=\"to_client\"}"), 2700.0);
+        assert_eq!(
+            v("mtg_telegram_traffic{dc=\"2\",direction=\"from_client\"}"),
+            850.0
+        );
+        assert_eq!(
+            v("mtg_telegram_traffic{dc=\"2\",direction=\"to_client\"}"),
+            2500.0
+        );
+        assert_eq!(
+            v("mtg_telegram_traffic{dc=\"4\",direction=\"to_client\"}"),
+            200.0
+        );
+        // DCs without any relay have no series.
+        assert!(!out.contains("dc=\"1\""), "{out}");
+        assert_eq!(v("mtg_telegram_connections{dc=\"2\"}"), 2.0);
+        assert_eq!(v("mtg_telegram_connections{dc=\"4\"}"), 0.0);
+        assert_eq!(v("mtg_connections{secret_kind=\"dd\"}"), 3.0);
         assert_eq!(
             v("mtg_domain_fronting_traffic{direction=\"from_client\"}"),
             100.0
@@ -882,7 +995,7 @@ mod tests {
             "{first}"
         );
         src.stats.accepted.store(10, Ordering::Relaxed);
-        src.stats.bytes_down.store(500, Ordering::Relaxed);
+        src.counters.traffic(false, 203, 0, 500);
         drop(svc);
         // Drain: the last datagram carries the delta since the previous send.
         let mut all = String::new();
@@ -898,7 +1011,7 @@ mod tests {
         );
         assert!(
             all.lines()
-                .any(|l| l == "mtg.telegram_traffic:500|c|#direction:to_client"),
+                .any(|l| l == "mtg.telegram_traffic:500|c|#dc:203,direction:to_client"),
             "{all}"
         );
         // Unchanged counters are not repeated.

@@ -448,6 +448,7 @@ pub fn start_with_grace(config: Config, grace: Duration) -> io::Result<Proxy> {
         None
     };
     let source = metrics::MetricsSource {
+        secret_kind: shared.config.secret.kind.as_str(),
         stats: shared.stats.clone(),
         counters: shared.counters.clone(),
         lists: Some(shared.lists.clone()),
@@ -612,11 +613,7 @@ pub fn run(config: Config) -> io::Result<()> {
         "proxy-started",
         bind = proxy.local_addr(),
         workers = workers,
-        secret_kind = match secret_kind {
-            crate::proto::secret::SecretKind::FakeTls => "faketls",
-            crate::proto::secret::SecretKind::Secure => "dd",
-            crate::proto::secret::SecretKind::Classic => "classic",
-        },
+        secret_kind = secret_kind.as_str(),
         drs = drs,
         delays = delays
     );

@@ -350,6 +350,7 @@ impl Worker {
             let Some(Some(conn)) = self.slab.get_mut(slot) else {
                 continue;
             };
+            conn.report(&self.shared.counters, false);
             if now < conn.deadline || conn.phase == Phase::Closed {
                 continue;
             }
@@ -394,14 +395,14 @@ impl Worker {
     fn free_closed(&mut self) {
         let now = Instant::now();
         while let Some(slot) = self.to_free.pop() {
-            let Some(conn) = self.slab.get_mut(slot).and_then(Option::take) else {
+            let Some(mut conn) = self.slab.get_mut(slot).and_then(Option::take) else {
                 continue;
             };
+            conn.report(&self.shared.counters, true);
             self.timers.disarm(slot);
             self.shared.active.fetch_sub(1, Ordering::AcqRel);
             if conn.fronted.is_some() {
-                let c = &self.shared.counters;
-                c.fronted_closed(conn.bytes_up, conn.bytes_down);
+                self.shared.counters.fronted_closed();
             }
             let stats = &self.shared.stats;
             stats.closed.fetch_add(1, Ordering::Relaxed);

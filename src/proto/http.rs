@@ -628,7 +628,7 @@ fn hex_val(b: u8) -> Option<u8> {
 
 /// Splits an `http://host[:port][/path][?query]` URL into `(host, port, path)`: host without
 /// IPv6 brackets, port 80 by default, path with its query (default `/`), fragment dropped.
-/// `https://` is refused with a message saying so (mtpx has no TLS client); so are user info,
+/// `https://` is refused with a message saying so (lists are not fetched over unchecked TLS); so are user info,
 /// other schemes, and bytes that cannot appear in a URL.
 #[inline(never)]
 pub fn parse_http_url(s: &str) -> Result<(String, u16, String), String> {
@@ -636,7 +636,7 @@ pub fn parse_http_url(s: &str) -> Result<(String, u16, String), String> {
     let lower_scheme = s.get(..8).map(str::to_ascii_lowercase);
     if lower_scheme.as_deref() == Some("https://") {
         return Err(format!(
-            "{s}: https URLs are not supported (mtpx has no TLS client); use an http:// URL or a local file"
+            "{s}: https URLs are not fetched (mtpx checks no certificates); use an http:// URL or a local file"
         ));
     }
     let rest = match s.get(..7) {
@@ -1136,7 +1136,7 @@ mod tests {
         assert_eq!(ok("http://h:/"), ("h".into(), 80, "/".into()));
         let err =
             parse_http_url("https://iplists.firehol.org/files/firehol_level1.netset").unwrap_err();
-        assert!(err.contains("https URLs are not supported"), "{err}");
+        assert!(err.contains("https URLs are not fetched"), "{err}");
         assert!(parse_http_url("HTTPS://x").unwrap_err().contains("https"));
         for bad in [
             "ftp://x/",

@@ -32,6 +32,17 @@ pub enum SecretKind {
     FakeTls,
 }
 
+impl SecretKind {
+    /// The name in logs and metric labels: `faketls`, `dd` or `classic`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SecretKind::FakeTls => "faketls",
+            SecretKind::Secure => "dd",
+            SecretKind::Classic => "classic",
+        }
+    }
+}
+
 /// A parsed proxy secret.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret {
