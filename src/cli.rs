@@ -90,6 +90,10 @@ pub struct SimpleRun {
     pub tolerate_time_skewness: Option<Duration>,
     /// `--handshake-timeout`.
     pub handshake_timeout: Option<Duration>,
+    /// `--drs`: dynamic record sizing toward FakeTLS clients.
+    pub drs: bool,
+    /// `--delays`: inter-record timing toward FakeTLS clients (mtg's gaps, 4 MiB/s floor).
+    pub delays: bool,
 }
 
 /// `mtpx access` arguments.
@@ -254,6 +258,9 @@ mtpx options:
       --log-format <FORMAT>          logfmt or json [default: logfmt]
       --tolerate-time-skewness <D>   Accepted client clock difference [default: 10s]
       --handshake-timeout <D>        Time allowed for a client handshake [default: 10s]
+      --drs                          Dynamic record sizing toward FakeTLS clients
+      --delays                       Inter-record timing toward FakeTLS clients (see
+                                     [defense.doppelganger] in config.example)
   -h, --help                         Print this help
 
 simple-run also allows fallback on unknown DCs (as mtg). Durations: 500ms, 10s, 1m30s.
@@ -572,6 +579,8 @@ fn parse_simple_run(parser: &mut lexopt::Parser) -> Result<Cli, CliError> {
         log_format: None,
         tolerate_time_skewness: None,
         handshake_timeout: None,
+        drs: false,
+        delays: false,
     };
     const DUR: &str = "a duration (500ms, 10s, 1m30s)";
     let count = |s: &str| s.parse::<usize>().ok();
@@ -579,6 +588,8 @@ fn parse_simple_run(parser: &mut lexopt::Parser) -> Result<Cli, CliError> {
         match arg {
             Short('h') | Long("help") => return Ok(Cli::Help(Some(CMD))),
             Short('d') | Long("debug") => s.debug = true,
+            Long("drs") => s.drs = true,
+            Long("delays") => s.delays = true,
             Short('c') | Long("concurrency") => {
                 s.concurrency = Some(value(CMD, parser, "--concurrency", "a number", count)?);
             }
@@ -709,6 +720,8 @@ impl SimpleRun {
         let mut c = Config::simple(self.bind_to, self.secret.clone());
         let mut warnings = Vec::new();
         c.debug = self.debug;
+        c.doppelganger.drs = self.drs;
+        c.doppelganger.delays = self.delays;
         c.allow_fallback_on_unknown_dc = true;
         c.anti_replay.enabled = true;
         if let Some(n) = self.concurrency {
@@ -1008,6 +1021,8 @@ mod tests {
             "--log-format",
             "--tolerate-time-skewness",
             "--handshake-timeout",
+            "--drs",
+            "--delays",
         ] {
             assert!(HELP_SIMPLE_RUN.contains(flag), "{flag}");
         }
@@ -1203,9 +1218,12 @@ mod tests {
             "30s",
             "--handshake-timeout",
             "4s",
+            "--drs",
+            "--delays",
         ]);
         let (c, warnings) = s.to_config().unwrap();
         assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(c.doppelganger.drs && c.doppelganger.delays);
         assert!(c.debug && c.allow_fallback_on_unknown_dc && c.anti_replay.enabled);
         assert_eq!(c.bind_to, "127.0.0.1:3128".parse().unwrap());
         assert_eq!(c.secret.to_base64(), SECRET);

@@ -262,7 +262,14 @@ struct Mtpx {
 }
 
 impl Mtpx {
-    fn start(plan: &Plan, secret: &str, dcs: &[u16], refused: u16, log: &str) -> io::Result<Mtpx> {
+    fn start(
+        plan: &Plan,
+        secret: &str,
+        dcs: &[u16],
+        refused: u16,
+        log: &str,
+        extra: &[&str],
+    ) -> io::Result<Mtpx> {
         let port = {
             let l = std::net::TcpListener::bind("127.0.0.1:0")?;
             l.local_addr()?.port()
@@ -286,6 +293,7 @@ impl Mtpx {
             cmd.arg("--dc-override")
                 .arg(format!("{}=127.0.0.1:{p}", -id));
         }
+        cmd.args(&plan.mtpx_args).args(extra);
         let logf = std::fs::File::create(log)?;
         cmd.stdin(Stdio::null())
             .stdout(logf.try_clone()?)
@@ -545,6 +553,7 @@ fn orchestrate(args: &[String]) -> io::Result<()> {
         &dc_ports,
         refused.1,
         &log("bench-mtpx-mem.log"),
+        &[],
     )?;
     std::thread::sleep(Duration::from_millis(500));
     let fd_rest = m.fds();
@@ -638,6 +647,7 @@ fn orchestrate(args: &[String]) -> io::Result<()> {
         &dc_ports,
         refused.1,
         &log("bench-mtpx-tput.log"),
+        &[],
     )?;
     let mut load = spawn_workers(&m, 1, 10)?;
     let mut xfers = Vec::new();
@@ -748,6 +758,55 @@ fn orchestrate(args: &[String]) -> io::Result<()> {
     drop(load);
     let rss_after_load = m.rss();
     m.stop();
+
+    // ---------------------------------------------------------------- shaping
+    // The same 64-connection download through a fresh mtpx with inter-record timing on
+    // (mtg's Weibull gaps, 4 MiB/s floor per connection): what the timer wheel and the
+    // per-record pacing cost per byte, side by side with the unshaped run above.
+    let shaped_bytes = plan.xfer_multi / 4;
+    println!(
+        "\n== shaped download: --delays (mtg's gaps, 4 MiB/s floor), {} MiB over {} conns ==",
+        shaped_bytes / MIB,
+        plan.multi_conns
+    );
+    let m = Mtpx::start(
+        &plan,
+        &secret.to_hex(),
+        &dc_ports,
+        refused.1,
+        &log("bench-mtpx-shaped.log"),
+        &["--delays"],
+    )?;
+    let mut load = spawn_workers(&m, 1, 10)?;
+    let (u0, s0) = m.cpu_split();
+    let r = ask_all(
+        &mut load,
+        &[format!("down {shaped_bytes} {}", plan.multi_conns)],
+        Duration::from_secs(240),
+    )?;
+    let (u1, s1) = m.cpu_split();
+    let shaped = Xfer {
+        name: "shaped download, 64 conns".into(),
+        bytes: num(&r[0], 1),
+        secs: num(&r[0], 2) as f64 * 1e-6,
+        cpu: (u1 + s1) - (u0 + s0),
+        user: u1 - u0,
+        errors: num(&r[0], 3),
+    };
+    drop(load);
+    m.stop();
+    let unshaped = xfers.iter().find(|x| x.name == "download, 64 conns");
+    let per_gb = |x: &Xfer| x.cpu / x.bytes.max(1) as f64 * GB;
+    let shaped_ratio = unshaped.map_or(0.0, |u| per_gb(&shaped) / per_gb(u).max(1e-9));
+    println!(
+        "shaped: {:.1} MB/s ({} MiB in {:.2} s, {} errors), mtpx CPU {:.3} s/GB = {shaped_ratio:.2}x \
+         the unshaped 64-conn download",
+        shaped.bytes as f64 / shaped.secs.max(1e-9) / 1e6,
+        shaped.bytes / MIB,
+        shaped.secs,
+        shaped.errors,
+        per_gb(&shaped)
+    );
     drop(dcs);
 
     // ---------------------------------------------------------------- summary
@@ -766,6 +825,7 @@ fn orchestrate(args: &[String]) -> io::Result<()> {
         + f2
         + rounds.iter().map(|r| r.1).sum::<usize>()
         + xfers.iter().map(|x| x.errors as usize).sum::<usize>()
+        + shaped.errors as usize
         + hs.errors as usize;
     println!(
         "\n== summary ({mode}, {:.0} s) ==",
@@ -788,6 +848,18 @@ fn orchestrate(args: &[String]) -> io::Result<()> {
             None,
         );
     }
+    row(
+        "shaped download, 64 conns (MB/s)",
+        format!("{:.1}", shaped.bytes as f64 / shaped.secs.max(1e-9) / 1e6),
+        "",
+        None,
+    );
+    row(
+        "shaped / unshaped download CPU per byte",
+        format!("{shaped_ratio:.2}"),
+        "",
+        None,
+    );
     row(
         "relay CPU (s/GB) / crypto floor",
         format!("{relay_per_gb:.3} / {floor:.3}"),
@@ -902,6 +974,15 @@ fn orchestrate(args: &[String]) -> io::Result<()> {
     let _ = write!(
         j,
         "  ],\n  \"relay\": {{\"bytes\": {relay_bytes}, \"mtpx_cpu_s\": {relay_cpu:.3}, \"cpu_s_per_gb\": {relay_per_gb:.4}, \"ratio_to_floor\": {relay_ratio:.3}, \"user_cpu_s_per_gb\": {relay_user_per_gb:.4}, \"user_ratio_to_floor\": {relay_user_ratio:.3}, \"goal_ratio\": 2.0}},\n"
+    );
+    let _ = write!(
+        j,
+        "  \"shaping\": {{\"bytes\": {}, \"seconds\": {:.4}, \"mb_per_s\": {:.2}, \"cpu_s_per_gb\": {:.4}, \"ratio_to_unshaped\": {shaped_ratio:.3}, \"errors\": {}}},\n",
+        shaped.bytes,
+        shaped.secs,
+        shaped.bytes as f64 / shaped.secs.max(1e-9) / 1e6,
+        per_gb(&shaped),
+        shaped.errors
     );
     let _ = write!(
         j,
