@@ -15,6 +15,7 @@ RUN_CONFIG := $(TARGET_DIR)/mtpx-run.toml
 include mk/probes.mk
 include mk/release.mk
 include mk/bench.mk
+include mk/fuzz.mk
 .PHONY: help build test unit interop interop-tdlib haproxy interop-reference lint layering check run clean
 
 help: ## show this list

@@ -307,6 +307,12 @@ pub fn parse_response_head(buf: &[u8]) -> ResponseParse<'_> {
     if end > MAX_HEAD {
         return ResponseParse::Invalid;
     }
+    // The status line must be the first line: `head_end` steps over one leading empty line and
+    // `head_lines` drops it, but a prefix of such a response ("\r\n") is already refused
+    // above, so accepting it whole would make the verdict depend on how the bytes arrive.
+    if buf.first().is_some_and(|&b| b == b'\r' || b == b'\n') {
+        return ResponseParse::Invalid;
+    }
     let mut lines = head_lines(&buf[..end]);
     let Some(first) = lines.next() else {
         return ResponseParse::Invalid;
@@ -943,6 +949,19 @@ mod tests {
         let mut big = b"HTTP/1.1 200 OK\r\nX: ".to_vec();
         big.resize(MAX_HEAD, b'a');
         assert_eq!(head(&big), ResponseParse::Invalid);
+    }
+
+    #[test]
+    fn response_with_a_leading_empty_line_is_refused_whole_and_in_part() {
+        // Found by fuzz/fuzz_targets/http.rs: accepted whole, Invalid on its 1-byte prefix.
+        let r = b"\nHTTP/1.1 200 Oer-En0\r\nT*: v\r\n\r\n";
+        assert_eq!(head(&r[..1]), ResponseParse::Invalid);
+        assert_eq!(head(r), ResponseParse::Invalid);
+        assert_eq!(head(b"\r\nHTTP/1.1 200 OK\r\n\r\n"), ResponseParse::Invalid);
+        assert!(matches!(
+            head(&r[1..]),
+            ResponseParse::Head { status: 200, .. }
+        ));
     }
 
     #[test]
