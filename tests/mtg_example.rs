@@ -104,28 +104,6 @@ fn list_server() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
     (addr, requests)
 }
 
-/// GETs `path`; returns (status line, body).
-fn scrape(addr: SocketAddr, path: &str) -> (String, String) {
-    let mut s = connect(addr).expect("connect to metrics");
-    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").expect("request");
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    (
-        head.lines().next().unwrap_or("").to_string(),
-        body.to_string(),
-    )
-}
-
-/// The value of the sample `series` (name with labels exactly as exposed).
-fn sample(body: &str, series: &str) -> Option<f64> {
-    body.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| l.rsplit_once(' ').filter(|(n, _)| *n == series))
-        .and_then(|(_, v)| v.parse().ok())
-}
-
 /// Whether the proxy closes a connection from `src` at once without a byte, as it does for a
 /// listed address (an admitted client is waited for until its handshake times out).
 fn closed_at_once(src: Ipv4Addr, proxy: SocketAddr) -> bool {

@@ -108,28 +108,6 @@ fn echo(proxy: SocketAddr, secret: &Secret, seed: u64, len: usize) {
     c.rx.expect_eof().expect("eof");
 }
 
-/// GETs `path` from the metrics endpoint; returns (status line, body).
-fn scrape(addr: SocketAddr, path: &str) -> (String, String) {
-    let mut s = connect(addr).expect("connect to metrics");
-    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").expect("request");
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).expect("read response");
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    (
-        head.lines().next().unwrap_or("").to_string(),
-        body.to_string(),
-    )
-}
-
-/// The value of the sample line `series` (name with labels exactly as exposed).
-fn sample(body: &str, series: &str) -> Option<f64> {
-    body.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| l.rsplit_once(' ').filter(|(n, _)| *n == series))
-        .and_then(|(_, v)| v.parse().ok())
-}
-
 fn metric(body: &str, series: &str) -> f64 {
     sample(body, series).unwrap_or_else(|| panic!("no {series} in:\n{body}"))
 }
