@@ -9,7 +9,7 @@
 mod common;
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -26,12 +26,6 @@ const LIST_SETTLE: Duration = Duration::from_secs(15);
 
 fn start(config: Config) -> Proxy {
     mtpx::io::start(config).expect("start proxy")
-}
-
-/// A loopback port that was free a moment ago.
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("local_addr").port()
 }
 
 /// A directory removed on drop.
@@ -112,20 +106,12 @@ fn metric(body: &str, series: &str) -> f64 {
     sample(body, series).unwrap_or_else(|| panic!("no {series} in:\n{body}"))
 }
 
-fn prometheus_on(c: &mut Config) -> SocketAddr {
-    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+/// Turns the Prometheus endpoint on, on a port the kernel picks when it binds (no race with
+/// other tests for a "free" port); read it back with `Proxy::metrics_addr`.
+fn prometheus_on(c: &mut Config) {
     c.prometheus.enabled = true;
-    c.prometheus.bind_to = Some(addr);
+    c.prometheus.bind_to = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
     c.prometheus.http_path = "/metrics".into();
-    addr
-}
-
-/// Waits until the endpoint answers (it starts with the proxy).
-fn wait_metrics(addr: SocketAddr) {
-    assert!(
-        wait_until(Duration::from_secs(5), || TcpStream::connect(addr).is_ok()),
-        "metrics endpoint {addr} never came up"
-    );
 }
 
 /// A tiny HTTP server serving `bodies` in turn (the last one again and again); counts requests.
@@ -188,9 +174,9 @@ fn blocklisted_client_is_closed_at_once_and_counted() {
     let mut c = config(&secret, &refused, &dc);
     c.blocklist.enabled = true;
     c.blocklist.urls = vec![dir.write("block.netset", "# test\n192.0.2.0/24\n127.0.0.1/32\n")];
-    let metrics = prometheus_on(&mut c);
+    prometheus_on(&mut c);
     let proxy = start(c);
-    wait_metrics(metrics);
+    let metrics = proxy.metrics_addr().expect("the metrics endpoint runs");
     // The list is in force from the first accept on (files load before the proxy starts).
     for _ in 0..3 {
         assert!(
@@ -227,9 +213,9 @@ fn allowlist_without_the_client_closes_it() {
     let mut c = config(&secret, &refused, &dc);
     c.allowlist.enabled = true;
     c.allowlist.urls = vec![dir.write("allow.netset", "127.0.0.2\n")];
-    let metrics = prometheus_on(&mut c);
+    prometheus_on(&mut c);
     let proxy = start(c);
-    wait_metrics(metrics);
+    let metrics = proxy.metrics_addr().expect("the metrics endpoint runs");
     assert!(
         closed_at_once(proxy.local_addr(), b""),
         "127.0.0.1 is not on the allowlist"
@@ -330,9 +316,9 @@ fn http_list_is_fetched_in_the_background_and_every_update_each() {
     c.blocklist.enabled = true;
     c.blocklist.urls = vec![server.url.clone()];
     c.blocklist.update_each = Duration::from_secs(3);
-    let metrics = prometheus_on(&mut c);
+    prometheus_on(&mut c);
     let proxy = start(c);
-    wait_metrics(metrics);
+    let metrics = proxy.metrics_addr().expect("the metrics endpoint runs");
     let size = || {
         sample(
             &scrape(metrics, "/metrics").1,
@@ -381,9 +367,9 @@ fn prometheus_counts_a_relay_while_it_is_open() {
     let dc = FakeDc::start(DcMode::Echo);
     let secret = secret(SecretKind::Secure, 6);
     let mut c = config(&secret, &refused, &dc);
-    let metrics = prometheus_on(&mut c);
+    prometheus_on(&mut c);
     let proxy = start(c);
-    wait_metrics(metrics);
+    let metrics = proxy.metrics_addr().expect("the metrics endpoint runs");
     let mut client = TestClient::connect(proxy.local_addr(), &secret, &opts(7)).expect("handshake");
     let data = Pattern::new(7).take(30_000);
     assert!(client.echo_round_trip(&data).expect("echo") == data);
@@ -415,9 +401,9 @@ fn prometheus_scrape_matches_the_traffic() {
     let secret = secret(SecretKind::Secure, 6);
     let mut c = config(&secret, &refused, &dc);
     c.domain_fronting.port = front.addr.port();
-    let metrics = prometheus_on(&mut c);
+    prometheus_on(&mut c);
     let proxy = start(c);
-    wait_metrics(metrics);
+    let metrics = proxy.metrics_addr().expect("the metrics endpoint runs");
     let addr = proxy.local_addr();
     let sizes = [1000usize, 20_000, 70_000];
     for (i, &len) in sizes.iter().enumerate() {
@@ -515,9 +501,9 @@ fn replays_are_counted() {
     let dc = FakeDc::start(DcMode::Echo);
     let secret = secret(SecretKind::Secure, 7);
     let mut c = config(&secret, &refused, &dc);
-    let metrics = prometheus_on(&mut c);
+    prometheus_on(&mut c);
     let proxy = start(c);
-    wait_metrics(metrics);
+    let metrics = proxy.metrics_addr().expect("the metrics endpoint runs");
     echo(proxy.local_addr(), &secret, 70, 100);
     // The same client randomness again: the same frame, a replay.
     let mut again = connect(proxy.local_addr()).expect("connect");

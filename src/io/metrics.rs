@@ -448,6 +448,8 @@ fn tag_format(t: crate::config::TagFormat) -> TagFormat {
 /// A metrics thread. Dropping it stops the thread and joins it (a StatsD sender flushes once
 /// more first).
 pub(crate) struct Service {
+    /// The address a Prometheus endpoint listens on (None for StatsD).
+    pub(crate) addr: Option<SocketAddr>,
     stop: Arc<AtomicBool>,
     waker: Option<Arc<Waker>>,
     thread: Option<JoinHandle<()>>,
@@ -586,6 +588,7 @@ pub(crate) fn spawn_prometheus(
     Ok((
         addr,
         Service {
+            addr: Some(addr),
             stop,
             waker: Some(waker),
             thread: Some(thread),
@@ -818,6 +821,7 @@ pub(crate) fn spawn_statsd(
             }
         })?;
     Ok(Service {
+        addr: None,
         stop,
         waker: None,
         thread: Some(thread),

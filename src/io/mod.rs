@@ -295,6 +295,12 @@ impl Proxy {
         self.shared.stats.clone()
     }
 
+    /// Where the Prometheus endpoint listens, if it runs (the bound address: `bind-to` may
+    /// name port 0).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.services.iter().find_map(|s| s.addr)
+    }
+
     /// The inter-record timing in force, `(k, λ)`: configured, or fitted by the scout.
     pub fn shaping(&self) -> (f64, Duration) {
         self.shared.shaping.params()
