@@ -1204,9 +1204,9 @@ impl Conn {
                         // The next record may go; the one after waits a gap.
                         let id = half.buf.expect("non-empty half has a buffer");
                         let buf = ctx.pool.get(id);
-                        let (p, len) = (half.start, HDR);
+                        let p = half.start;
                         let payload = usize::from(u16::from_be_bytes([buf[p + 3], buf[p + 4]]));
-                        half.limit = p + len + payload;
+                        half.limit = p + HDR + payload;
                         let u = crate::proto::shaping::draw(ctx.rng);
                         // Timer lateness (ms ticks, loop latency) is not added to the next gap,
                         // so a backlog really moves at the floor rate.
