@@ -104,8 +104,7 @@ impl ShapingCell {
         if !self.on {
             return None;
         }
-        let k = f64::from_bits(self.shape.load(Ordering::Relaxed));
-        let scale = Duration::from_nanos(self.scale_ns.load(Ordering::Relaxed));
+        let (k, scale) = self.params();
         crate::proto::shaping::Shaping::new(k, scale, self.min_rate)
     }
 
