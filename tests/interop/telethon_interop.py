@@ -7,6 +7,8 @@ sends MTProto-shaped packets (small, around the abridged length boundary, pipeli
 large), and checks the answers byte for byte; the fake DC must have seen the client's tag, DC 2,
 exactly the bytes sent and a well-formed proxy->DC frame.  Negative cases: a wrong classic
 secret and a non-dd tag on a dd secret must never reach the DC and must be closed by mtpx.
+With an ee secret the same checks run through TelethonFakeTLS (a third-party FakeTLS client):
+its wrong-key client must be fronted to a stand-in site that gets its ClientHello whole.
 mtpx must exit 0 on SIGTERM with no "panic" on stderr.
 
 Env: MTPX_BIN (default target/debug/mtpx), MTPX_VECTORS (default tests/data/mtg).
@@ -46,7 +48,12 @@ from telethon.network.connection.tcpintermediate import (  # noqa: E402
 )
 from telethon.network.connection.tcpmtproxy import MTProxyIO  # noqa: E402
 
-OVERALL_TIMEOUT = 120  # ~25 s on an idle 2-core machine; pure-Python AES on the client side
+try:
+    from TelethonFakeTLS import ConnectionTcpMTProxyFakeTLS  # noqa: E402
+except ImportError:  # checked in main: the requirements pin it
+    ConnectionTcpMTProxyFakeTLS = None
+
+OVERALL_TIMEOUT = 180  # ~40 s on an idle 2-core machine; pure-Python AES on the client side
 STEP_TIMEOUT = 45
 
 
@@ -158,14 +165,17 @@ async def self_checks():
                     reader.feed_eof()
                     ok = ok and await codec(None).read_packet(reader) == payload
     check("self: transport framing agrees with Telethon's codecs", ok)
+    check("self: TelethonFakeTLS is installed (tests/interop/requirements.txt)",
+          ConnectionTcpMTProxyFakeTLS is not None)
 
 
 # --- mtpx process ----------------------------------------------------------------------------
 
 class Proxy:
-    def __init__(self, argv_prefix, secret, overrides):
+    def __init__(self, argv_prefix, secret, overrides, extra=()):
         self.port = free_port()
         self.argv = list(argv_prefix) + ["simple-run", "127.0.0.1:%d" % self.port, secret]
+        self.argv += list(extra)
         for dc, addr in overrides.items():
             self.argv += ["--dc-override", "%d=%s" % (dc, addr)]
         self.err = tempfile.TemporaryFile()
@@ -204,15 +214,44 @@ class Proxy:
         else:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                rc = await asyncio.wait_for(self.proc.wait(), 10)
+                # mtpx's shutdown grace period is 10 s: a connection still open delays the exit.
+                rc = await asyncio.wait_for(self.proc.wait(), 15)
                 check("%s: mtpx exits 0 on SIGTERM" % name, rc == 0, "exit code %s" % rc)
             except asyncio.TimeoutError:
                 self.proc.kill()
                 await self.proc.wait()
-                check("%s: mtpx exits 0 on SIGTERM" % name, False, "still running 10 s after SIGTERM")
+                check("%s: mtpx exits 0 on SIGTERM" % name, False,
+                      "still running 15 s after SIGTERM; " + self.output()[-3000:])
         out = self.output()
         check("%s: no panic in mtpx output" % name, "panic" not in out.lower(), out[-2000:])
         return out
+
+
+class FrontSite:
+    """A stand-in for the fronting site: records the first TLS record of each connection, then
+    closes it (as a site refusing the handshake would)."""
+
+    def __init__(self):
+        self.hellos = []
+        self.server = None
+        self.port = None
+
+    async def start(self):
+        self.server = await asyncio.start_server(self.serve, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def serve(self, r, w):
+        try:
+            head = await asyncio.wait_for(r.readexactly(5), 10)
+            body = await asyncio.wait_for(r.readexactly(int.from_bytes(head[3:5], "big")), 10)
+            self.hellos.append(head + body)
+        except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError):
+            pass
+        w.close()
+
+    def close(self):
+        self.server.close()
 
 
 # --- the cases -------------------------------------------------------------------------------
@@ -313,10 +352,14 @@ async def rejected(name, conn_cls, secret, port, dc):
             how = "connection still open after 7 s"
         except (ConnectionError, asyncio.IncompleteReadError) as e:
             closed, how = True, "closed after first packet (%s)" % type(e).__name__
-    except ConnectionError as e:
-        closed, how = True, str(e)
+    except (ConnectionError, asyncio.IncompleteReadError) as e:
+        closed, how = True, "%s: %s" % (type(e).__name__, e)
     finally:
         await conn.disconnect()
+        # Telethon's disconnect() does nothing after a failed connect(): close the socket here,
+        # or mtpx keeps the (fronted) connection open until its idle timeout.
+        if getattr(conn, "_writer", None) is not None:
+            conn._writer.close()
     check("%s: mtpx closes the client" % name, closed, how)
     if closed:
         log(how)
@@ -354,6 +397,35 @@ async def run_all(argv_prefix):
             await rejected("classic wrong secret", ConnectionTcpMTProxyIntermediate,
                            os.urandom(16).hex(), p.port, dc)
         await p.stop("classic")
+
+        # ee secret: TelethonFakeTLS (a third-party FakeTLS client for Telethon, PyPI), then
+        # padded intermediate inside the TLS records.  It reads the ServerHello as exactly 127
+        # bytes and checks its HMAC; a wrong key must be fronted (to a closed local port).
+        if ConnectionTcpMTProxyFakeTLS is not None:
+            key = os.urandom(16).hex()
+            host = b"fronted.example"
+            secret = "ee" + key + host.hex()
+            site = await FrontSite().start()
+            p = Proxy(argv_prefix, secret, overrides,
+                      ["--domain-fronting-ip", "127.0.0.1", "--domain-fronting-port", str(site.port)])
+            if check("ee: mtpx simple-run listens", await p.start(), p.why_not()):
+                # TelethonFakeTLS takes the secret without its "ee" prefix.
+                await exercise("ee/faketls", ConnectionTcpMTProxyFakeTLS, secret[2:], "padded",
+                               p.port, dc, 2, 1 << 20)
+                await exercise("ee/faketls dc -2", ConnectionTcpMTProxyFakeTLS, secret[2:],
+                               "padded", p.port, dc_media, -2, 256)
+                before = len(site.hellos)
+                await rejected("ee wrong secret", ConnectionTcpMTProxyFakeTLS,
+                               os.urandom(16).hex() + host.hex(), p.port, dc)
+                got = site.hellos[before:]
+                # The site gets the client's hello unchanged: a TLS handshake record naming the
+                # secret's host, exactly as long as its header says.
+                check("ee wrong secret: fronted, the site got the client's hello whole",
+                      len(got) == 1 and got[0][:3] == b"\x16\x03\x01" and host in got[0]
+                      and len(got[0]) == 5 + int.from_bytes(got[0][3:5], "big"),
+                      repr([g[:16].hex() for g in got]))
+            await p.stop("ee")
+            site.close()
     finally:
         await dc.stop()
         await dc_media.stop()
