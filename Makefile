@@ -16,7 +16,7 @@ include mk/probes.mk
 include mk/release.mk
 include mk/bench.mk
 include mk/fuzz.mk
-.PHONY: help build test unit interop interop-tdlib haproxy interop-reference lint layering check run clean
+.PHONY: help build test unit interop interop-tdlib interop-mtcute haproxy interop-reference lint layering check run clean
 
 help: ## show this list
 	@echo "usage: make <target> [HOST=example.com] [PORT=3128] [SECRET=...] [CARGO=cargo]"
@@ -26,7 +26,7 @@ help: ## show this list
 build: ## release binary: target/release/mtpx
 	$(CARGO) build --release --locked
 
-test: unit interop interop-tdlib haproxy probes ## cargo tests, Telethon and TDLib interop, HAProxy, then the active-probe suite
+test: unit interop interop-tdlib interop-mtcute haproxy probes ## cargo tests, Telethon, TDLib and mtcute interop, HAProxy, then the active-probe suite
 
 unit: ## cargo test --locked --all-targets
 	$(CARGO) test --locked --workspace --all-targets
@@ -38,6 +38,10 @@ interop: ## Telethon -> target/debug/mtpx -> fake DC (makes .venv on first use)
 interop-tdlib: ## TDLib -> target/debug/mtpx -> fake DC, in a loopback-only netns (root, unshare, ip)
 	$(CARGO) build --locked
 	MTPX_BIN=$(DEBUG_BIN) PYTHON=$(PYTHON) bash tests/interop/tdlib.sh
+
+interop-mtcute: ## mtcute (npm, pinned) -> target/debug/mtpx -> fake DC, in a loopback-only netns
+	$(CARGO) build --locked
+	MTPX_BIN=$(DEBUG_BIN) PYTHON=$(PYTHON) bash tests/interop/mtcute.sh
 
 haproxy: ## a real HAProxy (send-proxy-v2) balancing two mtpx instances
 	$(CARGO) build --locked

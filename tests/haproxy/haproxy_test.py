@@ -38,6 +38,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(ROOT, "tests", "interop"))
 
+from checks import RESULTS, check, free_port, log  # noqa: E402
 from fake_dc import (  # noqa: E402
     FakeDc, answer_for, client_frame, encode_packet, mtproto_plain, read_packet)
 
@@ -47,27 +48,7 @@ MTPX = os.environ.get("MTPX_BIN", os.path.join(ROOT, "target", "debug", "mtpx"))
 HAPROXY = os.environ.get("HAPROXY_BIN", "haproxy")
 CLIENTS = int(os.environ.get("CLIENTS", "6"))
 
-RESULTS = []
 PROCS = []  # every child started; all stopped on every exit path
-
-
-def check(name, ok, detail=""):
-    RESULTS.append((name, bool(ok)))
-    line = "%s %s" % ("ok  " if ok else "FAIL", name)
-    if detail and not ok:
-        line += " -- " + detail
-    print(line, flush=True)
-    return bool(ok)
-
-
-def log(msg):
-    print("     " + msg, flush=True)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def listening(port):

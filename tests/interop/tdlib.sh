@@ -8,7 +8,7 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 venv="$root/.venv"
 py="${PYTHON:-python3}"
-if ! "$venv/bin/python" -c 'import telethon, pyaes, cryptography, tdjson' 2>/dev/null; then
+if ! "$venv/bin/python" -c 'import telethon, TelethonFakeTLS, pyaes, cryptography, tdjson' 2>/dev/null; then
     echo "interop: setting up $venv" >&2
     "$py" -m venv "$venv"
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \

@@ -26,177 +26,30 @@ Env: MTPX_BIN (default target/debug/mtpx).  Last line "N passed, N failed"; exit
 2 if not isolated.
 """
 
-import asyncio
-import errno
 import json
 import os
 import re
 import shutil
-import signal
-import socket
 import struct
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
-from fake_dc import FakeDc, res_pq_answer  # noqa: E402
+from fake_dc import res_pq_answer  # noqa: E402
+from harness import (  # noqa: E402
+    REQ_PQ_MULTI, DcThread, Mtpx, check, dh_session, finish, generate_secret,
+    log, req_pq_session, require_isolation,
+)
+from harness import wait_for as harness_wait_for  # noqa: E402
 
-MTPX = os.environ.get("MTPX_BIN", os.path.join(ROOT, "target", "debug", "mtpx"))
 DEADLINE = time.monotonic() + 110  # whole run stays under two minutes
 CASE_TIMEOUT = 20
 NEGATIVE_WAIT = 6
-REQ_PQ_MULTI = struct.pack("<I", 0xBE7E8EF1)  # f1 8e 7e be
-REQ_DH_PARAMS = struct.pack("<I", 0xD712E4BE)
 API_ID, API_HASH = 94575, "a3406de8d171bb422bb6ddf3bbd800e2"  # TDLib's public test values
-
-RESULTS = []
-
-
-def check(name, ok, detail=""):
-    RESULTS.append((name, bool(ok)))
-    line = "%s %s" % ("ok  " if ok else "FAIL", name)
-    if detail and not ok:
-        line += " -- " + detail
-    print(line, flush=True)
-    return bool(ok)
-
-
-def log(msg):
-    print("     " + msg, flush=True)
-
-
-def finish():
-    passed = sum(ok for _, ok in RESULTS)
-    failed = len(RESULTS) - passed
-    print("%d passed, %d failed" % (passed, failed), flush=True)
-    sys.stdout.flush()
-    # TDLib threads may still be running; do not wait for them.
-    os._exit(1 if failed else 0)
-
-
-# --- isolation ---------------------------------------------------------------------------------
-
-def isolation_problems():
-    """[] if outside addresses are unreachable (loopback-only namespace), else what is wrong.
-
-    Sends nothing outside: the interface list comes first (refuse at once if there is more
-    than lo), then UDP connect() (a route lookup only, no packet), and only when both say
-    "no route" a TCP connect, which must then fail at once with ENETUNREACH.
-    """
-    ifaces = sorted(n for _, n in socket.if_nameindex())
-    if ifaces != ["lo"]:
-        return ["interfaces %s (want only lo)" % ifaces]
-    problems = []
-    targets = ((socket.AF_INET, ("1.1.1.1", 443)), (socket.AF_INET, ("149.154.167.51", 443)),
-               (socket.AF_INET6, ("2606:4700:4700::1111", 443)))
-    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
-        for fam, addr in targets:
-            s = socket.socket(fam, kind)
-            s.setblocking(False)
-            try:
-                rc = s.connect_ex(addr)
-            except OSError as e:
-                rc = e.errno
-            finally:
-                s.close()
-            if rc != errno.ENETUNREACH:
-                problems.append("%s connect %s -> %s (want ENETUNREACH)" % (
-                    "udp" if kind == socket.SOCK_DGRAM else "tcp", addr[0],
-                    errno.errorcode.get(rc, rc)))
-        if problems:
-            return problems
-    lo = socket.socket()
-    try:
-        lo.bind(("127.0.0.1", 0))
-    except OSError as e:
-        problems.append("loopback unusable: %s" % e)
-    finally:
-        lo.close()
-    return problems
-
-
-# --- fake DC in a background asyncio loop -------------------------------------------------------
-
-class DcThread:
-    def __init__(self):
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    def run(self, coro, timeout=10):
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def new_dc(self, answer=None):
-        return self.run(FakeDc(answer=answer).start())
-
-
-# --- mtpx --------------------------------------------------------------------------------------
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def generate_secret(kind):
-    args = [MTPX, "generate-secret"]
-    args += {"ee": ["--hex"], "dd": ["--dd"], "classic": ["--classic"]}[kind]
-    out = subprocess.run(args + ["www.example.com"], capture_output=True, text=True, timeout=10,
-                         check=True).stdout.strip()
-    return out
-
-
-class Mtpx:
-    def __init__(self, secret, dc_port, tmp, name, shaped=False):
-        self.port = free_port()
-        self.err_path = os.path.join(tmp, "mtpx-%s.log" % name)
-        dcs = [d for dc in (1, 2, 3, 4, 5, 203) for d in (dc, -dc)]
-        closed = free_port()  # fronted connections get refused, never leave the host
-        if shaped:
-            conf = os.path.join(tmp, "mtpx-%s.toml" % name)
-            with open(conf, "w") as f:
-                f.write('secret = "%s"\nbind-to = "127.0.0.1:%d"\ndebug = true\n'
-                        '[domain-fronting]\nip = "127.0.0.1"\nport = %d\n'
-                        '[defense.doppelganger]\nlearn = false\ndrs = true\ndelays = true\n'
-                        'delay-shape = 1.0\ndelay-scale = "20ms"\n'
-                        '[network.dc-overrides]\n' % (secret, self.port, closed))
-                for d in dcs:
-                    f.write('%d = "127.0.0.1:%d"\n' % (d, dc_port))
-            args = [MTPX, "run", conf]
-        else:
-            args = [MTPX, "simple-run", "127.0.0.1:%d" % self.port, secret, "-d"]
-            for d in dcs:
-                args += ["--dc-override", "%d=127.0.0.1:%d" % (d, dc_port)]
-            args += ["--domain-fronting-ip", "127.0.0.1", "-p", str(closed)]
-        self.err = open(self.err_path, "w+b")
-        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=self.err, stderr=self.err)
-        end = time.monotonic() + 10
-        while time.monotonic() < end and self.proc.poll() is None:
-            if "event=proxy-started" in self.log():
-                return
-            time.sleep(0.05)
-        raise RuntimeError("mtpx did not start: %s" % self.log()[-2000:])
-
-    def log(self):
-        with open(self.err_path, "rb") as f:
-            return f.read().decode("utf-8", "replace")
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            rc = self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            rc = "timeout"
-        self.err.close()
-        return rc
 
 
 # --- TDLib -------------------------------------------------------------------------------------
@@ -284,32 +137,10 @@ def close_client(td, cid):
 
 
 def wait_for(pred, timeout):
-    end = min(time.monotonic() + timeout, DEADLINE)
-    while time.monotonic() < end:
-        r = pred()
-        if r:
-            return r
-        time.sleep(0.05)
-    return pred()
+    return harness_wait_for(pred, min(timeout, DEADLINE - time.monotonic()))
 
 
 # --- cases -------------------------------------------------------------------------------------
-
-def req_pq_session(dc):
-    for s in dc.valid_sessions():
-        if s.packets:
-            p = s.packets[0]
-            if p[0:8] == b"\0" * 8 and len(p) >= 24 and p[20:24] == REQ_PQ_MULTI:
-                return s
-    return None
-
-
-def dh_session(dc):
-    for s in dc.valid_sessions():
-        if any(p[0:8] == b"\0" * 8 and p[20:24] == REQ_DH_PARAMS for p in s.packets):
-            return s
-    return None
-
 
 def positive_case(td, dct, tmp, kind):
     name = "tdlib %s" % kind
@@ -394,15 +225,7 @@ def negative_case(td, dct, tmp):
 
 
 def main():
-    problems = isolation_problems()
-    if problems:
-        print("REFUSING TO RUN: not in a loopback-only network namespace (run tests/interop/"
-              "tdlib.sh, which uses `unshare -n`): " + "; ".join(problems), flush=True)
-        sys.exit(2)
-    check("isolation: outside addresses unreachable (ENETUNREACH), only lo", True)
-    if not os.access(MTPX, os.X_OK):
-        check("mtpx binary at %s" % MTPX, False)
-        finish()
+    require_isolation("tdlib.sh")
     threading.Timer(max(1, DEADLINE - time.monotonic() + 3),
                     lambda: (check("overall time limit", False), finish())).start()
     tmp = tempfile.mkdtemp(prefix="mtpx-tdlib-")

@@ -23,7 +23,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import struct
 import sys
 import tempfile
@@ -34,6 +33,7 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
 import fake_dc  # noqa: E402
+from checks import RESULTS, check, free_port, log  # noqa: E402
 from fake_dc import FakeDc, answer_for, mtproto_plain  # noqa: E402
 
 from telethon.network.connection import (  # noqa: E402
@@ -63,21 +63,9 @@ class Loggers(dict):
 
 
 LOGGERS = Loggers()
-RESULTS = []
 PIDS = []  # every proxy started, killed at exit whatever happened
 
 
-def check(name, ok, detail=""):
-    RESULTS.append((name, bool(ok)))
-    line = "%s %s" % ("ok  " if ok else "FAIL", name)
-    if detail and not ok:
-        line += " -- " + detail
-    print(line, flush=True)
-    return bool(ok)
-
-
-def log(msg):
-    print("     " + msg, flush=True)
 
 
 def first_diff(a, b):
@@ -92,12 +80,6 @@ def first_diff(a, b):
             return "lengths %d/%d, first difference at byte %d (%02x vs %02x)" % (
                 len(a), len(b), i, x, y)
     return "lengths %d/%d, one is a prefix of the other" % (len(a), len(b))
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --- harness self-checks (no mtpx needed) ----------------------------------------------------
