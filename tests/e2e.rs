@@ -1467,6 +1467,83 @@ fn tiny_pool_applies_backpressure() {
     }
 }
 
+/// Slowloris: many connections that send the start of a handshake and then nothing must not
+/// starve new clients of pool buffers (partial handshakes wait in small handshake buffers,
+/// not in relay buffers). The pool here has 8 relay buffers; 64 stalled handshakes, then real
+/// clients and a fronted probe must be served long before the 60 s handshake timeout frees
+/// anything.
+#[test]
+fn stalled_handshakes_do_not_starve_new_clients() {
+    const STALLED: usize = 64;
+    for kind in ALL_KINDS {
+        let what = kind_name(kind);
+        let refused = RefusedPort::new();
+        let dc = FakeDc::start(DcMode::Echo);
+        let front = FakeFront::start();
+        let secret = secret(kind, 105);
+        let mut cfg = test_config(secret.clone(), 1, &refused);
+        cfg.buffer_count = 8;
+        cfg.timeouts.handshake = Duration::from_secs(60);
+        cfg.domain_fronting.port = front.addr.port();
+        cfg.dc_overrides.push((2, vec![dc.addr]));
+        let proxy = start(cfg);
+        let addr = proxy.local_addr();
+        // A FakeTLS record header announcing a 512-byte hello, and 10 of its bytes; for
+        // dd/classic 10 bytes of the 64-byte frame.
+        let partial: &[u8] = if kind == SecretKind::FakeTls {
+            b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\x00\x00\x00\x00"
+        } else {
+            b"\x01\x02\x03\x04\x05\x06\x07\x08\x09\x0a"
+        };
+        // And for FakeTLS, hellos too big for a handshake buffer: 3,000 bytes of a 16 KiB
+        // record. At most half of the relay buffers may hold those; the rest are fronted.
+        let mut big = b"\x16\x03\x01\x40\x00\x01\x00\x3f\xfc\x03\x03".to_vec();
+        big.resize(3000, 0);
+        let big_stalled: Vec<TcpStream> = (0..if kind == SecretKind::FakeTls { 16 } else { 0 })
+            .map(|i| {
+                let mut s = connect(addr).unwrap_or_else(|e| panic!("{what}: big {i}: {e}"));
+                s.write_all(&big).expect("partial big hello");
+                s
+            })
+            .collect();
+        let stalled: Vec<TcpStream> = (0..STALLED)
+            .map(|i| {
+                let mut s = connect(addr).unwrap_or_else(|e| panic!("{what}: stalled {i}: {e}"));
+                s.write_all(partial).expect("partial handshake");
+                s
+            })
+            .collect();
+        let st = proxy.stats();
+        assert!(
+            wait_until(Duration::from_secs(5), || load(&st.accepted)
+                >= STALLED as u64),
+            "{what}: {}",
+            stats_line(&st)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        for i in 0..3u64 {
+            let seed = 500 + i;
+            let mut c =
+                TestClient::connect(addr, &secret, &ClientOpts::new(default_tag(kind), 2, seed))
+                    .unwrap_or_else(|e| panic!("{what}: client {i} behind {STALLED} stalled: {e}"));
+            let data = Pattern::new(seed).take(100_000);
+            let got = c
+                .echo_round_trip(&data)
+                .unwrap_or_else(|e| panic!("{what}: client {i}: {e}"));
+            assert!(got == data, "{what}: client {i}: bytes differ");
+        }
+        // A probe that is not a client is fronted at once, not after the stalled ones.
+        let mut probe = connect(addr).expect("probe");
+        probe
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .expect("probe write");
+        let mut reply = Vec::new();
+        let _ = probe.read_to_end(&mut reply);
+        assert_eq!(reply, FRONT_REPLY, "{what}: probe answer");
+        drop((stalled, big_stalled));
+    }
+}
+
 // ------------------------------------------------------------------------------------------
 // 12. unknown DC
 

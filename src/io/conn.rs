@@ -432,9 +432,17 @@ impl Conn {
         if self.up.buf.is_none() {
             self.up.buf = ctx.pool.checkout();
         }
-        let Some(id) = self.up.buf else {
+        let Some(mut id) = self.up.buf else {
             return false;
         };
+        if self.up.end + proxy_protocol::V2_MAX_LEN > ctx.pool.get(id).len() {
+            // A full handshake buffer: the header needs a relay buffer.
+            let Some(big) = ctx.pool.grow_handshake(id, self.up.end, false) else {
+                return false;
+            };
+            id = big;
+            self.up.buf = Some(big);
+        }
         let buf = ctx.pool.get(id);
         if self.up.end + proxy_protocol::V2_MAX_LEN > buf.len() {
             return false;
@@ -474,7 +482,8 @@ impl Conn {
             return Ok(());
         }
         if self.up.buf.is_none() {
-            match ctx.pool.checkout() {
+            // A small handshake buffer: a stalled handshake must not hold a relay buffer.
+            match ctx.pool.checkout_handshake() {
                 Some(id) => self.up.buf = Some(id),
                 None => {
                     ctx.want_buffer = true;
@@ -482,11 +491,23 @@ impl Conn {
                 }
             }
         }
-        let id = self.up.buf.expect("checked out above");
         loop {
-            let cap = ctx.pool.buf_size();
-            if self.up.end >= cap {
-                return Err(CloseReason::Rejected(Reject::TooLarge));
+            let mut id = self.up.buf.expect("checked out above");
+            if self.up.end >= ctx.pool.get(id).len() {
+                // Outgrown: move to a relay buffer if half of them are free. Otherwise (under
+                // pressure) decide on what we have: a hello this big is not a Telegram
+                // client's, so it is fronted (which streams it on from here).
+                match ctx.pool.grow_handshake(id, self.up.end, true) {
+                    Some(big) if self.up.end < ctx.pool.get(big).len() => {
+                        id = big;
+                        self.up.buf = Some(big);
+                    }
+                    Some(big) => {
+                        self.up.buf = Some(big);
+                        return Err(CloseReason::Rejected(Reject::TooLarge));
+                    }
+                    None => return Err(CloseReason::Rejected(Reject::TooLarge)),
+                }
             }
             let buf = ctx.pool.get(id);
             match (&self.client).read(&mut buf[self.up.end..]) {

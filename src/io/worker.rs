@@ -29,6 +29,14 @@ pub(crate) const WAKER: Token = Token(usize::MAX - 2);
 
 /// Connections accepted per loop turn before other work runs.
 const ACCEPT_BATCH: usize = 64;
+/// Size of a handshake buffer: a Telegram client's ClientHello (517 bytes for TDLib) with
+/// its first records, or a browser's hello (about 1.8 KB with a post-quantum key share). A
+/// bigger handshake moves to a relay buffer.
+const HANDSHAKE_BUF_SIZE: usize = 2048;
+
+/// Most handshake buffers per worker (2 KiB each, pages touched only when used).
+const MAX_HANDSHAKE_BUFFERS: usize = 64 * 1024;
+
 /// How often deadlines are checked.
 const SWEEP_EVERY: Duration = Duration::from_millis(250);
 /// Pause after the process ran out of file descriptors.
@@ -97,7 +105,14 @@ impl Worker {
             index,
             poll,
             listener: Some(listener),
-            pool: Pool::new(buffers, buf_size),
+            // Every connection this worker may hold gets a small handshake buffer if it needs
+            // one (capped: past that, handshakes share the relay buffers' spare half).
+            pool: Pool::new(
+                buffers,
+                buf_size,
+                max_conns.min(MAX_HANDSHAKE_BUFFERS),
+                HANDSHAKE_BUF_SIZE,
+            ),
             // Room for a reassembled ClientHello or a whole fake server flight (<= 16.8 KB).
             scratch: vec![0u8; buf_size.max(32 * 1024)],
             keyshares: KeyShares::new(&mut rng),
@@ -302,7 +317,7 @@ impl Worker {
         while i < self.run_queue.len() {
             let slot = self.run_queue[i];
             i += 1;
-            let in_use_before = self.pool.in_use();
+            let in_use_before = self.pool.all_in_use();
             let Some(Some(conn)) = self.slab.get_mut(slot) else {
                 continue;
             };
@@ -326,7 +341,10 @@ impl Worker {
                 self.buf_waiters.push_back(slot);
             }
             // Buffers came back: let waiting connections try again this turn.
-            let freed = in_use_before.saturating_sub(self.pool.in_use());
+            let freed = in_use_before.saturating_sub(self.pool.all_in_use());
+            // (And one while a relay buffer is free: buffers released outside this loop. Not
+            // for a free handshake buffer: a waiter that needs a relay buffer would fail, queue
+            // again and be woken again, forever.)
             for _ in 0..freed.max(usize::from(self.pool.in_use() < self.pool.capacity())) {
                 let Some(w) = self.buf_waiters.pop_front() else {
                     break;
