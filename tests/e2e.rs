@@ -1496,7 +1496,7 @@ fn stalled_handshakes_do_not_starve_new_clients() {
             b"\x01\x02\x03\x04\x05\x06\x07\x08\x09\x0a"
         };
         // And for FakeTLS, hellos too big for a handshake buffer: 3,000 bytes of a 16 KiB
-        // record. At most half of the relay buffers may hold those; the rest are fronted.
+        // record. At most a quarter of the relay buffers may hold those; the rest are fronted.
         let mut big = b"\x16\x03\x01\x40\x00\x01\x00\x3f\xfc\x03\x03".to_vec();
         big.resize(3000, 0);
         let big_stalled: Vec<TcpStream> = (0..if kind == SecretKind::FakeTls { 16 } else { 0 })
@@ -1542,6 +1542,82 @@ fn stalled_handshakes_do_not_starve_new_clients() {
         assert_eq!(reply, FRONT_REPLY, "{what}: probe answer");
         drop((stalled, big_stalled));
     }
+}
+
+/// Fronted connections that never read a big page from the site must not take every relay
+/// buffer from our clients: fronted connections only get the spare half of the pool. Here 12
+/// such readers on an 8-buffer pool, then real clients must be served long before the 60 s
+/// idle timeout frees anything.
+#[test]
+fn fronted_slow_readers_do_not_starve_clients() {
+    const READERS: usize = 12;
+    // A site that answers every connection with up to 64 MiB, as fast as it is taken.
+    let site = std::net::TcpListener::bind("127.0.0.1:0").expect("bind site");
+    let site_addr = site.local_addr().expect("site addr");
+    let written = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let w2 = written.clone();
+    std::thread::spawn(move || {
+        for stream in site.incoming() {
+            let Ok(mut stream) = stream else { break };
+            let w3 = w2.clone();
+            std::thread::spawn(move || {
+                let _ = stream.set_write_timeout(Some(Duration::from_secs(3)));
+                let mut req = [0u8; 256];
+                let _ = stream.read(&mut req);
+                let chunk = vec![b'x'; 1 << 20];
+                for _ in 0..64 {
+                    if stream.write_all(&chunk).is_err() {
+                        break;
+                    }
+                    w3.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    let refused = RefusedPort::new();
+    let dc = FakeDc::start(DcMode::Echo);
+    let secret = secret(SecretKind::FakeTls, 106);
+    let mut cfg = test_config(secret.clone(), 1, &refused);
+    cfg.buffer_count = 8;
+    cfg.timeouts.idle = Duration::from_secs(60);
+    cfg.domain_fronting.port = site_addr.port();
+    cfg.dc_overrides.push((2, vec![dc.addr]));
+    let proxy = start(cfg);
+    let addr = proxy.local_addr();
+    let readers: Vec<TcpStream> = (0..READERS)
+        .map(|i| {
+            let mut s = connect(addr).unwrap_or_else(|e| panic!("reader {i}: {e}"));
+            s.write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+                .expect("request");
+            s
+        })
+        .collect();
+    // Until the site's writes stall: every reader's path is full.
+    let mut last = u64::MAX;
+    for _ in 0..50 {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = written.load(Ordering::Relaxed);
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    eprintln!(
+        "site wrote {} MiB to {READERS} readers that do not read",
+        last >> 20
+    );
+    for i in 0..3u64 {
+        let seed = 600 + i;
+        let opts = ClientOpts::new(default_tag(SecretKind::FakeTls), 2, seed);
+        let mut c = TestClient::connect(addr, &secret, &opts)
+            .unwrap_or_else(|e| panic!("client {i} behind {READERS} slow readers: {e}"));
+        let data = Pattern::new(seed).take(300_000);
+        let got = c
+            .echo_round_trip(&data)
+            .unwrap_or_else(|e| panic!("client {i} behind {READERS} slow readers: {e}"));
+        assert!(got == data, "client {i}: bytes differ");
+    }
+    drop(readers);
 }
 
 // ------------------------------------------------------------------------------------------

@@ -219,6 +219,19 @@ pub(crate) struct Keys {
     dc_dec: CompactCtr,
 }
 
+/// Gives an empty relay direction a buffer, or asks to be woken when there is one. A fronted
+/// connection (no keys: not our client) only gets one of the spare half of the pool, so that
+/// slow readers of a big page from the site cannot take every buffer from our clients.
+fn relay_checkout(half: &mut Half, fronted: bool, ctx: &mut Ctx<'_>) {
+    if fronted {
+        half.buf = ctx.pool.checkout_spare();
+        ctx.want_spare |= half.buf.is_none();
+    } else {
+        half.buf = ctx.pool.checkout();
+        ctx.want_buffer |= half.buf.is_none();
+    }
+}
+
 /// Per-turn context handed to a connection by its worker.
 pub(crate) struct Ctx<'a> {
     pub(crate) pool: &'a mut Pool,
@@ -230,6 +243,9 @@ pub(crate) struct Ctx<'a> {
     pub(crate) now: Instant,
     /// Set by the connection: it needs a buffer and the pool is empty.
     pub(crate) want_buffer: bool,
+    /// Set by a fronted connection: it needs a buffer and half of the pool is in use (fronted
+    /// connections only get the spare half: see [`Pool::checkout_spare`]).
+    pub(crate) want_spare: bool,
     /// Set by the connection: it stopped on its byte budget and must run again soon.
     pub(crate) requeue: bool,
     /// Set by the connection: run it again at this time (traffic shaping).
@@ -494,7 +510,7 @@ impl Conn {
         loop {
             let mut id = self.up.buf.expect("checked out above");
             if self.up.end >= ctx.pool.get(id).len() {
-                // Outgrown: move to a relay buffer if half of them are free. Otherwise (under
+                // Outgrown: move to a relay buffer if 3/4 of them are free. Otherwise (under
                 // pressure) decide on what we have: a hello this big is not a Telegram
                 // client's, so it is fronted (which streams it on from here).
                 match ctx.pool.grow_handshake(id, self.up.end, true) {
@@ -1073,10 +1089,7 @@ impl Conn {
             // Fill.
             if !half.eof && self.ready[CLIENT] & R != 0 {
                 if half.buf.is_none() {
-                    half.buf = ctx.pool.checkout();
-                    if half.buf.is_none() {
-                        ctx.want_buffer = true;
-                    }
+                    relay_checkout(half, keys.is_none(), ctx);
                 }
                 if let Some(id) = half.buf {
                     let buf = ctx.pool.get(id);
@@ -1156,10 +1169,7 @@ impl Conn {
             let mut progress = false;
             if !half.eof && self.ready[UPSTREAM] & R != 0 {
                 if half.buf.is_none() {
-                    half.buf = ctx.pool.checkout();
-                    if half.buf.is_none() {
-                        ctx.want_buffer = true;
-                    }
+                    relay_checkout(half, keys.is_none(), ctx);
                 }
                 if let Some(id) = half.buf {
                     let buf = ctx.pool.get(id);

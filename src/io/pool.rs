@@ -42,8 +42,10 @@ impl Class {
 /// A connection still in its handshake keeps what it has read so far in a small buffer (one
 /// per connection the worker may hold, so stalled handshakes cannot take the relay buffers
 /// from everybody else: a slowloris costs only a connection slot). A handshake that outgrows
-/// its small buffer moves to a relay buffer, but only while at least half of them are free
-/// (the caller decides on what it has otherwise).
+/// its small buffer moves to a relay buffer, but only while three quarters of them are free
+/// (the caller decides on what it has otherwise); fronted connections take relay buffers only
+/// while half of them are free ([`Pool::checkout_spare`]). So our clients always have half of
+/// the relay buffers, and fronted connections (probes) a quarter whatever handshakes do.
 pub(crate) struct Pool {
     big: Class,
     small: Class,
@@ -65,6 +67,22 @@ impl Pool {
         self.big.free.pop()
     }
 
+    /// Takes a relay buffer only if at least half of them stay free afterwards: for
+    /// connections that are not our clients' (fronted ones, oversized handshakes), so that
+    /// however many there are, they never hold more than half of the relay buffers.
+    pub(crate) fn checkout_spare(&mut self) -> Option<BufId> {
+        if self.spare_free() {
+            self.big.free.pop()
+        } else {
+            None
+        }
+    }
+
+    /// Whether [`Pool::checkout_spare`] would succeed.
+    pub(crate) fn spare_free(&self) -> bool {
+        self.big.free.len() * 2 >= self.big.total + 2
+    }
+
     /// Takes a buffer for a handshake: a small one, else (more connections than small
     /// buffers) a relay buffer, else `None`.
     pub(crate) fn checkout_handshake(&mut self) -> Option<BufId> {
@@ -75,19 +93,17 @@ impl Pool {
     }
 
     /// Moves the first `len` bytes of small buffer `id` into a relay buffer and returns it, or
-    /// `None`, leaving `id` as it was. With `keep_half` (a handshake still undecided), only
-    /// while at least half of the relay buffers stay free. A relay buffer's id is returned
+    /// `None`, leaving `id` as it was. With `limited` (a handshake still undecided), only while
+    /// at least three quarters of the relay buffers stay free. A relay buffer's id is returned
     /// unchanged.
-    pub(crate) fn grow_handshake(
-        &mut self,
-        id: BufId,
-        len: usize,
-        keep_half: bool,
-    ) -> Option<BufId> {
+    pub(crate) fn grow_handshake(&mut self, id: BufId, len: usize, limited: bool) -> Option<BufId> {
         if id & SMALL == 0 {
             return Some(id);
         }
-        if keep_half && self.big.free.len() * 2 < self.big.total + 2 {
+        // Afterwards at least three quarters of the relay buffers must be free: oversized
+        // handshakes wait long (up to the handshake timeout), and must leave some of the spare
+        // half to fronted connections.
+        if limited && self.big.free.len() * 4 < self.big.total * 3 + 4 {
             return None;
         }
         let big = self.big.free.pop()?;
@@ -200,8 +216,8 @@ mod tests {
     }
 
     #[test]
-    fn growing_needs_half_the_relay_buffers_free() {
-        let mut p = Pool::new(4, 1000, 4, 100);
+    fn growing_needs_three_quarters_and_fronting_half_the_relay_buffers_free() {
+        let mut p = Pool::new(8, 1000, 4, 100);
         let small: Vec<_> = (0..3).map(|_| p.checkout_handshake().unwrap()).collect();
         let g1 = p.grow_handshake(small[0], 10, true).unwrap();
         let g2 = p.grow_handshake(small[1], 10, true).unwrap();
@@ -209,18 +225,28 @@ mod tests {
         assert_eq!(
             p.grow_handshake(small[2], 10, true),
             None,
-            "two of four free: no more"
+            "6 of 8 free: no more"
         );
+        // Fronted connections still get the spare half: two more.
+        let f1 = p.checkout_spare().unwrap();
+        let f2 = p.checkout_spare().unwrap();
         assert!(
-            p.grow_handshake(small[2], 10, false).is_some(),
-            "unless told to"
+            !p.spare_free() && p.checkout_spare().is_none(),
+            "4 of 8 free"
         );
-        let _ = (g1, g2);
+        // Our clients get the rest.
+        let clients: Vec<_> = (0..4).map(|_| p.checkout().unwrap()).collect();
+        assert!(p.checkout().is_none());
+        for id in clients.into_iter().chain([f1, f2, g1, g2]) {
+            p.release(id);
+        }
+        assert!(p.spare_free());
+        assert!(p.grow_handshake(small[2], 10, false).is_some());
     }
 
     #[test]
     fn growing_a_handshake_buffer_keeps_its_bytes_and_frees_it() {
-        let mut p = Pool::new(2, 1000, 1, 100);
+        let mut p = Pool::new(4, 1000, 1, 100);
         let a = p.checkout_handshake().unwrap();
         p.get(a)
             .iter_mut()
@@ -241,11 +267,11 @@ mod tests {
             "a relay buffer stays itself"
         );
         // No relay buffer free: growing fails and the small buffer is kept.
-        let c = p.checkout().unwrap();
+        let rest: Vec<_> = (0..3).map(|_| p.checkout().unwrap()).collect();
         let s = p.checkout_handshake().unwrap();
         assert!(Pool::is_small(s));
         assert_eq!(p.grow_handshake(s, 10, false), None);
-        assert_eq!(p.all_in_use(), 3);
-        p.release(c);
+        assert_eq!(p.all_in_use(), 5);
+        rest.into_iter().for_each(|id| p.release(id));
     }
 }

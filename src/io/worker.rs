@@ -54,6 +54,7 @@ macro_rules! ctx {
             scratch: &mut $w.scratch,
             now: $now,
             want_buffer: false,
+            want_spare: false,
             requeue: false,
             wake_at: None,
         }
@@ -75,6 +76,8 @@ pub(crate) struct Worker {
     run_queue: Vec<usize>,
     next_queue: Vec<usize>,
     buf_waiters: VecDeque<usize>,
+    /// Fronted connections waiting for a spare buffer ([`Pool::checkout_spare`]).
+    spare_waiters: VecDeque<usize>,
     to_free: Vec<usize>,
     /// Wake-ups of shaped connections.
     timers: Timers,
@@ -122,6 +125,7 @@ impl Worker {
             run_queue: Vec::with_capacity(max_conns),
             next_queue: Vec::with_capacity(max_conns),
             buf_waiters: VecDeque::with_capacity(max_conns),
+            spare_waiters: VecDeque::with_capacity(max_conns),
             to_free: Vec::with_capacity(max_conns),
             // Sized for the slab only when shaping is on (otherwise never armed).
             timers: Timers::new(
@@ -324,7 +328,7 @@ impl Worker {
             conn.queued = false;
             let mut ctx = ctx!(self, now);
             conn.ready(&mut ctx);
-            let (want_buffer, requeue) = (ctx.want_buffer, ctx.requeue);
+            let (want_buffer, want_spare, requeue) = (ctx.want_buffer, ctx.want_spare, ctx.requeue);
             match ctx.wake_at {
                 Some(at) if conn.phase != Phase::Closed => self.timers.arm(slot, at),
                 _ => self.timers.disarm(slot),
@@ -336,9 +340,13 @@ impl Worker {
             } else if requeue && !conn.queued {
                 conn.queued = true;
                 self.next_queue.push(slot);
-            } else if want_buffer && !conn.waiting_buf {
+            } else if (want_buffer || want_spare) && !conn.waiting_buf {
                 conn.waiting_buf = true;
-                self.buf_waiters.push_back(slot);
+                if want_buffer {
+                    self.buf_waiters.push_back(slot);
+                } else {
+                    self.spare_waiters.push_back(slot);
+                }
             }
             // Buffers came back: let waiting connections try again this turn.
             let freed = in_use_before.saturating_sub(self.pool.all_in_use());
@@ -349,16 +357,32 @@ impl Worker {
                 let Some(w) = self.buf_waiters.pop_front() else {
                     break;
                 };
-                if let Some(Some(c)) = self.slab.get_mut(w) {
-                    c.waiting_buf = false;
-                    if !c.queued {
-                        c.queued = true;
-                        self.run_queue.push(w);
-                    }
+                self.wake(w);
+            }
+            // Fronted connections after our clients', and only while the spare half of the
+            // pool has a buffer (one that then fails leaves none, so this ends).
+            for _ in 0..freed.max(1) {
+                if !self.pool.spare_free() {
+                    break;
                 }
+                let Some(w) = self.spare_waiters.pop_front() else {
+                    break;
+                };
+                self.wake(w);
             }
         }
         self.run_queue.clear();
+    }
+
+    /// Runs a connection that waited for a buffer again this turn.
+    fn wake(&mut self, slot: usize) {
+        if let Some(Some(c)) = self.slab.get_mut(slot) {
+            c.waiting_buf = false;
+            if !c.queued {
+                c.queued = true;
+                self.run_queue.push(slot);
+            }
+        }
     }
 
     fn sweep(&mut self, now: Instant) {
