@@ -1486,7 +1486,11 @@ fn stalled_handshakes_do_not_starve_new_clients() {
         cfg.timeouts.handshake = Duration::from_secs(60);
         cfg.domain_fronting.port = front.addr.port();
         cfg.dc_overrides.push((2, vec![dc.addr]));
+        cfg.prometheus.enabled = true;
+        cfg.prometheus.bind_to = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+        cfg.prometheus.http_path = "/metrics".into();
         let proxy = start(cfg);
+        let metrics = proxy.metrics_addr().expect("metrics endpoint");
         let addr = proxy.local_addr();
         // A FakeTLS record header announcing a 512-byte hello, and 10 of its bytes; for
         // dd/classic 10 bytes of the 64-byte frame.
@@ -1520,7 +1524,16 @@ fn stalled_handshakes_do_not_starve_new_clients() {
             "{what}: {}",
             stats_line(&st)
         );
-        std::thread::sleep(Duration::from_millis(200));
+        // The workers' sweep (every 250 ms) exports how many handshake buffers are held.
+        let held = || {
+            let (_, body) = scrape(metrics, "/metrics");
+            sample(&body, "mtg_handshake_buffers_in_use").unwrap_or(-1.0)
+        };
+        assert!(
+            wait_until(Duration::from_secs(5), || held() >= STALLED as f64),
+            "{what}: handshake_buffers_in_use {} (want >= {STALLED})",
+            held()
+        );
         for i in 0..3u64 {
             let seed = 500 + i;
             let mut c =

@@ -14,7 +14,7 @@
 //! by the workers' 250 ms sweep and at close, so an open relay shows too). mtpx adds
 //! `accepted_connections`, `handshakes`, `connections{secret_kind}`,
 //! `handshake_failures{reason}`, `fronted_connections`, `dc_connect_failures` and
-//! `buffer_pool_in_use` / `buffer_pool_capacity`.
+//! `buffer_pool_in_use` / `buffer_pool_capacity`, `handshake_buffers_in_use`.
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{SocketAddr, UdpSocket};
@@ -92,6 +92,7 @@ pub(crate) struct Counters {
     dc_open: [AtomicU64; DC_LABELS.len()],
     pool_in_use: Box<[AtomicUsize]>,
     pool_capacity: Box<[AtomicUsize]>,
+    handshake_bufs: Box<[AtomicUsize]>,
 }
 
 impl Counters {
@@ -108,6 +109,7 @@ impl Counters {
             dc_open: Default::default(),
             pool_in_use: per_worker(),
             pool_capacity: per_worker(),
+            handshake_bufs: per_worker(),
         }
     }
 
@@ -145,10 +147,14 @@ impl Counters {
         }
     }
 
-    /// Worker `worker`'s buffer pool levels (call from its periodic sweep).
-    pub(crate) fn pool(&self, worker: usize, in_use: usize, capacity: usize) {
+    /// Worker `worker`'s buffer pool levels: relay buffers in use and in all, handshake
+    /// buffers in use (call from its periodic sweep).
+    pub(crate) fn pool(&self, worker: usize, in_use: usize, capacity: usize, handshake: usize) {
         if let Some(c) = self.pool_in_use.get(worker) {
             c.store(in_use, Ordering::Relaxed);
+        }
+        if let Some(c) = self.handshake_bufs.get(worker) {
+            c.store(handshake, Ordering::Relaxed);
         }
         if let Some(c) = self.pool_capacity.get(worker) {
             c.store(capacity, Ordering::Relaxed);
@@ -189,6 +195,7 @@ pub(crate) struct Snapshot {
     pub(crate) lists: [Option<(u64, u64)>; 2],
     pub(crate) pool_in_use: u64,
     pub(crate) pool_capacity: u64,
+    pub(crate) handshake_bufs: u64,
 }
 
 impl MetricsSource {
@@ -221,6 +228,7 @@ impl MetricsSource {
             lists: [list(Which::Block), list(Which::Allow)],
             pool_in_use: sum(&c.pool_in_use),
             pool_capacity: sum(&c.pool_capacity),
+            handshake_bufs: sum(&c.handshake_bufs),
         }
     }
 }
@@ -333,6 +341,7 @@ fn with_metrics<R>(
     let dc_failures = one(d(s.dc_failures, |b| b.dc_failures));
     let in_use = one(g(s.pool_in_use));
     let capacity = one(g(s.pool_capacity));
+    let handshake_bufs = one(g(s.handshake_bufs));
     let cat = |name: &'static str, samples| {
         let def = fmt::def(name);
         Metric {
@@ -401,6 +410,12 @@ fn with_metrics<R>(
         ),
         cat(fmt::BUFFER_POOL_IN_USE, &in_use[..]),
         cat(fmt::BUFFER_POOL_CAPACITY, &capacity[..]),
+        own(
+            "handshake_buffers_in_use",
+            "Small handshake buffers in use (connections partway through their handshake).",
+            Kind::Gauge,
+            &handshake_bufs[..],
+        ),
     ];
     emit(&metrics)
 }
@@ -882,9 +897,9 @@ mod tests {
         src.counters.handshake_failed(Reject::Replay);
         src.counters.handshake_failed(Reject::Replay);
         src.counters.handshake_failed(Reject::Digest);
-        src.counters.pool(0, 3, 10);
-        src.counters.pool(1, 1, 10);
-        src.counters.pool(7, 100, 100); // no such worker: ignored
+        src.counters.pool(0, 3, 10, 5);
+        src.counters.pool(1, 1, 10, 2);
+        src.counters.pool(7, 100, 100, 9); // no such worker: ignored
         active.store(4, Ordering::Relaxed);
         let mut out = String::new();
         render_prometheus(&mut out, "mtg", &src.snapshot());
@@ -925,6 +940,7 @@ mod tests {
         );
         assert_eq!(v("mtg_buffer_pool_in_use"), 4.0);
         assert_eq!(v("mtg_buffer_pool_capacity"), 20.0);
+        assert_eq!(v("mtg_handshake_buffers_in_use"), 7.0);
         assert!(
             out.contains("# TYPE mtg_telegram_traffic counter\n"),
             "{out}"

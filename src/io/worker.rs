@@ -387,7 +387,10 @@ impl Worker {
 
     fn sweep(&mut self, now: Instant) {
         let (in_use, capacity) = (self.pool.in_use(), self.pool.capacity());
-        self.shared.counters.pool(self.index, in_use, capacity);
+        let handshake = self.pool.all_in_use() - in_use;
+        self.shared
+            .counters
+            .pool(self.index, in_use, capacity, handshake);
         for slot in 0..self.slab.len() {
             let Some(Some(conn)) = self.slab.get_mut(slot) else {
                 continue;
