@@ -50,9 +50,11 @@ haproxy: ## a real HAProxy (send-proxy-v2) balancing two mtpx instances
 interop-reference: ## the interop harness against its pure-Python reference proxy
 	PYTHON=$(PYTHON) bash tests/interop/run.sh --reference
 
-lint: ## rustfmt check + clippy with warnings denied
+lint: ## rustfmt check + clippy with warnings denied (mtpx and the bench tool)
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
+	$(CARGO) fmt --manifest-path tools/bench/Cargo.toml -- --check
+	$(CARGO) clippy --locked --manifest-path tools/bench/Cargo.toml --target-dir $(BENCH_TARGET) -- -D warnings
 
 # Comments are ignored (text after //), so module docs may say what a layer must not do.
 layering: ## src/proto stays pure; `unsafe` only in src/sys.rs

@@ -119,10 +119,7 @@ pub fn run() -> io::Result<()> {
             let Some(c) = conns.get_mut(&id) else {
                 continue;
             };
-            let done = match drive(c, &mut scratch) {
-                Ok(done) => done,
-                Err(_) => true,
-            };
+            let done = drive(c, &mut scratch).unwrap_or(true);
             if done {
                 if let Some(mut c) = conns.remove(&id) {
                     let _ = poll.registry().deregister(&mut c.s);

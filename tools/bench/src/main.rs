@@ -831,7 +831,7 @@ fn orchestrate(args: &[String]) -> io::Result<()> {
         "\n== summary ({mode}, {:.0} s) ==",
         started.elapsed().as_secs_f64()
     );
-    println!("{:<44} {:>14}  {:<14} {}", "metric", "value", "goal", "");
+    println!("{:<44} {:>14}  {:<14} ", "metric", "value", "goal");
     let row = |name: &str, val: String, goal: &str, ok: Option<bool>| {
         let verdict = match ok {
             Some(true) => "ok",
@@ -956,9 +956,9 @@ fn orchestrate(args: &[String]) -> io::Result<()> {
     );
     j.push_str("  \"throughput\": [\n");
     for (i, x) in xfers.iter().enumerate() {
-        let _ = write!(
+        let _ = writeln!(
             j,
-            "    {{\"name\": \"{}\", \"bytes\": {}, \"seconds\": {:.4}, \"mb_per_s\": {:.2}, \"mtpx_cpu_s\": {:.3}, \"mtpx_user_s\": {:.3}, \"cpu_s_per_gb\": {:.4}, \"ratio_to_floor\": {:.3}, \"errors\": {}}}{}\n",
+            "    {{\"name\": \"{}\", \"bytes\": {}, \"seconds\": {:.4}, \"mb_per_s\": {:.2}, \"mtpx_cpu_s\": {:.3}, \"mtpx_user_s\": {:.3}, \"cpu_s_per_gb\": {:.4}, \"ratio_to_floor\": {:.3}, \"errors\": {}}}{}",
             x.name,
             x.bytes,
             x.secs,
@@ -975,18 +975,18 @@ fn orchestrate(args: &[String]) -> io::Result<()> {
         j,
         "  ],\n  \"relay\": {{\"bytes\": {relay_bytes}, \"mtpx_cpu_s\": {relay_cpu:.3}, \"cpu_s_per_gb\": {relay_per_gb:.4}, \"ratio_to_floor\": {relay_ratio:.3}, \"user_cpu_s_per_gb\": {relay_user_per_gb:.4}, \"user_ratio_to_floor\": {relay_user_ratio:.3}, \"goal_ratio\": 2.0}},\n"
     );
-    let _ = write!(
+    let _ = writeln!(
         j,
-        "  \"shaping\": {{\"bytes\": {}, \"seconds\": {:.4}, \"mb_per_s\": {:.2}, \"cpu_s_per_gb\": {:.4}, \"ratio_to_unshaped\": {shaped_ratio:.3}, \"errors\": {}}},\n",
+        "  \"shaping\": {{\"bytes\": {}, \"seconds\": {:.4}, \"mb_per_s\": {:.2}, \"cpu_s_per_gb\": {:.4}, \"ratio_to_unshaped\": {shaped_ratio:.3}, \"errors\": {}}},",
         shaped.bytes,
         shaped.secs,
         shaped.bytes as f64 / shaped.secs.max(1e-9) / 1e6,
         per_gb(&shaped),
         shaped.errors
     );
-    let _ = write!(
+    let _ = writeln!(
         j,
-        "  \"handshakes\": {{\"clients\": {}, \"count\": {}, \"errors\": {}, \"seconds\": {:.3}, \"per_s\": {:.1}, \"p50_us\": {}, \"p99_us\": {}, \"mtpx_cpu_s\": {:.3}, \"mtpx_cpu_us_per_handshake\": {hs_cpu_us:.2}, \"mtpx_user_us_per_handshake\": {hs_user_us:.2}, \"goal_us\": 50}},\n",
+        "  \"handshakes\": {{\"clients\": {}, \"count\": {}, \"errors\": {}, \"seconds\": {:.3}, \"per_s\": {:.1}, \"p50_us\": {}, \"p99_us\": {}, \"mtpx_cpu_s\": {:.3}, \"mtpx_cpu_us_per_handshake\": {hs_cpu_us:.2}, \"mtpx_user_us_per_handshake\": {hs_user_us:.2}, \"goal_us\": 50}},",
         plan.hs_clients,
         hs.count,
         hs.errors,
@@ -996,15 +996,15 @@ fn orchestrate(args: &[String]) -> io::Result<()> {
         hs.p99_us,
         hs.cpu
     );
-    let _ = write!(
+    let _ = writeln!(
         j,
-        "  \"memory\": {{\"rss_rest\": {rss_rest}, \"idle_small\": {ok_small}, \"rss_idle_small\": {rss_small}, \"idle_big\": {ok_big}, \"rss_idle_big\": {rss_big}, \"bytes_per_idle_conn\": {slope:.1}, \"goal_bytes\": 2048, \"fds_rest\": {fd_rest}, \"fds_idle_big\": {fd_big}, \"rss_after_close\": {rss_round0}, \"rss_after_all_load\": {rss_after_load}}},\n"
+        "  \"memory\": {{\"rss_rest\": {rss_rest}, \"idle_small\": {ok_small}, \"rss_idle_small\": {rss_small}, \"idle_big\": {ok_big}, \"rss_idle_big\": {rss_big}, \"bytes_per_idle_conn\": {slope:.1}, \"goal_bytes\": 2048, \"fds_rest\": {fd_rest}, \"fds_idle_big\": {fd_big}, \"rss_after_close\": {rss_round0}, \"rss_after_all_load\": {rss_after_load}}},"
     );
     j.push_str("  \"rounds\": [\n");
     for (i, r) in rounds.iter().enumerate() {
-        let _ = write!(
+        let _ = writeln!(
             j,
-            "    {{\"round\": {}, \"opened\": {}, \"failed\": {}, \"rss_open\": {}, \"rss_after_close\": {}, \"fds_after_close\": {}}}{}\n",
+            "    {{\"round\": {}, \"opened\": {}, \"failed\": {}, \"rss_open\": {}, \"rss_after_close\": {}, \"fds_after_close\": {}}}{}",
             i + 1,
             r.0,
             r.1,
