@@ -1633,6 +1633,46 @@ fn fronted_slow_readers_do_not_starve_clients() {
     drop(readers);
 }
 
+/// A connection that waits for a pool buffer is woken when the holder's idle timeout (found
+/// by the worker's sweep, not by any socket event) gives the buffers back. Pool of 2: client A
+/// uploads to an echo DC and never reads, so both directions hold a buffer; client B then
+/// waits, and must be served once A times out (2 s), well within its own 15 s I/O timeout.
+#[test]
+fn waiter_is_woken_when_a_timed_out_holder_frees_buffers() {
+    let refused = RefusedPort::new();
+    let dc = FakeDc::start(DcMode::Echo);
+    let secret = secret(SecretKind::Secure, 107);
+    let mut cfg = test_config(secret.clone(), 1, &refused);
+    cfg.buffer_count = 2;
+    cfg.timeouts.idle = Duration::from_secs(2);
+    cfg.dc_overrides.push((2, vec![dc.addr]));
+    let proxy = start(cfg);
+    let addr = proxy.local_addr();
+    let opts = |seed| ClientOpts::new(default_tag(SecretKind::Secure), 2, seed);
+    let a = TestClient::connect(addr, &secret, &opts(700)).expect("client A");
+    let (mut a_tx, a_rx) = a.split();
+    let writer = std::thread::spawn(move || {
+        // Blocks once every buffer on the way is full; fails when mtpx closes A.
+        let chunk = Pattern::new(700).take(1 << 20);
+        for _ in 0..64 {
+            if a_tx.send(&chunk).is_err() {
+                break;
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(700));
+    let t0 = Instant::now();
+    let mut b = TestClient::connect(addr, &secret, &opts(701)).expect("client B");
+    let data = Pattern::new(701).take(50_000);
+    let got = b
+        .echo_round_trip(&data)
+        .unwrap_or_else(|e| panic!("client B behind a stuck client: {e}"));
+    assert!(got == data, "client B: bytes differ");
+    eprintln!("client B served after {:?}", t0.elapsed());
+    drop(a_rx);
+    writer.join().expect("writer");
+}
+
 // ------------------------------------------------------------------------------------------
 // 12. unknown DC
 

@@ -350,37 +350,47 @@ impl Worker {
             }
             // Buffers came back: let waiting connections try again this turn.
             let freed = in_use_before.saturating_sub(self.pool.all_in_use());
-            // (And one while a relay buffer is free: buffers released outside this loop. Not
-            // for a free handshake buffer: a waiter that needs a relay buffer would fail, queue
-            // again and be woken again, forever.)
-            for _ in 0..freed.max(usize::from(self.pool.in_use() < self.pool.capacity())) {
-                let Some(w) = self.buf_waiters.pop_front() else {
-                    break;
-                };
-                self.wake(w);
-            }
-            // Fronted connections after our clients', and only while the spare half of the
-            // pool has a buffer (one that then fails leaves none, so this ends).
-            for _ in 0..freed.max(1) {
-                if !self.pool.spare_free() {
-                    break;
-                }
-                let Some(w) = self.spare_waiters.pop_front() else {
-                    break;
-                };
-                self.wake(w);
-            }
+            self.wake_waiters(freed, false);
         }
         self.run_queue.clear();
     }
 
-    /// Runs a connection that waited for a buffer again this turn.
-    fn wake(&mut self, slot: usize) {
+    /// Lets connections that wait for a buffer try again, this turn or (`later`) the next: one
+    /// per buffer that came back (`freed`), and one more while a buffer they can use is free
+    /// (buffers released elsewhere). Our clients' waiters first; fronted connections only while
+    /// the spare half has a buffer. A waiter that then fails leaves no buffer it could use, so
+    /// waking cannot go round forever (which is why a free handshake buffer wakes nobody here:
+    /// a waiter for a relay buffer would fail, queue again and be woken again).
+    fn wake_waiters(&mut self, freed: usize, later: bool) {
+        let relay_free = self.pool.in_use() < self.pool.capacity();
+        for _ in 0..freed.max(usize::from(relay_free)) {
+            let Some(w) = self.buf_waiters.pop_front() else {
+                break;
+            };
+            self.wake(w, later);
+        }
+        for _ in 0..freed.max(1) {
+            if !self.pool.spare_free() {
+                break;
+            }
+            let Some(w) = self.spare_waiters.pop_front() else {
+                break;
+            };
+            self.wake(w, later);
+        }
+    }
+
+    /// Runs a connection that waited for a buffer again, this turn or (`later`) the next.
+    fn wake(&mut self, slot: usize, later: bool) {
         if let Some(Some(c)) = self.slab.get_mut(slot) {
             c.waiting_buf = false;
             if !c.queued {
                 c.queued = true;
-                self.run_queue.push(slot);
+                if later {
+                    self.next_queue.push(slot);
+                } else {
+                    self.run_queue.push(slot);
+                }
             }
         }
     }
@@ -410,6 +420,9 @@ impl Worker {
                 self.next_queue.push(slot);
             }
         }
+        // Connections closed here gave their buffers back: waiters run next turn.
+        let free = self.pool.capacity() - self.pool.in_use();
+        self.wake_waiters(free, true);
     }
 
     fn close_unestablished(&mut self, now: Instant) {
