@@ -710,37 +710,39 @@ fn orchestrate(args: &[String]) -> io::Result<()> {
         "\n== handshakes: {} concurrent clients for {} ms ==",
         plan.hs_clients, plan.hs_ms
     );
-    let mut load = spawn_workers(&m, plan.hs_procs, 20)?;
-    let per = split(plan.hs_clients, plan.hs_procs);
-    let cmds: Vec<String> = per
-        .iter()
-        .map(|t| format!("hs {} {t} 1000000", plan.hs_ms))
-        .collect();
-    let (u0, s0) = m.cpu_split();
-    let t0 = Instant::now();
-    let r = ask_all(
-        &mut load,
-        &cmds,
-        Duration::from_millis(plan.hs_ms) + Duration::from_secs(60),
-    )?;
-    let secs = t0.elapsed().as_secs_f64();
-    // Let the last closes finish before reading the CPU.
-    m.settle_fds(fd_rest + 2, Duration::from_secs(5));
-    let (u1, s1) = m.cpu_split();
-    let mut lat: Vec<u64> = r
-        .iter()
-        .flat_map(|l| l.split_whitespace().skip(3).filter_map(|v| v.parse().ok()))
-        .collect();
-    lat.sort_unstable();
-    let hs = Hs {
-        count: r.iter().map(|l| num(l, 1)).sum(),
-        errors: r.iter().map(|l| num(l, 2)).sum(),
-        secs,
-        p50_us: percentile(&lat, 0.50),
-        p99_us: percentile(&lat, 0.99),
-        cpu: (u1 + s1) - (u0 + s0),
-        user: u1 - u0,
+    // `plan.hs_clients` clients handshaking in a loop for `ms` ms against `m`.
+    let hs_phase = |m: &Mtpx, ms: u64| -> io::Result<Hs> {
+        let mut load = spawn_workers(m, plan.hs_procs, 20)?;
+        let per = split(plan.hs_clients, plan.hs_procs);
+        let cmds: Vec<String> = per.iter().map(|t| format!("hs {ms} {t} 1000000")).collect();
+        let (u0, s0) = m.cpu_split();
+        let t0 = Instant::now();
+        let r = ask_all(
+            &mut load,
+            &cmds,
+            Duration::from_millis(ms) + Duration::from_secs(60),
+        )?;
+        let secs = t0.elapsed().as_secs_f64();
+        drop(load);
+        // Let the last closes finish before reading the CPU.
+        m.settle_fds(fd_rest + 2, Duration::from_secs(5));
+        let (u1, s1) = m.cpu_split();
+        let mut lat: Vec<u64> = r
+            .iter()
+            .flat_map(|l| l.split_whitespace().skip(3).filter_map(|v| v.parse().ok()))
+            .collect();
+        lat.sort_unstable();
+        Ok(Hs {
+            count: r.iter().map(|l| num(l, 1)).sum(),
+            errors: r.iter().map(|l| num(l, 2)).sum(),
+            secs,
+            p50_us: percentile(&lat, 0.50),
+            p99_us: percentile(&lat, 0.99),
+            cpu: (u1 + s1) - (u0 + s0),
+            user: u1 - u0,
+        })
     };
+    let hs = hs_phase(&m, plan.hs_ms)?;
     let hs_cpu_us = hs.cpu / hs.count.max(1) as f64 * 1e6;
     let hs_user_us = hs.user / hs.count.max(1) as f64 * 1e6;
     println!(
@@ -755,8 +757,40 @@ fn orchestrate(args: &[String]) -> io::Result<()> {
         hs.cpu,
         hs_cpu_us - hs_user_us
     );
-    drop(load);
     let rss_after_load = m.rss();
+
+    // ---------------------------------------------------------------- stalled handshakes
+    // The same handshake load while many connections sit mid-handshake (5 bytes of a TLS
+    // header, then silence, as a slowloris does): what they cost new clients.
+    let stalled_n = if plan.quick { 500 } else { 4000 };
+    let stalled_ms = plan.hs_ms.min(3000);
+    println!(
+        "\n== handshakes behind {stalled_n} stalled handshakes: {} clients for {stalled_ms} ms ==",
+        plan.hs_clients
+    );
+    let mut stalled = Vec::with_capacity(stalled_n);
+    for _ in 0..stalled_n {
+        let mut s = std::net::TcpStream::connect(m.addr)?;
+        s.write_all(b"\x16\x03\x01\x02\x00")?;
+        stalled.push(s);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let rss_stalled = m.rss() / 1024;
+    let hs_stalled = hs_phase(&m, stalled_ms)?;
+    drop(stalled);
+    println!(
+        "{} handshakes ({} errors) in {:.2} s = {:.0}/s; latency p50 {} us, p99 {} us \
+         (without them: p50 {} us, p99 {} us); mtpx RSS with them {} KiB",
+        hs_stalled.count,
+        hs_stalled.errors,
+        hs_stalled.secs,
+        hs_stalled.count as f64 / hs_stalled.secs,
+        hs_stalled.p50_us,
+        hs_stalled.p99_us,
+        hs.p50_us,
+        hs.p99_us,
+        rss_stalled
+    );
     m.stop();
 
     // ---------------------------------------------------------------- shaping
@@ -826,7 +860,8 @@ fn orchestrate(args: &[String]) -> io::Result<()> {
         + rounds.iter().map(|r| r.1).sum::<usize>()
         + xfers.iter().map(|x| x.errors as usize).sum::<usize>()
         + shaped.errors as usize
-        + hs.errors as usize;
+        + hs.errors as usize
+        + hs_stalled.errors as usize;
     println!(
         "\n== summary ({mode}, {:.0} s) ==",
         started.elapsed().as_secs_f64()
@@ -887,6 +922,12 @@ fn orchestrate(args: &[String]) -> io::Result<()> {
     row(
         "handshake latency p50 / p99 (us)",
         format!("{} / {}", hs.p50_us, hs.p99_us),
+        "",
+        None,
+    );
+    row(
+        &format!("  behind {stalled_n} stalled handshakes (us)"),
+        format!("{} / {}", hs_stalled.p50_us, hs_stalled.p99_us),
         "",
         None,
     );
@@ -983,6 +1024,11 @@ fn orchestrate(args: &[String]) -> io::Result<()> {
         shaped.bytes as f64 / shaped.secs.max(1e-9) / 1e6,
         per_gb(&shaped),
         shaped.errors
+    );
+    let _ = writeln!(
+        j,
+        "  \"handshakes_behind_stalled\": {{\"stalled\": {stalled_n}, \"count\": {}, \"errors\": {}, \"p50_us\": {}, \"p99_us\": {}, \"rss_kib\": {rss_stalled}}},",
+        hs_stalled.count, hs_stalled.errors, hs_stalled.p50_us, hs_stalled.p99_us
     );
     let _ = writeln!(
         j,
