@@ -513,16 +513,13 @@ impl Conn {
                 // Outgrown: move to a relay buffer if 3/4 of them are free. Otherwise (under
                 // pressure) decide on what we have: a hello this big is not a Telegram
                 // client's, so it is fronted (which streams it on from here).
+                // (A relay buffer that is full comes back unchanged: too large as well.)
                 match ctx.pool.grow_handshake(id, self.up.end, true) {
-                    Some(big) if self.up.end < ctx.pool.get(big).len() => {
+                    Some(big) if big != id => {
                         id = big;
                         self.up.buf = Some(big);
                     }
-                    Some(big) => {
-                        self.up.buf = Some(big);
-                        return Err(CloseReason::Rejected(Reject::TooLarge));
-                    }
-                    None => return Err(CloseReason::Rejected(Reject::TooLarge)),
+                    _ => return Err(CloseReason::Rejected(Reject::TooLarge)),
                 }
             }
             let buf = ctx.pool.get(id);

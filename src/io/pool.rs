@@ -67,9 +67,9 @@ impl Pool {
         self.big.free.pop()
     }
 
-    /// Takes a relay buffer only if at least half of them stay free afterwards: for
-    /// connections that are not our clients' (fronted ones, oversized handshakes), so that
-    /// however many there are, they never hold more than half of the relay buffers.
+    /// Takes a relay buffer only if at least half of them stay free afterwards: for fronted
+    /// connections (not our clients'), so that however many there are, they never hold more
+    /// than half of the relay buffers.
     pub(crate) fn checkout_spare(&mut self) -> Option<BufId> {
         if self.spare_free() {
             self.big.free.pop()
