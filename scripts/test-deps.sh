@@ -139,8 +139,13 @@ if [ ${#sys_missing[@]} -gt 0 ]; then
     else
         loud "installing ${sys_pkgs[*]} (apt-get)"
         export DEBIAN_FRONTEND=noninteractive
-        apt-get update -qq >&2
-        apt-get install -y -qq --no-install-recommends "${sys_pkgs[@]}" >&2
+        log=$(mktemp)
+        if ! { apt-get update -q && apt-get install -y -q --no-install-recommends "${sys_pkgs[@]}"; } \
+            > "$log" 2>&1; then
+            tail -n 30 "$log" >&2; rm -f "$log"
+            loud "apt-get failed (its last lines are above)"; exit 1
+        fi
+        rm -f "$log"
         installed+=("${sys_pkgs[@]}")
         sys_missing=() sys_pkgs=() user_missing=()
         deps
