@@ -197,8 +197,14 @@ if [ ${#user_missing[@]} -gt 0 ]; then
             npm)
                 loud "npm ci in $dir (Node.js from $arg)"
                 rm -rf "$dir/node_modules"
-                (cd "$dir" && PATH="$root/$arg/bin:$PATH" \
-                    command npm ci --no-audit --no-fund --ignore-scripts --loglevel=error)
+                # npm can exit 0 after failed downloads ("Exit handler never called!"): `npm ls`
+                # then checks that the whole locked tree is there.
+                if ! (cd "$dir" && export PATH="$root/$arg/bin:$PATH" \
+                    && command npm ci --no-audit --no-fund --ignore-scripts --loglevel=error \
+                    && command npm ls --all >/dev/null); then
+                    rm -rf "$dir/node_modules"
+                    loud "npm ci in $dir failed (npm's messages are above)"; exit 1
+                fi
                 stamp_of npm "$dir" > "$dir/node_modules/.mtpx-deps"
                 ;;
         esac
