@@ -82,7 +82,8 @@ pub struct KeepAlive {
 pub struct AntiReplay {
     /// On by default (unlike mtg).
     pub enabled: bool,
-    /// Memory for remembered handshakes, in bytes (default 1 MiB).
+    /// Memory for remembered handshakes, in bytes (default 1 MiB, 20 bytes per handshake; for
+    /// dd and classic secrets it alone bounds how long a handshake is remembered).
     pub max_size: usize,
     /// Accepted false-positive rate (default 0.001).
     pub error_rate: f64,

@@ -1268,6 +1268,49 @@ fn replayed_ee_hello_with_new_frame_is_rejected() {
     drop(first);
 }
 
+/// dd and classic frames carry no timestamp: a frame replayed after the FakeTLS window
+/// (2 × skew + 2 s) is still a replay (fronted, here closed), never relayed to a DC.
+#[test]
+fn replayed_obfs2_frame_is_rejected_after_the_skew_window() {
+    let refused = RefusedPort::new();
+    let dc = FakeDc::start(DcMode::Echo);
+    let proxies: Vec<(Secret, Proxy)> = [SecretKind::Secure, SecretKind::Classic]
+        .iter()
+        .map(|&kind| {
+            let secret = secret(kind, 85);
+            let mut cfg = test_config(secret.clone(), 1, &refused);
+            // Window 2 × 1 + 2 = 4 s.
+            cfg.tolerate_time_skewness = Duration::from_secs(1);
+            cfg.dc_overrides.push((2, vec![dc.addr]));
+            (secret, start(cfg))
+        })
+        .collect();
+    for (secret, proxy) in &proxies {
+        let what = kind_name(secret.kind);
+        assert!(
+            replay_attempt(proxy.local_addr(), secret, 86, &dc),
+            "{what}: first"
+        );
+    }
+    // Whole seconds on the proxy's clock: 5.1 s later is at least 5 s > the 4 s window.
+    std::thread::sleep(Duration::from_millis(5100));
+    for (secret, proxy) in &proxies {
+        let what = kind_name(secret.kind);
+        let dcs = dc.count();
+        assert!(
+            !replay_attempt(proxy.local_addr(), secret, 86, &dc),
+            "{what}: the same frame 5 s later was relayed"
+        );
+        assert_eq!(dc.count(), dcs, "{what}: the replay reached the DC");
+        let st = proxy.stats();
+        assert!(
+            wait_until(Duration::from_secs(2), || load(&st.fronted) == 1),
+            "{what}: {}",
+            stats_line(&st)
+        );
+    }
+}
+
 // ------------------------------------------------------------------------------------------
 // 10. slow reader, bounded memory (measured in a child process so other tests' memory does
 // not count)

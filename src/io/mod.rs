@@ -369,14 +369,17 @@ pub fn start_with_grace(config: Config, grace: Duration) -> io::Result<Proxy> {
     let replay = if config.anti_replay.enabled {
         let mut key = [0u8; 16];
         OsRng::os_fill(&mut key);
-        // Remember handshakes for the whole window in which their timestamps stay acceptable:
-        // a timestamp up to `tolerance` in the future stays valid until 2 × tolerance later.
-        let window = 2 * config.tolerate_time_skewness.as_secs() + 2;
-        Some(Mutex::new(ReplayFilter::new(
-            config.anti_replay.max_size,
-            window,
-            key,
-        )))
+        // A FakeTLS hello is remembered for the whole window in which its timestamp stays
+        // acceptable (a timestamp up to `tolerance` in the future stays valid until
+        // 2 × tolerance later); an obfuscated2 frame (dd, classic) has no timestamp, so it is
+        // never forgotten for its age, only to make room.
+        let filter = if config.secret.kind == crate::proto::secret::SecretKind::FakeTls {
+            let window = 2 * config.tolerate_time_skewness.as_secs() + 2;
+            ReplayFilter::new(config.anti_replay.max_size, window, key)
+        } else {
+            ReplayFilter::capacity_only(config.anti_replay.max_size, key)
+        };
+        Some(Mutex::new(filter))
     } else {
         None
     };
@@ -645,4 +648,38 @@ pub fn run(config: Config) -> io::Result<()> {
         bytes_down = stats.bytes_down.load(Ordering::Relaxed)
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::proto::x25519;
+
+    /// CPU per ServerHello key share: the former linked stream (the previous share times a
+    /// random 32-bit scalar), the independent [`x25519::random_share`], and a full key pair.
+    #[test]
+    #[ignore = "timing printout: cargo test --release --lib key_share_cost -- --ignored --nocapture"]
+    fn key_share_cost() {
+        let mut rng = super::FastRng::default();
+        let n = 2000;
+        let (_, mut cur) = x25519::keypair(&mut rng);
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            let mut k = [0u8; 32];
+            crate::proto::Rng::fill(&mut rng, &mut k[..4]);
+            k[3] |= 0x80;
+            cur = x25519::ladder(&k, 32, &cur);
+        }
+        let old = t.elapsed() / n;
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            std::hint::black_box(x25519::random_share(&mut rng));
+        }
+        let new = t.elapsed() / n;
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            std::hint::black_box(x25519::keypair(&mut rng));
+        }
+        let full = t.elapsed() / n;
+        eprintln!("per share: linked 32-bit step {old:?}, random_share {new:?}, key pair {full:?}");
+    }
 }
