@@ -8,7 +8,7 @@ mod common;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -1307,6 +1307,138 @@ fn replayed_obfs2_frame_is_rejected_after_the_skew_window() {
             wait_until(Duration::from_secs(2), || load(&st.fronted) == 1),
             "{what}: {}",
             stats_line(&st)
+        );
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// 9b. the turn budget counts raw bytes
+
+/// Sends a valid ClientHello for `secret` on `s` and reads the whole server flight.
+fn hello_only(s: &mut TcpStream, secret: &Secret, seed: u64) {
+    let hello = faketls::build_client_hello(&mut XorShift64(seed), &secret.key, HOST, unix_now());
+    let random: [u8; 32] = hello[11..43].try_into().expect("32 bytes");
+    s.write_all(&hello).expect("hello");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match faketls::verify_server_flight(&got, &random, &secret.key) {
+            Ok(Some(_)) => return,
+            Ok(None) => {}
+            Err(r) => panic!("bad server flight: {r:?}"),
+        }
+        let n = s.read(&mut buf).expect("server flight");
+        assert!(n > 0, "EOF in the server flight");
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// Writes zero-length application-data records (valid TLS framing, no payload) as fast as
+/// the proxy takes them, until `stop` (or 40 s); counts the bytes written in `sent`.
+fn flood_empty_records(mut s: TcpStream, stop: &AtomicBool, sent: &AtomicU64) {
+    // Real-time priority where allowed (root): woken the moment the proxy reads, the flooder
+    // keeps the socket full however loaded the machine is. It sleeps whenever the socket is
+    // full, and stops after 40 s at the latest.
+    let param = libc::sched_param { sched_priority: 1 };
+    // SAFETY: sets this thread's (pid 0) policy from a valid, live sched_param.
+    let _ = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) };
+    let chunk = [0x17u8, 0x03, 0x03, 0x00, 0x00].repeat((1 << 20) / 5);
+    s.set_write_timeout(Some(Duration::from_millis(200)))
+        .expect("set_write_timeout");
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let mut at = 0;
+    while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+        // A partial write goes on from where it stopped: the records stay whole.
+        match s.write(&chunk[at..]) {
+            Ok(n) => {
+                sent.fetch_add(n as u64, Ordering::SeqCst);
+                at = (at + n) % chunk.len();
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// A client with the secret streaming empty records (after the whole handshake, and after
+/// only the hello) must not keep its worker from the other connections: the turn budget
+/// counts bytes read, headers included, not payload. With one worker, another client's echo
+/// comes back while the flood is still going (before the fix it waited for the flood to end).
+#[test]
+fn empty_record_flood_does_not_hold_the_worker() {
+    const FLOODERS: usize = 3;
+    for after_frame in [true, false] {
+        let what = if after_frame { "relay" } else { "handshake" };
+        let refused = RefusedPort::new();
+        let dc = FakeDc::start(DcMode::Echo);
+        let secret = secret(SecretKind::FakeTls, 87);
+        let mut cfg = test_config(secret.clone(), 1, &refused);
+        cfg.timeouts.handshake = Duration::from_secs(60);
+        // Small buffers: more reads per byte, so the worker drains the flood more slowly.
+        cfg.buffer_size = 4096;
+        cfg.dc_overrides.push((2, vec![dc.addr]));
+        let proxy = start(cfg);
+        let addr = proxy.local_addr();
+        let opts = |seed| ClientOpts::new(Tag::Intermediate, 2, seed);
+        let mut other = TestClient::connect(addr, &secret, &opts(88)).expect("other client");
+        let data = Pattern::new(88).take(1000);
+        assert!(other.echo_round_trip(&data).expect("echo before") == data);
+
+        // Three flooders: before the fix a turn lasted until each of them in turn happened to
+        // fall behind (the kernel stalls a loopback stream now and then), so the other client
+        // waited for the sum of three such stalls.
+        let mut raws = Vec::new();
+        let mut clients = Vec::new();
+        for k in 0..FLOODERS {
+            let mut s = connect(addr).expect("connect flooder");
+            raws.push(s.try_clone().expect("clone"));
+            let seed = 89 + k as u64;
+            if after_frame {
+                clients.push(TestClient::handshake(s, &secret, &opts(seed)).expect("flooder"));
+            } else {
+                hello_only(&mut s, &secret, seed);
+            }
+        }
+        let (stop, sent) = (AtomicBool::new(false), AtomicU64::new(0));
+        std::thread::scope(|sc| {
+            let floods: Vec<_> = raws
+                .drain(..)
+                .map(|raw| sc.spawn(|| flood_empty_records(raw, &stop, &sent)))
+                .collect();
+            // In full swing: many turn budgets' worth sent.
+            let swing = wait_until(Duration::from_secs(20), || {
+                sent.load(Ordering::SeqCst) >= 8 << 20
+            });
+            // Five echoes in a row, each within 5 s: milliseconds when the worker takes turns.
+            let mut echo = Ok(());
+            for i in 0..5 {
+                let t = Instant::now();
+                other.rx.set_read_timeout(Duration::from_secs(5));
+                match other.echo_round_trip(&data) {
+                    Ok(got) => assert!(got == data, "{what}: echoed bytes differ"),
+                    Err(e) => {
+                        echo = Err(format!("echo {i}: none after {:?}: {e}", t.elapsed()));
+                        break;
+                    }
+                }
+            }
+            let flooding = floods.iter().all(|f| !f.is_finished());
+            stop.store(true, Ordering::SeqCst);
+            for f in floods {
+                f.join().expect("flood thread");
+            }
+            assert!(swing, "{what}: flood did not start");
+            if let Err(e) = echo {
+                panic!("{what}: during the flood, {e}");
+            }
+            assert!(
+                flooding,
+                "{what}: the echoes came only after the flood ended"
+            );
+        });
+        eprintln!(
+            "{what}: {} MB of empty records flooded",
+            sent.load(Ordering::SeqCst) >> 20
         );
     }
 }

@@ -16,8 +16,9 @@
 //!   client key → encrypt with the DC key; DC→client = decrypt with the DC key → encrypt with
 //!   the client key → [frame into TLS records, header written in reserved room].
 //! * Readiness is edge-triggered: a bit is cleared only when an operation returns WouldBlock.
-//! * A direction moves at most [`TURN_BUDGET`] bytes per turn, then the connection is requeued,
-//!   so one bulk transfer cannot starve the others.
+//! * A direction (and a handshake) reads at most [`TURN_BUDGET`] bytes per turn, counted as
+//!   read from the socket (record headers included), then the connection is requeued, so one
+//!   bulk transfer (or a stream of empty records) cannot starve the others.
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr};
@@ -507,7 +508,14 @@ impl Conn {
                 }
             }
         }
+        // Bytes read this turn, record headers included (issue 12: empty records must not
+        // keep the worker here).
+        let mut raw = 0;
         loop {
+            if raw >= TURN_BUDGET {
+                ctx.requeue = true;
+                return Ok(());
+            }
             let mut id = self.up.buf.expect("checked out above");
             if self.up.end >= ctx.pool.get(id).len() {
                 // Outgrown: move to a relay buffer if 3/4 of them are free. Otherwise (under
@@ -534,6 +542,7 @@ impl Conn {
                     return Ok(());
                 }
                 Ok(n) => {
+                    raw += n;
                     if let Some(tls) = self.tls.as_mut() {
                         // After the hello: new bytes are TLS records; keep only their payload.
                         let m = tls
@@ -1081,6 +1090,9 @@ impl Conn {
         let mut keys = self.keys.as_mut();
         let half = &mut self.up;
         let mut moved = 0;
+        // Bytes read from the socket, TLS record headers included: the turn budget counts
+        // these, so a stream of empty records yields like any other (issue 12).
+        let mut raw = 0;
         loop {
             let mut progress = false;
             // Fill.
@@ -1097,6 +1109,7 @@ impl Conn {
                                 progress = true;
                             }
                             Ok(n) => {
+                                raw += n;
                                 let m = match self.tls.as_mut() {
                                     Some(t) => t
                                         .deframe_in_place(&mut buf[half.end..half.end + n])
@@ -1136,7 +1149,7 @@ impl Conn {
                 ctx.pool,
                 false,
             )?;
-            if moved >= TURN_BUDGET {
+            if raw >= TURN_BUDGET {
                 ctx.requeue = true;
                 break;
             }
