@@ -1165,6 +1165,62 @@ fn bad_input_is_closed_and_never_reaches_dc() {
     }
 }
 
+/// A loopback port nobody listens on right now (for a proxy that must know its port before
+/// it starts).
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("local_addr").port()
+}
+
+/// Fronting never reaches the proxy's own listener: neither a configured `[domain-fronting]`
+/// address nor a DNS answer for the secret's host that points back at the proxy. A probe is
+/// closed at once (no chain of connections through the proxy), the refusal is counted, and
+/// clients are served as usual.
+#[test]
+fn fronting_to_our_own_listener_is_refused() {
+    for via_dns in [false, true] {
+        let what = if via_dns { "dns" } else { "ip" };
+        let refused = RefusedPort::new();
+        let dc = FakeDc::start(DcMode::Echo);
+        let dns = DnsStub::start(&[(HOST, std::net::Ipv4Addr::LOCALHOST)]);
+        let secret = secret(SecretKind::FakeTls, 90);
+        let mut cfg = test_config(secret.clone(), 2, &refused);
+        let port = free_port();
+        cfg.bind_to = SocketAddr::from(([127, 0, 0, 1], port));
+        cfg.concurrency = 50;
+        cfg.domain_fronting.port = port;
+        if via_dns {
+            // The secret's host resolves to this very proxy (a spoofed or careless answer).
+            cfg.domain_fronting.ip = None;
+            cfg.dns = Some(format!("udp://{}", dns.addr));
+        }
+        cfg.dc_overrides.push((2, vec![dc.addr]));
+        let proxy = start(cfg);
+        let st = proxy.stats();
+        assert!(
+            wait_until(Duration::from_secs(5), || load(&st.front_self_loops) >= 1),
+            "{what}: the loop was not noticed: {}",
+            stats_line(&st)
+        );
+        let mut probe = connect(proxy.local_addr()).expect("connect");
+        probe.write_all(&http_get()).expect("probe");
+        let closed = read_until_closed(&mut probe, Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert!(closed.bytes.is_empty(), "{what}: the probe got an answer");
+        // No hop through the proxy: the probe was the only connection it accepted.
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(load(&st.accepted), 1, "{what}: {}", stats_line(&st));
+        assert_eq!(load(&st.fronted), 0, "{what}: {}", stats_line(&st));
+        echo_ok(
+            proxy.local_addr(),
+            &secret,
+            &ClientOpts::new(Tag::Intermediate, 2, 91),
+            10_000,
+            &format!("{what}: client after the probe"),
+        );
+    }
+}
+
 // ------------------------------------------------------------------------------------------
 // 9. replay
 

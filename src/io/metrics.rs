@@ -13,7 +13,8 @@
 //! `domain_fronting_traffic{direction}` (without mtg's `telegram_ip` label; bytes are counted
 //! by the workers' 250 ms sweep and at close, so an open relay shows too). mtpx adds
 //! `accepted_connections`, `handshakes`, `connections{secret_kind}`,
-//! `handshake_failures{reason}`, `fronted_connections`, `dc_connect_failures` and
+//! `handshake_failures{reason}`, `fronted_connections`, `dc_connect_failures`,
+//! `fronting_self_loops` and
 //! `buffer_pool_in_use` / `buffer_pool_capacity`, `handshake_buffers_in_use`.
 
 use std::io::{self, ErrorKind, Read, Write};
@@ -184,6 +185,7 @@ pub(crate) struct Snapshot {
     pub(crate) fronted: u64,
     pub(crate) fronted_open: u64,
     pub(crate) dc_failures: u64,
+    pub(crate) front_self_loops: u64,
     pub(crate) rejects: [u64; REJECTS.len()],
     pub(crate) secret_kind: &'static str,
     pub(crate) dc_up: [u64; DC_LABELS.len()],
@@ -218,6 +220,7 @@ impl MetricsSource {
             fronted: l(&s.fronted),
             fronted_open: l(&s.fronted).saturating_sub(l(&c.front_closed)),
             dc_failures: l(&s.dc_failures),
+            front_self_loops: l(&s.front_self_loops),
             rejects: std::array::from_fn(|i| c.rejects.get(i).map_or(0, l)),
             secret_kind: self.secret_kind,
             dc_up: std::array::from_fn(|i| l(&c.dc_up[i])),
@@ -339,6 +342,7 @@ fn with_metrics<R>(
     let handshakes = one(d(s.handshakes, |b| b.handshakes));
     let fronted_open = one(g(s.fronted_open));
     let dc_failures = one(d(s.dc_failures, |b| b.dc_failures));
+    let self_loops = one(d(s.front_self_loops, |b| b.front_self_loops));
     let in_use = one(g(s.pool_in_use));
     let capacity = one(g(s.pool_capacity));
     let handshake_bufs = one(g(s.handshake_bufs));
@@ -407,6 +411,12 @@ fn with_metrics<R>(
             "Connections for which no DC address could be reached.",
             Kind::Counter,
             &dc_failures[..],
+        ),
+        own(
+            "fronting_self_loops",
+            "Fronting addresses refused as this proxy's own listener (at start and per resolution).",
+            Kind::Counter,
+            &self_loops[..],
         ),
         cat(fmt::BUFFER_POOL_IN_USE, &in_use[..]),
         cat(fmt::BUFFER_POOL_CAPACITY, &capacity[..]),

@@ -47,6 +47,9 @@ pub struct Stats {
     pub dc_failures: AtomicU64,
     /// Connections closed (for any reason).
     pub closed: AtomicU64,
+    /// Fronting addresses refused because they reach mtpx's own listener (at start and
+    /// after each resolution of the fronting host).
+    pub front_self_loops: AtomicU64,
     /// Payload bytes from clients to DCs (counted when a connection closes).
     pub bytes_up: AtomicU64,
     /// Payload bytes from DCs to clients (counted when a connection closes).
@@ -76,6 +79,8 @@ pub(crate) struct Shared {
     pub(crate) lists: Arc<lists::Lists>,
     /// Counters only the metrics exporters read.
     pub(crate) counters: Arc<metrics::Counters>,
+    /// Where this process listens (the proxy, the metrics endpoint): never a fronting target.
+    own_listeners: Vec<SocketAddr>,
 }
 
 /// The inter-record timing in force: the configured Weibull parameters, replaced by the ones
@@ -386,7 +391,12 @@ pub fn start_with_grace(config: Config, grace: Duration) -> io::Result<Proxy> {
     let dc = DcTable::new(config.prefer_ip, &config.dc_overrides);
     let per_worker_conns = config.concurrency + 1;
     let per_worker_bufs = (config.buffer_count / workers).max(2);
-    let front_addrs = initial_front_addrs(&config);
+    // Never front to ourselves (a loop through the proxy): checked here and after every
+    // resolution of the fronting host.
+    let stats = Arc::new(Stats::default());
+    let own = own_listeners(&config, local_addr);
+    let front_configured = initial_front_addrs(&config);
+    let front_addrs = drop_self_loops(front_configured.clone(), &own, &stats);
     let socks = socks_upstreams(&config);
     let front_proxy_protocol = config.domain_fronting.proxy_protocol;
     let lists = lists::Lists::start(&config);
@@ -403,11 +413,12 @@ pub fn start_with_grace(config: Config, grace: Duration) -> io::Result<Proxy> {
         active: AtomicUsize::new(0),
         stop: AtomicBool::new(false),
         grace,
-        stats: Arc::new(Stats::default()),
+        stats,
+        own_listeners: own,
         config,
     });
 
-    if shared.front_addr(0).is_none() && !shared.config.secret.host.is_empty() {
+    if front_configured.is_empty() && !shared.config.secret.host.is_empty() {
         spawn_front_resolver(shared.clone());
     }
     let mut wakers = Vec::with_capacity(workers);
@@ -545,6 +556,51 @@ fn initial_front_addrs(config: &Config) -> Vec<SocketAddr> {
     Vec::new()
 }
 
+/// Where this process listens: the proxy's listener (as bound) and the Prometheus endpoint's
+/// (when it names a port).
+pub(crate) fn own_listeners(config: &Config, proxy: SocketAddr) -> Vec<SocketAddr> {
+    let mut own = vec![proxy];
+    if config.prometheus.enabled {
+        own.extend(config.prometheus.bind_to.filter(|a| a.port() != 0));
+    }
+    own
+}
+
+/// Whether a connection to an address would reach one of `own` listeners
+/// ([`crate::proto::fronting::reaches_listener`] with this host's interface addresses, read
+/// now: they change with DHCP, VPNs...; only needed for a listener on 0.0.0.0 or ::).
+pub(crate) fn self_loop_test(own: &[SocketAddr]) -> impl Fn(&SocketAddr) -> bool + '_ {
+    let local = if own.iter().any(|l| l.ip().is_unspecified()) {
+        crate::sys::interface_addrs().unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    move |a| crate::proto::fronting::reaches_listener(*a, own, &local)
+}
+
+/// The fronting addresses that do not reach one of `own` listeners. Fronting to one of ours
+/// would feed a failed handshake back to the proxy, which fronts it again: hundreds of hops
+/// for one probe, and every slot taken. Those are dropped (failed handshakes are closed when
+/// none is left), with one warning and a count per resolution.
+fn drop_self_loops(addrs: Vec<SocketAddr>, own: &[SocketAddr], stats: &Stats) -> Vec<SocketAddr> {
+    let (loops, good): (Vec<_>, Vec<_>) = addrs.into_iter().partition(self_loop_test(own));
+    if let Some(first) = loops.first() {
+        stats
+            .front_self_loops
+            .fetch_add(loops.len() as u64, Ordering::Relaxed);
+        crate::log_event!(
+            Level::Warn,
+            "fronting-self-loop",
+            address = first,
+            refused = loops.len(),
+            kept = good.len(),
+            hint = "the fronting site's address is this proxy's own listener; failed handshakes \
+                    are closed instead: set [domain-fronting] ip and port to the real site"
+        );
+    }
+    good
+}
+
 /// How often the fronting site's host name is resolved again.
 const FRONT_REFRESH: Duration = Duration::from_secs(300);
 
@@ -571,7 +627,11 @@ fn spawn_front_resolver(shared: Arc<Shared>) {
                                 host = host,
                                 addresses = addrs.len()
                             );
-                            shared.set_front_addrs(addrs);
+                            shared.set_front_addrs(drop_self_loops(
+                                addrs,
+                                &shared.own_listeners,
+                                &shared.stats,
+                            ));
                         }
                         Ok(_) => {}
                         Err(e) => crate::log_event!(

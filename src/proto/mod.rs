@@ -5,6 +5,7 @@ pub mod dc;
 pub mod dns;
 pub mod encoding;
 pub mod faketls;
+pub mod fronting;
 pub mod http;
 pub mod iplist;
 pub mod metrics;
