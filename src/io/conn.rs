@@ -428,7 +428,9 @@ impl Conn {
             .stats
             .fronted
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        crate::log_event!(
+        // Rate-limited: any prober can trigger it (issue 12).
+        crate::log_probe!(
+            crate::log::Probe::Fronting,
             Level::Info,
             "fronting",
             conn = self.id_str(),
@@ -809,7 +811,8 @@ impl Conn {
         loop {
             let Some((addr, via)) = self.route_at(self.addr_idx, shared) else {
                 if fronting {
-                    crate::log_event!(
+                    crate::log_probe!(
+                        crate::log::Probe::FrontingFailed,
                         Level::Warn,
                         "fronting-failed",
                         conn = self.id_str(),

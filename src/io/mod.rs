@@ -241,6 +241,7 @@ impl OsRng {
             // The OS random source does not fail on Linux once seeded; if it ever does, a
             // proxy without randomness must not go on.
             crate::log_event!(Level::Error, "fatal", reason = "getrandom failed");
+            crate::log::flush();
             std::process::abort();
         }
     }
@@ -369,6 +370,8 @@ pub fn start_with_grace(config: Config, grace: Duration) -> io::Result<Proxy> {
         }
     }
     let local_addr = listener.local_addr()?;
+    // From here on, a slow stderr must not stall a worker: log lines go through a ring.
+    crate::log::start_writer();
 
     let workers = config.workers.max(1);
     let replay = if config.anti_replay.enabled {
@@ -707,6 +710,7 @@ pub fn run(config: Config) -> io::Result<()> {
         bytes_up = stats.bytes_up.load(Ordering::Relaxed),
         bytes_down = stats.bytes_down.load(Ordering::Relaxed)
     );
+    crate::log::flush();
     Ok(())
 }
 

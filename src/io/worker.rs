@@ -470,7 +470,9 @@ impl Worker {
                 .fetch_add(conn.bytes_down, Ordering::Relaxed);
             if let super::conn::CloseReason::Rejected(r) = conn.reason {
                 stats.rejected.fetch_add(1, Ordering::Relaxed);
-                crate::log_event!(
+                // Rate-limited: any prober can trigger it (issue 12).
+                crate::log_probe!(
+                    crate::log::Probe::Rejected,
                     Level::Info,
                     "handshake-rejected",
                     conn = conn.id_str(),
