@@ -1112,6 +1112,64 @@ fn bad_input_is_fronted_byte_for_byte() {
     }
 }
 
+/// With `proxy-protocol-listener`, a malformed PROXY header is a failed handshake like any
+/// other: the bytes as received (header included) go to the fronting site, and the client
+/// gets the site's answer, not a bare close.
+#[test]
+fn malformed_proxy_header_is_fronted_byte_for_byte() {
+    let mut v2 = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    v2.extend_from_slice(&[0x31, 0x11, 0x00, 0x0c]); // version 3: not PROXY v2
+    v2.extend_from_slice(&[127, 0, 0, 2, 127, 0, 0, 1, 0x9c, 0x40, 0x01, 0xbb]);
+    let cases: [(&str, Vec<u8>); 3] = [
+        (
+            "v1 bad address",
+            b"PROXY TCP4 not-an-ip 127.0.0.1 1 2\r\nGET / HTTP/1.1\r\n\r\n".to_vec(),
+        ),
+        (
+            "v1 no CRLF",
+            [b"PROXY TCP4 ".as_slice(), &[b'1'; 120]].concat(),
+        ),
+        ("v2 bad version", v2),
+    ];
+    for kind in [SecretKind::FakeTls, SecretKind::Secure] {
+        let refused = RefusedPort::new();
+        let front = FakeFront::start();
+        let secret = secret(kind, 92);
+        let mut cfg = test_config(secret.clone(), 1, &refused);
+        cfg.proxy_protocol_listener = true;
+        cfg.domain_fronting.port = front.addr.port();
+        let proxy = start(cfg);
+        let st = proxy.stats();
+        for (i, (name, bytes)) in cases.iter().enumerate() {
+            let what = format!("{}: {name}", kind_name(kind));
+            let mut s = connect(proxy.local_addr()).expect("connect");
+            s.write_all(bytes).expect("write");
+            let closed = read_until_closed(&mut s, Duration::from_secs(4))
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert!(
+                closed.bytes == FRONT_REPLY,
+                "{what}: client got {:?}, want the front's reply",
+                String::from_utf8_lossy(&closed.bytes)
+            );
+            let matching = || {
+                (0..front.count())
+                    .filter(|&j| front.received(j) == *bytes)
+                    .count()
+            };
+            assert!(
+                wait_until(Duration::from_secs(2), || matching() == 1),
+                "{what}: the front did not get exactly the client's bytes"
+            );
+            assert_eq!(
+                load(&st.fronted),
+                i as u64 + 1,
+                "{what}: {}",
+                stats_line(&st)
+            );
+        }
+    }
+}
+
 /// With the fronting site unreachable: every bad input is closed without a byte in answer.
 #[test]
 fn bad_input_is_closed_and_never_reaches_dc() {
@@ -1219,6 +1277,67 @@ fn fronting_to_our_own_listener_is_refused() {
             &format!("{what}: client after the probe"),
         );
     }
+}
+
+/// The proxy's own socket connected to `peer` (this test process is the proxy): found among
+/// the open descriptors by its peer address. Returns its TCP_USER_TIMEOUT, in milliseconds.
+fn user_timeout_of_socket_to(peer: SocketAddr) -> Option<i32> {
+    let SocketAddr::V4(peer) = peer else {
+        return None;
+    };
+    for entry in std::fs::read_dir("/proc/self/fd").ok()? {
+        let Ok(fd) = entry.ok()?.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        // SAFETY: plain getsockopt/getpeername on a descriptor number; a closed or non-socket
+        // one yields an error. The outputs are live locals whose sizes are passed.
+        unsafe {
+            let mut sa: libc::sockaddr_in = std::mem::zeroed();
+            let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            if libc::getpeername(fd, (&mut sa as *mut libc::sockaddr_in).cast(), &mut len) != 0
+                || i32::from(sa.sin_family) != libc::AF_INET
+                || u16::from_be(sa.sin_port) != peer.port()
+                || sa.sin_addr.s_addr != u32::from_ne_bytes(peer.ip().octets())
+            {
+                continue;
+            }
+            let mut v: i32 = 0;
+            let mut vlen = std::mem::size_of::<i32>() as libc::socklen_t;
+            let rc = libc::getsockopt(
+                fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_USER_TIMEOUT,
+                (&mut v as *mut i32).cast(),
+                &mut vlen,
+            );
+            return (rc == 0).then_some(v);
+        }
+    }
+    None
+}
+
+/// The proxy's socket to a DC gets TCP_USER_TIMEOUT = keep-alive idle + interval × count, so
+/// data a vanished DC never acknowledges does not hold the relay for ~15 minutes.
+#[test]
+fn dc_socket_has_a_user_timeout() {
+    let refused = RefusedPort::new();
+    let dc = FakeDc::start(DcMode::Echo);
+    let secret = secret(SecretKind::Secure, 93);
+    let mut cfg = test_config(secret.clone(), 1, &refused);
+    cfg.keep_alive.idle = Duration::from_secs(21);
+    cfg.keep_alive.interval = Duration::from_secs(3);
+    cfg.keep_alive.count = 5;
+    cfg.dc_overrides.push((2, vec![dc.addr]));
+    let proxy = start(cfg);
+    let mut c = TestClient::connect(
+        proxy.local_addr(),
+        &secret,
+        &ClientOpts::new(Tag::Padded, 2, 94),
+    )
+    .expect("handshake");
+    let data = Pattern::new(94).take(1000);
+    assert!(c.echo_round_trip(&data).expect("echo") == data);
+    assert_eq!(user_timeout_of_socket_to(dc.addr), Some(36_000));
 }
 
 // ------------------------------------------------------------------------------------------

@@ -90,8 +90,6 @@ pub(crate) enum CloseReason {
     DcUnreachable,
     /// The fronting site could not be reached.
     FrontUnreachable,
-    /// A malformed PROXY protocol header.
-    BadProxyHeader,
     /// The client address is not allowed (blocklist / allowlist).
     Blocked,
     /// The client asked for a DC we do not know, and fallback is off.
@@ -111,7 +109,6 @@ impl CloseReason {
             CloseReason::Rejected(r) => r.as_str(),
             CloseReason::DcUnreachable => "dc-unreachable",
             CloseReason::FrontUnreachable => "front-unreachable",
-            CloseReason::BadProxyHeader => "bad-proxy-header",
             CloseReason::Blocked => "ip-blocked",
             CloseReason::UnknownDc => "unknown-dc",
             CloseReason::Idle => "idle-timeout",
@@ -589,7 +586,8 @@ impl Conn {
                         self.peer = src;
                     }
                 }
-                Parse::Invalid => return Err(CloseReason::BadProxyHeader),
+                // Fronted like any failed handshake, bytes as received (issue 12).
+                Parse::Invalid => return Err(CloseReason::Rejected(Reject::ProxyHeader)),
             }
             if !ctx.shared.admits(self.peer.ip()) {
                 return Err(CloseReason::Blocked);
@@ -916,10 +914,10 @@ impl Conn {
             return Ok(());
         }
         let _ = up.set_nodelay(true);
-        let ka = &ctx.shared.config.keep_alive;
-        if self.fronted.is_none() && !ka.disabled {
-            // DC connections live long and idle: find a vanished DC or upstream.
-            let _ = crate::sys::set_keepalive(up, ka.idle, ka.interval, ka.count);
+        if self.fronted.is_none() {
+            // DC connections live long and idle: find a vanished DC or upstream (keep-alive,
+            // and TCP_USER_TIMEOUT for data left unacknowledged: issue 12).
+            super::dc_socket_options(up, &ctx.shared.config);
         }
         if self.fronted.is_some() && ctx.shared.front_proxy_protocol {
             let front = up.peer_addr().unwrap_or(self.peer);

@@ -39,7 +39,7 @@ use crate::proto::metrics::{
 };
 
 /// Every handshake failure reason, indexed by discriminant.
-const REJECTS: [Reject; 14] = [
+const REJECTS: [Reject; 15] = [
     Reject::RecordType,
     Reject::RecordVersion,
     Reject::TooManyFragments,
@@ -54,6 +54,7 @@ const REJECTS: [Reject; 14] = [
     Reject::ObfsTagNotAllowed,
     Reject::Timeout,
     Reject::Eof,
+    Reject::ProxyHeader,
 ];
 
 /// Largest StatsD datagram (fits a 1500-byte MTU with IPv6 and UDP headers).

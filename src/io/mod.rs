@@ -607,6 +607,45 @@ fn drop_self_loops(addrs: Vec<SocketAddr>, own: &[SocketAddr], stats: &Stats) ->
 /// How often the fronting site's host name is resolved again.
 const FRONT_REFRESH: Duration = Duration::from_secs(300);
 
+/// Why accepting must pause for a moment after `e`, if it must: the process or the system is
+/// out of descriptors (EMFILE, ENFILE) or of socket memory (ENOBUFS, ENOMEM). Retrying at
+/// once would fail again and spin the worker; the connections wait in the backlog meanwhile.
+/// Other errors (ECONNABORTED, a reset before accept...) concern one connection only.
+pub(crate) fn accept_pause_reason(e: &io::Error) -> Option<&'static str> {
+    match e.raw_os_error()? {
+        libc::EMFILE | libc::ENFILE => Some("out of file descriptors"),
+        libc::ENOBUFS | libc::ENOMEM => Some("out of memory"),
+        _ => None,
+    }
+}
+
+/// Socket options of a connection to a DC (or to a SOCKS5 upstream toward one): keep-alive
+/// as configured (`[network.keep-alive]`), and `TCP_USER_TIMEOUT` ([`dc_user_timeout`]).
+pub(crate) fn dc_socket_options(sock: &impl std::os::fd::AsRawFd, config: &Config) {
+    let ka = &config.keep_alive;
+    if !ka.disabled {
+        let _ = crate::sys::set_keepalive(sock, ka.idle, ka.interval, ka.count);
+    }
+    let _ = crate::sys::set_user_timeout(sock, dc_user_timeout(config));
+}
+
+/// How long data sent to a DC may stay unacknowledged before the kernel gives the connection
+/// up. Without a limit Linux retransmits for about 15 minutes (`tcp_retries2`), all that time
+/// holding the relay's buffers for a DC that is gone. Linux also applies this limit to
+/// unanswered keep-alive probes, so with keep-alive on it is the keep-alive detection time,
+/// idle + interval × count (2m30s by default): a vanished DC is found as fast whether or not
+/// data was in flight. With keep-alive off, the idle timeout: a relay that moves nothing for
+/// that long is closed anyway.
+pub(crate) fn dc_user_timeout(config: &Config) -> Duration {
+    let ka = &config.keep_alive;
+    if ka.disabled {
+        config.timeouts.idle
+    } else {
+        ka.idle
+            .saturating_add(ka.interval.saturating_mul(ka.count.clamp(1, 127)))
+    }
+}
+
 /// Resolves the fronting site's host name now and every [`FRONT_REFRESH`], on a thread of its
 /// own (a DNS query never blocks a worker). Until the first answer, failed handshakes are
 /// closed instead of fronted. Ends when the proxy stops.
@@ -717,6 +756,61 @@ pub fn run(config: Config) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use crate::proto::x25519;
+    use std::os::fd::AsRawFd;
+    use std::time::Duration;
+
+    #[test]
+    fn accept_pauses_on_resource_errors_only() {
+        let err = std::io::Error::from_raw_os_error;
+        for (code, pause) in [
+            (libc::EMFILE, true),
+            (libc::ENFILE, true),
+            (libc::ENOBUFS, true),
+            (libc::ENOMEM, true),
+            (libc::ECONNABORTED, false),
+            (libc::EPROTO, false),
+            (libc::EPERM, false),
+        ] {
+            assert_eq!(
+                super::accept_pause_reason(&err(code)).is_some(),
+                pause,
+                "{code}"
+            );
+        }
+        let would_block = std::io::Error::from(std::io::ErrorKind::WouldBlock);
+        assert_eq!(super::accept_pause_reason(&would_block), None);
+    }
+
+    #[test]
+    fn dc_sockets_get_keepalive_and_a_user_timeout() {
+        let secret = crate::proto::secret::Secret::generate(
+            crate::proto::secret::SecretKind::Secure,
+            "",
+            &mut crate::proto::XorShift64(1),
+        );
+        let mut config = crate::config::Config::simple(([127, 0, 0, 1], 443).into(), secret);
+        config.keep_alive.idle = Duration::from_secs(20);
+        config.keep_alive.interval = Duration::from_secs(5);
+        config.keep_alive.count = 4;
+        config.timeouts.idle = Duration::from_secs(77);
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let opt = |s: &std::net::TcpStream, level, name| {
+            crate::sys::getsockopt_int(s.as_raw_fd(), level, name)
+        };
+        let s = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        super::dc_socket_options(&s, &config);
+        // 20 s + 4 × 5 s, in milliseconds.
+        assert_eq!(opt(&s, libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT), 40_000);
+        assert_eq!(opt(&s, libc::SOL_SOCKET, libc::SO_KEEPALIVE), 1);
+        assert_eq!(opt(&s, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE), 20);
+        assert_eq!(opt(&s, libc::IPPROTO_TCP, libc::TCP_KEEPCNT), 4);
+        // Keep-alive off: the idle timeout.
+        config.keep_alive.disabled = true;
+        let s = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        super::dc_socket_options(&s, &config);
+        assert_eq!(opt(&s, libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT), 77_000);
+        assert_eq!(opt(&s, libc::SOL_SOCKET, libc::SO_KEEPALIVE), 0);
+    }
 
     /// CPU per ServerHello key share: the former linked stream (the previous share times a
     /// random 32-bit scalar), the independent [`x25519::random_share`], and a full key pair.

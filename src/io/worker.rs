@@ -247,12 +247,13 @@ impl Worker {
                     return;
                 }
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                // Out of descriptors or socket memory (issue 12: ENOBUFS spun the loop).
+                Err(e) if super::accept_pause_reason(&e).is_some() => {
                     crate::log_event!(
                         Level::Warn,
                         "accept-paused",
                         worker = self.index,
-                        reason = "out of file descriptors"
+                        reason = super::accept_pause_reason(&e).unwrap_or_default()
                     );
                     self.accept_paused_until = Some(now + EMFILE_PAUSE);
                     return;
