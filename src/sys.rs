@@ -137,45 +137,6 @@ pub fn set_listen_backlog(sock: &impl AsRawFd, backlog: i32) -> io::Result<()> {
     }
 }
 
-/// The addresses of this host's network interfaces (IPv4 and IPv6, loopback included), by
-/// `getifaddrs(3)`: what a listener on 0.0.0.0 or :: answers on.
-pub fn interface_addrs() -> io::Result<Vec<std::net::IpAddr>> {
-    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: `head` is a valid place for the pointer getifaddrs writes; on success the list
-    // it allocates is freed below, once.
-    if unsafe { libc::getifaddrs(&mut head) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mut out = Vec::new();
-    let mut cur = head;
-    while !cur.is_null() {
-        // SAFETY: `cur` is a node of the list getifaddrs returned, alive until freeifaddrs.
-        let ifa = unsafe { &*cur };
-        let sa = ifa.ifa_addr;
-        if !sa.is_null() {
-            // SAFETY: a non-null `ifa_addr` points to a sockaddr of its family's size (the
-            // family field is common to all of them), alive until freeifaddrs.
-            match i32::from(unsafe { (*sa).sa_family }) {
-                libc::AF_INET => {
-                    // SAFETY: family AF_INET: the sockaddr is a sockaddr_in.
-                    let sin = unsafe { &*sa.cast::<libc::sockaddr_in>() };
-                    out.push(std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)).into());
-                }
-                libc::AF_INET6 => {
-                    // SAFETY: family AF_INET6: the sockaddr is a sockaddr_in6.
-                    let sin6 = unsafe { &*sa.cast::<libc::sockaddr_in6>() };
-                    out.push(std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr).into());
-                }
-                _ => {}
-            }
-        }
-        cur = ifa.ifa_next;
-    }
-    // SAFETY: `head` came from a successful getifaddrs and is freed exactly once.
-    unsafe { libc::freeifaddrs(head) };
-    Ok(out)
-}
-
 /// Signals seen since start, as bits: 1 = SIGTERM/SIGINT (stop), 2 = SIGHUP (reload).
 static SIGNALS: AtomicUsize = AtomicUsize::new(0);
 /// Bit set in [`take_signals`] when SIGTERM or SIGINT arrived.
@@ -284,15 +245,6 @@ mod tests {
         );
         assert_eq!(getsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_KEEPCNT), 4);
         assert!(a.nodelay().unwrap());
-    }
-
-    #[test]
-    fn interface_addrs_include_loopback() {
-        let addrs = interface_addrs().expect("getifaddrs");
-        assert!(
-            addrs.contains(&std::net::Ipv4Addr::LOCALHOST.into()),
-            "{addrs:?}"
-        );
     }
 
     #[test]

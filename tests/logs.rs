@@ -165,7 +165,19 @@ fn probe_lines_are_rate_limited_at_the_default_level() {
         for event in ["fronting", "fronting-failed"] {
             let (shown, suppressed) = count(&log, event);
             if debug {
-                assert_eq!((shown, suppressed), (all, 0), "{event}");
+                // Every one, except lines the ring dropped if the writer fell behind (at
+                // debug a probe writes three lines; a loaded machine may delay the writer).
+                let dropped = log
+                    .lines()
+                    .filter(|l| l.contains(" event=log-lines-dropped "))
+                    .filter_map(|l| l.split("total=").nth(1)?.trim().parse::<u64>().ok())
+                    .max()
+                    .unwrap_or(0);
+                assert_eq!(suppressed, 0, "{event}");
+                assert!(
+                    shown <= all && shown + dropped >= all,
+                    "{event}: {shown} lines, {dropped} dropped, {all} probes"
+                );
             } else {
                 assert!(shown <= 10 * windows, "{event}: {shown} lines in {took:?}");
                 assert_eq!(

@@ -1,12 +1,12 @@
 //! Domain-fronting decisions that need no socket.
 //!
-//! Pure / no I/O: the proxy's listening addresses and the host's interface addresses are
-//! passed in.
+//! Pure / no I/O: the proxy's listening addresses, and how to tell the host's own addresses,
+//! are passed in.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 /// Whether a connection to `target` would reach one of `listeners` (this process's own
-/// listening sockets), given `local`, the addresses of the host's interfaces: same port, and
+/// listening sockets), given `is_local`, which tells the host's own addresses: same port, and
 /// the same address, or a listener on the unspecified address (0.0.0.0 or ::) and `target` a
 /// loopback or local address. Fronting to such a target would send a failed handshake back
 /// into the proxy, which fronts it again, and so on.
@@ -14,7 +14,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 /// As the kernel sees it: an IPv4-mapped IPv6 target is its IPv4 address; connecting to
 /// 0.0.0.0 or :: reaches the loopback address; a listener on :: also takes IPv4 (Linux's
 /// default, `IPV6_V6ONLY` off), one on 0.0.0.0 only IPv4; all of 127.0.0.0/8 is local.
-pub fn reaches_listener(target: SocketAddr, listeners: &[SocketAddr], local: &[IpAddr]) -> bool {
+pub fn reaches_listener(
+    target: SocketAddr,
+    listeners: &[SocketAddr],
+    is_local: impl Fn(IpAddr) -> bool,
+) -> bool {
     let ip = match target.ip().to_canonical() {
         IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
         IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
@@ -32,9 +36,7 @@ pub fn reaches_listener(target: SocketAddr, listeners: &[SocketAddr], local: &[I
             IpAddr::V4(_) => ip.is_ipv4(),
             IpAddr::V6(_) => true,
         };
-        own.is_unspecified()
-            && family
-            && (ip.is_loopback() || local.iter().any(|a| a.to_canonical() == ip))
+        own.is_unspecified() && family && (ip.is_loopback() || is_local(ip))
     })
 }
 
@@ -77,7 +79,8 @@ mod tests {
         ];
         for (target, listener) in cases {
             assert!(
-                reaches_listener(sa(target), &[sa("127.0.0.1:9090"), sa(listener)], &local),
+                reaches_listener(sa(target), &[sa("127.0.0.1:9090"), sa(listener)], |a| local
+                    .contains(&a)),
                 "{target} -> {listener}"
             );
         }
@@ -100,10 +103,10 @@ mod tests {
         ];
         for (target, listener) in cases {
             assert!(
-                !reaches_listener(sa(target), &[sa(listener)], &local),
+                !reaches_listener(sa(target), &[sa(listener)], |a| local.contains(&a)),
                 "{target} -> {listener}"
             );
         }
-        assert!(!reaches_listener(sa("127.0.0.1:443"), &[], &local));
+        assert!(!reaches_listener(sa("127.0.0.1:443"), &[], |_| true));
     }
 }
