@@ -39,6 +39,12 @@ pub const MIN_BUFFER_SIZE: usize = 4 * 1024;
 pub const MAX_BUFFER_SIZE: usize = 1024 * 1024;
 /// Largest `[buffers] count`.
 pub const MAX_BUFFER_COUNT: usize = 1 << 20;
+/// Largest `[buffers] count × size`: 4 GiB (e.g. 262,144 buffers of 16 KiB, 256 times the
+/// default). The pool is reserved at start-up in one allocation per worker; pages are only
+/// touched when used, but Linux's default overcommit refuses a reservation much beyond RAM +
+/// swap, and mtpx would then die at start. Past 4 GiB of buffers in flight, more buffers are
+/// not what a proxy needs.
+pub const MAX_BUFFER_MEMORY: u64 = 4 << 30;
 
 /// Where the proxy sends connections that fail the FakeTLS check (`[domain-fronting]`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -82,7 +88,8 @@ pub struct KeepAlive {
 pub struct AntiReplay {
     /// On by default (unlike mtg).
     pub enabled: bool,
-    /// Memory for remembered handshakes, in bytes (default 1 MiB).
+    /// Memory for remembered handshakes, in bytes (default 1 MiB, 20 bytes per handshake; for
+    /// dd and classic secrets it alone bounds how long a handshake is remembered).
     pub max_size: usize,
     /// Accepted false-positive rate (default 0.001).
     pub error_rate: f64,
@@ -399,6 +406,19 @@ impl Config {
                 format!(
                     "{} is too large (at most {MAX_BUFFER_COUNT})",
                     self.buffer_count
+                ),
+            );
+        }
+        let memory = self.buffer_count as u64 * self.buffer_size as u64;
+        if memory > MAX_BUFFER_MEMORY {
+            return bad(
+                "buffers.count",
+                format!(
+                    "{} buffers of {} bytes are {} MiB, more than the 4096 MiB allowed \
+                     (count × size at most 4GiB)",
+                    self.buffer_count,
+                    self.buffer_size,
+                    memory >> 20
                 ),
             );
         }
@@ -2193,7 +2213,7 @@ mod tests {
 
     #[test]
     fn type_and_range_errors() {
-        let cases: [(&str, &str, &str); 16] = [
+        let cases: [(&str, &str, &str); 17] = [
             ("debug = \"yes\"", "debug", "not a boolean"),
             ("concurrency = 0", "concurrency", "out of range"),
             ("concurrency = 1.5", "concurrency", "whole number"),
@@ -2218,6 +2238,11 @@ mod tests {
                 "workers = 8\n[buffers]\ncount = 10",
                 "buffers.count",
                 "at least 2 per worker",
+            ),
+            (
+                "[buffers]\nsize = \"1MiB\"\ncount = 4097",
+                "buffers.count",
+                "4097 buffers of 1048576 bytes are 4097 MiB",
             ),
             (
                 "[defense.anti-replay]\nerror-rate = 2",
@@ -2246,6 +2271,22 @@ mod tests {
         let e =
             err("secret = \"7oe1GqLy6TBc38CV3jx7q09nb29nbGUuY29t\"\nbind-to = \"example.com:443\"");
         assert_eq!((e.key.as_deref(), e.line), (Some("bind-to"), Some(2)));
+    }
+
+    #[test]
+    fn proxy_credentials_are_never_echoed_in_errors() {
+        for url in [
+            "alice:hunter2@127.0.0.1:1080",
+            "socks5://alice:hunter2@127.0.0.1:0",
+        ] {
+            let e = err(&with(&format!("[network]\nproxies = [\"{url}\"]")));
+            assert_eq!(e.key.as_deref(), Some("network.proxies"), "{e}");
+            let text = e.to_string();
+            assert!(
+                !text.contains("hunter2") && !text.contains("alice"),
+                "{text}"
+            );
+        }
     }
 
     #[test]

@@ -938,7 +938,7 @@ fn fronting_checks(config: &Config, repeats: u32) -> Vec<Check> {
     let host = config.secret.host.as_str();
     let port = config.domain_fronting.port;
     let wait = connect_wait(config);
-    let addrs = match config.domain_fronting.ip {
+    let mut addrs = match config.domain_fronting.ip {
         Some(ip) => vec![SocketAddr::new(ip, port)],
         None => match resolve::resolve(config.nameserver().as_ref(), host, port, RESOLVE_WAIT) {
             Ok(a) if !a.is_empty() => a,
@@ -961,6 +961,33 @@ fn fronting_checks(config: &Config, repeats: u32) -> Vec<Check> {
         },
     };
     let mut out = Vec::new();
+    // Never this proxy itself: the proxy refuses such an address (and closes failed
+    // handshakes instead); probing it here would only reach ourselves.
+    let own = crate::io::own_listeners(config, config.bind_to);
+    let (loops, rest): (Vec<_>, Vec<_>) =
+        addrs.into_iter().partition(crate::io::self_loop_test(&own));
+    addrs = rest;
+    if !loops.is_empty() {
+        out.push(Check::new(
+            S,
+            format!("{host}:{port}"),
+            Status::Fail,
+            format!(
+                "{} is this proxy's own listener ({}): failed handshakes would be passed back \
+                 to mtpx itself, so the proxy closes them instead",
+                join(&loops),
+                config.bind_to
+            ),
+            Some(
+                "set [domain-fronting] ip (and port) to the real site, or a web server on \
+                 another port; a secret's host that resolves to this server needs them"
+                    .into(),
+            ),
+        ));
+        if addrs.is_empty() {
+            return out;
+        }
+    }
     let (ok, errors) = dial(&addrs, wait);
     let Some((stream, addr, t)) = ok else {
         out.push(Check::new(

@@ -532,6 +532,49 @@ fn everything_reachable_passes() {
     assert_json_matches(&args, &r);
 }
 
+/// A fronting address that is the proxy's own listener (here: the loopback address, with
+/// bind-to on 0.0.0.0 and the same port) is a failure with a hint, and is never probed.
+#[test]
+fn fronting_to_our_own_listener_fails() {
+    let dcs: Vec<(i16, FakeDc)> = DC_IDS.iter().map(|&id| (id, FakeDc::start())).collect();
+    let ntp = FakeNtp::start(0.0);
+    // Something does listen there (as the proxy would): doctor must not knock.
+    let site = FakeSite::start(one_record_flight());
+    let overrides: Vec<(i16, SocketAddr)> = dcs.iter().map(|(id, d)| (*id, d.addr)).collect();
+    let cfg = TempConfig::new(
+        "self-loop",
+        &format!(
+            "secret = \"{}\"\nbind-to = \"0.0.0.0:{}\"\n\n[domain-fronting]\nip = \"127.0.0.1\"\n\
+             port = {}\n\n[network.timeout]\ntcp = \"2s\"\n\n{}",
+            ee_secret("localhost"),
+            site.addr.port(),
+            site.addr.port(),
+            dc_overrides(&overrides)
+        ),
+    );
+    let ntp_arg = ntp.addr.to_string();
+    let args = ["--ntp", &ntp_arg, cfg.path()];
+    let r = doctor(&args);
+    let report = lines(&r.stdout);
+    assert_eq!(r.code, Some(1), "{}\n{}", r.stdout, r.stderr);
+    let front = format!(
+        "localhost:{}: 127.0.0.1:{} is this proxy's own listener",
+        site.addr.port(),
+        site.addr.port()
+    );
+    assert!(has(&report, "❌", &front), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("hint: set [domain-fronting] ip"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        site.hellos.lock().unwrap().is_empty(),
+        "doctor probed itself"
+    );
+    assert_json_matches(&args, &r);
+}
+
 #[test]
 fn failures_exit_nonzero_and_name_what_failed() {
     let refused_dc = RefusedPort::new();

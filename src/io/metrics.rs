@@ -13,7 +13,8 @@
 //! `domain_fronting_traffic{direction}` (without mtg's `telegram_ip` label; bytes are counted
 //! by the workers' 250 ms sweep and at close, so an open relay shows too). mtpx adds
 //! `accepted_connections`, `handshakes`, `connections{secret_kind}`,
-//! `handshake_failures{reason}`, `fronted_connections`, `dc_connect_failures` and
+//! `handshake_failures{reason}`, `fronted_connections`, `dc_connect_failures`,
+//! `fronting_self_loops`, `log_lines_dropped` and
 //! `buffer_pool_in_use` / `buffer_pool_capacity`, `handshake_buffers_in_use`.
 
 use std::io::{self, ErrorKind, Read, Write};
@@ -38,7 +39,7 @@ use crate::proto::metrics::{
 };
 
 /// Every handshake failure reason, indexed by discriminant.
-const REJECTS: [Reject; 14] = [
+const REJECTS: [Reject; 15] = [
     Reject::RecordType,
     Reject::RecordVersion,
     Reject::TooManyFragments,
@@ -53,6 +54,7 @@ const REJECTS: [Reject; 14] = [
     Reject::ObfsTagNotAllowed,
     Reject::Timeout,
     Reject::Eof,
+    Reject::ProxyHeader,
 ];
 
 /// Largest StatsD datagram (fits a 1500-byte MTU with IPv6 and UDP headers).
@@ -184,6 +186,8 @@ pub(crate) struct Snapshot {
     pub(crate) fronted: u64,
     pub(crate) fronted_open: u64,
     pub(crate) dc_failures: u64,
+    pub(crate) front_self_loops: u64,
+    pub(crate) log_dropped: u64,
     pub(crate) rejects: [u64; REJECTS.len()],
     pub(crate) secret_kind: &'static str,
     pub(crate) dc_up: [u64; DC_LABELS.len()],
@@ -218,6 +222,8 @@ impl MetricsSource {
             fronted: l(&s.fronted),
             fronted_open: l(&s.fronted).saturating_sub(l(&c.front_closed)),
             dc_failures: l(&s.dc_failures),
+            front_self_loops: l(&s.front_self_loops),
+            log_dropped: crate::log::dropped(),
             rejects: std::array::from_fn(|i| c.rejects.get(i).map_or(0, l)),
             secret_kind: self.secret_kind,
             dc_up: std::array::from_fn(|i| l(&c.dc_up[i])),
@@ -339,6 +345,8 @@ fn with_metrics<R>(
     let handshakes = one(d(s.handshakes, |b| b.handshakes));
     let fronted_open = one(g(s.fronted_open));
     let dc_failures = one(d(s.dc_failures, |b| b.dc_failures));
+    let self_loops = one(d(s.front_self_loops, |b| b.front_self_loops));
+    let log_dropped = one(d(s.log_dropped, |b| b.log_dropped));
     let in_use = one(g(s.pool_in_use));
     let capacity = one(g(s.pool_capacity));
     let handshake_bufs = one(g(s.handshake_bufs));
@@ -407,6 +415,18 @@ fn with_metrics<R>(
             "Connections for which no DC address could be reached.",
             Kind::Counter,
             &dc_failures[..],
+        ),
+        own(
+            "fronting_self_loops",
+            "Fronting addresses refused as this proxy's own listener (at start and per resolution).",
+            Kind::Counter,
+            &self_loops[..],
+        ),
+        own(
+            "log_lines_dropped",
+            "Log lines dropped because stderr did not keep up.",
+            Kind::Counter,
+            &log_dropped[..],
         ),
         cat(fmt::BUFFER_POOL_IN_USE, &in_use[..]),
         cat(fmt::BUFFER_POOL_CAPACITY, &capacity[..]),

@@ -5,6 +5,7 @@ pub mod dc;
 pub mod dns;
 pub mod encoding;
 pub mod faketls;
+pub mod fronting;
 pub mod http;
 pub mod iplist;
 pub mod metrics;
@@ -99,6 +100,8 @@ pub enum Reject {
     Timeout,
     /// The client closed the connection before finishing its handshake.
     Eof,
+    /// A malformed PROXY protocol header (with `proxy-protocol-listener`).
+    ProxyHeader,
 }
 
 impl Reject {
@@ -119,6 +122,7 @@ impl Reject {
             Reject::ObfsTagNotAllowed => "obfs2-tag-not-allowed",
             Reject::Timeout => "timeout",
             Reject::Eof => "eof",
+            Reject::ProxyHeader => "bad-proxy-header",
         }
     }
 }
