@@ -647,8 +647,8 @@ impl Conn {
         // (holding two would let handshakes deadlock each other on a small pool).
         // Shaped like the fronting site's own first flight (learned by the scout).
         let shape = match shared.profile.lock() {
-            Ok(p) => p.shape(),
-            Err(p) => p.into_inner().shape(),
+            Ok(p) => p.shape_for(hello.kind()),
+            Err(p) => p.into_inner().shape_for(hello.kind()),
         };
         let public = ctx.keyshares.next(ctx.rng);
         let room = faketls::noise_room(&shape.template, hello.session_id_len, ctx.scratch.len());

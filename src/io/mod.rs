@@ -71,7 +71,7 @@ pub(crate) struct Shared {
     /// SOCKS5 upstreams toward the DCs (`[network] proxies`), in order.
     pub(crate) socks: Vec<SocksUpstream>,
     /// What the fronting site's TLS first flight looks like (learned by the scout).
-    pub(crate) profile: Arc<Mutex<crate::proto::tlsprofile::Profile>>,
+    pub(crate) profile: Arc<Mutex<crate::proto::tlsprofile::Profiles>>,
     /// IP block/allow lists.
     pub(crate) lists: Arc<lists::Lists>,
     /// Counters only the metrics exporters read.
@@ -394,7 +394,9 @@ pub fn start_with_grace(config: Config, grace: Duration) -> io::Result<Proxy> {
         front_proxy_protocol,
         shaping: Arc::new(ShapingCell::new(&config)),
         socks,
-        profile: Arc::new(Mutex::new(crate::proto::tlsprofile::Profile::default())),
+        profile: Arc::new(Mutex::new(crate::proto::tlsprofile::Profiles::new(
+            config.doppelganger.post_quantum,
+        ))),
         dc,
         replay,
         active: AtomicUsize::new(0),
