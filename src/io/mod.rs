@@ -5,6 +5,7 @@
 //! [`crate::proto`]; [`conn`] glues the two together.
 
 mod conn;
+mod ja4stats;
 pub(crate) mod lists;
 pub(crate) mod metrics;
 mod pool;
@@ -76,6 +77,8 @@ pub(crate) struct Shared {
     pub(crate) lists: Arc<lists::Lists>,
     /// Counters only the metrics exporters read.
     pub(crate) counters: Arc<metrics::Counters>,
+    /// JA4 fingerprints of the ClientHellos that arrive (`[stats] ja4-top`).
+    pub(crate) ja4: Arc<ja4stats::Ja4Stats>,
 }
 
 /// The inter-record timing in force: the configured Weibull parameters, replaced by the ones
@@ -390,6 +393,7 @@ pub fn start_with_grace(config: Config, grace: Duration) -> io::Result<Proxy> {
     let shared = Arc::new(Shared {
         lists,
         counters: Arc::new(metrics::Counters::new(workers)),
+        ja4: Arc::new(ja4stats::Ja4Stats::new(config.ja4_top)),
         front_addrs: Mutex::new(front_addrs),
         front_proxy_protocol,
         shaping: Arc::new(ShapingCell::new(&config)),
@@ -456,6 +460,7 @@ pub fn start_with_grace(config: Config, grace: Duration) -> io::Result<Proxy> {
     };
     let source = metrics::MetricsSource {
         secret_kind: shared.config.secret.kind.as_str(),
+        ja4: Some(shared.ja4.clone()),
         stats: shared.stats.clone(),
         counters: shared.counters.clone(),
         lists: Some(shared.lists.clone()),

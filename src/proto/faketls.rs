@@ -263,43 +263,43 @@ impl<'a> Iterator for SniNames<'a> {
 
 /// A bounds-checked read cursor; every short read is `Reject::Malformed`.
 #[derive(Clone, Debug)]
-struct Cursor<'a> {
+pub(super) struct Cursor<'a> {
     buf: &'a [u8],
     pos: usize,
 }
 
 impl<'a> Cursor<'a> {
-    fn new(buf: &'a [u8]) -> Self {
+    pub(super) fn new(buf: &'a [u8]) -> Self {
         Cursor { buf, pos: 0 }
     }
 
-    fn is_empty(&self) -> bool {
+    pub(super) fn is_empty(&self) -> bool {
         self.pos >= self.buf.len()
     }
 
-    fn take(&mut self, n: usize) -> Result<&'a [u8], Reject> {
+    pub(super) fn take(&mut self, n: usize) -> Result<&'a [u8], Reject> {
         let end = self.pos.checked_add(n).ok_or(Reject::Malformed)?;
         let s = self.buf.get(self.pos..end).ok_or(Reject::Malformed)?;
         self.pos = end;
         Ok(s)
     }
 
-    fn u8(&mut self) -> Result<u8, Reject> {
+    pub(super) fn u8(&mut self) -> Result<u8, Reject> {
         Ok(self.take(1)?[0])
     }
 
-    fn u16(&mut self) -> Result<u16, Reject> {
+    pub(super) fn u16(&mut self) -> Result<u16, Reject> {
         let b = self.take(2)?;
         Ok(u16::from_be_bytes([b[0], b[1]]))
     }
 
-    fn u24(&mut self) -> Result<usize, Reject> {
+    pub(super) fn u24(&mut self) -> Result<usize, Reject> {
         let b = self.take(3)?;
         Ok(usize::from(b[0]) << 16 | usize::from(b[1]) << 8 | usize::from(b[2]))
     }
 }
 
-fn is_grease(v: u16) -> bool {
+pub(super) fn is_grease(v: u16) -> bool {
     v & 0x0f0f == 0x0a0a
 }
 

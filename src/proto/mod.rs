@@ -8,6 +8,7 @@ pub mod encoding;
 pub mod faketls;
 pub mod http;
 pub mod iplist;
+pub mod ja4;
 pub mod metrics;
 pub mod mlkem;
 pub mod obfs2;
