@@ -16,7 +16,7 @@ include mk/probes.mk
 include mk/release.mk
 include mk/bench.mk
 include mk/fuzz.mk
-.PHONY: help build test unit interop interop-tdlib interop-mtcute haproxy interop-reference lint layering check run clean
+.PHONY: help build test unit pq interop interop-tdlib interop-mtcute haproxy interop-reference lint layering check run clean
 
 help: ## show this list
 	@echo "usage: make <target> [HOST=example.com] [PORT=3128] [SECRET=...] [CARGO=cargo]"
@@ -26,10 +26,17 @@ help: ## show this list
 build: ## release binary: target/release/mtpx
 	$(CARGO) build --release --locked
 
-test: unit interop interop-tdlib interop-mtcute haproxy probes ## cargo tests, Telethon, TDLib and mtcute interop, HAProxy, then the active-probe suite
+test: unit pq interop interop-tdlib interop-mtcute haproxy probes ## cargo tests, post-quantum site, Telethon, TDLib and mtcute interop, HAProxy, then the active-probe suite
 
 unit: ## cargo test --locked --all-targets
 	$(CARGO) test --locked --workspace --all-targets
+
+# Node.js 24 (OpenSSL 3.5) and ja4plus from PyPI into .venv-pq (tests/pq/setup.sh prints both).
+PQ_TOOLS = tools=$$(bash tests/pq/setup.sh) && export MTPX_PQ_NODE=$$(echo "$$tools" | sed -n 1p) \
+	MTPX_PQ_PYTHON=$$(echo "$$tools" | sed -n 2p)
+
+pq: ## X25519MLKEM768: mtpx vs a real post-quantum site (Node.js 24 from PyPI); JA4 vs ja4plus
+	$(PQ_TOOLS) && MTPX_REQUIRE_PQ=1 $(CARGO) test --locked --test pq --test ja4
 
 interop: ## Telethon -> target/debug/mtpx -> fake DC (makes .venv on first use)
 	$(CARGO) build --locked

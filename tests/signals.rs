@@ -245,7 +245,8 @@ fn sigterm_does_not_wait_for_a_scout_raid() {
         .unwrap();
     let mut mtpx = Mtpx(child);
     assert!(
-        wait_until(Duration::from_secs(10), || hellos.load(Ordering::SeqCst) >= 1),
+        wait_until(Duration::from_secs(10), || hellos.load(Ordering::SeqCst)
+            >= 1),
         "the scout never reached the site"
     );
     std::thread::sleep(Duration::from_millis(200));

@@ -308,6 +308,15 @@ impl Proxy {
         self.shared.shaping.params()
     }
 
+    /// What the scout learned of the fronting site's answer to `kind` of ClientHello.
+    pub fn tls_summary(
+        &self,
+        kind: crate::proto::tlsprofile::HelloKind,
+    ) -> crate::proto::tlsprofile::Summary {
+        let p = self.shared.profile.lock();
+        p.unwrap_or_else(|p| p.into_inner()).get(kind).summary()
+    }
+
     /// Connections currently open.
     pub fn active(&self) -> usize {
         self.shared.active.load(Ordering::Relaxed)
