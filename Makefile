@@ -40,15 +40,15 @@ pq: ## X25519MLKEM768: mtpx vs a real post-quantum site (Node.js 24 from PyPI); 
 
 interop: ## Telethon -> target/debug/mtpx -> fake DC (makes .venv on first use)
 	$(CARGO) build --locked
-	MTPX_BIN=$(DEBUG_BIN) PYTHON=$(PYTHON) bash tests/interop/run.sh
+	$(PQ_TOOLS) && MTPX_BIN=$(DEBUG_BIN) PYTHON=$(PYTHON) bash tests/interop/run.sh
 
 interop-tdlib: ## TDLib -> target/debug/mtpx -> fake DC, in a loopback-only netns (root, unshare, ip)
 	$(CARGO) build --locked
-	MTPX_BIN=$(DEBUG_BIN) PYTHON=$(PYTHON) bash tests/interop/tdlib.sh
+	$(PQ_TOOLS) && MTPX_BIN=$(DEBUG_BIN) PYTHON=$(PYTHON) bash tests/interop/tdlib.sh
 
 interop-mtcute: ## mtcute (npm, pinned) -> target/debug/mtpx -> fake DC, in a loopback-only netns
 	$(CARGO) build --locked
-	MTPX_BIN=$(DEBUG_BIN) PYTHON=$(PYTHON) bash tests/interop/mtcute.sh
+	$(PQ_TOOLS) && MTPX_BIN=$(DEBUG_BIN) PYTHON=$(PYTHON) bash tests/interop/mtcute.sh
 
 haproxy: ## a real HAProxy (send-proxy-v2) balancing two mtpx instances
 	$(CARGO) build --locked
