@@ -257,6 +257,24 @@ mod tests {
     }
 
     #[test]
+    fn alpn_ends_as_foxio_writes_them() {
+        assert_eq!(alpn_end(b'h'), Some(b'h'));
+        assert_eq!(alpn_end(b'/'), Some(b'/'));
+        assert_eq!(alpn_end(0xba), Some(b'9'));
+        assert_eq!(alpn_end(0x1f), None);
+        assert_eq!(alpn_end(0x7f), None);
+        // http/1.1 first: "h1".
+        const TDLIB: &[u8] = include_bytes!("../../tests/data/tls/tdlib-1.8.69-client-hello.bin");
+        let mut m = TDLIB[5..].to_vec();
+        let at = m.windows(5).position(|w| w == b"\x02h2\x08h").unwrap();
+        m[at..at + 12].copy_from_slice(b"\x08http/1.1\x02h2");
+        let fp = fingerprint(&m).unwrap();
+        assert_eq!(&fp[8..10], b"h1");
+        m[at + 8] = 0x01;
+        assert_eq!(&fingerprint(&m).unwrap()[8..10], b"99");
+    }
+
+    #[test]
     fn no_panic_and_bounded_on_garbage() {
         let mut rng = crate::proto::XorShift64(4);
         const TDLIB: &[u8] = include_bytes!("../../tests/data/tls/tdlib-1.8.69-client-hello.bin");
