@@ -30,6 +30,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import struct
 import sys
 import tempfile
@@ -210,6 +211,92 @@ def positive_case(td, dct, tmp, kind, pq_site=None):
     dct.run(dc.stop())
 
 
+def hello_fields(rec):
+    """(suites, [(extension type, data)]) of a one-record ClientHello."""
+    body = rec[9:]
+    p = 2 + 32
+    p += 1 + body[p]
+    n = struct.unpack(">H", body[p:p + 2])[0]
+    suites = body[p + 2:p + 2 + n]
+    p += 2 + n
+    p += 1 + body[p]
+    end = p + 2 + struct.unpack(">H", body[p:p + 2])[0]
+    p += 2
+    exts = []
+    while p < end:
+        t, ln = struct.unpack(">HH", body[p:p + 4])
+        exts.append((t, body[p + 4:p + 4 + ln]))
+        p += 4 + ln
+    return suites, exts
+
+
+def capture_case(td, tmp):
+    """TDLib's real ClientHello: `testProxy` against a plain listening socket that records what
+    arrives. It must have the shape of the fixture tests/data/tls/tdlib-1.8.69-client-hello.bin
+    (the same cipher suites, the same extensions but for their order, GREASE values and ECH
+    GREASE length, a 1,216-byte X25519MLKEM768 share then an x25519 one). With MTPX_CAPTURE_DIR
+    set, the hello is written there (to refresh the fixture)."""
+    name = "tdlib capture"
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(4)
+    got = []
+
+    def serve():
+        c, _ = ls.accept()
+        c.settimeout(3)
+        d = b""
+        try:
+            while len(d) < 5 or len(d) < 5 + struct.unpack(">H", d[3:5])[0]:
+                b = c.recv(65536)
+                if not b:
+                    break
+                d += b
+        except OSError:
+            pass
+        got.append(d)
+        c.close()
+    threading.Thread(target=serve, daemon=True).start()
+    cid = td.create()
+    secret = generate_secret("ee")
+    td.request(cid, {"@type": "testProxy", "proxy": {
+        "@type": "proxy", "server": "127.0.0.1", "port": ls.getsockname()[1],
+        "type": {"@type": "proxyTypeMtproto", "secret": secret}}, "dc_id": 2, "timeout": 5})
+    wait_for(lambda: got, CASE_TIMEOUT)
+    ls.close()
+    if not check("%s: TDLib sent a ClientHello to testProxy's socket" % name, got and got[0]):
+        return
+    hello = got[0]
+    log("%s: %d bytes, record %s" % (name, len(hello), hello[:5].hex()))
+    if os.environ.get("MTPX_CAPTURE_DIR"):
+        path = os.path.join(os.environ["MTPX_CAPTURE_DIR"], "tdlib-client-hello.bin")
+        with open(path, "wb") as f:
+            f.write(hello)
+        log("%s: wrote %s" % (name, path))
+    fixture = open(os.path.join(HERE, "..", "data", "tls", "tdlib-1.8.69-client-hello.bin"),
+                   "rb").read()
+    grease = lambda t: t & 0x0F0F == 0x0A0A  # noqa: E731
+    (s1, e1), (s2, e2) = hello_fields(hello), hello_fields(fixture)
+    strip = lambda s: [s[i:i + 2] for i in range(0, len(s), 2)  # noqa: E731
+                       if not grease(struct.unpack(">H", s[i:i + 2])[0])]
+    check("%s: same cipher suites as the fixture" % name, strip(s1) == strip(s2), s1.hex())
+    types = lambda e: sorted(t for t, _ in e if not grease(t))  # noqa: E731
+    check("%s: same extensions as the fixture" % name, types(e1) == types(e2),
+          "%s vs %s" % (types(e1), types(e2)))
+    same = {t: d for t, d in e2}
+    check("%s: same groups, signature algorithms, ALPN, versions as the fixture" % name,
+          all(d[4:] == same.get(t, b"")[4:] if t == 0x0A else d == same.get(t)
+              for t, d in e1 if t in (0x0d, 0x10, 0x0a, 0x1b, 0x2d)), str(e1)[:300])
+    ks = dict(e1).get(0x33, b"")
+    entries, j = [], 2
+    while j + 4 <= len(ks):
+        g, ln = struct.unpack(">HH", ks[j:j + 4])
+        entries.append((g, ln))
+        j += 4 + ln
+    check("%s: key shares GREASE, X25519MLKEM768 (1,216 bytes), x25519 (32)" % name,
+          [e for e in entries if not grease(e[0])] == [(0x11EC, 1216), (0x1D, 32)], str(entries))
+
+
 def negative_case(td, dct, tmp):
     name = "tdlib ee wrong key"
     good = generate_secret("ee")
@@ -250,6 +337,10 @@ def main():
         dct = DcThread()
         log("TDLib %s" % json.loads(tdjson.td_execute(json.dumps(
             {"@type": "getOption", "name": "version"}).encode()))["value"])
+        try:
+            capture_case(td, tmp)
+        except Exception as e:  # noqa: BLE001
+            check("tdlib capture: ran", False, "%s: %s" % (type(e).__name__, e))
         for kind in ("ee", "dd", "classic", "ee shaped"):
             try:
                 positive_case(td, dct, tmp, kind)
