@@ -4,7 +4,7 @@
 //! browser sends for that kind ([`browser_hello`]: never a Telegram-shaped one, which would
 //! leave the server with a TDLib fingerprint; SNI = the secret's host), reads its first flight
 //! (ServerHello, ChangeCipherSpec, the encrypted records' headers and lengths), closes, and
-//! pushes each [`Observation`] into the kind's [`Profile`] of the shared [`Profiles`] the
+//! pushes each [`Observation`] into the kind's [`Profile`](crate::proto::tlsprofile::Profile) of the shared [`Profiles`] the
 //! workers read once per handshake.
 //!
 //! Blocking std sockets with timeouts, on its own thread: never on a worker. The flight is over

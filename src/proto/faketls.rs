@@ -839,8 +839,8 @@ const TELEGRAM_HELLO: &[u8; 517] = include_bytes!("data/telegram-hello.bin");
 /// extensions and order, same total size (the padding extension absorbs a longer or shorter
 /// host name while it can), with a fresh session id, a fresh key share, SNI = `host`, and a
 /// random carrying HMAC-SHA256(key, …) ⊕ (0^28 ‖ u32le(now_unix)) as a real client computes it.
-/// This is what the scout sends to the fronting site, so that what it learns is the site's
-/// answer to a Telegram client; tests use it as a realistic client.
+/// Tests and the bench tool use it as a realistic (older) Telegram client; the scout sends
+/// browser hellos instead ([`crate::proto::browserhello`]).
 pub fn telegram_hello(rng: &mut impl Rng, key: &[u8; 16], host: &str, now_unix: u32) -> Vec<u8> {
     let t = &TELEGRAM_HELLO[..];
     let host = &host.as_bytes()[..host.len().min(253)];

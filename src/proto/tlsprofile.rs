@@ -1,7 +1,7 @@
 //! The fronted site's TLS handshake *shape*, learned without a TLS library.
 //!
-//! The scout (`io::scout`) sends the site a Telegram-shaped ClientHello and reads its first
-//! flight; [`parse_server_flight`] turns those bytes into an [`Observation`]: the ServerHello's
+//! The scout (`io::scout`) sends the site a browser's ClientHello of each [`HelloKind`] and
+//! reads its first flight; [`parse_server_flight`] turns those bytes into an [`Observation`]: the ServerHello's
 //! shape (legacy version, cipher suite, session-id echo length, compression, extensions in order
 //! with their lengths, key-share group, supported version), whether a ChangeCipherSpec record
 //! followed, and the lengths of the encrypted records. Nothing is decrypted.
@@ -10,7 +10,8 @@
 //! proxy's fake flight copies: the most common ServerHello template, and the range of the total
 //! encrypted size (expressed as the payload of the one application-data record mtpx sends, so
 //! that the bytes on the wire after the CCS match). Without a usable observation it gives the
-//! built-in mtg-like default and says why.
+//! built-in mtg-like default and says why. [`Profiles`] keeps one [`Profile`] per kind of hello
+//! (x25519 only, X25519MLKEM768), so each client gets the site's answer to its own kind.
 //!
 //! Pure: no sockets, no clock, no OS randomness. Spec: PROTOCOL.md §2.4, §7.4, §13.5.
 //!
