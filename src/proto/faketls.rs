@@ -165,7 +165,10 @@ pub struct ClientHello {
     /// `(offset, len)` of the server_name_list contents inside the message, if an SNI extension
     /// was present (already validated by [`parse_client_hello`]).
     pub sni: Option<(usize, usize)>,
-    /// Key shares offered with their proper length: [`SHARE_X25519`], [`SHARE_MLKEM`].
+    /// Key shares offered with their proper length: [`SHARE_X25519`], [`SHARE_MLKEM`] (the
+    /// latter only when supported_groups lists X25519MLKEM768 too). A hello that lists the
+    /// group without a share is a classic one here (a server preferring the group might ask
+    /// for a share with a HelloRetryRequest, which no Telegram client expects).
     pub shares: u8,
 }
 
@@ -365,6 +368,7 @@ pub fn parse_client_hello(msg: &[u8]) -> Result<ClientHello, Reject> {
     let mut exts = Cursor::new(c.take(ext_len)?);
     let mut sni = None;
     let mut shares = 0;
+    let mut mlkem_listed = false;
     while !exts.is_empty() {
         let kind = exts.u16()?;
         let len = usize::from(exts.u16()?);
@@ -376,6 +380,17 @@ pub fn parse_client_hello(msg: &[u8]) -> Result<ClientHello, Reject> {
         if kind == EXT_KEY_SHARE {
             shares |= offered_shares(data);
         }
+        if kind == 0x000a {
+            // supported_groups: an X25519MLKEM768 share counts only if the group is listed.
+            mlkem_listed |= data
+                .get(2..)
+                .unwrap_or(&[])
+                .chunks_exact(2)
+                .any(|g| g == GROUP_X25519_MLKEM768.to_be_bytes());
+        }
+    }
+    if !mlkem_listed {
+        shares &= !SHARE_MLKEM;
     }
     Ok(ClientHello {
         random,
@@ -1762,6 +1777,15 @@ mod tests {
             parse_client_hello(&NGINX_RSA_HELLO[5..]).unwrap().kind(),
             HelloKind::Classic
         );
+        // The share without the group in supported_groups: not a post-quantum hello.
+        let mut m = TDLIB_HELLO[5..].to_vec();
+        let at = m
+            .windows(4)
+            .position(|w| w == [0x11, 0xec, 0x00, 0x1d])
+            .unwrap();
+        m[at..at + 2].copy_from_slice(&[0x00, 0x19]);
+        let h = parse_client_hello(&m).unwrap();
+        assert_eq!((h.kind(), h.shares), (HelloKind::Classic, SHARE_X25519));
     }
 
     /// The site (OpenSSL 3.5, a capture) answered TDLib 1.8.69's hello with X25519MLKEM768; the
