@@ -34,32 +34,58 @@ use super::tlsprofile::HelloKind;
 use super::x25519;
 
 /// Chrome's cipher suites after its GREASE value.
-const SUITES: [u16; 15] = [
-    0x1301, 0x1302, 0x1303, 0xc02b, 0xc02f, 0xc02c, 0xc030, 0xcca9, 0xcca8, 0xc013, 0xc014, 0x009c,
-    0x009d, 0x002f, 0x0035,
-];
-/// Chrome's signature algorithms.
-const SIG_ALGS: [u16; 8] = [
-    0x0403, 0x0804, 0x0401, 0x0503, 0x0805, 0x0501, 0x0806, 0x0601,
+const SUITES: [u8; 30] = [
+    0x13, 0x01, 0x13, 0x02, 0x13, 0x03, 0xc0, 0x2b, 0xc0, 0x2f, 0xc0, 0x2c, 0xc0, 0x30, 0xcc, 0xa9,
+    0xcc, 0xa8, 0xc0, 0x13, 0xc0, 0x14, 0x00, 0x9c, 0x00, 0x9d, 0x00, 0x2f, 0x00, 0x35,
 ];
 
-fn grease(rng: &mut impl Rng) -> u16 {
-    let g = (rng.below(16) as u16) << 4 | 0x0a;
-    g << 8 | g
+/// The extensions Chrome shuffles whose data never changes: type, data.
+const FIXED: [(u16, &[u8]); 11] = [
+    (0x0017, &[]),
+    (0xff01, &[0]),
+    (0x000b, &[1, 0]),
+    (0x0023, &[]),
+    (0x0010, b"\x00\x0c\x02h2\x08http/1.1"),
+    (0x0005, &[1, 0, 0, 0, 0]),
+    // Chrome's signature algorithms.
+    (
+        0x000d,
+        &[
+            0, 16, 0x04, 0x03, 0x08, 0x04, 0x04, 0x01, 0x05, 0x03, 0x08, 0x05, 0x05, 0x01, 0x08,
+            0x06, 0x06, 0x01,
+        ],
+    ),
+    (0x0012, &[]),
+    (0x002d, &[1, 1]),
+    (0x001b, &[2, 0, 2]),
+    // ALPS (application_settings) for h2; its code point depends on the kind.
+    (0, b"\x00\x03\x02h2"),
+];
+/// Extensions with data made per hello, after [`FIXED`] in the shuffled index space: SNI,
+/// supported_groups, key_share, supported_versions, ECH GREASE (post-quantum kind only).
+const MADE: usize = 5;
+
+fn grease(rng: &mut impl Rng) -> [u8; 2] {
+    let g = (rng.below(16) as u8) << 4 | 0x0a;
+    [g, g]
 }
 
-fn ext(out: &mut Vec<u8>, kind: u16, data: &[u8]) {
-    out.extend_from_slice(&kind.to_be_bytes());
-    out.extend_from_slice(&(data.len() as u16).to_be_bytes());
-    out.extend_from_slice(data);
+/// Appends `b` (one out-of-line copy: the many small appends stay small in the binary).
+#[inline(never)]
+fn put(out: &mut Vec<u8>, b: &[u8]) {
+    out.extend_from_slice(b);
 }
 
-fn u16s(v: &[u16]) -> Vec<u8> {
-    let mut out = ((v.len() * 2) as u16).to_be_bytes().to_vec();
-    for x in v {
-        out.extend_from_slice(&x.to_be_bytes());
+fn put16(out: &mut Vec<u8>, v: usize) {
+    put(out, &(v as u16).to_be_bytes());
+}
+
+/// Writes a u16 length at `at` covering everything after it.
+fn patch16(out: &mut [u8], at: usize) {
+    let n = (out.len() - at - 2) as u16;
+    if let Some(l) = out.get_mut(at..at + 2) {
+        l.copy_from_slice(&n.to_be_bytes());
     }
-    out
 }
 
 /// A complete ClientHello record (`16 03 01 …`) for `host` (clamped to 253 bytes) as a current
@@ -73,109 +99,115 @@ pub fn browser_hello(rng: &mut impl Rng, host: &str, kind: HelloKind) -> Vec<u8>
     let (g_suite, g_ext1, g_group, g_ver) = (grease(rng), grease(rng), grease(rng), grease(rng));
     let mut g_ext2 = grease(rng);
     if g_ext2 == g_ext1 {
-        g_ext2 ^= 0x1010;
+        g_ext2 = [g_ext2[0] ^ 0x10; 2];
     }
-    let groups: &[u16] = if pq {
-        &[g_group, 0x11ec, 0x001d, 0x0017, 0x0018]
-    } else {
-        &[g_group, 0x001d, 0x0017, 0x0018]
-    };
-    let mut shares = Vec::with_capacity(1300);
-    shares.extend_from_slice(&g_group.to_be_bytes());
-    shares.extend_from_slice(&[0x00, 0x01, 0x00]);
-    let (_, x) = x25519::keypair(rng);
-    if pq {
-        shares.extend_from_slice(&[0x11, 0xec, 0x04, 0xc0]);
-        let mut ek = [0u8; mlkem::ENCAPS_KEY_LEN];
-        mlkem::fake_encaps_key(rng, &mut ek);
-        shares.extend_from_slice(&ek);
-        shares.extend_from_slice(&x);
-    }
-    shares.extend_from_slice(&[0x00, 0x1d, 0x00, 0x20]);
-    shares.extend_from_slice(&x);
-    let mut key_share = (shares.len() as u16).to_be_bytes().to_vec();
-    key_share.extend_from_slice(&shares);
-    let mut sni = ((host.len() + 3) as u16).to_be_bytes().to_vec();
-    sni.push(0);
-    sni.extend_from_slice(&(host.len() as u16).to_be_bytes());
-    sni.extend_from_slice(host);
-    let alpn = b"\x00\x0c\x02h2\x08http/1.1";
-    let mut versions = vec![6];
-    versions.extend_from_slice(&g_ver.to_be_bytes());
-    versions.extend_from_slice(&[0x03, 0x04, 0x03, 0x03]);
+    let mut out = Vec::with_capacity(2048);
+    put(
+        &mut out,
+        &[0x16, 0x03, 0x01, 0, 0, 0x01, 0, 0, 0, 0x03, 0x03],
+    );
+    let at = out.len();
+    out.resize(at + 65, 32); // random, session id length 32, session id
+    rng.fill(&mut out[at..at + 32]);
+    rng.fill(&mut out[at + 33..at + 65]);
+    put16(&mut out, 32);
+    put(&mut out, &g_suite);
+    put(&mut out, &SUITES);
+    put(&mut out, &[1, 0]);
+    let ext_at = out.len();
+    put(&mut out, &[0, 0]);
+    put(&mut out, &g_ext1);
+    put(&mut out, &[0, 0]);
 
-    // The extensions Chrome shuffles.
-    let mut middle: Vec<(u16, Vec<u8>)> = vec![
-        (0x0000, sni),
-        (0x0017, vec![]),
-        (0xff01, vec![0]),
-        (0x000a, u16s(groups)),
-        (0x000b, vec![1, 0]),
-        (0x0023, vec![]),
-        (0x0010, alpn.to_vec()),
-        (0x0005, vec![1, 0, 0, 0, 0]),
-        (0x000d, u16s(&SIG_ALGS)),
-        (0x0012, vec![]),
-        (0x0033, key_share),
-        (0x002d, vec![1, 1]),
-        (0x002b, versions),
-        (0x001b, vec![2, 0, 2]),
-        (if pq { 0x44cd } else { 0x4469 }, b"\x00\x03\x02h2".to_vec()),
-    ];
-    if pq {
-        // ECH GREASE: outer, HKDF-SHA256, AES-128-GCM, a random config id, an X25519 "enc",
-        // a random payload of one of BoringSSL's GREASE sizes.
-        let mut ech = vec![0, 0, 1, 0, 1];
-        let mut id = [0u8; 1];
-        rng.fill(&mut id);
-        ech.push(id[0]);
-        ech.extend_from_slice(&[0, 32]);
-        ech.extend_from_slice(&x25519::keypair(rng).1);
-        let n = 144 + 32 * rng.below(4) as usize;
-        ech.extend_from_slice(&(n as u16).to_be_bytes());
-        let at = ech.len();
-        ech.resize(at + n, 0);
-        rng.fill(&mut ech[at..]);
-        middle.push((0xfe0d, ech));
+    // Chrome's permutation of everything between the two GREASE extensions.
+    let n = FIXED.len() + MADE - usize::from(!pq);
+    let mut order = [0u8; FIXED.len() + MADE];
+    for (i, o) in order.iter_mut().enumerate() {
+        *o = i as u8;
     }
-    for i in (1..middle.len()).rev() {
-        middle.swap(i, rng.below(i as u32 + 1) as usize);
+    for i in (1..n).rev() {
+        order.swap(i, rng.below(i as u32 + 1) as usize);
     }
-    let mut exts = Vec::with_capacity(1800);
-    ext(&mut exts, g_ext1, &[]);
-    for (kind, data) in &middle {
-        ext(&mut exts, *kind, data);
+    let x = x25519::keypair(rng).1;
+    for &i in order.get(..n).unwrap_or(&[]) {
+        let i = usize::from(i);
+        let kind = match FIXED.get(i) {
+            Some(&(0, _)) if pq => 0x44cd,
+            Some(&(0, _)) => 0x4469,
+            Some(&(k, _)) => k,
+            None => [0x0000, 0x000a, 0x0033, 0x002b, 0xfe0d][i - FIXED.len()],
+        };
+        put16(&mut out, kind.into());
+        let len_at = out.len();
+        put16(&mut out, 0);
+        match (FIXED.get(i), kind) {
+            (Some(&(_, data)), _) => put(&mut out, data),
+            (None, 0x0000) => {
+                put16(&mut out, host.len() + 3);
+                put(&mut out, &[0]);
+                put16(&mut out, host.len());
+                put(&mut out, host);
+            }
+            (None, 0x000a) => {
+                put16(&mut out, if pq { 10 } else { 8 });
+                put(&mut out, &g_group);
+                if pq {
+                    put(&mut out, &[0x11, 0xec]);
+                }
+                put(&mut out, &[0x00, 0x1d, 0x00, 0x17, 0x00, 0x18]);
+            }
+            (None, 0x0033) => {
+                let list = out.len();
+                put16(&mut out, 0);
+                put(&mut out, &g_group);
+                put(&mut out, &[0x00, 0x01, 0x00]);
+                if pq {
+                    put(&mut out, &[0x11, 0xec, 0x04, 0xc0]);
+                    let mut ek = [0u8; mlkem::ENCAPS_KEY_LEN];
+                    mlkem::fake_encaps_key(rng, &mut ek);
+                    put(&mut out, &ek);
+                    put(&mut out, &x);
+                }
+                put(&mut out, &[0x00, 0x1d, 0x00, 0x20]);
+                put(&mut out, &x);
+                patch16(&mut out, list);
+            }
+            (None, 0x002b) => {
+                put(&mut out, &[6]);
+                put(&mut out, &g_ver);
+                put(&mut out, &[0x03, 0x04, 0x03, 0x03]);
+            }
+            _ => {
+                // ECH GREASE: outer, HKDF-SHA256, AES-128-GCM, a random config id, an X25519
+                // "enc", a random payload of one of BoringSSL's GREASE sizes.
+                put(&mut out, &[0, 0, 1, 0, 1, 0, 0, 32]);
+                let id = out.len() - 3;
+                rng.fill(&mut out[id..id + 1]);
+                put(&mut out, &x25519::keypair(rng).1);
+                let len = 144 + 32 * rng.below(4) as usize;
+                put16(&mut out, len);
+                let at = out.len();
+                out.resize(at + len, 0);
+                rng.fill(&mut out[at..]);
+            }
+        }
+        patch16(&mut out, len_at);
     }
-    ext(&mut exts, g_ext2, &[0]);
-
-    let mut body = Vec::with_capacity(2000);
-    body.extend_from_slice(&[0x03, 0x03]);
-    let mut random = [0u8; 32];
-    rng.fill(&mut random);
-    body.extend_from_slice(&random);
-    body.push(32);
-    let mut sid = [0u8; 32];
-    rng.fill(&mut sid);
-    body.extend_from_slice(&sid);
-    let mut suites = vec![g_suite];
-    suites.extend_from_slice(&SUITES);
-    body.extend_from_slice(&u16s(&suites));
-    body.extend_from_slice(&[1, 0]);
+    put(&mut out, &g_ext2);
+    put(&mut out, &[0, 1, 0]);
     // BoringSSL pads a hello whose handshake message would be 256..511 bytes to 512.
-    let unpadded = 4 + body.len() + 2 + exts.len();
+    let unpadded = out.len() - 5;
     if (0x100..0x200).contains(&unpadded) {
         let pad = (0x200 - unpadded).saturating_sub(4).max(1);
-        ext(&mut exts, 0x0015, &vec![0u8; pad]);
+        put16(&mut out, 0x0015);
+        put16(&mut out, pad);
+        out.resize(out.len() + pad, 0);
     }
-    body.extend_from_slice(&(exts.len() as u16).to_be_bytes());
-    body.extend_from_slice(&exts);
-    let n = body.len();
-    let mut rec = Vec::with_capacity(n + 9);
-    rec.extend_from_slice(&[0x16, 0x03, 0x01]);
-    rec.extend_from_slice(&((n + 4) as u16).to_be_bytes());
-    rec.extend_from_slice(&[0x01, (n >> 16) as u8, (n >> 8) as u8, n as u8]);
-    rec.extend_from_slice(&body);
-    rec
+    patch16(&mut out, ext_at);
+    let n = out.len() - 9;
+    out[3..5].copy_from_slice(&((n + 4) as u16).to_be_bytes());
+    out[6..9].copy_from_slice(&[(n >> 16) as u8, (n >> 8) as u8, n as u8]);
+    out
 }
 
 #[cfg(test)]
