@@ -2,10 +2,9 @@
 //! computed by an independent one (the `ja4plus` Python library from PyPI, a test-only tool).
 //!
 //! The vectors: TDLib 1.8.69's hello (captured from its `testProxy`), curl 7.88 / OpenSSL
-//! 3.0's, and the Telegram-like hello of mtpx's tests. The expected strings below were computed
-//! by `ja4plus` 1.4.0; when `MTPX_PQ_PYTHON` names a Python with `ja4plus` installed (`make
-//! pq`, via tests/pq/setup.sh) the test computes them again with it, and with
-//! `MTPX_REQUIRE_PQ=1` a missing Python fails the test instead of skipping that part.
+//! 3.0's, the Telegram-like hello of mtpx's tests and the scout's hellos. The expected strings
+//! below were computed by `ja4plus` 1.4.0, and the test computes them again with it (.venv-pq,
+//! which `make test` installs through scripts/test-deps.sh; missing, the test fails).
 
 use std::process::Command;
 
@@ -40,16 +39,19 @@ fn ours(rec: &[u8]) -> String {
     String::from_utf8(fingerprint(&rec[5..]).expect("a fingerprint").to_vec()).unwrap()
 }
 
-/// `ja4plus`'s JA4 of each file, or None when no such Python is configured.
-fn independent(files: &[String]) -> Option<Vec<String>> {
-    let Some(py) = std::env::var_os("MTPX_PQ_PYTHON") else {
-        assert!(
-            std::env::var_os("MTPX_REQUIRE_PQ").is_none(),
-            "MTPX_REQUIRE_PQ is set but MTPX_PQ_PYTHON is not"
-        );
-        eprintln!("SKIP (independent check): MTPX_PQ_PYTHON not set (make pq sets it)");
-        return None;
-    };
+/// `ja4plus`'s JA4 of each file: the Python of .venv-pq (scripts/test-deps.sh), or
+/// `MTPX_PQ_PYTHON`. Missing: the test fails (it never skips) with the install command.
+fn independent(files: &[String]) -> Vec<String> {
+    let py = std::env::var_os("MTPX_PQ_PYTHON").map_or_else(
+        || std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.venv-pq/bin/python")),
+        std::path::PathBuf::from,
+    );
+    assert!(
+        py.is_file(),
+        "{} not found: install what the tests need with scripts/test-deps.sh (`make test` runs \
+         it)",
+        py.display()
+    );
     let script = "import sys\n\
         from ja4plus.utils.tls_utils import parse_tls_handshake\n\
         from ja4plus.fingerprinters.ja4 import generate_ja4\n\
@@ -65,13 +67,11 @@ fn independent(files: &[String]) -> Option<Vec<String>> {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    Some(
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .map(str::to_string)
-            .collect(),
-    )
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
 }
 
 #[test]
@@ -104,9 +104,8 @@ fn fingerprints_match_an_independent_implementation() {
         assert_ne!(fp, VECTORS[0].1);
         want.push(fp);
     }
-    if let Some(got) = independent(&files) {
-        assert_eq!(got, want);
-        eprintln!("ja4plus agrees on {} hellos", got.len());
-    }
+    let got = independent(&files);
+    assert_eq!(got, want);
+    eprintln!("ja4plus agrees on {} hellos", got.len());
     let _ = std::fs::remove_dir_all(&dir);
 }

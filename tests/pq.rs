@@ -8,9 +8,9 @@
 //! A hello without an X25519MLKEM768 share never gets one; `post-quantum = "off"` answers
 //! every hello with x25519.
 //!
-//! Needs `MTPX_PQ_NODE` (a Node.js >= 24 binary; `make pq` installs one from PyPI through
-//! tests/pq/setup.sh) and `openssl` (for the certificate). Without them the tests print SKIP,
-//! unless `MTPX_REQUIRE_PQ=1`.
+//! Needs Node.js >= 24 (.venv-pq-node, from PyPI, or `MTPX_PQ_NODE`) and `openssl` (for the
+//! certificate), which `make test` installs (scripts/test-deps.sh). Without them the tests
+//! fail, naming the command that installs them: they never skip.
 
 mod common;
 
@@ -46,15 +46,29 @@ impl Drop for Site {
     }
 }
 
-fn start_site(tag: &str) -> Option<Site> {
-    let Some(node) = std::env::var_os("MTPX_PQ_NODE") else {
-        assert!(
-            std::env::var_os("MTPX_REQUIRE_PQ").is_none(),
-            "MTPX_REQUIRE_PQ is set but MTPX_PQ_NODE is not"
-        );
-        eprintln!("SKIP: MTPX_PQ_NODE not set (make pq installs Node.js 24 and sets it)");
-        return None;
-    };
+/// The Node.js that speaks X25519MLKEM768: `MTPX_PQ_NODE`, or the one scripts/test-deps.sh
+/// puts in .venv-pq-node. Missing: the test fails (it never skips) with the install command.
+fn node() -> PathBuf {
+    let p = std::env::var_os("MTPX_PQ_NODE").map_or_else(
+        || {
+            PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/.venv-pq-node/bin/node"
+            ))
+        },
+        PathBuf::from,
+    );
+    assert!(
+        p.is_file(),
+        "{} not found: install what the tests need with scripts/test-deps.sh (`make test` runs \
+         it)",
+        p.display()
+    );
+    p
+}
+
+fn start_site(tag: &str) -> Site {
+    let node = node();
     let dir = std::env::temp_dir().join(format!("mtpx-pq-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let ok = Command::new("openssl")
@@ -85,11 +99,11 @@ fn start_site(tag: &str) -> Option<Site> {
         .read_line(&mut line)
         .unwrap();
     let port: u16 = line.trim().parse().expect("the site's port");
-    Some(Site {
+    Site {
         child,
         addr: SocketAddr::from(([127, 0, 0, 1], port)),
         dir,
-    })
+    }
 }
 
 const TDLIB: &[u8] = include_bytes!("data/tls/tdlib-1.8.69-client-hello.bin");
@@ -239,9 +253,7 @@ fn start_proxy(site: &Site, key: [u8; 16], post_quantum: bool) -> mtpx::io::Prox
 
 #[test]
 fn mtpx_answers_each_kind_of_hello_as_the_pq_site_does() {
-    let Some(site) = start_site("mirror") else {
-        return;
-    };
+    let site = start_site("mirror");
     let key = [0x3c; 16];
     let proxy = start_proxy(&site, key, true);
     let mut rng = XorShift64(0x9e);
@@ -306,9 +318,7 @@ fn mtpx_answers_each_kind_of_hello_as_the_pq_site_does() {
 
 #[test]
 fn post_quantum_off_answers_x25519_to_everyone() {
-    let Some(site) = start_site("off") else {
-        return;
-    };
+    let site = start_site("off");
     let key = [0x3d; 16];
     let proxy = start_proxy(&site, key, false);
     let mut rng = XorShift64(0x9f);

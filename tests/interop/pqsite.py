@@ -1,7 +1,7 @@
 """A fronting site that speaks X25519MLKEM768 for the interop tests: tests/pq/site.mjs on
-Node.js >= 24 (OpenSSL >= 3.5), whose binary MTPX_PQ_NODE names (`make interop*` sets it from
-tests/pq/setup.sh).  `PqSite.start(tmp)` returns None when MTPX_PQ_NODE is unset, or fails
-when MTPX_REQUIRE_PQ is set too.  Loopback only."""
+Node.js >= 24 (OpenSSL >= 3.5): .venv-pq-node/bin/node, which scripts/test-deps.sh installs
+(or MTPX_PQ_NODE).  Missing, `PqSite.start` raises (the case fails; it never skips).
+Loopback only."""
 
 import os
 import subprocess
@@ -20,11 +20,10 @@ class PqSite:
 
     @staticmethod
     def start(tmp):
-        node = os.environ.get("MTPX_PQ_NODE")
-        if not node:
-            if os.environ.get("MTPX_REQUIRE_PQ"):
-                raise RuntimeError("MTPX_REQUIRE_PQ is set but MTPX_PQ_NODE is not")
-            return None
+        node = os.environ.get("MTPX_PQ_NODE") or os.path.join(
+            os.path.dirname(os.path.dirname(HERE)), ".venv-pq-node", "bin", "node")
+        if not os.access(node, os.X_OK):
+            raise RuntimeError("%s not found: run scripts/test-deps.sh (make test does)" % node)
         d = os.path.join(tmp, "pq-site")
         os.makedirs(d, exist_ok=True)
         subprocess.run(["openssl", "req", "-x509", "-nodes", "-days", "2", "-newkey", "ec",

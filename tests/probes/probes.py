@@ -17,7 +17,7 @@ probe that sees site content must tell the decoy apart, so a probe that cannot f
 The valid-client probe also checks mtpx's own answer (PROTOCOL.md §2.4): server random =
 HMAC-SHA256(key, client_random ‖ flight with random zeroed); its replay must then be fronted.
 
-With MTPX_PQ_NODE (a Node.js >= 24, OpenSSL >= 3.5; `make probes` installs one), a third site
+With Node.js >= 24 (OpenSSL >= 3.5, .venv-pq-node from scripts/test-deps.sh), a third site
 speaks X25519MLKEM768 (tests/pq/site.mjs) and another mtpx fronts it: TDLib 1.8.69's hello
 (derived from the capture) and an x25519-only hello must get the same answer from both, with a
 wrong secret (fronted) and with the right one (mtpx's own flight: ServerHello length, records,
@@ -50,16 +50,16 @@ import time
 import traceback
 
 HOST = "mtpx.test"
-# A Node.js >= 24 (OpenSSL >= 3.5) for the X25519MLKEM768 site (`make probes` sets it from
-# tests/pq/setup.sh); without it the post-quantum probes are skipped.
-PQ_NODE = os.environ.get("MTPX_PQ_NODE")
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# A Node.js >= 24 (OpenSSL >= 3.5) for the X25519MLKEM768 site: scripts/test-deps.sh installs it.
+PQ_NODE = os.environ.get("MTPX_PQ_NODE") or os.path.join(ROOT, ".venv-pq-node", "bin", "node")
 PQ_SITE_JS = os.path.join(ROOT, "tests", "pq", "site.mjs")
 TDLIB_HELLO = os.path.join(ROOT, "tests", "data", "tls", "tdlib-1.8.69-client-hello.bin")
 NGINX_HEADER_TIMEOUT = 4  # s: nginx closes idle / half-handshaken connections after this
 MTPX_HANDSHAKE_TIMEOUT = 2  # s: mtpx fronts a silent client after this
 IDLE_WAIT = 14.0  # s: how long a probe waits for the server to close
 VERBOSE = False
+SBIN = "/usr/sbin:/usr/local/sbin:/sbin"  # where Debian puts nginx; not on a user's PATH
 
 
 def log(*a):
@@ -95,18 +95,17 @@ class Harness:
                    page="<!doctype html><title>decoy</title><p>Not the real site.</p>\n")
         self._mtpx("mtpx", "site")
         self._mtpx("mtpx-decoy", "decoy")
-        if PQ_NODE:
-            self._pq_site("pqsite")
-            self._mtpx("mtpx-pq", "pqsite")
-            # Its scout learns the site's answer to both kinds of hello first.
-            end = time.monotonic() + 20
-            want = ("hello=x25519mlkem768 ", "group=0x11ec"), ("hello=x25519 ", "group=0x001d")
-            while not all(any(all(w in ln for w in pair) for ln in tail(
-                    self.path("mtpx-pq.out"), 1 << 20).splitlines()) for pair in want):
-                if time.monotonic() > end:
-                    raise RuntimeError("mtpx-pq's scout learned nothing: "
-                                       + tail(self.path("mtpx-pq.out")))
-                time.sleep(0.1)
+        self._pq_site("pqsite")
+        self._mtpx("mtpx-pq", "pqsite")
+        # Its scout learns the site's answer to both kinds of hello first.
+        end = time.monotonic() + 20
+        want = ("hello=x25519mlkem768 ", "group=0x11ec"), ("hello=x25519 ", "group=0x001d")
+        while not all(any(all(w in ln for w in pair) for ln in tail(
+                self.path("mtpx-pq.out"), 1 << 20).splitlines()) for pair in want):
+            if time.monotonic() > end:
+                raise RuntimeError("mtpx-pq's scout learned nothing: "
+                                   + tail(self.path("mtpx-pq.out")))
+            time.sleep(0.1)
 
     def _pq_site(self, name):
         """A site that speaks X25519MLKEM768: tests/pq/site.mjs on Node.js >= 24 (OpenSSL 3.5),
@@ -165,7 +164,7 @@ http {{
 """
         with open(f"{d}/nginx.conf", "w") as f:
             f.write(conf)
-        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+        nginx = shutil.which("nginx") or shutil.which("nginx", path=SBIN)
         p = self._spawn([nginx, "-p", d, "-c", f"{d}/nginx.conf", "-g", "daemon off;"],
                         f"{name}.out", name)
         wait_port(port, p, f"nginx ({name})", self.path(f"{name}.out"))
@@ -854,10 +853,14 @@ def main() -> int:
     args = ap.parse_args()
     VERBOSE = args.verbose
     for tool in ("nginx", "openssl", "curl"):
-        if not shutil.which(tool) and not (tool == "nginx" and os.path.exists("/usr/sbin/nginx")):
-            print(f"probes: `{tool}` not found (apt-get install nginx openssl curl)",
-                  file=sys.stderr)
+        if not (shutil.which(tool) or (tool == "nginx" and shutil.which(tool, path=SBIN))):
+            print(f"probes: FAIL: `{tool}` not found; install it: scripts/test-deps.sh --system "
+                  "(as root)", file=sys.stderr)
             return 2
+    if not os.access(PQ_NODE, os.X_OK):
+        print(f"probes: FAIL: {PQ_NODE} not found; install it: scripts/test-deps.sh",
+              file=sys.stderr)
+        return 2
     if not os.access(args.mtpx, os.X_OK):
         print(f"probes: {args.mtpx} is not executable (cargo build first)", file=sys.stderr)
         return 2
@@ -882,10 +885,7 @@ def main() -> int:
               f"{NGINX_HEADER_TIMEOUT}s); control: mtpx on :{P['mtpx-decoy']} fronting to a "
               f"decoy nginx on :{P['decoy']}")
         probes = make_probes(h.key, P["site"], P["mtpx"])
-        if PQ_NODE:
-            probes += pq_probes(h.key, P["pqsite"], P["mtpx-pq"])
-        else:
-            print("probes: MTPX_PQ_NODE not set: no X25519MLKEM768 site (make probes sets it)")
+        probes += pq_probes(h.key, P["pqsite"], P["mtpx-pq"])
         control = [(n, fn) for n, fn in make_probes(h.key, P["site"], P["mtpx-decoy"])
                    if n not in CONTROL_BLIND]
         if args.only:
