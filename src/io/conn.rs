@@ -626,23 +626,25 @@ impl Conn {
         let secret = &shared.config.secret;
         let msg = &ctx.scratch[..msg_len];
         let ja4 = crate::proto::ja4::fingerprint(msg);
-        let hello = faketls::parse_client_hello(msg).and_then(|hello| {
-            let now_unix = super::unix_now();
-            faketls::verify_client_hello(
-                &hello,
-                msg,
-                &secret.key,
-                secret.host.as_bytes(),
-                now_unix,
-                shared.config.tolerate_time_skewness.as_secs(),
-            )?;
-            if shared.is_replay(&hello.random, now_unix) {
-                return Err(Reject::Replay);
-            }
-            Ok(hello)
-        });
-        shared.ja4.record(hello.is_ok(), ja4.as_ref());
-        let hello = hello.map_err(CloseReason::Rejected)?;
+        let hello = faketls::parse_client_hello(msg)
+            .and_then(|hello| {
+                let now_unix = super::unix_now();
+                faketls::verify_client_hello(
+                    &hello,
+                    msg,
+                    &secret.key,
+                    secret.host.as_bytes(),
+                    now_unix,
+                    shared.config.tolerate_time_skewness.as_secs(),
+                )?;
+                if shared.is_replay(&hello.random, now_unix) {
+                    return Err(Reject::Replay);
+                }
+                Ok(hello)
+            })
+            .inspect_err(|_| shared.ja4.record(false, ja4.as_ref()))
+            .map_err(CloseReason::Rejected)?;
+        shared.ja4.record(true, ja4.as_ref());
         // The flight is built in the worker's scratch space and written at once: a fresh
         // socket's send buffer takes it whole. So a handshake holds one pool buffer, never two
         // (holding two would let handshakes deadlock each other on a small pool).
