@@ -95,6 +95,9 @@ pub struct AntiReplay {
     pub error_rate: f64,
 }
 
+/// Most JA4 fingerprints `[stats] ja4-top` may keep per class.
+pub const MAX_JA4_TOP: usize = 256;
+
 /// `[defense.doppelganger]`: learning the fronting site's handshake shape, and shaping.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Doppelganger {
@@ -116,6 +119,9 @@ pub struct Doppelganger {
     pub delay_scale: Duration,
     /// Bytes per second a download keeps at least while shaped (default 4 MiB; 0 = none).
     pub min_rate: u64,
+    /// `post-quantum = "mirror"` (true, default): a hello offering X25519MLKEM768 gets the
+    /// site's answer to such a hello; `"off"`: every hello gets an x25519 answer.
+    pub post_quantum: bool,
 }
 
 /// `[defense.blocklist]` / `[defense.allowlist]`: FireHOL lists from files or http:// URLs.
@@ -229,6 +235,8 @@ pub struct Config {
     pub statsd: Statsd,
     /// Prometheus metrics.
     pub prometheus: Prometheus,
+    /// ClientHello JA4 fingerprints counted per class (`[stats] ja4-top`, default 16; 0 = off).
+    pub ja4_top: usize,
 }
 
 /// The server mtpx asks for a `[network] dns` value: `udp://IP[:port]` and a bare IP in plain
@@ -344,6 +352,7 @@ impl Config {
                 delay_shape: crate::proto::shaping::DEFAULT_SHAPE,
                 delay_scale: crate::proto::shaping::DEFAULT_SCALE,
                 min_rate: 4 << 20,
+                post_quantum: true,
             },
             blocklist: IpList {
                 enabled: false,
@@ -369,6 +378,7 @@ impl Config {
                 http_path: "/".to_string(),
                 metric_prefix: "mtg".to_string(),
             },
+            ja4_top: 16,
         }
     }
 
@@ -1666,6 +1676,21 @@ impl Doc {
         if let Some(v) = self.bytes(&format!("{D}min-rate"))? {
             c.doppelganger.min_rate = v;
         }
+        let pq = |v: &str| match v {
+            "mirror" => Some(true),
+            "off" => Some(false),
+            _ => None,
+        };
+        if let Some(v) = self.parsed(
+            &format!("{D}post-quantum"),
+            "is not \"mirror\" or \"off\"",
+            pq,
+        )? {
+            c.doppelganger.post_quantum = v;
+        }
+        if let Some(v) = self.uint("stats.ja4-top", MAX_JA4_TOP as u64)? {
+            c.ja4_top = v as usize;
+        }
         for (name, which) in [("blocklist", true), ("allowlist", false)] {
             let p = format!("defense.{name}.");
             let mut list = if which {
@@ -2591,6 +2616,17 @@ mod tests {
         assert_eq!(d.min_rate, 1 << 20);
         let (c, _) = ok(&format!("{base}min-rate = 0\n"));
         assert_eq!(c.doppelganger.min_rate, 0);
+        assert!(c.doppelganger.post_quantum, "mirror by default");
+        let (c, w) = ok(&format!("{base}post-quantum = \"off\"\n"));
+        assert!(w.is_empty() && !c.doppelganger.post_quantum, "{w:?}");
+        let (c, _) = ok(&format!("{base}post-quantum = \"mirror\"\n"));
+        assert!(c.doppelganger.post_quantum);
+        let top = base.replace("[defense.doppelganger]\n", "[stats]\nja4-top = 3\n");
+        assert_eq!(ok(&top).0.ja4_top, 3);
+        let e = parse(&top.replace("= 3", "= 257"))
+            .expect_err("257")
+            .to_string();
+        assert!(e.contains("stats.ja4-top"), "{e}");
         assert!(!c.doppelganger.delays);
         for (bad, key) in [
             ("delay-shape = 0", "delay-shape"),
@@ -2600,6 +2636,8 @@ mod tests {
             ("delay-scale = \"2\"", "delay-scale"),
             ("min-rate = \"lots\"", "min-rate"),
             ("delays = \"yes please\"", "delays"),
+            ("post-quantum = \"on\"", "post-quantum"),
+            ("post-quantum = true", "post-quantum"),
         ] {
             let e = parse(&format!("{base}{bad}\n")).expect_err(bad).to_string();
             assert!(e.contains(key), "{bad}: {e}");
@@ -2624,6 +2662,8 @@ mod tests {
                 "defense.doppelganger.delay-shape",
                 "defense.doppelganger.delay-scale",
                 "defense.doppelganger.min-rate",
+                "defense.doppelganger.post-quantum",
+                "stats.ja4-top",
             ]
             .map(String::from),
         );

@@ -634,6 +634,7 @@ impl Conn {
         let shared = ctx.shared;
         let secret = &shared.config.secret;
         let msg = &ctx.scratch[..msg_len];
+        let ja4 = crate::proto::ja4::fingerprint(msg);
         let hello = faketls::parse_client_hello(msg)
             .and_then(|hello| {
                 let now_unix = super::unix_now();
@@ -650,14 +651,16 @@ impl Conn {
                 }
                 Ok(hello)
             })
+            .inspect_err(|_| shared.ja4.record(false, ja4.as_ref()))
             .map_err(CloseReason::Rejected)?;
+        shared.ja4.record(true, ja4.as_ref());
         // The flight is built in the worker's scratch space and written at once: a fresh
         // socket's send buffer takes it whole. So a handshake holds one pool buffer, never two
         // (holding two would let handshakes deadlock each other on a small pool).
         // Shaped like the fronting site's own first flight (learned by the scout).
         let shape = match shared.profile.lock() {
-            Ok(p) => p.shape(),
-            Err(p) => p.into_inner().shape(),
+            Ok(p) => p.shape_for(hello.kind()),
+            Err(p) => p.into_inner().shape_for(hello.kind()),
         };
         let public = ctx.keyshares.next(ctx.rng);
         let room = faketls::noise_room(&shape.template, hello.session_id_len, ctx.scratch.len());

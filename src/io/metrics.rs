@@ -174,6 +174,8 @@ pub(crate) struct MetricsSource {
     pub(crate) active: Arc<dyn Fn() -> usize + Send + Sync>,
     /// The listener's secret kind (`faketls`, `dd`, `classic`): the `secret_kind` label.
     pub(crate) secret_kind: &'static str,
+    /// ClientHello fingerprints.
+    pub(crate) ja4: Option<Arc<super::ja4stats::Ja4Stats>>,
 }
 
 /// One reading of every metric.
@@ -200,6 +202,8 @@ pub(crate) struct Snapshot {
     pub(crate) pool_in_use: u64,
     pub(crate) pool_capacity: u64,
     pub(crate) handshake_bufs: u64,
+    /// JA4 rows (class, fingerprint or "other", count).
+    pub(crate) ja4: Vec<super::ja4stats::Row>,
 }
 
 impl MetricsSource {
@@ -235,6 +239,7 @@ impl MetricsSource {
             pool_in_use: sum(&c.pool_in_use),
             pool_capacity: sum(&c.pool_capacity),
             handshake_bufs: sum(&c.handshake_bufs),
+            ja4: self.ja4.as_ref().map_or_else(Vec::new, |j| j.rows()),
         }
     }
 }
@@ -350,6 +355,31 @@ fn with_metrics<R>(
     let in_use = one(g(s.pool_in_use));
     let capacity = one(g(s.pool_capacity));
     let handshake_bufs = one(g(s.handshake_bufs));
+    let ja4_labels: Vec<[(&str, &str); 2]> = s
+        .ja4
+        .iter()
+        .map(|(class, fp, _)| {
+            let fp = fp.as_ref().and_then(|f| std::str::from_utf8(f).ok());
+            [
+                ("class", super::ja4stats::CLASSES[*class]),
+                ("ja4", fp.unwrap_or("other")),
+            ]
+        })
+        .collect();
+    let ja4: Vec<Sample<'_>> = s
+        .ja4
+        .iter()
+        .zip(&ja4_labels)
+        .map(|(row, labels)| {
+            let old = base
+                .and_then(|b| b.ja4.iter().find(|o| o.0 == row.0 && o.1 == row.1))
+                .map_or(0, |o| o.2);
+            Sample {
+                labels,
+                value: row.2.saturating_sub(old) as f64,
+            }
+        })
+        .collect();
     let cat = |name: &'static str, samples| {
         let def = fmt::def(name);
         Metric {
@@ -435,6 +465,12 @@ fn with_metrics<R>(
             "Small handshake buffers in use (connections partway through their handshake).",
             Kind::Gauge,
             &handshake_bufs[..],
+        ),
+        own(
+            "client_hello_ja4",
+            "ClientHellos by JA4 fingerprint (the most frequent; class client or fronted).",
+            Kind::Counter,
+            &ja4[..],
         ),
     ];
     emit(&metrics)
@@ -872,6 +908,7 @@ mod tests {
         let a = active.clone();
         (
             MetricsSource {
+                ja4: None,
                 stats: Arc::new(Stats::default()),
                 counters: Arc::new(Counters::new(2)),
                 lists: None,

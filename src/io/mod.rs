@@ -5,6 +5,7 @@
 //! [`crate::proto`]; [`conn`] glues the two together.
 
 mod conn;
+mod ja4stats;
 pub(crate) mod lists;
 pub(crate) mod metrics;
 mod pool;
@@ -74,13 +75,15 @@ pub(crate) struct Shared {
     /// SOCKS5 upstreams toward the DCs (`[network] proxies`), in order.
     pub(crate) socks: Vec<SocksUpstream>,
     /// What the fronting site's TLS first flight looks like (learned by the scout).
-    pub(crate) profile: Arc<Mutex<crate::proto::tlsprofile::Profile>>,
+    pub(crate) profile: Arc<Mutex<crate::proto::tlsprofile::Profiles>>,
     /// IP block/allow lists.
     pub(crate) lists: Arc<lists::Lists>,
     /// Counters only the metrics exporters read.
     pub(crate) counters: Arc<metrics::Counters>,
     /// Where this process listens (the proxy, the metrics endpoint): never a fronting target.
     own_listeners: Vec<SocketAddr>,
+    /// JA4 fingerprints of the ClientHellos that arrive (`[stats] ja4-top`).
+    pub(crate) ja4: Arc<ja4stats::Ja4Stats>,
 }
 
 /// The inter-record timing in force: the configured Weibull parameters, replaced by the ones
@@ -311,6 +314,15 @@ impl Proxy {
         self.shared.shaping.params()
     }
 
+    /// What the scout learned of the fronting site's answer to `kind` of ClientHello.
+    pub fn tls_summary(
+        &self,
+        kind: crate::proto::tlsprofile::HelloKind,
+    ) -> crate::proto::tlsprofile::Summary {
+        let p = self.shared.profile.lock();
+        p.unwrap_or_else(|p| p.into_inner()).get(kind).summary()
+    }
+
     /// Connections currently open.
     pub fn active(&self) -> usize {
         self.shared.active.load(Ordering::Relaxed)
@@ -406,11 +418,14 @@ pub fn start_with_grace(config: Config, grace: Duration) -> io::Result<Proxy> {
     let shared = Arc::new(Shared {
         lists,
         counters: Arc::new(metrics::Counters::new(workers)),
+        ja4: Arc::new(ja4stats::Ja4Stats::new(config.ja4_top)),
         front_addrs: Mutex::new(front_addrs),
         front_proxy_protocol,
         shaping: Arc::new(ShapingCell::new(&config)),
         socks,
-        profile: Arc::new(Mutex::new(crate::proto::tlsprofile::Profile::default())),
+        profile: Arc::new(Mutex::new(crate::proto::tlsprofile::Profiles::new(
+            config.doppelganger.post_quantum,
+        ))),
         dc,
         replay,
         active: AtomicUsize::new(0),
@@ -471,6 +486,7 @@ pub fn start_with_grace(config: Config, grace: Duration) -> io::Result<Proxy> {
     };
     let source = metrics::MetricsSource {
         secret_kind: shared.config.secret.kind.as_str(),
+        ja4: Some(shared.ja4.clone()),
         stats: shared.stats.clone(),
         counters: shared.counters.clone(),
         lists: Some(shared.lists.clone()),
@@ -728,6 +744,11 @@ pub fn run(config: Config) -> io::Result<()> {
     let secret_kind = config.secret.kind;
     let workers = config.workers;
     let (drs, delays) = (config.doppelganger.drs, ShapingCell::new(&config).is_on());
+    let pq = if config.doppelganger.post_quantum {
+        "mirror"
+    } else {
+        "off"
+    };
     let proxy = start(config)?;
     crate::log_event!(
         Level::Info,
@@ -736,7 +757,8 @@ pub fn run(config: Config) -> io::Result<()> {
         workers = workers,
         secret_kind = secret_kind.as_str(),
         drs = drs,
-        delays = delays
+        delays = delays,
+        post_quantum = pq
     );
     loop {
         std::thread::sleep(Duration::from_millis(100));

@@ -1,6 +1,7 @@
 //! Pure protocol logic (sans-IO): bytes, `now` and randomness go in; bytes, decisions and
 //! deadlines come out. Nothing here touches a socket, the clock or the OS random source.
 
+pub mod browserhello;
 pub mod dc;
 pub mod dns;
 pub mod encoding;
@@ -8,7 +9,9 @@ pub mod faketls;
 pub mod fronting;
 pub mod http;
 pub mod iplist;
+pub mod ja4;
 pub mod metrics;
+pub mod mlkem;
 pub mod obfs2;
 pub mod proxy_protocol;
 pub mod qr;
