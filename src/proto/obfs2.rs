@@ -15,7 +15,7 @@
 //! * generated frames never start with a forbidden prefix ([`is_valid_start`]);
 //! * no input panics; an unknown tag is `Reject::ObfsTag`.
 
-use aes::cipher::{KeyIvInit, StreamCipher};
+use aes::cipher::{KeyIvInit, StreamCipher, StreamCipherSeek};
 use sha2::{Digest, Sha256};
 
 use super::{Reject, Rng};
@@ -92,6 +92,14 @@ impl CompactCtr {
         }
         mtpx_ctr::apply_keystream(&self.key, &self.iv, self.pos, data);
         self.pos += data.len() as u64;
+    }
+
+    /// The same stream as a cipher with its key schedule expanded, positioned at `pos` (for a
+    /// caller that keeps one stream for long, e.g. the bench tool's floor relay).
+    pub fn expand(&self) -> AesCtr {
+        let mut c = cipher(&self.key, &self.iv);
+        c.seek(self.pos);
+        c
     }
 }
 
@@ -388,6 +396,19 @@ mod tests {
         let mut f = frame;
         f[60] ^= 1;
         assert_eq!(client_handshake(&f, &key).map(|h| h.dc).ok(), Some(3));
+    }
+
+    #[test]
+    fn expanded_stream_continues_where_the_compact_one_is() {
+        let mut compact = CompactCtr::new([3u8; 32], [5u8; 16], 0);
+        let mut head = [0u8; 100];
+        compact.apply_keystream(&mut head);
+        let mut full = compact.expand();
+        let (mut a, mut b) = ([0u8; 300], [0u8; 300]);
+        compact.apply_keystream(&mut a);
+        full.apply_keystream(&mut b);
+        assert_eq!(a, b);
+        assert_ne!(a, [0u8; 300]);
     }
 
     #[test]

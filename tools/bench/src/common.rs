@@ -20,8 +20,10 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(20);
 pub const PERIOD: usize = 4093;
 /// Largest slice of pattern handed out at once.
 pub const CHUNK: usize = 64 * 1024;
-/// Largest application-data payload a real TLS stack sends (the proxy uses the same).
-pub const RECORD: usize = faketls::MAX_RECORD_PAYLOAD;
+/// Payload of the application-data records the client sends: TDLib's (and so the Telegram
+/// apps') `MAX_TLS_PACKET_LENGTH` (td/mtproto/TcpTransport.h). The proxy itself sends records
+/// of up to `faketls::MAX_RECORD_PAYLOAD`.
+pub const RECORD: usize = 2878;
 
 /// `PERIOD + CHUNK` bytes where byte `i` depends only on `i % PERIOD`.
 fn pattern_table() -> &'static [u8] {
