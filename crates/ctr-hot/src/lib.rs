@@ -13,13 +13,69 @@
 #![deny(unsafe_code)]
 
 use aes::cipher::array::Array;
-use aes::cipher::{BlockCipherEncrypt, KeyInit};
+use aes::cipher::consts::U16;
+use aes::cipher::typenum::Unsigned;
+use aes::cipher::{
+    BlockCipherEncBackend, BlockCipherEncClosure, BlockCipherEncrypt, BlockSizeUser, KeyInit,
+    ParBlocksSizeUser,
+};
 use aes::{Aes256Enc, Block};
 
-/// Keystream blocks generated per batch: a multiple of the `aes` backends' parallel widths
-/// (VAES with AVX-512: 64 blocks, AES-NI and ARMv8: 8; VAES with AVX2 does 30 at once and
-/// leaves 16 of 256 to the single-block path).
+/// Room for keystream blocks per batch. A batch is a whole number of the backend's parallel
+/// width (VAES with AVX-512: 64 blocks, with AVX2: 30; AES-NI and ARMv8: 8; software: 4), so
+/// every block goes through its wide code, never the one-block path.
 const BATCH: usize = 256;
+
+/// Encrypts consecutive counter blocks from `first` into `blocks`, a whole number of the
+/// backend's parallel width covering at least `need` blocks if the room allows; the number
+/// made goes to `made`.
+struct Generate<'a> {
+    blocks: &'a mut [Block],
+    first: u128,
+    need: usize,
+    made: &'a mut usize,
+}
+
+impl BlockSizeUser for Generate<'_> {
+    type BlockSize = U16;
+}
+
+impl BlockCipherEncClosure for Generate<'_> {
+    #[inline(always)]
+    fn call<B: BlockCipherEncBackend<BlockSize = U16>>(self, backend: &B) {
+        let par = <B as ParBlocksSizeUser>::ParBlocksSize::USIZE;
+        let (pars, _) =
+            Array::<Block, <B as ParBlocksSizeUser>::ParBlocksSize>::slice_as_chunks_mut(
+                self.blocks,
+            );
+        let (hi, lo) = ((self.first >> 64) as u64, self.first as u64);
+        if pars.is_empty() || lo.checked_add(BATCH as u64).is_none() {
+            // Rare: a backend wider than the room, or the low 64 bits of the counter wrap in
+            // this batch (once every 2^64 blocks of a stream).
+            let n = self.need.min(self.blocks.len());
+            let mut c = self.first;
+            for b in &mut self.blocks[..n] {
+                *b = Array(c.to_be_bytes());
+                c = c.wrapping_add(1);
+                backend.encrypt_block(b.into());
+            }
+            *self.made = n;
+            return;
+        }
+        let take = self.need.div_ceil(par).min(pars.len());
+        let hi = hi.to_be_bytes();
+        let mut lo = lo;
+        for p in &mut pars[..take] {
+            for b in p.iter_mut() {
+                b[..8].copy_from_slice(&hi);
+                b[8..].copy_from_slice(&lo.to_be_bytes());
+                lo += 1;
+            }
+            backend.encrypt_par_blocks(p.into());
+        }
+        *self.made = take * par;
+    }
+}
 
 /// One AES-256-CTR stream (128-bit big-endian counter starting at the IV) at a byte position.
 struct Stream {
@@ -39,25 +95,61 @@ impl Stream {
         }
     }
 
-    /// Blocks needed for the next `len` bytes, capped at a batch.
-    fn blocks_for(&self, len: usize) -> usize {
-        (self.skip + len).div_ceil(16).min(BATCH)
+    /// Generates a batch of keystream (covering up to `want` bytes, more if the backend's
+    /// width asks for it) into `buf`; returns the usable keystream from the stream's position.
+    /// The stream does not move: see [`Stream::advance`].
+    fn batch<'a>(&self, buf: &'a mut [Block; BATCH], want: usize) -> &'a [u8] {
+        let mut made = 0;
+        self.cipher.encrypt_with_backend(Generate {
+            blocks: &mut buf[..],
+            first: self.block,
+            need: (self.skip + want).div_ceil(16),
+            made: &mut made,
+        });
+        &Array::slice_as_flattened(&buf[..made])[self.skip..]
     }
 
-    /// Generates `n` keystream blocks into `buf` and returns the next `len` keystream bytes
-    /// (`len <= n * 16 - skip`), moving the stream on by `len`.
-    fn next<'a>(&mut self, buf: &'a mut [Block; BATCH], n: usize, len: usize) -> &'a [u8] {
-        let blocks = &mut buf[..n];
-        let mut c = self.block;
-        for b in blocks.iter_mut() {
-            *b = Array(c.to_be_bytes());
-            c = c.wrapping_add(1);
-        }
-        self.cipher.encrypt_blocks(blocks);
-        let (skip, used) = (self.skip, self.skip + len);
+    /// Moves the stream on by `len` bytes.
+    fn advance(&mut self, len: usize) {
+        let used = self.skip + len;
         self.block = self.block.wrapping_add((used / 16) as u128);
         self.skip = used % 16;
-        &Array::slice_as_flattened(blocks)[skip..used]
+    }
+}
+
+/// `data ^= a` (`a` at least as long), eight bytes at a time.
+fn xor1(data: &mut [u8], a: &[u8]) {
+    let a = &a[..data.len()];
+    let whole = data.len() / 8 * 8;
+    let (d8, d1) = data.split_at_mut(whole);
+    let (a8, a1) = a.split_at(whole);
+    for (d, x) in d8.chunks_exact_mut(8).zip(a8.chunks_exact(8)) {
+        let v = word(d) ^ word(x);
+        d.copy_from_slice(&v.to_ne_bytes());
+    }
+    for (d, x) in d1.iter_mut().zip(a1) {
+        *d ^= x;
+    }
+}
+
+/// `data ^= a ^ b` (`a`, `b` at least as long), eight bytes at a time: the data is read and
+/// written once.
+fn xor2(data: &mut [u8], a: &[u8], b: &[u8]) {
+    let (a, b) = (&a[..data.len()], &b[..data.len()]);
+    let whole = data.len() / 8 * 8;
+    let (d8, d1) = data.split_at_mut(whole);
+    let (a8, a1) = a.split_at(whole);
+    let (b8, b1) = b.split_at(whole);
+    for ((d, x), y) in d8
+        .chunks_exact_mut(8)
+        .zip(a8.chunks_exact(8))
+        .zip(b8.chunks_exact(8))
+    {
+        let v = word(d) ^ word(x) ^ word(y);
+        d.copy_from_slice(&v.to_ne_bytes());
+    }
+    for ((d, x), y) in d1.iter_mut().zip(a1).zip(b1) {
+        *d ^= x ^ y;
     }
 }
 
@@ -65,34 +157,6 @@ fn word(b: &[u8]) -> u64 {
     let mut w = [0u8; 8];
     w.copy_from_slice(b);
     u64::from_ne_bytes(w)
-}
-
-/// `data ^= a` (equal lengths), eight bytes at a time.
-fn xor1(data: &mut [u8], a: &[u8]) {
-    let mut d = data.chunks_exact_mut(8);
-    let mut x = a.chunks_exact(8);
-    for (d, x) in (&mut d).zip(&mut x) {
-        let v = word(d) ^ word(x);
-        d.copy_from_slice(&v.to_ne_bytes());
-    }
-    for (d, x) in d.into_remainder().iter_mut().zip(x.remainder()) {
-        *d ^= x;
-    }
-}
-
-/// `data ^= a ^ b` (equal lengths), eight bytes at a time: the data is read and written once.
-fn xor2(data: &mut [u8], a: &[u8], b: &[u8]) {
-    let mut d = data.chunks_exact_mut(8);
-    let mut x = a.chunks_exact(8);
-    let mut y = b.chunks_exact(8);
-    for ((d, x), y) in (&mut d).zip(&mut x).zip(&mut y) {
-        let v = word(d) ^ word(x) ^ word(y);
-        d.copy_from_slice(&v.to_ne_bytes());
-    }
-    let rest = d.into_remainder().iter_mut();
-    for ((d, x), y) in rest.zip(x.remainder()).zip(y.remainder()) {
-        *d ^= x ^ y;
-    }
 }
 
 /// XORs the AES-256-CTR keystream for `key`/`iv`, starting `pos` bytes into the stream, into
@@ -106,12 +170,11 @@ pub fn apply_keystream(key: &[u8; 32], iv: &[u8; 16], pos: u64, data: &mut [u8])
     let mut buf = [Block::default(); BATCH];
     let mut rest = data;
     while !rest.is_empty() {
-        // A full batch while the data lasts (every batch but the last keeps the backends'
-        // full parallel width).
-        let n = s.blocks_for(rest.len());
-        let len = rest.len().min(n * 16 - s.skip);
+        let ks = s.batch(&mut buf, rest.len());
+        let len = rest.len().min(ks.len());
         let (now, later) = rest.split_at_mut(len);
-        xor1(now, s.next(&mut buf, n, len));
+        xor1(now, ks);
+        s.advance(len);
         rest = later;
     }
 }
@@ -134,14 +197,14 @@ pub fn apply_keystream2(
     let mut buf_b = [Block::default(); BATCH];
     let mut rest = data;
     while !rest.is_empty() {
-        // A full batch for both streams while the data lasts; the stream that is further into
-        // its block decides how many bytes that covers.
-        let (na, nb) = (sa.blocks_for(rest.len()), sb.blocks_for(rest.len()));
-        let len = rest.len().min(na * 16 - sa.skip).min(nb * 16 - sb.skip);
+        // As much as both batches cover (the stream further into its block covers less).
+        let ka = sa.batch(&mut buf_a, rest.len());
+        let kb = sb.batch(&mut buf_b, rest.len());
+        let len = rest.len().min(ka.len()).min(kb.len());
         let (now, later) = rest.split_at_mut(len);
-        let ka = sa.next(&mut buf_a, na, len);
-        let kb = sb.next(&mut buf_b, nb, len);
         xor2(now, ka, kb);
+        sa.advance(len);
+        sb.advance(len);
         rest = later;
     }
 }
@@ -208,12 +271,18 @@ mod tests {
     #[test]
     fn the_counter_wraps_as_a_128_bit_number() {
         let key = [5u8; 32];
-        let iv = [0xffu8; 16];
-        let mut want = pattern(100, 1);
-        let mut got = want.clone();
-        reference(&key, &iv, 0, &mut want);
-        apply_keystream(&key, &iv, 0, &mut got);
-        assert_eq!(got, want);
+        // The whole counter wraps; the low 64 bits carry into the high ones.
+        let mut low_wraps = [0u8; 16];
+        low_wraps[8..].copy_from_slice(&(u64::MAX - 20).to_be_bytes());
+        for iv in [[0xffu8; 16], low_wraps] {
+            for len in [100, 5000, 20000] {
+                let mut want = pattern(len, 1);
+                let mut got = want.clone();
+                reference(&key, &iv, 3, &mut want);
+                apply_keystream(&key, &iv, 3, &mut got);
+                assert_eq!(got, want);
+            }
+        }
     }
 
     #[test]
