@@ -304,8 +304,9 @@ fn token(slot: usize, side: usize) -> Token {
     Token(slot << 1 | side)
 }
 
-fn apply(c: &mut CompactCtr, data: &mut [u8]) {
-    c.apply_keystream(data);
+/// Decrypts with `from`'s stream and re-encrypts with `to`'s, in one pass over `data`.
+fn apply(from: &mut CompactCtr, to: &mut CompactCtr, data: &mut [u8]) {
+    CompactCtr::apply_pair(from, to, data);
 }
 
 impl Conn {
@@ -740,8 +741,7 @@ impl Conn {
         // Our frame replaces the client's, then the client's early data follows re-encrypted.
         buf[s..s + obfs2::FRAME_LEN].copy_from_slice(&dch.frame);
         let rest = &mut buf[s + obfs2::FRAME_LEN..self.up.end];
-        apply(&mut client_dec, rest);
-        apply(&mut dch.encrypt, rest);
+        apply(&mut client_dec, &mut dch.encrypt, rest);
         self.bytes_up += rest.len() as u64;
         self.keys = Some(Keys {
             client_dec,
@@ -1107,8 +1107,7 @@ impl Conn {
                                 };
                                 if let Some(k) = keys.as_deref_mut() {
                                     let data = &mut buf[half.end..half.end + m];
-                                    apply(&mut k.client_dec, data);
-                                    apply(&mut k.dc_enc, data);
+                                    apply(&mut k.client_dec, &mut k.dc_enc, data);
                                 }
                                 half.end += m;
                                 moved += m;
@@ -1196,8 +1195,7 @@ impl Conn {
                                         usize::from(u16::from_be_bytes([buf[p + 3], buf[p + 4]]));
                                     if let Some(k) = keys.as_deref_mut() {
                                         let data = &mut buf[p + HDR..p + HDR + len];
-                                        apply(&mut k.dc_dec, data);
-                                        apply(&mut k.client_enc, data);
+                                        apply(&mut k.dc_dec, &mut k.client_enc, data);
                                     }
                                     p += HDR + len;
                                     records += 1;
@@ -1205,8 +1203,7 @@ impl Conn {
                                 self.drs.sent(records, ctx.now);
                             } else if let Some(k) = keys.as_deref_mut() {
                                 let data = &mut buf[half.end..new_end];
-                                apply(&mut k.dc_dec, data);
-                                apply(&mut k.client_enc, data);
+                                apply(&mut k.dc_dec, &mut k.client_enc, data);
                             }
                             half.end = new_end;
                             moved += n;
