@@ -354,9 +354,17 @@ impl Mtpx {
         Ok(Mtpx { child, pid, addr })
     }
 
-    /// (user, system) CPU seconds.
+    /// (user, system) CPU seconds of `/proc/<pid>/stat` (10 ms clock ticks).
     fn cpu_split(&self) -> (f64, f64) {
         proc_cpu_split(self.pid).unwrap_or((f64::NAN, f64::NAN))
+    }
+
+    /// CPU seconds of all threads, to the nanosecond (schedstat; falls back to the ticks).
+    fn cpu_total(&self) -> f64 {
+        proc_cpu_ns(self.pid).unwrap_or_else(|_| {
+            let (u, s) = self.cpu_split();
+            u + s
+        })
     }
 
     fn rss(&self) -> u64 {
@@ -703,11 +711,9 @@ fn handshakes(
     })
 }
 
+/// mtpx's (total, user) CPU seconds: the total to the nanosecond, the user part in ticks.
 fn mtpx_cpu(m: &Mtpx) -> impl FnMut() -> io::Result<(f64, f64)> + '_ {
-    move || {
-        let (u, s) = m.cpu_split();
-        Ok((u + s, u))
-    }
+    move || Ok((m.cpu_total(), m.cpu_split().0))
 }
 
 /// The floor's relay runs or handshakes: `floor_errors` collects its own failures.
@@ -1142,18 +1148,18 @@ fn full_run(
         );
         let m = env.mtpx(plan, &plan.mtpx, "bench-mtpx-shaped.log", &["--delays"])?;
         let mut load = env.load(m.addr, 1, 10)?;
-        let (u0, s0) = m.cpu_split();
+        let (c0, u0) = (m.cpu_total(), m.cpu_split().0);
         let r = ask_all(
             &mut load,
             &[format!("down {shaped_bytes} {}", plan.multi_conns)],
             Duration::from_secs(240),
         )?;
-        let (u1, s1) = m.cpu_split();
+        let (c1, u1) = (m.cpu_total(), m.cpu_split().0);
         let x = Xfer {
             name: "shaped download, 64 conns".into(),
             bytes: num(&r[0], 1),
             secs: num(&r[0], 2) as f64 * 1e-6,
-            cpu: (u1 + s1) - (u0 + s0),
+            cpu: c1 - c0,
             user: u1 - u0,
             errors: num(&r[0], 3),
         };
