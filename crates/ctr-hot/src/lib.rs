@@ -77,8 +77,9 @@ impl BlockCipherEncClosure for Generate<'_> {
     }
 }
 
-/// One AES-256-CTR stream (128-bit big-endian counter starting at the IV) at a byte position.
-struct Stream {
+/// One AES-256-CTR stream (128-bit big-endian counter starting at the IV) at a byte position,
+/// key schedule expanded: for a stream used often in small pieces (a random generator).
+pub struct Stream {
     cipher: Aes256Enc,
     /// Counter of the block holding the next keystream byte.
     block: u128,
@@ -87,7 +88,8 @@ struct Stream {
 }
 
 impl Stream {
-    fn new(key: &[u8; 32], iv: &[u8; 16], pos: u64) -> Stream {
+    /// The stream for `key`/`iv`, `pos` bytes in.
+    pub fn new(key: &[u8; 32], iv: &[u8; 16], pos: u64) -> Stream {
         Stream {
             cipher: Aes256Enc::new(&Array(*key)),
             block: u128::from_be_bytes(*iv).wrapping_add(u128::from(pos / 16)),
@@ -114,6 +116,20 @@ impl Stream {
         let used = self.skip + len;
         self.block = self.block.wrapping_add((used / 16) as u128);
         self.skip = used % 16;
+    }
+
+    /// XORs the next `data.len()` bytes of keystream into `data`.
+    pub fn apply_keystream(&mut self, data: &mut [u8]) {
+        let mut buf = [Block::default(); BATCH];
+        let mut rest = data;
+        while !rest.is_empty() {
+            let ks = self.batch(&mut buf, rest.len());
+            let len = rest.len().min(ks.len());
+            let (now, later) = rest.split_at_mut(len);
+            xor1(now, ks);
+            self.advance(len);
+            rest = later;
+        }
     }
 }
 
@@ -163,19 +179,8 @@ fn word(b: &[u8]) -> u64 {
 /// `data` (the counter is the IV as a 128-bit big-endian number).
 #[inline(never)]
 pub fn apply_keystream(key: &[u8; 32], iv: &[u8; 16], pos: u64, data: &mut [u8]) {
-    if data.is_empty() {
-        return;
-    }
-    let mut s = Stream::new(key, iv, pos);
-    let mut buf = [Block::default(); BATCH];
-    let mut rest = data;
-    while !rest.is_empty() {
-        let ks = s.batch(&mut buf, rest.len());
-        let len = rest.len().min(ks.len());
-        let (now, later) = rest.split_at_mut(len);
-        xor1(now, ks);
-        s.advance(len);
-        rest = later;
+    if !data.is_empty() {
+        Stream::new(key, iv, pos).apply_keystream(data);
     }
 }
 
@@ -283,6 +288,25 @@ mod tests {
                 assert_eq!(got, want);
             }
         }
+    }
+
+    #[test]
+    fn a_kept_stream_matches_the_ctr_crate_in_pieces() {
+        let (key, iv) = ([8u8; 32], [6u8; 16]);
+        let mut want = pattern(20000, 3);
+        let mut got = want.clone();
+        reference(&key, &iv, 5, &mut want);
+        let mut s = Stream::new(&key, &iv, 5);
+        let mut at = 0;
+        for n in [0usize, 1, 3, 4, 16, 100, 4096, 15, 5000].iter().cycle() {
+            let end = (at + n).min(got.len());
+            s.apply_keystream(&mut got[at..end]);
+            at = end;
+            if at == got.len() {
+                break;
+            }
+        }
+        assert_eq!(got, want);
     }
 
     #[test]
