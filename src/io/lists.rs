@@ -498,7 +498,7 @@ struct Loaded {
 
 /// What tells a changed file: its mtime and length, and its inode and ctime (a file replaced
 /// by `mv`, or rewritten with the old mtime put back, still counts as changed).
-fn file_stamp(p: &std::path::Path) -> Option<FileStamp> {
+pub(crate) fn file_stamp(p: &std::path::Path) -> Option<FileStamp> {
     use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(p).ok()?;
     Some((
@@ -510,7 +510,7 @@ fn file_stamp(p: &std::path::Path) -> Option<FileStamp> {
     ))
 }
 
-type FileStamp = (SystemTime, u64, u64, i64, i64);
+pub(crate) type FileStamp = (SystemTime, u64, u64, i64, i64);
 
 fn read_file(p: &std::path::Path) -> Result<String, String> {
     let f = std::fs::File::open(p).map_err(|e| format!("cannot open: {e}"))?;

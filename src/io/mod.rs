@@ -10,6 +10,7 @@ pub(crate) mod metrics;
 mod pool;
 pub mod resolve;
 pub mod scout;
+pub(crate) mod telegram;
 mod timers;
 mod tls;
 mod worker;
@@ -26,7 +27,6 @@ use mio::{Poll, Waker};
 use crate::config::Config;
 use crate::log::Level;
 use crate::proto::Rng;
-use crate::proto::dc::DcTable;
 use crate::proto::obfs2::AesCtr;
 use crate::proto::replay::ReplayFilter;
 
@@ -56,7 +56,10 @@ pub struct Stats {
 /// State shared by all workers.
 pub(crate) struct Shared {
     pub(crate) config: Config,
-    pub(crate) dc: DcTable,
+    /// The DC table in force (DC 203 follows Telegram's proxy config with `auto-update`).
+    pub(crate) dc: Arc<telegram::LiveDc>,
+    /// Telegram's proxy config: its updater and what it published.
+    pub(crate) telegram: Arc<telegram::Telegram>,
     replay: Option<Mutex<ReplayFilter>>,
     pub(crate) active: AtomicUsize,
     pub(crate) stop: AtomicBool,
@@ -284,9 +287,33 @@ impl Proxy {
         self.local_addr
     }
 
-    /// Reloads the IP lists now (what SIGHUP does).
+    /// Reloads the IP lists and Telegram's proxy config now (what SIGHUP does).
     pub fn reload_lists(&self) {
         self.shared.lists.reload();
+        self.shared.telegram.reload();
+    }
+
+    /// The DC 203 addresses `auto-update` put in force (empty until a config was loaded).
+    pub fn cdn_addresses(&self) -> Vec<SocketAddr> {
+        self.shared.dc.cdn()
+    }
+
+    /// Where the proxy dials DC `dc` now, in order (`None`: unknown DC).
+    pub fn dc_addresses(&self, dc: i16) -> Option<Vec<SocketAddr>> {
+        self.shared
+            .dc
+            .lookup_or_fallback(dc, false)
+            .map(|(_, a)| a.to_vec())
+    }
+
+    /// The middle proxies `(dc, address)` loaded for the ad tag (empty until loaded).
+    pub fn middle_proxies(&self) -> Vec<(i16, SocketAddr)> {
+        self.shared.telegram.middle_proxies().entries.clone()
+    }
+
+    /// The length of the middle proxies' secret loaded for the ad tag, if any.
+    pub fn proxy_secret_len(&self) -> Option<usize> {
+        self.shared.telegram.proxy_secret().map(|s| s.len())
     }
 
     /// Live counters.
@@ -328,6 +355,7 @@ impl Proxy {
             let _ = t.join();
         }
         self.shared.lists.stop();
+        self.shared.telegram.stop();
         // After the workers: StatsD's last flush sees every connection's bytes.
         self.services.clear();
     }
@@ -380,14 +408,20 @@ pub fn start_with_grace(config: Config, grace: Duration) -> io::Result<Proxy> {
     } else {
         None
     };
-    let dc = DcTable::new(config.prefer_ip, &config.dc_overrides);
+    let dc = Arc::new(telegram::LiveDc::new(&config));
     let per_worker_conns = config.concurrency + 1;
     let per_worker_bufs = (config.buffer_count / workers).max(2);
     let front_addrs = initial_front_addrs(&config);
     let socks = socks_upstreams(&config);
     let front_proxy_protocol = config.domain_fronting.proxy_protocol;
     let lists = lists::Lists::start(&config);
+    let telegram = telegram::Telegram::start(
+        &config,
+        dc.clone(),
+        socks.iter().map(|u| (u.addr, u.auth.clone())).collect(),
+    );
     let shared = Arc::new(Shared {
+        telegram,
         lists,
         counters: Arc::new(metrics::Counters::new(workers)),
         front_addrs: Mutex::new(front_addrs),

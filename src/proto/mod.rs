@@ -11,6 +11,7 @@ pub mod iplist;
 pub mod metrics;
 pub mod middle;
 pub mod obfs2;
+pub mod proxy_config;
 pub mod proxy_protocol;
 pub mod qr;
 pub mod replay;

@@ -1396,6 +1396,122 @@ pub fn tls_dns_server(names: &[(&str, &str)]) -> Option<TlsDns> {
 }
 
 // ------------------------------------------------------------------------------------------
+// Static HTTPS server (tests/data/tgconfig/https_server.py: Python's ssl = OpenSSL).
+
+/// A static HTTPS server on 127.0.0.1, killed on drop.
+pub struct HttpsFiles {
+    child: std::process::Child,
+    dir: std::path::PathBuf,
+    pub addr: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl HttpsFiles {
+    /// Requests served so far, as `"GET /path"`.
+    pub fn requests(&self) -> Vec<String> {
+        self.log.lock().expect("log").clone()
+    }
+
+    /// Replaces the content served at `/name`.
+    pub fn set(&self, name: &str, body: &[u8]) {
+        std::fs::write(self.dir.join(name), body).expect("write served file");
+    }
+}
+
+impl Drop for HttpsFiles {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Makes a self-signed certificate in a fresh temporary directory (`None` without `openssl`
+/// or `python3`, with a SKIP line, unless `MTPX_REQUIRE_NGINX` is set).
+fn test_certificate(tag: &str) -> Option<(std::path::PathBuf, std::path::PathBuf)> {
+    use std::process::{Command, Stdio};
+    let (Some(python), Some(openssl)) = (find_tool("python3"), find_tool("openssl")) else {
+        assert!(
+            std::env::var_os("MTPX_REQUIRE_NGINX").is_none(),
+            "python3/openssl not found but MTPX_REQUIRE_NGINX is set"
+        );
+        eprintln!("SKIP: python3 or openssl not found");
+        return None;
+    };
+    static N: AtomicU64 = AtomicU64::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "mtpx-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let ok = Command::new(&openssl)
+        .args(["req", "-x509", "-nodes", "-days", "2", "-subj", "/CN=test"])
+        .args([
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-keyout",
+        ])
+        .arg(dir.join("key.pem"))
+        .arg("-out")
+        .arg(dir.join("cert.pem"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "openssl could not make a certificate");
+    Some((python, dir))
+}
+
+/// Serves `files` (`(name, content)`) at `/name` over HTTPS; `None` (SKIP) as
+/// [`tls_dns_server`] without python3/openssl.
+pub fn https_file_server(files: &[(&str, &[u8])]) -> Option<HttpsFiles> {
+    use std::process::{Command, Stdio};
+    let (python, dir) = test_certificate("https")?;
+    for (name, body) in files {
+        std::fs::write(dir.join(name), body).expect("write served file");
+    }
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/tgconfig/https_server.py"
+    );
+    let mut child = Command::new(python)
+        .arg(script)
+        .arg(dir.join("cert.pem"))
+        .arg(dir.join("key.pem"))
+        .args(
+            files
+                .iter()
+                .map(|(n, _)| format!("{n}={}", dir.join(n).display())),
+        )
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start https_server.py");
+    let mut out = io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    io::BufRead::read_line(&mut out, &mut line).expect("port");
+    let port: u16 = line
+        .trim()
+        .parse()
+        .expect("https_server.py printed its port");
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        for l in io::BufRead::lines(out).map_while(Result::ok) {
+            sink.lock().expect("log").push(l);
+        }
+    });
+    Some(HttpsFiles {
+        child,
+        dir,
+        addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        log,
+    })
+}
+
+// ------------------------------------------------------------------------------------------
 // Prometheus scrapes.
 
 /// GETs `path` from a metrics endpoint; returns (status line, body).
