@@ -1452,14 +1452,17 @@ impl Doc {
         if let Some(v) = self.bool("auto-update")? {
             c.auto_update = v;
         }
-        c.ad_tag = self.parsed(
-            "ad-tag",
-            "is not an ad tag (the 32 hex digits @MTProxybot gives)",
-            |s| {
-                let b = crate::proto::encoding::hex_decode(s).filter(|_| s.len() == 32)?;
-                b.try_into().ok()
-            },
-        )?;
+        if let Some(v) = self.string("ad-tag")? {
+            let t = v.trim();
+            let tag = crate::proto::encoding::hex_decode(t).and_then(|b| b.try_into().ok());
+            if tag.is_none() && !t.is_empty() {
+                return Err(self.err(
+                    "ad-tag",
+                    format!("{v:?} is not an ad tag (the 32 hex digits @MTProxybot gives)"),
+                ));
+            }
+            c.ad_tag = tag;
+        }
         if self.has("tcp-buffer") {
             self.take("tcp-buffer");
             self.warn(

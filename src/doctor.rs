@@ -21,7 +21,7 @@
 //! Every network step has a timeout (at most [`MAX_WAIT`]), so the whole run takes seconds.
 
 use std::fmt::Write as _;
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -31,7 +31,7 @@ use crate::io::{resolve, scout};
 use crate::proto::dc::{DEFAULT_DC, DcTable};
 use crate::proto::secret::SecretKind;
 use crate::proto::sntp::{self, NtpTimestamp};
-use crate::proto::socks5::{self, Socks5Client, Socks5Error, Step, Target};
+use crate::proto::socks5::{self, Socks5Error, Target};
 use crate::proto::tlsprofile::Profile;
 
 /// The sections, in report order.
@@ -841,7 +841,6 @@ fn socks5_connect(
     wait: Duration,
 ) -> Result<(SocketAddr, Duration), SocksFailure> {
     let start = Instant::now();
-    let deadline = start + wait;
     let (stream, errors) = dial(servers, wait);
     let Some((mut stream, via, _)) = stream else {
         return Err(SocksFailure::Proxy(format!(
@@ -849,69 +848,22 @@ fn socks5_connect(
             errors.join("; ")
         )));
     };
-    let io_err = |what: &str, e: io::Error| {
-        SocksFailure::Proxy(format!("{what} the proxy at {via}: {}", short_err(&e)))
-    };
-    let mut client = Socks5Client::new(Target::Ip(target), auth);
-    let mut out = [0u8; socks5::OUT_MAX];
-    let n = client.initial(&mut out);
-    let _ = stream.set_write_timeout(Some(wait));
-    stream
-        .write_all(out.get(..n).unwrap_or(&[]))
-        .map_err(|e| io_err("cannot write to", e))?;
-    let mut input = [0u8; 1024];
-    let mut have = 0usize;
-    loop {
-        match client.handle(input.get(..have).unwrap_or(&[]), &mut out) {
-            Step::NeedMore => {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return Err(SocksFailure::Proxy(format!(
-                        "the proxy at {via} did not answer in {}",
-                        fmt_duration(wait)
-                    )));
-                }
-                let _ = stream.set_read_timeout(Some(left));
-                let Some(room) = input.get_mut(have..).filter(|r| !r.is_empty()) else {
-                    return Err(SocksFailure::Proxy("oversized reply".into()));
-                };
-                match stream.read(room) {
-                    Ok(0) => {
-                        return Err(SocksFailure::Proxy(format!(
-                            "the proxy at {via} closed the connection"
-                        )));
-                    }
-                    Ok(n) => have += n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(io_err("no answer from", e)),
-                }
-            }
-            Step::Send { consumed, len } => {
-                stream
-                    .write_all(out.get(..len).unwrap_or(&[]))
-                    .map_err(|e| io_err("cannot write to", e))?;
-                let consumed = consumed.min(have);
-                input.copy_within(consumed..have, 0);
-                have -= consumed;
-            }
-            Step::Connected { .. } => return Ok((via, start.elapsed())),
-            Step::Failed(e) => {
-                let target_side = matches!(
-                    e,
-                    Socks5Error::GeneralFailure
-                        | Socks5Error::NotAllowed
-                        | Socks5Error::NetworkUnreachable
-                        | Socks5Error::HostUnreachable
-                        | Socks5Error::ConnectionRefused
-                        | Socks5Error::TtlExpired
-                );
-                return Err(if target_side {
-                    SocksFailure::Target(e.to_string())
-                } else {
-                    SocksFailure::Proxy(format!("the proxy at {via} answered: {e}"))
-                });
-            }
+    match crate::io::socks5_negotiate(&mut stream, via, auth, Target::Ip(target), start + wait) {
+        Ok(()) => Ok((via, start.elapsed())),
+        Err(crate::io::TunnelError(_, Some(e)))
+            if matches!(
+                e,
+                Socks5Error::GeneralFailure
+                    | Socks5Error::NotAllowed
+                    | Socks5Error::NetworkUnreachable
+                    | Socks5Error::HostUnreachable
+                    | Socks5Error::ConnectionRefused
+                    | Socks5Error::TtlExpired
+            ) =>
+        {
+            Err(SocksFailure::Target(e.to_string()))
         }
+        Err(crate::io::TunnelError(msg, _)) => Err(SocksFailure::Proxy(msg)),
     }
 }
 

@@ -5,6 +5,7 @@
 //! [`crate::proto`]; [`conn`] glues the two together.
 
 mod conn;
+pub(crate) mod fetch;
 pub(crate) mod lists;
 pub(crate) mod metrics;
 mod pool;
@@ -414,12 +415,9 @@ pub fn start_with_grace(config: Config, grace: Duration) -> io::Result<Proxy> {
     let front_addrs = initial_front_addrs(&config);
     let socks = socks_upstreams(&config);
     let front_proxy_protocol = config.domain_fronting.proxy_protocol;
-    let lists = lists::Lists::start(&config);
-    let telegram = telegram::Telegram::start(
-        &config,
-        dc.clone(),
-        socks.iter().map(|u| (u.addr, u.auth.clone())).collect(),
-    );
+    let upstreams: Vec<fetch::Upstream> = socks.iter().map(|u| (u.addr, u.auth.clone())).collect();
+    let lists = lists::Lists::start(&config, upstreams.clone());
+    let telegram = telegram::Telegram::start(&config, dc.clone(), upstreams);
     let shared = Arc::new(Shared {
         telegram,
         lists,
@@ -508,6 +506,83 @@ pub fn start_with_grace(config: Config, grace: Duration) -> io::Result<Proxy> {
         threads,
         local_addr,
     })
+}
+
+/// Why [`socks5_tunnel`] failed: what to say, and the SOCKS5 reply when the upstream refused
+/// the CONNECT (its target side, rather than the upstream itself, may be at fault).
+#[derive(Debug)]
+pub(crate) struct TunnelError(
+    pub(crate) String,
+    pub(crate) Option<crate::proto::socks5::Socks5Error>,
+);
+
+/// A blocking SOCKS5 CONNECT to `target` over `s`, a connection to the upstream at `via` (the
+/// sans-IO client over a plain socket), all within `deadline`. For background threads and the
+/// CLI, never a worker.
+#[inline(never)]
+pub(crate) fn socks5_negotiate(
+    s: &mut std::net::TcpStream,
+    via: SocketAddr,
+    auth: Option<(String, String)>,
+    target: crate::proto::socks5::Target,
+    deadline: std::time::Instant,
+) -> Result<(), TunnelError> {
+    use crate::proto::socks5::{OUT_MAX, Socks5Client, Step};
+    use std::io::{Read, Write};
+    let left = || deadline.saturating_duration_since(std::time::Instant::now());
+    let err = |what: &str, e: &dyn std::fmt::Display| {
+        TunnelError(format!("{what} the proxy at {via}: {e}"), None)
+    };
+    let mut client = Socks5Client::new(target, auth);
+    let mut out = [0u8; OUT_MAX];
+    let n = client.initial(&mut out);
+    let _ = s.set_write_timeout(Some(left().max(Duration::from_millis(1))));
+    s.write_all(&out[..n])
+        .map_err(|e| err("cannot write to", &e))?;
+    let mut input = [0u8; 1024];
+    let mut have = 0usize;
+    loop {
+        match client.handle(&input[..have], &mut out) {
+            Step::NeedMore => {
+                let wait = left();
+                if wait.is_zero() {
+                    return Err(TunnelError(
+                        format!("the proxy at {via} did not answer in time"),
+                        None,
+                    ));
+                }
+                if have == input.len() {
+                    return Err(TunnelError("oversized reply".into(), None));
+                }
+                let _ = s.set_read_timeout(Some(wait));
+                match s.read(&mut input[have..]) {
+                    Ok(0) => {
+                        return Err(TunnelError(
+                            format!("the proxy at {via} closed the connection"),
+                            None,
+                        ));
+                    }
+                    Ok(n) => have += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(err("no answer from", &e)),
+                }
+            }
+            Step::Send { consumed, len } => {
+                s.write_all(&out[..len])
+                    .map_err(|e| err("cannot write to", &e))?;
+                let consumed = consumed.min(have);
+                input.copy_within(consumed..have, 0);
+                have -= consumed;
+            }
+            Step::Connected { .. } => return Ok(()),
+            Step::Failed(e) => {
+                return Err(TunnelError(
+                    format!("the proxy at {via} answered: {e}"),
+                    Some(e),
+                ));
+            }
+        }
+    }
 }
 
 /// Parses `[network] proxies` and resolves the upstreams' host names (once, at start).

@@ -22,21 +22,19 @@
 //! reads the table.
 
 use std::cell::RefCell;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::Read;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
+use super::fetch::{Net, Upstream};
 use super::lists::{FileStamp, MTIME_CHECK, file_stamp};
 use crate::config::Config;
 use crate::log::Level;
 use crate::proto::dc::{DcAddrs, DcTable, PreferIp};
-use crate::proto::http::{self, ResponseParse};
 use crate::proto::proxy_config::{self, MAX_CONFIG_BYTES, ProxyConfig};
-use crate::proto::socks5::{self, Socks5Client, Target};
-use crate::proto::tls13;
 
 /// How often the URLs are fetched again (as mtg).
 pub(crate) const UPDATE_EACH: Duration = Duration::from_secs(3600);
@@ -44,7 +42,7 @@ pub(crate) const UPDATE_EACH: Duration = Duration::from_secs(3600);
 const RETRY_AFTER: Duration = Duration::from_secs(60);
 /// Largest proxy-secret download.
 const MAX_SECRET_BYTES: usize = 4096;
-/// Upper bound of one download, however slowly the server trickles.
+/// Upper bound of one download (redirects included), however slowly the server trickles.
 const MAX_FETCH_TIME: Duration = Duration::from_secs(60);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -217,31 +215,6 @@ struct SourceState<T> {
 struct State {
     configs: Vec<SourceState<ProxyConfig>>,
     secret: SourceState<Vec<u8>>,
-}
-
-/// A SOCKS5 upstream: its address (`None`: its name did not resolve) and credentials.
-pub(crate) type Upstream = (Option<SocketAddr>, Option<(String, String)>);
-
-/// How to reach a URL.
-pub(crate) struct Net {
-    timeout: Duration,
-    dns: Option<crate::proto::dns::Nameserver>,
-    /// SOCKS5 upstreams (address, credentials), tried in order; empty: direct.
-    socks: Vec<Upstream>,
-}
-
-impl Net {
-    /// From the config: `[network.timeout] http`, `[network] dns`, and the upstreams.
-    pub(crate) fn new(config: &Config, socks: Vec<Upstream>) -> Net {
-        Net {
-            timeout: config
-                .timeouts
-                .http
-                .clamp(Duration::from_millis(100), MAX_FETCH_TIME),
-            dns: config.nameserver(),
-            socks,
-        }
-    }
 }
 
 /// The proxy config's sources, their last good contents, and what was made of them.
@@ -422,6 +395,7 @@ impl Telegram {
         }
     }
 
+    #[inline(never)]
     fn load_secret(&self, src: &Source) {
         let before = file_stamp_of(src);
         let got = self.load(src, MAX_SECRET_BYTES).and_then(|b| {
@@ -471,6 +445,7 @@ impl Telegram {
 
     /// Recomputes the DC 203 list and the middle-proxy list from every source's last good
     /// config, installs them and logs each change.
+    #[inline(never)]
     fn publish(&self) {
         let st = lock(&self.state);
         let good: Vec<&ProxyConfig> = st.configs.iter().filter_map(|s| s.last.as_ref()).collect();
@@ -491,30 +466,22 @@ impl Telegram {
         }
         drop(st);
         if self.cdn {
-            let old = self.dc.cdn();
+            let old: Vec<(i16, SocketAddr)> = self.dc.cdn().into_iter().map(|a| (203, a)).collect();
             if self.dc.set_cdn(&cdn) {
-                for a in cdn.iter().filter(|a| !old.contains(a)) {
-                    crate::log_event!(Level::Info, "dc-address-added", dc = 203, addr = a);
-                }
-                for a in old.iter().filter(|a| !cdn.contains(a)) {
-                    crate::log_event!(Level::Info, "dc-address-removed", dc = 203, addr = a);
-                }
+                let new: Vec<(i16, SocketAddr)> = cdn.iter().map(|&a| (203, a)).collect();
+                log_changes(["dc-address-added", "dc-address-removed"], &old, &new);
             }
         }
         if self.middle_on {
             let old = self.middle_proxies();
             if *old != middle {
-                // The first list is summed up; later changes are logged one by one.
-                let level = if old.entries.is_empty() {
-                    Level::Debug
-                } else {
-                    Level::Info
-                };
-                for (dc, a) in middle.entries.iter().filter(|e| !old.entries.contains(e)) {
-                    crate::log_event!(level, "middle-proxy-added", dc = dc, addr = a);
-                }
-                for (dc, a) in old.entries.iter().filter(|e| !middle.entries.contains(e)) {
-                    crate::log_event!(Level::Info, "middle-proxy-removed", dc = dc, addr = a);
+                // The first list is only summed up; later changes are logged one by one.
+                if !old.entries.is_empty() {
+                    log_changes(
+                        ["middle-proxy-added", "middle-proxy-removed"],
+                        &old.entries,
+                        &middle.entries,
+                    );
                 }
                 crate::log_event!(
                     Level::Info,
@@ -528,10 +495,20 @@ impl Telegram {
     }
 
     /// Reads or downloads one source, at most `cap` bytes.
+    #[inline(never)]
     fn load(&self, src: &Source, cap: usize) -> Result<Vec<u8>, String> {
         match src {
             Source::File(p) => read_capped(p, cap),
-            Source::Url(u) => fetch(u, &self.net, cap),
+            Source::Url(u) => super::fetch::get(u, &self.net, cap, true, MAX_FETCH_TIME),
+        }
+    }
+}
+
+/// One line per address added or removed: `events` names the two events.
+fn log_changes(events: [&str; 2], old: &[(i16, SocketAddr)], new: &[(i16, SocketAddr)]) {
+    for (list, other, event) in [(new, old, events[0]), (old, new, events[1])] {
+        for (dc, a) in list.iter().filter(|e| !other.contains(e)) {
+            crate::log_event!(Level::Info, event, dc = dc, addr = a);
         }
     }
 }
@@ -595,210 +572,11 @@ fn updater(weak: Weak<Telegram>) {
     }
 }
 
-// ------------------------------------------------------------------------------- fetching
-
-/// Downloads `url` (`http://` or `https://`, the latter through the observing TLS client: no
-/// certificate check) directly or through the SOCKS5 upstreams, and returns the body. Status
-/// 300 and above, a body over `cap`, a malformed response or a timeout is an error. Blocking:
-/// for the updater thread (and `doctor`).
-pub(crate) fn fetch(url: &str, net: &Net, cap: usize) -> Result<Vec<u8>, String> {
-    let (https, host, port, path) = http::parse_web_url(url)?;
-    let deadline = Instant::now() + net.timeout;
-    let stream = connect(&host, port, net, deadline)?;
-    let default_port = if https { 443 } else { 80 };
-    let authority = {
-        let h = if host.contains(':') {
-            format!("[{host}]")
-        } else {
-            host.clone()
-        };
-        if port == default_port {
-            h
-        } else {
-            format!("{h}:{port}")
-        }
-    };
-    let request = http::build_get(&authority, &path);
-    let head_cap = cap + http::MAX_HEAD + 64;
-    let mut got: Vec<u8> = Vec::new();
-    if https {
-        let opts = tls13::Options {
-            host: &host,
-            alpn: b"http/1.1",
-            decrypt: true,
-        };
-        let mut body: Option<Result<Vec<u8>, String>> = None;
-        let run = super::tls::session_on(stream, opts, &request, deadline, |_, step| {
-            match step {
-                tls13::Step::Plain(data) => got.extend_from_slice(&data),
-                tls13::Step::Closed => return false,
-                _ => {}
-            }
-            if got.len() > head_cap {
-                body = Some(Err(format!("response larger than {cap} bytes")));
-                return false;
-            }
-            match http_body(&got, cap, false) {
-                Ok(None) => true,
-                r => {
-                    body = r.transpose();
-                    false
-                }
-            }
-        });
-        if let Some(b) = body {
-            return b;
-        }
-        run.map_err(|e| format!("TLS: {e}"))?;
-        return http_body(&got, cap, true).and_then(|b| b.ok_or_else(|| "no response".into()));
-    }
-    let mut s = stream;
-    s.write_all(&request)
-        .map_err(|e| format!("cannot send request: {e}"))?;
-    let mut chunk = [0u8; 16 * 1024];
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err("download took too long".into());
-        }
-        let _ = s.set_read_timeout(Some(left));
-        let n = match s.read(&mut chunk) {
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(format!("read failed: {e}")),
-        };
-        got.extend_from_slice(&chunk[..n]);
-        if got.len() > head_cap {
-            return Err(format!("response larger than {cap} bytes"));
-        }
-        if let Some(b) = http_body(&got, cap, n == 0)? {
-            return Ok(b);
-        }
-        if n == 0 {
-            return Err("connection closed before the end of the response".into());
-        }
-    }
-}
-
-/// The body of the response in `got` once it is complete (`None`: not yet; `eof`: no more
-/// will come).
-fn http_body(got: &[u8], cap: usize, eof: bool) -> Result<Option<Vec<u8>>, String> {
-    let (consumed, status, content_length, chunked) = match http::parse_response_head(got) {
-        ResponseParse::NeedMore if eof => return Err("closed before the response head".into()),
-        ResponseParse::NeedMore => return Ok(None),
-        ResponseParse::Invalid => return Err("malformed HTTP response".into()),
-        ResponseParse::Head {
-            consumed,
-            status,
-            content_length,
-            chunked,
-            ..
-        } => (consumed, status, content_length, chunked),
-    };
-    if !(200..300).contains(&status) {
-        return Err(format!("HTTP status {status}"));
-    }
-    let rest = &got[consumed..];
-    if chunked {
-        let mut dec = http::ChunkedDecoder::new(cap);
-        let mut body = Vec::new();
-        let p = dec.feed(rest, &mut body).map_err(|e| e.to_string())?;
-        return match (p.done, eof) {
-            (true, _) => Ok(Some(body)),
-            (false, true) => Err("closed inside the chunked body".into()),
-            (false, false) => Ok(None),
-        };
-    }
-    match content_length {
-        Some(n) if n > cap => Err(format!("body of {n} bytes, larger than {cap}")),
-        Some(n) if rest.len() >= n => Ok(Some(rest[..n].to_vec())),
-        Some(_) if eof => Err("closed before the end of the body".into()),
-        Some(_) => Ok(None),
-        None if rest.len() > cap => Err(format!("body larger than {cap} bytes")),
-        None if eof => Ok(Some(rest.to_vec())),
-        None => Ok(None),
-    }
-}
-
-/// A TCP stream to `host:port`: through the first SOCKS5 upstream that gets us there, or
-/// directly (resolving `host` with the configured resolver) when there are none.
-fn connect(host: &str, port: u16, net: &Net, deadline: Instant) -> Result<TcpStream, String> {
-    let wait = || deadline.saturating_duration_since(Instant::now());
-    if net.socks.is_empty() {
-        let addrs = super::resolve::resolve(net.dns.as_ref(), host, port, wait())
-            .map_err(|e| e.to_string())?;
-        let mut last = format!("{host} has no address");
-        for a in addrs {
-            match TcpStream::connect_timeout(&a, wait().max(Duration::from_millis(1))) {
-                Ok(s) => return Ok(s),
-                Err(e) => last = format!("cannot connect to {a}: {e}"),
-            }
-        }
-        return Err(last);
-    }
-    let target = match host.parse() {
-        Ok(ip) => Target::Ip(SocketAddr::new(ip, port)),
-        // As mtg: the upstream resolves the name (no DNS query leaves from here).
-        Err(_) => Target::Domain(host.to_string(), port),
-    };
-    let mut last = String::from("no usable SOCKS5 upstream");
-    for (addr, auth) in &net.socks {
-        let Some(addr) = addr else { continue };
-        match socks5_tunnel(*addr, auth.clone(), target.clone(), deadline) {
-            Ok(s) => return Ok(s),
-            Err(e) => last = format!("SOCKS5 upstream {addr}: {e}"),
-        }
-    }
-    Err(last)
-}
-
-/// A SOCKS5 CONNECT to `target` through the upstream at `via`, blocking until `deadline`.
-fn socks5_tunnel(
-    via: SocketAddr,
-    auth: Option<(String, String)>,
-    target: Target,
-    deadline: Instant,
-) -> Result<TcpStream, String> {
-    let wait = || deadline.saturating_duration_since(Instant::now());
-    let mut s = TcpStream::connect_timeout(&via, wait().max(Duration::from_millis(1)))
-        .map_err(|e| format!("cannot connect: {e}"))?;
-    let mut client = Socks5Client::new(target, auth);
-    let mut out = [0u8; socks5::OUT_MAX];
-    let n = client.initial(&mut out);
-    let _ = s.set_write_timeout(Some(wait().max(Duration::from_millis(1))));
-    s.write_all(&out[..n]).map_err(|e| e.to_string())?;
-    let mut input = [0u8; 512];
-    let mut have = 0;
-    loop {
-        match client.handle(&input[..have], &mut out) {
-            socks5::Step::NeedMore => {
-                let left = wait();
-                if left.is_zero() || have == input.len() {
-                    return Err("no answer".into());
-                }
-                let _ = s.set_read_timeout(Some(left));
-                match s.read(&mut input[have..]) {
-                    Ok(0) => return Err("closed".into()),
-                    Ok(n) => have += n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e.to_string()),
-                }
-            }
-            socks5::Step::Send { consumed, len } => {
-                s.write_all(&out[..len]).map_err(|e| e.to_string())?;
-                input.copy_within(consumed.min(have)..have, 0);
-                have -= consumed.min(have);
-            }
-            socks5::Step::Connected { .. } => return Ok(s),
-            socks5::Step::Failed(e) => return Err(e.to_string()),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::proto::secret::{Secret, SecretKind};
+    use std::io::Write;
     use std::net::TcpListener;
 
     fn config() -> Config {
@@ -897,31 +675,6 @@ mod tests {
             Some(2),
             "other DCs unchanged"
         );
-    }
-
-    #[test]
-    fn http_bodies_are_framed_and_bad_statuses_refused() {
-        let whole = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello".to_vec();
-        for cut in 0..whole.len() {
-            assert_eq!(http_body(&whole[..cut], 100, false), Ok(None), "cut {cut}");
-            assert!(http_body(&whole[..cut], 100, true).is_err(), "cut {cut}");
-        }
-        assert_eq!(http_body(&whole, 100, false), Ok(Some(b"hello".to_vec())));
-        let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
-        assert_eq!(http_body(chunked, 100, false), Ok(Some(b"abc".to_vec())));
-        let close = b"HTTP/1.0 200 OK\r\n\r\nxyz";
-        assert_eq!(http_body(close, 100, false), Ok(None));
-        assert_eq!(http_body(close, 100, true), Ok(Some(b"xyz".to_vec())));
-        let e = http_body(b"HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n", 100, true);
-        assert_eq!(e, Err("HTTP status 500".into()));
-        let e = http_body(b"HTTP/1.1 302 Found\r\nLocation: /x\r\n\r\n", 100, true);
-        assert_eq!(e, Err("HTTP status 302".into()));
-        let e = http_body(
-            b"HTTP/1.1 200 OK\r\nContent-Length: 101\r\n\r\n",
-            100,
-            false,
-        );
-        assert!(e.unwrap_err().contains("larger"));
     }
 
     #[test]

@@ -21,10 +21,10 @@ pub(crate) fn session(
     opts: tls13::Options<'_>,
     request: &[u8],
     deadline: Instant,
-    each: impl FnMut(Instant, Step) -> bool,
+    mut each: impl FnMut(Instant, Step) -> bool,
 ) -> io::Result<()> {
     let stream = TcpStream::connect_timeout(&addr, left(deadline)?)?;
-    session_on(stream, opts, request, deadline, each)
+    session_on(stream, opts, request, deadline, &mut each)
 }
 
 fn left(d: Instant) -> io::Result<std::time::Duration> {
@@ -34,13 +34,15 @@ fn left(d: Instant) -> io::Result<std::time::Duration> {
     }
 }
 
-/// [`session`] over a stream already connected (e.g. through a SOCKS5 upstream).
+/// [`session`] over a stream already connected (e.g. through a SOCKS5 upstream). One copy
+/// for every caller (`dyn`: binary size).
+#[inline(never)]
 pub(crate) fn session_on(
     mut stream: TcpStream,
     opts: tls13::Options<'_>,
     request: &[u8],
     deadline: Instant,
-    mut each: impl FnMut(Instant, Step) -> bool,
+    each: &mut dyn FnMut(Instant, Step) -> bool,
 ) -> io::Result<()> {
     let (mut client, hello) = tls13::Client::start(&mut super::OsRng, opts, request);
     stream.set_nodelay(true)?;

@@ -97,6 +97,7 @@ fn address(s: &str) -> Result<SocketAddr, &'static str> {
 }
 
 /// Parses a `getProxyConfig` file (see the module doc).
+#[inline(never)]
 pub fn parse(bytes: &[u8]) -> Result<ProxyConfig, ConfigError> {
     if bytes.len() > MAX_CONFIG_BYTES {
         return Err(ConfigError::TooLarge(bytes.len()));
