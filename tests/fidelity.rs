@@ -5,9 +5,9 @@
 //! ServerHello record (byte for byte, except the random and the key share), the same CCS record,
 //! and the same total encrypted length within the jitter the site itself shows.
 //!
-//! Needs `nginx` and `openssl` (Debian: `apt-get install -y nginx-light openssl`, or `nginx`).
-//! Without them the tests print `SKIP` and pass, unless `MTPX_REQUIRE_NGINX=1` (CI) makes them
-//! fail. `MTPX_CAPTURE_DIR=<dir>` writes the raw flights taken (to refresh tests/data/tls/).
+//! Needs `nginx`, `openssl` and `python3`, which `make test` installs (scripts/test-deps.sh).
+//! Without them the tests fail, naming the command that installs them: they never skip.
+//! `MTPX_CAPTURE_DIR=<dir>` writes the raw flights taken (to refresh tests/data/tls/).
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -39,19 +39,19 @@ fn find(tool: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// Tools missing: skip (or fail when the environment requires nginx).
-fn tools() -> Option<(PathBuf, PathBuf)> {
-    match (find("nginx"), find("openssl")) {
-        (Some(n), Some(o)) => Some((n, o)),
-        _ => {
-            assert!(
-                std::env::var_os("MTPX_REQUIRE_NGINX").is_none(),
-                "nginx/openssl not found but MTPX_REQUIRE_NGINX is set"
-            );
-            eprintln!("SKIP: nginx or openssl not found (apt-get install -y nginx-light openssl)");
-            None
-        }
-    }
+/// A program these tests need. Missing: the test fails (it never skips) with the install command.
+fn require(tool: &str) -> PathBuf {
+    find(tool).unwrap_or_else(|| {
+        panic!(
+            "`{tool}` not found (PATH, /usr/sbin, /usr/local/sbin, /sbin): install what the tests \
+             need with `scripts/test-deps.sh --system` as root (`make test` runs it)"
+        )
+    })
+}
+
+/// nginx and openssl.
+fn tools() -> (PathBuf, PathBuf) {
+    (require("nginx"), require("openssl"))
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -328,27 +328,21 @@ fn check_fidelity(site: &Nginx, label: &str) {
 
 #[test]
 fn fake_flight_matches_nginx_rsa() {
-    let Some((nginx, openssl)) = tools() else {
-        return;
-    };
+    let (nginx, openssl) = tools();
     let site = start_nginx(&nginx, &openssl, Cert::Rsa2048, "TLSv1.2 TLSv1.3");
     check_fidelity(&site, "rsa");
 }
 
 #[test]
 fn fake_flight_matches_nginx_ecdsa() {
-    let Some((nginx, openssl)) = tools() else {
-        return;
-    };
+    let (nginx, openssl) = tools();
     let site = start_nginx(&nginx, &openssl, Cert::EcdsaP256, "TLSv1.2 TLSv1.3");
     check_fidelity(&site, "ecdsa");
 }
 
 #[test]
 fn tls12_site_falls_back_to_builtin_shape() {
-    let Some((nginx, openssl)) = tools() else {
-        return;
-    };
+    let (nginx, openssl) = tools();
     let site = start_nginx(&nginx, &openssl, Cert::Rsa2048, "TLSv1.2");
     let hello_rec = build_client_hello(&mut XorShift64(12), &KEY, HOST, 0);
     let (obs, raw) = scout::capture(site.addr, &hello_rec, TIMEOUT).unwrap();
@@ -400,9 +394,7 @@ fn unreachable_site_keeps_builtin_shape_and_scout_stops() {
 
 #[test]
 fn scout_thread_learns_from_nginx() {
-    let Some((nginx, openssl)) = tools() else {
-        return;
-    };
+    let (nginx, openssl) = tools();
     let site = start_nginx(&nginx, &openssl, Cert::Rsa2048, "TLSv1.3");
     let addr = site.addr;
     let profile = Arc::new(Mutex::new(Profile::default()));
@@ -434,9 +426,7 @@ fn scout_thread_learns_from_nginx() {
 /// 1 MiB page arrives as ≥ 64 application-data records.
 #[test]
 fn timing_observation_fetches_a_page_from_nginx() {
-    let Some((nginx, openssl)) = tools() else {
-        return;
-    };
+    let (nginx, openssl) = tools();
     for cert in [Cert::Rsa2048, Cert::EcdsaP256] {
         let site = start_nginx(&nginx, &openssl, cert, "TLSv1.2 TLSv1.3");
         let gaps = scout::observe_gaps(site.addr, HOST, "/big.bin", TIMEOUT).expect("observe");
@@ -486,8 +476,8 @@ while True:
         c.close()
 "#;
 
-fn start_timed_site(openssl: &Path, k: f64, lambda_ms: f64, records: u32) -> Option<Nginx> {
-    let python = find("python3")?;
+fn start_timed_site(openssl: &Path, k: f64, lambda_ms: f64, records: u32) -> Nginx {
+    let python = require("python3");
     let dir = std::env::temp_dir().join(format!("mtpx-timed-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     make_cert(openssl, &dir, Cert::EcdsaP256);
@@ -508,11 +498,11 @@ fn start_timed_site(openssl: &Path, k: f64, lambda_ms: f64, records: u32) -> Opt
         .read_line(&mut line)
         .unwrap();
     let port: u16 = line.trim().parse().expect("timed site port");
-    Some(Nginx {
+    Nginx {
         child,
         addr: SocketAddr::from(([127, 0, 0, 1], port)),
         dir,
-    })
+    }
 }
 
 /// `delays = true` with `learn = true`: the proxy's scout fetches the fronting site's page,
@@ -520,13 +510,8 @@ fn start_timed_site(openssl: &Path, k: f64, lambda_ms: f64, records: u32) -> Opt
 /// instead of the configured ones. The site here spaces its records by Weibull(1.3, 6 ms).
 #[test]
 fn proxy_learns_the_fronting_sites_record_timing() {
-    let Some((_, openssl)) = tools() else {
-        return;
-    };
-    let Some(site) = start_timed_site(&openssl, 1.3, 6.0, 100) else {
-        eprintln!("SKIP: no python3");
-        return;
-    };
+    let (_, openssl) = tools();
+    let site = start_timed_site(&openssl, 1.3, 6.0, 100);
     let secret = mtpx::proto::secret::Secret::generate(
         mtpx::proto::secret::SecretKind::FakeTls,
         HOST,

@@ -48,6 +48,7 @@ NGINX_HEADER_TIMEOUT = 4  # s: nginx closes idle / half-handshaken connections a
 MTPX_HANDSHAKE_TIMEOUT = 2  # s: mtpx fronts a silent client after this
 IDLE_WAIT = 14.0  # s: how long a probe waits for the server to close
 VERBOSE = False
+SBIN = "/usr/sbin:/usr/local/sbin:/sbin"  # where Debian puts nginx; not on a user's PATH
 
 
 def log(*a):
@@ -124,7 +125,7 @@ http {{
 """
         with open(f"{d}/nginx.conf", "w") as f:
             f.write(conf)
-        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+        nginx = shutil.which("nginx") or shutil.which("nginx", path=SBIN)
         p = self._spawn([nginx, "-p", d, "-c", f"{d}/nginx.conf", "-g", "daemon off;"],
                         f"{name}.out", name)
         wait_port(port, p, f"nginx ({name})", self.path(f"{name}.out"))
@@ -732,9 +733,9 @@ def main() -> int:
     args = ap.parse_args()
     VERBOSE = args.verbose
     for tool in ("nginx", "openssl", "curl"):
-        if not shutil.which(tool) and not (tool == "nginx" and os.path.exists("/usr/sbin/nginx")):
-            print(f"probes: `{tool}` not found (apt-get install nginx openssl curl)",
-                  file=sys.stderr)
+        if not (shutil.which(tool) or (tool == "nginx" and shutil.which(tool, path=SBIN))):
+            print(f"probes: FAIL: `{tool}` not found; install it: scripts/test-deps.sh --system "
+                  "(as root)", file=sys.stderr)
             return 2
     if not os.access(args.mtpx, os.X_OK):
         print(f"probes: {args.mtpx} is not executable (cargo build first)", file=sys.stderr)
