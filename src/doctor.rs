@@ -1,6 +1,6 @@
 //! `mtpx doctor`: mtg's health checks of a config and of the network around it.
 //!
-//! Six sections, run at the same time (each on its own thread; the DC and SOCKS5 checks fan out
+//! Seven sections, run at the same time (each on its own thread; the DC and SOCKS5 checks fan out
 //! further), reported in a fixed order:
 //!
 //! * **Config**: the warnings from loading the file (deprecated mtg keys, unknown keys, keys
@@ -15,6 +15,9 @@
 //!   `[domain-fronting] ip`), then a few Telegram-shaped ClientHellos to learn its TLS 1.3
 //!   first flight, as the proxy's scout does.
 //! * **SNI-DNS match**: does the secret's host name resolve to this server's public address?
+//! * **Middle proxies** (only with an `ad-tag`): Telegram's proxy config and proxy secret load
+//!   (from the URLs or files the proxy uses) and one middle proxy for DC 2 accepts a TCP
+//!   connection and the RPC handshake with that secret.
 //!
 //! Host names are resolved with mtpx's own resolver ([`crate::io::resolve`]), never libc's,
 //! through the `[network] dns` server when one is set.
@@ -28,20 +31,21 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::{Config, Warning, WarningKind, fmt_duration};
 use crate::io::{resolve, scout};
-use crate::proto::dc::{DEFAULT_DC, DcTable};
+use crate::proto::dc::{DEFAULT_DC, DcTable, PreferIp};
 use crate::proto::secret::SecretKind;
 use crate::proto::sntp::{self, NtpTimestamp};
 use crate::proto::socks5::{self, Socks5Error, Target};
 use crate::proto::tlsprofile::Profile;
 
-/// The sections, in report order.
-pub const SECTIONS: [&str; 6] = [
+/// The sections, in report order ("Middle proxies" has checks only with an `ad-tag`).
+pub const SECTIONS: [&str; 7] = [
     "Config",
     "Time skew",
     "Telegram DCs",
     "SOCKS5 upstreams",
     "Fronting site",
     "SNI-DNS match",
+    "Middle proxies",
 ];
 
 /// The NTP server asked when none is given.
@@ -152,13 +156,14 @@ pub fn run(
     opts: &Options,
     mut each_section: impl FnMut(&'static str, &[Check]),
 ) -> Vec<Check> {
-    let sections: [Section<'_>; 6] = [
+    let sections: [Section<'_>; 7] = [
         &|| config_checks(warnings),
         &|| time_checks(config, &opts.ntp),
         &|| dc_checks(config),
         &|| socks5_checks(config),
         &|| fronting_checks(config, opts.fronting_repeats),
         &|| sni_checks(config),
+        &|| middle_checks(config),
     ];
     let results = parallel(&sections, |f| f());
     let mut all = Vec::new();
@@ -217,8 +222,12 @@ pub fn exit_status(checks: &[Check], strict: bool) -> i32 {
 }
 
 /// The human report of one section: its title, then `  <icon> <name>: <message>` lines, each
-/// followed by an indented `hint:` line when there is a hint.
+/// followed by an indented `hint:` line when there is a hint. Nothing for a section without
+/// checks (one that does not apply to this config).
 pub fn render_section(section: &str, checks: &[Check]) -> String {
+    if checks.is_empty() {
+        return String::new();
+    }
     let mut out = format!("{section}\n");
     for c in checks {
         let _ = writeln!(out, "  {} {}: {}", c.status.icon(), c.name, c.message);
@@ -865,6 +874,102 @@ fn socks5_connect(
         }
         Err(crate::io::TunnelError(msg, _)) => Err(SocksFailure::Proxy(msg)),
     }
+}
+
+// ----------------------------------------------------------------------------------------------
+// Middle proxies (ad-tag)
+
+fn middle_checks(config: &Config) -> Vec<Check> {
+    use crate::io::telegram::{LiveDc, Telegram};
+    const S: &str = "Middle proxies";
+    if config.ad_tag.is_none() {
+        return Vec::new();
+    }
+    let dns = config.nameserver();
+    let upstreams = config
+        .proxies
+        .iter()
+        .filter_map(|u| socks5::parse_url(u).ok())
+        .map(|p| {
+            let addr = match &p.server {
+                Target::Ip(a) => Some(*a),
+                Target::Domain(h, port) => resolve::resolve(dns.as_ref(), h, *port, RESOLVE_WAIT)
+                    .ok()
+                    .and_then(|a| a.first().copied()),
+            };
+            (addr, p.auth)
+        })
+        .collect();
+    let t = Telegram::new(config, std::sync::Arc::new(LiveDc::new(config)), upstreams);
+    let mut checks: Vec<Check> = t
+        .check_now()
+        .into_iter()
+        .map(|(src, r)| match r {
+            Ok(msg) => Check::new(S, src, Status::Ok, msg, None),
+            Err(e) => Check::new(
+                S,
+                src,
+                Status::Fail,
+                e,
+                Some(
+                    "fetch it with curl into a file and name it in [network] proxy-config-files \
+                     / proxy-secret-file"
+                        .into(),
+                ),
+            ),
+        })
+        .collect();
+    let list = t.middle_proxies().for_dc(DEFAULT_DC);
+    let family_rank = |a: &SocketAddr| match (config.prefer_ip, a.is_ipv6()) {
+        (PreferIp::OnlyIpv4, true) | (PreferIp::OnlyIpv6, false) => None,
+        (PreferIp::PreferIpv6, v6) => Some(u8::from(!v6)),
+        (_, v6) => Some(u8::from(v6)),
+    };
+    let mut candidates: Vec<SocketAddr> = list
+        .iter()
+        .copied()
+        .filter(|a| family_rank(a).is_some())
+        .collect();
+    crate::proto::sort_small_by_key(&mut candidates, family_rank);
+    let (Some(&target), Some(secret)) = (candidates.first(), t.proxy_secret()) else {
+        return checks;
+    };
+    let name = format!("DC {DEFAULT_DC} middle proxy");
+    let start = Instant::now();
+    let public = (
+        config.public_ipv4.map(IpAddr::V4),
+        config.public_ipv6.map(IpAddr::V6),
+    );
+    let result = TcpStream::connect_timeout(&target, connect_wait(config))
+        .map_err(|e| format!("cannot connect: {}", short_err(&e)))
+        .and_then(|mut s| {
+            crate::io::middle::handshake(&mut s, &secret, public, Duration::from_secs(5))
+        });
+    checks.push(match result {
+        Ok(_) => Check::new(
+            S,
+            name,
+            Status::Ok,
+            format!(
+                "RPC handshake with {target} in {}",
+                fmt_elapsed(start.elapsed())
+            ),
+            None,
+        ),
+        Err(e) => Check::new(
+            S,
+            name,
+            Status::Fail,
+            format!("{target}: {e}"),
+            Some(
+                "a middle proxy refuses the handshake when the proxy secret is not Telegram's \
+                 current one, this server's clock is off by more than 30 s, or (behind NAT) \
+                 public-ipv4 / public-ipv6 is not this server's public address"
+                    .into(),
+            ),
+        ),
+    });
+    checks
 }
 
 // ----------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ mod conn;
 pub(crate) mod fetch;
 pub(crate) mod lists;
 pub(crate) mod metrics;
+pub mod middle;
 mod pool;
 pub mod resolve;
 pub mod scout;

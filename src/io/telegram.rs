@@ -148,7 +148,6 @@ pub(crate) struct MiddleProxies {
 
 impl MiddleProxies {
     /// The middle proxies for `dc` (exact id, else the default DC's), in order.
-    #[cfg_attr(not(test), allow(dead_code))] // used by doctor (next commit)
     pub(crate) fn for_dc(&self, dc: i16) -> Vec<SocketAddr> {
         let pick = |d: i16| -> Vec<SocketAddr> {
             self.entries
@@ -321,6 +320,38 @@ impl Telegram {
         if let Some(t) = lock(&self.updater).as_ref() {
             t.unpark();
         }
+    }
+
+    /// Loads every source now, on this thread, and says how each went: `(source, Ok(what was
+    /// loaded) or Err(why not))`, the configs first, then the secret. For `doctor`.
+    pub(crate) fn check_now(&self) -> Vec<(String, Result<String, String>)> {
+        let mut out = Vec::new();
+        for src in &self.configs {
+            let r = self
+                .load(src, MAX_CONFIG_BYTES)
+                .and_then(|b| proxy_config::parse(&b).map_err(|e| e.to_string()))
+                .map(|c| {
+                    format!(
+                        "{} middle proxies, DC 203 at {}",
+                        c.entries.len(),
+                        c.addrs_for(crate::proto::dc::CDN_DC as i16)
+                            .map(|a| a.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                });
+            out.push((src.describe(), r));
+        }
+        if let Some(src) = &self.secret_source {
+            let r = self.load(src, MAX_SECRET_BYTES).and_then(|b| {
+                proxy_config::check_secret(&b)
+                    .map(|()| format!("{} bytes", b.len()))
+                    .map_err(|e| e.to_string())
+            });
+            out.push((src.describe(), r));
+        }
+        self.update(Reload::All);
+        out
     }
 
     /// The middle proxies in force (empty until a config was loaded).

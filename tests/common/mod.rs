@@ -1332,39 +1332,7 @@ pub fn require_tool(tool: &str) -> std::path::PathBuf {
 /// `python3` and `openssl`: without them the test fails, naming the install command.
 pub fn tls_dns_server(names: &[(&str, &str)]) -> TlsDns {
     use std::process::{Command, Stdio};
-    let (python, openssl) = (require_tool("python3"), require_tool("openssl"));
-    static N: AtomicU64 = AtomicU64::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "mtpx-tlsdns-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let ok = Command::new(&openssl)
-        .args([
-            "req",
-            "-x509",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=dns.test",
-        ])
-        .args([
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-keyout",
-        ])
-        .arg(dir.join("key.pem"))
-        .arg("-out")
-        .arg(dir.join("cert.pem"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok, "openssl could not make a certificate");
+    let (python, dir) = test_certificate("tlsdns");
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/dns/tls_server.py");
     let mut child = Command::new(python)
         .arg(script)
@@ -1429,18 +1397,12 @@ impl Drop for HttpsFiles {
     }
 }
 
-/// Makes a self-signed certificate in a fresh temporary directory (`None` without `openssl`
-/// or `python3`, with a SKIP line, unless `MTPX_REQUIRE_NGINX` is set).
-fn test_certificate(tag: &str) -> Option<(std::path::PathBuf, std::path::PathBuf)> {
+/// Makes a self-signed certificate (`cert.pem`, `key.pem`) in a fresh temporary directory;
+/// returns python3 and the directory. Without python3 or openssl the test fails, naming the
+/// install command.
+fn test_certificate(tag: &str) -> (std::path::PathBuf, std::path::PathBuf) {
     use std::process::{Command, Stdio};
-    let (Some(python), Some(openssl)) = (find_tool("python3"), find_tool("openssl")) else {
-        assert!(
-            std::env::var_os("MTPX_REQUIRE_NGINX").is_none(),
-            "python3/openssl not found but MTPX_REQUIRE_NGINX is set"
-        );
-        eprintln!("SKIP: python3 or openssl not found");
-        return None;
-    };
+    let (python, openssl) = (require_tool("python3"), require_tool("openssl"));
     static N: AtomicU64 = AtomicU64::new(0);
     let dir = std::env::temp_dir().join(format!(
         "mtpx-{tag}-{}-{}",
@@ -1465,14 +1427,14 @@ fn test_certificate(tag: &str) -> Option<(std::path::PathBuf, std::path::PathBuf
         .status()
         .is_ok_and(|s| s.success());
     assert!(ok, "openssl could not make a certificate");
-    Some((python, dir))
+    (python, dir)
 }
 
-/// Serves `files` (`(name, content)`) at `/name` over HTTPS; `None` (SKIP) as
-/// [`tls_dns_server`] without python3/openssl.
-pub fn https_file_server(files: &[(&str, &[u8])]) -> Option<HttpsFiles> {
+/// Serves `files` (`(name, content)`) at `/name` over HTTPS (needs python3 and openssl, as
+/// [`tls_dns_server`]).
+pub fn https_file_server(files: &[(&str, &[u8])]) -> HttpsFiles {
     use std::process::{Command, Stdio};
-    let (python, dir) = test_certificate("https")?;
+    let (python, dir) = test_certificate("https");
     for (name, body) in files {
         std::fs::write(dir.join(name), body).expect("write served file");
     }
@@ -1506,12 +1468,12 @@ pub fn https_file_server(files: &[(&str, &[u8])]) -> Option<HttpsFiles> {
             sink.lock().expect("log").push(l);
         }
     });
-    Some(HttpsFiles {
+    HttpsFiles {
         child,
         dir,
         addr: SocketAddr::from(([127, 0, 0, 1], port)),
         log,
-    })
+    }
 }
 
 // ------------------------------------------------------------------------------------------
