@@ -23,6 +23,7 @@ pub fn our_address(local: SocketAddr, public: (Option<IpAddr>, Option<IpAddr>)) 
     SocketAddr::new(ip.unwrap_or(local.ip()), local.port())
 }
 
+#[inline(never)]
 /// Runs the RPC handshake on `stream` (connected to a middle proxy) within `timeout`.
 /// Returns the link and the bytes read past the handshake (the session's first bytes), or what
 /// went wrong.

@@ -1,5 +1,6 @@
-//! mtpx's AES hot paths (the relay's AES-256-CTR, the middle-proxy connections' AES-256-CBC),
-//! in a crate of its own.
+//! mtpx's AES hot paths (the relay's AES-256-CTR, the middle-proxy connections' AES-256-CBC
+//! encryption), in a crate of its own. (CBC decryption lives in mtpx, built for size: see
+//! `mtpx::proto::middle::CompactCbc::decrypt`.)
 //!
 //! The release profile optimises mtpx for size; this crate is built at `opt-level = 3` (see
 //! the workspace's `Cargo.toml`), and the generic cipher code is instantiated here, not in
@@ -8,9 +9,7 @@
 #![deny(unsafe_code)]
 
 use aes::cipher::array::Array;
-use aes::cipher::{
-    BlockCipherDecrypt, BlockCipherEncrypt, KeyInit, KeyIvInit, StreamCipher, StreamCipherSeek,
-};
+use aes::cipher::{BlockCipherEncrypt, KeyInit, KeyIvInit, StreamCipher, StreamCipherSeek};
 
 type AesCtr = ctr::Ctr128BE<aes::Aes256Enc>;
 
@@ -22,10 +21,6 @@ pub fn apply_keystream(key: &[u8; 32], iv: &[u8; 16], pos: u64, data: &mut [u8])
     c.seek(pos);
     c.apply_keystream(data);
 }
-
-/// Blocks decrypted per batch by [`cbc_decrypt`] (the AES backends decrypt several blocks in
-/// parallel; CBC decryption allows it, encryption does not).
-const BATCH: usize = 8;
 
 /// AES-256-CBC encryption (NIST SP 800-38A §6.2) of `data` in place, chaining from `iv`, which
 /// becomes the last ciphertext block (so consecutive calls continue one stream). Only whole
@@ -41,28 +36,6 @@ pub fn cbc_encrypt(key: &[u8; 32], iv: &mut [u8; 16], data: &mut [u8]) {
         }
         aes.encrypt_block(b);
         prev = *b;
-    }
-    *iv = prev.into();
-}
-
-/// AES-256-CBC decryption (NIST SP 800-38A §6.2) of `data` in place, chaining from `iv`, which
-/// becomes the last ciphertext block. Only whole 16-byte blocks are processed; a trailing
-/// partial block is left untouched.
-#[inline(never)]
-pub fn cbc_decrypt(key: &[u8; 32], iv: &mut [u8; 16], data: &mut [u8]) {
-    let aes = aes::Aes256Dec::new(&(*key).into());
-    let (blocks, _) = Array::slice_as_chunks_mut(data);
-    let mut prev = Array::from(*iv);
-    for batch in blocks.chunks_mut(BATCH) {
-        let mut saved = [Array::<u8, _>::default(); BATCH];
-        saved[..batch.len()].copy_from_slice(batch);
-        aes.decrypt_blocks(batch);
-        for (b, c) in batch.iter_mut().zip(saved.iter()) {
-            for (x, p) in b.iter_mut().zip(prev.iter()) {
-                *x ^= p;
-            }
-            prev = *c;
-        }
     }
     *iv = prev.into();
 }
@@ -115,10 +88,6 @@ mod tests {
         cbc_encrypt(&key(), &mut chain, &mut data);
         assert_eq!(data, unhex(CIPHER));
         assert_eq!(chain.as_slice(), &unhex(CIPHER)[48..]);
-        let mut chain = iv();
-        cbc_decrypt(&key(), &mut chain, &mut data);
-        assert_eq!(data, unhex(PLAIN));
-        assert_eq!(chain.as_slice(), &unhex(CIPHER)[48..]);
     }
 
     #[test]
@@ -132,29 +101,6 @@ mod tests {
             cbc_encrypt(&key(), &mut chain, b);
             assert_eq!(&data[..64], unhex(CIPHER).as_slice(), "split {split}");
             assert_eq!(&data[64..], &[0xaa; 5]);
-            let mut chain = iv();
-            let (a, b) = data.split_at_mut(split);
-            cbc_decrypt(&key(), &mut chain, a);
-            cbc_decrypt(&key(), &mut chain, b);
-            assert_eq!(&data[..64], unhex(PLAIN).as_slice(), "split {split}");
         }
-    }
-
-    #[test]
-    fn cbc_decrypts_long_runs_in_batches() {
-        // More blocks than one batch, against block-at-a-time decryption.
-        let mut data: Vec<u8> = (0..16 * 21).map(|i| (i * 13 % 256) as u8).collect();
-        let plain = data.clone();
-        let mut chain = iv();
-        cbc_encrypt(&key(), &mut chain, &mut data);
-        let mut one = data.clone();
-        let mut chain = iv();
-        for b in one.chunks_mut(16) {
-            cbc_decrypt(&key(), &mut chain, b);
-        }
-        assert_eq!(one, plain);
-        let mut chain = iv();
-        cbc_decrypt(&key(), &mut chain, &mut data);
-        assert_eq!(data, plain);
     }
 }

@@ -265,6 +265,7 @@ impl Encoder {
     /// doc). Errors: a malformed client length ([`MeError::BadClientPacket`]) or one over
     /// [`MAX_CLIENT_PACKET`]. With less than [`MIN_OUT_ROOM`] bytes of `out`, it may take
     /// nothing.
+    #[inline(never)]
     pub fn encode(&mut self, input: &[u8], out: &mut [u8]) -> Result<Encoded, MeError> {
         let blk = usize::from(self.blk_len);
         if out.len() < blk + 16 {
@@ -557,12 +558,13 @@ impl Decoder {
 
     /// Decrypts and decodes `buf[at + HEADROOM..at + HEADROOM + len]`, writing the client's
     /// bytes to `buf[at..]` (see the module doc). `buf` must hold `at + HEADROOM + len` bytes.
+    #[inline(never)]
     pub fn decode(
         &mut self,
         buf: &mut [u8],
         at: usize,
         len: usize,
-        rng: &mut impl Rng,
+        rng: &mut dyn Rng,
     ) -> Result<Decoded, MeError> {
         let carry = usize::from(self.carry_len);
         let start = at + HEADROOM - carry;
@@ -600,7 +602,7 @@ impl Decoder {
         stop: usize,
         w: &mut usize,
         d: &mut Decoded,
-        rng: &mut impl Rng,
+        rng: &mut dyn Rng,
     ) -> Result<(), MeError> {
         let avail = stop - *r;
         match self.state {
@@ -750,7 +752,7 @@ impl Decoder {
         w: &mut usize,
         r: usize,
         d: &mut Decoded,
-        rng: &mut impl Rng,
+        rng: &mut dyn Rng,
     ) -> Result<Down, MeError> {
         let skip = |left: u32| {
             if left > 0 {

@@ -142,6 +142,7 @@ impl MeHandshake {
     /// Feeds the bytes received and not yet consumed; `out` needs [`OUT_MAX`] bytes. See
     /// [`HsStep`]. After `Connected` or `Failed`, the same failure (or
     /// [`MeError::BadHandshake`]) is returned again.
+    #[inline(never)]
     pub fn handle(&mut self, input: &[u8], out: &mut [u8]) -> HsStep {
         let step = match self.state {
             State::Nonce => self.nonce_answer(input, out),
