@@ -125,6 +125,11 @@ def main():
         return body + struct.pack("<I", zlib.crc32(body))
     ans = struct.pack("<II", 0x4403DA0D, 0) + b"conn-id!" + b"\x01" * 8
     ack = struct.pack("<I", 0x3BAC409B) + b"conn-id!" + b"\x01\x02\x03\x04"
+    # A valid nonce answer for middle_handshake's fixed parameters (its secret is (i*37+11) & 0xff,
+    # its time 1_700_000_000): what follows is decrypted as the handshake answer.
+    key_select = bytes((i * 37 + 11) & 0xFF for i in range(4))
+    nonce = struct.pack("<I", 0x7ACB87AA) + key_select + struct.pack("<II", 1, 1_700_000_000) + b"\x42" * 16
+    put("middle_handshake", "nonce", b"\x00" + pkt(-2, nonce) + b"\x00" * 48)
     put("middle_codec", "answers", b"\x01" + pkt(0, ans) + b"\x04\0\0\0" + pkt(1, ack))
 
 

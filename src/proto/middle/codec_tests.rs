@@ -933,3 +933,118 @@ fn decode_truncation_sweep_never_panics() {
         assert!(client.len() <= cut + HEADROOM);
     }
 }
+
+/// Cost figures for the per-client vs multiplexed decision (docs/ARCHITECTURE.md): state sizes,
+/// handshake CPU, and codec CPU per byte next to direct mode's two CTR passes, in one run.
+/// Not a test of speed (nothing is asserted about time): `cargo test --release --lib
+/// measure_middle_proxy_costs -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn measure_middle_proxy_costs() {
+    use crate::proto::obfs2::CompactCtr;
+    use std::time::Instant;
+    println!(
+        "sizes: Encoder {} B, Decoder {} B, Link {} B, MeHandshake {} B, CompactCtr {} B",
+        std::mem::size_of::<Encoder>(),
+        std::mem::size_of::<Decoder>(),
+        std::mem::size_of::<Link>(),
+        std::mem::size_of::<MeHandshake>(),
+        std::mem::size_of::<CompactCtr>()
+    );
+    let s = secret();
+    let p = params(&s);
+    let n = 2000;
+    let t = Instant::now();
+    for _ in 0..n {
+        let _ = connect(&p);
+    }
+    // Each round runs both ends (the reference derives the same keys).
+    println!(
+        "handshake, both ends, in memory: {:.1} us",
+        t.elapsed().as_secs_f64() * 1e6 / f64::from(n)
+    );
+    let t = Instant::now();
+    for i in 0..n {
+        let _ = derive_keys(&[i as u8; 16], &[1; 16], 5, p.ours, p.theirs, &s);
+    }
+    println!(
+        "key derivation (2 x MD5 x2 + SHA-1 over ~200 B): {:.1} us",
+        t.elapsed().as_secs_f64() * 1e6 / f64::from(n)
+    );
+    let mb = 64usize << 20;
+    let packet = 16 * 1024;
+    let mut input = Vec::with_capacity(mb + mb / packet * 4);
+    let body = payload(7, packet);
+    while input.len() < mb {
+        input.extend(frame(Tag::Intermediate, &body, false, 0));
+    }
+    let (mut enc, _, mut srv) = session(Tag::Intermediate, Some(AD_TAG));
+    let mut out = vec![0u8; 16 * 1024 + 256];
+    let t = Instant::now();
+    let mut at = 0;
+    let mut wire = Vec::with_capacity(mb + mb / 10);
+    while at < input.len() {
+        let end = (at + 16 * 1024).min(input.len());
+        let e = enc.encode(&input[at..end], &mut out).unwrap();
+        wire.extend_from_slice(&out[..e.written]);
+        at += e.consumed;
+    }
+    let up = t.elapsed();
+    // Answers of the same size for the decoder.
+    let mut down = Vec::with_capacity(mb + mb / 10);
+    let mut k = 0;
+    while k < mb {
+        down.extend(srv.packet(&ans(CONN, &body)));
+        k += packet;
+    }
+    let (_, mut dec, _) = session(Tag::Intermediate, Some(AD_TAG));
+    let mut buf = vec![0u8; HEADROOM + 16 * 1024];
+    let mut rng = XorShift64(1);
+    let t = Instant::now();
+    for chunk in down.chunks(16 * 1024) {
+        buf[HEADROOM..HEADROOM + chunk.len()].copy_from_slice(chunk);
+        dec.decode(&mut buf, 0, chunk.len(), &mut rng).unwrap();
+    }
+    let dn = t.elapsed();
+    let mut ctr_a = CompactCtr::new([1; 32], [2; 16], 0);
+    let mut ctr_b = CompactCtr::new([3; 32], [4; 16], 0);
+    let mut data = input.clone();
+    let t = Instant::now();
+    for chunk in data.chunks_mut(16 * 1024) {
+        ctr_a.apply_keystream(chunk);
+        ctr_b.apply_keystream(chunk);
+    }
+    let direct = t.elapsed();
+    let rate = |d: std::time::Duration| mb as f64 / d.as_secs_f64() / 1e6;
+    let t = Instant::now();
+    let mut c = crate::proto::hash::Crc32::new();
+    c.update(&data);
+    let crc_t = t.elapsed();
+    let mut cbc = CompactCbc::new([5; 32], [6; 16]);
+    let t = Instant::now();
+    for chunk in data.chunks_mut(16 * 1024) {
+        cbc.encrypt(chunk);
+    }
+    let cbc_e = t.elapsed();
+    let t = Instant::now();
+    for chunk in data.chunks_mut(16 * 1024) {
+        cbc.decrypt(chunk);
+    }
+    let cbc_d = t.elapsed();
+    println!(
+        "parts: CRC-32 {:.0} MB/s (value {:08x}), CBC encrypt {:.0} MB/s, CBC decrypt {:.0} MB/s",
+        rate(crc_t),
+        c.value(),
+        rate(cbc_e),
+        rate(cbc_d)
+    );
+    println!(
+        "per byte, 16 KiB packets: encode {:.0} MB/s, decode {:.0} MB/s, direct mode (2 x CTR) {:.0} MB/s; \
+         encode/direct {:.2}x, decode/direct {:.2}x the time",
+        rate(up),
+        rate(dn),
+        rate(direct),
+        up.as_secs_f64() / direct.as_secs_f64(),
+        dn.as_secs_f64() / direct.as_secs_f64()
+    );
+}
