@@ -38,6 +38,9 @@ deps() {
     venv  .venv          tests/interop/requirements.txt "interop, interop-tdlib, interop-mtcute, haproxy"
     node  .venv-node     20.18.0      "interop-mtcute"
     npm   tests/interop/mtcute .venv-node "interop-mtcute"
+    # Node.js 24 bundles OpenSSL 3.5: the X25519MLKEM768 site (tests/pq/site.mjs).
+    node  .venv-pq-node  24.19.0      "tests/pq.rs, probes, interop, interop-tdlib, interop-mtcute"
+    venv  .venv-pq       tests/pq/requirements.txt "tests/ja4.rs (ja4plus)"
 }
 
 root=$(cd "$(dirname "$0")/.." && pwd)

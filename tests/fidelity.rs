@@ -21,8 +21,8 @@ use mtpx::proto::faketls::{
     self, build_client_hello, parse_client_hello, verify_server_flight, write_server_hello_as,
 };
 use mtpx::proto::tlsprofile::{
-    EXT_KEY_SHARE, EXT_SUPPORTED_VERSIONS, GROUP_X25519, MAX_CIPHERTEXT, Observation, Profile,
-    Unusable, parse_server_flight,
+    EXT_KEY_SHARE, EXT_SUPPORTED_VERSIONS, GROUP_X25519, GROUP_X25519_MLKEM768, HelloKind,
+    MAX_CIPHERTEXT, Observation, Profiles, Unusable, parse_server_flight,
 };
 use mtpx::proto::{Rng, XorShift64};
 
@@ -196,9 +196,20 @@ fn save(name: &str, bytes: &[u8]) {
 /// Probes `site` PROBES times into a profile, then compares, for one shared ClientHello, the
 /// site's flight with the fake one built from the learned shape.
 fn check_fidelity(site: &Nginx, label: &str) {
-    let profile = Mutex::new(Profile::default());
-    let (summary, answered) = scout::raid(&[site.addr], HOST, PROBES, TIMEOUT, &profile);
-    let profile = profile.into_inner().unwrap();
+    let profiles = Mutex::new(Profiles::default());
+    let [classic, pq] = scout::raid(&[site.addr], HOST, PROBES, TIMEOUT, &profiles);
+    let profiles = profiles.into_inner().unwrap();
+    // The site answers the browser-like post-quantum hello too (nginx on OpenSSL < 3.5: with
+    // x25519, which the report flags as older than today's clients).
+    assert_eq!(pq.answered, PROBES);
+    let g = pq.summary.group;
+    assert!(
+        g == Some(GROUP_X25519) || g == Some(GROUP_X25519_MLKEM768),
+        "{g:?}"
+    );
+    assert_eq!(pq.older_than_clients(), g == Some(GROUP_X25519));
+    let profile = profiles.get(HelloKind::Classic);
+    let (summary, answered) = (classic.summary, classic.answered);
     eprintln!("[{label}] learned: {summary}");
     assert_eq!(answered, PROBES);
     assert_eq!(summary.samples, PROBES as usize, "{:?}", summary.problem);
@@ -351,25 +362,29 @@ fn tls12_site_falls_back_to_builtin_shape() {
     assert!(!obs.is_tls13());
     assert_eq!(obs.server_hello.supported_version(), None);
     assert_eq!(obs.check(), Err(Unusable::NotTls13(0x0303)));
-    let profile = Mutex::new(Profile::default());
-    let (summary, answered) = scout::raid(&[site.addr], HOST, 3, TIMEOUT, &profile);
+    let profiles = Mutex::new(Profiles::default());
+    let [r, pq] = scout::raid(&[site.addr], HOST, 3, TIMEOUT, &profiles);
+    let (summary, answered) = (r.summary, r.answered);
     eprintln!("[tls1.2] {summary}");
+    assert!(pq.older_than_clients() && pq.summary.samples == 0);
     assert_eq!(answered, 3);
     assert_eq!(summary.samples, 0);
     assert_eq!(summary.refused, 3);
     assert_eq!(summary.problem, Some(Unusable::NotTls13(0x0303)));
-    let shape = profile.lock().unwrap().shape();
-    assert!(!shape.learned);
-    assert_eq!((shape.noise_min, shape.noise_max), (2500, 4699));
+    for kind in HelloKind::ALL {
+        let shape = profiles.lock().unwrap().shape_for(kind);
+        assert!(!shape.learned);
+        assert_eq!((shape.noise_min, shape.noise_max), (2500, 4699));
+    }
 }
 
 #[test]
 fn unreachable_site_keeps_builtin_shape_and_scout_stops() {
     // A port nobody listens on: every probe fails, the shape stays the default.
     let dead: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let err = scout::probe_once(dead, HOST, TIMEOUT).unwrap_err();
+    let err = scout::probe_once(dead, HOST, HelloKind::Classic, TIMEOUT).unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
-    let profile = Arc::new(Mutex::new(Profile::default()));
+    let profile = Arc::new(Mutex::new(Profiles::default()));
     let s = scout::spawn(
         move || vec![dead],
         HOST.to_string(),
@@ -387,8 +402,8 @@ fn unreachable_site_keeps_builtin_shape_and_scout_stops() {
         "stop waits for the hour-long sleep"
     );
     let p = profile.lock().unwrap();
-    assert!(!p.shape().learned);
-    assert_eq!(p.summary().samples, 0);
+    assert!(!p.shape_for(HelloKind::PostQuantum).learned);
+    assert_eq!(p.get(HelloKind::Classic).summary().samples, 0);
     let _ = faketls::MAX_RECORD_PAYLOAD;
 }
 
@@ -397,7 +412,7 @@ fn scout_thread_learns_from_nginx() {
     let (nginx, openssl) = tools();
     let site = start_nginx(&nginx, &openssl, Cert::Rsa2048, "TLSv1.3");
     let addr = site.addr;
-    let profile = Arc::new(Mutex::new(Profile::default()));
+    let profile = Arc::new(Mutex::new(Profiles::default()));
     let s = scout::spawn(
         move || vec![addr],
         HOST.to_string(),
@@ -408,14 +423,17 @@ fn scout_thread_learns_from_nginx() {
     )
     .unwrap();
     let until = Instant::now() + Duration::from_secs(20);
-    while profile.lock().unwrap().summary().samples < 3 {
+    let samples = |k| profile.lock().unwrap().get(k).summary().samples;
+    while samples(HelloKind::Classic) < 3 || samples(HelloKind::PostQuantum) < 3 {
         assert!(Instant::now() < until, "scout learned nothing");
         std::thread::sleep(Duration::from_millis(50));
     }
     s.stop();
-    let shape = profile.lock().unwrap().shape();
-    assert!(shape.learned);
-    assert_eq!(shape.site_records, 4);
+    for kind in HelloKind::ALL {
+        let shape = profile.lock().unwrap().shape_for(kind);
+        assert!(shape.learned);
+        assert_eq!(shape.site_records, 4);
+    }
 }
 
 // ------------------------------------------------------------------------------------------

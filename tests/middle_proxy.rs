@@ -497,3 +497,112 @@ fn doctor_checks_the_middle_proxies_and_the_secret() {
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_file(&sf);
 }
+
+/// Cost figures for the per-client vs multiplexed decision (docs/ARCHITECTURE.md): state sizes,
+/// key derivation CPU, and codec CPU per byte next to direct mode's two CTR passes, in one run.
+/// Nothing is asserted about time: `cargo test --release --test middle_proxy
+/// measure_middle_proxy_costs -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn measure_middle_proxy_costs() {
+    use mtpx::proto::middle::codec::Link;
+    use mtpx::proto::middle::handshake::MeHandshake;
+    use mtpx::proto::middle::{CompactCbc, derive_keys, pad_to_block, write_packet};
+    use mtpx::proto::obfs2::CompactCtr;
+    use std::time::Instant;
+    println!(
+        "sizes: Encoder {} B, Decoder {} B, Link {} B, MeHandshake {} B, CompactCtr {} B",
+        std::mem::size_of::<Encoder>(),
+        std::mem::size_of::<Decoder>(),
+        std::mem::size_of::<Link>(),
+        std::mem::size_of::<MeHandshake>(),
+        std::mem::size_of::<CompactCtr>()
+    );
+    let secret = payload(1, 128);
+    let (ours, theirs) = (
+        "203.0.113.5:41000".parse().unwrap(),
+        "149.154.175.50:8888".parse().unwrap(),
+    );
+    let n = 5000;
+    let t = Instant::now();
+    for i in 0..n {
+        let _ = derive_keys(&[i as u8; 16], &[1; 16], 5, ours, theirs, &secret);
+    }
+    println!(
+        "key derivation per handshake (both keys: MD5 x4 + SHA-1 x2 over ~200 B): {:.1} us",
+        t.elapsed().as_secs_f64() * 1e6 / f64::from(n)
+    );
+    let mb = 64usize << 20;
+    let packet = 16 * 1024;
+    let body = payload(7, packet);
+    let mut input = Vec::with_capacity(mb + mb / packet * 4);
+    while input.len() < mb {
+        input.extend(frame(Tag::Intermediate, &body, false));
+    }
+    let params = SessionParams {
+        tag: Tag::Intermediate,
+        conn_id: 9,
+        client: "198.51.100.7:50000".parse().unwrap(),
+        ours: "127.0.0.1:443".parse().unwrap(),
+        ad_tag: Some(AD_TAG),
+    };
+    let keys = || {
+        (
+            CompactCbc::new([1; 32], [2; 16]),
+            CompactCbc::new([3; 32], [4; 16]),
+        )
+    };
+    let (w, r) = keys();
+    let (mut enc, _) = Link::from_keys(w, r).session(&params);
+    let mut out = vec![0u8; packet + 256];
+    let t = Instant::now();
+    let mut at = 0;
+    while at < input.len() {
+        let end = (at + packet).min(input.len());
+        let e = enc.encode(&input[at..end], &mut out).unwrap();
+        at += e.consumed;
+    }
+    let up = t.elapsed();
+    // The middle proxy's answers: RPC_PROXY_ANS packets under the read key.
+    let (_, r) = keys();
+    let (_, mut dec) = Link::from_keys(CompactCbc::new([0; 32], [0; 16]), r).session(&params);
+    let mut peer = keys().1;
+    let mut down = Vec::with_capacity(mb + mb / 10);
+    let mut ans = 0x4403_da0du32.to_le_bytes().to_vec();
+    ans.extend_from_slice(&[0; 4]);
+    ans.extend_from_slice(&9u64.to_le_bytes());
+    ans.extend_from_slice(&body);
+    let mut pkt = vec![0u8; ans.len() + 32];
+    for seq in 0..(mb / packet) as i32 {
+        let n = write_packet(&mut pkt, seq, &ans);
+        let n = pad_to_block(&mut pkt, n);
+        peer.encrypt(&mut pkt[..n]);
+        down.extend_from_slice(&pkt[..n]);
+    }
+    let mut buf = vec![0u8; HEADROOM + packet];
+    let mut rng = XorShift64(1);
+    let t = Instant::now();
+    for chunk in down.chunks(packet) {
+        buf[HEADROOM..HEADROOM + chunk.len()].copy_from_slice(chunk);
+        dec.decode(&mut buf, 0, chunk.len(), &mut rng).unwrap();
+    }
+    let dn = t.elapsed();
+    let mut a = CompactCtr::new([1; 32], [2; 16], 0);
+    let mut b = CompactCtr::new([3; 32], [4; 16], 0);
+    let t = Instant::now();
+    for chunk in input.chunks_mut(packet) {
+        a.apply_keystream(chunk);
+        b.apply_keystream(chunk);
+    }
+    let direct = t.elapsed();
+    let rate = |d: Duration| mb as f64 / d.as_secs_f64() / 1e6;
+    println!(
+        "per byte, 16 KiB packets: encode {:.0} MB/s, decode {:.0} MB/s, direct mode (2 x CTR) \
+         {:.0} MB/s; encode {:.2}x and decode {:.2}x the time of direct mode",
+        rate(up),
+        rate(dn),
+        rate(direct),
+        up.as_secs_f64() / direct.as_secs_f64(),
+        dn.as_secs_f64() / direct.as_secs_f64()
+    );
+}

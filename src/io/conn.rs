@@ -16,8 +16,9 @@
 //!   client key → encrypt with the DC key; DC→client = decrypt with the DC key → encrypt with
 //!   the client key → [frame into TLS records, header written in reserved room].
 //! * Readiness is edge-triggered: a bit is cleared only when an operation returns WouldBlock.
-//! * A direction moves at most [`TURN_BUDGET`] bytes per turn, then the connection is requeued,
-//!   so one bulk transfer cannot starve the others.
+//! * A direction (and a handshake) reads at most [`TURN_BUDGET`] bytes per turn, counted as
+//!   read from the socket (record headers included), then the connection is requeued, so one
+//!   bulk transfer (or a stream of empty records) cannot starve the others.
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr};
@@ -89,8 +90,6 @@ pub(crate) enum CloseReason {
     DcUnreachable,
     /// The fronting site could not be reached.
     FrontUnreachable,
-    /// A malformed PROXY protocol header.
-    BadProxyHeader,
     /// The client address is not allowed (blocklist / allowlist).
     Blocked,
     /// The client asked for a DC we do not know, and fallback is off.
@@ -110,7 +109,6 @@ impl CloseReason {
             CloseReason::Rejected(r) => r.as_str(),
             CloseReason::DcUnreachable => "dc-unreachable",
             CloseReason::FrontUnreachable => "front-unreachable",
-            CloseReason::BadProxyHeader => "bad-proxy-header",
             CloseReason::Blocked => "ip-blocked",
             CloseReason::UnknownDc => "unknown-dc",
             CloseReason::Idle => "idle-timeout",
@@ -427,7 +425,9 @@ impl Conn {
             .stats
             .fronted
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        crate::log_event!(
+        // Rate-limited: any prober can trigger it (issue 12).
+        crate::log_probe!(
+            crate::log::Probe::Fronting,
             Level::Info,
             "fronting",
             conn = self.id_str(),
@@ -507,7 +507,14 @@ impl Conn {
                 }
             }
         }
+        // Bytes read this turn, record headers included (issue 12: empty records must not
+        // keep the worker here).
+        let mut raw = 0;
         loop {
+            if raw >= TURN_BUDGET {
+                ctx.requeue = true;
+                return Ok(());
+            }
             let mut id = self.up.buf.expect("checked out above");
             if self.up.end >= ctx.pool.get(id).len() {
                 // Outgrown: move to a relay buffer if 3/4 of them are free. Otherwise (under
@@ -534,6 +541,7 @@ impl Conn {
                     return Ok(());
                 }
                 Ok(n) => {
+                    raw += n;
                     if let Some(tls) = self.tls.as_mut() {
                         // After the hello: new bytes are TLS records; keep only their payload.
                         let m = tls
@@ -578,7 +586,8 @@ impl Conn {
                         self.peer = src;
                     }
                 }
-                Parse::Invalid => return Err(CloseReason::BadProxyHeader),
+                // Fronted like any failed handshake, bytes as received (issue 12).
+                Parse::Invalid => return Err(CloseReason::Rejected(Reject::ProxyHeader)),
             }
             if !ctx.shared.admits(self.peer.ip()) {
                 return Err(CloseReason::Blocked);
@@ -625,6 +634,7 @@ impl Conn {
         let shared = ctx.shared;
         let secret = &shared.config.secret;
         let msg = &ctx.scratch[..msg_len];
+        let ja4 = crate::proto::ja4::fingerprint(msg);
         let hello = faketls::parse_client_hello(msg)
             .and_then(|hello| {
                 let now_unix = super::unix_now();
@@ -641,14 +651,16 @@ impl Conn {
                 }
                 Ok(hello)
             })
+            .inspect_err(|_| shared.ja4.record(false, ja4.as_ref()))
             .map_err(CloseReason::Rejected)?;
+        shared.ja4.record(true, ja4.as_ref());
         // The flight is built in the worker's scratch space and written at once: a fresh
         // socket's send buffer takes it whole. So a handshake holds one pool buffer, never two
         // (holding two would let handshakes deadlock each other on a small pool).
         // Shaped like the fronting site's own first flight (learned by the scout).
         let shape = match shared.profile.lock() {
-            Ok(p) => p.shape(),
-            Err(p) => p.into_inner().shape(),
+            Ok(p) => p.shape_for(hello.kind()),
+            Err(p) => p.into_inner().shape_for(hello.kind()),
         };
         let public = ctx.keyshares.next(ctx.rng);
         let room = faketls::noise_room(&shape.template, hello.session_id_len, ctx.scratch.len());
@@ -800,7 +812,8 @@ impl Conn {
         loop {
             let Some((addr, via)) = self.route_at(self.addr_idx, shared) else {
                 if fronting {
-                    crate::log_event!(
+                    crate::log_probe!(
+                        crate::log::Probe::FrontingFailed,
                         Level::Warn,
                         "fronting-failed",
                         conn = self.id_str(),
@@ -904,10 +917,10 @@ impl Conn {
             return Ok(());
         }
         let _ = up.set_nodelay(true);
-        let ka = &ctx.shared.config.keep_alive;
-        if self.fronted.is_none() && !ka.disabled {
-            // DC connections live long and idle: find a vanished DC or upstream.
-            let _ = crate::sys::set_keepalive(up, ka.idle, ka.interval, ka.count);
+        if self.fronted.is_none() {
+            // DC connections live long and idle: find a vanished DC or upstream (keep-alive,
+            // and TCP_USER_TIMEOUT for data left unacknowledged: issue 12).
+            super::dc_socket_options(up, &ctx.shared.config);
         }
         if self.fronted.is_some() && ctx.shared.front_proxy_protocol {
             let front = up.peer_addr().unwrap_or(self.peer);
@@ -1081,6 +1094,9 @@ impl Conn {
         let mut keys = self.keys.as_mut();
         let half = &mut self.up;
         let mut moved = 0;
+        // Bytes read from the socket, TLS record headers included: the turn budget counts
+        // these, so a stream of empty records yields like any other (issue 12).
+        let mut raw = 0;
         loop {
             let mut progress = false;
             // Fill.
@@ -1097,6 +1113,7 @@ impl Conn {
                                 progress = true;
                             }
                             Ok(n) => {
+                                raw += n;
                                 let m = match self.tls.as_mut() {
                                     Some(t) => t
                                         .deframe_in_place(&mut buf[half.end..half.end + n])
@@ -1136,7 +1153,7 @@ impl Conn {
                 ctx.pool,
                 false,
             )?;
-            if moved >= TURN_BUDGET {
+            if raw >= TURN_BUDGET {
                 ctx.requeue = true;
                 break;
             }

@@ -13,7 +13,8 @@
 //! `domain_fronting_traffic{direction}` (without mtg's `telegram_ip` label; bytes are counted
 //! by the workers' 250 ms sweep and at close, so an open relay shows too). mtpx adds
 //! `accepted_connections`, `handshakes`, `connections{secret_kind}`,
-//! `handshake_failures{reason}`, `fronted_connections`, `dc_connect_failures` and
+//! `handshake_failures{reason}`, `fronted_connections`, `dc_connect_failures`,
+//! `fronting_self_loops`, `log_lines_dropped` and
 //! `buffer_pool_in_use` / `buffer_pool_capacity`, `handshake_buffers_in_use`, and
 //! `middle_proxy_connections`, `middle_proxy_reconnects`, `middle_proxy_traffic{direction}`
 //! (ad-tag; zero until the middle-proxy relay is wired in).
@@ -40,7 +41,7 @@ use crate::proto::metrics::{
 };
 
 /// Every handshake failure reason, indexed by discriminant.
-const REJECTS: [Reject; 14] = [
+const REJECTS: [Reject; 15] = [
     Reject::RecordType,
     Reject::RecordVersion,
     Reject::TooManyFragments,
@@ -55,6 +56,7 @@ const REJECTS: [Reject; 14] = [
     Reject::ObfsTagNotAllowed,
     Reject::Timeout,
     Reject::Eof,
+    Reject::ProxyHeader,
 ];
 
 /// Largest StatsD datagram (fits a 1500-byte MTU with IPv6 and UDP headers).
@@ -205,6 +207,8 @@ pub(crate) struct MetricsSource {
     pub(crate) active: Arc<dyn Fn() -> usize + Send + Sync>,
     /// The listener's secret kind (`faketls`, `dd`, `classic`): the `secret_kind` label.
     pub(crate) secret_kind: &'static str,
+    /// ClientHello fingerprints.
+    pub(crate) ja4: Option<Arc<super::ja4stats::Ja4Stats>>,
 }
 
 /// One reading of every metric.
@@ -217,6 +221,8 @@ pub(crate) struct Snapshot {
     pub(crate) fronted: u64,
     pub(crate) fronted_open: u64,
     pub(crate) dc_failures: u64,
+    pub(crate) front_self_loops: u64,
+    pub(crate) log_dropped: u64,
     pub(crate) rejects: [u64; REJECTS.len()],
     pub(crate) secret_kind: &'static str,
     pub(crate) dc_up: [u64; DC_LABELS.len()],
@@ -229,6 +235,8 @@ pub(crate) struct Snapshot {
     pub(crate) pool_in_use: u64,
     pub(crate) pool_capacity: u64,
     pub(crate) handshake_bufs: u64,
+    /// JA4 rows (class, fingerprint or "other", count).
+    pub(crate) ja4: Vec<super::ja4stats::Row>,
     /// Middle-proxy connections open, reconnects, bytes up, bytes down.
     pub(crate) me: [u64; 4],
 }
@@ -253,6 +261,8 @@ impl MetricsSource {
             fronted: l(&s.fronted),
             fronted_open: l(&s.fronted).saturating_sub(l(&c.front_closed)),
             dc_failures: l(&s.dc_failures),
+            front_self_loops: l(&s.front_self_loops),
+            log_dropped: crate::log::dropped(),
             rejects: std::array::from_fn(|i| c.rejects.get(i).map_or(0, l)),
             secret_kind: self.secret_kind,
             dc_up: std::array::from_fn(|i| l(&c.dc_up[i])),
@@ -264,6 +274,7 @@ impl MetricsSource {
             pool_in_use: sum(&c.pool_in_use),
             pool_capacity: sum(&c.pool_capacity),
             handshake_bufs: sum(&c.handshake_bufs),
+            ja4: self.ja4.as_ref().map_or_else(Vec::new, |j| j.rows()),
             me: std::array::from_fn(|i| l(&c.me[i])),
         }
     }
@@ -375,9 +386,36 @@ fn with_metrics<R>(
     let handshakes = one(d(s.handshakes, |b| b.handshakes));
     let fronted_open = one(g(s.fronted_open));
     let dc_failures = one(d(s.dc_failures, |b| b.dc_failures));
+    let self_loops = one(d(s.front_self_loops, |b| b.front_self_loops));
+    let log_dropped = one(d(s.log_dropped, |b| b.log_dropped));
     let in_use = one(g(s.pool_in_use));
     let capacity = one(g(s.pool_capacity));
     let handshake_bufs = one(g(s.handshake_bufs));
+    let ja4_labels: Vec<[(&str, &str); 2]> = s
+        .ja4
+        .iter()
+        .map(|(class, fp, _)| {
+            let fp = fp.as_ref().and_then(|f| std::str::from_utf8(f).ok());
+            [
+                ("class", super::ja4stats::CLASSES[*class]),
+                ("ja4", fp.unwrap_or("other")),
+            ]
+        })
+        .collect();
+    let ja4: Vec<Sample<'_>> = s
+        .ja4
+        .iter()
+        .zip(&ja4_labels)
+        .map(|(row, labels)| {
+            let old = base
+                .and_then(|b| b.ja4.iter().find(|o| o.0 == row.0 && o.1 == row.1))
+                .map_or(0, |o| o.2);
+            Sample {
+                labels,
+                value: row.2.saturating_sub(old) as f64,
+            }
+        })
+        .collect();
     let me_open = one(g(s.me[ME_OPEN]));
     let me_reconnects = one(d(s.me[ME_RECONNECTS], |b| b.me[ME_RECONNECTS]));
     let me_traffic = [
@@ -456,6 +494,18 @@ fn with_metrics<R>(
             Kind::Counter,
             &dc_failures[..],
         ),
+        own(
+            "fronting_self_loops",
+            "Fronting addresses refused as this proxy's own listener (at start and per resolution).",
+            Kind::Counter,
+            &self_loops[..],
+        ),
+        own(
+            "log_lines_dropped",
+            "Log lines dropped because stderr did not keep up.",
+            Kind::Counter,
+            &log_dropped[..],
+        ),
         cat(fmt::BUFFER_POOL_IN_USE, &in_use[..]),
         cat(fmt::BUFFER_POOL_CAPACITY, &capacity[..]),
         own(
@@ -463,6 +513,12 @@ fn with_metrics<R>(
             "Small handshake buffers in use (connections partway through their handshake).",
             Kind::Gauge,
             &handshake_bufs[..],
+        ),
+        own(
+            "client_hello_ja4",
+            "ClientHellos by JA4 fingerprint (the most frequent; class client or fronted).",
+            Kind::Counter,
+            &ja4[..],
         ),
         own(
             "middle_proxy_connections",
@@ -918,6 +974,7 @@ mod tests {
         let a = active.clone();
         (
             MetricsSource {
+                ja4: None,
                 stats: Arc::new(Stats::default()),
                 counters: Arc::new(Counters::new(2)),
                 lists: None,

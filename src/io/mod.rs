@@ -6,6 +6,7 @@
 
 mod conn;
 pub(crate) mod fetch;
+mod ja4stats;
 pub(crate) mod lists;
 pub(crate) mod metrics;
 pub mod middle;
@@ -49,6 +50,9 @@ pub struct Stats {
     pub dc_failures: AtomicU64,
     /// Connections closed (for any reason).
     pub closed: AtomicU64,
+    /// Fronting addresses refused because they reach mtpx's own listener (at start and
+    /// after each resolution of the fronting host).
+    pub front_self_loops: AtomicU64,
     /// Payload bytes from clients to DCs (counted when a connection closes).
     pub bytes_up: AtomicU64,
     /// Payload bytes from DCs to clients (counted when a connection closes).
@@ -76,11 +80,15 @@ pub(crate) struct Shared {
     /// SOCKS5 upstreams toward the DCs (`[network] proxies`), in order.
     pub(crate) socks: Vec<SocksUpstream>,
     /// What the fronting site's TLS first flight looks like (learned by the scout).
-    pub(crate) profile: Arc<Mutex<crate::proto::tlsprofile::Profile>>,
+    pub(crate) profile: Arc<Mutex<crate::proto::tlsprofile::Profiles>>,
     /// IP block/allow lists.
     pub(crate) lists: Arc<lists::Lists>,
     /// Counters only the metrics exporters read.
     pub(crate) counters: Arc<metrics::Counters>,
+    /// Where this process listens (the proxy, the metrics endpoint): never a fronting target.
+    own_listeners: Vec<SocketAddr>,
+    /// JA4 fingerprints of the ClientHellos that arrive (`[stats] ja4-top`).
+    pub(crate) ja4: Arc<ja4stats::Ja4Stats>,
 }
 
 /// The inter-record timing in force: the configured Weibull parameters, replaced by the ones
@@ -241,6 +249,7 @@ impl OsRng {
             // The OS random source does not fail on Linux once seeded; if it ever does, a
             // proxy without randomness must not go on.
             crate::log_event!(Level::Error, "fatal", reason = "getrandom failed");
+            crate::log::flush();
             std::process::abort();
         }
     }
@@ -334,6 +343,15 @@ impl Proxy {
         self.shared.shaping.params()
     }
 
+    /// What the scout learned of the fronting site's answer to `kind` of ClientHello.
+    pub fn tls_summary(
+        &self,
+        kind: crate::proto::tlsprofile::HelloKind,
+    ) -> crate::proto::tlsprofile::Summary {
+        let p = self.shared.profile.lock();
+        p.unwrap_or_else(|p| p.into_inner()).get(kind).summary()
+    }
+
     /// Connections currently open.
     pub fn active(&self) -> usize {
         self.shared.active.load(Ordering::Relaxed)
@@ -394,26 +412,36 @@ pub fn start_with_grace(config: Config, grace: Duration) -> io::Result<Proxy> {
         }
     }
     let local_addr = listener.local_addr()?;
+    // From here on, a slow stderr must not stall a worker: log lines go through a ring.
+    crate::log::start_writer();
 
     let workers = config.workers.max(1);
     let replay = if config.anti_replay.enabled {
         let mut key = [0u8; 16];
         OsRng::os_fill(&mut key);
-        // Remember handshakes for the whole window in which their timestamps stay acceptable:
-        // a timestamp up to `tolerance` in the future stays valid until 2 × tolerance later.
-        let window = 2 * config.tolerate_time_skewness.as_secs() + 2;
-        Some(Mutex::new(ReplayFilter::new(
-            config.anti_replay.max_size,
-            window,
-            key,
-        )))
+        // A FakeTLS hello is remembered for the whole window in which its timestamp stays
+        // acceptable (a timestamp up to `tolerance` in the future stays valid until
+        // 2 × tolerance later); an obfuscated2 frame (dd, classic) has no timestamp, so it is
+        // never forgotten for its age, only to make room.
+        let filter = if config.secret.kind == crate::proto::secret::SecretKind::FakeTls {
+            let window = 2 * config.tolerate_time_skewness.as_secs() + 2;
+            ReplayFilter::new(config.anti_replay.max_size, window, key)
+        } else {
+            ReplayFilter::capacity_only(config.anti_replay.max_size, key)
+        };
+        Some(Mutex::new(filter))
     } else {
         None
     };
     let dc = Arc::new(telegram::LiveDc::new(&config));
     let per_worker_conns = config.concurrency + 1;
     let per_worker_bufs = (config.buffer_count / workers).max(2);
-    let front_addrs = initial_front_addrs(&config);
+    // Never front to ourselves (a loop through the proxy): checked here and after every
+    // resolution of the fronting host.
+    let stats = Arc::new(Stats::default());
+    let own = own_listeners(&config, local_addr);
+    let front_configured = initial_front_addrs(&config);
+    let front_addrs = drop_self_loops(front_configured.clone(), &own, &stats);
     let socks = socks_upstreams(&config);
     let front_proxy_protocol = config.domain_fronting.proxy_protocol;
     let upstreams: Vec<fetch::Upstream> = socks.iter().map(|u| (u.addr, u.auth.clone())).collect();
@@ -423,21 +451,25 @@ pub fn start_with_grace(config: Config, grace: Duration) -> io::Result<Proxy> {
         telegram,
         lists,
         counters: Arc::new(metrics::Counters::new(workers)),
+        ja4: Arc::new(ja4stats::Ja4Stats::new(config.ja4_top)),
         front_addrs: Mutex::new(front_addrs),
         front_proxy_protocol,
         shaping: Arc::new(ShapingCell::new(&config)),
         socks,
-        profile: Arc::new(Mutex::new(crate::proto::tlsprofile::Profile::default())),
+        profile: Arc::new(Mutex::new(crate::proto::tlsprofile::Profiles::new(
+            config.doppelganger.post_quantum,
+        ))),
         dc,
         replay,
         active: AtomicUsize::new(0),
         stop: AtomicBool::new(false),
         grace,
-        stats: Arc::new(Stats::default()),
+        stats,
+        own_listeners: own,
         config,
     });
 
-    if shared.front_addr(0).is_none() && !shared.config.secret.host.is_empty() {
+    if front_configured.is_empty() && !shared.config.secret.host.is_empty() {
         spawn_front_resolver(shared.clone());
     }
     let mut wakers = Vec::with_capacity(workers);
@@ -487,6 +519,7 @@ pub fn start_with_grace(config: Config, grace: Duration) -> io::Result<Proxy> {
     };
     let source = metrics::MetricsSource {
         secret_kind: shared.config.secret.kind.as_str(),
+        ja4: Some(shared.ja4.clone()),
         stats: shared.stats.clone(),
         counters: shared.counters.clone(),
         lists: Some(shared.lists.clone()),
@@ -652,8 +685,103 @@ fn initial_front_addrs(config: &Config) -> Vec<SocketAddr> {
     Vec::new()
 }
 
+/// Where this process listens: the proxy's listener (as bound) and the Prometheus endpoint's
+/// (when it names a port).
+pub(crate) fn own_listeners(config: &Config, proxy: SocketAddr) -> Vec<SocketAddr> {
+    let mut own = vec![proxy];
+    if config.prometheus.enabled {
+        own.extend(config.prometheus.bind_to.filter(|a| a.port() != 0));
+    }
+    own
+}
+
+/// Whether a connection to an address would reach one of `own` listeners
+/// ([`crate::proto::fronting::reaches_listener`], with [`is_local_address`] asked afresh:
+/// addresses change with DHCP, VPNs...).
+pub(crate) fn self_loop_test(own: &[SocketAddr]) -> impl Fn(&SocketAddr) -> bool + '_ {
+    move |a| crate::proto::fronting::reaches_listener(*a, own, is_local_address)
+}
+
+/// Whether `ip` is one of this host's addresses, as the kernel's routing sees it: a UDP socket
+/// "connected" to it (a route lookup; nothing is sent) gets `ip` itself as its source address
+/// only when `ip` is local (an interface address, whose route is in the local table).
+/// `getifaddrs(3)` tells the same for interface addresses but misses "AnyIP" local routes,
+/// needs `unsafe` and costs 1.5 KiB more of static binary (musl's netlink code); binding to
+/// `ip` would be wrong with `ip_nonlocal_bind` on.
+pub(crate) fn is_local_address(ip: std::net::IpAddr) -> bool {
+    let any: SocketAddr = match ip {
+        std::net::IpAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
+        std::net::IpAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    std::net::UdpSocket::bind(any)
+        .and_then(|s| s.connect((ip, 9)).and_then(|()| s.local_addr()))
+        .is_ok_and(|local| local.ip() == ip)
+}
+
+/// The fronting addresses that do not reach one of `own` listeners. Fronting to one of ours
+/// would feed a failed handshake back to the proxy, which fronts it again: hundreds of hops
+/// for one probe, and every slot taken. Those are dropped (failed handshakes are closed when
+/// none is left), with one warning and a count per resolution.
+fn drop_self_loops(addrs: Vec<SocketAddr>, own: &[SocketAddr], stats: &Stats) -> Vec<SocketAddr> {
+    let (loops, good): (Vec<_>, Vec<_>) = addrs.into_iter().partition(self_loop_test(own));
+    if let Some(first) = loops.first() {
+        stats
+            .front_self_loops
+            .fetch_add(loops.len() as u64, Ordering::Relaxed);
+        crate::log_event!(
+            Level::Warn,
+            "fronting-self-loop",
+            address = first,
+            refused = loops.len(),
+            kept = good.len(),
+            hint = "the fronting site's address is this proxy's own listener; failed handshakes \
+                    are closed instead: set [domain-fronting] ip and port to the real site"
+        );
+    }
+    good
+}
+
 /// How often the fronting site's host name is resolved again.
 const FRONT_REFRESH: Duration = Duration::from_secs(300);
+
+/// Why accepting must pause for a moment after `e`, if it must: the process or the system is
+/// out of descriptors (EMFILE, ENFILE) or of socket memory (ENOBUFS, ENOMEM). Retrying at
+/// once would fail again and spin the worker; the connections wait in the backlog meanwhile.
+/// Other errors (ECONNABORTED, a reset before accept...) concern one connection only.
+pub(crate) fn accept_pause_reason(e: &io::Error) -> Option<&'static str> {
+    match e.raw_os_error()? {
+        libc::EMFILE | libc::ENFILE => Some("out of file descriptors"),
+        libc::ENOBUFS | libc::ENOMEM => Some("out of memory"),
+        _ => None,
+    }
+}
+
+/// Socket options of a connection to a DC (or to a SOCKS5 upstream toward one): keep-alive
+/// as configured (`[network.keep-alive]`), and `TCP_USER_TIMEOUT` ([`dc_user_timeout`]).
+pub(crate) fn dc_socket_options(sock: &impl std::os::fd::AsRawFd, config: &Config) {
+    let ka = &config.keep_alive;
+    if !ka.disabled {
+        let _ = crate::sys::set_keepalive(sock, ka.idle, ka.interval, ka.count);
+    }
+    let _ = crate::sys::set_user_timeout(sock, dc_user_timeout(config));
+}
+
+/// How long data sent to a DC may stay unacknowledged before the kernel gives the connection
+/// up. Without a limit Linux retransmits for about 15 minutes (`tcp_retries2`), all that time
+/// holding the relay's buffers for a DC that is gone. Linux also applies this limit to
+/// unanswered keep-alive probes, so with keep-alive on it is the keep-alive detection time,
+/// idle + interval × count (2m30s by default): a vanished DC is found as fast whether or not
+/// data was in flight. With keep-alive off, the idle timeout: a relay that moves nothing for
+/// that long is closed anyway.
+pub(crate) fn dc_user_timeout(config: &Config) -> Duration {
+    let ka = &config.keep_alive;
+    if ka.disabled {
+        config.timeouts.idle
+    } else {
+        ka.idle
+            .saturating_add(ka.interval.saturating_mul(ka.count.clamp(1, 127)))
+    }
+}
 
 /// Resolves the fronting site's host name now and every [`FRONT_REFRESH`], on a thread of its
 /// own (a DNS query never blocks a worker). Until the first answer, failed handshakes are
@@ -678,7 +806,11 @@ fn spawn_front_resolver(shared: Arc<Shared>) {
                                 host = host,
                                 addresses = addrs.len()
                             );
-                            shared.set_front_addrs(addrs);
+                            shared.set_front_addrs(drop_self_loops(
+                                addrs,
+                                &shared.own_listeners,
+                                &shared.stats,
+                            ));
                         }
                         Ok(_) => {}
                         Err(e) => crate::log_event!(
@@ -722,6 +854,11 @@ pub fn run(config: Config) -> io::Result<()> {
     let secret_kind = config.secret.kind;
     let workers = config.workers;
     let (drs, delays) = (config.doppelganger.drs, ShapingCell::new(&config).is_on());
+    let pq = if config.doppelganger.post_quantum {
+        "mirror"
+    } else {
+        "off"
+    };
     let proxy = start(config)?;
     crate::log_event!(
         Level::Info,
@@ -730,7 +867,8 @@ pub fn run(config: Config) -> io::Result<()> {
         workers = workers,
         secret_kind = secret_kind.as_str(),
         drs = drs,
-        delays = delays
+        delays = delays,
+        post_quantum = pq
     );
     loop {
         std::thread::sleep(Duration::from_millis(100));
@@ -754,5 +892,109 @@ pub fn run(config: Config) -> io::Result<()> {
         bytes_up = stats.bytes_up.load(Ordering::Relaxed),
         bytes_down = stats.bytes_down.load(Ordering::Relaxed)
     );
+    crate::log::flush();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::proto::x25519;
+    use std::os::fd::AsRawFd;
+    use std::time::Duration;
+
+    #[test]
+    fn local_addresses_are_told_by_the_routing_table() {
+        // (Loopback only: tests never look up routes toward other hosts.)
+        assert!(super::is_local_address([127, 0, 0, 1].into()));
+        assert!(super::is_local_address(
+            std::net::Ipv6Addr::LOCALHOST.into()
+        ));
+        // 127.0.0.2 is local too, but its route's source is 127.0.0.1: reaches_listener
+        // counts all of 127/8 as local by itself.
+        assert!(!super::is_local_address([127, 0, 0, 2].into()));
+        // No route at all (a link-local address without an interface): not local.
+        assert!(!super::is_local_address("fe80::1".parse().unwrap()));
+    }
+
+    #[test]
+    fn accept_pauses_on_resource_errors_only() {
+        let err = std::io::Error::from_raw_os_error;
+        for (code, pause) in [
+            (libc::EMFILE, true),
+            (libc::ENFILE, true),
+            (libc::ENOBUFS, true),
+            (libc::ENOMEM, true),
+            (libc::ECONNABORTED, false),
+            (libc::EPROTO, false),
+            (libc::EPERM, false),
+        ] {
+            assert_eq!(
+                super::accept_pause_reason(&err(code)).is_some(),
+                pause,
+                "{code}"
+            );
+        }
+        let would_block = std::io::Error::from(std::io::ErrorKind::WouldBlock);
+        assert_eq!(super::accept_pause_reason(&would_block), None);
+    }
+
+    #[test]
+    fn dc_sockets_get_keepalive_and_a_user_timeout() {
+        let secret = crate::proto::secret::Secret::generate(
+            crate::proto::secret::SecretKind::Secure,
+            "",
+            &mut crate::proto::XorShift64(1),
+        );
+        let mut config = crate::config::Config::simple(([127, 0, 0, 1], 443).into(), secret);
+        config.keep_alive.idle = Duration::from_secs(20);
+        config.keep_alive.interval = Duration::from_secs(5);
+        config.keep_alive.count = 4;
+        config.timeouts.idle = Duration::from_secs(77);
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let opt = |s: &std::net::TcpStream, level, name| {
+            crate::sys::getsockopt_int(s.as_raw_fd(), level, name)
+        };
+        let s = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        super::dc_socket_options(&s, &config);
+        // 20 s + 4 × 5 s, in milliseconds.
+        assert_eq!(opt(&s, libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT), 40_000);
+        assert_eq!(opt(&s, libc::SOL_SOCKET, libc::SO_KEEPALIVE), 1);
+        assert_eq!(opt(&s, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE), 20);
+        assert_eq!(opt(&s, libc::IPPROTO_TCP, libc::TCP_KEEPCNT), 4);
+        // Keep-alive off: the idle timeout.
+        config.keep_alive.disabled = true;
+        let s = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        super::dc_socket_options(&s, &config);
+        assert_eq!(opt(&s, libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT), 77_000);
+        assert_eq!(opt(&s, libc::SOL_SOCKET, libc::SO_KEEPALIVE), 0);
+    }
+
+    /// CPU per ServerHello key share: the former linked stream (the previous share times a
+    /// random 32-bit scalar), the independent [`x25519::random_share`], and a full key pair.
+    #[test]
+    #[ignore = "timing printout: cargo test --release --lib key_share_cost -- --ignored --nocapture"]
+    fn key_share_cost() {
+        let mut rng = super::FastRng::default();
+        let n = 2000;
+        let (_, mut cur) = x25519::keypair(&mut rng);
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            let mut k = [0u8; 32];
+            crate::proto::Rng::fill(&mut rng, &mut k[..4]);
+            k[3] |= 0x80;
+            cur = x25519::ladder(&k, 32, &cur);
+        }
+        let old = t.elapsed() / n;
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            std::hint::black_box(x25519::random_share(&mut rng));
+        }
+        let new = t.elapsed() / n;
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            std::hint::black_box(x25519::keypair(&mut rng));
+        }
+        let full = t.elapsed() / n;
+        eprintln!("per share: linked 32-bit step {old:?}, random_share {new:?}, key pair {full:?}");
+    }
 }

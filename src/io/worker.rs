@@ -247,12 +247,13 @@ impl Worker {
                     return;
                 }
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                // Out of descriptors or socket memory (issue 12: ENOBUFS spun the loop).
+                Err(e) if super::accept_pause_reason(&e).is_some() => {
                     crate::log_event!(
                         Level::Warn,
                         "accept-paused",
                         worker = self.index,
-                        reason = "out of file descriptors"
+                        reason = super::accept_pause_reason(&e).unwrap_or_default()
                     );
                     self.accept_paused_until = Some(now + EMFILE_PAUSE);
                     return;
@@ -470,7 +471,9 @@ impl Worker {
                 .fetch_add(conn.bytes_down, Ordering::Relaxed);
             if let super::conn::CloseReason::Rejected(r) = conn.reason {
                 stats.rejected.fetch_add(1, Ordering::Relaxed);
-                crate::log_event!(
+                // Rate-limited: any prober can trigger it (issue 12).
+                crate::log_probe!(
+                    crate::log::Probe::Rejected,
                     Level::Info,
                     "handshake-rejected",
                     conn = conn.id_str(),

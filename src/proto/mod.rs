@@ -1,15 +1,19 @@
 //! Pure protocol logic (sans-IO): bytes, `now` and randomness go in; bytes, decisions and
 //! deadlines come out. Nothing here touches a socket, the clock or the OS random source.
 
+pub mod browserhello;
 pub mod dc;
 pub mod dns;
 pub mod encoding;
 pub mod faketls;
+pub mod fronting;
 pub mod hash;
 pub mod http;
 pub mod iplist;
+pub mod ja4;
 pub mod metrics;
 pub mod middle;
+pub mod mlkem;
 pub mod obfs2;
 pub mod proxy_config;
 pub mod proxy_protocol;
@@ -102,6 +106,8 @@ pub enum Reject {
     Timeout,
     /// The client closed the connection before finishing its handshake.
     Eof,
+    /// A malformed PROXY protocol header (with `proxy-protocol-listener`).
+    ProxyHeader,
 }
 
 impl Reject {
@@ -122,6 +128,7 @@ impl Reject {
             Reject::ObfsTagNotAllowed => "obfs2-tag-not-allowed",
             Reject::Timeout => "timeout",
             Reject::Eof => "eof",
+            Reject::ProxyHeader => "bad-proxy-header",
         }
     }
 }
