@@ -886,20 +886,9 @@ fn middle_checks(config: &Config) -> Vec<Check> {
     if config.ad_tag.is_none() {
         return Vec::new();
     }
-    let dns = config.nameserver();
-    let upstreams = config
-        .proxies
-        .iter()
-        .filter_map(|u| socks5::parse_url(u).ok())
-        .map(|p| {
-            let addr = match &p.server {
-                Target::Ip(a) => Some(*a),
-                Target::Domain(h, port) => resolve::resolve(dns.as_ref(), h, *port, RESOLVE_WAIT)
-                    .ok()
-                    .and_then(|a| a.first().copied()),
-            };
-            (addr, p.auth)
-        })
+    let upstreams = crate::io::socks_upstreams(config)
+        .into_iter()
+        .map(|u| (u.addr, u.auth))
         .collect();
     let t = Telegram::new(config, std::sync::Arc::new(LiveDc::new(config)), upstreams);
     let mut checks: Vec<Check> = t

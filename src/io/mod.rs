@@ -620,7 +620,7 @@ pub(crate) fn socks5_negotiate(
 }
 
 /// Parses `[network] proxies` and resolves the upstreams' host names (once, at start).
-fn socks_upstreams(config: &Config) -> Vec<SocksUpstream> {
+pub(crate) fn socks_upstreams(config: &Config) -> Vec<SocksUpstream> {
     use crate::proto::socks5::{Target, parse_url};
     let mut out = Vec::new();
     for url in &config.proxies {

@@ -324,26 +324,8 @@ impl Telegram {
 
     /// Loads every source now, on this thread, and says how each went: `(source, Ok(what was
     /// loaded) or Err(why not))`, the configs first, then the secret. For `doctor`.
-    #[inline(never)]
     pub(crate) fn check_now(&self) -> Vec<(String, Result<String, String>)> {
-        let mut out = Vec::new();
-        for src in &self.configs {
-            let r = self
-                .load(src, MAX_CONFIG_BYTES)
-                .and_then(|b| proxy_config::parse(&b).map_err(|e| e.to_string()))
-                .map(|c| format!("{} middle proxies", c.entries.len()));
-            out.push((src.describe(), r));
-        }
-        if let Some(src) = &self.secret_source {
-            let r = self.load(src, MAX_SECRET_BYTES).and_then(|b| {
-                proxy_config::check_secret(&b)
-                    .map(|()| format!("{} bytes", b.len()))
-                    .map_err(|e| e.to_string())
-            });
-            out.push((src.describe(), r));
-        }
-        self.update(Reload::All);
-        out
+        self.update(Reload::All)
     }
 
     /// The middle proxies in force (empty until a config was loaded).
@@ -357,7 +339,7 @@ impl Telegram {
     }
 
     /// Loads the sources `what` selects and publishes what changed.
-    fn update(&self, what: Reload) {
+    fn update(&self, what: Reload) -> Vec<(String, Result<String, String>)> {
         let pick = |src: &Source, stamp: Option<FileStamp>| match (what, src) {
             (Reload::All, _)
             | (Reload::Files, Source::File(_))
@@ -369,6 +351,7 @@ impl Telegram {
             _ => false,
         };
         let mut changed = false;
+        let mut report = Vec::new();
         for (i, src) in self.configs.iter().enumerate() {
             let stamp = lock(&self.state).configs[i].stamp;
             if !pick(src, stamp) {
@@ -384,28 +367,22 @@ impl Telegram {
                 .and_then(|b| proxy_config::parse(&b).map_err(|e| e.to_string()));
             let mut st = lock(&self.state);
             let slot = &mut st.configs[i];
-            match got {
+            let r = match got {
                 Ok(cfg) => {
                     slot.stamp = before;
                     changed |= slot.last.as_ref() != Some(&cfg);
+                    let n = cfg.entries.len();
                     slot.last = Some(cfg);
+                    Ok(format!("{n} middle proxies"))
                 }
                 Err(e) => {
                     let had = slot.last.is_some();
                     drop(st);
-                    crate::log_event!(
-                        Level::Warn,
-                        "tg-config-failed",
-                        source = src.describe(),
-                        error = e,
-                        effect = if had {
-                            "keeping its previous content"
-                        } else {
-                            "nothing from it yet"
-                        }
-                    );
+                    failed(src, &e, had);
+                    Err(e)
                 }
-            }
+            };
+            report.push((src.describe(), r));
         }
         if changed {
             self.publish();
@@ -413,57 +390,49 @@ impl Telegram {
         if let Some(src) = &self.secret_source {
             let stamp = lock(&self.state).secret.stamp;
             if pick(src, stamp) {
-                self.load_secret(src);
+                report.push((src.describe(), self.load_secret(src)));
             }
         }
+        report
     }
 
     #[inline(never)]
-    fn load_secret(&self, src: &Source) {
+    fn load_secret(&self, src: &Source) -> Result<String, String> {
         let before = file_stamp_of(src);
         let got = self.load(src, MAX_SECRET_BYTES).and_then(|b| {
             proxy_config::check_secret(&b)
                 .map(|()| b)
                 .map_err(|e| e.to_string())
         });
-        match got {
-            Ok(b) => {
-                let mut st = lock(&self.state);
-                st.secret.stamp = before;
-                if st.secret.last.as_ref() == Some(&b) {
-                    return;
-                }
-                let first = st.secret.last.is_none();
-                st.secret.last = Some(b.clone());
-                drop(st);
-                let n = b.len();
-                *lock(&self.secret) = Some(Arc::new(b));
-                crate::log_event!(
-                    Level::Info,
-                    if first {
-                        "proxy-secret-loaded"
-                    } else {
-                        "proxy-secret-changed"
-                    },
-                    source = src.describe(),
-                    bytes = n
-                );
-            }
+        let mut st = lock(&self.state);
+        let b = match got {
+            Ok(b) => b,
             Err(e) => {
-                let had = lock(&self.state).secret.last.is_some();
-                crate::log_event!(
-                    Level::Warn,
-                    "proxy-secret-failed",
-                    source = src.describe(),
-                    error = e,
-                    effect = if had {
-                        "keeping the previous secret"
-                    } else {
-                        "no proxy secret yet"
-                    }
-                );
+                let had = st.secret.last.is_some();
+                drop(st);
+                failed(src, &e, had);
+                return Err(e);
             }
+        };
+        st.secret.stamp = before;
+        let n = b.len();
+        if st.secret.last.as_ref() != Some(&b) {
+            let first = st.secret.last.is_none();
+            st.secret.last = Some(b.clone());
+            drop(st);
+            *lock(&self.secret) = Some(Arc::new(b));
+            crate::log_event!(
+                Level::Info,
+                if first {
+                    "proxy-secret-loaded"
+                } else {
+                    "proxy-secret-changed"
+                },
+                source = src.describe(),
+                bytes = n
+            );
         }
+        Ok(format!("{n} bytes"))
     }
 
     /// Recomputes the DC 203 list and the middle-proxy list from every source's last good
@@ -525,6 +494,21 @@ impl Telegram {
             Source::Url(u) => super::fetch::get(u, &self.net, cap, true, MAX_FETCH_TIME),
         }
     }
+}
+
+/// A source failed: say why and what is kept.
+fn failed(src: &Source, e: &str, had: bool) {
+    crate::log_event!(
+        Level::Warn,
+        "tg-config-failed",
+        source = src.describe(),
+        error = e,
+        effect = if had {
+            "keeping its previous content"
+        } else {
+            "nothing from it yet"
+        }
+    );
 }
 
 /// One line per address added or removed: `events` names the two events.
