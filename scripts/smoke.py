@@ -135,6 +135,10 @@ def check_elf(path, arch):
     check(3 not in types, "statically linked (no PT_INTERP, no dynamic loader)")
     # musl's getaddrinfo reads /etc/hosts; mtpx's own DNS client never does.
     check(b"/etc/hosts" not in data, "the libc resolver (getaddrinfo) is not linked in")
+    # src/sys.rs stands in for libunwind (nothing unwinds under panic = "abort"): neither
+    # libunwind's DWARF parser nor std's backtrace symbolizer (gimli) may come back.
+    check(b"CIE ID is not zero" not in data and b"gimli" not in data,
+          "libunwind and the backtrace symbolizer are not linked in")
 
 
 def main():
