@@ -60,6 +60,8 @@ pub const OP_HOLD: u8 = b'H';
 pub const OP_UP: u8 = b'U';
 /// Download: the DC sends `len` pattern bytes and closes.
 pub const OP_DOWN: u8 = b'D';
+/// Echo: the DC sends back every byte it receives (the soak's clients).
+pub const OP_ECHO: u8 = b'E';
 /// With [`OP_HOLD`]: close right after the answer byte (handshake benchmark).
 pub const FLAG_CLOSE: u8 = 1;
 /// The byte the DC answers to [`OP_HOLD`].
@@ -80,18 +82,20 @@ pub fn command(op: u8, flags: u8, len: u64) -> [u8; CMD_LEN] {
 // ------------------------------------------------------------------------------------------
 // Sockets
 
-/// A blocking TCP connection to `dst` from `src` (port chosen at connect time, so one source
+/// A `sockaddr_in` for `a`.
+pub fn sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
+    // SAFETY: sockaddr_in is plain old data; all-zero is a valid value.
+    let mut s: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    s.sin_family = libc::AF_INET as libc::sa_family_t;
+    s.sin_port = a.port().to_be();
+    s.sin_addr.s_addr = u32::from_ne_bytes(a.ip().octets());
+    s
+}
+
+/// An unconnected TCP socket bound to `src` (port chosen at connect time, so one source
 /// address serves every destination with its own port range).
-pub fn connect_from(src: Ipv4Addr, dst: SocketAddrV4) -> io::Result<TcpStream> {
+pub fn socket_from(src: Ipv4Addr) -> io::Result<TcpStream> {
     const IP_BIND_ADDRESS_NO_PORT: libc::c_int = 24;
-    fn sa(a: SocketAddrV4) -> libc::sockaddr_in {
-        // SAFETY: sockaddr_in is plain old data; all-zero is a valid value.
-        let mut s: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-        s.sin_family = libc::AF_INET as libc::sa_family_t;
-        s.sin_port = a.port().to_be();
-        s.sin_addr.s_addr = u32::from_ne_bytes(a.ip().octets());
-        s
-    }
     let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
     // SAFETY: plain libc calls on a descriptor we own; sockaddrs are local initialised values.
     unsafe {
@@ -108,11 +112,23 @@ pub fn connect_from(src: Ipv4Addr, dst: SocketAddrV4) -> io::Result<TcpStream> {
             &one as *const libc::c_int as *const libc::c_void,
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         );
-        let s = sa(SocketAddrV4::new(src, 0));
+        let s = sockaddr(SocketAddrV4::new(src, 0));
         if libc::bind(fd, &s as *const _ as *const libc::sockaddr, len) != 0 {
             return Err(io::Error::last_os_error());
         }
-        let d = sa(dst);
+        Ok(stream)
+    }
+}
+
+/// A blocking TCP connection to `dst` from `src` (see [`socket_from`]).
+pub fn connect_from(src: Ipv4Addr, dst: SocketAddrV4) -> io::Result<TcpStream> {
+    use std::os::fd::AsRawFd;
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    let stream = socket_from(src)?;
+    let fd = stream.as_raw_fd();
+    // SAFETY: connect on a descriptor we own; the sockaddr is a local initialised value.
+    unsafe {
+        let d = sockaddr(dst);
         loop {
             if libc::connect(fd, &d as *const _ as *const libc::sockaddr, len) == 0 {
                 break;
@@ -235,10 +251,24 @@ impl Client {
     /// Full FakeTLS handshake: hello → server flight verified → obfuscated2 frame + `cmd` in
     /// one application-data record.
     pub fn connect(t: &Target, dc: i16, cmd: [u8; CMD_LEN], inbuf: usize) -> io::Result<Client> {
+        Client::connect_recorded(t, dc, cmd, inbuf, &mut Vec::new())
+    }
+
+    /// [`Client::connect`], keeping every byte sent in `sent` (hello, then the first record):
+    /// what a recorder on the path would replay.
+    pub fn connect_recorded(
+        t: &Target,
+        dc: i16,
+        cmd: [u8; CMD_LEN],
+        inbuf: usize,
+        sent: &mut Vec<u8>,
+    ) -> io::Result<Client> {
         let mut rng = XorShift64(seed());
         let mut s = connect_from(t.src, t.proxy)?;
         let hello = faketls::build_client_hello(&mut rng, &t.key, &t.host, unix_now());
         s.write_all(&hello)?;
+        sent.clear();
+        sent.extend_from_slice(&hello);
         let mut random = [0u8; 32];
         random.copy_from_slice(&hello[11..43]);
         let mut flight = vec![0u8; 8192];
@@ -272,6 +302,7 @@ impl Client {
         enc.apply_keystream(&mut c);
         first[69..].copy_from_slice(&c);
         s.write_all(&first)?;
+        sent.extend_from_slice(&first);
         Ok(Client {
             s,
             enc,

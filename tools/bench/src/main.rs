@@ -4,6 +4,7 @@
 //! mtpx-bench [--quick] [--mtpx PATH] [--json PATH] [--workers N] [--idle N] [--rounds N]
 //! mtpx-bench fake-dc                      (internal: one fake DC process)
 //! mtpx-bench worker <proxy> <src> <key> <host>   (internal: one load-generator process)
+//! mtpx-bench soak ...                      (the hostile soak: soak.rs)
 //! ```
 //!
 //! The orchestrator starts fake DC processes, mtpx (`simple-run`, every DC overridden to a fake
@@ -14,6 +15,7 @@
 
 mod common;
 mod dc;
+mod soak;
 mod worker;
 
 use std::fmt::Write as _;
@@ -56,6 +58,7 @@ fn main() {
     let r = match args.get(1).map(String::as_str) {
         Some("fake-dc") => dc::run(),
         Some("worker") => worker_main(&args[2..]),
+        Some("soak") => soak::main(&args[2..]),
         _ => orchestrate(&args[1..]),
     };
     if let Err(e) = r {
