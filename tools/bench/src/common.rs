@@ -4,6 +4,7 @@
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
 use std::os::fd::FromRawFd;
+use std::process::{Child, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -390,5 +391,57 @@ impl Client {
             self.in_start = self.in_end;
         }
         Ok(n)
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// mtpx itself
+
+/// Starts mtpx (`cmd`: binary and arguments) with stdout and stderr to `log`, dying with this
+/// process (`PR_SET_PDEATHSIG`), and waits up to 10 s for its `proxy-started` line.
+pub fn start_mtpx(mut cmd: std::process::Command, log: &std::path::Path) -> io::Result<Child> {
+    use std::os::unix::process::CommandExt;
+    let logf = std::fs::File::create(log)?;
+    cmd.stdin(Stdio::null())
+        .stdout(logf.try_clone()?)
+        .stderr(logf);
+    // SAFETY: only an async-signal-safe prctl between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            );
+            Ok(())
+        });
+    }
+    let bin = cmd.get_program().to_string_lossy().into_owned();
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| io::Error::other(format!("cannot start {bin}: {e}")))?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(Some(st)) = child.try_wait() {
+            return Err(io::Error::other(format!(
+                "mtpx exited at start ({st}); see {}",
+                log.display()
+            )));
+        }
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.contains("proxy-started") {
+            return Ok(child);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(io::Error::other(format!(
+                "mtpx did not start; see {}",
+                log.display()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }

@@ -26,7 +26,6 @@ use std::fmt::Write as _;
 use std::io::{self, BufRead, BufReader};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -374,6 +373,14 @@ pub fn connect_timeout_from(
     Ok(s)
 }
 
+/// Whether a read failed because its timeout passed (the peer stayed silent).
+pub fn timed_out(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
 /// Shrinks a socket's receive buffer (an unread download then ties up less kernel memory on
 /// our side; mtpx's side is what it is).
 pub fn set_rcvbuf(s: &TcpStream, bytes: libc::c_int) {
@@ -476,52 +483,11 @@ struct Mtpx {
 
 impl Mtpx {
     fn start(bin: &Path, config: &Path, log: &Path) -> io::Result<Mtpx> {
-        let logf = std::fs::File::create(log)?;
         let mut cmd = Command::new(bin);
-        cmd.arg("run")
-            .arg(config)
-            .stdin(Stdio::null())
-            .stdout(logf.try_clone()?)
-            .stderr(logf);
-        // SAFETY: only an async-signal-safe prctl between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(
-                    libc::PR_SET_PDEATHSIG,
-                    libc::SIGKILL as libc::c_ulong,
-                    0,
-                    0,
-                    0,
-                );
-                Ok(())
-            });
-        }
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| io::Error::other(format!("cannot start {}: {e}", bin.display())))?;
+        cmd.arg("run").arg(config);
+        let child = start_mtpx(cmd, log)?;
         let pid = child.id();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(Some(st)) = child.try_wait() {
-                return Err(io::Error::other(format!(
-                    "mtpx exited at start ({st}); see {}",
-                    log.display()
-                )));
-            }
-            if std::fs::read_to_string(log)
-                .unwrap_or_default()
-                .contains("proxy-started")
-            {
-                return Ok(Mtpx { child, pid });
-            }
-            if Instant::now() > deadline {
-                return Err(io::Error::other(format!(
-                    "mtpx did not start; see {}",
-                    log.display()
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        Ok(Mtpx { child, pid })
     }
 
     fn cpu(&self) -> f64 {

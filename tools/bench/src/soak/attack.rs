@@ -13,7 +13,7 @@ use mtpx::proto::faketls;
 use mtpx::proto::{Rng, XorShift64};
 
 use super::load::DdConn;
-use super::{Env, Recorded, below, connect_nb, connect_timeout_from, set_rcvbuf, site};
+use super::{Env, Recorded, below, connect_nb, connect_timeout_from, set_rcvbuf, site, timed_out};
 use crate::common::*;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -266,11 +266,7 @@ fn empty_records(env: &Env, stop: &AtomicBool, k: usize) {
                         sent += n as u64;
                         unreported += n as u64;
                     }
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                        ) => {}
+                    Err(e) if timed_out(&e) => {}
                     Err(_) => break true,
                 }
             }
@@ -317,14 +313,7 @@ fn garbage(env: &Env, stop: &AtomicBool, k: usize) {
             match s.read(&mut sink) {
                 Ok(0) => break "closed",
                 Ok(k) => got += k,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    break "open after 1 s";
-                }
+                Err(e) if timed_out(&e) => break "open after 1 s",
                 Err(_) => break "reset",
             }
         };
@@ -454,14 +443,7 @@ fn replay(env: &Env, src: Ipv4Addr, dd: bool, bytes: &[u8]) -> &'static str {
                 got.extend_from_slice(&b[..k]);
                 None
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                Some("silent")
-            }
+            Err(e) if timed_out(&e) => Some("silent"),
             Err(_) => Some("reset"),
         };
         if got.len() >= want.len() && got.starts_with(want) {

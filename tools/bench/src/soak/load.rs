@@ -273,14 +273,7 @@ fn probe(
         Ok(1) if b[0] == answer => Ok(t0.elapsed().as_micros() as u32),
         Ok(1) => Err("wrong answer"),
         Ok(_) => Err("closed, no answer"),
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-            ) =>
-        {
-            Err("silent")
-        }
+        Err(e) if super::timed_out(&e) => Err("silent"),
         Err(_) => Err("reset, no answer"),
     }
 }
