@@ -1,6 +1,6 @@
 //! `mtpx doctor`: mtg's health checks of a config and of the network around it.
 //!
-//! Six sections, run at the same time (each on its own thread; the DC and SOCKS5 checks fan out
+//! Seven sections, run at the same time (each on its own thread; the DC and SOCKS5 checks fan out
 //! further), reported in a fixed order:
 //!
 //! * **Config**: the warnings from loading the file (deprecated mtg keys, unknown keys, keys
@@ -16,33 +16,37 @@
 //!   X25519MLKEM768) to learn its TLS 1.3 first flight, as the proxy's scout does; a warning when
 //!   the site does not answer today's post-quantum hello with X25519MLKEM768.
 //! * **SNI-DNS match**: does the secret's host name resolve to this server's public address?
+//! * **Middle proxies** (only with an `ad-tag`): Telegram's proxy config and proxy secret load
+//!   (from the URLs or files the proxy uses) and one middle proxy for DC 2 accepts a TCP
+//!   connection and the RPC handshake with that secret.
 //!
 //! Host names are resolved with mtpx's own resolver ([`crate::io::resolve`]), never libc's,
 //! through the `[network] dns` server when one is set.
 //! Every network step has a timeout (at most [`MAX_WAIT`]), so the whole run takes seconds.
 
 use std::fmt::Write as _;
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::{Config, Warning, WarningKind, fmt_duration};
 use crate::io::{resolve, scout};
-use crate::proto::dc::{DEFAULT_DC, DcTable};
+use crate::proto::dc::{DEFAULT_DC, DcTable, PreferIp};
 use crate::proto::secret::SecretKind;
 use crate::proto::sntp::{self, NtpTimestamp};
-use crate::proto::socks5::{self, Socks5Client, Socks5Error, Step, Target};
+use crate::proto::socks5::{self, Socks5Error, Target};
 use crate::proto::tlsprofile::{HelloKind, Profiles};
 
-/// The sections, in report order.
-pub const SECTIONS: [&str; 6] = [
+/// The sections, in report order ("Middle proxies" has checks only with an `ad-tag`).
+pub const SECTIONS: [&str; 7] = [
     "Config",
     "Time skew",
     "Telegram DCs",
     "SOCKS5 upstreams",
     "Fronting site",
     "SNI-DNS match",
+    "Middle proxies",
 ];
 
 /// The NTP server asked when none is given.
@@ -153,13 +157,14 @@ pub fn run(
     opts: &Options,
     mut each_section: impl FnMut(&'static str, &[Check]),
 ) -> Vec<Check> {
-    let sections: [Section<'_>; 6] = [
+    let sections: [Section<'_>; 7] = [
         &|| config_checks(warnings),
         &|| time_checks(config, &opts.ntp),
         &|| dc_checks(config),
         &|| socks5_checks(config),
         &|| fronting_checks(config, opts.fronting_repeats),
         &|| sni_checks(config),
+        &|| middle_checks(config),
     ];
     let results = parallel(&sections, |f| f());
     let mut all = Vec::new();
@@ -218,8 +223,12 @@ pub fn exit_status(checks: &[Check], strict: bool) -> i32 {
 }
 
 /// The human report of one section: its title, then `  <icon> <name>: <message>` lines, each
-/// followed by an indented `hint:` line when there is a hint.
+/// followed by an indented `hint:` line when there is a hint. Nothing for a section without
+/// checks (one that does not apply to this config).
 pub fn render_section(section: &str, checks: &[Check]) -> String {
+    if checks.is_empty() {
+        return String::new();
+    }
     let mut out = format!("{section}\n");
     for c in checks {
         let _ = writeln!(out, "  {} {}: {}", c.status.icon(), c.name, c.message);
@@ -842,7 +851,6 @@ fn socks5_connect(
     wait: Duration,
 ) -> Result<(SocketAddr, Duration), SocksFailure> {
     let start = Instant::now();
-    let deadline = start + wait;
     let (stream, errors) = dial(servers, wait);
     let Some((mut stream, via, _)) = stream else {
         return Err(SocksFailure::Proxy(format!(
@@ -850,70 +858,108 @@ fn socks5_connect(
             errors.join("; ")
         )));
     };
-    let io_err = |what: &str, e: io::Error| {
-        SocksFailure::Proxy(format!("{what} the proxy at {via}: {}", short_err(&e)))
-    };
-    let mut client = Socks5Client::new(Target::Ip(target), auth);
-    let mut out = [0u8; socks5::OUT_MAX];
-    let n = client.initial(&mut out);
-    let _ = stream.set_write_timeout(Some(wait));
-    stream
-        .write_all(out.get(..n).unwrap_or(&[]))
-        .map_err(|e| io_err("cannot write to", e))?;
-    let mut input = [0u8; 1024];
-    let mut have = 0usize;
-    loop {
-        match client.handle(input.get(..have).unwrap_or(&[]), &mut out) {
-            Step::NeedMore => {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return Err(SocksFailure::Proxy(format!(
-                        "the proxy at {via} did not answer in {}",
-                        fmt_duration(wait)
-                    )));
-                }
-                let _ = stream.set_read_timeout(Some(left));
-                let Some(room) = input.get_mut(have..).filter(|r| !r.is_empty()) else {
-                    return Err(SocksFailure::Proxy("oversized reply".into()));
-                };
-                match stream.read(room) {
-                    Ok(0) => {
-                        return Err(SocksFailure::Proxy(format!(
-                            "the proxy at {via} closed the connection"
-                        )));
-                    }
-                    Ok(n) => have += n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(io_err("no answer from", e)),
-                }
-            }
-            Step::Send { consumed, len } => {
-                stream
-                    .write_all(out.get(..len).unwrap_or(&[]))
-                    .map_err(|e| io_err("cannot write to", e))?;
-                let consumed = consumed.min(have);
-                input.copy_within(consumed..have, 0);
-                have -= consumed;
-            }
-            Step::Connected { .. } => return Ok((via, start.elapsed())),
-            Step::Failed(e) => {
-                let target_side = matches!(
-                    e,
-                    Socks5Error::GeneralFailure
-                        | Socks5Error::NotAllowed
-                        | Socks5Error::NetworkUnreachable
-                        | Socks5Error::HostUnreachable
-                        | Socks5Error::ConnectionRefused
-                        | Socks5Error::TtlExpired
-                );
-                return Err(if target_side {
-                    SocksFailure::Target(e.to_string())
-                } else {
-                    SocksFailure::Proxy(format!("the proxy at {via} answered: {e}"))
-                });
-            }
+    match crate::io::socks5_negotiate(&mut stream, via, auth, Target::Ip(target), start + wait) {
+        Ok(()) => Ok((via, start.elapsed())),
+        Err(crate::io::TunnelError(_, Some(e)))
+            if matches!(
+                e,
+                Socks5Error::GeneralFailure
+                    | Socks5Error::NotAllowed
+                    | Socks5Error::NetworkUnreachable
+                    | Socks5Error::HostUnreachable
+                    | Socks5Error::ConnectionRefused
+                    | Socks5Error::TtlExpired
+            ) =>
+        {
+            Err(SocksFailure::Target(e.to_string()))
         }
+        Err(crate::io::TunnelError(msg, _)) => Err(SocksFailure::Proxy(msg)),
     }
+}
+
+// ----------------------------------------------------------------------------------------------
+// Middle proxies (ad-tag)
+
+fn middle_checks(config: &Config) -> Vec<Check> {
+    use crate::io::telegram::{LiveDc, Telegram};
+    const S: &str = "Middle proxies";
+    if config.ad_tag.is_none() {
+        return Vec::new();
+    }
+    let upstreams = crate::io::socks_upstreams(config)
+        .into_iter()
+        .map(|u| (u.addr, u.auth))
+        .collect();
+    let t = Telegram::new(config, std::sync::Arc::new(LiveDc::new(config)), upstreams);
+    let mut checks: Vec<Check> = t
+        .check_now()
+        .into_iter()
+        .map(|(src, r)| match r {
+            Ok(msg) => Check::new(S, src, Status::Ok, msg, None),
+            Err(e) => Check::new(
+                S,
+                src,
+                Status::Fail,
+                e,
+                Some(
+                    "fetch it with curl into a file and name it in [network] proxy-config-files \
+                     / proxy-secret-file"
+                        .into(),
+                ),
+            ),
+        })
+        .collect();
+    let list = t.middle_proxies().for_dc(DEFAULT_DC);
+    let family_rank = |a: &SocketAddr| match (config.prefer_ip, a.is_ipv6()) {
+        (PreferIp::OnlyIpv4, true) | (PreferIp::OnlyIpv6, false) => None,
+        (PreferIp::PreferIpv6, v6) => Some(u8::from(!v6)),
+        (_, v6) => Some(u8::from(v6)),
+    };
+    let mut candidates: Vec<SocketAddr> = list
+        .iter()
+        .copied()
+        .filter(|a| family_rank(a).is_some())
+        .collect();
+    crate::proto::sort_small_by_key(&mut candidates, family_rank);
+    let (Some(&target), Some(secret)) = (candidates.first(), t.proxy_secret()) else {
+        return checks;
+    };
+    let name = format!("DC {DEFAULT_DC} middle proxy");
+    let start = Instant::now();
+    let public = (
+        config.public_ipv4.map(IpAddr::V4),
+        config.public_ipv6.map(IpAddr::V6),
+    );
+    let result = TcpStream::connect_timeout(&target, connect_wait(config))
+        .map_err(|e| format!("cannot connect: {}", short_err(&e)))
+        .and_then(|mut s| {
+            crate::io::middle::handshake(&mut s, &secret, public, Duration::from_secs(5))
+        });
+    checks.push(match result {
+        Ok(_) => Check::new(
+            S,
+            name,
+            Status::Ok,
+            format!(
+                "RPC handshake with {target} in {}",
+                fmt_elapsed(start.elapsed())
+            ),
+            None,
+        ),
+        Err(e) => Check::new(
+            S,
+            name,
+            Status::Fail,
+            format!("{target}: {e}"),
+            Some(
+                "a middle proxy refuses the handshake when the proxy secret is not Telegram's \
+                 current one, this server's clock is off by more than 30 s, or (behind NAT) \
+                 public-ipv4 / public-ipv6 is not this server's public address"
+                    .into(),
+            ),
+        ),
+    });
+    checks
 }
 
 // ----------------------------------------------------------------------------------------------

@@ -15,7 +15,9 @@
 //! `accepted_connections`, `handshakes`, `connections{secret_kind}`,
 //! `handshake_failures{reason}`, `fronted_connections`, `dc_connect_failures`,
 //! `fronting_self_loops`, `log_lines_dropped` and
-//! `buffer_pool_in_use` / `buffer_pool_capacity`, `handshake_buffers_in_use`.
+//! `buffer_pool_in_use` / `buffer_pool_capacity`, `handshake_buffers_in_use`, and
+//! `middle_proxy_connections`, `middle_proxy_reconnects`, `middle_proxy_traffic{direction}`
+//! (ad-tag; zero until the middle-proxy relay is wired in).
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{SocketAddr, UdpSocket};
@@ -79,6 +81,12 @@ pub(crate) fn dc_slot(dc: i16) -> usize {
     }
 }
 
+/// Indices of [`Counters`]' middle-proxy counters.
+const ME_OPEN: usize = 0;
+const ME_RECONNECTS: usize = 1;
+const ME_UP: usize = 2;
+const ME_DOWN: usize = 3;
+
 /// Counters the workers bump that [`Stats`] does not have. Per event (handshake failure,
 /// connection opened or closed) or per sweep (pool levels, bytes relayed since the last
 /// sweep), never per packet.
@@ -95,6 +103,9 @@ pub(crate) struct Counters {
     pool_in_use: Box<[AtomicUsize]>,
     pool_capacity: Box<[AtomicUsize]>,
     handshake_bufs: Box<[AtomicUsize]>,
+    /// Middle-proxy (ad-tag) connections: open now, reconnects, bytes client -> ME -> client.
+    /// Zero until the middle-proxy relay is wired into the connections.
+    me: [AtomicU64; 4],
 }
 
 impl Counters {
@@ -112,7 +123,29 @@ impl Counters {
             pool_in_use: per_worker(),
             pool_capacity: per_worker(),
             handshake_bufs: per_worker(),
+            me: Default::default(),
         }
+    }
+
+    /// A middle-proxy connection opened (`true`) or closed; `reconnect`: it replaces one that
+    /// failed (another middle proxy of the list).
+    #[allow(dead_code)] // the middle-proxy relay (integration step) calls these
+    pub(crate) fn middle_proxy(&self, open: bool, reconnect: bool) {
+        if open {
+            self.me[ME_OPEN].fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.me[ME_OPEN].fetch_sub(1, Ordering::Relaxed);
+        }
+        if reconnect {
+            self.me[ME_RECONNECTS].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Bytes relayed through middle proxies since the last report.
+    #[allow(dead_code)] // the middle-proxy relay (integration step) calls these
+    pub(crate) fn middle_proxy_traffic(&self, up: u64, down: u64) {
+        self.me[ME_UP].fetch_add(up, Ordering::Relaxed);
+        self.me[ME_DOWN].fetch_add(down, Ordering::Relaxed);
     }
 
     /// A handshake failed for `why` (fronted or closed).
@@ -204,6 +237,8 @@ pub(crate) struct Snapshot {
     pub(crate) handshake_bufs: u64,
     /// JA4 rows (class, fingerprint or "other", count).
     pub(crate) ja4: Vec<super::ja4stats::Row>,
+    /// Middle-proxy connections open, reconnects, bytes up, bytes down.
+    pub(crate) me: [u64; 4],
 }
 
 impl MetricsSource {
@@ -240,6 +275,7 @@ impl MetricsSource {
             pool_capacity: sum(&c.pool_capacity),
             handshake_bufs: sum(&c.handshake_bufs),
             ja4: self.ja4.as_ref().map_or_else(Vec::new, |j| j.rows()),
+            me: std::array::from_fn(|i| l(&c.me[i])),
         }
     }
 }
@@ -380,6 +416,18 @@ fn with_metrics<R>(
             }
         })
         .collect();
+    let me_open = one(g(s.me[ME_OPEN]));
+    let me_reconnects = one(d(s.me[ME_RECONNECTS], |b| b.me[ME_RECONNECTS]));
+    let me_traffic = [
+        Sample {
+            labels: &TO_CLIENT,
+            value: d(s.me[ME_DOWN], |b| b.me[ME_DOWN]),
+        },
+        Sample {
+            labels: &FROM_CLIENT,
+            value: d(s.me[ME_UP], |b| b.me[ME_UP]),
+        },
+    ];
     let cat = |name: &'static str, samples| {
         let def = fmt::def(name);
         Metric {
@@ -471,6 +519,24 @@ fn with_metrics<R>(
             "ClientHellos by JA4 fingerprint (the most frequent; class client or fronted).",
             Kind::Counter,
             &ja4[..],
+        ),
+        own(
+            "middle_proxy_connections",
+            "Connections to Telegram's middle proxies open now (ad-tag).",
+            Kind::Gauge,
+            &me_open[..],
+        ),
+        own(
+            "middle_proxy_reconnects",
+            "Middle-proxy connections opened to replace one that failed.",
+            Kind::Counter,
+            &me_reconnects[..],
+        ),
+        own(
+            "middle_proxy_traffic",
+            "Bytes relayed through Telegram's middle proxies (ad-tag).",
+            Kind::Counter,
+            &me_traffic[..],
         ),
     ];
     emit(&metrics)
@@ -931,6 +997,36 @@ mod tests {
         for (i, r) in REJECTS.iter().enumerate() {
             assert_eq!(*r as usize, i, "{r:?}");
         }
+    }
+
+    #[test]
+    fn middle_proxy_counters_are_exported() {
+        let (src, _) = source();
+        let c = &src.counters;
+        let mut out = String::new();
+        render_prometheus(&mut out, "mtg", &src.snapshot());
+        let v = |out: &str, n: &str| line_value(out, n).unwrap_or_else(|| panic!("{n}:\n{out}"));
+        // Registered (and zero) before any middle-proxy connection exists.
+        assert_eq!(v(&out, "mtg_middle_proxy_connections"), 0.0);
+        assert_eq!(v(&out, "mtg_middle_proxy_reconnects"), 0.0);
+        c.middle_proxy(true, false);
+        c.middle_proxy(true, true);
+        c.middle_proxy(true, false);
+        c.middle_proxy(false, false);
+        c.middle_proxy_traffic(10, 200);
+        c.middle_proxy_traffic(5, 0);
+        out.clear();
+        render_prometheus(&mut out, "mtg", &src.snapshot());
+        assert_eq!(v(&out, "mtg_middle_proxy_connections"), 2.0);
+        assert_eq!(v(&out, "mtg_middle_proxy_reconnects"), 1.0);
+        assert_eq!(
+            v(&out, "mtg_middle_proxy_traffic{direction=\"from_client\"}"),
+            15.0
+        );
+        assert_eq!(
+            v(&out, "mtg_middle_proxy_traffic{direction=\"to_client\"}"),
+            200.0
+        );
     }
 
     #[test]

@@ -5,12 +5,15 @@
 //! [`crate::proto`]; [`conn`] glues the two together.
 
 mod conn;
+pub(crate) mod fetch;
 mod ja4stats;
 pub(crate) mod lists;
 pub(crate) mod metrics;
+pub mod middle;
 mod pool;
 pub mod resolve;
 pub mod scout;
+pub(crate) mod telegram;
 mod timers;
 mod tls;
 mod worker;
@@ -27,7 +30,6 @@ use mio::{Poll, Waker};
 use crate::config::Config;
 use crate::log::Level;
 use crate::proto::Rng;
-use crate::proto::dc::DcTable;
 use crate::proto::replay::ReplayFilter;
 
 /// Counters shared by all workers; touched per connection event, never per packet.
@@ -59,7 +61,10 @@ pub struct Stats {
 /// State shared by all workers.
 pub(crate) struct Shared {
     pub(crate) config: Config,
-    pub(crate) dc: DcTable,
+    /// The DC table in force (DC 203 follows Telegram's proxy config with `auto-update`).
+    pub(crate) dc: Arc<telegram::LiveDc>,
+    /// Telegram's proxy config: its updater and what it published.
+    pub(crate) telegram: Arc<telegram::Telegram>,
     replay: Option<Mutex<ReplayFilter>>,
     pub(crate) active: AtomicUsize,
     pub(crate) stop: AtomicBool,
@@ -293,9 +298,33 @@ impl Proxy {
         self.local_addr
     }
 
-    /// Reloads the IP lists now (what SIGHUP does).
+    /// Reloads the IP lists and Telegram's proxy config now (what SIGHUP does).
     pub fn reload_lists(&self) {
         self.shared.lists.reload();
+        self.shared.telegram.reload();
+    }
+
+    /// The DC 203 addresses `auto-update` put in force (empty until a config was loaded).
+    pub fn cdn_addresses(&self) -> Vec<SocketAddr> {
+        self.shared.dc.cdn()
+    }
+
+    /// Where the proxy dials DC `dc` now, in order (`None`: unknown DC).
+    pub fn dc_addresses(&self, dc: i16) -> Option<Vec<SocketAddr>> {
+        self.shared
+            .dc
+            .lookup_or_fallback(dc, false)
+            .map(|(_, a)| a.to_vec())
+    }
+
+    /// The middle proxies `(dc, address)` loaded for the ad tag (empty until loaded).
+    pub fn middle_proxies(&self) -> Vec<(i16, SocketAddr)> {
+        self.shared.telegram.middle_proxies().entries.clone()
+    }
+
+    /// The length of the middle proxies' secret loaded for the ad tag, if any.
+    pub fn proxy_secret_len(&self) -> Option<usize> {
+        self.shared.telegram.proxy_secret().map(|s| s.len())
     }
 
     /// Live counters.
@@ -346,6 +375,7 @@ impl Proxy {
             let _ = t.join();
         }
         self.shared.lists.stop();
+        self.shared.telegram.stop();
         // After the workers: StatsD's last flush sees every connection's bytes.
         self.services.clear();
     }
@@ -403,7 +433,7 @@ pub fn start_with_grace(config: Config, grace: Duration) -> io::Result<Proxy> {
     } else {
         None
     };
-    let dc = DcTable::new(config.prefer_ip, &config.dc_overrides);
+    let dc = Arc::new(telegram::LiveDc::new(&config));
     let per_worker_conns = config.concurrency + 1;
     let per_worker_bufs = (config.buffer_count / workers).max(2);
     // Never front to ourselves (a loop through the proxy): checked here and after every
@@ -414,8 +444,11 @@ pub fn start_with_grace(config: Config, grace: Duration) -> io::Result<Proxy> {
     let front_addrs = drop_self_loops(front_configured.clone(), &own, &stats);
     let socks = socks_upstreams(&config);
     let front_proxy_protocol = config.domain_fronting.proxy_protocol;
-    let lists = lists::Lists::start(&config);
+    let upstreams: Vec<fetch::Upstream> = socks.iter().map(|u| (u.addr, u.auth.clone())).collect();
+    let lists = lists::Lists::start(&config, upstreams.clone());
+    let telegram = telegram::Telegram::start(&config, dc.clone(), upstreams);
     let shared = Arc::new(Shared {
+        telegram,
         lists,
         counters: Arc::new(metrics::Counters::new(workers)),
         ja4: Arc::new(ja4stats::Ja4Stats::new(config.ja4_top)),
@@ -509,8 +542,85 @@ pub fn start_with_grace(config: Config, grace: Duration) -> io::Result<Proxy> {
     })
 }
 
+/// Why [`socks5_tunnel`] failed: what to say, and the SOCKS5 reply when the upstream refused
+/// the CONNECT (its target side, rather than the upstream itself, may be at fault).
+#[derive(Debug)]
+pub(crate) struct TunnelError(
+    pub(crate) String,
+    pub(crate) Option<crate::proto::socks5::Socks5Error>,
+);
+
+/// A blocking SOCKS5 CONNECT to `target` over `s`, a connection to the upstream at `via` (the
+/// sans-IO client over a plain socket), all within `deadline`. For background threads and the
+/// CLI, never a worker.
+#[inline(never)]
+pub(crate) fn socks5_negotiate(
+    s: &mut std::net::TcpStream,
+    via: SocketAddr,
+    auth: Option<(String, String)>,
+    target: crate::proto::socks5::Target,
+    deadline: std::time::Instant,
+) -> Result<(), TunnelError> {
+    use crate::proto::socks5::{OUT_MAX, Socks5Client, Step};
+    use std::io::{Read, Write};
+    let left = || deadline.saturating_duration_since(std::time::Instant::now());
+    let err = |what: &str, e: &dyn std::fmt::Display| {
+        TunnelError(format!("{what} the proxy at {via}: {e}"), None)
+    };
+    let mut client = Socks5Client::new(target, auth);
+    let mut out = [0u8; OUT_MAX];
+    let n = client.initial(&mut out);
+    let _ = s.set_write_timeout(Some(left().max(Duration::from_millis(1))));
+    s.write_all(&out[..n])
+        .map_err(|e| err("cannot write to", &e))?;
+    let mut input = [0u8; 1024];
+    let mut have = 0usize;
+    loop {
+        match client.handle(&input[..have], &mut out) {
+            Step::NeedMore => {
+                let wait = left();
+                if wait.is_zero() {
+                    return Err(TunnelError(
+                        format!("the proxy at {via} did not answer in time"),
+                        None,
+                    ));
+                }
+                if have == input.len() {
+                    return Err(TunnelError("oversized reply".into(), None));
+                }
+                let _ = s.set_read_timeout(Some(wait));
+                match s.read(&mut input[have..]) {
+                    Ok(0) => {
+                        return Err(TunnelError(
+                            format!("the proxy at {via} closed the connection"),
+                            None,
+                        ));
+                    }
+                    Ok(n) => have += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(err("no answer from", &e)),
+                }
+            }
+            Step::Send { consumed, len } => {
+                s.write_all(&out[..len])
+                    .map_err(|e| err("cannot write to", &e))?;
+                let consumed = consumed.min(have);
+                input.copy_within(consumed..have, 0);
+                have -= consumed;
+            }
+            Step::Connected { .. } => return Ok(()),
+            Step::Failed(e) => {
+                return Err(TunnelError(
+                    format!("the proxy at {via} answered: {e}"),
+                    Some(e),
+                ));
+            }
+        }
+    }
+}
+
 /// Parses `[network] proxies` and resolves the upstreams' host names (once, at start).
-fn socks_upstreams(config: &Config) -> Vec<SocksUpstream> {
+pub(crate) fn socks_upstreams(config: &Config) -> Vec<SocksUpstream> {
     use crate::proto::socks5::{Target, parse_url};
     let mut out = Vec::new();
     for url in &config.proxies {
