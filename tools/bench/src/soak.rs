@@ -84,11 +84,11 @@ pub struct Opts {
 
 const USAGE: &str = "usage: mtpx-bench soak [--mtpx PATH] [--compare OLD_MTPX] [--labels OLD,NEW]
     [--quick] [--duration SECS (180)] [--attacks LIST (all)] [--out FILE (target/soak/soak.md)]
-    [--workers N (2)] [--buffers N (64)] [--concurrency N (1500)] [--skew SECS (2)]
+    [--workers N (2)] [--buffers N (48)] [--concurrency N (1500)] [--skew SECS (2)]
     [--clients N (64)] [--dd-clients N (8 of them)] [--echo-ms MS (50)] [--echo-max BYTES (8192)]
     [--echo-timeout SECS (5)] [--reconnect-every N (40)] [--probe-ms MS (200)]
-    [--slowloris N (400)] [--flood N (concurrency + 500)] [--fronted-readers N (48)]
-    [--client-readers N (48)] [--empty-floods N (2)] [--empty-rate BYTES/S (8388608)]
+    [--slowloris N (400)] [--flood N (concurrency + 500)] [--fronted-readers N (buffers)]
+    [--client-readers N (1.5 x buffers)] [--empty-floods N (2)] [--empty-rate BYTES/S (8388608)]
     [--garbage THREADS (2)] [--replay-ms MS (250)]
 attacks: slowloris, empty-records, fronted-readers, client-readers, garbage, replays, flood";
 
@@ -102,7 +102,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
         duration: Duration::from_secs(if quick { 30 } else { 180 }),
         out: PathBuf::from("target/soak/soak.md"),
         workers: 2,
-        buffers: 64,
+        buffers: 48,
         concurrency: 1500,
         skew_s: 2,
         clients: 64,
@@ -112,12 +112,12 @@ fn parse(args: &[String]) -> Result<Opts, String> {
         echo_timeout: Duration::from_secs(5),
         reconnect_every: 40,
         probe_ms: 200,
-        probe_timeout: Duration::from_secs(15),
+        probe_timeout: Duration::from_secs(12),
         attacks: Attack::ALL.to_vec(),
         slowloris: 400,
         flood: 0,
-        fronted_readers: 48,
-        client_readers: 48,
+        fronted_readers: 0,
+        client_readers: 0,
         empty_floods: 2,
         empty_rate: 8 << 20,
         garbage: 2,
@@ -175,6 +175,14 @@ fn parse(args: &[String]) -> Result<Opts, String> {
         i += 1;
     }
     o.dd_clients = o.dd_clients.min(o.clients);
+    // Enough to hold every buffer they can get (fronted connections only ever get half of
+    // them; connections spread unevenly over the workers).
+    if o.fronted_readers == 0 {
+        o.fronted_readers = o.buffers;
+    }
+    if o.client_readers == 0 {
+        o.client_readers = o.buffers * 3 / 2;
+    }
     o.echo_max = o.echo_max.clamp(1, 1 << 20);
     o.reconnect_every = o.reconnect_every.max(1);
     Ok(o)
