@@ -9,7 +9,7 @@
 
 SOAK_ARGS ?=
 # soak-compare: the binary built from this commit runs first, as "before".
-SOAK_BASE ?= b2d7a10
+SOAK_BASE ?= 496898c
 SOAK_DIR  := $(TARGET_DIR)/soak
 
 .PHONY: soak soak-quick soak-compare
