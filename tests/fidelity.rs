@@ -398,7 +398,7 @@ fn unreachable_site_keeps_builtin_shape_and_scout_stops() {
     let t = Instant::now();
     s.stop();
     assert!(
-        t.elapsed() < Duration::from_secs(2),
+        t.elapsed() < Duration::from_secs(10),
         "stop waits for the hour-long sleep"
     );
     let p = profile.lock().unwrap();
