@@ -590,7 +590,7 @@ fn proxy_learns_the_fronting_sites_record_timing() {
     // The scout times records as its thread reads them: descheduled on a loaded machine, it
     // reads two or three records at once and sees a zero gap next to a long one. That only
     // widens the gaps' spread, so it pulls k (the shape) down, never up, and λ (the scale)
-    // somewhat: under four busy loops on two cores, over 40 runs, k came out at 0.45 to 1.0
+    // somewhat: under four busy loops on two cores, over 80 runs, k came out at 0.43 to 1.0
     // times the site's, λ at 0.69 to 1.0. Hence the lopsided bounds, with a margin; the
     // configured k = 5 and λ = 80 ms stay far outside them.
     assert!(
