@@ -851,7 +851,9 @@ fn orchestrate(args: &[String]) -> io::Result<()> {
         .unwrap_or_else(|| PathBuf::from("."));
     std::fs::create_dir_all(&dir)?;
     // Watchdog: the run ends by itself, whatever happens.
-    let limit = (o.duration + Duration::from_secs(120)) * bins.len() as u32;
+    // (Settling, start-up and the last handshakes of stopping attackers come on top of the
+    // phases.)
+    let limit = (o.duration * 3 / 2 + Duration::from_secs(180)) * bins.len() as u32;
     std::thread::spawn(move || {
         std::thread::sleep(limit);
         eprintln!("soak: time limit {limit:?} reached, aborting");
