@@ -1300,14 +1300,28 @@ impl Doc {
         what: &str,
         f: impl Fn(&str) -> Option<T>,
     ) -> Result<Option<T>, ConfigError> {
+        // The generic part stays this small (nine instances): the rest is `parsed_dyn`.
+        let mut out = None;
+        self.parsed_dyn(key, what, &mut |s| {
+            out = f(s);
+            out.is_some()
+        })?;
+        Ok(out)
+    }
+
+    /// `parsed` without its type: `f` parses the trimmed value and says whether it could.
+    fn parsed_dyn(
+        &mut self,
+        key: &str,
+        what: &str,
+        f: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<(), ConfigError> {
         match self.string(key)? {
             // As an unset key (old mtg examples write `ipv4 = ""`).
-            None => Ok(None),
-            Some(s) if s.trim().is_empty() => Ok(None),
-            Some(s) => match f(s.trim()) {
-                Some(v) => Ok(Some(v)),
-                None => Err(self.err(key, format!("{s:?} {what}"))),
-            },
+            None => Ok(()),
+            Some(s) if s.trim().is_empty() => Ok(()),
+            Some(s) if f(s.trim()) => Ok(()),
+            Some(s) => Err(self.err(key, format!("{s:?} {what}"))),
         }
     }
 
