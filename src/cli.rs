@@ -927,8 +927,8 @@ fn execute(cli: Cli) -> i32 {
 }
 
 /// `link` on one line, then its QR code (ECC level M) drawn for a light-on-dark terminal.
-pub fn qr_block(link: &str) -> Result<String, crate::proto::qr::QrError> {
-    use crate::proto::qr;
+pub fn qr_block(link: &str) -> Result<String, crate::formats::qr::QrError> {
+    use crate::formats::qr;
     let code = qr::encode(link.as_bytes(), qr::Ecc::Medium)?;
     Ok(format!("{link}\n{}", qr::render_terminal(&code, true)))
 }

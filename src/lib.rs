@@ -6,9 +6,11 @@
 #![deny(unsafe_code)]
 #![warn(unreachable_pub)]
 
+pub mod background;
 pub mod cli;
 pub mod config;
 pub mod doctor;
+pub mod formats;
 pub mod io;
 pub mod links;
 pub mod log;

@@ -23,9 +23,9 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::{Config, IpList};
+use crate::formats::http::{self, ResponseParse};
+use crate::formats::iplist::{Cidr, IpTable, parse_netset};
 use crate::log::Level;
-use crate::proto::http::{self, ResponseParse};
-use crate::proto::iplist::{Cidr, IpTable, parse_netset};
 
 /// How often local files are checked for changes.
 pub(crate) const MTIME_CHECK: Duration = Duration::from_secs(2);
@@ -134,7 +134,7 @@ pub(crate) struct Lists {
     updater: Mutex<Option<std::thread::Thread>>,
     http_timeout: Duration,
     /// The `[network] dns` server for http:// sources (`None`: /etc/resolv.conf).
-    dns: Option<crate::proto::dns::Nameserver>,
+    dns: Option<crate::formats::dns::Nameserver>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -530,7 +530,7 @@ fn read_file(p: &std::path::Path) -> Result<String, String> {
 /// updater thread only.
 pub(crate) fn fetch(
     url: &str,
-    dns: Option<&crate::proto::dns::Nameserver>,
+    dns: Option<&crate::formats::dns::Nameserver>,
     timeout: Duration,
     cap: usize,
 ) -> Result<String, String> {
@@ -552,13 +552,13 @@ enum Fetched {
 
 fn fetch_once(
     url: &str,
-    dns: Option<&crate::proto::dns::Nameserver>,
+    dns: Option<&crate::formats::dns::Nameserver>,
     timeout: Duration,
     cap: usize,
     deadline: Instant,
 ) -> Result<Fetched, String> {
     let (host, port, path) = http::parse_http_url(url)?;
-    let addrs = crate::io::resolve::resolve(dns, &host, port, timeout)
+    let addrs = crate::background::resolve::resolve(dns, &host, port, timeout)
         .map_err(|e| format!("cannot resolve {host}: {e}"))?;
     let mut last = format!("{host} has no address");
     let mut stream = None;

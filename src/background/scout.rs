@@ -15,11 +15,11 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::formats::tls13::{self, Step};
 use crate::log::Level;
 use crate::proto::Rng;
 use crate::proto::faketls::build_client_hello;
 use crate::proto::shaping::{self, MIN_FIT_SAMPLES};
-use crate::proto::tls13::{self, Step};
 use crate::proto::tlsprofile::{FlightError, Observation, Profile, Summary, parse_server_flight};
 
 /// Most bytes read from the site per probe.
@@ -31,10 +31,10 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 /// and closes. `timeout` bounds the connect and the whole read. An alert, a non-TLS answer or
 /// a flight cut short is an error (`InvalidData`, `UnexpectedEof`, `TimedOut`).
 pub fn probe_once(addr: SocketAddr, host: &str, timeout: Duration) -> io::Result<Observation> {
-    let mut rng = super::OsRng;
+    let mut rng = crate::io::OsRng;
     let mut key = [0u8; 16];
     rng.fill(&mut key);
-    let now = u32::try_from(super::unix_now()).unwrap_or(u32::MAX);
+    let now = u32::try_from(crate::io::unix_now()).unwrap_or(u32::MAX);
     let hello = build_client_hello(&mut rng, &key, host, now);
     capture(addr, &hello, timeout).map(|(obs, _)| obs)
 }
@@ -157,9 +157,9 @@ pub struct TimingRaid {
     /// `(host, port, path)` of each URL.
     pub urls: Vec<(String, u16, String)>,
     /// Where fitted parameters go.
-    pub cell: Arc<super::ShapingCell>,
+    pub cell: Arc<crate::io::ShapingCell>,
     /// The `[network] dns` server for the URLs' host names (else /etc/resolv.conf).
-    dns: Option<crate::proto::dns::Nameserver>,
+    dns: Option<crate::formats::dns::Nameserver>,
     /// Gaps observed so far (the newest [`MAX_GAPS`]).
     gaps: std::collections::VecDeque<Duration>,
 }
@@ -168,8 +168,8 @@ impl TimingRaid {
     /// A raid plan; `urls` are `https://` URLs (checked by the config).
     pub fn new(
         urls: &[String],
-        cell: Arc<super::ShapingCell>,
-        dns: Option<crate::proto::dns::Nameserver>,
+        cell: Arc<crate::io::ShapingCell>,
+        dns: Option<crate::formats::dns::Nameserver>,
     ) -> TimingRaid {
         let urls = urls.iter().filter_map(|u| parse_https_url(u)).collect();
         TimingRaid {
@@ -243,7 +243,8 @@ pub fn parse_https_url(u: &str) -> Option<(String, u16, String)> {
             && p.bytes().all(|b| b.is_ascii_digit())
             && (!h.starts_with('[') || h.ends_with(']'))
     });
-    let (host, port, path) = crate::proto::http::parse_http_url(&format!("http://{rest}")).ok()?;
+    let (host, port, path) =
+        crate::formats::http::parse_http_url(&format!("http://{rest}")).ok()?;
     Some((host, if explicit { port } else { 443 }, path))
 }
 

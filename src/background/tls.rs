@@ -5,7 +5,7 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Instant;
 
-use crate::proto::tls13::{self, Step};
+use crate::formats::tls13::{self, Step};
 
 fn invalid(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what.to_string())
@@ -23,7 +23,7 @@ pub(crate) fn session(
     deadline: Instant,
     mut each: impl FnMut(Instant, Step) -> bool,
 ) -> io::Result<()> {
-    let (mut client, hello) = tls13::Client::start(&mut super::OsRng, opts, request);
+    let (mut client, hello) = tls13::Client::start(&mut crate::io::OsRng, opts, request);
     let left = |d: Instant| match d.checked_duration_since(Instant::now()) {
         Some(t) if !t.is_zero() => Ok(t),
         _ => Err(io::Error::from(io::ErrorKind::TimedOut)),

@@ -24,9 +24,9 @@ use std::time::Duration;
 
 use nanoserde::{Toml, TomlParser};
 
+pub use crate::formats::dns::{Nameserver, Transport};
 pub use crate::log::LogFormat;
 use crate::proto::dc::PreferIp;
-pub use crate::proto::dns::{Nameserver, Transport};
 use crate::proto::secret::Secret;
 
 /// Most workers mtpx will start.
@@ -2509,7 +2509,7 @@ mod tests {
         );
     }
 
-    const EXAMPLE: &str = include_str!("../config.example");
+    const EXAMPLE: &str = include_str!("../../config.example");
 
     fn example_with_secret() -> String {
         let line = EXAMPLE

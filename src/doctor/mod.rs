@@ -16,7 +16,7 @@
 //!   first flight, as the proxy's scout does.
 //! * **SNI-DNS match**: does the secret's host name resolve to this server's public address?
 //!
-//! Host names are resolved with mtpx's own resolver ([`crate::io::resolve`]), never libc's,
+//! Host names are resolved with mtpx's own resolver ([`crate::background::resolve`]), never libc's,
 //! through the `[network] dns` server when one is set.
 //! Every network step has a timeout (at most [`MAX_WAIT`]), so the whole run takes seconds.
 
@@ -26,11 +26,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::background::{resolve, scout};
 use crate::config::{Config, Warning, WarningKind, fmt_duration};
-use crate::io::{resolve, scout};
+use crate::formats::sntp::{self, NtpTimestamp};
 use crate::proto::dc::{DEFAULT_DC, DcTable};
 use crate::proto::secret::SecretKind;
-use crate::proto::sntp::{self, NtpTimestamp};
 use crate::proto::socks5::{self, Socks5Client, Socks5Error, Step, Target};
 use crate::proto::tlsprofile::Profile;
 
@@ -752,7 +752,7 @@ fn socks5_checks(config: &Config) -> Vec<Check> {
 
 fn socks5_check(
     url: &str,
-    dns: Option<&crate::proto::dns::Nameserver>,
+    dns: Option<&crate::formats::dns::Nameserver>,
     targets: &[SocketAddr],
     wait: Duration,
 ) -> Check {

@@ -1,7 +1,7 @@
 //! A minimal DNS stub-resolver codec (RFC 1035): A/AAAA queries, response parsing, and
 //! `/etc/resolv.conf` parsing.
 //!
-//! Pure: bytes in, typed results out. The sockets, ids and timeouts live in `io::resolve`.
+//! Pure: bytes in, typed results out. The sockets, ids and timeouts live in `background::resolve`.
 //! Every parser here works on untrusted input and never panics: all reads are bounds-checked,
 //! name compression pointers may only point backwards and the number of jumps is capped.
 

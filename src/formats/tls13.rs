@@ -26,7 +26,7 @@ use aes::cipher::{BlockCipherEncrypt, KeyInit};
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
-use super::x25519;
+use crate::proto::x25519;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -319,7 +319,7 @@ impl Client {
     /// A client that sends `request` once the handshake is done. Returns the ClientHello
     /// record to write first.
     pub fn start(
-        rng: &mut impl super::Rng,
+        rng: &mut impl crate::proto::Rng,
         opts: Options<'_>,
         request: &[u8],
     ) -> (Client, Vec<u8>) {
@@ -572,7 +572,7 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::encoding::hex_decode;
+    use crate::formats::encoding::hex_decode;
 
     const OBSERVE: Options<'static> = Options {
         host: "site.test",

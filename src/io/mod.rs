@@ -5,14 +5,11 @@
 //! [`crate::proto`]; [`conn`] glues the two together.
 
 mod conn;
-pub(crate) mod lists;
-pub(crate) mod metrics;
 mod pool;
-pub mod resolve;
-pub mod scout;
 mod timers;
-mod tls;
 mod worker;
+
+use crate::background::{lists, metrics, resolve, scout};
 
 use std::io;
 use std::net::SocketAddr;

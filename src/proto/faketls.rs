@@ -923,8 +923,8 @@ pub fn verify_server_flight(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::formats::encoding::{base64_std_decode, hex_decode};
     use crate::proto::XorShift64;
-    use crate::proto::encoding::{base64_std_decode, hex_decode};
     use crate::proto::tlsprofile;
 
     const KEY_HEX: &str = "367a189aee18fa31c190054efd4a8e95";

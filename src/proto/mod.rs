@@ -2,21 +2,13 @@
 //! deadlines come out. Nothing here touches a socket, the clock or the OS random source.
 
 pub mod dc;
-pub mod dns;
-pub mod encoding;
 pub mod faketls;
-pub mod http;
-pub mod iplist;
-pub mod metrics;
 pub mod obfs2;
 pub mod proxy_protocol;
-pub mod qr;
 pub mod replay;
 pub mod secret;
 pub mod shaping;
-pub mod sntp;
 pub mod socks5;
-pub mod tls13;
 pub mod tlsprofile;
 pub mod x25519;
 

@@ -4,7 +4,7 @@
 //! I/O layer. Nothing here runs on a worker: workers only bump per-event atomics ([`Stats`],
 //! [`Counters`], the lists' refusal counters) or store a per-worker value once per sweep
 //! ([`Counters::pool`]); these threads read them when a scrape arrives or a flush is due.
-//! Formatting is [`crate::proto::metrics`]'s.
+//! Formatting is [`crate::formats::metrics`]'s.
 //!
 //! Names and labels are mtg's (prefix `mtg` by default, so dashboards keep working) where
 //! mtpx has the data: `client_connections` (the total, without the `ip_family` split),
@@ -26,16 +26,16 @@ use std::time::{Duration, Instant};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use super::Stats;
-use super::lists::{Lists, Which};
+use crate::background::lists::{Lists, Which};
 use crate::config::Config;
-use crate::log::Level;
-use crate::proto::Reject;
-use crate::proto::http::{self, RequestParse};
-use crate::proto::metrics::{
+use crate::formats::http::{self, RequestParse};
+use crate::formats::metrics::{
     self as fmt, DIRECTION_FROM_CLIENT, DIRECTION_TO_CLIENT, Kind, LABEL_DIRECTION, LABEL_IP_LIST,
     LABEL_REASON, Metric, Sample, TagFormat,
 };
+use crate::io::Stats;
+use crate::log::Level;
+use crate::proto::Reject;
 
 /// Every handshake failure reason, indexed by discriminant.
 const REJECTS: [Reject; 14] = [
