@@ -565,12 +565,7 @@ impl Doc {
         if let Some(v) = self.parsed(
             "stats.statsd.tag-format",
             "is not a tag format (datadog, influxdb or graphite)",
-            |s| match s.to_ascii_lowercase().as_str() {
-                "datadog" => Some(TagFormat::Datadog),
-                "influxdb" => Some(TagFormat::Influxdb),
-                "graphite" => Some(TagFormat::Graphite),
-                _ => None,
-            },
+            TagFormat::parse,
         )? {
             c.statsd.tag_format = v;
         }

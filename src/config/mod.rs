@@ -28,6 +28,7 @@ use toml::prepass;
 pub use units::{fmt_duration, parse_bytes, parse_duration};
 
 pub use crate::formats::dns::{Nameserver, Transport};
+pub use crate::formats::metrics::TagFormat;
 pub use crate::log::LogFormat;
 use crate::proto::dc::PreferIp;
 use crate::proto::secret::Secret;
@@ -125,18 +126,6 @@ pub struct IpList {
     pub urls: Vec<String>,
     /// Reload period (default 24h).
     pub update_each: Duration,
-}
-
-/// StatsD tag format.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum TagFormat {
-    /// `name:v|type|#k:v` (default).
-    #[default]
-    Datadog,
-    /// InfluxDB line tags.
-    Influxdb,
-    /// Graphite tags.
-    Graphite,
 }
 
 /// `[stats.statsd]`: metrics over UDP.

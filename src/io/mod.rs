@@ -6,10 +6,12 @@
 
 mod conn;
 mod pool;
+pub(crate) mod stats;
 mod timers;
 mod worker;
 
 use crate::background::{lists, metrics, resolve, scout};
+pub use stats::Stats;
 
 use std::io;
 use std::net::SocketAddr;
@@ -26,29 +28,6 @@ use crate::proto::Rng;
 use crate::proto::dc::DcTable;
 use crate::proto::obfs2::AesCtr;
 use crate::proto::replay::ReplayFilter;
-
-/// Counters shared by all workers; touched per connection event, never per packet.
-#[derive(Debug, Default)]
-pub struct Stats {
-    /// Connections accepted (within the concurrency limit).
-    pub accepted: AtomicU64,
-    /// Connections closed at once because `concurrency` was reached.
-    pub limited: AtomicU64,
-    /// Handshakes that reached the DC-connect stage.
-    pub handshakes: AtomicU64,
-    /// Handshakes rejected (bad secret, probe, timeout, replay…).
-    pub rejected: AtomicU64,
-    /// Connections spliced to the fronting site after a failed handshake.
-    pub fronted: AtomicU64,
-    /// Connections for which no DC address could be reached.
-    pub dc_failures: AtomicU64,
-    /// Connections closed (for any reason).
-    pub closed: AtomicU64,
-    /// Payload bytes from clients to DCs (counted when a connection closes).
-    pub bytes_up: AtomicU64,
-    /// Payload bytes from DCs to clients (counted when a connection closes).
-    pub bytes_down: AtomicU64,
-}
 
 /// State shared by all workers.
 pub(crate) struct Shared {
@@ -71,8 +50,6 @@ pub(crate) struct Shared {
     pub(crate) profile: Arc<Mutex<crate::proto::tlsprofile::Profile>>,
     /// IP block/allow lists.
     pub(crate) lists: Arc<lists::Lists>,
-    /// Counters only the metrics exporters read.
-    pub(crate) counters: Arc<metrics::Counters>,
 }
 
 /// The inter-record timing in force: the configured Weibull parameters, replaced by the ones
@@ -386,7 +363,6 @@ pub fn start_with_grace(config: Config, grace: Duration) -> io::Result<Proxy> {
     let lists = lists::Lists::start(&config);
     let shared = Arc::new(Shared {
         lists,
-        counters: Arc::new(metrics::Counters::new(workers)),
         front_addrs: Mutex::new(front_addrs),
         front_proxy_protocol,
         shaping: Arc::new(ShapingCell::new(&config)),
@@ -397,7 +373,7 @@ pub fn start_with_grace(config: Config, grace: Duration) -> io::Result<Proxy> {
         active: AtomicUsize::new(0),
         stop: AtomicBool::new(false),
         grace,
-        stats: Arc::new(Stats::default()),
+        stats: Arc::new(Stats::new(workers)),
         config,
     });
 
@@ -452,7 +428,6 @@ pub fn start_with_grace(config: Config, grace: Duration) -> io::Result<Proxy> {
     let source = metrics::MetricsSource {
         secret_kind: shared.config.secret.kind.as_str(),
         stats: shared.stats.clone(),
-        counters: shared.counters.clone(),
         lists: Some(shared.lists.clone()),
         active: {
             let weak = Arc::downgrade(&shared);

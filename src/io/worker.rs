@@ -399,13 +399,13 @@ impl Worker {
         let (in_use, capacity) = (self.pool.in_use(), self.pool.capacity());
         let handshake = self.pool.all_in_use() - in_use;
         self.shared
-            .counters
+            .stats
             .pool(self.index, in_use, capacity, handshake);
         for slot in 0..self.slab.len() {
             let Some(Some(conn)) = self.slab.get_mut(slot) else {
                 continue;
             };
-            conn.report(&self.shared.counters, false);
+            conn.report(&self.shared.stats, false);
             if now < conn.deadline || conn.phase == Phase::Closed {
                 continue;
             }
@@ -456,11 +456,11 @@ impl Worker {
             let Some(mut conn) = self.slab.get_mut(slot).and_then(Option::take) else {
                 continue;
             };
-            conn.report(&self.shared.counters, true);
+            conn.report(&self.shared.stats, true);
             self.timers.disarm(slot);
             self.shared.active.fetch_sub(1, Ordering::AcqRel);
             if conn.fronted.is_some() {
-                self.shared.counters.fronted_closed();
+                self.shared.stats.fronted_closed();
             }
             let stats = &self.shared.stats;
             stats.closed.fetch_add(1, Ordering::Relaxed);

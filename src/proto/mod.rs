@@ -94,6 +94,25 @@ pub enum Reject {
 }
 
 impl Reject {
+    /// Every reason, in declaration order: `Reject::ALL[r as usize] == r` (metrics keep one
+    /// counter per reason, indexed so).
+    pub const ALL: [Reject; 14] = [
+        Reject::RecordType,
+        Reject::RecordVersion,
+        Reject::TooManyFragments,
+        Reject::TooLarge,
+        Reject::Malformed,
+        Reject::NoCipherSuite,
+        Reject::Sni,
+        Reject::Digest,
+        Reject::TimeSkew,
+        Reject::Replay,
+        Reject::ObfsTag,
+        Reject::ObfsTagNotAllowed,
+        Reject::Timeout,
+        Reject::Eof,
+    ];
+
     /// A short, stable, lowercase label (for logs and metrics).
     pub fn as_str(self) -> &'static str {
         match self {
@@ -151,6 +170,36 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn reject_all_lists_every_reason_at_its_discriminant() {
+        for (i, r) in Reject::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i, "{r:?}");
+        }
+        // A new variant must be added to ALL: the match has no wildcard, so adding one fails
+        // to compile here until it is listed (and then the length check catches a gap).
+        let last = |r: Reject| match r {
+            Reject::RecordType
+            | Reject::RecordVersion
+            | Reject::TooManyFragments
+            | Reject::TooLarge
+            | Reject::Malformed
+            | Reject::NoCipherSuite
+            | Reject::Sni
+            | Reject::Digest
+            | Reject::TimeSkew
+            | Reject::Replay
+            | Reject::ObfsTag
+            | Reject::ObfsTagNotAllowed
+            | Reject::Timeout => false,
+            Reject::Eof => true,
+        };
+        assert!(last(Reject::ALL[Reject::ALL.len() - 1]));
+        let mut labels: Vec<_> = Reject::ALL.iter().map(|r| r.as_str()).collect();
+        labels.sort_unstable();
+        labels.dedup();
+        assert_eq!(labels.len(), Reject::ALL.len(), "labels are distinct");
+    }
 
     #[test]
     fn xorshift_is_deterministic_and_below_is_bounded() {

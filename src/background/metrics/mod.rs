@@ -1,5 +1,6 @@
-//! Metrics export (PROTOCOL.md §8.8): a Prometheus endpoint served by a small mio loop on its
-//! own thread, and a StatsD sender on another.
+//! Metrics export (PROTOCOL.md §8.8): what is exported, read from the workers' counters
+//! ([`Snapshot`]), and the two exporters, each on a thread of its own: the Prometheus endpoint
+//! ([`prometheus`]) and the StatsD sender ([`statsd`]).
 //!
 //! I/O layer. Nothing here runs on a worker: workers only bump per-event atomics ([`Stats`],
 //! [`Counters`], the lists' refusal counters) or store a per-worker value once per sweep
@@ -16,157 +17,34 @@
 //! `handshake_failures{reason}`, `fronted_connections`, `dc_connect_failures` and
 //! `buffer_pool_in_use` / `buffer_pool_capacity`, `handshake_buffers_in_use`.
 
-use std::io::{self, ErrorKind, Read, Write};
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
 
-use mio::net::{TcpListener, TcpStream};
-use mio::{Events, Interest, Poll, Token, Waker};
+use mio::Waker;
+
+mod prometheus;
+mod statsd;
+
+use prometheus::spawn_prometheus;
+use statsd::{STATSD_EVERY, spawn_statsd, statsd_prefix};
 
 use crate::background::lists::{Lists, Which};
 use crate::config::Config;
-use crate::formats::http::{self, RequestParse};
 use crate::formats::metrics::{
     self as fmt, DIRECTION_FROM_CLIENT, DIRECTION_TO_CLIENT, Kind, LABEL_DIRECTION, LABEL_IP_LIST,
     LABEL_REASON, Metric, Sample, TagFormat,
 };
 use crate::io::Stats;
+use crate::io::stats::DC_LABELS;
 use crate::log::Level;
 use crate::proto::Reject;
-
-/// Every handshake failure reason, indexed by discriminant.
-const REJECTS: [Reject; 14] = [
-    Reject::RecordType,
-    Reject::RecordVersion,
-    Reject::TooManyFragments,
-    Reject::TooLarge,
-    Reject::Malformed,
-    Reject::NoCipherSuite,
-    Reject::Sni,
-    Reject::Digest,
-    Reject::TimeSkew,
-    Reject::Replay,
-    Reject::ObfsTag,
-    Reject::ObfsTagNotAllowed,
-    Reject::Timeout,
-    Reject::Eof,
-];
-
-/// Largest StatsD datagram (fits a 1500-byte MTU with IPv6 and UDP headers).
-pub(crate) const STATSD_DATAGRAM: usize = 1432;
-/// How often StatsD is sent when the proxy wires it with the default.
-pub(crate) const STATSD_EVERY: Duration = Duration::from_secs(10);
-/// Scrapers served at once; more are closed at once.
-pub(crate) const MAX_SCRAPERS: usize = 16;
-/// Time a scraper has to send its request and read the answer.
-pub(crate) const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// The `dc` label of per-DC series: DCs 1–5 and 203 (media DCs count as their DC), anything
-/// else (a fallback for an unknown DC) as `other`.
-pub(crate) const DC_LABELS: [&str; 7] = ["1", "2", "3", "4", "5", "203", "other"];
-
-/// Index into [`DC_LABELS`] for DC `dc`.
-pub(crate) fn dc_slot(dc: i16) -> usize {
-    match dc.unsigned_abs() {
-        d @ 1..=5 => usize::from(d) - 1,
-        203 => 5,
-        _ => 6,
-    }
-}
-
-/// Counters the workers bump that [`Stats`] does not have. Per event (handshake failure,
-/// connection opened or closed) or per sweep (pool levels, bytes relayed since the last
-/// sweep), never per packet.
-#[derive(Debug)]
-pub(crate) struct Counters {
-    rejects: [AtomicU64; REJECTS.len()],
-    front_closed: AtomicU64,
-    front_up: AtomicU64,
-    front_down: AtomicU64,
-    /// Bytes client -> DC, DC -> client, and relays open, per [`DC_LABELS`] slot.
-    dc_up: [AtomicU64; DC_LABELS.len()],
-    dc_down: [AtomicU64; DC_LABELS.len()],
-    dc_open: [AtomicU64; DC_LABELS.len()],
-    pool_in_use: Box<[AtomicUsize]>,
-    pool_capacity: Box<[AtomicUsize]>,
-    handshake_bufs: Box<[AtomicUsize]>,
-}
-
-impl Counters {
-    /// Counters for `workers` workers.
-    pub(crate) fn new(workers: usize) -> Counters {
-        let per_worker = || (0..workers.max(1)).map(|_| AtomicUsize::new(0)).collect();
-        Counters {
-            rejects: Default::default(),
-            front_closed: AtomicU64::new(0),
-            front_up: AtomicU64::new(0),
-            front_down: AtomicU64::new(0),
-            dc_up: Default::default(),
-            dc_down: Default::default(),
-            dc_open: Default::default(),
-            pool_in_use: per_worker(),
-            pool_capacity: per_worker(),
-            handshake_bufs: per_worker(),
-        }
-    }
-
-    /// A handshake failed for `why` (fronted or closed).
-    pub(crate) fn handshake_failed(&self, why: Reject) {
-        if let Some(c) = self.rejects.get(why as usize) {
-            c.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    /// A fronted connection closed.
-    pub(crate) fn fronted_closed(&self) {
-        self.front_closed.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Bytes a connection relayed since it last reported (to the fronting site, or to DC `dc`).
-    pub(crate) fn traffic(&self, fronted: bool, dc: i16, up: u64, down: u64) {
-        let (u, d) = if fronted {
-            (&self.front_up, &self.front_down)
-        } else {
-            let i = dc_slot(dc);
-            (&self.dc_up[i], &self.dc_down[i])
-        };
-        u.fetch_add(up, Ordering::Relaxed);
-        d.fetch_add(down, Ordering::Relaxed);
-    }
-
-    /// A relay to DC `dc` opened (`true`) or closed.
-    pub(crate) fn dc_relay(&self, dc: i16, open: bool) {
-        let c = &self.dc_open[dc_slot(dc)];
-        if open {
-            c.fetch_add(1, Ordering::Relaxed);
-        } else {
-            c.fetch_sub(1, Ordering::Relaxed);
-        }
-    }
-
-    /// Worker `worker`'s buffer pool levels: relay buffers in use and in all, handshake
-    /// buffers in use (call from its periodic sweep).
-    pub(crate) fn pool(&self, worker: usize, in_use: usize, capacity: usize, handshake: usize) {
-        if let Some(c) = self.pool_in_use.get(worker) {
-            c.store(in_use, Ordering::Relaxed);
-        }
-        if let Some(c) = self.handshake_bufs.get(worker) {
-            c.store(handshake, Ordering::Relaxed);
-        }
-        if let Some(c) = self.pool_capacity.get(worker) {
-            c.store(capacity, Ordering::Relaxed);
-        }
-    }
-}
 
 /// Where the numbers come from.
 #[derive(Clone)]
 pub(crate) struct MetricsSource {
     pub(crate) stats: Arc<Stats>,
-    pub(crate) counters: Arc<Counters>,
     pub(crate) lists: Option<Arc<Lists>>,
     /// Client connections open now.
     pub(crate) active: Arc<dyn Fn() -> usize + Send + Sync>,
@@ -184,7 +62,7 @@ pub(crate) struct Snapshot {
     pub(crate) fronted: u64,
     pub(crate) fronted_open: u64,
     pub(crate) dc_failures: u64,
-    pub(crate) rejects: [u64; REJECTS.len()],
+    pub(crate) rejects: [u64; Reject::ALL.len()],
     pub(crate) secret_kind: &'static str,
     pub(crate) dc_up: [u64; DC_LABELS.len()],
     pub(crate) dc_down: [u64; DC_LABELS.len()],
@@ -202,8 +80,8 @@ impl MetricsSource {
     /// Reads every counter now.
     pub(crate) fn snapshot(&self) -> Snapshot {
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let c = &self.counters;
         let s = &self.stats;
+        let c = s;
         let (front_up, front_down) = (l(&c.front_up), l(&c.front_down));
         let sum = |v: &[AtomicUsize]| v.iter().map(|a| a.load(Ordering::Relaxed) as u64).sum();
         let list = |w: Which| {
@@ -248,7 +126,7 @@ fn with_metrics<R>(
     let d = |cur: u64, old: fn(&Snapshot) -> u64| (cur.saturating_sub(base.map_or(0, old))) as f64;
     let g = |v: u64| v as f64;
     let one = |value: f64| [Sample { labels: &[], value }];
-    let reason_labels: Vec<[(&str, &str); 1]> = REJECTS
+    let reason_labels: Vec<[(&str, &str); 1]> = Reject::ALL
         .iter()
         .map(|r| [(LABEL_REASON, r.as_str())])
         .collect();
@@ -436,26 +314,6 @@ pub(crate) fn render_statsd(
     with_metrics(s, Some(base), |m| fmt::write_statsd(out, format, prefix, m));
 }
 
-/// The StatsD prefix for a configured `metric-prefix`: the configured value and a dot
-/// (`mtg` → `mtg.client_connections`, as mtg's default). mtg itself glues a configured prefix
-/// on without a dot (`mtgclient_connections`); config values can never contain a dot, so the
-/// default cannot be told apart from a configured `mtg`, and the dotted form is the useful one.
-pub(crate) fn statsd_prefix(configured: &str) -> String {
-    if configured.is_empty() || configured.ends_with('.') {
-        configured.to_string()
-    } else {
-        format!("{configured}.")
-    }
-}
-
-fn tag_format(t: crate::config::TagFormat) -> TagFormat {
-    match t {
-        crate::config::TagFormat::Datadog => TagFormat::Datadog,
-        crate::config::TagFormat::Influxdb => TagFormat::Influxdb,
-        crate::config::TagFormat::Graphite => TagFormat::Graphite,
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Service handles
 // ---------------------------------------------------------------------------------------------
@@ -523,7 +381,7 @@ pub(crate) fn start_services(config: &Config, source: &MetricsSource) -> Vec<Ser
         match spawn_statsd(
             addr,
             statsd_prefix(&s.metric_prefix),
-            tag_format(s.tag_format),
+            s.tag_format,
             STATSD_EVERY,
             source.clone(),
         ) {
@@ -539,321 +397,16 @@ pub(crate) fn start_services(config: &Config, source: &MetricsSource) -> Vec<Ser
     services
 }
 
-// ---------------------------------------------------------------------------------------------
-// Prometheus
-// ---------------------------------------------------------------------------------------------
-
-const LISTENER: Token = Token(0);
-const WAKER: Token = Token(1);
-const FIRST_CONN: usize = 2;
-
-struct Scrape {
-    stream: TcpStream,
-    input: Vec<u8>,
-    output: Vec<u8>,
-    written: usize,
-    /// The answer is ready (only writing is left).
-    answered: bool,
-    deadline: Instant,
-}
-
-struct Server {
-    poll: Poll,
-    listener: TcpListener,
-    conns: Vec<Option<Scrape>>,
-    path: String,
-    prefix: String,
-    source: MetricsSource,
-    stop: Arc<AtomicBool>,
-    body: String,
-}
-
-/// Serves `GET <path>` with the Prometheus text exposition on `bind` (404 for other paths,
-/// 405 for other methods, 400 for malformed requests), at most [`MAX_SCRAPERS`] at once, each
-/// within [`SCRAPE_TIMEOUT`]. Returns the bound address (for port 0) and the thread's handle.
-pub(crate) fn spawn_prometheus(
-    bind: SocketAddr,
-    path: String,
-    prefix: String,
-    source: MetricsSource,
-) -> io::Result<(SocketAddr, Service)> {
-    let listener = TcpListener::bind(bind)
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {bind}: {e}")))?;
-    let addr = listener.local_addr()?;
-    let poll = Poll::new()?;
-    let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut server = Server {
-        poll,
-        listener,
-        conns: (0..MAX_SCRAPERS).map(|_| None).collect(),
-        path: normalise_path(&path),
-        prefix,
-        source,
-        stop: stop.clone(),
-        body: String::new(),
-    };
-    server
-        .poll
-        .registry()
-        .register(&mut server.listener, LISTENER, Interest::READABLE)?;
-    let thread = std::thread::Builder::new()
-        .name("mtpx-prometheus".into())
-        .spawn(move || server.run())?;
-    Ok((
-        addr,
-        Service {
-            addr: Some(addr),
-            stop,
-            waker: Some(waker),
-            thread: Some(thread),
-        },
-    ))
-}
-
-/// `/metrics/` → `/metrics`; always a leading `/`.
-fn normalise_path(p: &str) -> String {
-    let t = p.trim().trim_matches('/');
-    format!("/{t}")
-}
-
-impl Server {
-    fn run(mut self) {
-        let mut events = Events::with_capacity(64);
-        while !self.stop.load(Ordering::SeqCst) {
-            let now = Instant::now();
-            let timeout = self
-                .conns
-                .iter()
-                .flatten()
-                .map(|c| c.deadline.saturating_duration_since(now))
-                .min()
-                .unwrap_or(Duration::from_secs(1))
-                .min(Duration::from_secs(1));
-            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
-                if e.kind() != ErrorKind::Interrupted {
-                    crate::log_event!(Level::Warn, "prometheus-poll-failed", error = e);
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                continue;
-            }
-            for ev in events.iter() {
-                match ev.token() {
-                    LISTENER => self.accept(),
-                    WAKER => {}
-                    Token(t) => self.drive(t.wrapping_sub(FIRST_CONN)),
-                }
-            }
-            let now = Instant::now();
-            for i in 0..self.conns.len() {
-                if self.conns[i].as_ref().is_some_and(|c| now >= c.deadline) {
-                    self.close(i);
-                }
-            }
-        }
-    }
-
-    fn accept(&mut self) {
-        loop {
-            match self.listener.accept() {
-                Ok((mut stream, _)) => {
-                    let Some(i) = self.conns.iter().position(Option::is_none) else {
-                        // Too many scrapers: close this one at once.
-                        continue;
-                    };
-                    let token = Token(FIRST_CONN + i);
-                    let interest = Interest::READABLE | Interest::WRITABLE;
-                    if self
-                        .poll
-                        .registry()
-                        .register(&mut stream, token, interest)
-                        .is_err()
-                    {
-                        continue;
-                    }
-                    self.conns[i] = Some(Scrape {
-                        stream,
-                        input: Vec::with_capacity(1024),
-                        output: Vec::new(),
-                        written: 0,
-                        answered: false,
-                        deadline: Instant::now() + SCRAPE_TIMEOUT,
-                    });
-                    self.drive(i);
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => {
-                    crate::log_event!(Level::Debug, "prometheus-accept-failed", error = e);
-                    return;
-                }
-            }
-        }
-    }
-
-    fn close(&mut self, i: usize) {
-        if let Some(mut c) = self.conns.get_mut(i).and_then(Option::take) {
-            let _ = self.poll.registry().deregister(&mut c.stream);
-        }
-    }
-
-    /// Reads, answers and writes as far as the socket allows; closes when done or broken.
-    fn drive(&mut self, i: usize) {
-        let Some(mut c) = self.conns.get_mut(i).and_then(Option::take) else {
-            return;
-        };
-        if self.step(&mut c) {
-            self.conns[i] = Some(c);
-        } else {
-            let _ = c.stream.shutdown(std::net::Shutdown::Write);
-            let _ = self.poll.registry().deregister(&mut c.stream);
-        }
-    }
-
-    /// One round of [`Server::drive`]; `false` when the connection is finished.
-    fn step(&mut self, c: &mut Scrape) -> bool {
-        let mut chunk = [0u8; 2048];
-        while !c.answered {
-            match c.stream.read(&mut chunk) {
-                Ok(0) => return false,
-                Ok(n) => {
-                    let room = http::MAX_HEAD.saturating_sub(c.input.len());
-                    c.input.extend_from_slice(&chunk[..n.min(room)]);
-                    self.answer(c);
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(_) => return false,
-            }
-        }
-        while c.written < c.output.len() {
-            match c.stream.write(&c.output[c.written..]) {
-                Ok(0) => return false,
-                Ok(n) => c.written += n,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(_) => return false,
-            }
-        }
-        false
-    }
-
-    /// Prepares the answer once the request head is complete (or cannot be).
-    fn answer(&mut self, c: &mut Scrape) {
-        let (status, head_only, metrics) = match http::parse_request(&c.input) {
-            RequestParse::NeedMore => return,
-            RequestParse::Invalid => (400, false, false),
-            RequestParse::Request { method, path, .. } => {
-                let head = method == "HEAD";
-                if method != "GET" && !head {
-                    (405, false, false)
-                } else if normalise_path(path) != self.path {
-                    (404, head, false)
-                } else {
-                    (200, head, true)
-                }
-            }
-        };
-        let (body, ctype) = if metrics {
-            self.body.clear();
-            render_prometheus(&mut self.body, &self.prefix, &self.source.snapshot());
-            (self.body.as_bytes(), fmt::PROMETHEUS_CONTENT_TYPE)
-        } else {
-            (
-                http::reason_phrase(status).as_bytes(),
-                "text/plain; charset=utf-8",
-            )
-        };
-        if head_only {
-            http::write_response_head(&mut c.output, status, ctype, body.len());
-        } else {
-            http::write_response(&mut c.output, status, ctype, body);
-        }
-        c.answered = true;
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// StatsD
-// ---------------------------------------------------------------------------------------------
-
-/// Sends every metric to `addr` over UDP every `every` (and once more when stopped): counters
-/// as increases since the last send (`|c`, unchanged ones omitted), gauges as levels (`|g`),
-/// several lines per datagram of at most [`STATSD_DATAGRAM`] bytes.
-pub(crate) fn spawn_statsd(
-    addr: SocketAddr,
-    prefix: String,
-    format: TagFormat,
-    every: Duration,
-    source: MetricsSource,
-) -> io::Result<Service> {
-    let local: SocketAddr = if addr.is_ipv4() {
-        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
-    } else {
-        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-    };
-    let socket = UdpSocket::bind(local)?;
-    socket.connect(addr)?;
-    socket.set_write_timeout(Some(Duration::from_secs(1)))?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let stop2 = stop.clone();
-    let every = every.max(Duration::from_millis(10));
-    let thread = std::thread::Builder::new()
-        .name("mtpx-statsd".into())
-        .spawn(move || {
-            let mut base = Snapshot::default();
-            let mut out = String::new();
-            let mut failing = false;
-            let mut next = Instant::now() + every;
-            loop {
-                let stopping = stop2.load(Ordering::SeqCst);
-                if stopping || Instant::now() >= next {
-                    let now = source.snapshot();
-                    out.clear();
-                    render_statsd(&mut out, format, &prefix, &now, &base);
-                    base = now;
-                    let mut ok = true;
-                    for packet in fmt::split_packets(&out, STATSD_DATAGRAM) {
-                        if let Err(e) = socket.send(packet.as_bytes()) {
-                            ok = false;
-                            if !failing {
-                                crate::log_event!(
-                                    Level::Warn,
-                                    "statsd-send-failed",
-                                    address = addr,
-                                    error = e
-                                );
-                            }
-                        }
-                    }
-                    failing = !ok;
-                    next = Instant::now() + every;
-                }
-                if stopping {
-                    return;
-                }
-                std::thread::park_timeout(next.saturating_duration_since(Instant::now()));
-            }
-        })?;
-    Ok(Service {
-        addr: None,
-        stop,
-        waker: None,
-        thread: Some(thread),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn source() -> (MetricsSource, Arc<AtomicUsize>) {
+    pub(super) fn source() -> (MetricsSource, Arc<AtomicUsize>) {
         let active = Arc::new(AtomicUsize::new(0));
         let a = active.clone();
         (
             MetricsSource {
-                stats: Arc::new(Stats::default()),
-                counters: Arc::new(Counters::new(2)),
+                stats: Arc::new(Stats::new(2)),
                 lists: None,
                 active: Arc::new(move || a.load(Ordering::Relaxed)),
                 secret_kind: "dd",
@@ -870,13 +423,6 @@ mod tests {
     }
 
     #[test]
-    fn reject_table_matches_discriminants() {
-        for (i, r) in REJECTS.iter().enumerate() {
-            assert_eq!(*r as usize, i, "{r:?}");
-        }
-    }
-
-    #[test]
     fn prometheus_text_carries_the_counters() {
         let (src, active) = source();
         let s = &src.stats;
@@ -884,7 +430,7 @@ mod tests {
         s.fronted.store(2, Ordering::Relaxed);
         s.limited.store(1, Ordering::Relaxed);
         s.handshakes.store(3, Ordering::Relaxed);
-        let c = &src.counters;
+        let c = &src.stats;
         c.traffic(false, 2, 800, 2000);
         c.traffic(false, -2, 50, 500); // a media DC counts as its DC
         c.traffic(false, 4, 50, 200);
@@ -894,12 +440,12 @@ mod tests {
         c.dc_relay(2, true);
         c.dc_relay(4, true);
         c.dc_relay(4, false);
-        src.counters.handshake_failed(Reject::Replay);
-        src.counters.handshake_failed(Reject::Replay);
-        src.counters.handshake_failed(Reject::Digest);
-        src.counters.pool(0, 3, 10, 5);
-        src.counters.pool(1, 1, 10, 2);
-        src.counters.pool(7, 100, 100, 9); // no such worker: ignored
+        src.stats.handshake_failed(Reject::Replay);
+        src.stats.handshake_failed(Reject::Replay);
+        src.stats.handshake_failed(Reject::Digest);
+        src.stats.pool(0, 3, 10, 5);
+        src.stats.pool(1, 1, 10, 2);
+        src.stats.pool(7, 100, 100, 9); // no such worker: ignored
         active.store(4, Ordering::Relaxed);
         let mut out = String::new();
         render_prometheus(&mut out, "mtg", &src.snapshot());
@@ -985,184 +531,5 @@ mod tests {
             "{out}"
         );
         assert!(!out.contains("allowlist"), "{out}");
-    }
-
-    #[test]
-    fn statsd_sends_deltas_and_gauges() {
-        let (src, active) = source();
-        let recv = UdpSocket::bind("127.0.0.1:0").unwrap();
-        recv.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        src.stats.accepted.store(3, Ordering::Relaxed);
-        active.store(2, Ordering::Relaxed);
-        let svc = spawn_statsd(
-            recv.local_addr().unwrap(),
-            statsd_prefix("mtg"),
-            TagFormat::Datadog,
-            Duration::from_millis(100),
-            src.clone(),
-        )
-        .unwrap();
-        let mut buf = [0u8; 2048];
-        let n = recv.recv(&mut buf).unwrap();
-        assert!(n <= STATSD_DATAGRAM);
-        let first = String::from_utf8_lossy(&buf[..n]).into_owned();
-        assert!(
-            first.lines().any(|l| l == "mtg.accepted_connections:3|c"),
-            "{first}"
-        );
-        assert!(
-            first.lines().any(|l| l == "mtg.client_connections:2|g"),
-            "{first}"
-        );
-        src.stats.accepted.store(10, Ordering::Relaxed);
-        src.counters.traffic(false, 203, 0, 500);
-        drop(svc);
-        // Drain: the last datagram carries the delta since the previous send.
-        let mut all = String::new();
-        recv.set_read_timeout(Some(Duration::from_millis(300)))
-            .unwrap();
-        while let Ok(n) = recv.recv(&mut buf) {
-            all.push_str(&String::from_utf8_lossy(&buf[..n]));
-            all.push('\n');
-        }
-        assert!(
-            all.lines().any(|l| l == "mtg.accepted_connections:7|c"),
-            "{all}"
-        );
-        assert!(
-            all.lines()
-                .any(|l| l == "mtg.telegram_traffic:500|c|#dc:203,direction:to_client"),
-            "{all}"
-        );
-        // Unchanged counters are not repeated.
-        assert!(
-            !all.lines().any(|l| l == "mtg.accepted_connections:3|c"),
-            "{all}"
-        );
-    }
-
-    #[test]
-    fn statsd_datagrams_stay_under_the_limit() {
-        let (src, _) = source();
-        for r in REJECTS {
-            for _ in 0..3 {
-                src.counters.handshake_failed(r);
-            }
-        }
-        let mut out = String::new();
-        render_statsd(
-            &mut out,
-            TagFormat::Influxdb,
-            "averyveryverylongprefix.",
-            &src.snapshot(),
-            &Snapshot::default(),
-        );
-        let packets: Vec<&str> = fmt::split_packets(&out, STATSD_DATAGRAM).collect();
-        assert!(!packets.is_empty());
-        let mut lines = 0;
-        for p in &packets {
-            assert!(p.len() <= STATSD_DATAGRAM);
-            lines += p.lines().count();
-        }
-        assert_eq!(lines, out.lines().count());
-        assert!(
-            out.contains("averyveryverylongprefix.handshake_failures,reason=timeout:3|c\n"),
-            "{out}"
-        );
-    }
-
-    fn scrape(addr: SocketAddr, request: &[u8]) -> String {
-        let mut s = std::net::TcpStream::connect(addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        s.write_all(request).unwrap();
-        let mut out = Vec::new();
-        let _ = s.read_to_end(&mut out);
-        String::from_utf8_lossy(&out).into_owned()
-    }
-
-    #[test]
-    fn prometheus_server_answers_get_404_405_400() {
-        let (src, _) = source();
-        src.stats.accepted.store(42, Ordering::Relaxed);
-        let (addr, svc) = spawn_prometheus(
-            "127.0.0.1:0".parse().unwrap(),
-            "/metrics/".into(),
-            "mtg".into(),
-            src,
-        )
-        .unwrap();
-        let r = scrape(addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
-        assert!(r.starts_with("HTTP/1.1 200 "), "{r}");
-        assert!(
-            r.contains("\r\nmtg_accepted_connections 42\n")
-                || r.contains("\nmtg_accepted_connections 42\n"),
-            "{r}"
-        );
-        let r = scrape(addr, b"GET /metrics?x=1 HTTP/1.0\r\n\r\n");
-        assert!(r.starts_with("HTTP/1.1 200 "), "{r}");
-        let r = scrape(addr, b"GET / HTTP/1.1\r\n\r\n");
-        assert!(r.starts_with("HTTP/1.1 404 "), "{r}");
-        let r = scrape(addr, b"POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n");
-        assert!(r.starts_with("HTTP/1.1 405 "), "{r}");
-        let r = scrape(addr, b"\x16\x03\x01\x00\x10garbage\r\n\r\n");
-        assert!(r.starts_with("HTTP/1.1 400 "), "{r}");
-        let r = scrape(addr, b"HEAD /metrics HTTP/1.1\r\n\r\n");
-        assert!(
-            r.starts_with("HTTP/1.1 200 ") && r.ends_with("\r\n\r\n"),
-            "{r}"
-        );
-        // A request split over several writes.
-        let mut s = std::net::TcpStream::connect(addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        s.write_all(b"GET /met").unwrap();
-        std::thread::sleep(Duration::from_millis(50));
-        s.write_all(b"rics HTTP/1.1\r\n\r\n").unwrap();
-        let mut out = String::new();
-        let _ = s.read_to_string(&mut out);
-        assert!(out.starts_with("HTTP/1.1 200 "), "{out}");
-        drop(svc);
-        assert!(std::net::TcpStream::connect(addr).is_err());
-    }
-
-    #[test]
-    fn prometheus_server_bounds_scrapers_and_time() {
-        let (src, _) = source();
-        let (addr, svc) = spawn_prometheus(
-            "127.0.0.1:0".parse().unwrap(),
-            "/".into(),
-            "mtg".into(),
-            src,
-        )
-        .unwrap();
-        // Fill every slot with silent connections.
-        let idle: Vec<_> = (0..MAX_SCRAPERS)
-            .map(|_| std::net::TcpStream::connect(addr).unwrap())
-            .collect();
-        std::thread::sleep(Duration::from_millis(200));
-        // One more is closed at once, without an answer.
-        let mut extra = std::net::TcpStream::connect(addr).unwrap();
-        extra
-            .set_read_timeout(Some(Duration::from_secs(2)))
-            .unwrap();
-        let mut b = [0u8; 16];
-        assert!(matches!(extra.read(&mut b), Ok(0) | Err(_)));
-        // An oversized head is refused.
-        let mut big = b"GET / HTTP/1.1\r\nX: ".to_vec();
-        big.resize(http::MAX_HEAD + 100, b'a');
-        drop(idle);
-        std::thread::sleep(Duration::from_millis(200));
-        let r = scrape(addr, &big);
-        assert!(r.starts_with("HTTP/1.1 400 "), "{r}");
-        // Silent scrapers are dropped after the timeout.
-        let mut slow = std::net::TcpStream::connect(addr).unwrap();
-        slow.set_read_timeout(Some(SCRAPE_TIMEOUT * 2)).unwrap();
-        let t = Instant::now();
-        assert!(matches!(slow.read(&mut b), Ok(0) | Err(_)));
-        let waited = t.elapsed();
-        assert!(
-            waited >= SCRAPE_TIMEOUT - Duration::from_millis(100) && waited < SCRAPE_TIMEOUT * 2,
-            "{waited:?}"
-        );
-        drop(svc);
     }
 }

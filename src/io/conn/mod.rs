@@ -417,7 +417,7 @@ impl Conn {
     /// replayed unchanged, then both directions are relayed byte for byte (PROTOCOL.md §6).
     /// Afterwards the only honest answer is to close, as mtg does.
     fn reject(&mut self, why: Reject, ctx: &mut Ctx<'_>) {
-        ctx.shared.counters.handshake_failed(why);
+        ctx.shared.stats.handshake_failed(why);
         if self.tls.is_some() || ctx.shared.front_addr(0).is_none() {
             self.close(CloseReason::Rejected(why), ctx);
             return;
@@ -927,14 +927,14 @@ impl Conn {
         self.deadline = ctx.now + ctx.shared.config.timeouts.idle;
         if self.fronted.is_none() {
             self.dc_relay = true;
-            ctx.shared.counters.dc_relay(self.dc, true);
+            ctx.shared.stats.dc_relay(self.dc, true);
         }
         self.relay(ctx)
     }
 
     /// Reports the bytes relayed since the last report, and at the end the relay's close, to
     /// the metrics counters (from the worker's sweep and when the slot is freed).
-    pub(crate) fn report(&mut self, counters: &super::metrics::Counters, last: bool) {
+    pub(crate) fn report(&mut self, counters: &super::Stats, last: bool) {
         let (up, down) = (
             self.bytes_up - self.counted[0],
             self.bytes_down - self.counted[1],
