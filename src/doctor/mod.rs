@@ -44,6 +44,7 @@ use upstreams::socks5_checks;
 use warnings::config_checks;
 
 use crate::config::{Config, Warning};
+use crate::formats::json;
 
 /// The sections, in report order.
 pub const SECTIONS: [&str; 6] = [
@@ -260,42 +261,21 @@ pub fn render_json(checks: &[Check]) -> String {
     let mut out = String::from("[\n");
     for (i, c) in checks.iter().enumerate() {
         let hint = match &c.hint {
-            Some(h) => json_string(h),
+            Some(h) => json::string(h),
             None => "null".to_string(),
         };
         let _ = write!(
             out,
             "  {{\"section\": {}, \"name\": {}, \"status\": \"{}\", \"message\": {}, \"hint\": {}}}",
-            json_string(c.section),
-            json_string(&c.name),
+            json::string(c.section),
+            json::string(&c.name),
             c.status.as_str(),
-            json_string(&c.message),
+            json::string(&c.message),
             hint
         );
         out.push_str(if i + 1 < checks.len() { ",\n" } else { "\n" });
     }
     out.push_str("]\n");
-    out
-}
-
-/// A JSON string literal for `s`.
-pub fn json_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for ch in s.chars() {
-        match ch {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if u32::from(c) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", u32::from(c));
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
     out
 }
 
@@ -407,7 +387,6 @@ mod tests {
 
     #[test]
     fn json_escapes_and_shape() {
-        assert_eq!(json_string("a\"b\\c\n\u{1}é"), "\"a\\\"b\\\\c\\n\\u0001é\"");
         let checks = vec![
             Check::new("Config", "k", Status::Warn, "m \"q\"", Some("h".into())),
             Check::new("Telegram DCs", "DC 2", Status::Ok, "x", None),
