@@ -46,7 +46,7 @@ pub struct OsRng {
 
 impl Rng for OsRng {
     fn fill(&mut self, buf: &mut [u8]) {
-        if getrandom::fill(buf).is_err() {
+        if crate::io::rng::os_fill(buf).is_err() {
             buf.fill(0);
             self.failed = true;
         }
@@ -963,7 +963,7 @@ fn doctor(d: &Doctor) -> i32 {
 }
 
 fn run_proxy(c: Config) -> i32 {
-    match crate::io::run(c) {
+    match crate::background::signals::run(c) {
         Ok(()) => 0,
         Err(e) => {
             crate::log_event!(Level::Error, "proxy-failed", error = e);

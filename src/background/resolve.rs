@@ -169,7 +169,7 @@ impl From<io::Error> for Failure {
 
 fn random_id() -> io::Result<u16> {
     let mut b = [0u8; 2];
-    getrandom::fill(&mut b).map_err(|e| io::Error::other(format!("getrandom: {e}")))?;
+    crate::io::rng::os_fill(&mut b).map_err(|e| io::Error::other(format!("getrandom: {e}")))?;
     Ok(u16::from_ne_bytes(b))
 }
 

@@ -1,0 +1,67 @@
+//! Randomness from the operating system: the one place that calls `getrandom`.
+//!
+//! I/O layer. [`os_fill`] is the OS source itself; [`OsRng`] wraps it for code that must not
+//! go on without randomness, [`FastRng`] is a worker's fast keystream seeded from it.
+
+use crate::log::Level;
+use crate::proto::Rng;
+use crate::proto::obfs2::AesCtr;
+
+/// Fills `buf` from the operating system's random source (one system call). An error is rare
+/// (Linux before its pool is seeded, or a sandbox without the call); callers decide.
+pub(crate) fn os_fill(buf: &mut [u8]) -> Result<(), getrandom::Error> {
+    getrandom::fill(buf)
+}
+
+/// A worker's random source: an AES-256-CTR keystream keyed from the operating system's
+/// generator and re-keyed every [`RESEED_EVERY`] bytes (the construction of OpenBSD's
+/// arc4random). Fake-handshake noise, key shares and frames need a few KiB per connection;
+/// a system call for each would dominate the handshake's cost.
+#[derive(Default)]
+pub(crate) struct FastRng {
+    stream: Option<AesCtr>,
+    used: usize,
+}
+
+/// Bytes produced before the keystream is re-keyed from the OS.
+const RESEED_EVERY: usize = 1 << 20;
+
+/// The operating system's random source itself (one system call per `fill`).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct OsRng;
+
+impl Rng for OsRng {
+    fn fill(&mut self, buf: &mut [u8]) {
+        OsRng::os_fill(buf);
+    }
+}
+
+impl OsRng {
+    fn os_fill(buf: &mut [u8]) {
+        if os_fill(buf).is_err() {
+            // The OS random source does not fail on Linux once seeded; if it ever does, a
+            // proxy without randomness must not go on.
+            crate::log_event!(Level::Error, "fatal", reason = "getrandom failed");
+            std::process::abort();
+        }
+    }
+}
+
+impl Rng for FastRng {
+    fn fill(&mut self, buf: &mut [u8]) {
+        use aes::cipher::{KeyIvInit, StreamCipher};
+        if self.stream.is_none() || self.used >= RESEED_EVERY {
+            let mut seed = [0u8; 48];
+            OsRng::os_fill(&mut seed);
+            let key: [u8; 32] = seed[..32].try_into().expect("32 bytes");
+            let iv: [u8; 16] = seed[32..].try_into().expect("16 bytes");
+            self.stream = Some(AesCtr::new(&key.into(), &iv.into()));
+            self.used = 0;
+        }
+        buf.fill(0);
+        if let Some(s) = self.stream.as_mut() {
+            s.apply_keystream(buf);
+        }
+        self.used += buf.len();
+    }
+}

@@ -1,0 +1,277 @@
+//! State shared by all workers and the background threads: the config, the DC table, the
+//! anti-replay filter, the fronting site's addresses and learned TLS shape, the shaping
+//! parameters, SOCKS5 upstreams, IP lists and the counters.
+//!
+//! What a worker touches here per handshake: the anti-replay filter and the learned TLS shape
+//! (one short `Mutex` each), the fronting site's addresses when it fronts (a third); per relay
+//! nothing but atomics.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::Stats;
+use super::rng::OsRng;
+use crate::background::lists::{self, Lists};
+use crate::background::resolve;
+use crate::config::Config;
+use crate::log::Level;
+use crate::proto::Rng;
+use crate::proto::dc::DcTable;
+use crate::proto::replay::ReplayFilter;
+use crate::proto::tlsprofile::Profile;
+
+/// State shared by all workers.
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    pub(crate) dc: DcTable,
+    replay: Option<Mutex<ReplayFilter>>,
+    pub(crate) active: AtomicUsize,
+    pub(crate) stop: AtomicBool,
+    pub(crate) grace: Duration,
+    pub(crate) stats: Arc<Stats>,
+    /// Addresses of the fronting site (refreshed in the background for a host name).
+    front_addrs: Mutex<Vec<SocketAddr>>,
+    /// Send a PROXY v2 header to the fronting site.
+    pub(crate) front_proxy_protocol: bool,
+    /// Inter-record timing toward FakeTLS clients (`[defense.doppelganger] delays`).
+    pub(crate) shaping: Arc<ShapingCell>,
+    /// SOCKS5 upstreams toward the DCs (`[network] proxies`), in order.
+    pub(crate) socks: Vec<SocksUpstream>,
+    /// What the fronting site's TLS first flight looks like (learned by the scout).
+    pub(crate) profile: Arc<Mutex<crate::proto::tlsprofile::Profile>>,
+    /// IP block/allow lists.
+    pub(crate) lists: Arc<lists::Lists>,
+}
+
+/// The inter-record timing in force: the configured Weibull parameters, replaced by the ones
+/// the scout fits to the site's traffic. Read per shaped record, lock-free (two atomics).
+pub struct ShapingCell {
+    on: bool,
+    min_rate: u64,
+    shape: AtomicU64,
+    scale_ns: AtomicU64,
+}
+
+impl ShapingCell {
+    /// From `[defense.doppelganger]`: on with `delays` (FakeTLS secrets only).
+    pub fn new(config: &Config) -> ShapingCell {
+        let d = &config.doppelganger;
+        ShapingCell {
+            on: d.delays && config.secret.kind == crate::proto::secret::SecretKind::FakeTls,
+            min_rate: d.min_rate,
+            shape: AtomicU64::new(d.delay_shape.to_bits()),
+            scale_ns: AtomicU64::new(d.delay_scale.as_nanos().min(u128::from(u64::MAX)) as u64),
+        }
+    }
+
+    /// The shaping to apply now, if on.
+    pub fn get(&self) -> Option<crate::proto::shaping::Shaping> {
+        if !self.on {
+            return None;
+        }
+        let (k, scale) = self.params();
+        crate::proto::shaping::Shaping::new(k, scale, self.min_rate)
+    }
+
+    /// The Weibull parameters `(k, λ)` in force.
+    pub fn params(&self) -> (f64, Duration) {
+        let k = f64::from_bits(self.shape.load(Ordering::Relaxed));
+        (
+            k,
+            Duration::from_nanos(self.scale_ns.load(Ordering::Relaxed)),
+        )
+    }
+
+    /// Installs fitted parameters (ignored unless valid).
+    pub fn set(&self, k: f64, scale: Duration) {
+        if crate::proto::shaping::Shaping::new(k, scale, 0).is_some() {
+            self.shape.store(k.to_bits(), Ordering::Relaxed);
+            self.scale_ns
+                .store(scale.as_nanos() as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether shaping is on.
+    pub fn is_on(&self) -> bool {
+        self.on
+    }
+}
+
+/// A SOCKS5 upstream: where it listens, its credentials, and when it last failed.
+pub(crate) struct SocksUpstream {
+    /// Resolved at start; `None` if its host name could not be resolved.
+    pub(crate) addr: Option<SocketAddr>,
+    pub(crate) auth: Option<(String, String)>,
+    /// Unix milliseconds until which a failure is remembered (tried last until then).
+    failed_until: AtomicU64,
+}
+
+/// How long a failed SOCKS5 upstream is tried last.
+const SOCKS_FAILURE_MEMORY_MS: u64 = 30_000;
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Shared {
+    /// The shared state for `config`: DC table, anti-replay filter (keyed from the OS), SOCKS5
+    /// upstreams (their host names resolved now), IP lists (their fetcher started), counters
+    /// for `config.workers` workers. Spawns no worker.
+    pub(crate) fn new(config: Config, grace: Duration) -> Shared {
+        let workers = config.workers.max(1);
+        let replay = if config.anti_replay.enabled {
+            let mut key = [0u8; 16];
+            OsRng.fill(&mut key);
+            // Remember handshakes for the whole window in which their timestamps stay
+            // acceptable: a timestamp up to `tolerance` in the future stays valid until
+            // 2 × tolerance later.
+            let window = 2 * config.tolerate_time_skewness.as_secs() + 2;
+            Some(Mutex::new(ReplayFilter::new(
+                config.anti_replay.max_size,
+                window,
+                key,
+            )))
+        } else {
+            None
+        };
+        Shared {
+            lists: Lists::start(&config),
+            front_addrs: Mutex::new(initial_front_addrs(&config)),
+            front_proxy_protocol: config.domain_fronting.proxy_protocol,
+            shaping: Arc::new(ShapingCell::new(&config)),
+            socks: socks_upstreams(&config),
+            profile: Arc::new(Mutex::new(Profile::default())),
+            dc: DcTable::new(config.prefer_ip, &config.dc_overrides),
+            replay,
+            active: AtomicUsize::new(0),
+            stop: AtomicBool::new(false),
+            grace,
+            stats: Arc::new(Stats::new(workers)),
+            config,
+        }
+    }
+    /// The `k`-th upstream to try: healthy ones in config order, then recently failed ones.
+    pub(crate) fn socks_order(&self, k: usize) -> usize {
+        let now = unix_ms();
+        let healthy = |i: &usize| self.socks[*i].failed_until.load(Ordering::Relaxed) <= now;
+        let mut order = (0..self.socks.len()).filter(healthy);
+        let mut failed = (0..self.socks.len()).filter(|i| !healthy(i));
+        let h = (0..self.socks.len()).filter(healthy).count();
+        if k < h {
+            order.nth(k).unwrap_or(0)
+        } else {
+            failed.nth(k - h).unwrap_or(0)
+        }
+    }
+
+    /// Remembers that upstream `i` failed.
+    pub(crate) fn socks_failed(&self, i: usize) {
+        if let Some(u) = self.socks.get(i) {
+            u.failed_until
+                .store(unix_ms() + SOCKS_FAILURE_MEMORY_MS, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether a client from `ip` may use the proxy (IP allow/block lists).
+    pub(crate) fn admits(&self, ip: std::net::IpAddr) -> bool {
+        self.lists.admits(ip) == lists::Admit::Ok
+    }
+
+    /// The `idx`-th address of the fronting site, if any.
+    pub(crate) fn front_addr(&self, idx: usize) -> Option<SocketAddr> {
+        match self.front_addrs.lock() {
+            Ok(a) => a.get(idx).copied(),
+            Err(p) => p.into_inner().get(idx).copied(),
+        }
+    }
+
+    /// Replaces the fronting site's addresses (after a new resolution).
+    pub(crate) fn set_front_addrs(&self, addrs: Vec<SocketAddr>) {
+        match self.front_addrs.lock() {
+            Ok(mut a) => *a = addrs,
+            Err(p) => *p.into_inner() = addrs,
+        }
+    }
+
+    /// True if this handshake nonce was seen within the clock-skew window (and records it).
+    pub(crate) fn is_replay(&self, digest: &[u8], now_unix: u64) -> bool {
+        match &self.replay {
+            Some(m) => match m.lock() {
+                Ok(mut f) => f.check_and_insert(digest, now_unix),
+                Err(poisoned) => poisoned.into_inner().check_and_insert(digest, now_unix),
+            },
+            None => false,
+        }
+    }
+}
+
+/// Parses `[network] proxies` and resolves the upstreams' host names (once, at start).
+fn socks_upstreams(config: &Config) -> Vec<SocksUpstream> {
+    use crate::proto::socks5::{Target, parse_url};
+    let mut out = Vec::new();
+    for url in &config.proxies {
+        let parsed = match parse_url(url) {
+            Ok(p) => p,
+            Err(e) => {
+                crate::log_event!(Level::Warn, "socks5-url-invalid", error = e);
+                continue;
+            }
+        };
+        let addr = match &parsed.server {
+            Target::Ip(a) => Some(*a),
+            Target::Domain(host, port) => {
+                match resolve::resolve(
+                    config.nameserver().as_ref(),
+                    host,
+                    *port,
+                    Duration::from_secs(10),
+                ) {
+                    Ok(a) => a.first().copied(),
+                    Err(e) => {
+                        crate::log_event!(
+                            Level::Warn,
+                            "socks5-resolve-failed",
+                            host = host,
+                            error = e
+                        );
+                        None
+                    }
+                }
+            }
+        };
+        out.push(SocksUpstream {
+            addr,
+            auth: parsed.auth,
+            failed_until: AtomicU64::new(0),
+        });
+    }
+    out
+}
+
+/// The fronting site's addresses known without a DNS query: `[domain-fronting] ip`, or the
+/// secret's host when it is an IP literal or `localhost`. Host names are resolved later.
+fn initial_front_addrs(config: &Config) -> Vec<SocketAddr> {
+    let port = config.domain_fronting.port;
+    if let Some(ip) = config.domain_fronting.ip {
+        return vec![SocketAddr::new(ip, port)];
+    }
+    let host = config.secret.host.as_str();
+    if host.is_empty() {
+        return Vec::new();
+    }
+    if let Ok(ip) = host.trim_start_matches('[').trim_end_matches(']').parse() {
+        return vec![SocketAddr::new(ip, port)];
+    }
+    if host.eq_ignore_ascii_case("localhost") {
+        return vec![
+            SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), port),
+            SocketAddr::new(std::net::Ipv6Addr::LOCALHOST.into(), port),
+        ];
+    }
+    Vec::new()
+}
