@@ -1,6 +1,7 @@
 //! Pure protocol logic (sans-IO): bytes, `now` and randomness go in; bytes, decisions and
 //! deadlines come out. Nothing here touches a socket, the clock or the OS random source.
 
+pub mod codec;
 pub mod dc;
 pub mod faketls;
 pub mod obfs2;
