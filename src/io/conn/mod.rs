@@ -671,9 +671,15 @@ impl Conn {
         let rest = self.up.end - consumed;
         buf.copy_within(consumed..self.up.end, 0);
         let mut reader = RecordReader::new();
-        let m = reader
-            .deframe_in_place(&mut buf[..rest])
-            .map_err(CloseReason::Rejected)?;
+        let m = match reader.deframe_in_place(&mut buf[..rest]) {
+            Ok(m) => m,
+            Err(r) => {
+                // The client proved it knows the secret, and the bytes read are no longer
+                // what it sent: close (as after the flight), never front.
+                self.tls = Some(reader);
+                return Err(CloseReason::Rejected(r));
+            }
+        };
         self.up.start = 0;
         self.up.end = m;
         self.tls = Some(reader);
