@@ -232,14 +232,19 @@ mod tests {
         assert_eq!(p.in_use(), 1);
         assert!(p.checkout(Class::Client).is_some() && p.checkout(Class::Handshake).is_none());
         p.release(a);
-        assert!(p.checkout(Class::Client).is_none(), "a small buffer is not a relay one");
+        assert!(
+            p.checkout(Class::Client).is_none(),
+            "a small buffer is not a relay one"
+        );
         assert_eq!(p.checkout(Class::Handshake), Some(a));
     }
 
     #[test]
     fn growing_needs_three_quarters_and_fronting_half_the_relay_buffers_free() {
         let mut p = Pool::new(8, 1000, 4, 100);
-        let small: Vec<_> = (0..3).map(|_| p.checkout(Class::Handshake).unwrap()).collect();
+        let small: Vec<_> = (0..3)
+            .map(|_| p.checkout(Class::Handshake).unwrap())
+            .collect();
         let g1 = p.grow(small[0], 10, Class::Grown).unwrap();
         let g2 = p.grow(small[1], 10, Class::Grown).unwrap();
         assert_eq!(p.in_use(), 2);

@@ -19,9 +19,9 @@ use crate::config::Config;
 use crate::log::Level;
 use crate::proto::Rng;
 use crate::proto::dc::DcTable;
-use crate::proto::replay::ReplayFilter;
 use crate::proto::faketls::ClientHello;
 use crate::proto::handshake::{Replay, Shapes};
+use crate::proto::replay::ReplayFilter;
 use crate::proto::tlsprofile::{FlightShape, Profile};
 
 /// State shared by all workers.

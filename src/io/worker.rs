@@ -477,8 +477,7 @@ impl Worker {
     fn free_closed(&mut self) {
         let now = Instant::now();
         while let Some(slot) = self.to_free.pop() {
-            let Some(Slot { mut conn, .. }) = self.slab.get_mut(slot).and_then(Option::take)
-            else {
+            let Some(Slot { mut conn, .. }) = self.slab.get_mut(slot).and_then(Option::take) else {
                 continue;
             };
             conn.report(&self.shared.stats);

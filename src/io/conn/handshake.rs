@@ -16,10 +16,10 @@ use crate::io::sock::{Net, Sock};
 use crate::io::stats::Stats;
 use crate::io::{FastRng, unix_now};
 use crate::log::Level;
+use crate::proto::Reject;
 use crate::proto::handshake::{Close, Env, Expect, Handshake, Step};
 use crate::proto::secret::SecretKind;
 use crate::proto::shaping::{self, Pacer};
-use crate::proto::Reject;
 
 /// The handshake phase's data.
 pub(super) struct Hs {

@@ -188,7 +188,13 @@ pub(crate) struct Conn<S: Sock> {
 
 impl<S: Sock> Conn<S> {
     /// A freshly accepted client socket (registered by the worker), starting its handshake.
-    pub(crate) fn new(id: u64, slot: usize, client: S, peer: SocketAddr, ctx: &Ctx<'_, impl Net>) -> Self {
+    pub(crate) fn new(
+        id: u64,
+        slot: usize,
+        client: S,
+        peer: SocketAddr,
+        ctx: &Ctx<'_, impl Net>,
+    ) -> Self {
         Conn {
             id,
             peer,

@@ -404,10 +404,8 @@ impl<S: Sock> Conn<S> {
                                 let mut at = half.end;
                                 let mut records = 0;
                                 while at < new_end {
-                                    let len = usize::from(u16::from_be_bytes([
-                                        buf[at + 3],
-                                        buf[at + 4],
-                                    ]));
+                                    let len =
+                                        usize::from(u16::from_be_bytes([buf[at + 3], buf[at + 4]]));
                                     if let Some(c) = ciphers.as_deref_mut() {
                                         c.down(&mut buf[at + HDR..at + HDR + len]);
                                     }
