@@ -161,6 +161,10 @@ pub struct Accepted {
     pub tls: Option<RecordReader>,
     /// Client payload bytes after its frame that are already in the buffer (re-encrypted).
     pub early: usize,
+    /// FakeTLS: raw bytes (records) after those, not taken in yet: the relay deframes and
+    /// re-encrypts them (with [`Accepted::tls`] and [`Accepted::ciphers`]) as if they had
+    /// just been read.
+    pub records: usize,
 }
 
 /// Why a handshake ends in a close rather than a relay or fronting.
@@ -305,19 +309,36 @@ impl Handshake {
         self.handle(buf, env)
     }
 
-    /// Takes in the bytes read: after the hello they are TLS records, of which only the
-    /// payload is kept. False when they are not valid records.
+    /// Takes in the bytes read. After the hello they are TLS records, of which only the
+    /// payload is kept, and only up to the frame: the records after it are the relay's (see
+    /// [`Accepted::records`]), so that a bad record following a complete frame counts after
+    /// the frame whether both came in one segment or not. An error for records that are not
+    /// valid.
     fn take_in(&mut self, buf: &mut [u8]) -> Result<(), Reject> {
-        let Some(new) = buf.get_mut(self.len..self.len.saturating_add(self.raw)) else {
+        let end = self.len.saturating_add(self.raw);
+        if end > buf.len() {
             return Err(Reject::TooLarge);
-        };
-        self.raw = 0;
-        match &mut self.state {
-            State::ExpectFrame {
-                tls: Some((reader, _)),
-            } => self.len += reader.deframe_in_place(new)?,
-            _ => self.len += new.len(),
         }
+        let State::ExpectFrame {
+            tls: Some((reader, _)),
+        } = &mut self.state
+        else {
+            self.len = end;
+            self.raw = 0;
+            return Ok(());
+        };
+        // Payload never outgrows its records: a piece of `FRAME_LEN - len` raw bytes cannot
+        // overshoot the frame.
+        let mut r = self.len;
+        while r < end && self.len < FRAME_LEN {
+            let piece = (FRAME_LEN - self.len).min(end - r);
+            let m = reader.deframe_in_place(&mut buf[r..r + piece])?;
+            buf.copy_within(r..r + m, self.len);
+            self.len += m;
+            r += piece;
+        }
+        buf.copy_within(r..end, self.len);
+        self.raw = end - r;
         Ok(())
     }
 
@@ -539,6 +560,7 @@ impl Handshake {
             ciphers,
             tls,
             early: len - FRAME_LEN,
+            records: self.raw,
         })
     }
 }

@@ -42,6 +42,9 @@ pub(super) enum Route {
         ciphers: Ciphers,
         /// FakeTLS: the client's record deframer and the record timing toward it.
         tls: Option<(RecordReader, Pacer)>,
+        /// Raw client bytes (records) after the up half's, read with the frame but not taken
+        /// in: the relay takes them in first.
+        records: usize,
     },
     /// Not a client of ours: to the fronting site, byte for byte.
     Front,
@@ -279,20 +282,31 @@ impl<S: Sock> Conn<S> {
         ctx: &mut Ctx<'_, impl Net<Sock = S>>,
         want: &mut Want,
     ) -> Phase<S> {
-        let kind = match dial.route {
-            Route::Dc { dc, ciphers, tls } => {
+        let (kind, records) = match dial.route {
+            Route::Dc {
+                dc,
+                ciphers,
+                tls,
+                records,
+            } => {
                 ctx.shared.stats.dc_relay(dc, true);
-                RelayKind::Dc { dc, ciphers, tls }
+                (RelayKind::Dc { dc, ciphers, tls }, records)
             }
-            Route::Front => RelayKind::Front,
+            Route::Front => (RelayKind::Front, 0),
         };
-        let relay = Relay {
+        let mut relay = Relay {
             upstream: dial.upstream,
             up: dial.up,
             down: dial.down,
             kind,
             deadline: ctx.now + ctx.shared.config.timeouts.idle,
         };
+        if records > 0 {
+            match relay.take_in_records(records, ctx.pool) {
+                Ok(m) => self.bytes[0] += m as u64,
+                Err(e) => return self.relay_failed(relay, (super::CLIENT, e), ctx),
+            }
+        }
         self.relay(relay, ctx, want)
     }
 

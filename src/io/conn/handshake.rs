@@ -255,11 +255,15 @@ impl<S: Sock> Conn<S> {
                     stats.handshakes.fetch_add(1, Ordering::Relaxed);
                     self.role = Role::Dc(accepted.dc);
                     self.bytes[0] += accepted.early as u64;
-                    let up = Half::holding(hs.buf, hs.machine.filled(), hs.eof);
+                    // Records read after the frame stay raw after the held bytes: the relay
+                    // takes them in first.
+                    let taken = hs.machine.filled() - accepted.records;
+                    let up = Half::holding(hs.buf, taken, hs.eof);
                     let route = Route::Dc {
                         dc: accepted.dc,
                         ciphers: accepted.ciphers,
                         tls: accepted.tls.map(|reader| (reader, hs.pacer)),
+                        records: accepted.records,
                     };
                     return Err(self.dial(route, up, hs.flight, ctx));
                 }

@@ -56,6 +56,32 @@ pub(super) struct Relay<S> {
     pub(super) deadline: Instant,
 }
 
+impl<S> Relay<S> {
+    /// Takes in `n` raw client bytes (records) held after the up half's bytes, as if just
+    /// read: their payload, re-encrypted, joins the half. Returns the payload length.
+    pub(super) fn take_in_records(&mut self, n: usize, pool: &mut Pool) -> io::Result<usize> {
+        let (
+            RelayKind::Dc {
+                ciphers,
+                tls: Some((reader, _)),
+                ..
+            },
+            Some(id),
+        ) = (&mut self.kind, self.up.buf)
+        else {
+            return Ok(0);
+        };
+        let half = &mut self.up;
+        let buf = &mut pool.get(id)[half.end..half.end + n];
+        let m = reader
+            .deframe_in_place(buf)
+            .map_err(|_| io::Error::from(ErrorKind::InvalidData))?;
+        ciphers.up(&mut buf[..m]);
+        half.end += m;
+        Ok(m)
+    }
+}
+
 impl<S> Release for Relay<S> {
     fn release(mut self, pool: &mut Pool, stats: &Stats) {
         self.up.release(pool);
@@ -246,7 +272,7 @@ impl<S: Sock> Conn<S> {
 
     /// A socket of the pair failed. A reset is passed on as a reset (not a FIN) to the other
     /// side, so that through the proxy a peer sees exactly how the far end closed.
-    fn relay_failed(
+    pub(super) fn relay_failed(
         &mut self,
         r: Relay<S>,
         (side, e): (usize, io::Error),

@@ -772,3 +772,22 @@ fn a_proxy_header_names_the_client_and_is_not_fronted() {
     rig.go(UPSTREAM, W);
     assert_eq!(front.take_written(), b"GET / HTTP/1.1\r\n\r\n");
 }
+
+#[test]
+fn a_bad_record_after_a_complete_frame_closes_at_the_relay_as_if_it_came_later() {
+    let s = secret(SecretKind::FakeTls);
+    let mut rig = Rig::new(config(s.clone()));
+    let (_, first) = Client::start(&s, Tag::Padded, 2, b"");
+    rig.client
+        .send(&[&first[..], &[0x17, 0x03, 0x01, 0x00, 0x01, 0xaa]].concat());
+    // The frame decides (the DC is dialed); the bad record is the relay's.
+    rig.go(CLIENT, RW);
+    assert_eq!(rig.net.addrs(), vec![addr(DC2)]);
+    let dc = rig.net.last();
+    assert_eq!(
+        rig.run(UPSTREAM, RW).next,
+        Next::Closed(CloseReason::Error(ErrorKind::InvalidData))
+    );
+    assert!(dc.take_written().is_empty(), "nothing relayed");
+    assert_eq!(rig.pool.all_in_use(), 0);
+}
