@@ -97,6 +97,13 @@ def main():
         cname = b"\xc0\x0c" + struct.pack(">HHIH", 5, 1, 300, 6) + b"\x03www\xc0\x0c"
         addr = b"\xc0\x29" + struct.pack(">HHIH", qtype, 1, 60, len(rdata)) + rdata
         put("dns_response", f"type{qtype}", head + question + cname + addr)
+    # SNTP: a server reply (stratum 2, T1 echoed, T2 <= T3), a kiss-of-death, a v3 reply with
+    # an extension field after the 48 bytes (bytes 48..56 are T4 for the target).
+    t1, t2, t3 = 0xE9F0_0000_8000_0000, 0xE9F0_0001_0000_0000, 0xE9F0_0001_0001_0000
+    reply = bytes([0x24, 2, 6, 0xEC]) + bytes(8) + b"GPS\0" + struct.pack(">QQQQ", t3, t1, t2, t3)
+    put("sntp_response", "reply", reply + struct.pack(">Q", t3 + (1 << 28)))
+    put("sntp_response", "kod", bytes([0xE4, 0, 6, 0xEC]) + bytes(8) + b"RATE" + bytes(32))
+    put("sntp_response", "v3-ext", bytes([0x1C]) + reply[1:] + struct.pack(">Q", t3 + 1) + bytes(16))
     put("dns_response", "resolv", "nameserver 192.0.2.53\nnameserver fe80::1%2\noptions timeout:3 attempts:2\n")
 
     # HTTP.

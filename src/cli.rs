@@ -786,7 +786,11 @@ impl SimpleRun {
 pub fn main() -> i32 {
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
     match parse_args(args) {
-        Ok(cli) => execute(cli),
+        Ok(cli) => {
+            let code = execute(cli);
+            crate::log::flush();
+            code
+        }
         Err(e) => {
             let hint = match e.command {
                 Some(c) => format!("mtpx {c} --help"),

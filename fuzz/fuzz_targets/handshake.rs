@@ -75,6 +75,7 @@ fn run(expect: Expect, input: &[u8], mut sizes: impl FnMut() -> usize, eof: bool
             rng: &mut rng,
             replay: &mut replay,
             shapes: &mut shape,
+            hellos: &mut (),
             key_shares: &mut keys,
             scratch: &mut scratch,
         };

@@ -513,6 +513,21 @@ impl Doc {
         if let Some(v) = self.bytes(&format!("{D}min-rate"))? {
             c.doppelganger.min_rate = v;
         }
+        let pq = |v: &str| match v {
+            "mirror" => Some(true),
+            "off" => Some(false),
+            _ => None,
+        };
+        if let Some(v) = self.parsed(
+            &format!("{D}post-quantum"),
+            "is not \"mirror\" or \"off\"",
+            pq,
+        )? {
+            c.doppelganger.post_quantum = v;
+        }
+        if let Some(v) = self.uint("stats.ja4-top", MAX_JA4_TOP as u64)? {
+            c.ja4_top = v as usize;
+        }
         for (name, which) in [("blocklist", true), ("allowlist", false)] {
             let p = format!("defense.{name}.");
             let mut list = if which {

@@ -43,6 +43,12 @@ pub const MIN_BUFFER_SIZE: usize = 4 * 1024;
 pub const MAX_BUFFER_SIZE: usize = 1024 * 1024;
 /// Largest `[buffers] count`.
 pub const MAX_BUFFER_COUNT: usize = 1 << 20;
+/// Largest `[buffers] count × size`: 4 GiB (e.g. 262,144 buffers of 16 KiB, 256 times the
+/// default). The pool is reserved at start-up in one allocation per worker; pages are only
+/// touched when used, but Linux's default overcommit refuses a reservation much beyond RAM +
+/// swap, and mtpx would then die at start. Past 4 GiB of buffers in flight, more buffers are
+/// not what a proxy needs.
+pub const MAX_BUFFER_MEMORY: u64 = 4 << 30;
 
 /// Where the proxy sends connections that fail the FakeTLS check (`[domain-fronting]`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -86,11 +92,15 @@ pub struct KeepAlive {
 pub struct AntiReplay {
     /// On by default (unlike mtg).
     pub enabled: bool,
-    /// Memory for remembered handshakes, in bytes (default 1 MiB).
+    /// Memory for remembered handshakes, in bytes (default 1 MiB, 20 bytes per handshake; for
+    /// dd and classic secrets it alone bounds how long a handshake is remembered).
     pub max_size: usize,
     /// Accepted false-positive rate (default 0.001).
     pub error_rate: f64,
 }
+
+/// Most JA4 fingerprints `[stats] ja4-top` may keep per class.
+pub const MAX_JA4_TOP: usize = 256;
 
 /// `[defense.doppelganger]`: learning the fronting site's handshake shape, and shaping.
 #[derive(Clone, Debug, PartialEq)]
@@ -113,6 +123,9 @@ pub struct Doppelganger {
     pub delay_scale: Duration,
     /// Bytes per second a download keeps at least while shaped (default 4 MiB; 0 = none).
     pub min_rate: u64,
+    /// `post-quantum = "mirror"` (true, default): a hello offering X25519MLKEM768 gets the
+    /// site's answer to such a hello; `"off"`: every hello gets an x25519 answer.
+    pub post_quantum: bool,
 }
 
 /// `[defense.blocklist]` / `[defense.allowlist]`: FireHOL lists from files or http:// URLs.
@@ -214,6 +227,8 @@ pub struct Config {
     pub statsd: Statsd,
     /// Prometheus metrics.
     pub prometheus: Prometheus,
+    /// ClientHello JA4 fingerprints counted per class (`[stats] ja4-top`, default 16; 0 = off).
+    pub ja4_top: usize,
 }
 
 /// The server mtpx asks for a `[network] dns` value: `udp://IP[:port]` and a bare IP in plain
@@ -329,6 +344,7 @@ impl Config {
                 delay_shape: crate::proto::shaping::DEFAULT_SHAPE,
                 delay_scale: crate::proto::shaping::DEFAULT_SCALE,
                 min_rate: 4 << 20,
+                post_quantum: true,
             },
             blocklist: IpList {
                 enabled: false,
@@ -354,6 +370,7 @@ impl Config {
                 http_path: "/".to_string(),
                 metric_prefix: "mtg".to_string(),
             },
+            ja4_top: 16,
         }
     }
 
@@ -391,6 +408,19 @@ impl Config {
                 format!(
                     "{} is too large (at most {MAX_BUFFER_COUNT})",
                     self.buffer_count
+                ),
+            );
+        }
+        let memory = self.buffer_count as u64 * self.buffer_size as u64;
+        if memory > MAX_BUFFER_MEMORY {
+            return bad(
+                "buffers.count",
+                format!(
+                    "{} buffers of {} bytes are {} MiB, more than the 4096 MiB allowed \
+                     (count × size at most 4GiB)",
+                    self.buffer_count,
+                    self.buffer_size,
+                    memory >> 20
                 ),
             );
         }
@@ -916,7 +946,7 @@ mod tests {
 
     #[test]
     fn type_and_range_errors() {
-        let cases: [(&str, &str, &str); 16] = [
+        let cases: [(&str, &str, &str); 17] = [
             ("debug = \"yes\"", "debug", "not a boolean"),
             ("concurrency = 0", "concurrency", "out of range"),
             ("concurrency = 1.5", "concurrency", "whole number"),
@@ -941,6 +971,11 @@ mod tests {
                 "workers = 8\n[buffers]\ncount = 10",
                 "buffers.count",
                 "at least 2 per worker",
+            ),
+            (
+                "[buffers]\nsize = \"1MiB\"\ncount = 4097",
+                "buffers.count",
+                "4097 buffers of 1048576 bytes are 4097 MiB",
             ),
             (
                 "[defense.anti-replay]\nerror-rate = 2",
@@ -969,6 +1004,22 @@ mod tests {
         let e =
             err("secret = \"7oe1GqLy6TBc38CV3jx7q09nb29nbGUuY29t\"\nbind-to = \"example.com:443\"");
         assert_eq!((e.key.as_deref(), e.line), (Some("bind-to"), Some(2)));
+    }
+
+    #[test]
+    fn proxy_credentials_are_never_echoed_in_errors() {
+        for url in [
+            "alice:hunter2@127.0.0.1:1080",
+            "socks5://alice:hunter2@127.0.0.1:0",
+        ] {
+            let e = err(&with(&format!("[network]\nproxies = [\"{url}\"]")));
+            assert_eq!(e.key.as_deref(), Some("network.proxies"), "{e}");
+            let text = e.to_string();
+            assert!(
+                !text.contains("hunter2") && !text.contains("alice"),
+                "{text}"
+            );
+        }
     }
 
     #[test]
@@ -1241,6 +1292,17 @@ mod tests {
         assert_eq!(d.min_rate, 1 << 20);
         let (c, _) = ok(&format!("{base}min-rate = 0\n"));
         assert_eq!(c.doppelganger.min_rate, 0);
+        assert!(c.doppelganger.post_quantum, "mirror by default");
+        let (c, w) = ok(&format!("{base}post-quantum = \"off\"\n"));
+        assert!(w.is_empty() && !c.doppelganger.post_quantum, "{w:?}");
+        let (c, _) = ok(&format!("{base}post-quantum = \"mirror\"\n"));
+        assert!(c.doppelganger.post_quantum);
+        let top = base.replace("[defense.doppelganger]\n", "[stats]\nja4-top = 3\n");
+        assert_eq!(ok(&top).0.ja4_top, 3);
+        let e = parse(&top.replace("= 3", "= 257"))
+            .expect_err("257")
+            .to_string();
+        assert!(e.contains("stats.ja4-top"), "{e}");
         assert!(!c.doppelganger.delays);
         for (bad, key) in [
             ("delay-shape = 0", "delay-shape"),
@@ -1250,6 +1312,8 @@ mod tests {
             ("delay-scale = \"2\"", "delay-scale"),
             ("min-rate = \"lots\"", "min-rate"),
             ("delays = \"yes please\"", "delays"),
+            ("post-quantum = \"on\"", "post-quantum"),
+            ("post-quantum = true", "post-quantum"),
         ] {
             let e = parse(&format!("{base}{bad}\n")).expect_err(bad).to_string();
             assert!(e.contains(key), "{bad}: {e}");
@@ -1274,6 +1338,8 @@ mod tests {
                 "defense.doppelganger.delay-shape",
                 "defense.doppelganger.delay-scale",
                 "defense.doppelganger.min-rate",
+                "defense.doppelganger.post-quantum",
+                "stats.ja4-top",
             ]
             .map(String::from),
         );

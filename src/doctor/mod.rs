@@ -12,8 +12,9 @@
 //!   trying the addresses in the proxy's own order (`prefer-ip`).
 //! * **SOCKS5 upstreams**: a SOCKS5 CONNECT to DC 2 through each `[network] proxies` URL.
 //! * **Fronting site**: a TCP connect to the site of an `ee` secret (its host name, or
-//!   `[domain-fronting] ip`), then a few Telegram-shaped ClientHellos to learn its TLS 1.3
-//!   first flight, as the proxy's scout does.
+//!   `[domain-fronting] ip`), then a few browser ClientHellos of each kind (x25519 only,
+//!   X25519MLKEM768) to learn its TLS 1.3 first flight, as the proxy's scout does; a warning when
+//!   the site does not answer today's post-quantum hello with X25519MLKEM768.
 //! * **SNI-DNS match**: does the secret's host name resolve to this server's public address?
 //!
 //! Host names are resolved with mtpx's own resolver ([`crate::background::resolve`]), never libc's,

@@ -7,6 +7,7 @@
 //! mio lack). Protocol decisions are made by [`crate::proto`]; [`conn`] glues the two together.
 
 mod conn;
+pub(crate) mod ja4stats;
 mod pool;
 pub(crate) mod rng;
 mod shared;
@@ -29,7 +30,7 @@ use crate::config::Config;
 use crate::log::Level;
 pub(crate) use rng::{FastRng, OsRng};
 pub use shared::ShapingCell;
-pub(crate) use shared::Shared;
+pub(crate) use shared::{Shared, own_listeners, self_loop_test};
 pub use stats::Stats;
 
 /// Seconds since the Unix epoch by the system clock.
@@ -75,6 +76,15 @@ impl Proxy {
     /// The inter-record timing in force, `(k, λ)`: configured, or fitted by the scout.
     pub fn shaping(&self) -> (f64, Duration) {
         self.shared.shaping.params()
+    }
+
+    /// What the scout learned of the fronting site's answer to `kind` of ClientHello.
+    pub fn tls_summary(
+        &self,
+        kind: crate::proto::tlsprofile::HelloKind,
+    ) -> crate::proto::tlsprofile::Summary {
+        let p = self.shared.profile.lock();
+        p.unwrap_or_else(|p| p.into_inner()).get(kind).summary()
     }
 
     /// Connections currently open.
@@ -136,13 +146,15 @@ pub fn start_with_grace(config: Config, grace: Duration) -> io::Result<Proxy> {
         }
     }
     let local_addr = listener.local_addr()?;
+    // From here on, a slow stderr must not stall a worker: log lines go through a ring.
+    crate::log::start_writer();
 
     let workers = config.workers.max(1);
     let per_worker_conns = config.concurrency + 1;
     let per_worker_bufs = (config.buffer_count / workers).max(2);
-    let shared = Arc::new(Shared::new(config, grace));
+    let shared = Arc::new(Shared::new(config, grace, local_addr));
 
-    if shared.front_addr(0).is_none() && !shared.config.secret.host.is_empty() {
+    if shared.front_unresolved() && !shared.config.secret.host.is_empty() {
         crate::background::front_dns::spawn(shared.clone());
     }
     let mut wakers = Vec::with_capacity(workers);
@@ -192,6 +204,7 @@ pub fn start_with_grace(config: Config, grace: Duration) -> io::Result<Proxy> {
     };
     let source = metrics::MetricsSource {
         secret_kind: shared.config.secret.kind.as_str(),
+        ja4: Some(shared.ja4.clone()),
         stats: shared.stats.clone(),
         lists: Some(shared.lists.clone()),
         active: {

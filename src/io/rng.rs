@@ -42,6 +42,7 @@ impl OsRng {
             // The OS random source does not fail on Linux once seeded; if it ever does, a
             // proxy without randomness must not go on.
             crate::log_event!(Level::Error, "fatal", reason = "getrandom failed");
+            crate::log::flush();
             std::process::abort();
         }
     }
@@ -63,5 +64,39 @@ impl Rng for FastRng {
             s.apply_keystream(buf);
         }
         self.used += buf.len();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::proto::x25519;
+
+    /// CPU per ServerHello key share: the former linked stream (the previous share times a
+    /// random 32-bit scalar), the independent [`x25519::random_share`], and a full key pair.
+    #[test]
+    #[ignore = "timing printout: cargo test --release --lib key_share_cost -- --ignored --nocapture"]
+    fn key_share_cost() {
+        let mut rng = super::FastRng::default();
+        let n = 2000;
+        let (_, mut cur) = x25519::keypair(&mut rng);
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            let mut k = [0u8; 32];
+            crate::proto::Rng::fill(&mut rng, &mut k[..4]);
+            k[3] |= 0x80;
+            cur = x25519::ladder(&k, 32, &cur);
+        }
+        let old = t.elapsed() / n;
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            std::hint::black_box(x25519::random_share(&mut rng));
+        }
+        let new = t.elapsed() / n;
+        let t = std::time::Instant::now();
+        for _ in 0..n {
+            std::hint::black_box(x25519::keypair(&mut rng));
+        }
+        let full = t.elapsed() / n;
+        eprintln!("per share: linked 32-bit step {old:?}, random_share {new:?}, key pair {full:?}");
     }
 }

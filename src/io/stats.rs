@@ -38,6 +38,9 @@ pub struct Stats {
     pub dc_failures: AtomicU64,
     /// Connections closed (for any reason).
     pub closed: AtomicU64,
+    /// Fronting addresses refused because they reach mtpx's own listener (at start and
+    /// after each resolution of the fronting host).
+    pub front_self_loops: AtomicU64,
     /// Payload bytes from clients of connections that closed (DC and fronted alike).
     pub bytes_up: AtomicU64,
     /// Payload bytes to clients of connections that closed (DC and fronted alike).
@@ -78,6 +81,7 @@ impl Stats {
             fronted: AtomicU64::new(0),
             dc_failures: AtomicU64::new(0),
             closed: AtomicU64::new(0),
+            front_self_loops: AtomicU64::new(0),
             bytes_up: AtomicU64::new(0),
             bytes_down: AtomicU64::new(0),
             rejects: Default::default(),

@@ -90,6 +90,18 @@ impl Shapes for Profile {
     }
 }
 
+/// What the proxy records of each complete ClientHello (its JA4 statistics): the message, and
+/// whether it verified under one of the secrets and was no replay.
+pub trait Hellos {
+    /// A complete ClientHello `msg` (`01 | u24 length | body`) was judged.
+    fn seen(&mut self, msg: &[u8], verified: bool);
+}
+
+/// Records nothing.
+impl Hellos for () {
+    fn seen(&mut self, _: &[u8], _: bool) {}
+}
+
 /// What a handshake step needs besides the bytes: the listener's secrets and policy, the time,
 /// randomness and the shared tables. Built per call (references only).
 pub struct Env<'a, R: Rng> {
@@ -109,6 +121,8 @@ pub struct Env<'a, R: Rng> {
     pub replay: &'a mut dyn Replay,
     /// The fake flight's shape.
     pub shapes: &'a mut dyn Shapes,
+    /// Where complete ClientHellos are reported.
+    pub hellos: &'a mut dyn Hellos,
     /// Genuine X25519 public keys for the ServerHello.
     pub key_shares: &'a mut KeyShares,
     /// Work space: a reassembled ClientHello, then the server flight written for
@@ -172,8 +186,6 @@ pub struct Accepted {
 pub enum Close {
     /// Rejected after the proxy answered (FakeTLS: the flight went out): no fronting.
     Rejected(Reject),
-    /// A malformed PROXY protocol header.
-    BadProxyHeader,
     /// The client asked for this DC, which is unknown, and fallback is off.
     UnknownDc(i16),
     /// The server flight does not fit [`Env::scratch`].
@@ -371,7 +383,8 @@ impl Handshake {
                     self.state = self.first;
                     Step::Peer(source)
                 }
-                Parse::Invalid => self.finish(Final::Close(Close::BadProxyHeader)),
+                // Fronted like any failed handshake, the bytes as received.
+                Parse::Invalid => self.fail(Reject::ProxyHeader),
             },
             State::ExpectClientHello => {
                 match faketls::read_client_hello(&buf[..len], env.scratch) {
@@ -428,7 +441,10 @@ impl Handshake {
         };
         let hello = match faketls::parse_client_hello(msg) {
             Ok(h) => h,
-            Err(r) => return self.fail(r),
+            Err(r) => {
+                env.hellos.seen(msg, false);
+                return self.fail(r);
+            }
         };
         // The most telling reason over all secrets: a good digest with a bad time beats a bad
         // digest, which beats a wrong SNI.
@@ -458,11 +474,14 @@ impl Handshake {
             }
         }
         let Some(user) = user else {
+            env.hellos.seen(msg, false);
             return self.fail(why.unwrap_or(Reject::Digest));
         };
         if env.replay.seen(&hello.random, env.now_unix) {
+            env.hellos.seen(msg, false);
             return self.fail(Reject::Replay);
         }
+        env.hellos.seen(msg, true);
         // Shaped like the fronting site's own first flight; a genuine key share.
         let shape = env.shapes.shape(&hello);
         let public = env.key_shares.next(env.rng);

@@ -394,7 +394,10 @@ impl fmt::Debug for ProxyUrl {
 /// refused.
 pub fn parse_url(s: &str) -> Result<ProxyUrl, String> {
     let Some((scheme, rest)) = s.split_once("://") else {
-        return Err(format!("proxy URL {s:?}: expected socks5://host[:port]"));
+        return Err(format!(
+            "proxy URL {:?}: expected socks5://host[:port]",
+            without_userinfo(s)
+        ));
     };
     let remote_dns = if scheme.eq_ignore_ascii_case("socks5") {
         false
@@ -402,7 +405,8 @@ pub fn parse_url(s: &str) -> Result<ProxyUrl, String> {
         true
     } else {
         return Err(format!(
-            "proxy URL scheme {scheme:?} is not supported (use socks5 or socks5h)"
+            "proxy URL scheme {:?} is not supported (use socks5 or socks5h)",
+            without_userinfo(scheme)
         ));
     };
     let authority = rest.strip_suffix('/').unwrap_or(rest);
@@ -435,6 +439,15 @@ pub fn parse_url(s: &str) -> Result<ProxyUrl, String> {
         auth,
         remote_dns,
     })
+}
+
+/// `s` with everything up to its last `@` (a user name and password, wherever they are)
+/// replaced by `***`: what an error message may quote of a proxy URL.
+fn without_userinfo(s: &str) -> String {
+    match s.rsplit_once('@') {
+        Some((_, host)) => format!("***@{host}"),
+        None => s.to_string(),
+    }
 }
 
 enum Host<'a> {
@@ -483,7 +496,11 @@ fn split_host_port(s: &str) -> Result<(Host<'_>, u16), String> {
             };
             match n {
                 Some(n) if n != 0 => n,
-                _ => return Err(format!("proxy port {p:?} is not in 1..=65535")),
+                // Digits only are quoted: "user:password" without the "@host" lands here.
+                _ if p.bytes().all(|b| b.is_ascii_digit()) => {
+                    return Err(format!("proxy port {p:?} is not in 1..=65535"));
+                }
+                _ => return Err("proxy port is not a number in 1..=65535".to_string()),
             }
         }
     };
@@ -932,6 +949,31 @@ mod tests {
         assert!(parse_url(&long).is_err());
         let ok = format!("socks5://{}:p@h", "u".repeat(255));
         assert!(parse_url(&ok).is_ok());
+    }
+
+    #[test]
+    fn rejects_bad_urls_without_quoting_credentials() {
+        // Whatever is wrong with the URL, the error never carries the user name or password.
+        let bad = [
+            "alice:hunter2@127.0.0.1:1080",
+            "alice:hunter2@socks5://127.0.0.1",
+            "socks5:/alice:hunter2@127.0.0.1",
+            "http://alice:hunter2@127.0.0.1",
+            "socks5://alice:hunter2",
+            "socks5://alice:hunter2@h:0",
+            "socks5://alice:hunter2@bad host",
+            "socks5://alice:hunter2@h/path",
+            "socks5://alice:hunter2%zz@h",
+        ];
+        for s in bad {
+            let e = parse_url(s).expect_err(s);
+            assert!(!e.contains("hunter2") && !e.contains("alice"), "{s}: {e}");
+        }
+        let e = parse_url("alice:hunter2@127.0.0.1:1080").unwrap_err();
+        assert!(e.contains("\"***@127.0.0.1:1080\""), "{e}");
+        // What is not a credential is still quoted.
+        let e = parse_url("socks5://h:70000").unwrap_err();
+        assert!(e.contains("\"70000\""), "{e}");
     }
 
     #[test]

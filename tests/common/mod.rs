@@ -1318,18 +1318,21 @@ impl Drop for TlsDns {
     }
 }
 
-/// Starts the DoT/DoH server answering `names` (`(name, ip)`; NXDOMAIN otherwise). `None`
-/// (with a SKIP line) without `python3` or `openssl`, unless `MTPX_REQUIRE_NGINX` is set (CI).
-pub fn tls_dns_server(names: &[(&str, &str)]) -> Option<TlsDns> {
+/// A program a test needs. Missing: the test fails (it never skips) with the install command.
+pub fn require_tool(tool: &str) -> std::path::PathBuf {
+    find_tool(tool).unwrap_or_else(|| {
+        panic!(
+            "`{tool}` not found (PATH, /usr/sbin, /usr/local/sbin, /sbin): install what the tests \
+             need with `scripts/test-deps.sh --system` as root (`make test` runs it)"
+        )
+    })
+}
+
+/// Starts the DoT/DoH server answering `names` (`(name, ip)`; NXDOMAIN otherwise). Needs
+/// `python3` and `openssl`: without them the test fails, naming the install command.
+pub fn tls_dns_server(names: &[(&str, &str)]) -> TlsDns {
     use std::process::{Command, Stdio};
-    let (Some(python), Some(openssl)) = (find_tool("python3"), find_tool("openssl")) else {
-        assert!(
-            std::env::var_os("MTPX_REQUIRE_NGINX").is_none(),
-            "python3/openssl not found but MTPX_REQUIRE_NGINX is set"
-        );
-        eprintln!("SKIP: python3 or openssl not found");
-        return None;
-    };
+    let (python, openssl) = (require_tool("python3"), require_tool("openssl"));
     static N: AtomicU64 = AtomicU64::new(0);
     let dir = std::env::temp_dir().join(format!(
         "mtpx-tlsdns-{}-{}",
@@ -1386,13 +1389,13 @@ pub fn tls_dns_server(names: &[(&str, &str)]) -> Option<TlsDns> {
         .filter_map(|p| p.parse().ok())
         .collect();
     assert_eq!(ports.len(), 2, "tls_server.py printed {line:?}");
-    Some(TlsDns {
+    TlsDns {
         child,
         dir,
         dot: SocketAddr::from(([127, 0, 0, 1], ports[0])),
         doh: SocketAddr::from(([127, 0, 0, 1], ports[1])),
         log,
-    })
+    }
 }
 
 // ------------------------------------------------------------------------------------------

@@ -14,7 +14,8 @@
 //! `domain_fronting_traffic{direction}` (without mtg's `telegram_ip` label; bytes are counted
 //! by the workers' 250 ms sweep and at close, so an open relay shows too). mtpx adds
 //! `accepted_connections`, `handshakes`, `connections{secret_kind}`,
-//! `handshake_failures{reason}`, `fronted_connections`, `dc_connect_failures` and
+//! `handshake_failures{reason}`, `fronted_connections`, `dc_connect_failures`,
+//! `fronting_self_loops`, `log_lines_dropped` and
 //! `buffer_pool_in_use` / `buffer_pool_capacity`, `handshake_buffers_in_use`.
 
 use std::net::SocketAddr;
@@ -50,6 +51,8 @@ pub(crate) struct MetricsSource {
     pub(crate) active: Arc<dyn Fn() -> usize + Send + Sync>,
     /// The listener's secret kind (`faketls`, `dd`, `classic`): the `secret_kind` label.
     pub(crate) secret_kind: &'static str,
+    /// ClientHello fingerprints.
+    pub(crate) ja4: Option<Arc<crate::io::ja4stats::Ja4Stats>>,
 }
 
 /// One reading of every metric.
@@ -62,6 +65,8 @@ pub(crate) struct Snapshot {
     pub(crate) fronted: u64,
     pub(crate) fronted_open: u64,
     pub(crate) dc_failures: u64,
+    pub(crate) front_self_loops: u64,
+    pub(crate) log_dropped: u64,
     pub(crate) rejects: [u64; Reject::ALL.len()],
     pub(crate) secret_kind: &'static str,
     pub(crate) dc_up: [u64; DC_LABELS.len()],
@@ -74,6 +79,8 @@ pub(crate) struct Snapshot {
     pub(crate) pool_in_use: u64,
     pub(crate) pool_capacity: u64,
     pub(crate) handshake_bufs: u64,
+    /// JA4 rows (class, fingerprint or "other", count).
+    pub(crate) ja4: Vec<crate::io::ja4stats::Row>,
 }
 
 impl MetricsSource {
@@ -96,6 +103,8 @@ impl MetricsSource {
             fronted: l(&s.fronted),
             fronted_open: l(&s.fronted).saturating_sub(l(&c.front_closed)),
             dc_failures: l(&s.dc_failures),
+            front_self_loops: l(&s.front_self_loops),
+            log_dropped: crate::log::dropped(),
             rejects: std::array::from_fn(|i| c.rejects.get(i).map_or(0, l)),
             secret_kind: self.secret_kind,
             dc_up: std::array::from_fn(|i| l(&c.dc_up[i])),
@@ -107,6 +116,7 @@ impl MetricsSource {
             pool_in_use: sum(&c.pool_in_use),
             pool_capacity: sum(&c.pool_capacity),
             handshake_bufs: sum(&c.handshake_bufs),
+            ja4: self.ja4.as_ref().map_or_else(Vec::new, |j| j.rows()),
         }
     }
 }
@@ -219,7 +229,34 @@ fn with_metrics<R>(
     let dc_failures = one(d(s.dc_failures, |b| b.dc_failures));
     let in_use = one(g(s.pool_in_use));
     let capacity = one(g(s.pool_capacity));
+    let self_loops = one(d(s.front_self_loops, |b| b.front_self_loops));
+    let log_dropped = one(d(s.log_dropped, |b| b.log_dropped));
     let handshake_bufs = one(g(s.handshake_bufs));
+    let ja4_labels: Vec<[(&str, &str); 2]> = s
+        .ja4
+        .iter()
+        .map(|(class, fp, _)| {
+            let fp = fp.as_ref().and_then(|f| std::str::from_utf8(f).ok());
+            [
+                ("class", crate::io::ja4stats::CLASSES[*class]),
+                ("ja4", fp.unwrap_or("other")),
+            ]
+        })
+        .collect();
+    let ja4: Vec<Sample<'_>> = s
+        .ja4
+        .iter()
+        .zip(&ja4_labels)
+        .map(|(row, labels)| {
+            let old = base
+                .and_then(|b| b.ja4.iter().find(|o| o.0 == row.0 && o.1 == row.1))
+                .map_or(0, |o| o.2);
+            Sample {
+                labels,
+                value: row.2.saturating_sub(old) as f64,
+            }
+        })
+        .collect();
     let cat = |name: &'static str, samples| {
         let def = fmt::def(name);
         Metric {
@@ -286,6 +323,18 @@ fn with_metrics<R>(
             Kind::Counter,
             &dc_failures[..],
         ),
+        own(
+            "fronting_self_loops",
+            "Fronting addresses refused as this proxy's own listener (at start and per resolution).",
+            Kind::Counter,
+            &self_loops[..],
+        ),
+        own(
+            "log_lines_dropped",
+            "Log lines dropped because stderr did not keep up.",
+            Kind::Counter,
+            &log_dropped[..],
+        ),
         cat(fmt::BUFFER_POOL_IN_USE, &in_use[..]),
         cat(fmt::BUFFER_POOL_CAPACITY, &capacity[..]),
         own(
@@ -293,6 +342,12 @@ fn with_metrics<R>(
             "Small handshake buffers in use (connections partway through their handshake).",
             Kind::Gauge,
             &handshake_bufs[..],
+        ),
+        own(
+            "client_hello_ja4",
+            "ClientHellos by JA4 fingerprint (the most frequent; class client or fronted).",
+            Kind::Counter,
+            &ja4[..],
         ),
     ];
     emit(&metrics)
@@ -406,6 +461,7 @@ mod tests {
         let a = active.clone();
         (
             MetricsSource {
+                ja4: None,
                 stats: Arc::new(Stats::new(2)),
                 lists: None,
                 active: Arc::new(move || a.load(Ordering::Relaxed)),

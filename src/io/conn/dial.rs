@@ -142,7 +142,9 @@ impl<S: Sock> Conn<S> {
             let Some((addr, via)) = route_at(&route, idx, shared) else {
                 let reason = match route {
                     Route::Front => {
-                        crate::log_event!(
+                        // Rate-limited: any prober can trigger it (issue 12).
+                        crate::log_probe!(
+                            crate::log::Probe::FrontingFailed,
                             Level::Warn,
                             "fronting-failed",
                             conn = self.id_str(),
@@ -252,10 +254,10 @@ impl<S: Sock> Conn<S> {
                 return self.next_address(dial, ctx, want);
             }
         }
-        let ka = &ctx.shared.config.keep_alive;
         let fronted = matches!(dial.route, Route::Front);
+        // DC connections: keep-alive, and TCP_USER_TIMEOUT for data left unacknowledged.
         dial.upstream
-            .connected((!fronted && !ka.disabled).then_some(ka));
+            .connected((!fronted).then_some(&ctx.shared.config));
         if fronted && ctx.shared.front_proxy_protocol {
             let front = dial.upstream.peer_addr().unwrap_or(self.peer);
             if !self.write_front_proxy_header(&mut dial.up, front, ctx.pool) {

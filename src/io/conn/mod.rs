@@ -27,8 +27,10 @@
 //!   connection holds none. When the pool has no buffer of the class needed, the connection
 //!   waits ([`Next::WaitBuffer`]: backpressure).
 //! * Readiness is edge-triggered: a bit is cleared only when an operation returns WouldBlock.
-//! * A direction moves at most [`TURN_BUDGET`] bytes per turn, then the connection is requeued
-//!   ([`Next::Requeue`]), so one bulk transfer cannot starve the others.
+//! * A direction (and a handshake) reads at most [`TURN_BUDGET`] bytes per turn, counted as read
+//!   from the socket (record headers included), then the connection is requeued
+//!   ([`Next::Requeue`]), so one bulk transfer (or a stream of empty records) cannot starve the
+//!   others.
 
 mod dial;
 mod handshake;
@@ -69,8 +71,6 @@ pub(crate) enum CloseReason {
     DcUnreachable,
     /// The fronting site could not be reached.
     FrontUnreachable,
-    /// A malformed PROXY protocol header.
-    BadProxyHeader,
     /// The client address is not allowed (blocklist / allowlist).
     Blocked,
     /// The client asked for a DC we do not know, and fallback is off.
@@ -90,7 +90,6 @@ impl CloseReason {
             CloseReason::Rejected(r) => r.as_str(),
             CloseReason::DcUnreachable => "dc-unreachable",
             CloseReason::FrontUnreachable => "front-unreachable",
-            CloseReason::BadProxyHeader => "bad-proxy-header",
             CloseReason::Blocked => "ip-blocked",
             CloseReason::UnknownDc => "unknown-dc",
             CloseReason::Idle => "idle-timeout",

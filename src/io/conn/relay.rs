@@ -305,6 +305,9 @@ impl<S: Sock> Conn<S> {
         };
         let half = &mut r.up;
         let mut moved = 0;
+        // Bytes read from the socket, TLS record headers included: the turn budget counts
+        // these, so a stream of empty records yields like any other (issue 12).
+        let mut raw = 0;
         loop {
             let mut progress = false;
             // Fill.
@@ -324,6 +327,7 @@ impl<S: Sock> Conn<S> {
                                 progress = true;
                             }
                             Ok(n) => {
+                                raw += n;
                                 let m = match tls.as_deref_mut() {
                                     Some(t) => t
                                         .deframe_in_place(&mut buf[half.end..half.end + n])
@@ -361,7 +365,7 @@ impl<S: Sock> Conn<S> {
                 ctx.pool,
                 false,
             )?;
-            if moved >= TURN_BUDGET {
+            if raw >= TURN_BUDGET {
                 want.requeue = true;
                 break;
             }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use aes::cipher::StreamCipher;
 
 use super::*;
-use crate::config::{Config, KeepAlive};
+use crate::config::Config;
 use crate::io::pool::{Class, Pool};
 use crate::io::sock::{Net, Sock};
 use crate::io::unix_now;
@@ -166,8 +166,8 @@ impl Sock for FakeSock {
         self.0.borrow().peer.ok_or(ErrorKind::NotConnected.into())
     }
 
-    fn connected(&self, keep_alive: Option<&KeepAlive>) {
-        self.0.borrow_mut().keep_alive = keep_alive.is_some();
+    fn connected(&self, dc: Option<&Config>) {
+        self.0.borrow_mut().keep_alive = dc.is_some_and(|c| !c.keep_alive.disabled);
     }
 }
 
@@ -252,7 +252,7 @@ impl Rig {
     fn with_pool(config: Config, pool: Pool) -> Rig {
         let mut rng = crate::io::FastRng::default();
         let keyshares = crate::proto::x25519::KeyShares::new(&mut rng);
-        let shared = Shared::new(config, Duration::from_secs(1));
+        let shared = Shared::new(config, Duration::from_secs(1), addr("127.0.0.1:3128"));
         let client = FakeSock::default();
         let now = Instant::now();
         let mut rig = Rig {

@@ -66,6 +66,13 @@ fn secret(kind: SecretKind, seed: u64) -> Secret {
     Secret::generate(kind, "example.com", &mut XorShift64(seed))
 }
 
+/// Records whether each complete hello verified.
+impl Hellos for Vec<bool> {
+    fn seen(&mut self, _: &[u8], verified: bool) {
+        self.push(verified);
+    }
+}
+
 /// Everything a handshake consults, deterministic.
 struct World {
     secrets: Vec<Secret>,
@@ -77,6 +84,7 @@ struct World {
     replay: ReplayFilter,
     shape: FlightShape,
     keys: KeyShares,
+    hellos: Vec<bool>,
     scratch: Vec<u8>,
 }
 
@@ -94,6 +102,7 @@ impl World {
             rng,
             replay: ReplayFilter::new(1 << 16, 10, [7; 16]),
             shape: FlightShape::default(),
+            hellos: Vec::new(),
             scratch: vec![0; 32 * 1024],
         }
     }
@@ -108,6 +117,7 @@ impl World {
             rng: &mut self.rng,
             replay: &mut self.replay,
             shapes: &mut self.shape,
+            hellos: &mut self.hellos,
             key_shares: &mut self.keys,
             scratch: &mut self.scratch,
         }
@@ -509,14 +519,15 @@ fn accepts_a_proxy_header_first_and_fronts_without_it() {
     let out = drive_all(|| World::new(vec![s.clone()], 0), expect, &client, false);
     assert_eq!(out.peers, vec![None]);
     assert!(matches!(out.end, End::Connect { .. }));
-    // A broken header: closed, never fronted.
+    // A broken header: fronted like any failed handshake, the bytes as received.
     let out = drive_all(
         || World::new(vec![s.clone()], 0),
         expect,
         b"PROXY TCP4 nonsense\r\n",
         false,
     );
-    assert_eq!(out.end, End::Close(Close::BadProxyHeader));
+    assert_eq!(out.end, End::Front(Reject::ProxyHeader));
+    assert_eq!(out.buf, b"PROXY TCP4 nonsense\r\n", "fronted as received");
 }
 
 #[test]
@@ -669,4 +680,19 @@ fn rejects_a_hello_larger_than_the_scratch() {
     let out = drive(&mut w, EE, &hello, hello.len(), false);
     assert_eq!(out.end, End::Front(Reject::TooLarge));
     assert_eq!(out.buf, hello);
+}
+
+#[test]
+fn reports_each_complete_hello_once_with_its_verdict() {
+    let (hello, time) = mtg_hellos().remove(0);
+    let mut w = World::new(vec![mtg_secret()], time);
+    let _ = drive(&mut w, EE, &hello[..300], 1, false);
+    assert!(w.hellos.is_empty(), "an incomplete hello is not reported");
+    let _ = drive(&mut w, EE, &hello, 1, false);
+    let _ = drive(&mut w, EE, &hello, hello.len(), false);
+    let mut other = mtg_secret();
+    other.key[3] ^= 1;
+    w.secrets = vec![other];
+    let _ = drive(&mut w, EE, &hello, 7, false);
+    assert_eq!(w.hellos, [true, false, false], "ok, replay, wrong key");
 }
