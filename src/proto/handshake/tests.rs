@@ -3,7 +3,7 @@
 //! byte by byte and in odd chunks (the decisions and bytes must not change).
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aes::cipher::StreamCipher;
 
@@ -175,7 +175,7 @@ impl PartialEq for Ciphers {
 /// Feeds `input` in chunks of `chunk` bytes (then EOF when `eof`), handling `Peer` and `Write`
 /// steps as the proxy does.
 fn drive(w: &mut World, expect: Expect, input: &[u8], chunk: usize, eof: bool) -> Outcome {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = crate::testing::t0() + Duration::from_secs(10);
     let mut hs = Handshake::new(expect, deadline);
     let mut buf = vec![0u8; 4096];
     let mut out = Outcome {
@@ -565,7 +565,7 @@ fn eof_and_timeout_front_before_the_flight_and_close_after() {
     assert_eq!(out.flights.len(), 1);
     assert_eq!(out.end, End::Close(Close::Rejected(Reject::Eof)));
     // Timeouts.
-    let start = Instant::now();
+    let start = crate::testing::t0();
     let mut hs = Handshake::new(EE, start + Duration::from_secs(10));
     assert_eq!(hs.poll_timeout(), start + Duration::from_secs(10));
     assert!(hs.handle_timeout(start + Duration::from_secs(9)).is_none());
