@@ -298,6 +298,7 @@ impl Handshake {
 
     /// The decision for a handshake that failed for `why` (timeout, EOF, or a hello too large
     /// for the caller's buffer): front it, or close it once answered. Final.
+    #[inline(never)]
     pub fn fail(&mut self, why: Reject) -> Step {
         if self.answered() {
             self.finish(Final::Close(Close::Rejected(why)))
@@ -418,6 +419,7 @@ impl Handshake {
         }
     }
 
+    #[inline(never)]
     fn finish(&mut self, f: Final) -> Step {
         self.state = State::Done(f);
         match f {
@@ -525,23 +527,23 @@ impl Handshake {
         let Some(frame) = buf.first_chunk::<FRAME_LEN>().copied() else {
             return Step::NeedMore;
         };
-        let found = match user {
-            Some(u) => env
-                .secrets
-                .get(u)
-                .map(|s| obfs2::client_handshake(&frame, &s.key).map(|hs| (u, hs))),
-            None => env
-                .secrets
-                .iter()
-                .enumerate()
-                .filter(|(_, s)| s.kind != SecretKind::FakeTls)
-                .map(|(i, s)| obfs2::client_handshake(&frame, &s.key).map(|hs| (i, hs)))
-                .find(Result::is_ok),
-        };
+        // After a hello, its user's key; else the first dd/classic key giving a valid tag.
+        let mut found = Err(Reject::ObfsTag);
+        for (i, s) in env.secrets.iter().enumerate() {
+            let candidate = match user {
+                Some(u) => i == u,
+                None => s.kind != SecretKind::FakeTls,
+            };
+            if candidate {
+                found = obfs2::client_handshake(&frame, &s.key).map(|hs| (i, hs));
+                if found.is_ok() {
+                    break;
+                }
+            }
+        }
         let (user, hs) = match found {
-            Some(Ok(found)) => found,
-            Some(Err(r)) => return self.fail(r),
-            None => return self.fail(Reject::ObfsTag),
+            Ok(found) => found,
+            Err(r) => return self.fail(r),
         };
         let kind = env.secrets[user].kind;
         if kind == SecretKind::Secure && hs.tag != Tag::Padded {

@@ -331,7 +331,9 @@ impl<S: Sock> Conn<S> {
     /// The phase after closing `phase` for `reason`: its buffers go back to the pool, its
     /// upstream socket is dropped (closed, which also removes it from epoll: no deregister
     /// calls; the client socket is closed when the slot is freed after this event batch, and
-    /// events for it until then find the connection closed).
+    /// events for it until then find the connection closed). Not inlined: called from every
+    /// phase's error paths.
+    #[inline(never)]
     fn closed(
         &mut self,
         phase: impl Release,
