@@ -267,7 +267,7 @@ impl<S: Sock> Conn<S> {
         if let Some((proxy, dc)) = dial.via {
             return self.start_socks(dial, proxy, dc, ctx, want);
         }
-        self.enter_relay(dial, ctx, want)
+        self.enter_relay(dial, ctx)
     }
 
     /// Prepends a PROXY v2 header to the bytes waiting for the fronting site.
@@ -278,12 +278,7 @@ impl<S: Sock> Conn<S> {
     }
 
     /// Connected (directly or through SOCKS5): relay from now on.
-    fn enter_relay(
-        &mut self,
-        dial: Dial<S>,
-        ctx: &mut Ctx<'_, impl Net<Sock = S>>,
-        want: &mut Want,
-    ) -> Phase<S> {
+    fn enter_relay(&mut self, dial: Dial<S>, ctx: &mut Ctx<'_, impl Net<Sock = S>>) -> Phase<S> {
         let (kind, records) = match dial.route {
             Route::Dc {
                 dc,
@@ -306,10 +301,11 @@ impl<S: Sock> Conn<S> {
         if records > 0 {
             match relay.take_in_records(records, ctx.pool) {
                 Ok(m) => self.bytes[0] += m as u64,
-                Err(e) => return self.relay_failed(relay, (super::CLIENT, e), ctx),
+                Err(e) => return self.closed(relay, CloseReason::Error(e.kind()), ctx),
             }
         }
-        self.relay(relay, ctx, want)
+        // Its first turn comes right after this one (`Conn::ready`), in place.
+        Phase::Relay(relay)
     }
 
     /// Connected to a SOCKS5 upstream: send the greeting.
@@ -358,7 +354,7 @@ impl<S: Sock> Conn<S> {
                     }
                     let mut dial = socks.dial;
                     dial.via = None;
-                    return self.enter_relay(dial, ctx, want);
+                    return self.enter_relay(dial, ctx);
                 }
                 Step::Failed(e) => {
                     crate::log_event!(

@@ -286,15 +286,34 @@ impl<S: Sock> Conn<S> {
     /// [`Turn::wake_at`].
     pub(crate) fn ready(&mut self, ctx: &mut Ctx<'_, impl Net<Sock = S>>) -> Turn {
         let mut want = Want::default();
-        let phase = std::mem::replace(&mut self.phase, Phase::Closed(CloseReason::Done));
-        self.phase = match phase {
-            Phase::Handshake(hs) => self.handshake(hs, ctx, &mut want),
-            Phase::Dial(d) => self.connecting(d, ctx, &mut want),
-            Phase::Socks(s) => self.socks_exchange(s, ctx, &mut want),
-            Phase::Relay(r) => self.relay(r, ctx, &mut want),
-            closed @ Phase::Closed(_) => closed,
-        };
+        // The phases before the relay are moved by value from one to the next; the relay (the
+        // hot path) runs in place.
+        if !matches!(self.phase, Phase::Relay(_) | Phase::Closed(_)) {
+            let phase = std::mem::replace(&mut self.phase, Phase::Closed(CloseReason::Done));
+            self.phase = match phase {
+                Phase::Handshake(hs) => self.handshake(hs, ctx, &mut want),
+                Phase::Dial(d) => self.connecting(d, ctx, &mut want),
+                Phase::Socks(s) => self.socks_exchange(s, ctx, &mut want),
+                other => other,
+            };
+        }
+        self.relay_turn(ctx, &mut want);
         self.turn(want)
+    }
+
+    /// A relay turn, in place, if the connection is relaying (just entered, or since before).
+    fn relay_turn(&mut self, ctx: &mut Ctx<'_, impl Net<Sock = S>>, want: &mut Want) {
+        let Phase::Relay(r) = &mut self.phase else {
+            return;
+        };
+        let mut ends = relay::Ends {
+            client: &self.client,
+            ready: &mut self.ready,
+            bytes: &mut self.bytes,
+        };
+        if let Err(reason) = r.turn(&mut ends, ctx, want) {
+            self.close(reason, ctx);
+        }
     }
 
     /// Handles the deadline ([`Conn::deadline`]); call when it passed. A handshake fails
