@@ -132,6 +132,23 @@ def main():
     put("iplist_secret", "secret-b64", "7gEjRWeJq83vASNFZ4mrze93d3cuZXhhbXBsZS5jb20")
     put("iplist_secret", "secret-dd", "dd0123456789abcdef0123456789abcdef")
 
+    # Telegram's proxy config and the middle-proxy protocol.
+    put("proxy_config", "v4", "# c\ndefault 2;\nproxy_for 1 149.154.175.50:8888;\nproxy_for -203 91.105.192.110:443;\nproxy_for 203 91.105.192.110:443;\n")
+    put("proxy_config", "v6", "proxy_for 203 [2a0a:f280:203:a:5000::100]:443;\r\ntimeout 300;\n")
+    # Plaintext RPC packets for middle_codec: RPC_PROXY_ANS (conn id "conn-id!"), a simple ack.
+    def pkt(seq, payload):
+        body = struct.pack("<Ii", len(payload) + 12, seq) + payload
+        import zlib
+        return body + struct.pack("<I", zlib.crc32(body))
+    ans = struct.pack("<II", 0x4403DA0D, 0) + b"conn-id!" + b"\x01" * 8
+    ack = struct.pack("<I", 0x3BAC409B) + b"conn-id!" + b"\x01\x02\x03\x04"
+    # A valid nonce answer for middle_handshake's fixed parameters (its secret is (i*37+11) & 0xff,
+    # its time 1_700_000_000): what follows is decrypted as the handshake answer.
+    key_select = bytes((i * 37 + 11) & 0xFF for i in range(4))
+    nonce = struct.pack("<I", 0x7ACB87AA) + key_select + struct.pack("<II", 1, 1_700_000_000) + b"\x42" * 16
+    put("middle_handshake", "nonce", b"\x00" + pkt(-2, nonce) + b"\x00" * 48)
+    put("middle_codec", "answers", b"\x01" + pkt(0, ans) + b"\x04\0\0\0" + pkt(1, ack))
+
 
 if __name__ == "__main__":
     main()

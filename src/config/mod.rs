@@ -33,6 +33,14 @@ pub use crate::log::LogFormat;
 use crate::proto::dc::PreferIp;
 use crate::proto::secret::Secret;
 
+/// Telegram's proxy config, IPv4 and IPv6 (mtg's `auto-update` sources).
+pub const PROXY_CONFIG_URLS: [&str; 2] = [
+    "https://core.telegram.org/getProxyConfig",
+    "https://core.telegram.org/getProxyConfigV6",
+];
+/// Telegram's middle-proxy secret.
+pub const PROXY_SECRET_URL: &str = "https://core.telegram.org/getProxySecret";
+
 /// Most workers mtpx will start.
 pub const MAX_WORKERS: usize = 256;
 /// Largest `concurrency`.
@@ -208,8 +216,21 @@ pub struct Config {
     pub dc_overrides: Vec<(i16, Vec<SocketAddr>)>,
     /// Log line format.
     pub log_format: LogFormat,
-    /// Fetch Telegram's DC list periodically (accepted, not implemented yet).
+    /// Keep DC 203's addresses current from Telegram's proxy config (hourly).
     pub auto_update: bool,
+    /// The ad tag from @MTProxybot (`ad-tag`, 32 hex digits): sponsored channel via Telegram's
+    /// middle proxies.
+    pub ad_tag: Option<[u8; 16]>,
+    /// Where Telegram's proxy config is fetched (`[network] proxy-config-urls`; default
+    /// [`PROXY_CONFIG_URLS`]).
+    pub proxy_config_urls: Vec<String>,
+    /// Local copies of the proxy config used instead of the URLs (`[network]
+    /// proxy-config-files`).
+    pub proxy_config_files: Vec<String>,
+    /// Where the middle proxies' secret is fetched (`[network] proxy-secret-url`).
+    pub proxy_secret_url: String,
+    /// A local copy of the proxy secret used instead of the URL (`[network] proxy-secret-file`).
+    pub proxy_secret_file: Option<String>,
     /// DNS resolver URI (`[network] dns`); [`Config::nameserver`] is the server mtpx asks.
     pub dns: Option<String>,
     /// SOCKS5 upstreams for DC connections, tried in order (`[network] proxies`).
@@ -331,6 +352,11 @@ impl Config {
             dc_overrides: Vec::new(),
             log_format: LogFormat::Logfmt,
             auto_update: false,
+            ad_tag: None,
+            proxy_config_urls: PROXY_CONFIG_URLS.map(String::from).to_vec(),
+            proxy_config_files: Vec::new(),
+            proxy_secret_url: PROXY_SECRET_URL.to_string(),
+            proxy_secret_file: None,
             dns: None,
             proxies: Vec::new(),
             ntp: vec![crate::doctor::DEFAULT_NTP.to_string()],
@@ -485,6 +511,16 @@ impl Config {
                 return bad(
                     &format!("network.dc-overrides.{dc}"),
                     "needs at least one IP:port address".into(),
+                );
+            }
+            if addrs.len() > crate::proto::dc::MAX_DC_ADDRS {
+                return bad(
+                    &format!("network.dc-overrides.{dc}"),
+                    format!(
+                        "{} addresses; at most {}",
+                        addrs.len(),
+                        crate::proto::dc::MAX_DC_ADDRS
+                    ),
                 );
             }
         }
@@ -792,7 +828,7 @@ mod tests {
             .filter(|w| w.kind == WarningKind::NotImplemented)
             .map(|w| w.key.as_str())
             .collect();
-        assert_eq!(ni, ["auto-update", "defense.doppelganger.urls"]);
+        assert_eq!(ni, ["defense.doppelganger.urls"]);
         assert!(!w.iter().any(|w| w.kind == WarningKind::Fallback), "{w:?}");
         assert_eq!(c.bind_to, "[::]:3128".parse().unwrap());
         assert!(c.proxy_protocol_listener && c.auto_update && c.allow_fallback_on_unknown_dc);
@@ -866,6 +902,90 @@ mod tests {
         assert_eq!(c.timeouts.idle, Duration::from_secs(300));
         assert_eq!(c.log_format, LogFormat::Logfmt);
         assert!(c.dc_overrides.is_empty());
+    }
+
+    #[test]
+    fn telegram_config_keys_parse_and_default() {
+        let (c, _) = ok(BASE);
+        assert!(!c.auto_update && c.ad_tag.is_none());
+        assert_eq!(c.proxy_config_urls, PROXY_CONFIG_URLS);
+        assert!(c.proxy_config_files.is_empty());
+        assert_eq!(c.proxy_secret_url, PROXY_SECRET_URL);
+        assert_eq!(c.proxy_secret_file, None);
+        let (c, w) = ok(&with(
+            "auto-update = true\nad-tag = \"00112233445566778899AABBCCDDEEFF\"\n\
+             [network]\nproxy-config-urls = [\"http://127.0.0.1:1/a\", \"https://[::1]/b\"]\n\
+             proxy-config-files = [\"/var/lib/mtpx/v4\"]\n\
+             proxy-secret-url = \"http://127.0.0.1:1/s\"\n\
+             proxy-secret-file = \"/var/lib/mtpx/secret\"\n",
+        ));
+        assert!(c.auto_update);
+        assert_eq!(
+            c.ad_tag,
+            Some([
+                0x00, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88, 0x99, 0xaa, 0xbb, 0xcc, 0xdd,
+                0xee, 0xff
+            ])
+        );
+        assert_eq!(
+            c.proxy_config_urls,
+            ["http://127.0.0.1:1/a", "https://[::1]/b"]
+        );
+        assert_eq!(c.proxy_config_files, ["/var/lib/mtpx/v4"]);
+        assert_eq!(c.proxy_secret_url, "http://127.0.0.1:1/s");
+        assert_eq!(c.proxy_secret_file.as_deref(), Some("/var/lib/mtpx/secret"));
+        // The tag is honest about what it does not do yet; auto-update warns no more.
+        let keys: Vec<&str> = w.iter().map(|w| w.key.as_str()).collect();
+        assert_eq!(keys, ["ad-tag"], "{w:?}");
+        // Files without anything that reads them are pointed out.
+        let (_, w) = ok(&with(
+            "[network]\nproxy-config-files = [\"/x\"]\nproxy-secret-file = \"/y\"\n",
+        ));
+        let ignored: Vec<&str> = w
+            .iter()
+            .filter(|w| w.kind == WarningKind::Ignored)
+            .map(|w| w.key.as_str())
+            .collect();
+        assert_eq!(
+            ignored,
+            ["network.proxy-config-files", "network.proxy-secret-file"]
+        );
+    }
+
+    #[test]
+    fn telegram_config_keys_reject_bad_values_by_name() {
+        for (text, key) in [
+            ("ad-tag = \"0011\"\n", "ad-tag"),
+            ("ad-tag = \"zz112233445566778899aabbccddeeff\"\n", "ad-tag"),
+            (
+                "ad-tag = \"00112233445566778899aabbccddeeff00\"\n",
+                "ad-tag",
+            ),
+            (
+                "[network]\nproxy-config-urls = [\"ftp://x/y\"]\n",
+                "network.proxy-config-urls",
+            ),
+            (
+                "[network]\nproxy-config-urls = \"http://x/y\"\n",
+                "network.proxy-config-urls",
+            ),
+            (
+                "[network]\nproxy-config-files = [\"\", \"/x\"]\n",
+                "network.proxy-config-files",
+            ),
+            (
+                "[network]\nproxy-secret-url = \"x\"\n",
+                "network.proxy-secret-url",
+            ),
+        ] {
+            let e = err(&with(text));
+            assert_eq!(e.key.as_deref(), Some(key), "{text:?}: {e}");
+        }
+        let many: String = (0..17)
+            .map(|i| format!("\"127.0.0.1:{}\", ", i + 1))
+            .collect();
+        let e = err(&with(&format!("[network.dc-overrides]\n2 = [{many}]\n")));
+        assert_eq!(e.key.as_deref(), Some("network.dc-overrides.2"), "{e}");
     }
 
     #[test]
@@ -1340,6 +1460,11 @@ mod tests {
                 "defense.doppelganger.min-rate",
                 "defense.doppelganger.post-quantum",
                 "stats.ja4-top",
+                "ad-tag",
+                "network.proxy-config-urls",
+                "network.proxy-config-files",
+                "network.proxy-secret-url",
+                "network.proxy-secret-file",
             ]
             .map(String::from),
         );

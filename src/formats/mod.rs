@@ -11,6 +11,7 @@ pub mod http;
 pub mod iplist;
 pub mod json;
 pub mod metrics;
+pub mod proxy_config;
 pub mod qr;
 pub mod sntp;
 pub mod tls13;

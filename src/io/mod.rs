@@ -30,7 +30,7 @@ use crate::config::Config;
 use crate::log::Level;
 pub(crate) use rng::{FastRng, OsRng};
 pub use shared::ShapingCell;
-pub(crate) use shared::{Shared, own_listeners, self_loop_test};
+pub(crate) use shared::{Shared, own_listeners, self_loop_test, socks_upstreams};
 pub use stats::Stats;
 
 /// Seconds since the Unix epoch by the system clock.
@@ -57,9 +57,33 @@ impl Proxy {
         self.local_addr
     }
 
-    /// Reloads the IP lists now (what SIGHUP does).
+    /// Reloads the IP lists and Telegram's proxy config now (what SIGHUP does).
     pub fn reload_lists(&self) {
         self.shared.lists.reload();
+        self.shared.telegram.reload();
+    }
+
+    /// The DC 203 addresses `auto-update` put in force (empty until a config was loaded).
+    pub fn cdn_addresses(&self) -> Vec<SocketAddr> {
+        self.shared.dc.cdn()
+    }
+
+    /// Where the proxy dials DC `dc` now, in order (`None`: unknown DC).
+    pub fn dc_addresses(&self, dc: i16) -> Option<Vec<SocketAddr>> {
+        self.shared
+            .dc
+            .lookup_or_fallback(dc, false)
+            .map(|(_, a)| a.to_vec())
+    }
+
+    /// The middle proxies `(dc, address)` loaded for the ad tag (empty until loaded).
+    pub fn middle_proxies(&self) -> Vec<(i16, SocketAddr)> {
+        self.shared.telegram.middle_proxies().entries.clone()
+    }
+
+    /// The length of the middle proxies' secret loaded for the ad tag, if any.
+    pub fn proxy_secret_len(&self) -> Option<usize> {
+        self.shared.telegram.proxy_secret().map(|s| s.len())
     }
 
     /// Live counters.
@@ -110,6 +134,7 @@ impl Proxy {
             let _ = t.join();
         }
         self.shared.lists.stop();
+        self.shared.telegram.stop();
         // After the workers: StatsD's last flush sees every connection's bytes.
         self.services.clear();
     }

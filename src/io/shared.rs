@@ -14,21 +14,25 @@ use std::time::Duration;
 use super::Stats;
 use super::ja4stats::Ja4Stats;
 use super::rng::OsRng;
+use crate::background::fetch::Upstream;
 use crate::background::lists::{self, Lists};
 use crate::background::resolve;
+use crate::background::telegram::{LiveDc, Telegram};
 use crate::config::Config;
 use crate::log::Level;
 use crate::proto::Rng;
-use crate::proto::dc::DcTable;
 use crate::proto::faketls::ClientHello;
-use crate::proto::handshake::{Hellos, Replay, Shapes};
+use crate::proto::handshake::{Datacenters, Hellos, Replay, Shapes};
 use crate::proto::replay::ReplayFilter;
 use crate::proto::tlsprofile::{FlightShape, Profiles};
 
 /// State shared by all workers.
 pub(crate) struct Shared {
     pub(crate) config: Config,
-    pub(crate) dc: DcTable,
+    /// The DC table in force (DC 203 follows Telegram's proxy config with `auto-update`).
+    pub(crate) dc: Arc<LiveDc>,
+    /// Telegram's proxy config: its updater and what it published.
+    pub(crate) telegram: Arc<Telegram>,
     replay: Option<Mutex<ReplayFilter>>,
     pub(crate) active: AtomicUsize,
     pub(crate) stop: AtomicBool,
@@ -162,15 +166,19 @@ impl Shared {
         let front_configured = initial_front_addrs(&config);
         let front_unresolved = front_configured.is_empty();
         let front_addrs = drop_self_loops(front_configured, &own, &stats);
+        let dc = Arc::new(LiveDc::new(&config));
+        let socks = socks_upstreams(&config);
+        let upstreams: Vec<Upstream> = socks.iter().map(|u| (u.addr, u.auth.clone())).collect();
         Shared {
-            lists: Lists::start(&config),
+            lists: Lists::start(&config, upstreams.clone()),
+            telegram: Telegram::start(&config, dc.clone(), upstreams),
             ja4: Arc::new(Ja4Stats::new(config.ja4_top)),
             front_addrs: Mutex::new(front_addrs),
             front_proxy_protocol: config.domain_fronting.proxy_protocol,
             shaping: Arc::new(ShapingCell::new(&config)),
-            socks: socks_upstreams(&config),
+            socks,
             profile: Arc::new(Mutex::new(Profiles::new(config.doppelganger.post_quantum))),
-            dc: DcTable::new(config.prefer_ip, &config.dc_overrides),
+            dc,
             replay,
             active: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
@@ -256,6 +264,12 @@ impl Replay for SharedReplay<'_> {
     }
 }
 
+impl Datacenters for LiveDc {
+    fn dc_for(&self, dc: i16, fallback: bool) -> Option<i16> {
+        self.lookup_or_fallback(dc, fallback).map(|(n, _)| n)
+    }
+}
+
 /// The fake flight's shape as the scout learned it for the hello's kind (the second lock a
 /// handshake takes, once, for a FakeTLS hello that verified).
 pub(crate) struct SharedShapes<'a>(pub(crate) &'a Mutex<Profiles>);
@@ -337,7 +351,7 @@ fn drop_self_loops(addrs: Vec<SocketAddr>, own: &[SocketAddr], stats: &Stats) ->
 }
 
 /// Parses `[network] proxies` and resolves the upstreams' host names (once, at start).
-fn socks_upstreams(config: &Config) -> Vec<SocksUpstream> {
+pub(crate) fn socks_upstreams(config: &Config) -> Vec<SocksUpstream> {
     use crate::proto::socks5::{Target, parse_url};
     let mut out = Vec::new();
     for url in &config.proxies {

@@ -39,6 +39,7 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use super::dc::DcTable;
 use super::faketls::{self, ClientHello, HelloRead, RecordReader};
 use super::obfs2::{self, CompactCtr, FRAME_LEN, Tag};
 use super::proxy_protocol::{self, Parse};
@@ -90,6 +91,19 @@ impl Shapes for Profile {
     }
 }
 
+/// The datacenters, as a handshake sees them.
+pub trait Datacenters {
+    /// The DC our frame names for a client asking for `dc` (media ids and 0 as their DC), or
+    /// with `fallback` the default DC for an unknown one; `None`: unknown.
+    fn dc_for(&self, dc: i16, fallback: bool) -> Option<i16>;
+}
+
+impl Datacenters for DcTable {
+    fn dc_for(&self, dc: i16, fallback: bool) -> Option<i16> {
+        self.lookup_or_fallback(dc, fallback).map(|(n, _)| n)
+    }
+}
+
 /// What the proxy records of each complete ClientHello (its JA4 statistics): the message, and
 /// whether it verified under one of the secrets and was no replay.
 pub trait Hellos {
@@ -110,7 +124,7 @@ pub struct Env<'a, R: Rng> {
     /// Largest tolerated difference between the hello's timestamp and `now_unix`, seconds.
     pub tolerance_secs: u64,
     /// The datacenters.
-    pub dcs: &'a super::dc::DcTable,
+    pub dcs: &'a dyn Datacenters,
     /// Send a client asking for an unknown DC to the default one (else close).
     pub allow_unknown_dc: bool,
     /// Seconds since the Unix epoch.
@@ -145,16 +159,15 @@ pub struct Ciphers {
 }
 
 impl Ciphers {
-    /// Client bytes (already out of their TLS records) on their way to the DC, in place.
+    /// Client bytes (already out of their TLS records) on their way to the DC, in place: one
+    /// pass decrypting with the client's stream and re-encrypting with the DC's.
     pub fn up(&mut self, data: &mut [u8]) {
-        self.client_dec.apply_keystream(data);
-        self.dc_enc.apply_keystream(data);
+        CompactCtr::apply_pair(&mut self.client_dec, &mut self.dc_enc, data);
     }
 
-    /// DC bytes on their way to the client, in place.
+    /// DC bytes on their way to the client, in place (one pass, as [`Ciphers::up`]).
     pub fn down(&mut self, data: &mut [u8]) {
-        self.dc_dec.apply_keystream(data);
-        self.client_enc.apply_keystream(data);
+        CompactCtr::apply_pair(&mut self.dc_dec, &mut self.client_enc, data);
     }
 }
 
@@ -554,7 +567,7 @@ impl Handshake {
         {
             return self.fail(Reject::Replay);
         }
-        let Some((dc_send, _)) = env.dcs.lookup_or_fallback(hs.dc, env.allow_unknown_dc) else {
+        let Some(dc_send) = env.dcs.dc_for(hs.dc, env.allow_unknown_dc) else {
             return self.finish(Final::Close(Close::UnknownDc(hs.dc)));
         };
         let dch = obfs2::dc_handshake(env.rng, hs.tag, dc_send);

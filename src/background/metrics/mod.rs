@@ -16,7 +16,9 @@
 //! `accepted_connections`, `handshakes`, `connections{secret_kind}`,
 //! `handshake_failures{reason}`, `fronted_connections`, `dc_connect_failures`,
 //! `fronting_self_loops`, `log_lines_dropped` and
-//! `buffer_pool_in_use` / `buffer_pool_capacity`, `handshake_buffers_in_use`.
+//! `buffer_pool_in_use` / `buffer_pool_capacity`, `handshake_buffers_in_use`, and
+//! `middle_proxy_connections`, `middle_proxy_reconnects`, `middle_proxy_traffic{direction}`
+//! (ad-tag; zero until the middle-proxy relay is wired in).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -38,7 +40,7 @@ use crate::formats::metrics::{
     LABEL_REASON, Metric, Sample, TagFormat,
 };
 use crate::io::Stats;
-use crate::io::stats::DC_LABELS;
+use crate::io::stats::{DC_LABELS, ME_DOWN, ME_OPEN, ME_RECONNECTS, ME_UP};
 use crate::log::Level;
 use crate::proto::Reject;
 
@@ -81,6 +83,8 @@ pub(crate) struct Snapshot {
     pub(crate) handshake_bufs: u64,
     /// JA4 rows (class, fingerprint or "other", count).
     pub(crate) ja4: Vec<crate::io::ja4stats::Row>,
+    /// Middle-proxy connections open, reconnects, bytes up, bytes down.
+    pub(crate) me: [u64; 4],
 }
 
 impl MetricsSource {
@@ -117,6 +121,7 @@ impl MetricsSource {
             pool_capacity: sum(&c.pool_capacity),
             handshake_bufs: sum(&c.handshake_bufs),
             ja4: self.ja4.as_ref().map_or_else(Vec::new, |j| j.rows()),
+            me: std::array::from_fn(|i| l(&c.me[i])),
         }
     }
 }
@@ -257,6 +262,18 @@ fn with_metrics<R>(
             }
         })
         .collect();
+    let me_open = one(g(s.me[ME_OPEN]));
+    let me_reconnects = one(d(s.me[ME_RECONNECTS], |b| b.me[ME_RECONNECTS]));
+    let me_traffic = [
+        Sample {
+            labels: &TO_CLIENT,
+            value: d(s.me[ME_DOWN], |b| b.me[ME_DOWN]),
+        },
+        Sample {
+            labels: &FROM_CLIENT,
+            value: d(s.me[ME_UP], |b| b.me[ME_UP]),
+        },
+    ];
     let cat = |name: &'static str, samples| {
         let def = fmt::def(name);
         Metric {
@@ -348,6 +365,24 @@ fn with_metrics<R>(
             "ClientHellos by JA4 fingerprint (the most frequent; class client or fronted).",
             Kind::Counter,
             &ja4[..],
+        ),
+        own(
+            "middle_proxy_connections",
+            "Connections to Telegram's middle proxies open now (ad-tag).",
+            Kind::Gauge,
+            &me_open[..],
+        ),
+        own(
+            "middle_proxy_reconnects",
+            "Middle-proxy connections opened to replace one that failed.",
+            Kind::Counter,
+            &me_reconnects[..],
+        ),
+        own(
+            "middle_proxy_traffic",
+            "Bytes relayed through Telegram's middle proxies (ad-tag).",
+            Kind::Counter,
+            &me_traffic[..],
         ),
     ];
     emit(&metrics)
@@ -476,6 +511,36 @@ mod tests {
             .find(|l| l.split_once(' ').is_some_and(|(n, _)| n == name))
             .and_then(|l| l.rsplit_once(' '))
             .and_then(|(_, v)| v.parse().ok())
+    }
+
+    #[test]
+    fn middle_proxy_counters_are_exported() {
+        let (src, _) = source();
+        let c = &src.stats;
+        let mut out = String::new();
+        render_prometheus(&mut out, "mtg", &src.snapshot());
+        let v = |out: &str, n: &str| line_value(out, n).unwrap_or_else(|| panic!("{n}:\n{out}"));
+        // Registered (and zero) before any middle-proxy connection exists.
+        assert_eq!(v(&out, "mtg_middle_proxy_connections"), 0.0);
+        assert_eq!(v(&out, "mtg_middle_proxy_reconnects"), 0.0);
+        c.middle_proxy(true, false);
+        c.middle_proxy(true, true);
+        c.middle_proxy(true, false);
+        c.middle_proxy(false, false);
+        c.middle_proxy_traffic(10, 200);
+        c.middle_proxy_traffic(5, 0);
+        out.clear();
+        render_prometheus(&mut out, "mtg", &src.snapshot());
+        assert_eq!(v(&out, "mtg_middle_proxy_connections"), 2.0);
+        assert_eq!(v(&out, "mtg_middle_proxy_reconnects"), 1.0);
+        assert_eq!(
+            v(&out, "mtg_middle_proxy_traffic{direction=\"from_client\"}"),
+            15.0
+        );
+        assert_eq!(
+            v(&out, "mtg_middle_proxy_traffic{direction=\"to_client\"}"),
+            200.0
+        );
     }
 
     #[test]

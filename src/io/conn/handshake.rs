@@ -94,7 +94,7 @@ fn call<N: Net>(hs: &mut Hs, id: BufId, what: Call, ctx: &mut Ctx<'_, N>) -> Ste
     let mut env: Env<'_, FastRng> = Env {
         secrets: std::slice::from_ref(&config.secret),
         tolerance_secs: config.tolerate_time_skewness.as_secs(),
-        dcs: &shared.dc,
+        dcs: shared.dc.as_ref(),
         allow_unknown_dc: config.allow_fallback_on_unknown_dc,
         now_unix: unix_now(),
         rng,

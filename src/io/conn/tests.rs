@@ -791,3 +791,38 @@ fn a_bad_record_after_a_complete_frame_closes_at_the_relay_as_if_it_came_later()
     assert!(dc.take_written().is_empty(), "nothing relayed");
     assert_eq!(rig.pool.all_in_use(), 0);
 }
+
+#[test]
+fn an_empty_direction_leaves_the_small_handshake_buffer_for_a_relay_buffer() {
+    // 2 relay buffers of 16 KiB, 2 handshake buffers of 2 KiB.
+    let mut pool = Pool::new(2, 16384, 2, 2048);
+    let small = pool.checkout(Class::Handshake).unwrap();
+    let mut half = relay::Half::holding(Some(small), 10, false);
+    // Bytes still in it: it stays.
+    half.upgrade_small(Class::Client, &mut pool);
+    assert!(Pool::is_small(pool_id(&half)));
+    // Empty: a relay buffer, and the small one goes back.
+    half.consume_all();
+    half.upgrade_small(Class::Client, &mut pool);
+    let big = pool_id(&half);
+    assert!(!Pool::is_small(big));
+    assert_eq!(pool.get(big).len(), 16384);
+    assert!(half.is_empty());
+    assert_eq!(pool.all_in_use(), 1);
+    // A relay buffer is never traded.
+    half.upgrade_small(Class::Client, &mut pool);
+    assert_eq!(pool_id(&half), big);
+    // No relay buffer free (for a fronted connection: none of the spare half): it keeps the
+    // small one rather than wait.
+    let before = pool.checkout(Class::Handshake).unwrap();
+    let mut other = relay::Half::holding(Some(before), 0, false);
+    other.upgrade_small(Class::Fronted, &mut pool);
+    assert_eq!(pool_id(&other), before);
+    let _last = pool.checkout(Class::Client).unwrap();
+    other.upgrade_small(Class::Client, &mut pool);
+    assert_eq!(pool_id(&other), before);
+}
+
+fn pool_id(half: &relay::Half) -> crate::io::pool::BufId {
+    half.buf().expect("a buffer")
+}
