@@ -4,9 +4,9 @@
 //! are new keys (`workers`, `log-format`, `[buffers]`, `[network.dc-overrides]`). Defaults are the
 //! values documented in `config.example`.
 //!
-//! Parsing is two passes: [`toml`] (a strict pre-pass in front of nanoserde, for the nanoserde
-//! behaviours it documents and tests) gives a map of keys, then [`keys`] turns it into the typed
-//! [`Config`] (values in [`units`]), and [`Config::validate`] checks what spans several keys.
+//! Parsing is two passes: `toml.rs` (a strict pre-pass in front of nanoserde, for the nanoserde
+//! behaviours it documents and tests) gives a map of keys, then `keys.rs` turns it into the typed
+//! [`Config`] (values in `units.rs`), and [`Config::validate`] checks what spans several keys.
 //!
 //! Errors name the key, the line and what is wrong, e.g.
 //! `config.toml:7: network.timeout.tcp: "5x" is not a duration (use 500ms, 5s, 1m30s)`.

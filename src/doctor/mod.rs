@@ -24,10 +24,9 @@
 //! through the `[network] dns` server when one is set.
 //! Every network step has a timeout (at most [`MAX_WAIT`]), so the whole run takes seconds.
 //!
-//! One file per check: [`warnings`] (Config), [`time`] (Time skew), [`dc`] (Telegram DCs),
-//! [`upstreams`] (SOCKS5 upstreams), [`fronting`] (Fronting site, SNI-DNS match), [`middle`]
-//! (Middle proxies); this file
-//! runs them and renders the report. `doctor` runs outside the event loop and touches the
+//! One file per check: `warnings.rs` (Config), `time.rs` (Time skew), `dc.rs` (Telegram DCs),
+//! `upstreams.rs` (SOCKS5 upstreams), `fronting.rs` (Fronting site, SNI-DNS match), `middle.rs`
+//! (Middle proxies); this file runs them and renders the report. `doctor` runs outside the event loop and touches the
 //! clock and sockets itself (blocking, with timeouts).
 
 mod dc;
