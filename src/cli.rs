@@ -46,7 +46,7 @@ pub struct OsRng {
 
 impl Rng for OsRng {
     fn fill(&mut self, buf: &mut [u8]) {
-        if getrandom::fill(buf).is_err() {
+        if crate::io::rng::os_fill(buf).is_err() {
             buf.fill(0);
             self.failed = true;
         }
@@ -933,8 +933,8 @@ fn execute(cli: Cli) -> i32 {
 }
 
 /// `link` on one line, then its QR code (ECC level M) drawn for a light-on-dark terminal.
-pub fn qr_block(link: &str) -> Result<String, crate::proto::qr::QrError> {
-    use crate::proto::qr;
+pub fn qr_block(link: &str) -> Result<String, crate::formats::qr::QrError> {
+    use crate::formats::qr;
     let code = qr::encode(link.as_bytes(), qr::Ecc::Medium)?;
     Ok(format!("{link}\n{}", qr::render_terminal(&code, true)))
 }
@@ -969,7 +969,7 @@ fn doctor(d: &Doctor) -> i32 {
 }
 
 fn run_proxy(c: Config) -> i32 {
-    match crate::io::run(c) {
+    match crate::background::signals::run(c) {
         Ok(()) => 0,
         Err(e) => {
             crate::log_event!(Level::Error, "proxy-failed", error = e);

@@ -11,7 +11,7 @@
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::proto::encoding::percent_encode;
+use crate::formats::encoding::percent_encode;
 use crate::proto::secret::{Secret, SecretKind};
 
 /// The secret as it goes into a link.

@@ -273,7 +273,7 @@ fn doctor_reports_config_warnings_and_checks_on_loopback_only() {
 /// The QR block the binary must print for `link`: the link, then the code (ECC M) drawn for a
 /// dark terminal.
 fn qr_block(link: &str) -> String {
-    use mtpx::proto::qr;
+    use mtpx::formats::qr;
     let code = qr::encode(link.as_bytes(), qr::Ecc::Medium).unwrap();
     format!("{link}\n{}", qr::render_terminal(&code, true))
 }

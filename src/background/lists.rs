@@ -23,8 +23,8 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::{Config, IpList};
+use crate::formats::iplist::{Cidr, IpTable, parse_netset};
 use crate::log::Level;
-use crate::proto::iplist::{Cidr, IpTable, parse_netset};
 
 /// How often local files are checked for changes.
 pub(crate) const MTIME_CHECK: Duration = Duration::from_secs(2);
@@ -875,8 +875,8 @@ mod tests {
 
     /// A list download as the updater makes it (no upstreams, no https).
     fn fetch(url: &str, cap: usize) -> Result<Vec<u8>, String> {
-        let net = crate::io::fetch::Net::new(&config(), Vec::new());
-        crate::io::fetch::get(url, &net, cap, false, Duration::from_secs(5))
+        let net = crate::background::fetch::Net::new(&config(), Vec::new());
+        crate::background::fetch::get(url, &net, cap, false, Duration::from_secs(5))
     }
 
     #[test]

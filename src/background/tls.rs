@@ -5,7 +5,7 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Instant;
 
-use crate::proto::tls13::{self, Step};
+use crate::formats::tls13::{self, Step};
 
 fn invalid(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what.to_string())
@@ -44,7 +44,7 @@ pub(crate) fn session_on(
     deadline: Instant,
     each: &mut dyn FnMut(Instant, Step) -> bool,
 ) -> io::Result<()> {
-    let (mut client, hello) = tls13::Client::start(&mut super::OsRng, opts, request);
+    let (mut client, hello) = tls13::Client::start(&mut crate::io::OsRng, opts, request);
     stream.set_nodelay(true)?;
     stream.set_write_timeout(Some(left(deadline)?))?;
     stream.write_all(&hello)?;

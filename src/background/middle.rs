@@ -36,11 +36,11 @@ pub fn handshake(
     let deadline = Instant::now() + timeout;
     let theirs = stream.peer_addr().map_err(|e| e.to_string())?;
     let ours = our_address(stream.local_addr().map_err(|e| e.to_string())?, public);
-    let now = super::unix_now() as u32;
+    let now = crate::io::unix_now() as u32;
     let mut nonce = [0u8; 16];
     let mut pid_bytes = [0u8; 2];
-    super::OsRng.fill(&mut nonce);
-    super::OsRng.fill(&mut pid_bytes);
+    crate::io::OsRng.fill(&mut nonce);
+    crate::io::OsRng.fill(&mut pid_bytes);
     let mut hs = MeHandshake::new(&HsParams {
         secret,
         ours,

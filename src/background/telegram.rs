@@ -8,7 +8,7 @@
 //! entirely. Files are read synchronously at start (in force before the first client) and
 //! again when they change (checked every [`MTIME_CHECK`]) or on SIGHUP; URLs at start, every
 //! [`UPDATE_EACH`] and on SIGHUP, by the updater thread. Each source keeps its last good
-//! content: a failed download, an HTTP error, or content [`crate::proto::proxy_config`] refuses
+//! content: a failed download, an HTTP error, or content [`crate::formats::proxy_config`] refuses
 //! (anything but a well-formed config; a secret that is not 32..256 binary bytes) leaves
 //! everything as it was, with a warning saying why. Changes are logged one line each.
 //!
@@ -32,9 +32,9 @@ use std::time::{Duration, Instant};
 use super::fetch::{Net, Upstream};
 use super::lists::{FileStamp, MTIME_CHECK, file_stamp};
 use crate::config::Config;
+use crate::formats::proxy_config::{self, MAX_CONFIG_BYTES, ProxyConfig};
 use crate::log::Level;
 use crate::proto::dc::{DcAddrs, DcTable, PreferIp};
-use crate::proto::proxy_config::{self, MAX_CONFIG_BYTES, ProxyConfig};
 
 /// How often the URLs are fetched again (as mtg).
 pub(crate) const UPDATE_EACH: Duration = Duration::from_secs(3600);

@@ -176,8 +176,8 @@ impl fmt::Display for SecretError {
             SecretError::Length(n) => write!(
                 f,
                 "{n} bytes; a proxy secret has {} to {}",
-                super::middle::MIN_SECRET,
-                super::middle::MAX_SECRET
+                crate::proto::middle::MIN_SECRET,
+                crate::proto::middle::MAX_SECRET
             ),
             SecretError::Text => f.write_str("it is text (an error page?), not a binary secret"),
         }
@@ -186,7 +186,8 @@ impl fmt::Display for SecretError {
 
 /// Checks a `getProxySecret` body (binary, 128 random bytes today).
 pub fn check_secret(bytes: &[u8]) -> Result<(), SecretError> {
-    if !(super::middle::MIN_SECRET..=super::middle::MAX_SECRET).contains(&bytes.len()) {
+    if !(crate::proto::middle::MIN_SECRET..=crate::proto::middle::MAX_SECRET).contains(&bytes.len())
+    {
         return Err(SecretError::Length(bytes.len()));
     }
     // 32 random bytes are all printable with probability (95/256)^32 < 1e-13.

@@ -13,9 +13,9 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
-use crate::proto::http::{self, ResponseParse};
+use crate::formats::http::{self, ResponseParse};
+use crate::formats::tls13;
 use crate::proto::socks5::Target;
-use crate::proto::tls13;
 
 /// Redirects followed.
 pub(crate) const MAX_REDIRECTS: usize = 3;
@@ -28,7 +28,7 @@ pub(crate) struct Net {
     /// Each connect and each read (`[network.timeout] http`).
     pub(crate) timeout: Duration,
     /// The `[network] dns` server (`None`: /etc/resolv.conf).
-    pub(crate) dns: Option<crate::proto::dns::Nameserver>,
+    pub(crate) dns: Option<crate::formats::dns::Nameserver>,
     /// SOCKS5 upstreams, tried in order; empty: direct.
     pub(crate) socks: Vec<Upstream>,
 }
@@ -237,7 +237,7 @@ fn connect(host: &str, port: u16, net: &Net, deadline: Instant) -> Result<TcpStr
             .map_err(|e| format!("cannot connect to the proxy at {addr}: {e}"))
             .and_then(|mut s| {
                 let d = Instant::now() + wait();
-                super::socks5_negotiate(&mut s, *addr, auth.clone(), target.clone(), d)
+                socks5_negotiate(&mut s, *addr, auth.clone(), target.clone(), d)
                     .map(|()| s)
                     .map_err(|e| e.0)
             });
@@ -250,6 +250,83 @@ fn connect(host: &str, port: u16, net: &Net, deadline: Instant) -> Result<TcpStr
         }
     }
     Err(last)
+}
+
+/// Why [`socks5_tunnel`] failed: what to say, and the SOCKS5 reply when the upstream refused
+/// the CONNECT (its target side, rather than the upstream itself, may be at fault).
+#[derive(Debug)]
+pub(crate) struct TunnelError(
+    pub(crate) String,
+    pub(crate) Option<crate::proto::socks5::Socks5Error>,
+);
+
+/// A blocking SOCKS5 CONNECT to `target` over `s`, a connection to the upstream at `via` (the
+/// sans-IO client over a plain socket), all within `deadline`. For background threads and the
+/// CLI, never a worker.
+#[inline(never)]
+pub(crate) fn socks5_negotiate(
+    s: &mut std::net::TcpStream,
+    via: SocketAddr,
+    auth: Option<(String, String)>,
+    target: crate::proto::socks5::Target,
+    deadline: std::time::Instant,
+) -> Result<(), TunnelError> {
+    use crate::proto::socks5::{OUT_MAX, Socks5Client, Step};
+    use std::io::{Read, Write};
+    let left = || deadline.saturating_duration_since(std::time::Instant::now());
+    let err = |what: &str, e: &dyn std::fmt::Display| {
+        TunnelError(format!("{what} the proxy at {via}: {e}"), None)
+    };
+    let mut client = Socks5Client::new(target, auth);
+    let mut out = [0u8; OUT_MAX];
+    let n = client.initial(&mut out);
+    let _ = s.set_write_timeout(Some(left().max(Duration::from_millis(1))));
+    s.write_all(&out[..n])
+        .map_err(|e| err("cannot write to", &e))?;
+    let mut input = [0u8; 1024];
+    let mut have = 0usize;
+    loop {
+        match client.handle(&input[..have], &mut out) {
+            Step::NeedMore => {
+                let wait = left();
+                if wait.is_zero() {
+                    return Err(TunnelError(
+                        format!("the proxy at {via} did not answer in time"),
+                        None,
+                    ));
+                }
+                if have == input.len() {
+                    return Err(TunnelError("oversized reply".into(), None));
+                }
+                let _ = s.set_read_timeout(Some(wait));
+                match s.read(&mut input[have..]) {
+                    Ok(0) => {
+                        return Err(TunnelError(
+                            format!("the proxy at {via} closed the connection"),
+                            None,
+                        ));
+                    }
+                    Ok(n) => have += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(err("no answer from", &e)),
+                }
+            }
+            Step::Send { consumed, len } => {
+                s.write_all(&out[..len])
+                    .map_err(|e| err("cannot write to", &e))?;
+                let consumed = consumed.min(have);
+                input.copy_within(consumed..have, 0);
+                have -= consumed;
+            }
+            Step::Connected { .. } => return Ok(()),
+            Step::Failed(e) => {
+                return Err(TunnelError(
+                    format!("the proxy at {via} answered: {e}"),
+                    Some(e),
+                ));
+            }
+        }
+    }
 }
 
 #[cfg(test)]

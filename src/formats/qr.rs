@@ -1045,7 +1045,7 @@ mod tests {
 
     fn sha256_hex(s: &str) -> String {
         use sha2::{Digest, Sha256};
-        crate::proto::encoding::hex_encode(&Sha256::digest(s.as_bytes()))
+        crate::formats::encoding::hex_encode(&Sha256::digest(s.as_bytes()))
     }
 
     fn parse_ecc(s: &str) -> Ecc {
@@ -1067,7 +1067,7 @@ mod tests {
             let head = lines.next().unwrap();
             let f: Vec<&str> = head.split('\t').collect();
             // data_hex ecc version mask(auto|n)
-            let data = crate::proto::encoding::hex_decode(f[0]).unwrap();
+            let data = crate::formats::encoding::hex_decode(f[0]).unwrap();
             let ecc = parse_ecc(f[1]);
             let version: u8 = f[2].parse().unwrap();
             let mask = if f[3] == "auto" {

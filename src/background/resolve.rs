@@ -5,14 +5,14 @@
 //! from a fresh socket on a kernel-chosen random port with random ids, answers accepted only
 //! from the server asked and only when they echo the question; TCP when the answer is
 //! truncated. Called from the CLI or a background thread, never from a worker loop.
-//! The wire format is in [`crate::proto::dns`].
+//! The wire format is in [`crate::formats::dns`].
 
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
-use crate::proto::dns::{self, Answer, DnsError, Nameserver, QType, ResolvConf, Transport};
-use crate::proto::tls13::{self, Step};
+use crate::formats::dns::{self, Answer, DnsError, Nameserver, QType, ResolvConf, Transport};
+use crate::formats::tls13::{self, Step};
 
 /// Where the nameservers are configured.
 pub const RESOLV_CONF: &str = "/etc/resolv.conf";
@@ -169,7 +169,7 @@ impl From<io::Error> for Failure {
 
 fn random_id() -> io::Result<u16> {
     let mut b = [0u8; 2];
-    getrandom::fill(&mut b).map_err(|e| io::Error::other(format!("getrandom: {e}")))?;
+    crate::io::rng::os_fill(&mut b).map_err(|e| io::Error::other(format!("getrandom: {e}")))?;
     Ok(u16::from_ne_bytes(b))
 }
 
@@ -304,7 +304,7 @@ fn exchange_tls(ns: &Nameserver, q: &[u8], deadline: Instant) -> io::Result<Vec<
                 443 => host,
                 p => format!("{host}:{p}"),
             };
-            let b64 = crate::proto::encoding::base64url_encode(q);
+            let b64 = crate::formats::encoding::base64url_encode(q);
             let req = format!(
                 "GET {path}{sep}dns={b64} HTTP/1.1\r\nHost: {host}\r\n\
                  Accept: application/dns-message\r\nConnection: close\r\n\r\n"
@@ -356,7 +356,7 @@ fn dot_answer(got: &[u8]) -> Option<Vec<u8>> {
 /// The body of a complete `200` DoH response in `got`; with `eof`, a body that runs to the
 /// end of the stream.
 fn http_answer(got: &[u8], eof: bool) -> Option<Vec<u8>> {
-    use crate::proto::http::{ChunkedDecoder, ResponseParse, parse_response_head};
+    use crate::formats::http::{ChunkedDecoder, ResponseParse, parse_response_head};
     let ResponseParse::Head {
         consumed,
         status: 200,

@@ -26,7 +26,8 @@ use aes::cipher::{BlockCipherEncrypt, KeyInit};
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
-use super::x25519;
+use crate::proto::codec::Reader;
+use crate::proto::x25519;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -319,7 +320,7 @@ impl Client {
     /// A client that sends `request` once the handshake is done. Returns the ClientHello
     /// record to write first.
     pub fn start(
-        rng: &mut impl super::Rng,
+        rng: &mut impl crate::proto::Rng,
         opts: Options<'_>,
         request: &[u8],
     ) -> (Client, Vec<u8>) {
@@ -429,48 +430,41 @@ impl Client {
 
     fn server_hello(&mut self, msg: &[u8]) -> Result<Step, TlsError> {
         // One ServerHello message in one record (what servers send).
-        let r = Reader(msg);
-        let (kind, body) = r.split(1)?;
-        let (len, body) = body.split(3)?;
-        if kind.0 != [2]
-            || usize::from(len.0[1]) << 8 | usize::from(len.0[2]) != body.0.len()
-            || len.0[0] != 0
-        {
+        const SHORT: TlsError = TlsError("truncated ServerHello");
+        let mut r = Reader::new(msg);
+        let (kind, len) = (r.u8().ok_or(SHORT)?, r.u24().ok_or(SHORT)?);
+        if kind != 2 || len != r.left() {
             return bad("not a ServerHello");
         }
-        let (_version, rest) = body.split(2)?;
-        let (random, rest) = rest.split(32)?;
-        if random.0 == HRR_RANDOM {
+        let _version = r.u16().ok_or(SHORT)?;
+        if r.take(32).ok_or(SHORT)? == HRR_RANDOM {
             return bad("HelloRetryRequest (x25519 refused)");
         }
-        let (sid_len, rest) = rest.split(1)?;
-        let (_sid, rest) = rest.split(usize::from(sid_len.0[0]))?;
-        let (suite, rest) = rest.split(3)?;
-        if suite.0 != [(SUITE >> 8) as u8, SUITE as u8, 0] {
+        let sid_len = r.u8().ok_or(SHORT)?;
+        r.take(usize::from(sid_len)).ok_or(SHORT)?;
+        let (suite, compression) = (r.u16().ok_or(SHORT)?, r.u8().ok_or(SHORT)?);
+        if (suite, compression) != (SUITE, 0) {
             return bad("server chose another cipher suite");
         }
-        let (exts_len, mut exts) = rest.split(2)?;
-        if usize::from(u16::from_be_bytes([exts_len.0[0], exts_len.0[1]])) != exts.0.len() {
+        let exts_len = r.u16().ok_or(SHORT)?;
+        if usize::from(exts_len) != r.left() {
             return bad("bad extensions length");
         }
         let (mut version, mut share) = (0u16, None);
-        while !exts.0.is_empty() {
-            let (head, rest) = exts.split(4)?;
-            let n = usize::from(u16::from_be_bytes([head.0[2], head.0[3]]));
-            let (data, rest) = rest.split(n)?;
-            match u16::from_be_bytes([head.0[0], head.0[1]]) {
-                0x002b if n == 2 => version = u16::from_be_bytes([data.0[0], data.0[1]]),
+        while !r.is_empty() {
+            let kind = r.u16().ok_or(SHORT)?;
+            let n = usize::from(r.u16().ok_or(SHORT)?);
+            let mut data = r.sub(n).ok_or(SHORT)?;
+            match kind {
+                0x002b if n == 2 => version = data.u16().ok_or(SHORT)?,
                 0x0033 if n == 36 => {
-                    if u16::from_be_bytes([data.0[0], data.0[1]]) != GROUP_X25519
-                        || data.0[2..4] != [0, 32]
-                    {
+                    if (data.u16(), data.u16()) != (Some(GROUP_X25519), Some(32)) {
                         return bad("key share is not x25519");
                     }
-                    share = Some(<[u8; 32]>::try_from(&data.0[4..]).expect("32"));
+                    share = Some(data.take_array::<32>().ok_or(SHORT)?);
                 }
                 _ => {}
             }
-            exts = rest;
         }
         if version != TLS13 {
             return bad("server did not choose TLS 1.3");
@@ -555,24 +549,10 @@ impl Client {
     }
 }
 
-/// A tiny bounds-checked splitter.
-#[derive(Clone, Copy)]
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn split(self, n: usize) -> Result<(Reader<'a>, Reader<'a>), TlsError> {
-        if self.0.len() < n {
-            return bad("truncated ServerHello");
-        }
-        let (a, b) = self.0.split_at(n);
-        Ok((Reader(a), Reader(b)))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::encoding::hex_decode;
+    use crate::formats::encoding::hex_decode;
 
     const OBSERVE: Options<'static> = Options {
         host: "site.test",

@@ -1,12 +1,14 @@
 //! A minimal DNS stub-resolver codec (RFC 1035): A/AAAA queries, response parsing, and
 //! `/etc/resolv.conf` parsing.
 //!
-//! Pure: bytes in, typed results out. The sockets, ids and timeouts live in `io::resolve`.
+//! Pure: bytes in, typed results out. The sockets, ids and timeouts live in `background::resolve`.
 //! Every parser here works on untrusted input and never panics: all reads are bounds-checked,
 //! name compression pointers may only point backwards and the number of jumps is capped.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
+
+use crate::proto::codec::Reader;
 
 /// Record types this resolver asks for or follows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -138,18 +140,18 @@ pub fn build_query(id: u16, name: &str, qtype: QType) -> Result<Vec<u8>, DnsErro
     Ok(q)
 }
 
+/// The big-endian u16 at `at` of the message.
 fn be16(msg: &[u8], at: usize) -> Result<u16, DnsError> {
-    match msg.get(at..at.wrapping_add(2)) {
-        Some(&[a, b]) => Ok(u16::from_be_bytes([a, b])),
-        _ => Err(DnsError::Malformed),
-    }
+    Reader::at(msg, at)
+        .and_then(|mut r| r.u16())
+        .ok_or(DnsError::Malformed)
 }
 
+/// The big-endian u32 at `at` of the message.
 fn be32(msg: &[u8], at: usize) -> Result<u32, DnsError> {
-    match msg.get(at..at.wrapping_add(4)) {
-        Some(&[a, b, c, d]) => Ok(u32::from_be_bytes([a, b, c, d])),
-        _ => Err(DnsError::Malformed),
-    }
+    Reader::at(msg, at)
+        .and_then(|mut r| r.u32())
+        .ok_or(DnsError::Malformed)
 }
 
 /// Decodes the (possibly compressed) name at `pos` into lowercase dotted form without the

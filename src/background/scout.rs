@@ -22,10 +22,10 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::formats::tls13::{self, Step};
 use crate::log::Level;
 use crate::proto::browserhello::browser_hello;
 use crate::proto::shaping::{self, MIN_FIT_SAMPLES};
-use crate::proto::tls13::{self, Step};
 use crate::proto::tlsprofile::{
     FlightError, GROUP_X25519_MLKEM768, HelloKind, Observation, Profiles, Summary,
     parse_server_flight,
@@ -148,7 +148,7 @@ fn probe_until(
     timeout: Duration,
     stop: &StopSignal,
 ) -> io::Result<Observation> {
-    let hello = browser_hello(&mut super::OsRng, host, kind);
+    let hello = browser_hello(&mut crate::io::OsRng, host, kind);
     capture_until(addr, &hello, timeout, stop).map(|(obs, _)| obs)
 }
 
@@ -293,9 +293,9 @@ pub struct TimingRaid {
     /// `(host, port, path)` of each URL.
     pub urls: Vec<(String, u16, String)>,
     /// Where fitted parameters go.
-    pub cell: Arc<super::ShapingCell>,
+    pub cell: Arc<crate::io::ShapingCell>,
     /// The `[network] dns` server for the URLs' host names (else /etc/resolv.conf).
-    dns: Option<crate::proto::dns::Nameserver>,
+    dns: Option<crate::formats::dns::Nameserver>,
     /// Gaps observed so far (the newest [`MAX_GAPS`]).
     gaps: std::collections::VecDeque<Duration>,
 }
@@ -304,8 +304,8 @@ impl TimingRaid {
     /// A raid plan; `urls` are `https://` URLs (checked by the config).
     pub fn new(
         urls: &[String],
-        cell: Arc<super::ShapingCell>,
-        dns: Option<crate::proto::dns::Nameserver>,
+        cell: Arc<crate::io::ShapingCell>,
+        dns: Option<crate::formats::dns::Nameserver>,
     ) -> TimingRaid {
         let urls = urls.iter().filter_map(|u| parse_https_url(u)).collect();
         TimingRaid {
@@ -379,7 +379,8 @@ pub fn parse_https_url(u: &str) -> Option<(String, u16, String)> {
             && p.bytes().all(|b| b.is_ascii_digit())
             && (!h.starts_with('[') || h.ends_with(']'))
     });
-    let (host, port, path) = crate::proto::http::parse_http_url(&format!("http://{rest}")).ok()?;
+    let (host, port, path) =
+        crate::formats::http::parse_http_url(&format!("http://{rest}")).ok()?;
     Some((host, if explicit { port } else { 443 }, path))
 }
 
