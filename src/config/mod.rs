@@ -14,7 +14,7 @@
 use std::collections::BTreeSet;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nanoserde::TomlParser;
@@ -22,16 +22,20 @@ use nanoserde::TomlParser;
 mod keys;
 mod toml;
 mod units;
+mod users;
 
 use keys::Doc;
-use toml::prepass;
-pub use units::{fmt_duration, parse_bytes, parse_duration};
+use toml::{UserItem, prepass};
+pub use units::{fmt_duration, parse_bytes, parse_duration, parse_period};
+pub use users::ListedUser;
+use users::{Origin, check_users};
 
 pub use crate::formats::dns::{Nameserver, Transport};
 pub use crate::formats::metrics::TagFormat;
 pub use crate::log::LogFormat;
 use crate::proto::dc::PreferIp;
 use crate::proto::secret::Secret;
+use crate::proto::users::{DEFAULT_USER, Limits, UserSpec};
 
 /// Most workers mtpx will start.
 pub const MAX_WORKERS: usize = 256;
@@ -214,6 +218,18 @@ pub struct Config {
     pub statsd: Statsd,
     /// Prometheus metrics.
     pub prometheus: Prometheus,
+    /// Every user when the config defines users (`[users.NAME]`, `users-file`): the top-level
+    /// `secret` as the user `default` first, then the tables in file order, then the users
+    /// file's. Empty for a single-secret config (the one user is `default` with `secret`,
+    /// see [`Config::user_specs`]); `secret` is then the first user's.
+    pub users: Vec<UserSpec>,
+    /// `users-file` (relative to the config file's directory once [`load`]ed).
+    pub users_file: Option<PathBuf>,
+    /// `state-dir`: where the quota state is kept. [`load`] defaults it to the config file's
+    /// directory.
+    pub state_dir: Option<PathBuf>,
+    /// The config file, when [`load`]ed from one (reloads read it again).
+    pub source: Option<PathBuf>,
 }
 
 /// The server mtpx asks for a `[network] dns` value: `udp://IP[:port]` and a bare IP in plain
@@ -354,7 +370,33 @@ impl Config {
                 http_path: "/".to_string(),
                 metric_prefix: "mtg".to_string(),
             },
+            users: Vec::new(),
+            users_file: None,
+            state_dir: None,
+            source: None,
         }
+    }
+
+    /// The users: [`Config::users`], or the one user `default` with `secret`.
+    pub fn user_specs(&self) -> Vec<UserSpec> {
+        if !self.users.is_empty() {
+            return self.users.clone();
+        }
+        vec![UserSpec {
+            name: DEFAULT_USER.into(),
+            secret: self.secret.clone(),
+            limits: Limits::default(),
+            ad_tag: None,
+        }]
+    }
+
+    /// The quota state file: `<state-dir>/<config file stem>.state` (`None` without a config
+    /// file).
+    pub fn state_file(&self) -> Option<PathBuf> {
+        let stem = self.source.as_ref()?.file_stem()?;
+        let mut name = stem.to_os_string();
+        name.push(".state");
+        Some(self.state_dir.as_ref()?.join(name))
     }
 
     /// Checks ranges and cross-field rules. The error names the config key at fault (no line:
@@ -560,43 +602,108 @@ impl fmt::Display for Warning {
     }
 }
 
-/// Reads and parses a config file. Errors and warnings carry the file's path.
+/// Largest config or users file read.
+const MAX_FILE: u64 = 16 << 20;
+
+/// Reads a text file of at most [`MAX_FILE`] bytes; errors carry the file's name.
+fn read_text(path: &Path, what: &str) -> Result<String, ConfigError> {
+    use std::io::Read as _;
+    let name = path.display().to_string();
+    let fail = |line, msg| ConfigError {
+        file: Some(name.clone()),
+        line,
+        key: None,
+        msg,
+    };
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_FILE + 1).read_to_end(&mut bytes))
+        .map_err(|e| fail(None, format!("cannot read the {what}: {e}")))?;
+    if bytes.len() as u64 > MAX_FILE {
+        return Err(fail(None, format!("the {what} is larger than 16 MiB")));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        let line = 1 + e.as_bytes()[..at].iter().filter(|&&b| b == b'\n').count();
+        fail(Some(line), format!("the {what} is not valid UTF-8"))
+    })
+}
+
+/// Reads and parses a config file, and the `users-file` it names. Errors and warnings carry
+/// the path of the file they are about.
 pub fn load(path: &Path) -> Result<(Config, Vec<Warning>), ConfigError> {
     let name = path.display().to_string();
-    let text = std::fs::read(path).map_err(|e| ConfigError {
-        file: Some(name.clone()),
-        line: None,
-        key: None,
-        msg: format!("cannot read the config file: {e}"),
-    })?;
-    let text = String::from_utf8(text).map_err(|e| ConfigError {
-        file: Some(name.clone()),
-        line: Some(
-            1 + e.as_bytes()[..e.utf8_error().valid_up_to()]
-                .iter()
-                .filter(|&&b| b == b'\n')
-                .count(),
-        ),
-        key: None,
-        msg: "the config file is not valid UTF-8".into(),
-    })?;
-    match parse(&text) {
-        Ok((config, mut warnings)) => {
-            for w in &mut warnings {
-                w.file = Some(name.clone());
-            }
-            Ok((config, warnings))
+    let in_file = |mut e: ConfigError| {
+        if e.file.is_none() {
+            e.file = Some(name.clone());
         }
-        Err(mut e) => {
-            e.file = Some(name);
-            Err(e)
-        }
+        e
+    };
+    let text = read_text(path, "config file")?;
+    let (mut config, mut warnings, mut origins) = parse_text(&text).map_err(in_file)?;
+    for w in &mut warnings {
+        w.file = Some(name.clone());
     }
+    for o in &mut origins {
+        o.file = Some(name.clone());
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    config.source = Some(path.to_path_buf());
+    config.users_file = config.users_file.map(|f| dir.join(f));
+    config.state_dir = Some(config.state_dir.map_or(dir.clone(), |d| dir.join(d)));
+    if let Some(file) = config.users_file.clone() {
+        let fname = file.display().to_string();
+        let text = read_text(&file, "users file")?;
+        let (listed, w) = parse_users_text(&text).map_err(|mut e| {
+            e.file = Some(fname.clone());
+            e
+        })?;
+        warnings.extend(w.into_iter().map(|mut w| {
+            w.file = Some(fname.clone());
+            w
+        }));
+        let mut specs = if config.users.is_empty() && !origins.is_empty() {
+            config.user_specs()
+        } else {
+            std::mem::take(&mut config.users)
+        };
+        for (spec, line, secret_line) in listed {
+            specs.push(spec);
+            origins.push(Origin {
+                file: Some(fname.clone()),
+                line,
+                secret_line,
+                top: false,
+            });
+        }
+        check_users(&specs, &origins).map_err(in_file)?;
+        config.secret = specs[0].secret.clone();
+        warnings.extend(users_warning(&specs, origins.get(1)));
+        config.users = specs;
+    }
+    Ok((config, warnings))
 }
 
 /// Parses config text: the typed config and the warnings (unknown, deprecated and not yet
-/// implemented keys), sorted by line.
+/// implemented keys), sorted by line. A `users-file` it names is not read (see [`load`]); a
+/// config whose only users would come from there is refused.
 pub fn parse(text: &str) -> Result<(Config, Vec<Warning>), ConfigError> {
+    let (c, w, origins) = parse_text(text)?;
+    if origins.is_empty() {
+        return Err(ConfigError::new(
+            Some("users-file"),
+            "is only read from a config file (mtpx run/access/users); this text defines no user"
+                .into(),
+        ));
+    }
+    Ok((c, w))
+}
+
+/// The TOML document of `text`, checked against the pre-pass, and its `users` items.
+fn read_doc(text: &str) -> Result<(Doc, Vec<UserItem>), ConfigError> {
     let pre = prepass(text)?;
     let map = TomlParser::parse(&pre.out).map_err(|e| ConfigError {
         file: None,
@@ -616,21 +723,60 @@ pub fn parse(text: &str) -> Result<(Config, Vec<Warning>), ConfigError> {
             msg: "the TOML parser cannot read this key reliably; please simplify it".into(),
         });
     }
-    let mut doc = Doc {
+    let doc = Doc {
         map,
         lines: pre.keys,
         used: BTreeSet::new(),
         warnings: pre.warnings,
     };
-    let config = doc.build()?;
+    Ok((doc, pre.users))
+}
+
+fn parse_text(text: &str) -> Result<(Config, Vec<Warning>, Vec<Origin>), ConfigError> {
+    let (mut doc, items) = read_doc(text)?;
+    let (config, origins) = doc.build(&items)?;
     if let Err(mut e) = config.validate() {
         e.line = e.key.as_ref().and_then(|k| doc.line(k));
         return Err(e);
     }
     doc.finish();
     let mut warnings = doc.warnings;
+    if config.users_file.is_none() {
+        warnings.extend(users_warning(&config.users, origins.get(1)));
+    }
     crate::proto::sort_small_by_key(&mut warnings, |w| w.line.unwrap_or(usize::MAX));
-    Ok((config, warnings))
+    Ok((config, warnings, origins))
+}
+
+/// Parses the text of a `users-file`: `[users.NAME]` tables (see `config.example`), each with
+/// the line it starts on. Other keys are warned about and ignored.
+/// Each user comes with the line of its table and of its `secret`.
+pub fn parse_users_text(text: &str) -> Result<(Vec<ListedUser>, Vec<Warning>), ConfigError> {
+    let (mut doc, items) = read_doc(text)?;
+    let users = doc.users(&items)?;
+    doc.finish();
+    Ok((users, doc.warnings))
+}
+
+/// While the connection layer serves one secret (issue 15's wiring comes with the handshake
+/// state machine), a config with several users or with limits says so.
+fn users_warning(users: &[UserSpec], at: Option<&Origin>) -> Option<Warning> {
+    let limited = users.iter().any(|u| u.limits != Limits::default());
+    if users.len() < 2 && !limited {
+        return None;
+    }
+    Some(Warning {
+        kind: WarningKind::NotImplemented,
+        file: at.and_then(|o| o.file.clone()),
+        line: at.map(|o| o.line),
+        key: "users".into(),
+        msg: format!(
+            "{} users are accepted, but for now the proxy serves only the first ({}) and \
+             enforces no per-user limit",
+            users.len(),
+            users[0].name
+        ),
+    })
 }
 
 #[cfg(test)]

@@ -62,6 +62,33 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
     Some(Duration::from_nanos(u64::try_from(total).ok()?))
 }
 
+/// Parses a period: a [`parse_duration`] value that may start with days and weeks (`30d`,
+/// `1w`, `1d12h`, `36h`). Used for `quota-period`.
+pub fn parse_period(s: &str) -> Option<Duration> {
+    let t = s.trim().to_ascii_lowercase();
+    let split = t.rfind(['d', 'w']).map_or(0, |i| i + 1);
+    let (long, rest) = t.split_at(split);
+    let mut secs: u64 = 0;
+    let mut num = String::new();
+    for c in long.chars() {
+        match c {
+            '0'..='9' => num.push(c),
+            'd' | 'w' if !num.is_empty() => {
+                let unit = if c == 'd' { 86_400 } else { 7 * 86_400 };
+                secs = secs.checked_add(num.parse::<u64>().ok()?.checked_mul(unit)?)?;
+                num.clear();
+            }
+            c if c.is_whitespace() => {}
+            _ => return None,
+        }
+    }
+    let rest = match rest.trim() {
+        "" if split > 0 => Duration::ZERO,
+        r => parse_duration(r)?,
+    };
+    Duration::from_secs(secs).checked_add(rest)
+}
+
 /// Formats a duration Go-style (`1m30s`, `500ms`, `0s`).
 pub fn fmt_duration(d: Duration) -> String {
     let ms = d.as_millis();
@@ -160,5 +187,29 @@ mod tests {
         assert_eq!(fmt_duration(Duration::from_millis(500)), "500ms");
         assert_eq!(fmt_duration(Duration::ZERO), "0s");
         assert_eq!(fmt_duration(Duration::from_secs(3600)), "1h");
+    }
+
+    #[test]
+    fn periods_take_days_and_weeks() {
+        let p = |s| parse_period(s).map(|d| d.as_secs());
+        assert_eq!(p("30d"), Some(30 * 86_400));
+        assert_eq!(p("1w"), Some(7 * 86_400));
+        assert_eq!(p("1D12h"), Some(36 * 3600));
+        assert_eq!(p("2w1d"), Some(15 * 86_400));
+        assert_eq!(p("36h"), Some(36 * 3600));
+        assert_eq!(p("1h30m"), Some(5400));
+        for bad in [
+            "",
+            "d",
+            "30",
+            "1.5d",
+            "-1d",
+            "d30",
+            "1x",
+            "1d1",
+            "99999999999999999999w",
+        ] {
+            assert_eq!(p(bad), None, "{bad}");
+        }
     }
 }
