@@ -21,7 +21,7 @@ use sha2::block_api::compress256;
 use super::{UserId, Users};
 use crate::proto::Reject;
 use crate::proto::faketls::ClientHello;
-use crate::proto::obfs2::{FRAME_LEN, Tag};
+use crate::proto::obfs2::{ClientHandshake, CompactCtr, FRAME_LEN, Tag};
 use crate::proto::secret::{SecretKind, ct_eq};
 
 const IV: [u32; 8] = [
@@ -123,19 +123,21 @@ impl<'a> Message<'a> {
 
     /// Block `i` of the padded message.
     fn block(&self, i: usize, out: &mut [u8; 64]) {
-        out.fill(0);
-        let start = i * 64;
-        for (j, o) in out.iter_mut().enumerate() {
-            let p = start + j;
-            *o = if p < self.head.len() {
-                self.head[p]
-            } else if p < self.len {
-                self.tail[p - self.head.len()]
-            } else if p == self.len {
-                0x80
-            } else {
-                0
-            };
+        let (start, end) = (i * 64, i * 64 + 64);
+        let h = self.head.len();
+        let mut o = 0;
+        if start < h {
+            o = h.min(end) - start;
+            out[..o].copy_from_slice(&self.head[start..start + o]);
+        }
+        let (from, to) = (start.max(h), end.min(self.len));
+        if from < to {
+            out[o..o + to - from].copy_from_slice(&self.tail[from - h..to - h]);
+            o += to - from;
+        }
+        out[o..].fill(0);
+        if (start..end).contains(&self.len) {
+            out[self.len - start] = 0x80;
         }
         if i + 1 == self.blocks {
             let bits = ((64 + self.len) as u64) * 8;
@@ -233,21 +235,28 @@ impl Users {
     }
 
     /// Finds the `dd` or classic user whose key decrypts `frame` to a protocol tag, `first`
-    /// first; then [`crate::proto::obfs2::client_handshake`] with that user's key gives the
-    /// streams. A `dd` user's key that yields another tag than padded is `ObfsTagNotAllowed`
-    /// unless a later user matches; no match at all is `ObfsTag`. (A wrong key yields a valid
-    /// tag with probability 3/2^32, so with 4,096 users about one frame in 350,000 of a prober's
-    /// random ones passes this check, as one in 1.4 billion does with one user.)
+    /// first, and gives the same [`ClientHandshake`] as
+    /// [`crate::proto::obfs2::client_handshake`] with that user's key (reusing the key derived
+    /// for the check). A `dd` user's key that yields another tag than padded is
+    /// `ObfsTagNotAllowed` unless a later user matches; no match at all is `ObfsTag`. (A wrong
+    /// key yields a valid tag with probability 3/2^32, so with 4,096 users about one frame in
+    /// 350,000 of a prober's random ones passes this check, as one in 1.4 billion does with
+    /// one user; it then fails like any client that sends garbage.)
     pub fn find_obfs2(
         &self,
         frame: &[u8; FRAME_LEN],
         first: Option<UserId>,
-    ) -> Result<UserId, Reject> {
-        // SHA-256(frame[8..40] ‖ key): 48 bytes, one block.
-        let mut block = [0u8; 64];
-        block[..32].copy_from_slice(&frame[8..40]);
-        block[48] = 0x80;
-        block[62..].copy_from_slice(&384u16.to_be_bytes());
+    ) -> Result<Obfs2Match, Reject> {
+        // SHA-256(material ‖ key): 48 bytes, one block.
+        let one_block = |material: &[u8], key: &[u8; 16]| {
+            let mut block = [0u8; 64];
+            block[..32].copy_from_slice(material);
+            block[32..48].copy_from_slice(key);
+            block[48] = 0x80;
+            block[62..].copy_from_slice(&384u16.to_be_bytes());
+            block
+        };
+        let mut block = one_block(&frame[8..40], &[0; 16]);
         let mut iv = [0u8; 16];
         iv.copy_from_slice(&frame[40..56]);
         let mut not_allowed = false;
@@ -259,15 +268,36 @@ impl Users {
             block[32..48].copy_from_slice(&secret.key);
             let mut s = IV;
             compress256(&mut s, &[block]);
-            let mut tag = [frame[56], frame[57], frame[58], frame[59]];
-            mtpx_ctr::apply_keystream(&state_bytes(&s), &iv, 56, &mut tag);
-            match Tag::from_bytes(tag) {
+            let key = state_bytes(&s);
+            // Bytes 56..64 (tag, DC, noise) are the second half of keystream block 3.
+            let mut tail = [0u8; 8];
+            tail.copy_from_slice(&frame[56..]);
+            mtpx_ctr::apply_keystream(&key, &iv, 56, &mut tail);
+            let tag = match Tag::from_bytes([tail[0], tail[1], tail[2], tail[3]]) {
                 Some(t) if secret.kind == SecretKind::Secure && t != Tag::Padded => {
                     not_allowed = true;
+                    continue;
                 }
-                Some(_) => return Ok(id),
-                None => {}
-            }
+                Some(t) => t,
+                None => continue,
+            };
+            // The proxy→client key: SHA-256(reverse(frame[8..56])[..32] ‖ key).
+            let mut rev = [0u8; 48];
+            rev.copy_from_slice(&frame[8..56]);
+            rev.reverse();
+            let mut s = IV;
+            compress256(&mut s, &[one_block(&rev[..32], &secret.key)]);
+            let mut rev_iv = [0u8; 16];
+            rev_iv.copy_from_slice(&rev[32..]);
+            return Ok(Obfs2Match {
+                user: id,
+                handshake: ClientHandshake {
+                    tag,
+                    dc: i16::from_le_bytes([tail[4], tail[5]]),
+                    decrypt: CompactCtr::new(key, iv, FRAME_LEN as u64),
+                    encrypt: CompactCtr::new(state_bytes(&s), rev_iv, 0),
+                },
+            });
         }
         Err(if not_allowed {
             Reject::ObfsTagNotAllowed
@@ -277,8 +307,17 @@ impl Users {
     }
 }
 
+/// The user an obfuscated2 frame belongs to, and the client's streams.
+pub struct Obfs2Match {
+    /// The user whose key decrypts the frame to an allowed tag.
+    pub user: UserId,
+    /// As [`crate::proto::obfs2::client_handshake`] gives it for that user's key.
+    pub handshake: ClientHandshake,
+}
+
 #[cfg(test)]
 mod tests {
+    use aes::cipher::StreamCipher;
     use hmac::{Hmac, KeyInit, Mac};
     use sha2::Sha256;
 
@@ -451,24 +490,35 @@ mod tests {
         for id in 0..20 {
             let key = u.get(id).unwrap().secret.key;
             for tag in [Tag::Padded, Tag::Intermediate, Tag::Abridged] {
-                let (frame, _, _) = client_frame(&mut rng, &key, tag, 2);
-                let got = u.find_obfs2(&frame, None);
+                let (frame, mut to_proxy, mut from_proxy) = client_frame(&mut rng, &key, tag, -3);
+                let got = u.find_obfs2(&frame, None).map(|m| m.user);
                 if id % 2 == 0 && tag != Tag::Padded {
                     assert_eq!(got, Err(Reject::ObfsTagNotAllowed), "{id} {tag:?}");
-                } else {
-                    assert_eq!(got, Ok(id), "{id} {tag:?}");
-                    assert_eq!(u.find_obfs2(&frame, Some(id)), Ok(id));
-                    assert_eq!(
-                        client_handshake(&frame, &key).map(|h| h.tag).ok(),
-                        Some(tag)
-                    );
+                    continue;
                 }
+                assert_eq!(got, Ok(id), "{id} {tag:?}");
+                // The same streams as client_handshake's, continuing the client's.
+                let mut m = u.find_obfs2(&frame, Some(id)).unwrap();
+                let mut reference = client_handshake(&frame, &key).unwrap();
+                assert_eq!((m.handshake.tag, m.handshake.dc), (tag, -3));
+                assert_eq!((reference.tag, reference.dc), (tag, -3));
+                let mut up = *b"hello, proxy: bytes after the frame";
+                to_proxy.apply_keystream(&mut up);
+                let mut up2 = up;
+                m.handshake.decrypt.apply_keystream(&mut up);
+                reference.decrypt.apply_keystream(&mut up2);
+                assert_eq!(&up, b"hello, proxy: bytes after the frame");
+                assert_eq!(up, up2);
+                let mut down = *b"bytes from the proxy to the client";
+                m.handshake.encrypt.apply_keystream(&mut down);
+                from_proxy.apply_keystream(&mut down);
+                assert_eq!(&down, b"bytes from the proxy to the client");
             }
         }
         // The FakeTLS user's key is not an obfs2 user's.
         let key = u.get(20).unwrap().secret.key;
         let (frame, _, _) = client_frame(&mut rng, &key, Tag::Padded, 2);
-        assert_eq!(u.find_obfs2(&frame, Some(20)), Err(Reject::ObfsTag));
-        assert_eq!(u.find_obfs2(&[0u8; 64], None), Err(Reject::ObfsTag));
+        assert_eq!(u.find_obfs2(&frame, Some(20)).err(), Some(Reject::ObfsTag));
+        assert_eq!(u.find_obfs2(&[0u8; 64], None).err(), Some(Reject::ObfsTag));
     }
 }

@@ -22,7 +22,7 @@ pub mod keys;
 pub mod quota;
 pub mod recent;
 
-pub use keys::{FakeTlsMatch, HmacKey};
+pub use keys::{FakeTlsMatch, HmacKey, Obfs2Match};
 pub use recent::{Candidates, RecentUsers};
 
 /// Most users one process serves. Bounds what a failed handshake may cost (a hello that

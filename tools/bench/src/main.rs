@@ -4,6 +4,7 @@
 //! mtpx-bench [--quick] [--mtpx PATH] [--json PATH] [--workers N] [--idle N] [--rounds N]
 //! mtpx-bench fake-dc                      (internal: one fake DC process)
 //! mtpx-bench worker <proxy> <src> <key> <host>   (internal: one load-generator process)
+//! mtpx-bench users [--quick]              (only the in-process user-search timing)
 //! ```
 //!
 //! The orchestrator starts fake DC processes, mtpx (`simple-run`, every DC overridden to a fake
@@ -14,6 +15,7 @@
 
 mod common;
 mod dc;
+mod users;
 mod worker;
 
 use std::fmt::Write as _;
@@ -56,6 +58,17 @@ fn main() {
     let r = match args.get(1).map(String::as_str) {
         Some("fake-dc") => dc::run(),
         Some("worker") => worker_main(&args[2..]),
+        Some("users") => {
+            let budget = if args.iter().any(|a| a == "--quick") {
+                0.1
+            } else {
+                0.5
+            };
+            println!("== user search: CPU per handshake check (in process, one thread) ==");
+            let cases = users::run(budget);
+            users::report(&cases);
+            Ok(())
+        }
         _ => orchestrate(&args[1..]),
     };
     if let Err(e) = r {
@@ -515,6 +528,11 @@ fn orchestrate(args: &[String]) -> io::Result<()> {
         "crypto floor: AES-256-CTR x2 = {floor:.3} CPU s/GB   (size_of AesCtr = {} B)",
         std::mem::size_of::<AesCtr>()
     );
+
+    // User search (issue 15): in process, before any load.
+    println!("\n== user search: CPU per handshake check (in process, one thread) ==");
+    let user_cases = users::run(if plan.quick { 0.1 } else { 0.5 });
+    let user_json = users::report(&user_cases);
 
     // Fake DCs: two processes.
     let mut dcs = Vec::new();
@@ -992,7 +1010,7 @@ fn orchestrate(args: &[String]) -> io::Result<()> {
     );
     let _ = write!(
         j,
-        "  \"crypto_floor_cpu_s_per_gb\": {floor:.4},\n  \"aes_ctr_state_bytes\": {},\n",
+        "  \"crypto_floor_cpu_s_per_gb\": {floor:.4},\n  \"aes_ctr_state_bytes\": {},\n  \"user_search\": {user_json},\n",
         std::mem::size_of::<AesCtr>()
     );
     j.push_str("  \"throughput\": [\n");
