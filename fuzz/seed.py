@@ -67,6 +67,16 @@ def main():
         put("obfs2_frame", f"mtg{i}", b64(json.load(open(p))["frame"]))
     put("obfs2_frame", "genuine", b"\xff\x01\x02\x00" + bytes(range(64)))
 
+    # The handshake machine: control byte (bit 0 PROXY header, 1 FakeTLS, 2 EOF, 3 genuine
+    # start, 4-7 split), then the client's bytes.
+    frame_rec = record(0x17, bytes(range(64)) + b"early")
+    put("handshake", "ee-genuine", b"\x0a" + frame_rec)
+    put("handshake", "ee-genuine-eof", b"\x3e" + frame_rec[:30])
+    put("handshake", "dd-genuine", b"\x48" + b"early data")
+    put("handshake", "ee-captured", b"\x02" + hellos[0])
+    put("handshake", "proxy-v1", b"\x19PROXY TCP4 192.0.2.1 127.0.0.1 5555 443\r\n" + bytes(70))
+    put("handshake", "http", b"\x00GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+
     # PROXY protocol.
     put("proxy_protocol", "v1", "PROXY TCP4 192.0.2.1 198.51.100.7 50000 443\r\nrest")
     put("proxy_protocol", "v1-6", "PROXY TCP6 2001:db8::1 ::1 1 2\r\n")

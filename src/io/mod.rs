@@ -10,6 +10,7 @@ mod conn;
 mod pool;
 pub(crate) mod rng;
 mod shared;
+mod sock;
 pub(crate) mod stats;
 mod timers;
 mod worker;

@@ -19,8 +19,10 @@ use crate::config::Config;
 use crate::log::Level;
 use crate::proto::Rng;
 use crate::proto::dc::DcTable;
+use crate::proto::faketls::ClientHello;
+use crate::proto::handshake::{Replay, Shapes};
 use crate::proto::replay::ReplayFilter;
-use crate::proto::tlsprofile::Profile;
+use crate::proto::tlsprofile::{FlightShape, Profile};
 
 /// State shared by all workers.
 pub(crate) struct Shared {
@@ -40,7 +42,7 @@ pub(crate) struct Shared {
     /// SOCKS5 upstreams toward the DCs (`[network] proxies`), in order.
     pub(crate) socks: Vec<SocksUpstream>,
     /// What the fronting site's TLS first flight looks like (learned by the scout).
-    pub(crate) profile: Arc<Mutex<crate::proto::tlsprofile::Profile>>,
+    pub(crate) profile: Arc<Mutex<Profile>>,
     /// IP block/allow lists.
     pub(crate) lists: Arc<lists::Lists>,
 }
@@ -206,6 +208,29 @@ impl Shared {
                 Err(poisoned) => poisoned.into_inner().check_and_insert(digest, now_unix),
             },
             None => false,
+        }
+    }
+}
+
+/// The shared anti-replay filter, as a handshake consults it (the first of the two locks a
+/// handshake takes).
+pub(crate) struct SharedReplay<'a>(pub(crate) &'a Shared);
+
+impl Replay for SharedReplay<'_> {
+    fn seen(&mut self, nonce: &[u8], now_unix: u64) -> bool {
+        self.0.is_replay(nonce, now_unix)
+    }
+}
+
+/// The fake flight's shape as the scout learned it (the second lock a handshake takes, once,
+/// for a FakeTLS hello that verified).
+pub(crate) struct SharedShapes<'a>(pub(crate) &'a Mutex<Profile>);
+
+impl Shapes for SharedShapes<'_> {
+    fn shape(&mut self, _: &ClientHello) -> FlightShape {
+        match self.0.lock() {
+            Ok(p) => p.shape(),
+            Err(p) => p.into_inner().shape(),
         }
     }
 }

@@ -4,6 +4,7 @@
 pub mod codec;
 pub mod dc;
 pub mod faketls;
+pub mod handshake;
 pub mod obfs2;
 pub mod proxy_protocol;
 pub mod replay;
