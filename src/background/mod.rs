@@ -13,3 +13,4 @@ pub mod resolve;
 pub mod scout;
 pub mod signals;
 mod tls;
+pub mod users;

@@ -15,4 +15,5 @@ pub mod metrics;
 pub mod qr;
 pub mod rfc3339;
 pub mod sntp;
+pub mod state;
 pub mod tls13;

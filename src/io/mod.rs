@@ -13,6 +13,7 @@ mod shared;
 mod sock;
 pub(crate) mod stats;
 mod timers;
+pub mod users;
 mod worker;
 
 use std::io;
@@ -24,6 +25,7 @@ use std::time::Duration;
 
 use mio::{Poll, Waker};
 
+use crate::background::users::UsersService;
 use crate::background::{metrics, scout};
 use crate::config::Config;
 use crate::log::Level;
@@ -48,6 +50,7 @@ pub struct Proxy {
     wakers: Vec<Arc<Waker>>,
     threads: Vec<JoinHandle<()>>,
     local_addr: SocketAddr,
+    users: Option<UsersService>,
 }
 
 impl Proxy {
@@ -59,6 +62,19 @@ impl Proxy {
     /// Reloads the IP lists now (what SIGHUP does).
     pub fn reload_lists(&self) {
         self.shared.lists.reload();
+    }
+
+    /// Reloads the users from the config file (and its users file) now (what SIGHUP does);
+    /// returns at once. Nothing to do for a proxy without a config file.
+    pub fn reload_users(&self) {
+        if let Some(u) = &self.users {
+            u.reload();
+        }
+    }
+
+    /// The users in force and their counters.
+    pub fn users(&self) -> Arc<users::LiveUsers> {
+        self.shared.users.load()
     }
 
     /// Live counters.
@@ -100,7 +116,9 @@ impl Proxy {
             let _ = t.join();
         }
         self.shared.lists.stop();
-        // After the workers: StatsD's last flush sees every connection's bytes.
+        // After the workers: the last save and StatsD's last flush see every connection's
+        // bytes.
+        self.users = None;
         self.services.clear();
     }
 }
@@ -194,6 +212,7 @@ pub fn start_with_grace(config: Config, grace: Duration) -> io::Result<Proxy> {
         secret_kind: shared.config.secret.kind.as_str(),
         stats: shared.stats.clone(),
         lists: Some(shared.lists.clone()),
+        users: Some(shared.users.clone()),
         active: {
             let weak = Arc::downgrade(&shared);
             Arc::new(move || {
@@ -203,6 +222,7 @@ pub fn start_with_grace(config: Config, grace: Duration) -> io::Result<Proxy> {
         },
     };
     let services = metrics::start_services(&shared.config, &source);
+    let users = UsersService::start(shared.users.clone(), &shared.config);
     Ok(Proxy {
         services,
         shared,
@@ -210,5 +230,6 @@ pub fn start_with_grace(config: Config, grace: Duration) -> io::Result<Proxy> {
         wakers,
         threads,
         local_addr,
+        users,
     })
 }

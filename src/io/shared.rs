@@ -45,6 +45,8 @@ pub(crate) struct Shared {
     pub(crate) profile: Arc<Mutex<Profile>>,
     /// IP block/allow lists.
     pub(crate) lists: Arc<lists::Lists>,
+    /// The users in force (swapped by a reload) and their live counters.
+    pub(crate) users: Arc<super::users::UsersCell>,
 }
 
 /// The inter-record timing in force: the configured Weibull parameters, replaced by the ones
@@ -143,6 +145,12 @@ impl Shared {
         };
         Shared {
             lists: Lists::start(&config),
+            users: Arc::new(super::users::UsersCell::new(
+                // The config checked its users.
+                crate::proto::users::Users::new(config.user_specs())
+                    .expect("a validated config has valid users"),
+                super::unix_now(),
+            )),
             front_addrs: Mutex::new(initial_front_addrs(&config)),
             front_proxy_protocol: config.domain_fronting.proxy_protocol,
             shaping: Arc::new(ShapingCell::new(&config)),

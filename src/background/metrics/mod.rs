@@ -38,8 +38,10 @@ use crate::formats::metrics::{
 };
 use crate::io::Stats;
 use crate::io::stats::DC_LABELS;
+use crate::io::users::{UserCounts, UsersCell};
 use crate::log::Level;
 use crate::proto::Reject;
+use crate::proto::users::UserReject;
 
 /// Where the numbers come from.
 #[derive(Clone)]
@@ -50,6 +52,15 @@ pub(crate) struct MetricsSource {
     pub(crate) active: Arc<dyn Fn() -> usize + Send + Sync>,
     /// The listener's secret kind (`faketls`, `dd`, `classic`): the `secret_kind` label.
     pub(crate) secret_kind: &'static str,
+    /// The users and their counters (the `user_*` series).
+    pub(crate) users: Option<Arc<UsersCell>>,
+}
+
+/// One user's counters in a [`Snapshot`].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct UserSnap {
+    pub(crate) name: String,
+    pub(crate) counts: UserCounts,
 }
 
 /// One reading of every metric.
@@ -74,6 +85,8 @@ pub(crate) struct Snapshot {
     pub(crate) pool_in_use: u64,
     pub(crate) pool_capacity: u64,
     pub(crate) handshake_bufs: u64,
+    /// Per user, in config order.
+    pub(crate) users: Vec<UserSnap>,
 }
 
 impl MetricsSource {
@@ -107,6 +120,18 @@ impl MetricsSource {
             pool_in_use: sum(&c.pool_in_use),
             pool_capacity: sum(&c.pool_capacity),
             handshake_bufs: sum(&c.handshake_bufs),
+            users: self.users.as_ref().map_or_else(Vec::new, |cell| {
+                let live = cell.load();
+                live.users
+                    .specs()
+                    .iter()
+                    .zip(&live.stats)
+                    .map(|(spec, st)| UserSnap {
+                        name: spec.name.clone(),
+                        counts: st.counts(),
+                    })
+                    .collect()
+            }),
         }
     }
 }
@@ -220,6 +245,91 @@ fn with_metrics<R>(
     let in_use = one(g(s.pool_in_use));
     let capacity = one(g(s.pool_capacity));
     let handshake_bufs = one(g(s.handshake_bufs));
+    // Per user: traffic, open connections, admitted, quota used, and the refusals that
+    // happened (reasons with a zero count have no series). A user's base is found by name
+    // (a reload may renumber users).
+    let base_user = |i: usize, name: &str| -> Option<&UserCounts> {
+        let b = base?;
+        b.users
+            .get(i)
+            .filter(|u| u.name == name)
+            .or_else(|| b.users.iter().find(|u| u.name == name))
+            .map(|u| &u.counts)
+    };
+    let user_dir: Vec<[(&str, &str); 2]> = s
+        .users
+        .iter()
+        .flat_map(|u| {
+            [DIRECTION_TO_CLIENT, DIRECTION_FROM_CLIENT]
+                .map(|dir| [(LABEL_DIRECTION, dir), (fmt::LABEL_USER, u.name.as_str())])
+        })
+        .collect();
+    let user_one: Vec<[(&str, &str); 1]> = s
+        .users
+        .iter()
+        .map(|u| [(fmt::LABEL_USER, u.name.as_str())])
+        .collect();
+    let user_traffic: Vec<Sample<'_>> = user_dir
+        .iter()
+        .enumerate()
+        .map(|(k, labels)| {
+            let (i, c) = (k / 2, &s.users[k / 2].counts);
+            let old = base_user(i, &s.users[i].name);
+            let (cur, was) = if k % 2 == 0 {
+                (c.to_client, old.map_or(0, |o| o.to_client))
+            } else {
+                (c.from_client, old.map_or(0, |o| o.from_client))
+            };
+            Sample {
+                labels,
+                value: cur.saturating_sub(was) as f64,
+            }
+        })
+        .collect();
+    let per_user = |f: fn(&UserCounts) -> u64, counter: bool| -> Vec<Sample<'_>> {
+        user_one
+            .iter()
+            .enumerate()
+            .map(|(i, labels)| {
+                let cur = f(&s.users[i].counts);
+                let was = if counter {
+                    base_user(i, &s.users[i].name).map_or(0, f)
+                } else {
+                    0
+                };
+                Sample {
+                    labels,
+                    value: cur.saturating_sub(was) as f64,
+                }
+            })
+            .collect()
+    };
+    let user_open = per_user(|c| c.open, false);
+    let user_admitted = per_user(|c| c.admitted, true);
+    let user_used = per_user(|c| c.used, false);
+    let mut reject_labels: Vec<([(&str, &str); 2], u64)> = Vec::new();
+    for (i, u) in s.users.iter().enumerate() {
+        for (r, why) in UserReject::ALL.iter().enumerate() {
+            let cur = u.counts.rejects[r];
+            if cur > 0 {
+                let was = base_user(i, &u.name).map_or(0, |o| o.rejects[r]);
+                reject_labels.push((
+                    [
+                        (LABEL_REASON, why.as_str()),
+                        (fmt::LABEL_USER, u.name.as_str()),
+                    ],
+                    cur.saturating_sub(was),
+                ));
+            }
+        }
+    }
+    let user_rejects: Vec<Sample<'_>> = reject_labels
+        .iter()
+        .map(|(labels, v)| Sample {
+            labels,
+            value: *v as f64,
+        })
+        .collect();
     let cat = |name: &'static str, samples| {
         let def = fmt::def(name);
         Metric {
@@ -294,6 +404,11 @@ fn with_metrics<R>(
             Kind::Gauge,
             &handshake_bufs[..],
         ),
+        cat(fmt::USER_TRAFFIC, &user_traffic[..]),
+        cat(fmt::USER_CONNECTIONS, &user_open[..]),
+        cat(fmt::USER_HANDSHAKES, &user_admitted[..]),
+        cat(fmt::USER_REJECTIONS, &user_rejects[..]),
+        cat(fmt::USER_QUOTA_USED, &user_used[..]),
     ];
     emit(&metrics)
 }
@@ -410,6 +525,7 @@ mod tests {
                 lists: None,
                 active: Arc::new(move || a.load(Ordering::Relaxed)),
                 secret_kind: "dd",
+                users: None,
             },
             active,
         )
@@ -531,5 +647,152 @@ mod tests {
             "{out}"
         );
         assert!(!out.contains("allowlist"), "{out}");
+    }
+
+    fn with_users(names: &[(&str, u64)]) -> (MetricsSource, Arc<UsersCell>) {
+        use crate::proto::users::{Limits, UserSpec, Users};
+        let specs = names
+            .iter()
+            .map(|&(name, seed)| UserSpec {
+                name: name.into(),
+                secret: crate::proto::secret::Secret::generate(
+                    crate::proto::secret::SecretKind::Secure,
+                    "",
+                    &mut crate::proto::XorShift64(seed),
+                ),
+                limits: Limits::default(),
+                ad_tag: None,
+            })
+            .collect();
+        let cell = Arc::new(UsersCell::new(Users::new(specs).unwrap(), 0));
+        let (mut src, _) = source();
+        src.users = Some(cell.clone());
+        (src, cell)
+    }
+
+    #[test]
+    fn prometheus_text_has_a_series_set_per_user() {
+        let (src, cell) = with_users(&[("alice", 1), ("bob.smith", 2)]);
+        // Registered before any traffic: every user's series are there at zero, no refusals.
+        let mut out = String::new();
+        render_prometheus(&mut out, "mtg", &src.snapshot());
+        for name in ["alice", "bob.smith"] {
+            for series in [
+                format!("mtg_user_traffic{{direction=\"to_client\",user=\"{name}\"}} 0"),
+                format!("mtg_user_traffic{{direction=\"from_client\",user=\"{name}\"}} 0"),
+                format!("mtg_user_connections{{user=\"{name}\"}} 0"),
+                format!("mtg_user_handshakes{{user=\"{name}\"}} 0"),
+                format!("mtg_user_quota_used{{user=\"{name}\"}} 0"),
+            ] {
+                assert!(out.lines().any(|l| l == series), "{series} missing:\n{out}");
+            }
+        }
+        assert!(!out.contains("user_rejections"), "{out}");
+        assert!(out.contains("# TYPE mtg_user_traffic counter\n"), "{out}");
+        assert!(out.contains("# TYPE mtg_user_connections gauge\n"), "{out}");
+        // Counted through a lease.
+        let live = cell.load();
+        let limits = crate::proto::users::Limits {
+            quota: Some(10_000),
+            ..Default::default()
+        };
+        let ip = "192.0.2.1".parse().unwrap();
+        let lease = live.stats[1].admit(&limits, ip, 0).unwrap();
+        assert!(lease.traffic(300, 4000));
+        live.stats[0].rejected(UserReject::MaxIps);
+        live.stats[0].rejected(UserReject::MaxIps);
+        live.stats[1].rejected(UserReject::QuotaCut);
+        out.clear();
+        render_prometheus(&mut out, "mtg", &src.snapshot());
+        let v = |n: &str| line_value(&out, n).unwrap_or_else(|| panic!("{n} missing:\n{out}"));
+        assert_eq!(
+            v("mtg_user_traffic{direction=\"to_client\",user=\"bob.smith\"}"),
+            4000.0
+        );
+        assert_eq!(
+            v("mtg_user_traffic{direction=\"from_client\",user=\"bob.smith\"}"),
+            300.0
+        );
+        assert_eq!(
+            v("mtg_user_traffic{direction=\"to_client\",user=\"alice\"}"),
+            0.0
+        );
+        assert_eq!(v("mtg_user_connections{user=\"bob.smith\"}"), 1.0);
+        assert_eq!(v("mtg_user_handshakes{user=\"bob.smith\"}"), 1.0);
+        assert_eq!(v("mtg_user_quota_used{user=\"bob.smith\"}"), 4300.0);
+        assert_eq!(
+            v("mtg_user_rejections{reason=\"max-ips\",user=\"alice\"}"),
+            2.0
+        );
+        assert_eq!(
+            v("mtg_user_rejections{reason=\"quota-cut\",user=\"bob.smith\"}"),
+            1.0
+        );
+        assert!(!out.contains("reason=\"expired\""), "{out}");
+        drop(lease);
+        out.clear();
+        render_prometheus(&mut out, "mtg", &src.snapshot());
+        assert_eq!(
+            line_value(&out, "mtg_user_connections{user=\"bob.smith\"}"),
+            Some(0.0)
+        );
+        // Without users (a metrics source of its own), no user series at all.
+        let (plain, _) = source();
+        out.clear();
+        render_prometheus(&mut out, "mtg", &plain.snapshot());
+        assert!(!out.contains("user"), "{out}");
+    }
+
+    #[test]
+    fn statsd_user_deltas_follow_names_across_a_reload() {
+        use crate::proto::users::Users;
+        let (src, cell) = with_users(&[("alice", 1), ("bob", 2)]);
+        let ip = "192.0.2.1".parse().unwrap();
+        let none = crate::proto::users::Limits::default();
+        let live = cell.load();
+        let lease = live.stats[1].admit(&none, ip, 0).unwrap();
+        assert!(lease.traffic(10, 20));
+        let base = src.snapshot();
+        assert!(lease.traffic(1, 2));
+        live.stats[1].rejected(UserReject::Expired);
+        // Reload: carol first, bob second; alice gone. bob's base is found by name.
+        let mut specs = vec![live.users.get(1).unwrap().clone()];
+        specs.insert(
+            0,
+            crate::proto::users::tests::user(
+                "carol",
+                crate::proto::secret::SecretKind::Classic,
+                "",
+                9,
+            ),
+        );
+        let _ = cell.replace(Users::new(specs).unwrap(), 0);
+        let mut out = String::new();
+        render_statsd(&mut out, TagFormat::Datadog, "mtg.", &src.snapshot(), &base);
+        let lines: Vec<&str> = out.lines().filter(|l| l.contains("user")).collect();
+        assert!(
+            lines.contains(&"mtg.user_traffic:2|c|#direction:to_client,user:bob"),
+            "{out}"
+        );
+        assert!(
+            lines.contains(&"mtg.user_traffic:1|c|#direction:from_client,user:bob"),
+            "{out}"
+        );
+        assert!(
+            lines.contains(&"mtg.user_rejections:1|c|#reason:expired,user:bob"),
+            "{out}"
+        );
+        assert!(
+            lines.contains(&"mtg.user_connections:1|g|#user:bob"),
+            "{out}"
+        );
+        assert!(
+            lines.contains(&"mtg.user_connections:0|g|#user:carol"),
+            "{out}"
+        );
+        // Unchanged counters are not sent; alice is gone.
+        assert!(!out.contains("user_handshakes"), "{out}");
+        assert!(!out.contains("alice"), "{out}");
+        drop(lease);
     }
 }
