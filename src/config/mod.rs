@@ -26,7 +26,7 @@ mod users;
 
 use keys::Doc;
 use toml::{UserItem, prepass};
-pub use units::{fmt_duration, parse_bytes, parse_duration, parse_period};
+pub use units::{fmt_bytes, fmt_duration, parse_bytes, parse_duration, parse_period};
 pub use users::ListedUser;
 use users::{Origin, check_users};
 

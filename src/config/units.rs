@@ -116,6 +116,22 @@ pub fn fmt_duration(d: Duration) -> String {
     out
 }
 
+/// Formats a byte count with a 1024-based unit: `512 B`, `1.5 KiB`, `20.0 GiB`.
+pub fn fmt_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
 /// Parses a byte size: `1MiB`, `1mb`, `16KB`, `512k`, `4096`, `1.5m` (all units base 1024,
 /// case-insensitive, spaces ignored).
 pub fn parse_bytes(s: &str) -> Option<u64> {
@@ -187,6 +203,15 @@ mod tests {
         assert_eq!(fmt_duration(Duration::from_millis(500)), "500ms");
         assert_eq!(fmt_duration(Duration::ZERO), "0s");
         assert_eq!(fmt_duration(Duration::from_secs(3600)), "1h");
+    }
+
+    #[test]
+    fn byte_counts_format_with_binary_units() {
+        assert_eq!(fmt_bytes(0), "0 B");
+        assert_eq!(fmt_bytes(1023), "1023 B");
+        assert_eq!(fmt_bytes(1536), "1.5 KiB");
+        assert_eq!(fmt_bytes(20 << 30), "20.0 GiB");
+        assert_eq!(fmt_bytes(u64::MAX), "16777216.0 TiB");
     }
 
     #[test]
