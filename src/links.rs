@@ -108,41 +108,59 @@ pub fn access_json_users(
     out
 }
 
-/// One user's row of `mtpx users list`.
-struct Row<'a> {
-    u: &'a UserSpec,
-    used: Option<u64>,
-    period_end: Option<u64>,
-    status: &'static str,
+/// The columns of `mtpx users list`: JSON key (the table header is its upper case).
+const COLUMNS: [&str; 11] = [
+    "name",
+    "kind",
+    "host",
+    "max_connections",
+    "max_ips",
+    "quota",
+    "quota_period",
+    "used",
+    "period_end",
+    "expires",
+    "status",
+];
+
+/// A cell of `mtpx users list`.
+enum Val {
+    /// Text (a JSON string).
+    Text(String),
+    /// A count (a JSON number).
+    Count(u64),
+    /// Bytes (a JSON number; `1.5 KiB` in the table).
+    Bytes(u64),
+    /// Seconds (a JSON number; `720h` in the table).
+    Secs(u64),
+    /// Not set (`null`, `-`).
+    None,
 }
 
-fn row<'a>(u: &'a UserSpec, state: Option<&State>, pending: &[String], now: u64) -> Row<'a> {
-    let saved = state.and_then(|s| s.user(&u.name));
-    let reset = pending.contains(&u.name);
-    let used = if reset {
-        Some(0)
-    } else {
-        saved.map(|s| s.used)
+/// Appends `v` to the JSON `out` (after `key`) and to the table `cells`.
+#[inline(never)]
+fn put(out: &mut String, cells: &mut Vec<String>, json: bool, key: &str, v: Val) {
+    let (j, t) = match v {
+        Val::Text(s) => (format!("\"{s}\""), s),
+        Val::Count(n) => (n.to_string(), n.to_string()),
+        Val::Bytes(n) => (n.to_string(), fmt_bytes(n)),
+        Val::Secs(n) => (
+            n.to_string(),
+            crate::config::fmt_duration(std::time::Duration::from_secs(n)),
+        ),
+        Val::None => ("null".into(), "-".into()),
     };
-    let l = &u.limits;
-    let period_end =
-        saved.and_then(|s| crate::proto::users::quota::period_end(l.quota_period, s.period_start));
-    let status = match l.refuse(now, used.unwrap_or(0)) {
-        Some(crate::proto::users::UserReject::Expired) => "expired",
-        Some(_) => "over-quota",
-        None if reset => "reset-pending",
-        None => "ok",
-    };
-    Row {
-        u,
-        used,
-        period_end,
-        status,
+    if json {
+        let sep = if key == COLUMNS[0] { "" } else { ", " };
+        let _ = write!(out, "{sep}\"{key}\": {j}");
     }
+    cells.push(t);
 }
 
 /// `mtpx users list`: each user's kind, host, limits, usage (from the quota `state`, with the
-/// `pending` reset requests applied) and status at `now`; a table, or a JSON array.
+/// `pending` reset requests applied) and status at `now` (`ok`, `expired`, `over-quota`,
+/// `reset-pending`); an aligned table, or (`json`) an array of objects with [`COLUMNS`] as
+/// keys, numbers in bytes and seconds, `null` for what is not set.
 pub fn users_table(
     users: &[UserSpec],
     state: Option<&State>,
@@ -150,88 +168,59 @@ pub fn users_table(
     now: u64,
     json: bool,
 ) -> String {
-    let rows: Vec<Row<'_>> = users.iter().map(|u| row(u, state, pending, now)).collect();
-    let mut out = String::new();
-    let date = |t: Option<i64>| t.map(rfc3339::format);
-    if json {
-        let num = |v: Option<u64>| v.map_or("null".to_string(), |n| n.to_string());
-        let text = |v: Option<String>| v.map_or("null".to_string(), |s| format!("\"{s}\""));
-        out.push_str("[\n");
-        for (i, r) in rows.iter().enumerate() {
-            let l = &r.u.limits;
-            let s = &r.u.secret;
-            let _ = writeln!(
-                out,
-                "  {{\"name\": \"{}\", \"kind\": \"{}\", \"host\": {}, \"max_connections\": {}, \
-                 \"max_ips\": {}, \"quota\": {}, \"quota_period\": {}, \"used\": {}, \
-                 \"period_end\": {}, \"expires\": {}, \"status\": \"{}\"}}{}",
-                r.u.name,
-                s.kind.as_str(),
-                text((!s.host.is_empty()).then(|| s.host.clone())),
-                num(l.max_connections.map(u64::from)),
-                num(l.max_ips.map(u64::from)),
-                num(l.quota),
-                num(l.quota_period),
-                num(r.used),
-                text(date(r.period_end.map(|t| t as i64))),
-                text(date(l.expires)),
-                r.status,
-                if i + 1 < rows.len() { "," } else { "" }
-            );
+    let mut out = String::from("[");
+    // The table's cells, row after row (the header first).
+    let mut cells: Vec<String> = COLUMNS.iter().map(|c| c.to_ascii_uppercase()).collect();
+    for (i, u) in users.iter().enumerate() {
+        let l = &u.limits;
+        let saved = state.and_then(|s| s.user(&u.name));
+        let reset = pending.contains(&u.name);
+        let used = if reset { Some(0) } else { saved.map(|s| s.used) };
+        let status = match l.refuse(now, used.unwrap_or(0)) {
+            Some(crate::proto::users::UserReject::Expired) => "expired",
+            Some(_) => "over-quota",
+            None if reset => "reset-pending",
+            None => "ok",
+        };
+        let end = saved
+            .and_then(|s| crate::proto::users::quota::period_end(l.quota_period, s.period_start));
+        let text = |s: Option<String>| s.map_or(Val::None, Val::Text);
+        let date = |t: Option<i64>| text(t.map(rfc3339::format));
+        let n = |v: Option<u32>, f: fn(u64) -> Val| v.map_or(Val::None, |v| f(v.into()));
+        let host = &u.secret.host;
+        let row = [
+            Val::Text(u.name.clone()),
+            Val::Text(u.secret.kind.as_str().into()),
+            text((!host.is_empty()).then(|| host.clone())),
+            n(l.max_connections, Val::Count),
+            n(l.max_ips, Val::Count),
+            l.quota.map_or(Val::None, Val::Bytes),
+            l.quota_period.map_or(Val::None, Val::Secs),
+            used.map_or(Val::None, Val::Bytes),
+            date(end.map(|t| t as i64)),
+            date(l.expires),
+            Val::Text(status.into()),
+        ];
+        out.push_str(if i == 0 { "\n  {" } else { ",\n  {" });
+        for (key, v) in COLUMNS.iter().zip(row) {
+            put(&mut out, &mut cells, json, key, v);
         }
-        out.push_str("]\n");
+        out.push('}');
+    }
+    if json {
+        out.push_str("\n]\n");
         return out;
     }
-    let dash = || "-".to_string();
-    let mut cells: Vec<[String; 10]> = vec![
-        [
-            "USER",
-            "KIND",
-            "HOST",
-            "MAX-CONN",
-            "MAX-IPS",
-            "QUOTA",
-            "USED",
-            "PERIOD-ENDS",
-            "EXPIRES",
-            "STATUS",
-        ]
-        .map(String::from),
-    ];
-    for r in &rows {
-        let l = &r.u.limits;
-        let s = &r.u.secret;
-        cells.push([
-            r.u.name.clone(),
-            s.kind.as_str().to_string(),
-            if s.host.is_empty() {
-                dash()
-            } else {
-                s.host.clone()
-            },
-            l.max_connections.map_or_else(dash, |n| n.to_string()),
-            l.max_ips.map_or_else(dash, |n| n.to_string()),
-            l.quota.map_or_else(dash, fmt_bytes),
-            r.used.map_or_else(dash, fmt_bytes),
-            match (l.quota, l.quota_period) {
-                (None, _) => dash(),
-                (Some(_), None) => "never".into(),
-                (Some(_), Some(_)) => date(r.period_end.map(|t| t as i64)).unwrap_or_else(dash),
-            },
-            date(l.expires).unwrap_or_else(dash),
-            r.status.to_string(),
-        ]);
+    out.clear();
+    let n = COLUMNS.len();
+    let mut width = [0usize; 11];
+    for (k, c) in cells.iter().enumerate() {
+        width[k % n] = width[k % n].max(c.chars().count());
     }
-    let mut width = [0usize; 10];
-    for c in &cells {
-        for (w, v) in width.iter_mut().zip(c) {
-            *w = (*w).max(v.chars().count());
-        }
-    }
-    for c in &cells {
+    for row in cells.chunks(n) {
         let mut line = String::new();
-        for (i, v) in c.iter().enumerate() {
-            let _ = write!(line, "{v:<w$}  ", w = width[i]);
+        for (cell, w) in row.iter().zip(width) {
+            let _ = write!(line, "{cell:<w$}  ");
         }
         out.push_str(line.trim_end());
         out.push('\n');

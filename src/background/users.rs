@@ -41,14 +41,10 @@ fn unix_now() -> u64 {
 
 /// Reads the state file; `Ok(None)` when there is none.
 pub fn load_state(path: &Path) -> Result<Option<State>, String> {
-    match std::fs::read(path) {
+    match std::fs::read_to_string(path) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(format!("cannot read: {e}")),
-        Ok(b) if b.len() > state::MAX_STATE_BYTES => Err("larger than 4 MiB".into()),
-        Ok(b) => {
-            let text = String::from_utf8(b).map_err(|_| "not UTF-8 text".to_string())?;
-            state::parse(&text).map(Some).map_err(|e| e.to_string())
-        }
+        Err(e) => Err(e.to_string()),
+        Ok(text) => state::parse(&text).map(Some).map_err(|e| e.to_string()),
     }
 }
 
@@ -68,11 +64,8 @@ fn write_atomic(path: &Path, text: &str) -> io::Result<()> {
     Ok(())
 }
 
-/// Writes the state file atomically (creating its directory if needed).
+/// Writes the state file atomically (its directory, `state-dir`, must exist).
 pub fn store_state(path: &Path, state: &State) -> io::Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
     write_atomic(path, &state::write(state))
 }
 
@@ -86,7 +79,6 @@ fn stem(path: &Path) -> String {
 /// `id`, random in the CLI). Returns the request's path.
 pub fn request_reset(path: &Path, name: &str, id: u64) -> io::Result<PathBuf> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
     let file = dir.join(state::reset_file_name(&stem(path), id));
     write_atomic(&file, &state::write_reset(name))?;
     Ok(file)
@@ -117,12 +109,9 @@ pub fn pending_resets(path: &Path) -> Vec<PendingReset> {
             continue;
         };
         let file = e.path();
-        let user = std::fs::read(&file)
+        let user = std::fs::read_to_string(&file)
             .map_err(|e| e.to_string())
-            .and_then(|b| {
-                let t = String::from_utf8(b).map_err(|_| "not UTF-8 text".to_string())?;
-                state::parse_reset(&t).map_err(|e| e.to_string())
-            });
+            .and_then(|t| state::parse_reset(&t).map_err(|e| e.to_string()));
         out.push(PendingReset { id, file, user });
         if out.len() >= 4096 {
             break;
@@ -170,22 +159,14 @@ pub fn current_state(live: &LiveUsers, now_unix: u64, applied: &[u64]) -> State 
 /// Logs what a reload changed: one line per user (up to [`MAX_LOGGED_CHANGES`]), then a
 /// summary. Names, never secrets.
 fn log_diff(old: &Users, new: &Users, d: &Diff) {
-    let mut lines = 0;
-    let mut line = |what: &str, name: &str| {
-        lines += 1;
-        if lines <= MAX_LOGGED_CHANGES {
-            crate::log_event!(Level::Info, "user-reloaded", user = name, change = what);
-        }
-    };
-    for &i in &d.added {
-        line("added", &new.specs()[i].name);
-    }
-    for c in &d.changed {
+    let added = d.added.iter().map(|&i| ("added", i, new));
+    let changed = d.changed.iter().map(|c| {
         let what = if c.secret { "secret" } else { "limits" };
-        line(what, &new.specs()[c.new].name);
-    }
-    for &i in &d.removed {
-        line("removed", &old.specs()[i].name);
+        (what, c.new, new)
+    });
+    let removed = d.removed.iter().map(|&i| ("removed", i, old));
+    for (what, i, users) in added.chain(changed).chain(removed).take(MAX_LOGGED_CHANGES) {
+        crate::log_event!(Level::Info, "user-reloaded", user = users.specs()[i].name, change = what);
     }
     crate::log_event!(
         Level::Info,
@@ -193,8 +174,7 @@ fn log_diff(old: &Users, new: &Users, d: &Diff) {
         users = new.len(),
         added = d.added.len(),
         changed = d.changed.len(),
-        removed = d.removed.len(),
-        logged = lines.min(MAX_LOGGED_CHANGES)
+        removed = d.removed.len()
     );
 }
 
@@ -213,7 +193,7 @@ pub struct Reloaded {
 pub fn reload(cell: &UsersCell, path: &Path) -> Result<Reloaded, String> {
     let (config, _) = crate::config::load(path).map_err(|e| e.to_string())?;
     // `load` checked them already.
-    let users = Users::new(config.user_specs()).map_err(|e| format!("{e:?}"))?;
+    let users = Users::new(config.user_specs()).map_err(|_| String::from("invalid users"))?;
     let old = cell.load();
     let (live, diff) = cell.replace(users, unix_now());
     if !diff.is_empty() {
@@ -412,25 +392,17 @@ fn save(inner: &Inner, saver: &mut Saver) {
         if saver.done.contains(&p.id) {
             continue;
         }
-        match &p.user {
-            Ok(name) => match live.users.id(name) {
-                Some(id) => {
-                    live.stats[id].reset();
-                    crate::log_event!(Level::Info, "user-quota-reset", user = name);
-                }
-                None => crate::log_event!(
-                    Level::Warn,
-                    "user-quota-reset-unknown",
-                    user = name,
-                    effect = "no such user; request dropped"
-                ),
-            },
-            Err(e) => crate::log_event!(
+        let user = p.user.as_deref().ok().and_then(|n| live.users.id(n).map(|i| (n, i)));
+        match (user, &p.user) {
+            (Some((name, id)), _) => {
+                live.stats[id].reset();
+                crate::log_event!(Level::Info, "user-quota-reset", user = name);
+            }
+            (None, r) => crate::log_event!(
                 Level::Warn,
-                "user-quota-reset-bad",
+                "user-quota-reset-dropped",
                 file = p.file.display(),
-                error = e,
-                effect = "request dropped"
+                error = r.as_ref().err().map_or("no such user", String::as_str)
             ),
         }
         saver.done.push(p.id);

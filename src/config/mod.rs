@@ -530,6 +530,15 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
+    fn at(key: Option<&str>, line: Option<usize>, msg: String) -> ConfigError {
+        ConfigError {
+            file: None,
+            line,
+            key: key.map(str::to_string),
+            msg,
+        }
+    }
+
     fn new(key: Option<&str>, msg: String) -> ConfigError {
         ConfigError {
             file: None,
@@ -605,48 +614,65 @@ impl fmt::Display for Warning {
 /// Largest config or users file read.
 const MAX_FILE: u64 = 16 << 20;
 
-/// Reads a text file of at most [`MAX_FILE`] bytes; errors carry the file's name.
-fn read_text(path: &Path, what: &str) -> Result<String, ConfigError> {
+/// Reads a text file of at most [`MAX_FILE`] bytes.
+fn read_text(path: &Path) -> Result<String, ConfigError> {
     use std::io::Read as _;
-    let name = path.display().to_string();
-    let fail = |line, msg| ConfigError {
-        file: Some(name.clone()),
-        line,
-        key: None,
-        msg,
-    };
+    let fail = |line, msg: String| ConfigError::at(None, line, msg);
     let mut bytes = Vec::new();
     std::fs::File::open(path)
         .and_then(|f| f.take(MAX_FILE + 1).read_to_end(&mut bytes))
-        .map_err(|e| fail(None, format!("cannot read the {what}: {e}")))?;
+        .map_err(|e| fail(None, format!("cannot read the file: {e}")))?;
     if bytes.len() as u64 > MAX_FILE {
-        return Err(fail(None, format!("the {what} is larger than 16 MiB")));
+        return Err(fail(None, "the file is larger than 16 MiB".into()));
     }
     String::from_utf8(bytes).map_err(|e| {
         let at = e.utf8_error().valid_up_to();
         let line = 1 + e.as_bytes()[..at].iter().filter(|&&b| b == b'\n').count();
-        fail(Some(line), format!("the {what} is not valid UTF-8"))
+        fail(Some(line), "the file is not valid UTF-8".into())
     })
+}
+
+/// What one file gave: the config (`None` for a users file), its warnings, and its users with
+/// where each was defined.
+struct Parsed {
+    config: Option<Config>,
+    warnings: Vec<Warning>,
+    users: Vec<UserSpec>,
+    origins: Vec<Origin>,
+}
+
+/// Reads and parses the config file (`users_only`: a users file) at `path`; the file's name
+/// goes into every error, warning and origin.
+#[inline(never)]
+fn parse_file(path: &Path, users_only: bool) -> Result<Parsed, ConfigError> {
+    let name = path.display().to_string();
+    let mut p = read_text(path)
+        .and_then(|t| parse_doc(&t, users_only))
+        .map_err(|mut e| {
+            e.file.get_or_insert_with(|| name.clone());
+            e
+        })?;
+    for w in &mut p.warnings {
+        w.file = Some(name.clone());
+    }
+    for o in &mut p.origins {
+        o.file = Some(name.clone());
+    }
+    Ok(p)
 }
 
 /// Reads and parses a config file, and the `users-file` it names. Errors and warnings carry
 /// the path of the file they are about.
 pub fn load(path: &Path) -> Result<(Config, Vec<Warning>), ConfigError> {
-    let name = path.display().to_string();
-    let in_file = |mut e: ConfigError| {
-        if e.file.is_none() {
-            e.file = Some(name.clone());
-        }
-        e
+    let Parsed {
+        config,
+        mut warnings,
+        mut users,
+        mut origins,
+    } = parse_file(path, false)?;
+    let Some(mut config) = config else {
+        unreachable!("parse_file(_, false) gives a config")
     };
-    let text = read_text(path, "config file")?;
-    let (mut config, mut warnings, mut origins) = parse_text(&text).map_err(in_file)?;
-    for w in &mut warnings {
-        w.file = Some(name.clone());
-    }
-    for o in &mut origins {
-        o.file = Some(name.clone());
-    }
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
@@ -654,35 +680,18 @@ pub fn load(path: &Path) -> Result<(Config, Vec<Warning>), ConfigError> {
     config.source = Some(path.to_path_buf());
     config.users_file = config.users_file.map(|f| dir.join(f));
     config.state_dir = Some(config.state_dir.map_or(dir.clone(), |d| dir.join(d)));
-    if let Some(file) = config.users_file.clone() {
-        let fname = file.display().to_string();
-        let text = read_text(&file, "users file")?;
-        let (listed, w) = parse_users_text(&text).map_err(|mut e| {
-            e.file = Some(fname.clone());
+    if let Some(file) = &config.users_file {
+        let more = parse_file(file, true)?;
+        warnings.extend(more.warnings);
+        users.extend(more.users);
+        origins.extend(more.origins);
+        check_users(&users, &origins).map_err(|mut e| {
+            e.file.get_or_insert_with(|| path.display().to_string());
             e
         })?;
-        warnings.extend(w.into_iter().map(|mut w| {
-            w.file = Some(fname.clone());
-            w
-        }));
-        let mut specs = if config.users.is_empty() && !origins.is_empty() {
-            config.user_specs()
-        } else {
-            std::mem::take(&mut config.users)
-        };
-        for (spec, line, secret_line) in listed {
-            specs.push(spec);
-            origins.push(Origin {
-                file: Some(fname.clone()),
-                line,
-                secret_line,
-                top: false,
-            });
-        }
-        check_users(&specs, &origins).map_err(in_file)?;
-        config.secret = specs[0].secret.clone();
-        warnings.extend(users_warning(&specs, origins.get(1)));
-        config.users = specs;
+        config.secret = users[0].secret.clone();
+        warnings.extend(users_warning(&users, origins.get(1)));
+        config.users = users;
     }
     Ok((config, warnings))
 }
@@ -691,15 +700,15 @@ pub fn load(path: &Path) -> Result<(Config, Vec<Warning>), ConfigError> {
 /// implemented keys), sorted by line. A `users-file` it names is not read (see [`load`]); a
 /// config whose only users would come from there is refused.
 pub fn parse(text: &str) -> Result<(Config, Vec<Warning>), ConfigError> {
-    let (c, w, origins) = parse_text(text)?;
-    if origins.is_empty() {
-        return Err(ConfigError::new(
+    let p = parse_doc(text, false)?;
+    match p.config {
+        Some(c) if !p.origins.is_empty() => Ok((c, p.warnings)),
+        _ => Err(ConfigError::new(
             Some("users-file"),
             "is only read from a config file (mtpx run/access/users); this text defines no user"
                 .into(),
-        ));
+        )),
     }
-    Ok((c, w))
 }
 
 /// The TOML document of `text`, checked against the pre-pass, and its `users` items.
@@ -732,30 +741,63 @@ fn read_doc(text: &str) -> Result<(Doc, Vec<UserItem>), ConfigError> {
     Ok((doc, pre.users))
 }
 
-fn parse_text(text: &str) -> Result<(Config, Vec<Warning>, Vec<Origin>), ConfigError> {
+/// Parses a config (or, `users_only`, a users file's) text. A config's `users` are all its
+/// users (the top-level secret's `default` included) even when its `users` field stays empty
+/// (a single-secret config).
+fn parse_doc(text: &str, users_only: bool) -> Result<Parsed, ConfigError> {
     let (mut doc, items) = read_doc(text)?;
-    let (config, origins) = doc.build(&items)?;
-    if let Err(mut e) = config.validate() {
-        e.line = e.key.as_ref().and_then(|k| doc.line(k));
-        return Err(e);
-    }
+    let (config, users, origins) = if users_only {
+        let mut users = Vec::new();
+        let mut origins = Vec::new();
+        for (spec, line, secret_line) in doc.users(&items)? {
+            users.push(spec);
+            origins.push(Origin {
+                file: None,
+                line,
+                secret_line,
+                top: false,
+            });
+        }
+        (None, users, origins)
+    } else {
+        let (config, origins) = doc.build(&items)?;
+        if let Err(mut e) = config.validate() {
+            e.line = e.key.as_ref().and_then(|k| doc.line(k));
+            return Err(e);
+        }
+        let users = if origins.is_empty() {
+            Vec::new()
+        } else {
+            config.user_specs()
+        };
+        if config.users_file.is_none() {
+            doc.warnings
+                .extend(users_warning(&config.users, origins.get(1)));
+        }
+        (Some(config), users, origins)
+    };
     doc.finish();
     let mut warnings = doc.warnings;
-    if config.users_file.is_none() {
-        warnings.extend(users_warning(&config.users, origins.get(1)));
-    }
     crate::proto::sort_small_by_key(&mut warnings, |w| w.line.unwrap_or(usize::MAX));
-    Ok((config, warnings, origins))
+    Ok(Parsed {
+        config,
+        warnings,
+        users,
+        origins,
+    })
 }
 
 /// Parses the text of a `users-file`: `[users.NAME]` tables (see `config.example`), each with
-/// the line it starts on. Other keys are warned about and ignored.
-/// Each user comes with the line of its table and of its `secret`.
+/// the line of its table and of its `secret`. Other keys are warned about and ignored.
 pub fn parse_users_text(text: &str) -> Result<(Vec<ListedUser>, Vec<Warning>), ConfigError> {
-    let (mut doc, items) = read_doc(text)?;
-    let users = doc.users(&items)?;
-    doc.finish();
-    Ok((users, doc.warnings))
+    let p = parse_doc(text, true)?;
+    let listed = p
+        .users
+        .into_iter()
+        .zip(p.origins)
+        .map(|(u, o)| (u, o.line, o.secret_line))
+        .collect();
+    Ok((listed, p.warnings))
 }
 
 /// While the connection layer serves one secret (issue 15's wiring comes with the handshake

@@ -16,7 +16,7 @@ use super::{ConfigError, parse_period};
 use crate::formats::encoding::hex_decode;
 use crate::proto::secret::Secret;
 use crate::proto::users::{
-    DEFAULT_USER, Limits, MAX_USERS, UserSpec, Users, UsersError, check_name,
+    Limits, MAX_USERS, UserSpec, Users, UsersError, check_name,
 };
 
 /// The keys a user table may hold.
@@ -64,58 +64,39 @@ impl Doc {
         &mut self,
         items: &[super::toml::UserItem],
     ) -> Result<Vec<ListedUser>, ConfigError> {
-        let at = |line: usize, key: String, msg: String| ConfigError {
-            file: None,
-            line: Some(line),
-            key: Some(key),
-            msg,
-        };
         // Names in the order they first appear.
         let mut names: Vec<(String, usize)> = Vec::new();
         let mut seen = std::collections::BTreeMap::new();
         for (parts, line, header) in items {
-            let key = parts.join(".");
-            let shape = match (parts.len(), header) {
-                (1, true) => continue,
-                (2, true) | (3, false) => None,
-                (2, false) => Some(format!(
-                    "a user is a table: [users.{}] with secret = \"...\" in it",
-                    parts[1]
-                )),
-                _ => Some(format!(
-                    "a user is a table [users.NAME] of plain keys; a name with dots is quoted: \
-                     [users.\"{}\"]",
-                    parts[1..].join(".")
-                )),
+            let bad = |msg: &str| ConfigError {
+                file: None,
+                line: Some(*line),
+                key: Some(parts.join(".")),
+                msg: msg.into(),
             };
-            if let Some(msg) = shape {
-                return Err(at(*line, key, msg));
+            match (parts.len(), header) {
+                (1, true) => continue,
+                (2, true) | (3, false) => {}
+                _ => {
+                    return Err(bad(
+                        "a user is a table [users.NAME] of keys such as secret = \"...\" \
+                         (a name with a dot is quoted: [users.\"bob.smith\"])",
+                    ));
+                }
             }
             let name = &parts[1];
-            if seen.insert(name.clone(), names.len()).is_none() {
-                check_name(name)
-                    .map_err(|e| at(*line, format!("users.{name}"), format!("{name:?}: {e}")))?;
+            if seen.insert(name.clone(), 0).is_none() {
+                check_name(name).map_err(bad)?;
                 if names.len() == MAX_USERS {
-                    return Err(at(
-                        *line,
-                        format!("users.{name}"),
-                        format!("more than {MAX_USERS} users"),
-                    ));
+                    return Err(bad("more than 4096 users"));
                 }
                 names.push((name.clone(), *line));
             }
-            if !*header {
-                let field = parts[2].as_str();
-                if !USER_KEYS.contains(&field) {
-                    return Err(at(
-                        *line,
-                        key,
-                        format!(
-                            "unknown key in a user table (keys: {})",
-                            USER_KEYS.join(", ")
-                        ),
-                    ));
-                }
+            if !*header && !USER_KEYS.contains(&parts[2].as_str()) {
+                return Err(bad(
+                    "unknown key in a user table (keys: secret, max-connections, max-ips, \
+                     quota, quota-period, expires, ad-tag)",
+                ));
             }
         }
         let mut out = Vec::with_capacity(names.len());
@@ -127,6 +108,7 @@ impl Doc {
         Ok(out)
     }
 
+    #[inline(never)]
     fn user(&mut self, name: &str, line: usize) -> Result<UserSpec, ConfigError> {
         let k = |f: &str| format!("users.{name}.{f}");
         let key = k("secret");
@@ -141,27 +123,39 @@ impl Doc {
             }
             Some(Toml::Str(s)) => {
                 let s = s.clone();
-                Secret::parse(s.trim()).map_err(|e| self.err(&key, format!("{e}")))?
+                Secret::parse(s.trim()).map_err(|e| self.err(&key, e.to_string()))?
             }
             Some(_) => return Err(self.err(&key, "must be a quoted string".into())),
         };
-        let count = |d: &mut Doc, f: &str| -> Result<Option<u32>, ConfigError> {
-            match d.uint(&k(f), 1_000_000)? {
-                Some(0) => Err(d.err(&k(f), "must be at least 1 (leave it out: no limit)".into())),
+        let mut count = |f: &str| -> Result<Option<u32>, ConfigError> {
+            match self.uint(&k(f), 1_000_000)? {
+                Some(0) => Err(self.err(&k(f), "must be at least 1 (leave it out: no limit)".into())),
                 v => Ok(v.map(|n| n as u32)),
             }
         };
-        let max_connections = count(self, "max-connections")?;
-        let max_ips = count(self, "max-ips")?;
+        let max_connections = count("max-connections")?;
+        let max_ips = count("max-ips")?;
         let quota = self.bytes(&k("quota"))?;
-        let quota_period = self.parsed(
-            &k("quota-period"),
-            "is not a period (use 30d, 1w, 12h; leave it out for a lifetime quota)",
-            |s| parse_period(s).map(|d| d.as_secs()),
-        )?;
-        if quota_period.is_some_and(|p| !(1..=MAX_PERIOD).contains(&p)) {
-            return Err(self.err(&k("quota-period"), "is out of range (1s to 3650d)".into()));
-        }
+        // Strings parsed here rather than through `Doc::parsed` (one copy of it per type).
+        let text = |d: &mut Doc, f: &str, ok: &dyn Fn(&str) -> bool, what: &str| {
+            let v = d.string(&k(f))?.map(|s| s.trim().to_string());
+            match v {
+                Some(v) if !ok(&v) => Err(d.err(&k(f), format!("{v:?} {what}"))),
+                v => Ok(v),
+            }
+        };
+        let period_ok = |s: &str| {
+            parse_period(s).is_some_and(|d| (1..=MAX_PERIOD).contains(&d.as_secs()))
+        };
+        let quota_period = text(
+            self,
+            "quota-period",
+            &period_ok,
+            "is not a period from 1s to 3650d (e.g. 30d, 1w, 12h; leave it out for a lifetime \
+             quota)",
+        )?
+        .and_then(|s| parse_period(&s))
+        .map(|d| d.as_secs());
         if quota_period.is_some() && quota.is_none() {
             return Err(self.err(&k("quota-period"), "needs a quota in the same table".into()));
         }
@@ -172,14 +166,17 @@ impl Doc {
                     .map_err(|e| self.err(&k("expires"), format!("{s:?} {e}")))?,
             ),
         };
-        let ad_tag = self.parsed(
-            &k("ad-tag"),
+        let tag = |s: &str| -> Option<[u8; 16]> {
+            let b = (s.len() == 32).then(|| hex_decode(s)).flatten()?;
+            <[u8; 16]>::try_from(b).ok()
+        };
+        let ad_tag = text(
+            self,
+            "ad-tag",
+            &|s| tag(s).is_some(),
             "is not an ad tag (32 hex digits, from @MTProxybot)",
-            |s| {
-                let b = (s.len() == 32).then(|| hex_decode(s)).flatten()?;
-                <[u8; 16]>::try_from(b).ok()
-            },
-        )?;
+        )?
+        .and_then(|s| tag(&s));
         Ok(UserSpec {
             name: name.to_string(),
             secret,
@@ -199,64 +196,56 @@ impl Doc {
 /// least one, at most [`MAX_USERS`]); the error names the later of two clashing users, where
 /// it is, and where the other one is, never a secret.
 pub(super) fn check_users(specs: &[UserSpec], origins: &[Origin]) -> Result<(), ConfigError> {
-    let err = |i: usize, key: String, msg: String| ConfigError {
-        file: origins.get(i).and_then(|o| o.file.clone()),
-        line: origins.get(i).map(|o| o.line),
-        key: Some(key),
-        msg,
-    };
-    let secret_key = |i: usize| match origins.get(i).is_some_and(|o| o.top) {
-        true => "secret".to_string(),
-        false => format!("users.{}.secret", specs[i].name),
-    };
-    let secret_err = |b: usize, msg: String| ConfigError {
-        line: origins.get(b).map(|o| o.secret_line),
-        ..err(b, secret_key(b), msg)
-    };
-    match Users::new(specs.to_vec()) {
-        Ok(_) => Ok(()),
-        Err(UsersError::Empty) => Err(ConfigError {
-            file: None,
-            line: None,
-            key: Some("secret".into()),
-            msg: "is required (generate one with `mtpx generate-secret <domain>`), or define \
-                  users: [users.NAME] tables or users-file"
-                .into(),
-        }),
-        Err(UsersError::TooMany(i)) => Err(err(
-            i,
-            format!("users.{}", specs[i].name),
-            format!("more than {MAX_USERS} users"),
-        )),
-        Err(UsersError::BadName(i, e)) => Err(err(
-            i,
-            format!("users.{}", specs[i].name),
-            format!("{:?}: {e}", specs[i].name),
-        )),
+    let (i, key, msg) = match Users::new(specs.to_vec()) {
+        Ok(_) => return Ok(()),
+        Err(UsersError::Empty) => {
+            return Err(ConfigError {
+                file: None,
+                line: None,
+                key: Some("secret".into()),
+                msg: "is required (generate one with `mtpx generate-secret <domain>`), or \
+                      define users: [users.NAME] tables or users-file"
+                    .into(),
+            });
+        }
+        Err(UsersError::TooMany(i)) => (i, "", "more than 4096 users".to_string()),
+        Err(UsersError::BadName(i, e)) => (i, "", e.to_string()),
         Err(UsersError::DuplicateName(a, b)) => {
-            let name = &specs[b].name;
-            let msg = if name == DEFAULT_USER && origins[a].top {
+            let msg = if origins[a].top {
                 "the top-level secret is the user \"default\": rename this table or move the \
                  top-level secret into it"
                     .to_string()
             } else {
                 format!(
-                    "user {name:?} is defined twice (also at {})",
+                    "user {:?} is defined twice (also at {})",
+                    specs[b].name,
                     origins[a].at(origins[a].line)
                 )
             };
-            Err(err(b, format!("users.{name}"), msg))
+            (b, "", msg)
         }
-        Err(UsersError::DuplicateKey(a, b)) => Err(secret_err(
+        Err(UsersError::DuplicateKey(a, b)) => (
             b,
+            ".secret",
             format!(
                 "has the same key as user {:?} ({}): a handshake could not tell them apart; \
                  give each user a secret of its own (mtpx generate-secret)",
                 specs[a].name,
                 origins[a].at(origins[a].secret_line)
             ),
-        )),
-    }
+        ),
+    };
+    let o = &origins[i];
+    Err(ConfigError {
+        file: o.file.clone(),
+        line: Some(if key.is_empty() { o.line } else { o.secret_line }),
+        key: Some(if o.top && !key.is_empty() {
+            "secret".into()
+        } else {
+            format!("users.{}{key}", specs[i].name)
+        }),
+        msg,
+    })
 }
 
 #[cfg(test)]
@@ -434,7 +423,7 @@ mod tests {
                 )),
                 6,
                 "users.bob.quota-period",
-                "out of range",
+                "from 1s to 3650d",
             ),
             (
                 t(&format!(
@@ -623,7 +612,7 @@ mod tests {
         std::fs::remove_file(&users).unwrap();
         let e = load(&cfg).unwrap_err().to_string();
         assert!(
-            e.starts_with(&format!("{uf}: cannot read the users file")),
+            e.starts_with(&format!("{uf}: cannot read the file")),
             "{e}"
         );
         // Text alone cannot read a users file.

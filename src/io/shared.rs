@@ -148,7 +148,7 @@ impl Shared {
             users: Arc::new(super::users::UsersCell::new(
                 // The config checked its users.
                 crate::proto::users::Users::new(config.user_specs())
-                    .expect("a validated config has valid users"),
+                    .unwrap_or_else(|_| unreachable!("a validated config has valid users")),
                 super::unix_now(),
             )),
             front_addrs: Mutex::new(initial_front_addrs(&config)),

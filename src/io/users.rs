@@ -274,16 +274,13 @@ impl UsersCell {
     pub fn replace(&self, users: Users, now_unix: u64) -> (Arc<LiveUsers>, Diff) {
         let mut cur = lock(&self.current);
         let d = diff(&cur.users, &users);
-        let mut stats: Vec<Option<Arc<UserStats>>> = vec![None; users.len()];
-        for &(old, new) in &d.kept {
-            stats[new] = Some(cur.stats[old].clone());
-        }
-        for c in &d.changed {
-            stats[c.new] = Some(cur.stats[c.old].clone());
-        }
-        let stats = stats
-            .into_iter()
-            .map(|s| s.unwrap_or_else(|| Arc::new(UserStats::new(now_unix))))
+        let stats = users
+            .specs()
+            .iter()
+            .map(|s| match cur.users.id(&s.name) {
+                Some(old) => cur.stats[old].clone(),
+                None => Arc::new(UserStats::new(now_unix)),
+            })
             .collect();
         let generation = cur.generation + 1;
         let next = Arc::new(LiveUsers {
