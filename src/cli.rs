@@ -997,13 +997,7 @@ fn access(a: &Access) -> i32 {
     let users: Vec<&UserSpec> = match &a.user {
         Some(n) => match all.iter().find(|u| &u.name == n) {
             Some(u) => vec![u],
-            None => {
-                errln!(
-                    "mtpx: no user named {n:?} in {} (`mtpx users list` shows them)",
-                    a.config.display()
-                );
-                return 1;
-            }
+            None => return no_user(n, &a.config),
         },
         None => all.iter().collect(),
     };
@@ -1065,75 +1059,67 @@ fn access(a: &Access) -> i32 {
     0
 }
 
+/// "no user named ..." (exit status 1).
+fn no_user(name: &str, config: &std::path::Path) -> i32 {
+    errln!(
+        "mtpx: no user named {name:?} in {} (`mtpx users list` shows them)",
+        config.display()
+    );
+    1
+}
+
 fn users_cmd(cmd: &UsersCmd) -> i32 {
-    let path = match cmd {
-        UsersCmd::List { config, .. } | UsersCmd::ResetQuota { config, .. } => config,
+    let (path, name, json) = match cmd {
+        UsersCmd::List { config, json } => (config, None, *json),
+        UsersCmd::ResetQuota { config, name } => (config, Some(name), false),
     };
     let (c, _) = match load_config(path) {
         Ok(v) => v,
         Err(code) => return code,
     };
     let users = c.user_specs();
-    let state_file = c.state_file();
-    match cmd {
-        UsersCmd::ResetQuota { name, .. } => {
-            let Some(u) = users.iter().find(|u| &u.name == name) else {
-                errln!(
-                    "mtpx: no user named {name:?} in {} (`mtpx users list` shows them)",
-                    path.display()
-                );
-                return 1;
-            };
-            if u.limits.quota.is_none() {
-                errln!("mtpx: note: user {name:?} has no quota; its usage is reset all the same");
-            }
-            let mut rng = OsRng::default();
-            let mut id = [0u8; 8];
-            rng.fill(&mut id);
-            let Some(sf) = state_file.filter(|_| !rng.failed) else {
-                errln!("mtpx: cannot make a request id (the OS random source failed)");
-                return 1;
-            };
-            match crate::background::users::request_reset(&sf, name, u64::from_le_bytes(id)) {
-                Ok(f) => {
-                    outln!(
-                        "reset of {name:?} requested ({}): a running proxy applies it within a \
-                         few seconds, else it applies at the next start",
-                        f.display()
-                    );
-                    0
-                }
-                Err(e) => {
-                    errln!(
-                        "mtpx: cannot write the reset request beside {}: {e}",
-                        sf.display()
-                    );
-                    1
-                }
-            }
-        }
-        UsersCmd::List { json, .. } => {
-            let (state, pending) = match &state_file {
-                Some(sf) => {
-                    let st = crate::background::users::load_state(sf).unwrap_or_else(|e| {
-                        errln!("mtpx: {}: {e}; usage not shown", sf.display());
-                        None
-                    });
-                    let pending: Vec<String> = crate::background::users::pending_resets(sf)
-                        .into_iter()
-                        .filter(|p| !st.as_ref().is_some_and(|s| s.applied.contains(&p.id)))
-                        .filter_map(|p| p.user.ok())
-                        .collect();
-                    (st, pending)
-                }
-                None => (None, Vec::new()),
-            };
-            let now = crate::io::unix_now();
-            out!(
-                "{}",
-                crate::links::users_table(&users, state.as_ref(), &pending, now, *json)
+    let sf = c.state_file().unwrap_or_default();
+    let Some(name) = name else {
+        let state = crate::background::users::load_state(&sf).unwrap_or_else(|e| {
+            errln!("mtpx: {}: {e}; usage not shown", sf.display());
+            None
+        });
+        let pending: Vec<String> = crate::background::users::pending_resets(&sf)
+            .into_iter()
+            .filter(|p| !state.as_ref().is_some_and(|s| s.applied.contains(&p.id)))
+            .filter_map(|p| p.user.ok())
+            .collect();
+        let now = crate::io::unix_now();
+        out!(
+            "{}",
+            crate::links::users_table(&users, state.as_ref(), &pending, now, json)
+        );
+        return 0;
+    };
+    if !users.iter().any(|u| &u.name == name) {
+        return no_user(name, path);
+    }
+    let mut rng = OsRng::default();
+    let mut id = [0u8; 8];
+    rng.fill(&mut id);
+    let r = crate::background::users::request_reset(&sf, name, u64::from_le_bytes(id));
+    match r {
+        Ok(f) if !rng.failed => {
+            outln!(
+                "reset of {name:?} requested ({}): a running proxy applies it within a few \
+                 seconds, else it applies at the next start",
+                f.display()
             );
             0
+        }
+        r => {
+            let _ = r.map(std::fs::remove_file);
+            errln!(
+                "mtpx: cannot request the reset beside {} (state-dir must exist and be writable; \
+                 the OS random source must work)",
+                sf.display()
+            );
+            1
         }
     }
 }

@@ -175,7 +175,11 @@ pub fn users_table(
         let l = &u.limits;
         let saved = state.and_then(|s| s.user(&u.name));
         let reset = pending.contains(&u.name);
-        let used = if reset { Some(0) } else { saved.map(|s| s.used) };
+        let used = if reset {
+            Some(0)
+        } else {
+            saved.map(|s| s.used)
+        };
         let status = match l.refuse(now, used.unwrap_or(0)) {
             Some(crate::proto::users::UserReject::Expired) => "expired",
             Some(_) => "over-quota",
@@ -415,8 +419,24 @@ mod tests {
         let text = users_table(&users, Some(&state), &[], now, false);
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 4, "{text}");
-        assert!(lines[0].starts_with("USER   KIND     HOST"), "{text}");
+        assert!(lines[0].starts_with("NAME   KIND     HOST  "), "{text}");
         let cols = |l: &str| l.split_whitespace().map(str::to_string).collect::<Vec<_>>();
+        assert_eq!(
+            cols(lines[0]),
+            [
+                "NAME",
+                "KIND",
+                "HOST",
+                "MAX_CONNECTIONS",
+                "MAX_IPS",
+                "QUOTA",
+                "QUOTA_PERIOD",
+                "USED",
+                "PERIOD_END",
+                "EXPIRES",
+                "STATUS"
+            ]
+        );
         assert_eq!(
             cols(lines[1]),
             [
@@ -427,6 +447,7 @@ mod tests {
                 "2",
                 "10.0",
                 "GiB",
+                "720h",
                 "1.5",
                 "KiB",
                 "2027-02-02T18:13:20Z",
@@ -434,6 +455,7 @@ mod tests {
                 "expired"
             ]
         );
+        // A lifetime quota has no period end.
         assert_eq!(
             cols(lines[2]),
             [
@@ -444,16 +466,19 @@ mod tests {
                 "-",
                 "100",
                 "B",
+                "-",
                 "100",
                 "B",
-                "never",
+                "-",
                 "-",
                 "over-quota"
             ]
         );
         assert_eq!(
             cols(lines[3]),
-            ["carol", "classic", "-", "-", "-", "-", "-", "-", "-", "ok"]
+            [
+                "carol", "classic", "-", "-", "-", "-", "-", "-", "-", "-", "ok"
+            ]
         );
         // A pending reset shows as zero usage.
         let text = users_table(&users, Some(&state), &["bob".into()], now, false);
@@ -462,8 +487,22 @@ mod tests {
             "{text}"
         );
         let json = users_table(&users, None, &[], now, true);
-        assert!(json.starts_with("[\n  {\"name\": \"alice\", \"kind\": \"faketls\", \"host\": \"storage.googleapis.com\", \"max_connections\": 8, \"max_ips\": 2, \"quota\": 10737418240, \"quota_period\": 2592000, \"used\": null, \"period_end\": null, \"expires\": \"2026-12-31T23:59:59Z\", \"status\": \"expired\"},\n"), "{json}");
-        assert!(json.ends_with("\"quota\": null, \"quota_period\": null, \"used\": null, \"period_end\": null, \"expires\": null, \"status\": \"ok\"}\n]\n"), "{json}");
+        assert!(
+            json.starts_with(
+                "[\n  {\"name\": \"alice\", \"kind\": \"faketls\", \"host\": \
+                 \"storage.googleapis.com\", \"max_connections\": 8, \"max_ips\": 2, \"quota\": \
+                 10737418240, \"quota_period\": 2592000, \"used\": null, \"period_end\": null, \
+                 \"expires\": \"2026-12-31T23:59:59Z\", \"status\": \"expired\"},\n"
+            ),
+            "{json}"
+        );
+        assert!(
+            json.ends_with(
+                "\"quota\": null, \"quota_period\": null, \"used\": null, \"period_end\": \
+                 null, \"expires\": null, \"status\": \"ok\"}\n]\n"
+            ),
+            "{json}"
+        );
         assert_eq!(json.lines().count(), 5);
     }
 }

@@ -17,8 +17,8 @@
 
 use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -166,7 +166,12 @@ fn log_diff(old: &Users, new: &Users, d: &Diff) {
     });
     let removed = d.removed.iter().map(|&i| ("removed", i, old));
     for (what, i, users) in added.chain(changed).chain(removed).take(MAX_LOGGED_CHANGES) {
-        crate::log_event!(Level::Info, "user-reloaded", user = users.specs()[i].name, change = what);
+        crate::log_event!(
+            Level::Info,
+            "user-reloaded",
+            user = users.specs()[i].name,
+            change = what
+        );
     }
     crate::log_event!(
         Level::Info,
@@ -178,19 +183,11 @@ fn log_diff(old: &Users, new: &Users, d: &Diff) {
     );
 }
 
-/// What a reload did.
-pub struct Reloaded {
-    /// The users now in force.
-    pub live: Arc<LiveUsers>,
-    /// What changed, by name.
-    pub diff: Diff,
-    /// The users file the config names now.
-    pub users_file: Option<PathBuf>,
-}
-
 /// Reads the users of the config file at `path` again (and its users file) and puts them in
-/// force. On an error (with its file, line and key) the users in force stay.
-pub fn reload(cell: &UsersCell, path: &Path) -> Result<Reloaded, String> {
+/// force; returns what changed. On an error (with its file, line and key) the users in force
+/// stay. (A changed `users-file` path applies here; the file watched for changes stays the
+/// one named at start.)
+pub fn reload(cell: &UsersCell, path: &Path) -> Result<Diff, String> {
     let (config, _) = crate::config::load(path).map_err(|e| e.to_string())?;
     // `load` checked them already.
     let users = Users::new(config.user_specs()).map_err(|_| String::from("invalid users"))?;
@@ -199,25 +196,18 @@ pub fn reload(cell: &UsersCell, path: &Path) -> Result<Reloaded, String> {
     if !diff.is_empty() {
         log_diff(&old.users, &live.users, &diff);
     }
-    Ok(Reloaded {
-        live,
-        diff,
-        users_file: config.users_file,
-    })
+    Ok(diff)
 }
 
-type Stamp = (SystemTime, u64, u64);
-
-fn stamp(p: &Path) -> Option<Stamp> {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(p).ok()?;
-    Some((m.modified().ok()?, m.len(), m.ino()))
+fn stamp(p: Option<&Path>) -> Option<(SystemTime, u64)> {
+    let m = std::fs::metadata(p?).ok()?;
+    Some((m.modified().ok()?, m.len()))
 }
 
 struct Inner {
     cell: Arc<UsersCell>,
     config: PathBuf,
-    users_file: Mutex<Option<PathBuf>>,
+    users_file: Option<PathBuf>,
     state_file: Option<PathBuf>,
     reload: AtomicBool,
     stop: AtomicBool,
@@ -233,62 +223,49 @@ impl UsersService {
     /// For a config loaded from a file: restores saved usage into `cell` now, then starts the
     /// thread. `None` without a config file (simple-run), or when the thread cannot start.
     pub(crate) fn start(cell: Arc<UsersCell>, config: &Config) -> Option<UsersService> {
-        let path = config.source.clone()?;
         let state_file = config.state_file();
         let mut done = Vec::new();
         let live = cell.load();
         if let Some(sf) = state_file.as_ref().filter(|_| live.has_quota()) {
             match load_state(sf) {
                 Ok(Some(s)) => {
-                    let n = restore(&live, &s, unix_now());
+                    restore(&live, &s, unix_now());
                     done = s.applied;
-                    crate::log_event!(
-                        Level::Info,
-                        "quota-state-loaded",
-                        file = sf.display(),
-                        users = n
-                    );
                 }
                 Ok(None) => {}
                 Err(e) => {
                     let mut aside = sf.as_os_str().to_os_string();
                     aside.push(".corrupt");
-                    let kept = std::fs::rename(sf, &aside).is_ok();
                     crate::log_event!(
                         Level::Error,
                         "quota-state-corrupt",
                         file = sf.display(),
                         error = e,
                         effect = "usage counts from zero; the users are unaffected",
-                        kept_as = if kept {
-                            PathBuf::from(aside)
-                        } else {
-                            PathBuf::new()
-                        }
-                        .display()
+                        moved_to_corrupt = std::fs::rename(sf, &aside).is_ok()
                     );
                 }
             }
         }
         let inner = Arc::new(Inner {
             cell,
-            config: path,
-            users_file: Mutex::new(config.users_file.clone()),
+            config: config.source.clone()?,
+            users_file: config.users_file.clone(),
             state_file,
             reload: AtomicBool::new(false),
             stop: AtomicBool::new(false),
         });
         let i2 = inner.clone();
-        match std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("mtpx-users".into())
-            .spawn(move || run(&i2, done))
-        {
+            .spawn(move || run(&i2, done));
+        match thread {
             Ok(t) => Some(UsersService {
                 inner,
                 thread: Some(t),
             }),
             Err(e) => {
-                crate::log_event!(Level::Warn, "users-thread-not-started", error = e);
+                crate::log_event!(Level::Error, "users-thread-not-started", error = e);
                 None
             }
         }
@@ -329,44 +306,37 @@ fn run(inner: &Inner, done: Vec<u64>) {
         last: None,
         failing: false,
     };
-    let users_file = || inner.users_file.lock().map(|f| f.clone()).unwrap_or(None);
-    let mut seen = users_file().as_deref().and_then(stamp);
+    let mut seen = stamp(inner.users_file.as_deref());
     let mut next_save = Instant::now();
-    let mut next_check = Instant::now() + CHECK_EVERY;
+    let mut next_check = next_save + CHECK_EVERY;
     loop {
         let stopping = inner.stop.load(Ordering::SeqCst);
         let mut changed = inner.reload.swap(false, Ordering::SeqCst);
-        if Instant::now() >= next_check {
-            next_check = Instant::now() + CHECK_EVERY;
-            let now = users_file().as_deref().and_then(stamp);
-            changed |= now.is_some() && now != seen;
-            seen = now;
+        let now = Instant::now();
+        if now >= next_check {
+            next_check = now + CHECK_EVERY;
+            let st = stamp(inner.users_file.as_deref());
+            changed |= st.is_some() && st != seen;
+            seen = st;
         }
         if changed && !stopping {
-            match reload(&inner.cell, &inner.config) {
-                Ok(r) => {
-                    seen = r.users_file.as_deref().and_then(stamp);
-                    if let Ok(mut f) = inner.users_file.lock() {
-                        *f = r.users_file;
-                    }
-                }
-                Err(e) => crate::log_event!(
+            if let Err(e) = reload(&inner.cell, &inner.config) {
+                crate::log_event!(
                     Level::Error,
                     "users-reload-failed",
                     error = e,
                     effect = "the users in force stay"
-                ),
+                );
             }
         }
-        if stopping || Instant::now() >= next_save {
-            next_save = Instant::now() + SAVE_EVERY;
+        if stopping || now >= next_save {
+            next_save = now + SAVE_EVERY;
             save(inner, &mut saver);
         }
         if stopping {
             return;
         }
-        let wake = next_save.min(next_check);
-        std::thread::park_timeout(wake.saturating_duration_since(Instant::now()));
+        std::thread::park_timeout(next_save.min(next_check).saturating_duration_since(now));
     }
 }
 
@@ -375,14 +345,7 @@ fn save(inner: &Inner, saver: &mut Saver) {
     let now = unix_now();
     let live = inner.cell.load();
     for (spec, s) in live.users.specs().iter().zip(&live.stats) {
-        if s.roll(spec.limits.quota_period, now) {
-            crate::log_event!(
-                Level::Info,
-                "user-quota-period",
-                user = spec.name,
-                started = now
-            );
-        }
+        s.roll(spec.limits.quota_period, now);
     }
     let Some(sf) = inner.state_file.as_deref() else {
         return;
@@ -392,19 +355,21 @@ fn save(inner: &Inner, saver: &mut Saver) {
         if saver.done.contains(&p.id) {
             continue;
         }
-        let user = p.user.as_deref().ok().and_then(|n| live.users.id(n).map(|i| (n, i)));
-        match (user, &p.user) {
-            (Some((name, id)), _) => {
-                live.stats[id].reset();
-                crate::log_event!(Level::Info, "user-quota-reset", user = name);
-            }
-            (None, r) => crate::log_event!(
-                Level::Warn,
-                "user-quota-reset-dropped",
-                file = p.file.display(),
-                error = r.as_ref().err().map_or("no such user", String::as_str)
-            ),
+        let id = p.user.as_deref().ok().and_then(|n| live.users.id(n));
+        if let Some(id) = id {
+            live.stats[id].reset();
         }
+        crate::log_event!(
+            Level::Info,
+            "user-quota-reset",
+            user = p.user.as_deref().unwrap_or("?"),
+            applied = id.is_some(),
+            error = match &p.user {
+                Err(e) => e.as_str(),
+                Ok(_) if id.is_none() => "no such user",
+                Ok(_) => "",
+            }
+        );
         saver.done.push(p.id);
     }
     // An applied request whose file is gone needs no protection any more.
@@ -416,29 +381,22 @@ fn save(inner: &Inner, saver: &mut Saver) {
             .as_ref()
             .is_some_and(|l| l.users == state.users && l.applied == state.applied);
         if !unchanged {
-            match store_state(sf, &state) {
-                Ok(()) => {
-                    if saver.failing {
-                        crate::log_event!(Level::Info, "quota-state-saved", file = sf.display());
-                    }
-                    saver.failing = false;
-                    state.written = 0;
-                    saver.last = Some(state);
+            if let Err(e) = store_state(sf, &state) {
+                if !saver.failing {
+                    crate::log_event!(
+                        Level::Warn,
+                        "quota-state-not-saved",
+                        file = sf.display(),
+                        error = e,
+                        effect = "usage is kept in memory; retrying every few seconds"
+                    );
                 }
-                Err(e) => {
-                    if !saver.failing {
-                        crate::log_event!(
-                            Level::Warn,
-                            "quota-state-not-saved",
-                            file = sf.display(),
-                            error = e,
-                            effect = "usage is kept in memory; retrying every few seconds"
-                        );
-                    }
-                    saver.failing = true;
-                    return;
-                }
+                saver.failing = true;
+                return;
             }
+            saver.failing = false;
+            state.written = 0;
+            saver.last = Some(state);
         }
     }
     // Saved (or nothing to save): the applied requests' files can go.
@@ -680,27 +638,19 @@ mod tests {
             ),
         )
         .unwrap();
-        let r = reload(&cells, &cfg).unwrap();
-        let names: Vec<&str> = r
-            .live
-            .users
-            .specs()
-            .iter()
-            .map(|u| u.name.as_str())
-            .collect();
+        let diff = reload(&cells, &cfg).unwrap();
+        let live = cells.load();
+        let names: Vec<&str> = live.users.specs().iter().map(|u| u.name.as_str()).collect();
         assert_eq!(names, ["default", "alice", "carol"]);
-        assert_eq!(r.diff.added, [2]);
-        assert_eq!(r.diff.removed, [2]);
-        assert_eq!(r.diff.changed.len(), 1);
-        assert!(r.diff.changed[0].limits && !r.diff.changed[0].secret);
-        assert_eq!(r.diff.kept, [(0, 0)]);
-        assert!(Arc::ptr_eq(&r.live.stats[1], &before.stats[1]));
-        assert_eq!(r.users_file, Some(d.0.join("users.toml")));
+        assert_eq!(diff.added, [2]);
+        assert_eq!(diff.removed, [2]);
+        assert_eq!(diff.changed.len(), 1);
+        assert!(diff.changed[0].limits && !diff.changed[0].secret);
+        assert_eq!(diff.kept, [(0, 0)]);
+        assert!(Arc::ptr_eq(&live.stats[1], &before.stats[1]));
         // Broken: the error names the file and line; the users stay.
         std::fs::write(d.0.join("users.toml"), "[users.alice]\nsecret = \"nope\"\n").unwrap();
-        let Err(e) = reload(&cells, &cfg) else {
-            panic!("a broken users file reloaded")
-        };
+        let e = reload(&cells, &cfg).unwrap_err();
         let uf = d.0.join("users.toml");
         assert!(
             e.starts_with(&format!("{}:2: users.alice.secret: ", uf.display())),

@@ -62,31 +62,23 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
     Some(Duration::from_nanos(u64::try_from(total).ok()?))
 }
 
-/// Parses a period: a [`parse_duration`] value that may start with days and weeks (`30d`,
-/// `1w`, `1d12h`, `36h`). Used for `quota-period`.
+/// Parses a period: whole days (`30d`) or weeks (`1w`), or a [`parse_duration`] value
+/// (`36h`, `90m`). Used for `quota-period`.
 pub fn parse_period(s: &str) -> Option<Duration> {
-    let t = s.trim().to_ascii_lowercase();
-    let split = t.rfind(['d', 'w']).map_or(0, |i| i + 1);
-    let (long, rest) = t.split_at(split);
-    let mut secs: u64 = 0;
-    let mut num = String::new();
-    for c in long.chars() {
-        match c {
-            '0'..='9' => num.push(c),
-            'd' | 'w' if !num.is_empty() => {
-                let unit = if c == 'd' { 86_400 } else { 7 * 86_400 };
-                secs = secs.checked_add(num.parse::<u64>().ok()?.checked_mul(unit)?)?;
-                num.clear();
-            }
-            c if c.is_whitespace() => {}
-            _ => return None,
-        }
-    }
-    let rest = match rest.trim() {
-        "" if split > 0 => Duration::ZERO,
-        r => parse_duration(r)?,
+    let t = s.trim();
+    let (num, unit) = t.split_at(t.len().checked_sub(1)?);
+    let secs = match unit {
+        "d" | "D" => 86_400,
+        "w" | "W" => 7 * 86_400,
+        _ => return parse_duration(t),
     };
-    Duration::from_secs(secs).checked_add(rest)
+    if num.is_empty() || !num.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    num.parse::<u64>()
+        .ok()?
+        .checked_mul(secs)
+        .map(Duration::from_secs)
 }
 
 /// Formats a duration Go-style (`1m30s`, `500ms`, `0s`).
@@ -215,12 +207,11 @@ mod tests {
     }
 
     #[test]
-    fn periods_take_days_and_weeks() {
+    fn periods_are_days_weeks_or_durations() {
         let p = |s| parse_period(s).map(|d| d.as_secs());
         assert_eq!(p("30d"), Some(30 * 86_400));
-        assert_eq!(p("1w"), Some(7 * 86_400));
-        assert_eq!(p("1D12h"), Some(36 * 3600));
-        assert_eq!(p("2w1d"), Some(15 * 86_400));
+        assert_eq!(p(" 1w "), Some(7 * 86_400));
+        assert_eq!(p("2D"), Some(2 * 86_400));
         assert_eq!(p("36h"), Some(36 * 3600));
         assert_eq!(p("1h30m"), Some(5400));
         for bad in [
@@ -229,9 +220,11 @@ mod tests {
             "30",
             "1.5d",
             "-1d",
+            "+1d",
             "d30",
             "1x",
             "1d1",
+            "1d12h",
             "99999999999999999999w",
         ] {
             assert_eq!(p(bad), None, "{bad}");

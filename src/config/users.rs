@@ -15,9 +15,7 @@ use super::keys::Doc;
 use super::{ConfigError, parse_period};
 use crate::formats::encoding::hex_decode;
 use crate::proto::secret::Secret;
-use crate::proto::users::{
-    Limits, MAX_USERS, UserSpec, Users, UsersError, check_name,
-};
+use crate::proto::users::{Limits, MAX_USERS, UserSpec, Users, UsersError, check_name};
 
 /// The keys a user table may hold.
 pub(super) const USER_KEYS: [&str; 7] = [
@@ -85,7 +83,7 @@ impl Doc {
                 }
             }
             let name = &parts[1];
-            if seen.insert(name.clone(), 0).is_none() {
+            if seen.insert(name.clone(), 0usize).is_none() {
                 check_name(name).map_err(bad)?;
                 if names.len() == MAX_USERS {
                     return Err(bad("more than 4096 users"));
@@ -129,7 +127,9 @@ impl Doc {
         };
         let mut count = |f: &str| -> Result<Option<u32>, ConfigError> {
             match self.uint(&k(f), 1_000_000)? {
-                Some(0) => Err(self.err(&k(f), "must be at least 1 (leave it out: no limit)".into())),
+                Some(0) => {
+                    Err(self.err(&k(f), "must be at least 1 (leave it out: no limit)".into()))
+                }
                 v => Ok(v.map(|n| n as u32)),
             }
         };
@@ -144,9 +144,8 @@ impl Doc {
                 v => Ok(v),
             }
         };
-        let period_ok = |s: &str| {
-            parse_period(s).is_some_and(|d| (1..=MAX_PERIOD).contains(&d.as_secs()))
-        };
+        let period_ok =
+            |s: &str| parse_period(s).is_some_and(|d| (1..=MAX_PERIOD).contains(&d.as_secs()));
         let quota_period = text(
             self,
             "quota-period",
@@ -238,7 +237,11 @@ pub(super) fn check_users(specs: &[UserSpec], origins: &[Origin]) -> Result<(), 
     let o = &origins[i];
     Err(ConfigError {
         file: o.file.clone(),
-        line: Some(if key.is_empty() { o.line } else { o.secret_line }),
+        line: Some(if key.is_empty() {
+            o.line
+        } else {
+            o.secret_line
+        }),
         key: Some(if o.top && !key.is_empty() {
             "secret".into()
         } else {
@@ -611,10 +614,7 @@ mod tests {
         assert_eq!(e.key.as_deref(), Some("secret"), "{e}");
         std::fs::remove_file(&users).unwrap();
         let e = load(&cfg).unwrap_err().to_string();
-        assert!(
-            e.starts_with(&format!("{uf}: cannot read the file")),
-            "{e}"
-        );
+        assert!(e.starts_with(&format!("{uf}: cannot read the file")), "{e}");
         // Text alone cannot read a users file.
         let e = parse(&format!("{BIND}users-file = \"u.toml\"\n")).unwrap_err();
         assert!(e.msg.contains("no user"), "{e}");

@@ -247,89 +247,60 @@ fn with_metrics<R>(
     let handshake_bufs = one(g(s.handshake_bufs));
     // Per user: traffic, open connections, admitted, quota used, and the refusals that
     // happened (reasons with a zero count have no series). A user's base is found by name
-    // (a reload may renumber users).
-    let base_user = |i: usize, name: &str| -> Option<&UserCounts> {
-        let b = base?;
-        b.users
-            .get(i)
-            .filter(|u| u.name == name)
-            .or_else(|| b.users.iter().find(|u| u.name == name))
-            .map(|u| &u.counts)
-    };
-    let user_dir: Vec<[(&str, &str); 2]> = s
-        .users
-        .iter()
-        .flat_map(|u| {
-            [DIRECTION_TO_CLIENT, DIRECTION_FROM_CLIENT]
-                .map(|dir| [(LABEL_DIRECTION, dir), (fmt::LABEL_USER, u.name.as_str())])
-        })
-        .collect();
-    let user_one: Vec<[(&str, &str); 1]> = s
-        .users
-        .iter()
-        .map(|u| [(fmt::LABEL_USER, u.name.as_str())])
-        .collect();
-    let user_traffic: Vec<Sample<'_>> = user_dir
-        .iter()
-        .enumerate()
-        .map(|(k, labels)| {
-            let (i, c) = (k / 2, &s.users[k / 2].counts);
-            let old = base_user(i, &s.users[i].name);
-            let (cur, was) = if k % 2 == 0 {
-                (c.to_client, old.map_or(0, |o| o.to_client))
-            } else {
-                (c.from_client, old.map_or(0, |o| o.from_client))
-            };
-            Sample {
-                labels,
-                value: cur.saturating_sub(was) as f64,
-            }
-        })
-        .collect();
-    let per_user = |f: fn(&UserCounts) -> u64, counter: bool| -> Vec<Sample<'_>> {
-        user_one
-            .iter()
-            .enumerate()
-            .map(|(i, labels)| {
-                let cur = f(&s.users[i].counts);
-                let was = if counter {
-                    base_user(i, &s.users[i].name).map_or(0, f)
-                } else {
-                    0
-                };
-                Sample {
-                    labels,
-                    value: cur.saturating_sub(was) as f64,
-                }
-            })
-            .collect()
-    };
-    let user_open = per_user(|c| c.open, false);
-    let user_admitted = per_user(|c| c.admitted, true);
-    let user_used = per_user(|c| c.used, false);
-    let mut reject_labels: Vec<([(&str, &str); 2], u64)> = Vec::new();
+    // (a reload may renumber users). Labels first, samples after (they borrow the labels).
+    let mut user_labels: Vec<[(&str, &str); 2]> = Vec::new();
+    let mut user_values: Vec<(usize, f64)> = Vec::new();
     for (i, u) in s.users.iter().enumerate() {
+        let c = &u.counts;
+        let old = base.and_then(|b| {
+            b.users
+                .get(i)
+                .filter(|o| o.name == u.name)
+                .or_else(|| b.users.iter().find(|o| o.name == u.name))
+        });
+        let was = |f: fn(&UserCounts) -> u64| old.map_or(0, |o| f(&o.counts));
+        let user = (fmt::LABEL_USER, u.name.as_str());
+        let mut add = |family: usize, label: (&'static str, &'static str), v: u64| {
+            user_labels.push([label, user]);
+            user_values.push((family, v as f64));
+        };
+        add(
+            0,
+            (LABEL_DIRECTION, DIRECTION_TO_CLIENT),
+            c.to_client.saturating_sub(was(|o| o.to_client)),
+        );
+        add(
+            0,
+            (LABEL_DIRECTION, DIRECTION_FROM_CLIENT),
+            c.from_client.saturating_sub(was(|o| o.from_client)),
+        );
+        add(1, ("", ""), c.open);
+        add(2, ("", ""), c.admitted.saturating_sub(was(|o| o.admitted)));
+        add(3, ("", ""), c.used);
         for (r, why) in UserReject::ALL.iter().enumerate() {
-            let cur = u.counts.rejects[r];
-            if cur > 0 {
-                let was = base_user(i, &u.name).map_or(0, |o| o.rejects[r]);
-                reject_labels.push((
-                    [
-                        (LABEL_REASON, why.as_str()),
-                        (fmt::LABEL_USER, u.name.as_str()),
-                    ],
-                    cur.saturating_sub(was),
-                ));
+            if c.rejects[r] > 0 {
+                let old = old.map_or(0, |o| o.counts.rejects[r]);
+                add(
+                    4,
+                    (LABEL_REASON, why.as_str()),
+                    c.rejects[r].saturating_sub(old),
+                );
             }
         }
     }
-    let user_rejects: Vec<Sample<'_>> = reject_labels
-        .iter()
-        .map(|(labels, v)| Sample {
-            labels,
-            value: *v as f64,
-        })
-        .collect();
+    let family = |f: usize| -> Vec<Sample<'_>> {
+        user_labels
+            .iter()
+            .zip(&user_values)
+            .filter(|(_, (g, _))| *g == f)
+            .map(|(l, &(_, value))| Sample {
+                labels: if l[0].0.is_empty() { &l[1..] } else { &l[..] },
+                value,
+            })
+            .collect()
+    };
+    let (user_traffic, user_open, user_admitted, user_used, user_rejects) =
+        (family(0), family(1), family(2), family(3), family(4));
     let cat = |name: &'static str, samples| {
         let def = fmt::def(name);
         Metric {
