@@ -41,7 +41,7 @@ fn unix_now() -> u64 {
 
 /// Reads the state file; `Ok(None)` when there is none.
 pub fn load_state(path: &Path) -> Result<Option<State>, String> {
-    match std::fs::read_to_string(path) {
+    match crate::config::read_small(path, state::MAX_STATE_BYTES as u64) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e.to_string()),
         Ok(text) => state::parse(&text).map(Some).map_err(|e| e.to_string()),
@@ -109,7 +109,7 @@ pub fn pending_resets(path: &Path) -> Vec<PendingReset> {
             continue;
         };
         let file = e.path();
-        let user = std::fs::read_to_string(&file)
+        let user = crate::config::read_small(&file, 4096)
             .map_err(|e| e.to_string())
             .and_then(|t| state::parse_reset(&t).map_err(|e| e.to_string()));
         out.push(PendingReset { id, file, user });

@@ -614,22 +614,23 @@ impl fmt::Display for Warning {
 /// Largest config or users file read.
 const MAX_FILE: u64 = 16 << 20;
 
-/// Reads a text file of at most [`MAX_FILE`] bytes.
-fn read_text(path: &Path) -> Result<String, ConfigError> {
-    use std::io::Read as _;
-    let fail = |line, msg: String| ConfigError::at(None, line, msg);
+/// Reads a text file of at most `max` bytes (config, users and state files).
+pub(crate) fn read_small(path: &Path, max: u64) -> std::io::Result<String> {
+    use std::io::{Error, ErrorKind::InvalidData, Read as _};
     let mut bytes = Vec::new();
-    std::fs::File::open(path)
-        .and_then(|f| f.take(MAX_FILE + 1).read_to_end(&mut bytes))
-        .map_err(|e| fail(None, format!("cannot read the file: {e}")))?;
-    if bytes.len() as u64 > MAX_FILE {
-        return Err(fail(None, "the file is larger than 16 MiB".into()));
+    std::fs::File::open(path)?
+        .take(max + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(Error::new(InvalidData, "the file is too large"));
     }
-    String::from_utf8(bytes).map_err(|e| {
-        let at = e.utf8_error().valid_up_to();
-        let line = 1 + e.as_bytes()[..at].iter().filter(|&&b| b == b'\n').count();
-        fail(Some(line), "the file is not valid UTF-8".into())
-    })
+    String::from_utf8(bytes).map_err(|_| Error::new(InvalidData, "not UTF-8 text"))
+}
+
+/// Reads a config or users file of at most [`MAX_FILE`] bytes.
+fn read_text(path: &Path) -> Result<String, ConfigError> {
+    read_small(path, MAX_FILE)
+        .map_err(|e| ConfigError::at(None, None, format!("cannot read the file: {e}")))
 }
 
 /// What one file gave: the config (`None` for a users file), its warnings, and its users with
