@@ -12,11 +12,22 @@ RUN_CONFIG := $(TARGET_DIR)/mtpx-run.toml
 
 .DEFAULT_GOAL := help
 
+# `make test`: scripts/test-deps.sh (installs what the suites need, or stops at once with the
+# command to run as root), then each suite, then a summary of what passed, failed or did not run.
+# Each suite records its result in $(TEST_RESULTS) ($(suite_begin) first, $(suite_end) last).
+# A suite target run alone (`make haproxy`) runs test-deps first too; inside `make test`,
+# which already ran it, MTPX_DEPS_DONE=1 leaves it out.
+TEST_SUITES  := unit interop interop-tdlib interop-mtcute haproxy probes
+TEST_RESULTS := $(TARGET_DIR)/test-results
+DEPS         := $(if $(MTPX_DEPS_DONE),,test-deps)
+suite_begin   = @mkdir -p $(TEST_RESULTS) && rm -f $(TEST_RESULTS)/$@.end && date +%s > $(TEST_RESULTS)/$@.begin
+suite_end     = @date +%s > $(TEST_RESULTS)/$@.end
+
 include mk/probes.mk
 include mk/release.mk
 include mk/bench.mk
 include mk/fuzz.mk
-.PHONY: help build test unit interop interop-tdlib interop-mtcute haproxy interop-reference lint layering check run clean
+.PHONY: help build test test-deps unit interop interop-tdlib interop-mtcute haproxy interop-reference lint layering check run clean
 
 help: ## show this list
 	@echo "usage: make <target> [HOST=example.com] [PORT=3128] [SECRET=...] [CARGO=cargo]"
@@ -26,28 +37,45 @@ help: ## show this list
 build: ## release binary: target/release/mtpx
 	$(CARGO) build --release --locked
 
-test: unit interop interop-tdlib interop-mtcute haproxy probes ## cargo tests, Telethon, TDLib and mtcute interop, HAProxy, then the active-probe suite
+test: ## installs what the suites need (scripts/test-deps.sh), runs them all, prints a summary
+	@PYTHON=$(PYTHON) bash scripts/test-deps.sh
+	@rm -rf $(TEST_RESULTS)
+	@$(MAKE) --no-print-directory $(TEST_SUITES) MTPX_DEPS_DONE=1; rc=$$?; \
+		bash scripts/test-summary.sh $(TEST_RESULTS) $(TEST_SUITES); exit $$rc
 
-unit: ## cargo test --locked --all-targets
+test-deps: ## check, and install what is missing: nginx, haproxy, .venv, Node.js, mtcute (see the script)
+	@PYTHON=$(PYTHON) bash scripts/test-deps.sh
+
+unit: $(DEPS) ## cargo test --locked --all-targets
+	$(suite_begin)
 	$(CARGO) test --locked --workspace --all-targets
+	$(suite_end)
 
-interop: ## Telethon -> target/debug/mtpx -> fake DC (makes .venv on first use)
+interop: $(DEPS) ## Telethon -> target/debug/mtpx -> fake DC
+	$(suite_begin)
 	$(CARGO) build --locked
 	MTPX_BIN=$(DEBUG_BIN) PYTHON=$(PYTHON) bash tests/interop/run.sh
+	$(suite_end)
 
-interop-tdlib: ## TDLib -> target/debug/mtpx -> fake DC, in a loopback-only netns (root, unshare, ip)
+interop-tdlib: $(DEPS) ## TDLib -> target/debug/mtpx -> fake DC, in a loopback-only netns (unshare, ip)
+	$(suite_begin)
 	$(CARGO) build --locked
 	MTPX_BIN=$(DEBUG_BIN) PYTHON=$(PYTHON) bash tests/interop/tdlib.sh
+	$(suite_end)
 
-interop-mtcute: ## mtcute (npm, pinned) -> target/debug/mtpx -> fake DC, in a loopback-only netns
+interop-mtcute: $(DEPS) ## mtcute (npm, pinned) -> target/debug/mtpx -> fake DC, in a loopback-only netns
+	$(suite_begin)
 	$(CARGO) build --locked
 	MTPX_BIN=$(DEBUG_BIN) PYTHON=$(PYTHON) bash tests/interop/mtcute.sh
+	$(suite_end)
 
-haproxy: ## a real HAProxy (send-proxy-v2) balancing two mtpx instances
+haproxy: $(DEPS) ## a real HAProxy (send-proxy-v2) balancing two mtpx instances
+	$(suite_begin)
 	$(CARGO) build --locked
-	bash tests/haproxy/run.sh
+	PYTHON=$(PYTHON) bash tests/haproxy/run.sh
+	$(suite_end)
 
-interop-reference: ## the interop harness against its pure-Python reference proxy
+interop-reference: $(DEPS) ## the interop harness against its pure-Python reference proxy
 	PYTHON=$(PYTHON) bash tests/interop/run.sh --reference
 
 lint: ## rustfmt check + clippy with warnings denied (mtpx and the bench tool)

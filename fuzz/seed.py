@@ -98,6 +98,13 @@ def main():
         cname = b"\xc0\x0c" + struct.pack(">HHIH", 5, 1, 300, 6) + b"\x03www\xc0\x0c"
         addr = b"\xc0\x29" + struct.pack(">HHIH", qtype, 1, 60, len(rdata)) + rdata
         put("dns_response", f"type{qtype}", head + question + cname + addr)
+    # SNTP: a server reply (stratum 2, T1 echoed, T2 <= T3), a kiss-of-death, a v3 reply with
+    # an extension field after the 48 bytes (bytes 48..56 are T4 for the target).
+    t1, t2, t3 = 0xE9F0_0000_8000_0000, 0xE9F0_0001_0000_0000, 0xE9F0_0001_0001_0000
+    reply = bytes([0x24, 2, 6, 0xEC]) + bytes(8) + b"GPS\0" + struct.pack(">QQQQ", t3, t1, t2, t3)
+    put("sntp_response", "reply", reply + struct.pack(">Q", t3 + (1 << 28)))
+    put("sntp_response", "kod", bytes([0xE4, 0, 6, 0xEC]) + bytes(8) + b"RATE" + bytes(32))
+    put("sntp_response", "v3-ext", bytes([0x1C]) + reply[1:] + struct.pack(">Q", t3 + 1) + bytes(16))
     put("dns_response", "resolv", "nameserver 192.0.2.53\nnameserver fe80::1%2\noptions timeout:3 attempts:2\n")
 
     # HTTP.
@@ -139,6 +146,23 @@ def main():
             "user bob.smith 0 1764547200\napplied 9f86d081884c7d65\n")
     put("state_file", "state", body + "sha256 " + hashlib.sha256(body.encode()).hexdigest() + "\n")
     put("state_file", "reset", "mtpx-quota-reset 1\nuser alice\n")
+
+    # Telegram's proxy config and the middle-proxy protocol.
+    put("proxy_config", "v4", "# c\ndefault 2;\nproxy_for 1 149.154.175.50:8888;\nproxy_for -203 91.105.192.110:443;\nproxy_for 203 91.105.192.110:443;\n")
+    put("proxy_config", "v6", "proxy_for 203 [2a0a:f280:203:a:5000::100]:443;\r\ntimeout 300;\n")
+    # Plaintext RPC packets for middle_codec: RPC_PROXY_ANS (conn id "conn-id!"), a simple ack.
+    def pkt(seq, payload):
+        body = struct.pack("<Ii", len(payload) + 12, seq) + payload
+        import zlib
+        return body + struct.pack("<I", zlib.crc32(body))
+    ans = struct.pack("<II", 0x4403DA0D, 0) + b"conn-id!" + b"\x01" * 8
+    ack = struct.pack("<I", 0x3BAC409B) + b"conn-id!" + b"\x01\x02\x03\x04"
+    # A valid nonce answer for middle_handshake's fixed parameters (its secret is (i*37+11) & 0xff,
+    # its time 1_700_000_000): what follows is decrypted as the handshake answer.
+    key_select = bytes((i * 37 + 11) & 0xFF for i in range(4))
+    nonce = struct.pack("<I", 0x7ACB87AA) + key_select + struct.pack("<II", 1, 1_700_000_000) + b"\x42" * 16
+    put("middle_handshake", "nonce", b"\x00" + pkt(-2, nonce) + b"\x00" * 48)
+    put("middle_codec", "answers", b"\x01" + pkt(0, ans) + b"\x04\0\0\0" + pkt(1, ack))
 
 
 if __name__ == "__main__":

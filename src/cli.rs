@@ -362,6 +362,8 @@ with a hint below warnings and failures):
   Fronting site     TCP connect to the ee secret's site (or [domain-fronting] ip), then 3
                     TLS probes: a warning when its handshake shape cannot be copied
   SNI-DNS match     whether the secret's host resolves to public-ipv4 / public-ipv6
+  Middle proxies    with an ad-tag only: the proxy config and proxy secret load, and a
+                    middle proxy for DC 2 answers the RPC handshake (timeout: 5s)
 
 Exit status: 0 when nothing failed (warnings included, unless --strict), 1 when a check
 failed or the config is invalid, 2 on a usage error.
@@ -886,7 +888,11 @@ impl SimpleRun {
 pub fn main() -> i32 {
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
     match parse_args(args) {
-        Ok(cli) => execute(cli),
+        Ok(cli) => {
+            let code = execute(cli);
+            crate::log::flush();
+            code
+        }
         Err(e) => {
             let hint = match e.command {
                 Some(c) => format!("mtpx {c} --help"),

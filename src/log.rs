@@ -7,15 +7,27 @@
 //!
 //! The level threshold and the format are global, set once at start by [`init`] (two atomics).
 //! [`log_event!`](crate::log_event) checks [`enabled`] first, so a filtered-out event costs one
-//! atomic load and formats nothing. An emitted line is built in a thread-local reusable `String`
-//! and written with a single `write_all` on a locked stderr, so lines of different threads never
-//! interleave. Secrets are never logged: nothing in mtpx implements `Display` for a secret's key.
+//! atomic load and formats nothing. An emitted line is built in a thread-local reusable `String`.
+//! Secrets are never logged: nothing in mtpx implements `Display` for a secret's key.
+//!
+//! Logging never blocks a worker (issue 12): once the proxy runs ([`start_writer`]), a line is
+//! copied into a fixed 64 KiB ring under a lock held only for that copy, and a thread of its
+//! own writes the ring to stderr. A stderr that blocks (a full pipe nobody reads) fills the
+//! ring; further lines are dropped and counted ([`dropped`]), and the count is written in a
+//! warning once stderr moves again. Before that (command-line tools, start-up errors) lines
+//! are written directly, one `write_all` each. [`flush`] waits for the ring to be written.
+//!
+//! Events an unauthenticated client can trigger at will (a failed handshake, fronting) are
+//! rate-limited at the default level by [`probe`]: at most [`PROBE_LINES`] lines per kind every
+//! [`PROBE_INTERVAL_SECS`] seconds, then one `log-suppressed` line per kind and interval with
+//! the count left out. With `debug = true` every one is written.
 
 use std::cell::RefCell;
 use std::fmt::{self, Display, Write as _};
 use std::io::Write as _;
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::formats::json;
 
@@ -132,10 +144,7 @@ pub fn emit(level: Level, event: &str, fields: &[Field<'_>]) {
         line.clear();
         format_event(line, scratch, format, ts, level, event, fields);
         line.push('\n');
-        let stderr = std::io::stderr();
-        let mut lock = stderr.lock();
-        // Nowhere to report a failure to write a log line.
-        let _ = lock.write_all(line.as_bytes());
+        write_line(line.as_bytes());
     };
     let done = BUFS
         .try_with(|cell| match cell.try_borrow_mut() {
@@ -170,9 +179,7 @@ pub fn emit_raw(level: Level, args: fmt::Arguments<'_>) {
         line.clear();
         format_raw(line, scratch, format, ts, level, args);
         line.push('\n');
-        let stderr = std::io::stderr();
-        let mut lock = stderr.lock();
-        let _ = lock.write_all(line.as_bytes());
+        write_line(line.as_bytes());
     };
     let done = BUFS
         .try_with(|cell| match cell.try_borrow_mut() {
@@ -189,6 +196,298 @@ pub fn emit_raw(level: Level, args: fmt::Arguments<'_>) {
         .unwrap_or(false);
     if !done {
         write(&mut String::new(), &mut String::new());
+    }
+}
+
+// ---------------------------------------------------------------- the writer
+
+/// Bytes of log lines the ring holds (about 300 lines) while stderr is slow.
+const RING: usize = 64 * 1024;
+
+/// How often the writer reports suppressed probe lines and dropped lines.
+const TICK: Duration = Duration::from_secs(1);
+
+/// A byte ring of whole lines: a line goes in whole or not at all.
+struct Ring {
+    buf: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl Ring {
+    fn new(cap: usize) -> Ring {
+        Ring {
+            buf: vec![0; cap],
+            start: 0,
+            len: 0,
+        }
+    }
+
+    /// Appends `line`, or returns false when it does not fit.
+    fn push(&mut self, line: &[u8]) -> bool {
+        let cap = self.buf.len();
+        if line.len() > cap - self.len {
+            return false;
+        }
+        let at = (self.start + self.len) % cap;
+        let first = line.len().min(cap - at);
+        self.buf[at..at + first].copy_from_slice(&line[..first]);
+        self.buf[..line.len() - first].copy_from_slice(&line[first..]);
+        self.len += line.len();
+        true
+    }
+
+    /// Moves everything into `out`, oldest first.
+    fn drain_into(&mut self, out: &mut Vec<u8>) {
+        let cap = self.buf.len();
+        let first = self.len.min(cap - self.start);
+        out.extend_from_slice(&self.buf[self.start..self.start + first]);
+        out.extend_from_slice(&self.buf[..self.len - first]);
+        self.start = 0;
+        self.len = 0;
+    }
+}
+
+struct Queue {
+    ring: Ring,
+    /// Lines pushed, and lines the writer has written (or dropped): for [`flush`].
+    pushed: u64,
+    written: u64,
+    /// The writer sleeps on `more` (so a push must wake it).
+    idle: bool,
+    /// Summaries asked for by [`flush`], and the last request the writer answered.
+    report_asked: u64,
+    report_done: u64,
+}
+
+struct Sink {
+    queue: Mutex<Queue>,
+    more: Condvar,
+    done: Condvar,
+}
+
+static SINK: OnceLock<Sink> = OnceLock::new();
+/// Set once the writer thread runs: lines go to the ring from then on.
+static WRITER: AtomicBool = AtomicBool::new(false);
+static DROPPED: AtomicU64 = AtomicU64::new(0);
+
+fn lock(m: &Mutex<Queue>) -> MutexGuard<'_, Queue> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn sink() -> &'static Sink {
+    SINK.get_or_init(|| Sink {
+        queue: Mutex::new(Queue {
+            ring: Ring::new(RING),
+            pushed: 0,
+            written: 0,
+            idle: false,
+            report_asked: 0,
+            report_done: 0,
+        }),
+        more: Condvar::new(),
+        done: Condvar::new(),
+    })
+}
+
+/// Hands one line to the writer thread, or writes it directly when there is none.
+fn write_line(line: &[u8]) {
+    if !WRITER.load(Ordering::Acquire) {
+        // Nowhere to report a failure to write a log line.
+        let _ = std::io::stderr().lock().write_all(line);
+        return;
+    }
+    let sink = sink();
+    let mut q = lock(&sink.queue);
+    if !q.ring.push(line) {
+        DROPPED.fetch_add(1, Ordering::Relaxed);
+        return;
+    }
+    q.pushed += 1;
+    if q.idle {
+        sink.more.notify_one();
+    }
+}
+
+/// Lines dropped so far because stderr did not keep up (the ring was full).
+pub fn dropped() -> u64 {
+    DROPPED.load(Ordering::Relaxed)
+}
+
+/// From now on, log lines go through the ring to a writer thread (see the module
+/// documentation). Idempotent; if the thread cannot be started, lines stay direct.
+pub fn start_writer() {
+    static STARTED: AtomicBool = AtomicBool::new(false);
+    if STARTED.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    let sink = sink();
+    let spawned = std::thread::Builder::new()
+        .name("mtpx-log".into())
+        .spawn(move || writer(sink));
+    if spawned.is_ok() {
+        WRITER.store(true, Ordering::Release);
+    }
+}
+
+fn writer(sink: &Sink) {
+    let mut out = Vec::with_capacity(RING);
+    let mut reported_drops = 0;
+    let mut last_summary = Instant::now();
+    loop {
+        let (upto, asked, report) = {
+            let mut q = lock(&sink.queue);
+            if q.ring.len == 0 && q.report_asked == q.report_done {
+                q.idle = true;
+                q = match sink.more.wait_timeout(q, TICK) {
+                    Ok((g, _)) => g,
+                    Err(p) => p.into_inner().0,
+                };
+                q.idle = false;
+            }
+            q.ring.drain_into(&mut out);
+            (q.pushed, q.report_asked, q.report_asked != q.report_done)
+        };
+        if report || last_summary.elapsed() >= Duration::from_secs(PROBE_INTERVAL_SECS) {
+            last_summary = Instant::now();
+            report_suppressed(&mut out);
+        }
+        if !out.is_empty() {
+            let _ = std::io::stderr().lock().write_all(&out);
+            out.clear();
+        }
+        // Lines lost while stderr was stuck: said once it moves again.
+        let drops = dropped();
+        if drops > reported_drops {
+            let mut line = String::new();
+            let n = drops - reported_drops;
+            format_event(
+                &mut line,
+                &mut String::new(),
+                current_format(),
+                unix_millis(),
+                Level::Warn,
+                "log-lines-dropped",
+                &[("dropped", &n), ("total", &drops)],
+            );
+            line.push('\n');
+            let _ = std::io::stderr().lock().write_all(line.as_bytes());
+            reported_drops = drops;
+        }
+        {
+            let mut q = lock(&sink.queue);
+            q.written = upto;
+            q.report_done = asked;
+        }
+        sink.done.notify_all();
+    }
+}
+
+/// Waits (up to a second: stderr may be stuck) until every line logged so far is written,
+/// with the suppressed-probe summaries. Call before the process exits.
+pub fn flush() {
+    if !WRITER.load(Ordering::Acquire) {
+        return;
+    }
+    let sink = sink();
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let mut q = lock(&sink.queue);
+    let target = q.pushed;
+    q.report_asked += 1;
+    let asked = q.report_asked;
+    sink.more.notify_one();
+    while q.written < target || q.report_done < asked {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        q = match sink.done.wait_timeout(q, left) {
+            Ok((g, _)) => g,
+            Err(p) => p.into_inner().0,
+        };
+    }
+}
+
+// ---------------------------------------------------------------- probe events
+
+/// Lines per kind of probe event and interval at the default level.
+pub const PROBE_LINES: u32 = 10;
+/// The interval of [`PROBE_LINES`], in seconds.
+pub const PROBE_INTERVAL_SECS: u64 = 10;
+
+/// Events that unauthenticated clients trigger at will.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Probe {
+    /// A handshake failed and the connection was closed (`handshake-rejected`).
+    Rejected = 0,
+    /// A failed handshake was passed to the fronting site (`fronting`).
+    Fronting = 1,
+    /// The fronting site could not be reached for one (`fronting-failed`).
+    FrontingFailed = 2,
+}
+
+const PROBE_EVENTS: [&str; 3] = ["handshake-rejected", "fronting", "fronting-failed"];
+
+/// A per-kind budget of lines per interval (see [`probe`]).
+struct Limit {
+    window: AtomicU64,
+    used: AtomicU32,
+    suppressed: AtomicU64,
+}
+
+impl Limit {
+    const fn new() -> Limit {
+        Limit {
+            window: AtomicU64::new(0),
+            used: AtomicU32::new(0),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether one more line fits in the interval of `now_secs` (approximate under races,
+    /// which only matters for a line or two).
+    fn allow(&self, now_secs: u64) -> bool {
+        let w = now_secs / PROBE_INTERVAL_SECS;
+        if self.window.swap(w, Ordering::Relaxed) != w {
+            self.used.store(0, Ordering::Relaxed);
+        }
+        if self.used.fetch_add(1, Ordering::Relaxed) < PROBE_LINES {
+            return true;
+        }
+        self.used.store(PROBE_LINES, Ordering::Relaxed);
+        self.suppressed.fetch_add(1, Ordering::Relaxed);
+        false
+    }
+}
+
+static LIMITS: [Limit; 3] = [Limit::new(), Limit::new(), Limit::new()];
+
+/// Whether to log this probe event now: always with `debug = true`; otherwise at most
+/// [`PROBE_LINES`] per kind and [`PROBE_INTERVAL_SECS`]. The rest are counted and summed up by
+/// the writer in one `log-suppressed` line per kind and interval.
+pub fn probe(kind: Probe) -> bool {
+    enabled(Level::Debug) || LIMITS[kind as usize].allow(unix_millis() / 1000)
+}
+
+/// Appends a `log-suppressed` line for each kind with lines left out since the last call.
+fn report_suppressed(out: &mut Vec<u8>) {
+    let mut line = String::new();
+    for (limit, event) in LIMITS.iter().zip(PROBE_EVENTS) {
+        let n = limit.suppressed.swap(0, Ordering::Relaxed);
+        if n > 0 {
+            line.clear();
+            format_event(
+                &mut line,
+                &mut String::new(),
+                current_format(),
+                unix_millis(),
+                Level::Info,
+                "log-suppressed",
+                &[("of", &event), ("suppressed", &n)],
+            );
+            line.push('\n');
+            out.extend_from_slice(line.as_bytes());
+        }
     }
 }
 
@@ -420,6 +719,19 @@ macro_rules! log_event {
     }};
 }
 
+/// [`log_event!`](crate::log_event) for an event unauthenticated clients trigger at will:
+/// `log_probe!(Probe::Fronting, Level::Info, "fronting", conn = id)`, written only if
+/// [`probe`] allows it (rate-limited unless `debug = true`).
+#[macro_export]
+macro_rules! log_probe {
+    ($kind:expr, $level:expr, $event:expr $(, $key:tt = $value:expr)* $(,)?) => {{
+        let level: $crate::log::Level = $level;
+        if $crate::log::enabled(level) && $crate::log::probe($kind) {
+            $crate::log_event!(level, $event $(, $key = $value)*);
+        }
+    }};
+}
+
 /// Turns a `log_event!` key (identifier or string literal) into a `&str`.
 #[doc(hidden)]
 #[macro_export]
@@ -573,6 +885,49 @@ mod tests {
         assert_eq!(LogFormat::parse("JSON"), Some(LogFormat::Json));
         assert_eq!(LogFormat::parse("text"), None);
         assert_eq!(LogFormat::Json.as_str(), "json");
+    }
+
+    #[test]
+    fn ring_keeps_whole_lines_in_order_and_refuses_overflow() {
+        let mut r = Ring::new(16);
+        let mut out = Vec::new();
+        assert!(r.push(b"0123456789"));
+        r.drain_into(&mut out);
+        // Wraps around the end.
+        r.start = 12;
+        assert!(r.push(b"abcdef"));
+        assert!(r.push(b"ghij"));
+        assert!(!r.push(b"klmnopq"), "7 bytes do not fit in the 6 left");
+        assert!(r.push(b"klmnop"));
+        assert!(!r.push(b"q"));
+        r.drain_into(&mut out);
+        assert_eq!(out, b"0123456789abcdefghijklmnop");
+        assert_eq!(r.len, 0);
+        assert!(r.push(&[b'x'; 16]));
+    }
+
+    #[test]
+    fn probe_lines_are_limited_per_interval() {
+        let l = Limit::new();
+        let t = 1_700_000_000 / PROBE_INTERVAL_SECS * PROBE_INTERVAL_SECS;
+        let allowed = (0..200).filter(|_| l.allow(t + 3)).count();
+        assert_eq!(allowed, PROBE_LINES as usize);
+        assert_eq!(
+            l.suppressed.load(Ordering::Relaxed),
+            200 - u64::from(PROBE_LINES)
+        );
+        // The next interval has a fresh budget.
+        assert!(l.allow(t + PROBE_INTERVAL_SECS));
+        let mut out = Vec::new();
+        LIMITS[Probe::Fronting as usize]
+            .suppressed
+            .store(7, Ordering::Relaxed);
+        report_suppressed(&mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.contains("event=log-suppressed of=fronting suppressed=7\n"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -115,6 +115,17 @@ pub fn set_user_timeout(sock: &impl AsRawFd, timeout: Duration) -> io::Result<()
     )
 }
 
+/// Reads an integer socket option (tests read back what was set). Panics on failure.
+#[cfg(test)]
+pub(crate) fn getsockopt_int(fd: i32, level: i32, name: i32) -> i32 {
+    let mut v: i32 = 0;
+    let mut len = std::mem::size_of::<i32>() as libc::socklen_t;
+    // SAFETY: `v` and `len` are live and writable; the kernel writes at most `len` bytes.
+    let rc = unsafe { libc::getsockopt(fd, level, name, (&mut v as *mut i32).cast(), &mut len) };
+    assert_eq!(rc, 0, "getsockopt: {}", io::Error::last_os_error());
+    v
+}
+
 /// Re-issues `listen` with a larger backlog on an already listening socket (Linux updates the
 /// backlog in place).
 pub fn set_listen_backlog(sock: &impl AsRawFd, backlog: i32) -> io::Result<()> {
@@ -213,16 +224,6 @@ mod tests {
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let err = std::io::Read::read(&mut s, &mut buf).unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset);
-    }
-
-    fn getsockopt_int(fd: i32, level: i32, name: i32) -> i32 {
-        let mut v: i32 = 0;
-        let mut len = std::mem::size_of::<i32>() as libc::socklen_t;
-        // SAFETY: `v` and `len` are live and writable; the kernel writes at most `len` bytes.
-        let rc =
-            unsafe { libc::getsockopt(fd, level, name, (&mut v as *mut i32).cast(), &mut len) };
-        assert_eq!(rc, 0);
-        v
     }
 
     #[test]

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use common::RefusedPort;
 use mtpx::formats::sntp::NtpTimestamp;
 use mtpx::proto::secret::{Secret, SecretKind};
+use mtpx::proto::tlsprofile::HelloKind;
 
 const DC_IDS: [i16; 6] = [1, 2, 3, 4, 5, 203];
 const LIMIT: Duration = Duration::from_secs(20);
@@ -160,6 +161,11 @@ struct FakeSite {
 
 impl FakeSite {
     fn start(flight: Vec<u8>) -> FakeSite {
+        FakeSite::start_kinds(flight.clone(), flight)
+    }
+
+    /// Answers a hello with an X25519MLKEM768 share with `pq`, any other with `classic`.
+    fn start_kinds(classic: Vec<u8>, pq: Vec<u8>) -> FakeSite {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         let hellos = Arc::new(Mutex::new(Vec::new()));
@@ -177,8 +183,16 @@ impl FakeSite {
                 s.read_exact(&mut body).unwrap();
                 let mut hello = head.to_vec();
                 hello.extend_from_slice(&body);
+                let kind = mtpx::proto::faketls::parse_client_hello(&hello[5..])
+                    .map(|h| h.kind())
+                    .unwrap_or(HelloKind::Classic);
                 h.lock().unwrap().push(hello);
-                s.write_all(&flight).unwrap();
+                let flight = if kind == HelloKind::PostQuantum {
+                    &pq
+                } else {
+                    &classic
+                };
+                s.write_all(flight).unwrap();
             }
         });
         FakeSite { addr, hellos }
@@ -217,7 +231,16 @@ fn nginx_flight() -> Vec<u8> {
 /// The same flight with its encrypted records merged into one, as sites that send their whole
 /// encrypted handshake in one record do.
 fn one_record_flight() -> Vec<u8> {
-    let recs = records(&nginx_flight());
+    merge_encrypted(&nginx_flight())
+}
+
+/// An OpenSSL 3.5 site's answer to a post-quantum hello (X25519MLKEM768), merged likewise.
+fn one_record_pq_flight() -> Vec<u8> {
+    merge_encrypted(&tls_data("openssl35-pq-flight.bin"))
+}
+
+fn merge_encrypted(flight: &[u8]) -> Vec<u8> {
+    let recs = records(flight);
     assert_eq!(recs.len(), 6);
     assert_eq!((recs[0].0, recs[1].0), (0x16, 0x14));
     let mut out = record(recs[0].0, &recs[0].1);
@@ -440,7 +463,7 @@ fn everything_reachable_passes() {
     let dcs: Vec<(i16, FakeDc)> = DC_IDS.iter().map(|&id| (id, FakeDc::start())).collect();
     let ntp = FakeNtp::start(0.5);
     let socks = FakeSocks::start(0);
-    let site = FakeSite::start(one_record_flight());
+    let site = FakeSite::start_kinds(one_record_flight(), one_record_pq_flight());
     let overrides: Vec<(i16, SocketAddr)> = dcs.iter().map(|(id, d)| (*id, d.addr)).collect();
     let cfg = TempConfig::new(
         "pass",
@@ -484,15 +507,37 @@ fn everything_reachable_passes() {
     // Fronting: connected, then three probes whose SNI is the secret's host.
     let front = format!("localhost:{}: connected to {}", site.addr.port(), site.addr);
     assert!(has(&report, "✅", &front), "{}", r.stdout);
-    assert!(has(&report, "✅", "TLS shape: 3 samples"), "{}", r.stdout);
+    // Each kind of hello matched: x25519 for the classic one, X25519MLKEM768 for today's.
+    let classic =
+        "TLS shape (x25519 hello): matched: 3 samples: ServerHello 122 bytes (key share 0x001d)";
+    assert!(has(&report, "✅", classic), "{}", r.stdout);
+    let pq = "TLS shape (x25519mlkem768 hello): matched: 3 samples: ServerHello 1210 bytes \
+              (key share 0x11ec)";
+    assert!(has(&report, "✅", pq), "{}", r.stdout);
     assert!(r.stdout.contains("1 encrypted record(s)"), "{}", r.stdout);
     {
+        // Three browser-like hellos of each kind, never TDLib's (its ML-DSA signature
+        // algorithms), SNI the secret's host.
         let hellos = site.hellos.lock().unwrap();
-        assert_eq!(hellos.len(), 3);
+        assert_eq!(hellos.len(), 6);
+        let mut kinds = Vec::new();
         for h in hellos.iter() {
             assert_eq!(h[0], 0x16);
             assert!(h.windows(9).any(|w| w == b"localhost"));
+            let parsed = mtpx::proto::faketls::parse_client_hello(&h[5..]).unwrap();
+            kinds.push(parsed.kind());
+            assert!(
+                !h.windows(8)
+                    .any(|w| w == [0, 0x0d, 0, 0x18, 0, 0x16, 0x09, 0x04])
+            );
         }
+        assert_eq!(
+            kinds
+                .iter()
+                .filter(|&&k| k == HelloKind::PostQuantum)
+                .count(),
+            3
+        );
     }
     // SNI-DNS: localhost resolves to 127.0.0.1 = public-ipv4.
     assert!(
@@ -523,12 +568,55 @@ fn everything_reachable_passes() {
     );
     assert!(r.took < Duration::from_secs(15), "{:?}", r.took);
 
-    assert_eq!(ok, 12, "{}", r.stdout);
+    assert_eq!(ok, 13, "{}", r.stdout);
     // Nothing to be strict about.
     let mut strict = args.to_vec();
     strict.push("--strict");
     assert_eq!(doctor(&strict).code, Some(0));
 
+    assert_json_matches(&args, &r);
+}
+
+/// A fronting address that is the proxy's own listener (here: the loopback address, with
+/// bind-to on 0.0.0.0 and the same port) is a failure with a hint, and is never probed.
+#[test]
+fn fronting_to_our_own_listener_fails() {
+    let dcs: Vec<(i16, FakeDc)> = DC_IDS.iter().map(|&id| (id, FakeDc::start())).collect();
+    let ntp = FakeNtp::start(0.0);
+    // Something does listen there (as the proxy would): doctor must not knock.
+    let site = FakeSite::start(one_record_flight());
+    let overrides: Vec<(i16, SocketAddr)> = dcs.iter().map(|(id, d)| (*id, d.addr)).collect();
+    let cfg = TempConfig::new(
+        "self-loop",
+        &format!(
+            "secret = \"{}\"\nbind-to = \"0.0.0.0:{}\"\n\n[domain-fronting]\nip = \"127.0.0.1\"\n\
+             port = {}\n\n[network.timeout]\ntcp = \"2s\"\n\n{}",
+            ee_secret("localhost"),
+            site.addr.port(),
+            site.addr.port(),
+            dc_overrides(&overrides)
+        ),
+    );
+    let ntp_arg = ntp.addr.to_string();
+    let args = ["--ntp", &ntp_arg, cfg.path()];
+    let r = doctor(&args);
+    let report = lines(&r.stdout);
+    assert_eq!(r.code, Some(1), "{}\n{}", r.stdout, r.stderr);
+    let front = format!(
+        "localhost:{}: 127.0.0.1:{} is this proxy's own listener",
+        site.addr.port(),
+        site.addr.port()
+    );
+    assert!(has(&report, "❌", &front), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("hint: set [domain-fronting] ip"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        site.hellos.lock().unwrap().is_empty(),
+        "doctor probed itself"
+    );
     assert_json_matches(&args, &r);
 }
 
@@ -713,7 +801,26 @@ fn warnings_alone_exit_zero_unless_strict() {
         r.stdout
     );
     // nginx sends four encrypted records: the advice says why that matters.
-    assert!(has(&report, "⚠️", "TLS shape: 3 samples"), "{}", r.stdout);
+    assert!(
+        has(&report, "⚠️", "TLS shape (x25519 hello): 3 samples"),
+        "{}",
+        r.stdout
+    );
+    // It answers today's X25519MLKEM768 hello with x25519: older than its clients.
+    assert!(
+        has(
+            &report,
+            "⚠️",
+            "TLS shape (x25519mlkem768 hello): 3 answer(s)"
+        ),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("a front older than its clients"),
+        "{}",
+        r.stdout
+    );
     assert!(r.stdout.contains("4 encrypted record(s)"), "{}", r.stdout);
     assert!(r.stdout.contains("several records"), "{}", r.stdout);
     // No public address configured.

@@ -8,7 +8,7 @@ mod common;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -1152,6 +1152,64 @@ fn authenticated_hello_with_a_bad_record_is_closed_not_fronted() {
     assert_eq!(load(&st.rejected), 1, "{}", stats_line(&st));
 }
 
+/// With `proxy-protocol-listener`, a malformed PROXY header is a failed handshake like any
+/// other: the bytes as received (header included) go to the fronting site, and the client
+/// gets the site's answer, not a bare close.
+#[test]
+fn malformed_proxy_header_is_fronted_byte_for_byte() {
+    let mut v2 = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    v2.extend_from_slice(&[0x31, 0x11, 0x00, 0x0c]); // version 3: not PROXY v2
+    v2.extend_from_slice(&[127, 0, 0, 2, 127, 0, 0, 1, 0x9c, 0x40, 0x01, 0xbb]);
+    let cases: [(&str, Vec<u8>); 3] = [
+        (
+            "v1 bad address",
+            b"PROXY TCP4 not-an-ip 127.0.0.1 1 2\r\nGET / HTTP/1.1\r\n\r\n".to_vec(),
+        ),
+        (
+            "v1 no CRLF",
+            [b"PROXY TCP4 ".as_slice(), &[b'1'; 120]].concat(),
+        ),
+        ("v2 bad version", v2),
+    ];
+    for kind in [SecretKind::FakeTls, SecretKind::Secure] {
+        let refused = RefusedPort::new();
+        let front = FakeFront::start();
+        let secret = secret(kind, 92);
+        let mut cfg = test_config(secret.clone(), 1, &refused);
+        cfg.proxy_protocol_listener = true;
+        cfg.domain_fronting.port = front.addr.port();
+        let proxy = start(cfg);
+        let st = proxy.stats();
+        for (i, (name, bytes)) in cases.iter().enumerate() {
+            let what = format!("{}: {name}", kind_name(kind));
+            let mut s = connect(proxy.local_addr()).expect("connect");
+            s.write_all(bytes).expect("write");
+            let closed = read_until_closed(&mut s, Duration::from_secs(4))
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert!(
+                closed.bytes == FRONT_REPLY,
+                "{what}: client got {:?}, want the front's reply",
+                String::from_utf8_lossy(&closed.bytes)
+            );
+            let matching = || {
+                (0..front.count())
+                    .filter(|&j| front.received(j) == *bytes)
+                    .count()
+            };
+            assert!(
+                wait_until(Duration::from_secs(2), || matching() == 1),
+                "{what}: the front did not get exactly the client's bytes"
+            );
+            assert_eq!(
+                load(&st.fronted),
+                i as u64 + 1,
+                "{what}: {}",
+                stats_line(&st)
+            );
+        }
+    }
+}
+
 /// With the fronting site unreachable: every bad input is closed without a byte in answer.
 #[test]
 fn bad_input_is_closed_and_never_reaches_dc() {
@@ -1203,6 +1261,123 @@ fn bad_input_is_closed_and_never_reaches_dc() {
         );
         assert_eq!(dc.count(), 1);
     }
+}
+
+/// A loopback port nobody listens on right now (for a proxy that must know its port before
+/// it starts).
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("local_addr").port()
+}
+
+/// Fronting never reaches the proxy's own listener: neither a configured `[domain-fronting]`
+/// address nor a DNS answer for the secret's host that points back at the proxy. A probe is
+/// closed at once (no chain of connections through the proxy), the refusal is counted, and
+/// clients are served as usual.
+#[test]
+fn fronting_to_our_own_listener_is_refused() {
+    for via_dns in [false, true] {
+        let what = if via_dns { "dns" } else { "ip" };
+        let refused = RefusedPort::new();
+        let dc = FakeDc::start(DcMode::Echo);
+        let dns = DnsStub::start(&[(HOST, std::net::Ipv4Addr::LOCALHOST)]);
+        let secret = secret(SecretKind::FakeTls, 90);
+        let mut cfg = test_config(secret.clone(), 2, &refused);
+        let port = free_port();
+        cfg.bind_to = SocketAddr::from(([127, 0, 0, 1], port));
+        cfg.concurrency = 50;
+        cfg.domain_fronting.port = port;
+        if via_dns {
+            // The secret's host resolves to this very proxy (a spoofed or careless answer).
+            cfg.domain_fronting.ip = None;
+            cfg.dns = Some(format!("udp://{}", dns.addr));
+        }
+        cfg.dc_overrides.push((2, vec![dc.addr]));
+        let proxy = start(cfg);
+        let st = proxy.stats();
+        assert!(
+            wait_until(Duration::from_secs(5), || load(&st.front_self_loops) >= 1),
+            "{what}: the loop was not noticed: {}",
+            stats_line(&st)
+        );
+        let mut probe = connect(proxy.local_addr()).expect("connect");
+        probe.write_all(&http_get()).expect("probe");
+        let closed = read_until_closed(&mut probe, Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert!(closed.bytes.is_empty(), "{what}: the probe got an answer");
+        // No hop through the proxy: the probe was the only connection it accepted.
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(load(&st.accepted), 1, "{what}: {}", stats_line(&st));
+        assert_eq!(load(&st.fronted), 0, "{what}: {}", stats_line(&st));
+        echo_ok(
+            proxy.local_addr(),
+            &secret,
+            &ClientOpts::new(Tag::Intermediate, 2, 91),
+            10_000,
+            &format!("{what}: client after the probe"),
+        );
+    }
+}
+
+/// The proxy's own socket connected to `peer` (this test process is the proxy): found among
+/// the open descriptors by its peer address. Returns its TCP_USER_TIMEOUT, in milliseconds.
+fn user_timeout_of_socket_to(peer: SocketAddr) -> Option<i32> {
+    let SocketAddr::V4(peer) = peer else {
+        return None;
+    };
+    for entry in std::fs::read_dir("/proc/self/fd").ok()? {
+        let Ok(fd) = entry.ok()?.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        // SAFETY: plain getsockopt/getpeername on a descriptor number; a closed or non-socket
+        // one yields an error. The outputs are live locals whose sizes are passed.
+        unsafe {
+            let mut sa: libc::sockaddr_in = std::mem::zeroed();
+            let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            if libc::getpeername(fd, (&mut sa as *mut libc::sockaddr_in).cast(), &mut len) != 0
+                || i32::from(sa.sin_family) != libc::AF_INET
+                || u16::from_be(sa.sin_port) != peer.port()
+                || sa.sin_addr.s_addr != u32::from_ne_bytes(peer.ip().octets())
+            {
+                continue;
+            }
+            let mut v: i32 = 0;
+            let mut vlen = std::mem::size_of::<i32>() as libc::socklen_t;
+            let rc = libc::getsockopt(
+                fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_USER_TIMEOUT,
+                (&mut v as *mut i32).cast(),
+                &mut vlen,
+            );
+            return (rc == 0).then_some(v);
+        }
+    }
+    None
+}
+
+/// The proxy's socket to a DC gets TCP_USER_TIMEOUT = keep-alive idle + interval × count, so
+/// data a vanished DC never acknowledges does not hold the relay for ~15 minutes.
+#[test]
+fn dc_socket_has_a_user_timeout() {
+    let refused = RefusedPort::new();
+    let dc = FakeDc::start(DcMode::Echo);
+    let secret = secret(SecretKind::Secure, 93);
+    let mut cfg = test_config(secret.clone(), 1, &refused);
+    cfg.keep_alive.idle = Duration::from_secs(21);
+    cfg.keep_alive.interval = Duration::from_secs(3);
+    cfg.keep_alive.count = 5;
+    cfg.dc_overrides.push((2, vec![dc.addr]));
+    let proxy = start(cfg);
+    let mut c = TestClient::connect(
+        proxy.local_addr(),
+        &secret,
+        &ClientOpts::new(Tag::Padded, 2, 94),
+    )
+    .expect("handshake");
+    let data = Pattern::new(94).take(1000);
+    assert!(c.echo_round_trip(&data).expect("echo") == data);
+    assert_eq!(user_timeout_of_socket_to(dc.addr), Some(36_000));
 }
 
 // ------------------------------------------------------------------------------------------
@@ -1306,6 +1481,181 @@ fn replayed_ee_hello_with_new_frame_is_rejected() {
         closed.bytes.len()
     );
     drop(first);
+}
+
+/// dd and classic frames carry no timestamp: a frame replayed after the FakeTLS window
+/// (2 × skew + 2 s) is still a replay (fronted, here closed), never relayed to a DC.
+#[test]
+fn replayed_obfs2_frame_is_rejected_after_the_skew_window() {
+    let refused = RefusedPort::new();
+    let dc = FakeDc::start(DcMode::Echo);
+    let proxies: Vec<(Secret, Proxy)> = [SecretKind::Secure, SecretKind::Classic]
+        .iter()
+        .map(|&kind| {
+            let secret = secret(kind, 85);
+            let mut cfg = test_config(secret.clone(), 1, &refused);
+            // Window 2 × 1 + 2 = 4 s.
+            cfg.tolerate_time_skewness = Duration::from_secs(1);
+            cfg.dc_overrides.push((2, vec![dc.addr]));
+            (secret, start(cfg))
+        })
+        .collect();
+    for (secret, proxy) in &proxies {
+        let what = kind_name(secret.kind);
+        assert!(
+            replay_attempt(proxy.local_addr(), secret, 86, &dc),
+            "{what}: first"
+        );
+    }
+    // Whole seconds on the proxy's clock: 5.1 s later is at least 5 s > the 4 s window.
+    std::thread::sleep(Duration::from_millis(5100));
+    for (secret, proxy) in &proxies {
+        let what = kind_name(secret.kind);
+        let dcs = dc.count();
+        assert!(
+            !replay_attempt(proxy.local_addr(), secret, 86, &dc),
+            "{what}: the same frame 5 s later was relayed"
+        );
+        assert_eq!(dc.count(), dcs, "{what}: the replay reached the DC");
+        let st = proxy.stats();
+        assert!(
+            wait_until(Duration::from_secs(2), || load(&st.fronted) == 1),
+            "{what}: {}",
+            stats_line(&st)
+        );
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// 9b. the turn budget counts raw bytes
+
+/// Sends a valid ClientHello for `secret` on `s` and reads the whole server flight.
+fn hello_only(s: &mut TcpStream, secret: &Secret, seed: u64) {
+    let hello = faketls::build_client_hello(&mut XorShift64(seed), &secret.key, HOST, unix_now());
+    let random: [u8; 32] = hello[11..43].try_into().expect("32 bytes");
+    s.write_all(&hello).expect("hello");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match faketls::verify_server_flight(&got, &random, &secret.key) {
+            Ok(Some(_)) => return,
+            Ok(None) => {}
+            Err(r) => panic!("bad server flight: {r:?}"),
+        }
+        let n = s.read(&mut buf).expect("server flight");
+        assert!(n > 0, "EOF in the server flight");
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// Writes zero-length application-data records (valid TLS framing, no payload) as fast as
+/// the proxy takes them, until `stop` (or 40 s); counts the bytes written in `sent`.
+fn flood_empty_records(mut s: TcpStream, stop: &AtomicBool, sent: &AtomicU64) {
+    // Real-time priority where allowed (root): woken the moment the proxy reads, the flooder
+    // keeps the socket full however loaded the machine is. It sleeps whenever the socket is
+    // full, and stops after 40 s at the latest.
+    let param = libc::sched_param { sched_priority: 1 };
+    // SAFETY: sets this thread's (pid 0) policy from a valid, live sched_param.
+    let _ = unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) };
+    let chunk = [0x17u8, 0x03, 0x03, 0x00, 0x00].repeat((1 << 20) / 5);
+    s.set_write_timeout(Some(Duration::from_millis(200)))
+        .expect("set_write_timeout");
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let mut at = 0;
+    while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+        // A partial write goes on from where it stopped: the records stay whole.
+        match s.write(&chunk[at..]) {
+            Ok(n) => {
+                sent.fetch_add(n as u64, Ordering::SeqCst);
+                at = (at + n) % chunk.len();
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// A client with the secret streaming empty records (after the whole handshake, and after
+/// only the hello) must not keep its worker from the other connections: the turn budget
+/// counts bytes read, headers included, not payload. With one worker, another client's echo
+/// comes back while the flood is still going (before the fix it waited for the flood to end).
+#[test]
+fn empty_record_flood_does_not_hold_the_worker() {
+    const FLOODERS: usize = 3;
+    for after_frame in [true, false] {
+        let what = if after_frame { "relay" } else { "handshake" };
+        let refused = RefusedPort::new();
+        let dc = FakeDc::start(DcMode::Echo);
+        let secret = secret(SecretKind::FakeTls, 87);
+        let mut cfg = test_config(secret.clone(), 1, &refused);
+        cfg.timeouts.handshake = Duration::from_secs(60);
+        // Small buffers: more reads per byte, so the worker drains the flood more slowly.
+        cfg.buffer_size = 4096;
+        cfg.dc_overrides.push((2, vec![dc.addr]));
+        let proxy = start(cfg);
+        let addr = proxy.local_addr();
+        let opts = |seed| ClientOpts::new(Tag::Intermediate, 2, seed);
+        let mut other = TestClient::connect(addr, &secret, &opts(88)).expect("other client");
+        let data = Pattern::new(88).take(1000);
+        assert!(other.echo_round_trip(&data).expect("echo before") == data);
+
+        // Three flooders: before the fix a turn lasted until each of them in turn happened to
+        // fall behind (the kernel stalls a loopback stream now and then), so the other client
+        // waited for the sum of three such stalls.
+        let mut raws = Vec::new();
+        let mut clients = Vec::new();
+        for k in 0..FLOODERS {
+            let mut s = connect(addr).expect("connect flooder");
+            raws.push(s.try_clone().expect("clone"));
+            let seed = 89 + k as u64;
+            if after_frame {
+                clients.push(TestClient::handshake(s, &secret, &opts(seed)).expect("flooder"));
+            } else {
+                hello_only(&mut s, &secret, seed);
+            }
+        }
+        let (stop, sent) = (AtomicBool::new(false), AtomicU64::new(0));
+        std::thread::scope(|sc| {
+            let floods: Vec<_> = raws
+                .drain(..)
+                .map(|raw| sc.spawn(|| flood_empty_records(raw, &stop, &sent)))
+                .collect();
+            // In full swing: many turn budgets' worth sent.
+            let swing = wait_until(Duration::from_secs(20), || {
+                sent.load(Ordering::SeqCst) >= 8 << 20
+            });
+            // Five echoes in a row, each within 5 s: milliseconds when the worker takes turns.
+            let mut echo = Ok(());
+            for i in 0..5 {
+                let t = Instant::now();
+                other.rx.set_read_timeout(Duration::from_secs(5));
+                match other.echo_round_trip(&data) {
+                    Ok(got) => assert!(got == data, "{what}: echoed bytes differ"),
+                    Err(e) => {
+                        echo = Err(format!("echo {i}: none after {:?}: {e}", t.elapsed()));
+                        break;
+                    }
+                }
+            }
+            let flooding = floods.iter().all(|f| !f.is_finished());
+            stop.store(true, Ordering::SeqCst);
+            for f in floods {
+                f.join().expect("flood thread");
+            }
+            assert!(swing, "{what}: flood did not start");
+            if let Err(e) = echo {
+                panic!("{what}: during the flood, {e}");
+            }
+            assert!(
+                flooding,
+                "{what}: the echoes came only after the flood ended"
+            );
+        });
+        eprintln!(
+            "{what}: {} MB of empty records flooded",
+            sent.load(Ordering::SeqCst) >> 20
+        );
+    }
 }
 
 // ------------------------------------------------------------------------------------------

@@ -5,9 +5,9 @@
 //! ServerHello record (byte for byte, except the random and the key share), the same CCS record,
 //! and the same total encrypted length within the jitter the site itself shows.
 //!
-//! Needs `nginx` and `openssl` (Debian: `apt-get install -y nginx-light openssl`, or `nginx`).
-//! Without them the tests print `SKIP` and pass, unless `MTPX_REQUIRE_NGINX=1` (CI) makes them
-//! fail. `MTPX_CAPTURE_DIR=<dir>` writes the raw flights taken (to refresh tests/data/tls/).
+//! Needs `nginx`, `openssl` and `python3`, which `make test` installs (scripts/test-deps.sh).
+//! Without them the tests fail, naming the command that installs them: they never skip.
+//! `MTPX_CAPTURE_DIR=<dir>` writes the raw flights taken (to refresh tests/data/tls/).
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -21,8 +21,8 @@ use mtpx::proto::faketls::{
     self, build_client_hello, parse_client_hello, verify_server_flight, write_server_hello_as,
 };
 use mtpx::proto::tlsprofile::{
-    EXT_KEY_SHARE, EXT_SUPPORTED_VERSIONS, GROUP_X25519, MAX_CIPHERTEXT, Observation, Profile,
-    Unusable, parse_server_flight,
+    EXT_KEY_SHARE, EXT_SUPPORTED_VERSIONS, GROUP_X25519, GROUP_X25519_MLKEM768, HelloKind,
+    MAX_CIPHERTEXT, Observation, Profiles, Unusable, parse_server_flight,
 };
 use mtpx::proto::{Rng, XorShift64};
 
@@ -39,19 +39,19 @@ fn find(tool: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// Tools missing: skip (or fail when the environment requires nginx).
-fn tools() -> Option<(PathBuf, PathBuf)> {
-    match (find("nginx"), find("openssl")) {
-        (Some(n), Some(o)) => Some((n, o)),
-        _ => {
-            assert!(
-                std::env::var_os("MTPX_REQUIRE_NGINX").is_none(),
-                "nginx/openssl not found but MTPX_REQUIRE_NGINX is set"
-            );
-            eprintln!("SKIP: nginx or openssl not found (apt-get install -y nginx-light openssl)");
-            None
-        }
-    }
+/// A program these tests need. Missing: the test fails (it never skips) with the install command.
+fn require(tool: &str) -> PathBuf {
+    find(tool).unwrap_or_else(|| {
+        panic!(
+            "`{tool}` not found (PATH, /usr/sbin, /usr/local/sbin, /sbin): install what the tests \
+             need with `scripts/test-deps.sh --system` as root (`make test` runs it)"
+        )
+    })
+}
+
+/// nginx and openssl.
+fn tools() -> (PathBuf, PathBuf) {
+    (require("nginx"), require("openssl"))
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -196,9 +196,20 @@ fn save(name: &str, bytes: &[u8]) {
 /// Probes `site` PROBES times into a profile, then compares, for one shared ClientHello, the
 /// site's flight with the fake one built from the learned shape.
 fn check_fidelity(site: &Nginx, label: &str) {
-    let profile = Mutex::new(Profile::default());
-    let (summary, answered) = scout::raid(&[site.addr], HOST, PROBES, TIMEOUT, &profile);
-    let profile = profile.into_inner().unwrap();
+    let profiles = Mutex::new(Profiles::default());
+    let [classic, pq] = scout::raid(&[site.addr], HOST, PROBES, TIMEOUT, &profiles);
+    let profiles = profiles.into_inner().unwrap();
+    // The site answers the browser-like post-quantum hello too (nginx on OpenSSL < 3.5: with
+    // x25519, which the report flags as older than today's clients).
+    assert_eq!(pq.answered, PROBES);
+    let g = pq.summary.group;
+    assert!(
+        g == Some(GROUP_X25519) || g == Some(GROUP_X25519_MLKEM768),
+        "{g:?}"
+    );
+    assert_eq!(pq.older_than_clients(), g == Some(GROUP_X25519));
+    let profile = profiles.get(HelloKind::Classic);
+    let (summary, answered) = (classic.summary, classic.answered);
     eprintln!("[{label}] learned: {summary}");
     assert_eq!(answered, PROBES);
     assert_eq!(summary.samples, PROBES as usize, "{:?}", summary.problem);
@@ -328,27 +339,21 @@ fn check_fidelity(site: &Nginx, label: &str) {
 
 #[test]
 fn fake_flight_matches_nginx_rsa() {
-    let Some((nginx, openssl)) = tools() else {
-        return;
-    };
+    let (nginx, openssl) = tools();
     let site = start_nginx(&nginx, &openssl, Cert::Rsa2048, "TLSv1.2 TLSv1.3");
     check_fidelity(&site, "rsa");
 }
 
 #[test]
 fn fake_flight_matches_nginx_ecdsa() {
-    let Some((nginx, openssl)) = tools() else {
-        return;
-    };
+    let (nginx, openssl) = tools();
     let site = start_nginx(&nginx, &openssl, Cert::EcdsaP256, "TLSv1.2 TLSv1.3");
     check_fidelity(&site, "ecdsa");
 }
 
 #[test]
 fn tls12_site_falls_back_to_builtin_shape() {
-    let Some((nginx, openssl)) = tools() else {
-        return;
-    };
+    let (nginx, openssl) = tools();
     let site = start_nginx(&nginx, &openssl, Cert::Rsa2048, "TLSv1.2");
     let hello_rec = build_client_hello(&mut XorShift64(12), &KEY, HOST, 0);
     let (obs, raw) = scout::capture(site.addr, &hello_rec, TIMEOUT).unwrap();
@@ -357,25 +362,29 @@ fn tls12_site_falls_back_to_builtin_shape() {
     assert!(!obs.is_tls13());
     assert_eq!(obs.server_hello.supported_version(), None);
     assert_eq!(obs.check(), Err(Unusable::NotTls13(0x0303)));
-    let profile = Mutex::new(Profile::default());
-    let (summary, answered) = scout::raid(&[site.addr], HOST, 3, TIMEOUT, &profile);
+    let profiles = Mutex::new(Profiles::default());
+    let [r, pq] = scout::raid(&[site.addr], HOST, 3, TIMEOUT, &profiles);
+    let (summary, answered) = (r.summary, r.answered);
     eprintln!("[tls1.2] {summary}");
+    assert!(pq.older_than_clients() && pq.summary.samples == 0);
     assert_eq!(answered, 3);
     assert_eq!(summary.samples, 0);
     assert_eq!(summary.refused, 3);
     assert_eq!(summary.problem, Some(Unusable::NotTls13(0x0303)));
-    let shape = profile.lock().unwrap().shape();
-    assert!(!shape.learned);
-    assert_eq!((shape.noise_min, shape.noise_max), (2500, 4699));
+    for kind in HelloKind::ALL {
+        let shape = profiles.lock().unwrap().shape_for(kind);
+        assert!(!shape.learned);
+        assert_eq!((shape.noise_min, shape.noise_max), (2500, 4699));
+    }
 }
 
 #[test]
 fn unreachable_site_keeps_builtin_shape_and_scout_stops() {
     // A port nobody listens on: every probe fails, the shape stays the default.
     let dead: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let err = scout::probe_once(dead, HOST, TIMEOUT).unwrap_err();
+    let err = scout::probe_once(dead, HOST, HelloKind::Classic, TIMEOUT).unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
-    let profile = Arc::new(Mutex::new(Profile::default()));
+    let profile = Arc::new(Mutex::new(Profiles::default()));
     let s = scout::spawn(
         move || vec![dead],
         HOST.to_string(),
@@ -393,19 +402,17 @@ fn unreachable_site_keeps_builtin_shape_and_scout_stops() {
         "stop waits for the hour-long sleep"
     );
     let p = profile.lock().unwrap();
-    assert!(!p.shape().learned);
-    assert_eq!(p.summary().samples, 0);
+    assert!(!p.shape_for(HelloKind::PostQuantum).learned);
+    assert_eq!(p.get(HelloKind::Classic).summary().samples, 0);
     let _ = faketls::MAX_RECORD_PAYLOAD;
 }
 
 #[test]
 fn scout_thread_learns_from_nginx() {
-    let Some((nginx, openssl)) = tools() else {
-        return;
-    };
+    let (nginx, openssl) = tools();
     let site = start_nginx(&nginx, &openssl, Cert::Rsa2048, "TLSv1.3");
     let addr = site.addr;
-    let profile = Arc::new(Mutex::new(Profile::default()));
+    let profile = Arc::new(Mutex::new(Profiles::default()));
     let s = scout::spawn(
         move || vec![addr],
         HOST.to_string(),
@@ -416,14 +423,17 @@ fn scout_thread_learns_from_nginx() {
     )
     .unwrap();
     let until = Instant::now() + Duration::from_secs(20);
-    while profile.lock().unwrap().summary().samples < 3 {
+    let samples = |k| profile.lock().unwrap().get(k).summary().samples;
+    while samples(HelloKind::Classic) < 3 || samples(HelloKind::PostQuantum) < 3 {
         assert!(Instant::now() < until, "scout learned nothing");
         std::thread::sleep(Duration::from_millis(50));
     }
     s.stop();
-    let shape = profile.lock().unwrap().shape();
-    assert!(shape.learned);
-    assert_eq!(shape.site_records, 4);
+    for kind in HelloKind::ALL {
+        let shape = profile.lock().unwrap().shape_for(kind);
+        assert!(shape.learned);
+        assert_eq!(shape.site_records, 4);
+    }
 }
 
 // ------------------------------------------------------------------------------------------
@@ -434,9 +444,7 @@ fn scout_thread_learns_from_nginx() {
 /// 1 MiB page arrives as ≥ 64 application-data records.
 #[test]
 fn timing_observation_fetches_a_page_from_nginx() {
-    let Some((nginx, openssl)) = tools() else {
-        return;
-    };
+    let (nginx, openssl) = tools();
     for cert in [Cert::Rsa2048, Cert::EcdsaP256] {
         let site = start_nginx(&nginx, &openssl, cert, "TLSv1.2 TLSv1.3");
         let gaps = scout::observe_gaps(site.addr, HOST, "/big.bin", TIMEOUT).expect("observe");
@@ -486,8 +494,8 @@ while True:
         c.close()
 "#;
 
-fn start_timed_site(openssl: &Path, k: f64, lambda_ms: f64, records: u32) -> Option<Nginx> {
-    let python = find("python3")?;
+fn start_timed_site(openssl: &Path, k: f64, lambda_ms: f64, records: u32) -> Nginx {
+    let python = require("python3");
     let dir = std::env::temp_dir().join(format!("mtpx-timed-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     make_cert(openssl, &dir, Cert::EcdsaP256);
@@ -508,11 +516,11 @@ fn start_timed_site(openssl: &Path, k: f64, lambda_ms: f64, records: u32) -> Opt
         .read_line(&mut line)
         .unwrap();
     let port: u16 = line.trim().parse().expect("timed site port");
-    Some(Nginx {
+    Nginx {
         child,
         addr: SocketAddr::from(([127, 0, 0, 1], port)),
         dir,
-    })
+    }
 }
 
 /// `delays = true` with `learn = true`: the proxy's scout fetches the fronting site's page,
@@ -520,13 +528,8 @@ fn start_timed_site(openssl: &Path, k: f64, lambda_ms: f64, records: u32) -> Opt
 /// instead of the configured ones. The site here spaces its records by Weibull(1.3, 6 ms).
 #[test]
 fn proxy_learns_the_fronting_sites_record_timing() {
-    let Some((_, openssl)) = tools() else {
-        return;
-    };
-    let Some(site) = start_timed_site(&openssl, 1.3, 6.0, 100) else {
-        eprintln!("SKIP: no python3");
-        return;
-    };
+    let (_, openssl) = tools();
+    let site = start_timed_site(&openssl, 1.3, 6.0, 100);
     let secret = mtpx::proto::secret::Secret::generate(
         mtpx::proto::secret::SecretKind::FakeTls,
         HOST,

@@ -5,8 +5,7 @@
 //! * `bind-to` and `[stats.prometheus] bind-to`: free ports on 127.0.0.1;
 //! * `dns = "https://1.1.1.1"` -> `https://127.0.0.1:<port>`, a local DNS-over-HTTPS server
 //!   (tests/data/dns/tls_server.py, Python's ssl) that answers the secret's host
-//!   (storage.googleapis.com) with 127.0.0.1 — or, where python3/openssl are missing, a plain
-//!   `udp://` stub doing the same;
+//!   (storage.googleapis.com) with 127.0.0.1;
 //! * the FireHOL blocklist URL -> `http://` a tiny local server holding `127.0.0.2/32`;
 //! * `[domain-fronting] port` (commented out in the example: 443 needs root) -> a fake site;
 //! * an added `[network.dc-overrides]` (mtpx's own key): DC 2 is a fake DC, the other DCs a
@@ -134,16 +133,13 @@ fn mtg_example_config_runs_with_every_section_in_effect() {
     let host = secret.host.clone();
     assert_eq!(host, "storage.googleapis.com");
 
-    let dns = DnsStub::start(&[(&host, Ipv4Addr::LOCALHOST)]);
     let doh = tls_dns_server(&[(&host, "127.0.0.1")]);
-    // Questions asked, as "<name> <type>", from whichever server is configured.
-    let queries = || match &doh {
-        Some(s) => s
-            .queries()
+    // Questions asked, as "<name> <type>".
+    let queries = || -> Vec<String> {
+        doh.queries()
             .iter()
             .filter_map(|l| l.strip_prefix("doh ").map(str::to_string))
-            .collect(),
-        None => dns.queries(),
+            .collect()
     };
     let front = FakeFront::start();
     let dc = FakeDc::start(DcMode::Echo);
@@ -160,10 +156,7 @@ fn mtg_example_config_runs_with_every_section_in_effect() {
         ),
         (
             "dns = \"https://1.1.1.1\"".into(),
-            match &doh {
-                Some(s) => format!("dns = \"https://{}\"", s.doh),
-                None => format!("dns = \"udp://{}\"", dns.addr),
-            },
+            format!("dns = \"https://{}\"", doh.doh),
         ),
         (
             "\"https://iplists.firehol.org/files/firehol_level1.netset\"".into(),

@@ -521,6 +521,56 @@ fn replays_are_counted() {
     );
 }
 
+/// JA4 fingerprints are counted per class: valid clients (mtpx's own Telegram-like hello) and
+/// fronted connections (TDLib 1.8.69's captured hello under another key, twice), bounded to
+/// `[stats] ja4-top` rows plus "other".
+#[test]
+fn ja4_fingerprints_are_counted_for_clients_and_fronted_connections() {
+    let refused = RefusedPort::new();
+    let dc = FakeDc::start(DcMode::Echo);
+    let secret = secret(SecretKind::FakeTls, 8);
+    let mut c = config(&secret, &refused, &dc);
+    c.ja4_top = 1;
+    prometheus_on(&mut c);
+    let proxy = start(c);
+    let metrics = proxy.metrics_addr().expect("the metrics endpoint runs");
+    echo(proxy.local_addr(), &secret, 80, 100);
+    let fp = |rec: &[u8]| {
+        let f = mtpx::proto::ja4::fingerprint(&rec[5..]).expect("a fingerprint");
+        String::from_utf8(f.to_vec()).unwrap()
+    };
+    let ours = mtpx::proto::faketls::build_client_hello(
+        &mut mtpx::proto::XorShift64(1),
+        &secret.key,
+        &secret.host,
+        unix_now(),
+    );
+    let tdlib = include_bytes!("data/tls/tdlib-1.8.69-client-hello.bin");
+    let mut junk = ours.clone();
+    junk[5 + 4 + 2 + 32 + 1 + 32 + 2 + 2 + 1] ^= 0x55; // another cipher suite: another JA4
+    // One table slot: the second fingerprint takes the first one's place (Space-Saving).
+    for hello in [&junk[..], &tdlib[..], &tdlib[..]] {
+        let mut s = connect(proxy.local_addr()).expect("connect");
+        s.write_all(hello).expect("write");
+        let _ = read_until_closed(&mut s, Duration::from_secs(5));
+    }
+    let (_, body) = scrape(metrics, "/metrics");
+    let series =
+        |class: &str, ja4: &str| format!("mtg_client_hello_ja4{{class=\"{class}\",ja4=\"{ja4}\"}}");
+    assert_eq!(metric(&body, &series("client", &fp(&ours))), 1.0, "{body}");
+    assert_eq!(metric(&body, &series("client", "other")), 0.0, "{body}");
+    assert_eq!(
+        metric(
+            &body,
+            &series("fronted", "t13d1516h2_8daaf6152771_806a8c22fdea")
+        ),
+        2.0,
+        "{body}"
+    );
+    assert_eq!(metric(&body, &series("fronted", "other")), 1.0, "{body}");
+    assert_eq!(body.matches("mtg_client_hello_ja4{").count(), 4, "{body}");
+}
+
 /// Parses a StatsD line `name:value|type[|#tags]` into (name, value, type, tags).
 fn statsd_line(l: &str) -> (&str, f64, &str, &str) {
     let (name, rest) = l

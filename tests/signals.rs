@@ -199,3 +199,71 @@ fn sighup_reloads_lists_under_load_and_sigterm_exits_cleanly() {
     assert!(log.contains("event=proxy-stopped"), "{log}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// SIGTERM while the scout is in a raid against a slow site (it accepts, reads the hello and
+/// never answers): the process still exits at once. (It used to wait for the probe's 10 s
+/// timeout, then the next probe's.)
+#[test]
+fn sigterm_does_not_wait_for_a_scout_raid() {
+    let site = TcpListener::bind("127.0.0.1:0").unwrap();
+    let site_port = site.local_addr().unwrap().port();
+    let hellos = Arc::new(AtomicU64::new(0));
+    {
+        let hellos = hellos.clone();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for c in site.incoming().flatten() {
+                let mut c = c;
+                let mut b = [0u8; 4096];
+                if c.read(&mut b).is_ok_and(|n| n > 0) {
+                    hellos.fetch_add(1, Ordering::SeqCst);
+                }
+                held.push(c); // never answered, never closed
+            }
+        });
+    }
+    let secret = secret(SecretKind::FakeTls, 78);
+    let dir = std::env::temp_dir().join(format!("mtpx-signals-scout-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = free_port();
+    let conf = dir.join("mtpx.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "secret = \"{}\"\nbind-to = \"127.0.0.1:{port}\"\n[domain-fronting]\n\
+             ip = \"127.0.0.1\"\nport = {site_port}\n",
+            secret.to_hex()
+        ),
+    )
+    .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_mtpx"))
+        .arg("run")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut mtpx = Mtpx(child);
+    assert!(
+        wait_until(Duration::from_secs(10), || hellos.load(Ordering::SeqCst)
+            >= 1),
+        "the scout never reached the site"
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let t = Instant::now();
+    signal(&mtpx.0, 15);
+    let status = loop {
+        if let Some(s) = mtpx.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "SIGTERM waited for the scout's raid"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    eprintln!("exited {:?} after SIGTERM", t.elapsed());
+    assert!(status.success(), "{status:?}");
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -230,3 +230,48 @@ fn never_connects_directly_when_every_upstream_fails() {
         .load(Ordering::SeqCst)
         == 1));
 }
+
+/// `auto-update` fetches Telegram's proxy config through the upstream (mtg does too), and the
+/// address it brings is then dialled through the upstream as well.
+#[test]
+fn auto_update_fetches_through_the_upstream() {
+    let s = socks_server(Mode::Auth);
+    let dc = FakeDc::start(DcMode::Echo);
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let web = l.local_addr().unwrap();
+    let body = format!("proxy_for 203 {};\n", dc.addr);
+    std::thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            let mut req = [0u8; 1024];
+            let _ = c.read(&mut req);
+            let _ = write!(
+                c,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    let refused = RefusedPort::new();
+    let secret = secret(SecretKind::Secure, 77);
+    let mut cfg = test_config(secret.clone(), 1, &refused);
+    cfg.dc_overrides.retain(|(id, _)| *id != 203);
+    cfg.prefer_ip = mtpx::proto::dc::PreferIp::OnlyIpv4;
+    cfg.proxies = vec![format!("socks5://u:p%20w@{}", s.addr)];
+    cfg.auto_update = true;
+    cfg.proxy_config_urls = vec![format!("http://{web}/getProxyConfig")];
+    let p = mtpx::io::start(cfg).unwrap();
+    assert!(wait_until(Duration::from_secs(10), || p.cdn_addresses() == [dc.addr]));
+    assert_eq!(
+        s.connects.lock().unwrap().as_slice(),
+        &[web],
+        "fetched through SOCKS5"
+    );
+    let mut c = TestClient::connect(
+        p.local_addr(),
+        &secret,
+        &ClientOpts::new(Tag::Padded, 203, 5),
+    )
+    .unwrap();
+    assert_eq!(c.echo_round_trip(b"media").unwrap(), b"media");
+    assert_eq!(s.connects.lock().unwrap().as_slice(), &[web, dc.addr]);
+}

@@ -2,13 +2,15 @@
 //! ClientHello from records (`read_client_hello`, also on prefixes: a decision made on a prefix
 //! must not change when more bytes arrive), parse it, verify it against a fixed secret, and
 //! answer it (`write_server_hello_as`) the way `io::conn` does. A second mode builds a genuine
-//! Telegram-shaped hello for a fuzzed host and checks it verifies.
+//! Telegram-shaped hello for a fuzzed host and checks it verifies. Every parsed hello also gets
+//! its JA4 fingerprint, and is answered with the built-in template and with an X25519MLKEM768
+//! one (a real OpenSSL 3.5 site's): the post-quantum share only for a hello that offered one.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use mtpx::proto::XorShift64;
 use mtpx::proto::faketls::{self, HelloRead};
-use mtpx::proto::tlsprofile::ServerHelloTemplate;
+use mtpx::proto::tlsprofile::{self, GROUP_X25519, GROUP_X25519_MLKEM768, HelloKind};
 
 const KEY: [u8; 16] = *b"0123456789abcdef";
 const HOST: &[u8] = b"www.example.com";
@@ -17,8 +19,20 @@ const TOLERANCE: u64 = 300;
 /// What `io::worker` gives `read_client_hello` (buf_size.max(32 KiB)).
 const SCRATCH: usize = 32 * 1024;
 
+const PQ_FLIGHT: &[u8] = include_bytes!("../../tests/data/tls/openssl35-pq-flight.bin");
+
 fn answer(hello: &faketls::ClientHello, scratch: &mut [u8]) {
-    let template = ServerHelloTemplate::default();
+    let pq = tlsprofile::parse_server_flight(PQ_FLIGHT).expect("the capture parses");
+    answer_as(hello, scratch, &Default::default());
+    answer_as(hello, scratch, &pq.server_hello);
+}
+
+fn answer_as(
+    hello: &faketls::ClientHello,
+    scratch: &mut [u8],
+    template: &tlsprofile::ServerHelloTemplate,
+) {
+    let template = *template;
     let mut rng = XorShift64(1);
     let room = faketls::noise_room(&template, hello.session_id_len, scratch.len());
     let n = faketls::write_server_hello_as(
@@ -36,9 +50,21 @@ fn answer(hello: &faketls::ClientHello, scratch: &mut [u8]) {
         faketls::verify_server_flight(&flight, &hello.random, &KEY),
         Ok(Some(n))
     );
+    // Never a group the client did not offer.
+    let o = tlsprofile::parse_server_flight(&flight).expect("our flight parses");
+    let want = if hello.kind() == HelloKind::PostQuantum
+        && template.key_share_group() == Some(GROUP_X25519_MLKEM768)
+    {
+        GROUP_X25519_MLKEM768
+    } else {
+        GROUP_X25519
+    };
+    assert_eq!(o.server_hello.key_share_group(), Some(want));
 }
 
 fn check_hello(msg: &[u8], scratch: &mut [u8]) {
+    let fp = mtpx::proto::ja4::fingerprint(msg);
+    assert!(fp.is_none_or(|f| f.iter().all(u8::is_ascii_graphic)));
     let Ok(hello) = faketls::parse_client_hello(msg) else {
         return;
     };

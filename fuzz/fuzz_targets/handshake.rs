@@ -75,6 +75,7 @@ fn run(expect: Expect, input: &[u8], mut sizes: impl FnMut() -> usize, eof: bool
             rng: &mut rng,
             replay: &mut replay,
             shapes: &mut shape,
+            hellos: &mut (),
             key_shares: &mut keys,
             scratch: &mut scratch,
         };
@@ -106,8 +107,9 @@ fn run(expect: Expect, input: &[u8], mut sizes: impl FnMut() -> usize, eof: bool
             }
             Step::Connect(mut a) => {
                 out.end = format!("connect {} {} {} {:?}", a.user, a.dc, a.dc_send, a.tag);
-                assert!(a.early <= hs.filled());
-                let mut rest = input[pos..].to_vec();
+                assert!(a.early + a.records <= hs.filled());
+                let taken = hs.filled() - a.records;
+                let mut rest = [&buf[taken..hs.filled()], &input[pos..]].concat();
                 if let Some(tls) = a.tls.as_mut() {
                     match tls.deframe_in_place(&mut rest) {
                         Ok(n) => rest.truncate(n),
@@ -115,7 +117,7 @@ fn run(expect: Expect, input: &[u8], mut sizes: impl FnMut() -> usize, eof: bool
                     }
                 }
                 a.ciphers.up(&mut rest);
-                out.out = [&buf[..hs.filled()], &rest].concat();
+                out.out = [&buf[..taken], &rest].concat();
                 return out;
             }
             Step::Front(r) => {

@@ -35,7 +35,7 @@ pub(crate) fn spawn(shared: Arc<Shared>) {
                                 host = host,
                                 addresses = addrs.len()
                             );
-                            shared.set_front_addrs(addrs);
+                            shared.set_resolved_front_addrs(addrs);
                         }
                         Ok(_) => {}
                         Err(e) => crate::log_event!(

@@ -15,15 +15,14 @@
 //! file instead.
 
 use std::cell::RefCell;
-use std::io::{Read, Write};
-use std::net::{IpAddr, TcpStream};
+use std::io::Read;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::{Config, IpList};
-use crate::formats::http::{self, ResponseParse};
 use crate::formats::iplist::{Cidr, IpTable, parse_netset};
 use crate::log::Level;
 
@@ -33,8 +32,6 @@ pub(crate) const MTIME_CHECK: Duration = Duration::from_secs(2);
 pub(crate) const MAX_LIST_BYTES: usize = 64 << 20;
 /// Bad lines logged one by one per source and load; the rest are only counted.
 const MAX_LOGGED_LINES: usize = 10;
-/// Redirects followed for an `http://` source.
-const MAX_REDIRECTS: usize = 3;
 /// Upper bound of one download, however slowly the server trickles.
 const MAX_DOWNLOAD_TIME: Duration = Duration::from_secs(600);
 
@@ -132,9 +129,8 @@ pub(crate) struct Lists {
     reload: AtomicBool,
     stop: AtomicBool,
     updater: Mutex<Option<std::thread::Thread>>,
-    http_timeout: Duration,
-    /// The `[network] dns` server for http:// sources (`None`: /etc/resolv.conf).
-    dns: Option<crate::formats::dns::Nameserver>,
+    /// How http:// sources are reached (`[network] dns`, the SOCKS5 upstreams).
+    net: super::fetch::Net,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -191,7 +187,13 @@ fn list_conf(l: &IpList, which: Which) -> ListConf {
 impl Lists {
     /// Reads the configured lists' files (synchronously, so that a blocklist is in force
     /// before the first accept) without starting the updater. Use [`Lists::start`] in the proxy.
+    #[cfg(test)]
     pub(crate) fn new(config: &Config) -> Arc<Lists> {
+        Lists::new_via(config, Vec::new())
+    }
+
+    /// [`Lists::new`] downloading through the SOCKS5 `upstreams` (as mtg does).
+    fn new_via(config: &Config, upstreams: Vec<super::fetch::Upstream>) -> Arc<Lists> {
         let conf = [
             list_conf(&config.blocklist, Which::Block),
             list_conf(&config.allowlist, Which::Allow),
@@ -223,8 +225,7 @@ impl Lists {
             reload: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             updater: Mutex::new(None),
-            http_timeout: config.timeouts.http.max(Duration::from_millis(100)),
-            dns: config.nameserver(),
+            net: super::fetch::Net::new(config, upstreams),
         });
         for which in [Which::Block, Which::Allow] {
             let c = &lists.conf[which as usize];
@@ -248,8 +249,8 @@ impl Lists {
 
     /// [`Lists::new`], then starts the updater thread if an enabled list has a source. The
     /// thread ends after [`Lists::stop`] or once the last `Arc` is gone.
-    pub(crate) fn start(config: &Config) -> Arc<Lists> {
-        let lists = Lists::new(config);
+    pub(crate) fn start(config: &Config, upstreams: Vec<super::fetch::Upstream>) -> Arc<Lists> {
+        let lists = Lists::new_via(config, upstreams);
         if lists
             .conf
             .iter()
@@ -461,7 +462,14 @@ impl Lists {
                 (text, before)
             }
             Source::Http(url) => (
-                fetch(url, self.dns.as_ref(), self.http_timeout, MAX_LIST_BYTES)?,
+                String::from_utf8_lossy(&super::fetch::get(
+                    url,
+                    &self.net,
+                    MAX_LIST_BYTES,
+                    false,
+                    MAX_DOWNLOAD_TIME,
+                )?)
+                .into_owned(),
                 None,
             ),
         };
@@ -498,7 +506,7 @@ struct Loaded {
 
 /// What tells a changed file: its mtime and length, and its inode and ctime (a file replaced
 /// by `mv`, or rewritten with the old mtime put back, still counts as changed).
-fn file_stamp(p: &std::path::Path) -> Option<FileStamp> {
+pub(crate) fn file_stamp(p: &std::path::Path) -> Option<FileStamp> {
     use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(p).ok()?;
     Some((
@@ -510,7 +518,7 @@ fn file_stamp(p: &std::path::Path) -> Option<FileStamp> {
     ))
 }
 
-type FileStamp = (SystemTime, u64, u64, i64, i64);
+pub(crate) type FileStamp = (SystemTime, u64, u64, i64, i64);
 
 fn read_file(p: &std::path::Path) -> Result<String, String> {
     let f = std::fs::File::open(p).map_err(|e| format!("cannot open: {e}"))?;
@@ -522,162 +530,6 @@ fn read_file(p: &std::path::Path) -> Result<String, String> {
         return Err(format!("larger than {MAX_LIST_BYTES} bytes"));
     }
     Ok(String::from_utf8_lossy(&buf).into_owned())
-}
-
-/// Downloads `url` (`http://` only) and returns its body as text. Status ≥ 400, a body over
-/// `cap` bytes, a malformed response or a timeout is an error. Follows a few `http://`
-/// redirects; host names are resolved through `dns` (else /etc/resolv.conf). Blocking: for the
-/// updater thread only.
-pub(crate) fn fetch(
-    url: &str,
-    dns: Option<&crate::formats::dns::Nameserver>,
-    timeout: Duration,
-    cap: usize,
-) -> Result<String, String> {
-    let deadline = later(Instant::now(), MAX_DOWNLOAD_TIME);
-    let mut url = url.to_string();
-    for _ in 0..=MAX_REDIRECTS {
-        match fetch_once(&url, dns, timeout, cap, deadline)? {
-            Fetched::Body(b) => return Ok(String::from_utf8_lossy(&b).into_owned()),
-            Fetched::Redirect(to) => url = to,
-        }
-    }
-    Err(format!("more than {MAX_REDIRECTS} redirects"))
-}
-
-enum Fetched {
-    Body(Vec<u8>),
-    Redirect(String),
-}
-
-fn fetch_once(
-    url: &str,
-    dns: Option<&crate::formats::dns::Nameserver>,
-    timeout: Duration,
-    cap: usize,
-    deadline: Instant,
-) -> Result<Fetched, String> {
-    let (host, port, path) = http::parse_http_url(url)?;
-    let addrs = crate::background::resolve::resolve(dns, &host, port, timeout)
-        .map_err(|e| format!("cannot resolve {host}: {e}"))?;
-    let mut last = format!("{host} has no address");
-    let mut stream = None;
-    for a in addrs {
-        match TcpStream::connect_timeout(&a, timeout) {
-            Ok(s) => {
-                stream = Some(s);
-                break;
-            }
-            Err(e) => last = format!("cannot connect to {a}: {e}"),
-        }
-    }
-    let mut s = stream.ok_or(last)?;
-    s.set_read_timeout(Some(timeout))
-        .and_then(|()| s.set_write_timeout(Some(timeout)))
-        .map_err(|e| e.to_string())?;
-    s.write_all(&http::build_get(&http::host_header(&host, port), &path))
-        .map_err(|e| format!("cannot send request: {e}"))?;
-    let mut buf = Vec::with_capacity(16 * 1024);
-    let mut chunk = vec![0u8; 64 * 1024];
-    let read = |s: &mut TcpStream, chunk: &mut [u8]| -> Result<usize, String> {
-        if Instant::now() >= deadline {
-            return Err("download took too long".into());
-        }
-        loop {
-            match s.read(chunk) {
-                Ok(n) => return Ok(n),
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(format!("read failed: {e}")),
-            }
-        }
-    };
-    // Head.
-    let (consumed, status, content_length, chunked, location) = loop {
-        match http::parse_response_head(&buf) {
-            ResponseParse::NeedMore => {}
-            ResponseParse::Invalid => return Err("malformed HTTP response".into()),
-            ResponseParse::Head {
-                consumed,
-                status,
-                content_length,
-                chunked,
-                location,
-            } => {
-                break (
-                    consumed,
-                    status,
-                    content_length,
-                    chunked,
-                    location.map(str::to_string),
-                );
-            }
-        }
-        let n = read(&mut s, &mut chunk)?;
-        if n == 0 {
-            return Err("connection closed before the response head".into());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    if (300..400).contains(&status) {
-        if let Some(loc) = location {
-            if loc.starts_with('/') {
-                return Ok(Fetched::Redirect(format!(
-                    "http://{}{loc}",
-                    http::host_header(&host, port)
-                )));
-            }
-            return Ok(Fetched::Redirect(loc));
-        }
-    }
-    if status >= 300 {
-        return Err(format!("HTTP status {status}"));
-    }
-    if status < 200 || status == 204 {
-        return Ok(Fetched::Body(Vec::new()));
-    }
-    let rest = buf.split_off(consumed);
-    let mut body = Vec::new();
-    if chunked {
-        let mut dec = http::ChunkedDecoder::new(cap);
-        let mut input = rest;
-        loop {
-            let p = dec.feed(&input, &mut body).map_err(|e| e.to_string())?;
-            if p.done {
-                break;
-            }
-            let n = read(&mut s, &mut chunk)?;
-            if n == 0 {
-                return Err("connection closed inside the chunked body".into());
-            }
-            input.clear();
-            input.extend_from_slice(&chunk[..n]);
-        }
-    } else {
-        if content_length.is_some_and(|n| n > cap) {
-            return Err(format!("body larger than {cap} bytes"));
-        }
-        body = rest;
-        loop {
-            if let Some(n) = content_length {
-                if body.len() >= n {
-                    body.truncate(n);
-                    break;
-                }
-            }
-            if body.len() > cap {
-                return Err(format!("body larger than {cap} bytes"));
-            }
-            let n = read(&mut s, &mut chunk)?;
-            if n == 0 {
-                if content_length.is_some() {
-                    return Err("connection closed before the end of the body".into());
-                }
-                break;
-            }
-            body.extend_from_slice(&chunk[..n]);
-        }
-    }
-    Ok(Fetched::Body(body))
 }
 
 /// The updater thread: URLs at once, then every `update-each`, on reload and on file changes.
@@ -762,6 +614,7 @@ impl ListCache {
 mod tests {
     use super::*;
     use crate::proto::secret::{Secret, SecretKind};
+    use std::io::Write;
     use std::net::{SocketAddr, TcpListener};
 
     fn config() -> Config {
@@ -960,7 +813,7 @@ mod tests {
         c.blocklist.enabled = true;
         let path = d.file("l", "10.0.0.1\n");
         c.blocklist.urls = vec![path.clone()];
-        let lists = Lists::start(&c);
+        let lists = Lists::start(&c, Vec::new());
         std::fs::write(&path, "10.0.0.1\n10.0.0.2\n").unwrap();
         let deadline = Instant::now() + MTIME_CHECK * 5;
         while lists.size(Which::Block) != Some(2) && Instant::now() < deadline {
@@ -979,7 +832,7 @@ mod tests {
         let mut c = config();
         c.blocklist.enabled = true;
         c.blocklist.urls = vec![format!("{base}/list.netset")];
-        let lists = Lists::start(&c);
+        let lists = Lists::start(&c, Vec::new());
         // Downloads happen in the background: nothing blocked at first.
         let wait = |n: usize| {
             let deadline = Instant::now() + Duration::from_secs(10);
@@ -1020,6 +873,12 @@ mod tests {
         server.join().unwrap();
     }
 
+    /// A list download as the updater makes it (no upstreams, no https).
+    fn fetch(url: &str, cap: usize) -> Result<Vec<u8>, String> {
+        let net = crate::background::fetch::Net::new(&config(), Vec::new());
+        crate::background::fetch::get(url, &net, cap, false, Duration::from_secs(5))
+    }
+
     #[test]
     fn fetch_enforces_the_size_cap_and_follows_redirects() {
         let (base, server) = http_server(vec![
@@ -1028,34 +887,24 @@ mod tests {
             b"HTTP/1.1 302 Found\r\nLocation: /next\r\nContent-Length: 0\r\n\r\n".to_vec(),
             b"HTTP/1.0 200 OK\r\n\r\n10.0.0.5\n".to_vec(),
         ]);
-        let t = Duration::from_secs(3);
-        let e = fetch(&format!("{base}/a"), None, t, 50).unwrap_err();
+        let e = fetch(&format!("{base}/a"), 50).unwrap_err();
         assert!(e.contains("larger"), "{e}");
-        let e = fetch(&format!("{base}/b"), None, t, 10).unwrap_err();
+        let e = fetch(&format!("{base}/b"), 10).unwrap_err();
         assert!(e.contains("larger"), "{e}");
-        assert_eq!(
-            fetch(&format!("{base}/c"), None, t, 50).unwrap(),
-            "10.0.0.5\n"
-        );
+        assert_eq!(fetch(&format!("{base}/c"), 50).unwrap(), b"10.0.0.5\n");
         let reqs = server.join().unwrap();
         assert!(reqs[3].starts_with("GET /next "), "{reqs:?}");
     }
 
     #[test]
     fn fetch_refuses_https_and_reports_refused_ports() {
-        let e = fetch("https://127.0.0.1/x", None, Duration::from_secs(1), 10).unwrap_err();
+        let e = fetch("https://127.0.0.1/x", 10).unwrap_err();
         assert!(e.contains("https"), "{e}");
         let port = {
             let l = TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
         };
-        let e = fetch(
-            &format!("http://127.0.0.1:{port}/"),
-            None,
-            Duration::from_secs(1),
-            10,
-        )
-        .unwrap_err();
+        let e = fetch(&format!("http://127.0.0.1:{port}/"), 10).unwrap_err();
         assert!(e.contains("connect"), "{e}");
     }
 }

@@ -33,6 +33,11 @@ pub fn run(config: Config) -> io::Result<()> {
     let secret_kind = config.secret.kind;
     let workers = config.workers;
     let (drs, delays) = (config.doppelganger.drs, ShapingCell::new(&config).is_on());
+    let pq = if config.doppelganger.post_quantum {
+        "mirror"
+    } else {
+        "off"
+    };
     let proxy = start(config)?;
     crate::log_event!(
         Level::Info,
@@ -41,7 +46,8 @@ pub fn run(config: Config) -> io::Result<()> {
         workers = workers,
         secret_kind = secret_kind.as_str(),
         drs = drs,
-        delays = delays
+        delays = delays,
+        post_quantum = pq
     );
     loop {
         std::thread::sleep(Duration::from_millis(100));
@@ -66,5 +72,6 @@ pub fn run(config: Config) -> io::Result<()> {
         bytes_up = stats.bytes_up.load(Ordering::Relaxed),
         bytes_down = stats.bytes_down.load(Ordering::Relaxed)
     );
+    crate::log::flush();
     Ok(())
 }

@@ -23,12 +23,28 @@ pub(crate) fn session(
     deadline: Instant,
     mut each: impl FnMut(Instant, Step) -> bool,
 ) -> io::Result<()> {
-    let (mut client, hello) = tls13::Client::start(&mut crate::io::OsRng, opts, request);
-    let left = |d: Instant| match d.checked_duration_since(Instant::now()) {
+    let stream = TcpStream::connect_timeout(&addr, left(deadline)?)?;
+    session_on(stream, opts, request, deadline, &mut each)
+}
+
+fn left(d: Instant) -> io::Result<std::time::Duration> {
+    match d.checked_duration_since(Instant::now()) {
         Some(t) if !t.is_zero() => Ok(t),
         _ => Err(io::Error::from(io::ErrorKind::TimedOut)),
-    };
-    let mut stream = TcpStream::connect_timeout(&addr, left(deadline)?)?;
+    }
+}
+
+/// [`session`] over a stream already connected (e.g. through a SOCKS5 upstream). One copy
+/// for every caller (`dyn`: binary size).
+#[inline(never)]
+pub(crate) fn session_on(
+    mut stream: TcpStream,
+    opts: tls13::Options<'_>,
+    request: &[u8],
+    deadline: Instant,
+    each: &mut dyn FnMut(Instant, Step) -> bool,
+) -> io::Result<()> {
+    let (mut client, hello) = tls13::Client::start(&mut crate::io::OsRng, opts, request);
     stream.set_nodelay(true)?;
     stream.set_write_timeout(Some(left(deadline)?))?;
     stream.write_all(&hello)?;

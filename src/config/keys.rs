@@ -344,6 +344,17 @@ impl Doc {
         if let Some(v) = self.bool("auto-update")? {
             c.auto_update = v;
         }
+        if let Some(v) = self.string("ad-tag")? {
+            let t = v.trim();
+            let tag = crate::formats::encoding::hex_decode(t).and_then(|b| b.try_into().ok());
+            if tag.is_none() && !t.is_empty() {
+                return Err(self.err(
+                    "ad-tag",
+                    format!("{v:?} is not an ad tag (the 32 hex digits @MTProxybot gives)"),
+                ));
+            }
+            c.ad_tag = tag;
+        }
         if self.has("tcp-buffer") {
             self.take("tcp-buffer");
             self.warn(
@@ -429,6 +440,32 @@ impl Doc {
             }
             c.proxies = list;
         }
+        let url_ok = |s: &str| {
+            crate::formats::http::parse_web_url(s)
+                .is_ok()
+                .then(|| s.to_string())
+        };
+        const URL_HINT: &str = "is not an http:// or https:// URL";
+        if let Some(list) = self.strings("network.proxy-config-urls")? {
+            if let Some(bad) = list.iter().find(|u| url_ok(u).is_none()) {
+                return Err(self.err("network.proxy-config-urls", format!("{bad:?} {URL_HINT}")));
+            }
+            c.proxy_config_urls = list;
+        }
+        if let Some(list) = self.strings("network.proxy-config-files")? {
+            if list.iter().any(|f| f.trim().is_empty()) {
+                return Err(self.err(
+                    "network.proxy-config-files",
+                    "an empty file name in the list".into(),
+                ));
+            }
+            c.proxy_config_files = list;
+        }
+        if let Some(v) = self.parsed("network.proxy-secret-url", URL_HINT, url_ok)? {
+            c.proxy_secret_url = v;
+        }
+        c.proxy_secret_file =
+            self.parsed("network.proxy-secret-file", "", |s| Some(s.to_string()))?;
         for (key, slot) in [
             ("network.timeout.tcp", &mut c.timeouts.tcp),
             ("network.timeout.http", &mut c.timeouts.http),
@@ -574,6 +611,21 @@ impl Doc {
         if let Some(v) = self.bytes(&format!("{D}min-rate"))? {
             c.doppelganger.min_rate = v;
         }
+        let pq = |v: &str| match v {
+            "mirror" => Some(true),
+            "off" => Some(false),
+            _ => None,
+        };
+        if let Some(v) = self.parsed(
+            &format!("{D}post-quantum"),
+            "is not \"mirror\" or \"off\"",
+            pq,
+        )? {
+            c.doppelganger.post_quantum = v;
+        }
+        if let Some(v) = self.uint("stats.ja4-top", MAX_JA4_TOP as u64)? {
+            c.ja4_top = v as usize;
+        }
         for (name, which) in [("blocklist", true), ("allowlist", false)] {
             let p = format!("defense.{name}.");
             let mut list = if which {
@@ -667,11 +719,28 @@ impl Doc {
                     .into(),
             );
         }
-        if c.auto_update {
+        if c.ad_tag.is_some() {
             self.warn(
                 WarningKind::NotImplemented,
-                "auto-update",
-                "is accepted but not implemented yet; ignored".into(),
+                "ad-tag",
+                "the middle-proxy list and secret are fetched and `doctor` checks them, but \
+                 clients are still relayed directly to the DCs: no sponsored channel yet"
+                    .into(),
+            );
+        }
+        let uses_config = c.auto_update || c.ad_tag.is_some();
+        if !uses_config && self.has("network.proxy-config-files") {
+            self.warn(
+                WarningKind::Ignored,
+                "network.proxy-config-files",
+                "is read only with auto-update = true or an ad-tag; ignored".into(),
+            );
+        }
+        if c.ad_tag.is_none() && self.has("network.proxy-secret-file") {
+            self.warn(
+                WarningKind::Ignored,
+                "network.proxy-secret-file",
+                "is read only with an ad-tag; ignored".into(),
             );
         }
     }

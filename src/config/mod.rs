@@ -37,6 +37,14 @@ use crate::proto::dc::PreferIp;
 use crate::proto::secret::Secret;
 use crate::proto::users::{DEFAULT_USER, Limits, UserSpec};
 
+/// Telegram's proxy config, IPv4 and IPv6 (mtg's `auto-update` sources).
+pub const PROXY_CONFIG_URLS: [&str; 2] = [
+    "https://core.telegram.org/getProxyConfig",
+    "https://core.telegram.org/getProxyConfigV6",
+];
+/// Telegram's middle-proxy secret.
+pub const PROXY_SECRET_URL: &str = "https://core.telegram.org/getProxySecret";
+
 /// Most workers mtpx will start.
 pub const MAX_WORKERS: usize = 256;
 /// Largest `concurrency`.
@@ -47,6 +55,12 @@ pub const MIN_BUFFER_SIZE: usize = 4 * 1024;
 pub const MAX_BUFFER_SIZE: usize = 1024 * 1024;
 /// Largest `[buffers] count`.
 pub const MAX_BUFFER_COUNT: usize = 1 << 20;
+/// Largest `[buffers] count × size`: 4 GiB (e.g. 262,144 buffers of 16 KiB, 256 times the
+/// default). The pool is reserved at start-up in one allocation per worker; pages are only
+/// touched when used, but Linux's default overcommit refuses a reservation much beyond RAM +
+/// swap, and mtpx would then die at start. Past 4 GiB of buffers in flight, more buffers are
+/// not what a proxy needs.
+pub const MAX_BUFFER_MEMORY: u64 = 4 << 30;
 
 /// Where the proxy sends connections that fail the FakeTLS check (`[domain-fronting]`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -90,11 +104,15 @@ pub struct KeepAlive {
 pub struct AntiReplay {
     /// On by default (unlike mtg).
     pub enabled: bool,
-    /// Memory for remembered handshakes, in bytes (default 1 MiB).
+    /// Memory for remembered handshakes, in bytes (default 1 MiB, 20 bytes per handshake; for
+    /// dd and classic secrets it alone bounds how long a handshake is remembered).
     pub max_size: usize,
     /// Accepted false-positive rate (default 0.001).
     pub error_rate: f64,
 }
+
+/// Most JA4 fingerprints `[stats] ja4-top` may keep per class.
+pub const MAX_JA4_TOP: usize = 256;
 
 /// `[defense.doppelganger]`: learning the fronting site's handshake shape, and shaping.
 #[derive(Clone, Debug, PartialEq)]
@@ -117,6 +135,9 @@ pub struct Doppelganger {
     pub delay_scale: Duration,
     /// Bytes per second a download keeps at least while shaped (default 4 MiB; 0 = none).
     pub min_rate: u64,
+    /// `post-quantum = "mirror"` (true, default): a hello offering X25519MLKEM768 gets the
+    /// site's answer to such a hello; `"off"`: every hello gets an x25519 answer.
+    pub post_quantum: bool,
 }
 
 /// `[defense.blocklist]` / `[defense.allowlist]`: FireHOL lists from files or http:// URLs.
@@ -199,8 +220,21 @@ pub struct Config {
     pub dc_overrides: Vec<(i16, Vec<SocketAddr>)>,
     /// Log line format.
     pub log_format: LogFormat,
-    /// Fetch Telegram's DC list periodically (accepted, not implemented yet).
+    /// Keep DC 203's addresses current from Telegram's proxy config (hourly).
     pub auto_update: bool,
+    /// The ad tag from @MTProxybot (`ad-tag`, 32 hex digits): sponsored channel via Telegram's
+    /// middle proxies.
+    pub ad_tag: Option<[u8; 16]>,
+    /// Where Telegram's proxy config is fetched (`[network] proxy-config-urls`; default
+    /// [`PROXY_CONFIG_URLS`]).
+    pub proxy_config_urls: Vec<String>,
+    /// Local copies of the proxy config used instead of the URLs (`[network]
+    /// proxy-config-files`).
+    pub proxy_config_files: Vec<String>,
+    /// Where the middle proxies' secret is fetched (`[network] proxy-secret-url`).
+    pub proxy_secret_url: String,
+    /// A local copy of the proxy secret used instead of the URL (`[network] proxy-secret-file`).
+    pub proxy_secret_file: Option<String>,
     /// DNS resolver URI (`[network] dns`); [`Config::nameserver`] is the server mtpx asks.
     pub dns: Option<String>,
     /// SOCKS5 upstreams for DC connections, tried in order (`[network] proxies`).
@@ -230,6 +264,8 @@ pub struct Config {
     pub state_dir: Option<PathBuf>,
     /// The config file, when [`load`]ed from one (reloads read it again).
     pub source: Option<PathBuf>,
+    /// ClientHello JA4 fingerprints counted per class (`[stats] ja4-top`, default 16; 0 = off).
+    pub ja4_top: usize,
 }
 
 /// The server mtpx asks for a `[network] dns` value: `udp://IP[:port]` and a bare IP in plain
@@ -332,6 +368,11 @@ impl Config {
             dc_overrides: Vec::new(),
             log_format: LogFormat::Logfmt,
             auto_update: false,
+            ad_tag: None,
+            proxy_config_urls: PROXY_CONFIG_URLS.map(String::from).to_vec(),
+            proxy_config_files: Vec::new(),
+            proxy_secret_url: PROXY_SECRET_URL.to_string(),
+            proxy_secret_file: None,
             dns: None,
             proxies: Vec::new(),
             ntp: vec![crate::doctor::DEFAULT_NTP.to_string()],
@@ -345,6 +386,7 @@ impl Config {
                 delay_shape: crate::proto::shaping::DEFAULT_SHAPE,
                 delay_scale: crate::proto::shaping::DEFAULT_SCALE,
                 min_rate: 4 << 20,
+                post_quantum: true,
             },
             blocklist: IpList {
                 enabled: false,
@@ -374,6 +416,7 @@ impl Config {
             users_file: None,
             state_dir: None,
             source: None,
+            ja4_top: 16,
         }
     }
 
@@ -433,6 +476,19 @@ impl Config {
                 format!(
                     "{} is too large (at most {MAX_BUFFER_COUNT})",
                     self.buffer_count
+                ),
+            );
+        }
+        let memory = self.buffer_count as u64 * self.buffer_size as u64;
+        if memory > MAX_BUFFER_MEMORY {
+            return bad(
+                "buffers.count",
+                format!(
+                    "{} buffers of {} bytes are {} MiB, more than the 4096 MiB allowed \
+                     (count × size at most 4GiB)",
+                    self.buffer_count,
+                    self.buffer_size,
+                    memory >> 20
                 ),
             );
         }
@@ -497,6 +553,16 @@ impl Config {
                 return bad(
                     &format!("network.dc-overrides.{dc}"),
                     "needs at least one IP:port address".into(),
+                );
+            }
+            if addrs.len() > crate::proto::dc::MAX_DC_ADDRS {
+                return bad(
+                    &format!("network.dc-overrides.{dc}"),
+                    format!(
+                        "{} addresses; at most {}",
+                        addrs.len(),
+                        crate::proto::dc::MAX_DC_ADDRS
+                    ),
                 );
             }
         }
@@ -951,7 +1017,7 @@ mod tests {
             .filter(|w| w.kind == WarningKind::NotImplemented)
             .map(|w| w.key.as_str())
             .collect();
-        assert_eq!(ni, ["auto-update", "defense.doppelganger.urls"]);
+        assert_eq!(ni, ["defense.doppelganger.urls"]);
         assert!(!w.iter().any(|w| w.kind == WarningKind::Fallback), "{w:?}");
         assert_eq!(c.bind_to, "[::]:3128".parse().unwrap());
         assert!(c.proxy_protocol_listener && c.auto_update && c.allow_fallback_on_unknown_dc);
@@ -1025,6 +1091,90 @@ mod tests {
         assert_eq!(c.timeouts.idle, Duration::from_secs(300));
         assert_eq!(c.log_format, LogFormat::Logfmt);
         assert!(c.dc_overrides.is_empty());
+    }
+
+    #[test]
+    fn telegram_config_keys_parse_and_default() {
+        let (c, _) = ok(BASE);
+        assert!(!c.auto_update && c.ad_tag.is_none());
+        assert_eq!(c.proxy_config_urls, PROXY_CONFIG_URLS);
+        assert!(c.proxy_config_files.is_empty());
+        assert_eq!(c.proxy_secret_url, PROXY_SECRET_URL);
+        assert_eq!(c.proxy_secret_file, None);
+        let (c, w) = ok(&with(
+            "auto-update = true\nad-tag = \"00112233445566778899AABBCCDDEEFF\"\n\
+             [network]\nproxy-config-urls = [\"http://127.0.0.1:1/a\", \"https://[::1]/b\"]\n\
+             proxy-config-files = [\"/var/lib/mtpx/v4\"]\n\
+             proxy-secret-url = \"http://127.0.0.1:1/s\"\n\
+             proxy-secret-file = \"/var/lib/mtpx/secret\"\n",
+        ));
+        assert!(c.auto_update);
+        assert_eq!(
+            c.ad_tag,
+            Some([
+                0x00, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88, 0x99, 0xaa, 0xbb, 0xcc, 0xdd,
+                0xee, 0xff
+            ])
+        );
+        assert_eq!(
+            c.proxy_config_urls,
+            ["http://127.0.0.1:1/a", "https://[::1]/b"]
+        );
+        assert_eq!(c.proxy_config_files, ["/var/lib/mtpx/v4"]);
+        assert_eq!(c.proxy_secret_url, "http://127.0.0.1:1/s");
+        assert_eq!(c.proxy_secret_file.as_deref(), Some("/var/lib/mtpx/secret"));
+        // The tag is honest about what it does not do yet; auto-update warns no more.
+        let keys: Vec<&str> = w.iter().map(|w| w.key.as_str()).collect();
+        assert_eq!(keys, ["ad-tag"], "{w:?}");
+        // Files without anything that reads them are pointed out.
+        let (_, w) = ok(&with(
+            "[network]\nproxy-config-files = [\"/x\"]\nproxy-secret-file = \"/y\"\n",
+        ));
+        let ignored: Vec<&str> = w
+            .iter()
+            .filter(|w| w.kind == WarningKind::Ignored)
+            .map(|w| w.key.as_str())
+            .collect();
+        assert_eq!(
+            ignored,
+            ["network.proxy-config-files", "network.proxy-secret-file"]
+        );
+    }
+
+    #[test]
+    fn telegram_config_keys_reject_bad_values_by_name() {
+        for (text, key) in [
+            ("ad-tag = \"0011\"\n", "ad-tag"),
+            ("ad-tag = \"zz112233445566778899aabbccddeeff\"\n", "ad-tag"),
+            (
+                "ad-tag = \"00112233445566778899aabbccddeeff00\"\n",
+                "ad-tag",
+            ),
+            (
+                "[network]\nproxy-config-urls = [\"ftp://x/y\"]\n",
+                "network.proxy-config-urls",
+            ),
+            (
+                "[network]\nproxy-config-urls = \"http://x/y\"\n",
+                "network.proxy-config-urls",
+            ),
+            (
+                "[network]\nproxy-config-files = [\"\", \"/x\"]\n",
+                "network.proxy-config-files",
+            ),
+            (
+                "[network]\nproxy-secret-url = \"x\"\n",
+                "network.proxy-secret-url",
+            ),
+        ] {
+            let e = err(&with(text));
+            assert_eq!(e.key.as_deref(), Some(key), "{text:?}: {e}");
+        }
+        let many: String = (0..17)
+            .map(|i| format!("\"127.0.0.1:{}\", ", i + 1))
+            .collect();
+        let e = err(&with(&format!("[network.dc-overrides]\n2 = [{many}]\n")));
+        assert_eq!(e.key.as_deref(), Some("network.dc-overrides.2"), "{e}");
     }
 
     #[test]
@@ -1105,7 +1255,7 @@ mod tests {
 
     #[test]
     fn type_and_range_errors() {
-        let cases: [(&str, &str, &str); 16] = [
+        let cases: [(&str, &str, &str); 17] = [
             ("debug = \"yes\"", "debug", "not a boolean"),
             ("concurrency = 0", "concurrency", "out of range"),
             ("concurrency = 1.5", "concurrency", "whole number"),
@@ -1130,6 +1280,11 @@ mod tests {
                 "workers = 8\n[buffers]\ncount = 10",
                 "buffers.count",
                 "at least 2 per worker",
+            ),
+            (
+                "[buffers]\nsize = \"1MiB\"\ncount = 4097",
+                "buffers.count",
+                "4097 buffers of 1048576 bytes are 4097 MiB",
             ),
             (
                 "[defense.anti-replay]\nerror-rate = 2",
@@ -1158,6 +1313,22 @@ mod tests {
         let e =
             err("secret = \"7oe1GqLy6TBc38CV3jx7q09nb29nbGUuY29t\"\nbind-to = \"example.com:443\"");
         assert_eq!((e.key.as_deref(), e.line), (Some("bind-to"), Some(2)));
+    }
+
+    #[test]
+    fn proxy_credentials_are_never_echoed_in_errors() {
+        for url in [
+            "alice:hunter2@127.0.0.1:1080",
+            "socks5://alice:hunter2@127.0.0.1:0",
+        ] {
+            let e = err(&with(&format!("[network]\nproxies = [\"{url}\"]")));
+            assert_eq!(e.key.as_deref(), Some("network.proxies"), "{e}");
+            let text = e.to_string();
+            assert!(
+                !text.contains("hunter2") && !text.contains("alice"),
+                "{text}"
+            );
+        }
     }
 
     #[test]
@@ -1430,6 +1601,17 @@ mod tests {
         assert_eq!(d.min_rate, 1 << 20);
         let (c, _) = ok(&format!("{base}min-rate = 0\n"));
         assert_eq!(c.doppelganger.min_rate, 0);
+        assert!(c.doppelganger.post_quantum, "mirror by default");
+        let (c, w) = ok(&format!("{base}post-quantum = \"off\"\n"));
+        assert!(w.is_empty() && !c.doppelganger.post_quantum, "{w:?}");
+        let (c, _) = ok(&format!("{base}post-quantum = \"mirror\"\n"));
+        assert!(c.doppelganger.post_quantum);
+        let top = base.replace("[defense.doppelganger]\n", "[stats]\nja4-top = 3\n");
+        assert_eq!(ok(&top).0.ja4_top, 3);
+        let e = parse(&top.replace("= 3", "= 257"))
+            .expect_err("257")
+            .to_string();
+        assert!(e.contains("stats.ja4-top"), "{e}");
         assert!(!c.doppelganger.delays);
         for (bad, key) in [
             ("delay-shape = 0", "delay-shape"),
@@ -1439,6 +1621,8 @@ mod tests {
             ("delay-scale = \"2\"", "delay-scale"),
             ("min-rate = \"lots\"", "min-rate"),
             ("delays = \"yes please\"", "delays"),
+            ("post-quantum = \"on\"", "post-quantum"),
+            ("post-quantum = true", "post-quantum"),
         ] {
             let e = parse(&format!("{base}{bad}\n")).expect_err(bad).to_string();
             assert!(e.contains(key), "{bad}: {e}");
@@ -1463,6 +1647,13 @@ mod tests {
                 "defense.doppelganger.delay-shape",
                 "defense.doppelganger.delay-scale",
                 "defense.doppelganger.min-rate",
+                "defense.doppelganger.post-quantum",
+                "stats.ja4-top",
+                "ad-tag",
+                "network.proxy-config-urls",
+                "network.proxy-config-files",
+                "network.proxy-secret-url",
+                "network.proxy-secret-file",
             ]
             .map(String::from),
         );

@@ -8,7 +8,7 @@ use super::{Check, RESOLVE_WAIT, Status, connect_wait, dial, fmt_elapsed, join, 
 use crate::background::{resolve, scout};
 use crate::config::Config;
 use crate::proto::secret::SecretKind;
-use crate::proto::tlsprofile::Profile;
+use crate::proto::tlsprofile::{HelloKind, Profiles};
 
 fn not_fronting(config: &Config) -> Option<&'static str> {
     match config.secret.kind {
@@ -30,7 +30,7 @@ pub(super) fn fronting_checks(config: &Config, repeats: u32) -> Vec<Check> {
     let host = config.secret.host.as_str();
     let port = config.domain_fronting.port;
     let wait = connect_wait(config);
-    let addrs = match config.domain_fronting.ip {
+    let mut addrs = match config.domain_fronting.ip {
         Some(ip) => vec![SocketAddr::new(ip, port)],
         None => match resolve::resolve(config.nameserver().as_ref(), host, port, RESOLVE_WAIT) {
             Ok(a) if !a.is_empty() => a,
@@ -53,6 +53,33 @@ pub(super) fn fronting_checks(config: &Config, repeats: u32) -> Vec<Check> {
         },
     };
     let mut out = Vec::new();
+    // Never this proxy itself: the proxy refuses such an address (and closes failed
+    // handshakes instead); probing it here would only reach ourselves.
+    let own = crate::io::own_listeners(config, config.bind_to);
+    let (loops, rest): (Vec<_>, Vec<_>) =
+        addrs.into_iter().partition(crate::io::self_loop_test(&own));
+    addrs = rest;
+    if !loops.is_empty() {
+        out.push(Check::new(
+            S,
+            format!("{host}:{port}"),
+            Status::Fail,
+            format!(
+                "{} is this proxy's own listener ({}): failed handshakes would be passed back \
+                 to mtpx itself, so the proxy closes them instead",
+                join(&loops),
+                config.bind_to
+            ),
+            Some(
+                "set [domain-fronting] ip (and port) to the real site, or a web server on \
+                 another port; a secret's host that resolves to this server needs them"
+                    .into(),
+            ),
+        ));
+        if addrs.is_empty() {
+            return out;
+        }
+    }
     let (ok, errors) = dial(&addrs, wait);
     let Some((stream, addr, t)) = ok else {
         out.push(Check::new(
@@ -79,47 +106,85 @@ pub(super) fn fronting_checks(config: &Config, repeats: u32) -> Vec<Check> {
     // Probe the address that answered first, then the others.
     let mut order = vec![addr];
     order.extend(addrs.iter().copied().filter(|a| *a != addr));
-    let profile = Mutex::new(Profile::default());
-    let (summary, answered) = scout::raid(&order, host, repeats.max(1), wait, &profile);
-    let name = "TLS shape";
-    out.push(if answered == 0 {
-        Check::new(
+    let profiles = Mutex::new(Profiles::new(config.doppelganger.post_quantum));
+    for r in scout::raid(&order, host, repeats.max(1), wait, &profiles) {
+        out.push(shape_check(r, repeats.max(1), host, port));
+    }
+    let p = profiles.into_inner().unwrap_or_else(|p| p.into_inner());
+    if !p.mirrors_pq() && p.get(HelloKind::PostQuantum).summary().group == Some(0x11ec) {
+        out.push(Check::new(
+            S,
+            "post-quantum",
+            Status::Warn,
+            "off: clients offering X25519MLKEM768 get x25519, which this site never answers them"
+                .to_string(),
+            Some(
+                "[defense.doppelganger] post-quantum = \"mirror\" unless a client library \
+                 needs a short ServerHello"
+                    .into(),
+            ),
+        ));
+    }
+    out
+}
+
+/// The "TLS shape" check of one kind of hello: can the fake flight answer it as the site does?
+fn shape_check(r: scout::KindReport, repeats: u32, host: &str, port: u16) -> Check {
+    const S: &str = "Fronting site";
+    let summary = r.summary;
+    let name = format!("TLS shape ({} hello)", r.kind.as_str());
+    if r.answered == 0 {
+        return Check::new(
             S,
             name,
             Status::Warn,
             format!(
-                "no TLS answer to {} Telegram-shaped ClientHello(s); the proxy falls back to its \
-                 built-in handshake shape",
-                repeats.max(1)
+                "no TLS answer to {repeats} browser-like ClientHello(s); the proxy falls back to \
+                 its built-in handshake shape"
             ),
             Some(format!(
                 "is {host}:{port} a TLS 1.3 (HTTPS) site? check [domain-fronting] port"
             )),
-        )
-    } else if summary.samples == 0 {
-        Check::new(
+        );
+    }
+    if r.older_than_clients() {
+        return Check::new(
             S,
             name,
             Status::Warn,
-            format!("{answered} answer(s): {summary}"),
+            format!("{} answer(s): {summary}", r.answered),
             Some(
-                "the fake handshake cannot copy this site's: front a site that answers with \
-                 TLS 1.3 and x25519"
+                "today's Telegram clients offer X25519MLKEM768 and this site does not answer \
+                 with it (nor, maybe, with TLS 1.3): a front older than its clients stands out; \
+                 front a site on TLS 1.3 with X25519MLKEM768 (OpenSSL >= 3.5, BoringSSL, Go >= \
+                 1.24)"
                     .into(),
             ),
-        )
-    } else if let Some(advice) = summary.advice() {
-        Check::new(
+        );
+    }
+    if summary.samples == 0 {
+        return Check::new(
+            S,
+            name,
+            Status::Warn,
+            format!("{} answer(s): {summary}", r.answered),
+            Some(
+                "the fake handshake cannot copy this site's: front a site that answers with \
+                 TLS 1.3 and x25519 or X25519MLKEM768"
+                    .into(),
+            ),
+        );
+    }
+    match summary.advice() {
+        Some(advice) => Check::new(
             S,
             name,
             Status::Warn,
             summary.to_string(),
             Some(advice.to_string()),
-        )
-    } else {
-        Check::new(S, name, Status::Ok, summary.to_string(), None)
-    });
-    out
+        ),
+        None => Check::new(S, name, Status::Ok, format!("matched: {summary}"), None),
+    }
 }
 
 pub(super) fn sni_checks(config: &Config) -> Vec<Check> {

@@ -1,6 +1,6 @@
 //! `mtpx doctor`: mtg's health checks of a config and of the network around it.
 //!
-//! Six sections, run at the same time (each on its own thread; the DC and SOCKS5 checks fan out
+//! Seven sections, run at the same time (each on its own thread; the DC and SOCKS5 checks fan out
 //! further), reported in a fixed order:
 //!
 //! * **Config**: the warnings from loading the file (deprecated mtg keys, unknown keys, keys
@@ -12,21 +12,27 @@
 //!   trying the addresses in the proxy's own order (`prefer-ip`).
 //! * **SOCKS5 upstreams**: a SOCKS5 CONNECT to DC 2 through each `[network] proxies` URL.
 //! * **Fronting site**: a TCP connect to the site of an `ee` secret (its host name, or
-//!   `[domain-fronting] ip`), then a few Telegram-shaped ClientHellos to learn its TLS 1.3
-//!   first flight, as the proxy's scout does.
+//!   `[domain-fronting] ip`), then a few browser ClientHellos of each kind (x25519 only,
+//!   X25519MLKEM768) to learn its TLS 1.3 first flight, as the proxy's scout does; a warning when
+//!   the site does not answer today's post-quantum hello with X25519MLKEM768.
 //! * **SNI-DNS match**: does the secret's host name resolve to this server's public address?
+//! * **Middle proxies** (only with an `ad-tag`): Telegram's proxy config and proxy secret load
+//!   (from the URLs or files the proxy uses) and one middle proxy for DC 2 accepts a TCP
+//!   connection and the RPC handshake with that secret.
 //!
 //! Host names are resolved with mtpx's own resolver ([`crate::background::resolve`]), never libc's,
 //! through the `[network] dns` server when one is set.
 //! Every network step has a timeout (at most [`MAX_WAIT`]), so the whole run takes seconds.
 //!
 //! One file per check: [`warnings`] (Config), [`time`] (Time skew), [`dc`] (Telegram DCs),
-//! [`upstreams`] (SOCKS5 upstreams), [`fronting`] (Fronting site, SNI-DNS match); this file
+//! [`upstreams`] (SOCKS5 upstreams), [`fronting`] (Fronting site, SNI-DNS match), [`middle`]
+//! (Middle proxies); this file
 //! runs them and renders the report. `doctor` runs outside the event loop and touches the
 //! clock and sockets itself (blocking, with timeouts).
 
 mod dc;
 mod fronting;
+mod middle;
 mod time;
 mod upstreams;
 mod warnings;
@@ -38,6 +44,7 @@ use std::time::{Duration, Instant};
 
 use dc::dc_checks;
 use fronting::{fronting_checks, sni_checks};
+use middle::middle_checks;
 use time::time_checks;
 pub use time::{skew_status, sntp_query};
 use upstreams::socks5_checks;
@@ -46,14 +53,15 @@ use warnings::config_checks;
 use crate::config::{Config, Warning};
 use crate::formats::json;
 
-/// The sections, in report order.
-pub const SECTIONS: [&str; 6] = [
+/// The sections, in report order ("Middle proxies" has checks only with an `ad-tag`).
+pub const SECTIONS: [&str; 7] = [
     "Config",
     "Time skew",
     "Telegram DCs",
     "SOCKS5 upstreams",
     "Fronting site",
     "SNI-DNS match",
+    "Middle proxies",
 ];
 
 /// The NTP server asked when none is given.
@@ -164,13 +172,14 @@ pub fn run(
     opts: &Options,
     mut each_section: impl FnMut(&'static str, &[Check]),
 ) -> Vec<Check> {
-    let sections: [Section<'_>; 6] = [
+    let sections: [Section<'_>; 7] = [
         &|| config_checks(warnings),
         &|| time_checks(config, &opts.ntp),
         &|| dc_checks(config),
         &|| socks5_checks(config),
         &|| fronting_checks(config, opts.fronting_repeats),
         &|| sni_checks(config),
+        &|| middle_checks(config),
     ];
     let results = parallel(&sections, |f| f());
     let mut all = Vec::new();
@@ -229,8 +238,12 @@ pub fn exit_status(checks: &[Check], strict: bool) -> i32 {
 }
 
 /// The human report of one section: its title, then `  <icon> <name>: <message>` lines, each
-/// followed by an indented `hint:` line when there is a hint.
+/// followed by an indented `hint:` line when there is a hint. Nothing for a section without
+/// checks (one that does not apply to this config).
 pub fn render_section(section: &str, checks: &[Check]) -> String {
+    if checks.is_empty() {
+        return String::new();
+    }
     let mut out = format!("{section}\n");
     for c in checks {
         let _ = writeln!(out, "  {} {}: {}", c.status.icon(), c.name, c.message);

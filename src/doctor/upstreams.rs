@@ -1,6 +1,5 @@
 //! Section **SOCKS5 upstreams**: a SOCKS5 CONNECT to DC 2 through each `[network] proxies` URL.
 use std::fmt::Write as _;
-use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -8,9 +7,9 @@ use super::{
     Check, RESOLVE_WAIT, Status, connect_wait, crashed, dial, fmt_elapsed, parallel, short_err,
 };
 use crate::background::resolve;
-use crate::config::{Config, fmt_duration};
+use crate::config::Config;
 use crate::proto::dc::{DEFAULT_DC, DcTable};
-use crate::proto::socks5::{self, Socks5Client, Socks5Error, Step, Target};
+use crate::proto::socks5::{self, Socks5Error, Target};
 
 /// The URL without its password.
 fn redact(url: &str) -> String {
@@ -149,7 +148,6 @@ fn socks5_connect(
     wait: Duration,
 ) -> Result<(SocketAddr, Duration), SocksFailure> {
     let start = Instant::now();
-    let deadline = start + wait;
     let (stream, errors) = dial(servers, wait);
     let Some((mut stream, via, _)) = stream else {
         return Err(SocksFailure::Proxy(format!(
@@ -157,69 +155,28 @@ fn socks5_connect(
             errors.join("; ")
         )));
     };
-    let io_err = |what: &str, e: io::Error| {
-        SocksFailure::Proxy(format!("{what} the proxy at {via}: {}", short_err(&e)))
-    };
-    let mut client = Socks5Client::new(Target::Ip(target), auth);
-    let mut out = [0u8; socks5::OUT_MAX];
-    let n = client.initial(&mut out);
-    let _ = stream.set_write_timeout(Some(wait));
-    stream
-        .write_all(out.get(..n).unwrap_or(&[]))
-        .map_err(|e| io_err("cannot write to", e))?;
-    let mut input = [0u8; 1024];
-    let mut have = 0usize;
-    loop {
-        match client.handle(input.get(..have).unwrap_or(&[]), &mut out) {
-            Step::NeedMore => {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return Err(SocksFailure::Proxy(format!(
-                        "the proxy at {via} did not answer in {}",
-                        fmt_duration(wait)
-                    )));
-                }
-                let _ = stream.set_read_timeout(Some(left));
-                let Some(room) = input.get_mut(have..).filter(|r| !r.is_empty()) else {
-                    return Err(SocksFailure::Proxy("oversized reply".into()));
-                };
-                match stream.read(room) {
-                    Ok(0) => {
-                        return Err(SocksFailure::Proxy(format!(
-                            "the proxy at {via} closed the connection"
-                        )));
-                    }
-                    Ok(n) => have += n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(io_err("no answer from", e)),
-                }
-            }
-            Step::Send { consumed, len } => {
-                stream
-                    .write_all(out.get(..len).unwrap_or(&[]))
-                    .map_err(|e| io_err("cannot write to", e))?;
-                let consumed = consumed.min(have);
-                input.copy_within(consumed..have, 0);
-                have -= consumed;
-            }
-            Step::Connected { .. } => return Ok((via, start.elapsed())),
-            Step::Failed(e) => {
-                let target_side = matches!(
-                    e,
-                    Socks5Error::GeneralFailure
-                        | Socks5Error::NotAllowed
-                        | Socks5Error::NetworkUnreachable
-                        | Socks5Error::HostUnreachable
-                        | Socks5Error::ConnectionRefused
-                        | Socks5Error::TtlExpired
-                );
-                return Err(if target_side {
-                    SocksFailure::Target(e.to_string())
-                } else {
-                    SocksFailure::Proxy(format!("the proxy at {via} answered: {e}"))
-                });
-            }
+    match crate::background::fetch::socks5_negotiate(
+        &mut stream,
+        via,
+        auth,
+        Target::Ip(target),
+        start + wait,
+    ) {
+        Ok(()) => Ok((via, start.elapsed())),
+        Err(crate::background::fetch::TunnelError(_, Some(e)))
+            if matches!(
+                e,
+                Socks5Error::GeneralFailure
+                    | Socks5Error::NotAllowed
+                    | Socks5Error::NetworkUnreachable
+                    | Socks5Error::HostUnreachable
+                    | Socks5Error::ConnectionRefused
+                    | Socks5Error::TtlExpired
+            ) =>
+        {
+            Err(SocksFailure::Target(e.to_string()))
         }
+        Err(crate::background::fetch::TunnelError(msg, _)) => Err(SocksFailure::Proxy(msg)),
     }
 }
 
@@ -236,7 +193,7 @@ mod tests {
         assert_eq!(redact("socks5://u@h"), "socks5://u:***@h");
         assert_eq!(redact("socks5://h:1"), "socks5://h:1");
         assert_eq!(
-            short_err(&io::Error::from_raw_os_error(111)),
+            short_err(&std::io::Error::from_raw_os_error(111)),
             "Connection refused"
         );
     }

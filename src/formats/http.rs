@@ -649,6 +649,24 @@ pub fn parse_http_url(s: &str) -> Result<(String, u16, String), String> {
         Some(p) if p.eq_ignore_ascii_case("http://") => &s[7..],
         _ => return Err(format!("{s}: not an http:// URL")),
     };
+    split_url(s, rest, 80)
+}
+
+/// Splits an `http://` or `https://` URL into `(https, host, port, path)` as
+/// [`parse_http_url`] does (port 443 by default for `https://`). For sources whose content is
+/// checked before use (Telegram's proxy config), where unchecked TLS still hides the request.
+pub fn parse_web_url(s: &str) -> Result<(bool, String, u16, String), String> {
+    let s = s.trim();
+    match s.get(..8) {
+        Some(p) if p.eq_ignore_ascii_case("https://") => {
+            split_url(s, &s[8..], 443).map(|(h, port, path)| (true, h, port, path))
+        }
+        _ => parse_http_url(s).map(|(h, port, path)| (false, h, port, path)),
+    }
+}
+
+/// The part of a URL after `scheme://`: authority and path (see [`parse_http_url`]).
+fn split_url(s: &str, rest: &str, default_port: u16) -> Result<(String, u16, String), String> {
     if !rest.bytes().all(|b| (0x21..=0x7E).contains(&b)) {
         return Err(format!(
             "{s}: URL contains spaces, control or non-ASCII bytes"
@@ -694,7 +712,7 @@ pub fn parse_http_url(s: &str) -> Result<(String, u16, String), String> {
         return Err(format!("{s}: invalid host name"));
     }
     let port = match port_str {
-        None | Some("") => 80,
+        None | Some("") => default_port,
         Some(p) => match parse_decimal(p.as_bytes()) {
             Some(n) if (1..=65535).contains(&n) => n as u16,
             _ => return Err(format!("{s}: invalid port")),
@@ -1157,6 +1175,24 @@ mod tests {
             parse_http_url("https://iplists.firehol.org/files/firehol_level1.netset").unwrap_err();
         assert!(err.contains("https URLs are not fetched"), "{err}");
         assert!(parse_http_url("HTTPS://x").unwrap_err().contains("https"));
+        assert_eq!(
+            parse_web_url("https://core.telegram.org/getProxyConfig").unwrap(),
+            (
+                true,
+                "core.telegram.org".into(),
+                443,
+                "/getProxyConfig".into()
+            )
+        );
+        assert_eq!(
+            parse_web_url("HTTPS://[::1]:8443").unwrap(),
+            (true, "::1".into(), 8443, "/".into())
+        );
+        assert_eq!(
+            parse_web_url("http://127.0.0.1/x").unwrap(),
+            (false, "127.0.0.1".into(), 80, "/x".into())
+        );
+        assert!(parse_web_url("ftp://x").is_err());
         for bad in [
             "ftp://x/",
             "http://",

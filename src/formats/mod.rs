@@ -12,6 +12,7 @@ pub mod http;
 pub mod iplist;
 pub mod json;
 pub mod metrics;
+pub mod proxy_config;
 pub mod qr;
 pub mod rfc3339;
 pub mod sntp;

@@ -7,6 +7,7 @@
 //! mio lack). Protocol decisions are made by [`crate::proto`]; [`conn`] glues the two together.
 
 mod conn;
+pub(crate) mod ja4stats;
 mod pool;
 pub(crate) mod rng;
 mod shared;
@@ -31,7 +32,7 @@ use crate::config::Config;
 use crate::log::Level;
 pub(crate) use rng::{FastRng, OsRng};
 pub use shared::ShapingCell;
-pub(crate) use shared::Shared;
+pub(crate) use shared::{Shared, own_listeners, self_loop_test, socks_upstreams};
 pub use stats::Stats;
 
 /// Seconds since the Unix epoch by the system clock.
@@ -59,9 +60,33 @@ impl Proxy {
         self.local_addr
     }
 
-    /// Reloads the IP lists now (what SIGHUP does).
+    /// Reloads the IP lists and Telegram's proxy config now (what SIGHUP does).
     pub fn reload_lists(&self) {
         self.shared.lists.reload();
+        self.shared.telegram.reload();
+    }
+
+    /// The DC 203 addresses `auto-update` put in force (empty until a config was loaded).
+    pub fn cdn_addresses(&self) -> Vec<SocketAddr> {
+        self.shared.dc.cdn()
+    }
+
+    /// Where the proxy dials DC `dc` now, in order (`None`: unknown DC).
+    pub fn dc_addresses(&self, dc: i16) -> Option<Vec<SocketAddr>> {
+        self.shared
+            .dc
+            .lookup_or_fallback(dc, false)
+            .map(|(_, a)| a.to_vec())
+    }
+
+    /// The middle proxies `(dc, address)` loaded for the ad tag (empty until loaded).
+    pub fn middle_proxies(&self) -> Vec<(i16, SocketAddr)> {
+        self.shared.telegram.middle_proxies().entries.clone()
+    }
+
+    /// The length of the middle proxies' secret loaded for the ad tag, if any.
+    pub fn proxy_secret_len(&self) -> Option<usize> {
+        self.shared.telegram.proxy_secret().map(|s| s.len())
     }
 
     /// Reloads the users from the config file (and its users file) now (what SIGHUP does);
@@ -93,6 +118,15 @@ impl Proxy {
         self.shared.shaping.params()
     }
 
+    /// What the scout learned of the fronting site's answer to `kind` of ClientHello.
+    pub fn tls_summary(
+        &self,
+        kind: crate::proto::tlsprofile::HelloKind,
+    ) -> crate::proto::tlsprofile::Summary {
+        let p = self.shared.profile.lock();
+        p.unwrap_or_else(|p| p.into_inner()).get(kind).summary()
+    }
+
     /// Connections currently open.
     pub fn active(&self) -> usize {
         self.shared.active.load(Ordering::Relaxed)
@@ -116,6 +150,7 @@ impl Proxy {
             let _ = t.join();
         }
         self.shared.lists.stop();
+        self.shared.telegram.stop();
         // After the workers: the last save and StatsD's last flush see every connection's
         // bytes.
         self.users = None;
@@ -154,13 +189,15 @@ pub fn start_with_grace(config: Config, grace: Duration) -> io::Result<Proxy> {
         }
     }
     let local_addr = listener.local_addr()?;
+    // From here on, a slow stderr must not stall a worker: log lines go through a ring.
+    crate::log::start_writer();
 
     let workers = config.workers.max(1);
     let per_worker_conns = config.concurrency + 1;
     let per_worker_bufs = (config.buffer_count / workers).max(2);
-    let shared = Arc::new(Shared::new(config, grace));
+    let shared = Arc::new(Shared::new(config, grace, local_addr));
 
-    if shared.front_addr(0).is_none() && !shared.config.secret.host.is_empty() {
+    if shared.front_unresolved() && !shared.config.secret.host.is_empty() {
         crate::background::front_dns::spawn(shared.clone());
     }
     let mut wakers = Vec::with_capacity(workers);
@@ -210,6 +247,7 @@ pub fn start_with_grace(config: Config, grace: Duration) -> io::Result<Proxy> {
     };
     let source = metrics::MetricsSource {
         secret_kind: shared.config.secret.kind.as_str(),
+        ja4: Some(shared.ja4.clone()),
         stats: shared.stats.clone(),
         lists: Some(shared.lists.clone()),
         users: Some(shared.users.clone()),

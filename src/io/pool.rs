@@ -137,7 +137,6 @@ impl Pool {
     }
 
     /// Whether `id` is a small handshake buffer.
-    #[cfg(test)]
     pub(crate) fn is_small(id: BufId) -> bool {
         id & SMALL != 0
     }

@@ -20,6 +20,12 @@ pub(crate) fn dc_slot(dc: i16) -> usize {
     }
 }
 
+/// Indices of [`Stats`]' middle-proxy counters.
+pub(crate) const ME_OPEN: usize = 0;
+pub(crate) const ME_RECONNECTS: usize = 1;
+pub(crate) const ME_UP: usize = 2;
+pub(crate) const ME_DOWN: usize = 3;
+
 /// Counters shared by all workers; touched per connection event or per sweep, never per packet.
 #[derive(Debug)]
 pub struct Stats {
@@ -38,6 +44,9 @@ pub struct Stats {
     pub dc_failures: AtomicU64,
     /// Connections closed (for any reason).
     pub closed: AtomicU64,
+    /// Fronting addresses refused because they reach mtpx's own listener (at start and
+    /// after each resolution of the fronting host).
+    pub front_self_loops: AtomicU64,
     /// Payload bytes from clients of connections that closed (DC and fronted alike).
     pub bytes_up: AtomicU64,
     /// Payload bytes to clients of connections that closed (DC and fronted alike).
@@ -58,6 +67,9 @@ pub struct Stats {
     pub(crate) pool_in_use: Box<[AtomicUsize]>,
     pub(crate) pool_capacity: Box<[AtomicUsize]>,
     pub(crate) handshake_bufs: Box<[AtomicUsize]>,
+    /// Middle-proxy (ad-tag) connections: open now, reconnects, bytes client -> ME -> client.
+    /// Zero until the middle-proxy relay is wired into the connections.
+    pub(crate) me: [AtomicU64; 4],
 }
 
 impl Default for Stats {
@@ -78,6 +90,7 @@ impl Stats {
             fronted: AtomicU64::new(0),
             dc_failures: AtomicU64::new(0),
             closed: AtomicU64::new(0),
+            front_self_loops: AtomicU64::new(0),
             bytes_up: AtomicU64::new(0),
             bytes_down: AtomicU64::new(0),
             rejects: Default::default(),
@@ -90,7 +103,29 @@ impl Stats {
             pool_in_use: per_worker(),
             pool_capacity: per_worker(),
             handshake_bufs: per_worker(),
+            me: Default::default(),
         }
+    }
+
+    /// A middle-proxy connection opened (`true`) or closed; `reconnect`: it replaces one that
+    /// failed (another middle proxy of the list).
+    #[allow(dead_code)] // the middle-proxy relay (integration step) calls these
+    pub(crate) fn middle_proxy(&self, open: bool, reconnect: bool) {
+        if open {
+            self.me[ME_OPEN].fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.me[ME_OPEN].fetch_sub(1, Ordering::Relaxed);
+        }
+        if reconnect {
+            self.me[ME_RECONNECTS].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Bytes relayed through middle proxies since the last report.
+    #[allow(dead_code)] // the middle-proxy relay (integration step) calls these
+    pub(crate) fn middle_proxy_traffic(&self, up: u64, down: u64) {
+        self.me[ME_UP].fetch_add(up, Ordering::Relaxed);
+        self.me[ME_DOWN].fetch_add(down, Ordering::Relaxed);
     }
 
     /// A handshake failed for `why` (fronted or closed).

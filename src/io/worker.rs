@@ -256,12 +256,13 @@ impl Worker {
                     return;
                 }
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                // Out of descriptors or socket memory (issue 12: ENOBUFS spun the loop).
+                Err(e) if accept_pause_reason(&e).is_some() => {
                     crate::log_event!(
                         Level::Warn,
                         "accept-paused",
                         worker = self.index,
-                        reason = "out of file descriptors"
+                        reason = accept_pause_reason(&e).unwrap_or_default()
                     );
                     self.accept_paused_until = Some(now + EMFILE_PAUSE);
                     return;
@@ -494,7 +495,9 @@ impl Worker {
             let reason = conn.close_reason().unwrap_or(CloseReason::Done);
             if let CloseReason::Rejected(r) = reason {
                 stats.rejected.fetch_add(1, Ordering::Relaxed);
-                crate::log_event!(
+                // Rate-limited: any prober can trigger it (issue 12).
+                crate::log_probe!(
+                    crate::log::Probe::Rejected,
                     Level::Info,
                     "handshake-rejected",
                     conn = conn.id_str(),
@@ -517,5 +520,42 @@ impl Worker {
             }
             self.free_slots.push(slot);
         }
+    }
+}
+
+/// Why accepting must pause for a moment after `e`, if it must: the process or the system is
+/// out of descriptors (EMFILE, ENFILE) or of socket memory (ENOBUFS, ENOMEM). Retrying at
+/// once would fail again and spin the worker; the connections wait in the backlog meanwhile.
+/// Other errors (ECONNABORTED, a reset before accept...) concern one connection only.
+pub(crate) fn accept_pause_reason(e: &io::Error) -> Option<&'static str> {
+    match e.raw_os_error()? {
+        libc::EMFILE | libc::ENFILE => Some("out of file descriptors"),
+        libc::ENOBUFS | libc::ENOMEM => Some("out of memory"),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn accept_pauses_on_resource_errors_only() {
+        let err = std::io::Error::from_raw_os_error;
+        for (code, pause) in [
+            (libc::EMFILE, true),
+            (libc::ENFILE, true),
+            (libc::ENOBUFS, true),
+            (libc::ENOMEM, true),
+            (libc::ECONNABORTED, false),
+            (libc::EPROTO, false),
+            (libc::EPERM, false),
+        ] {
+            assert_eq!(
+                super::accept_pause_reason(&err(code)).is_some(),
+                pause,
+                "{code}"
+            );
+        }
+        let would_block = std::io::Error::from(std::io::ErrorKind::WouldBlock);
+        assert_eq!(super::accept_pause_reason(&would_block), None);
     }
 }

@@ -14,16 +14,60 @@
 //!   replaces the built-in list for its id. Empty overrides are ignored.
 //! * Returned lists are never empty: a DC left with no address (say `only-ipv4` with a v6-only
 //!   override elsewhere) is unknown.
-//! * No shuffling here (the caller may rotate the list); the auto-updated DC 203 list of mtg is
-//!   not part of this table.
+//! * No shuffling here (the caller may rotate the list).
+//! * `auto-update` (PROTOCOL.md §4): addresses for DC 203 from Telegram's proxy config come
+//!   first within their family, then the built-in ones ([`DcTable::with_updates`]): the
+//!   published list is the current one, the built-in one a fallback (mtg appends it, so a moved
+//!   CDN address cost every media connection a connect timeout first). An override for 203
+//!   still replaces both.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::ops::Deref;
 
 /// The port every built-in Telegram DC listens on.
 pub const DC_PORT: u16 = 443;
 
 /// The DC used when the client sends 0, and the fallback for unknown DCs.
 pub const DEFAULT_DC: i16 = 2;
+
+/// The DC whose addresses `auto-update` keeps current (the media CDN).
+pub const CDN_DC: u16 = 203;
+
+/// Most addresses one DC may have (overrides included; `auto-update` adds at most
+/// [`MAX_UPDATED`] per family).
+pub const MAX_DC_ADDRS: usize = 16;
+
+/// Most auto-updated DC 203 addresses used per family.
+pub const MAX_UPDATED: usize = 6;
+
+/// A DC's addresses by value (for callers that cannot borrow the table: it may be replaced
+/// while they use the list). Dereferences to the slice; at most [`MAX_DC_ADDRS`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DcAddrs {
+    len: u8,
+    addrs: [SocketAddr; MAX_DC_ADDRS],
+}
+
+impl DcAddrs {
+    /// The first [`MAX_DC_ADDRS`] of `list`.
+    pub fn from_slice(list: &[SocketAddr]) -> DcAddrs {
+        let mut addrs = [SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0); MAX_DC_ADDRS];
+        let n = list.len().min(MAX_DC_ADDRS);
+        addrs[..n].copy_from_slice(&list[..n]);
+        DcAddrs {
+            len: n as u8,
+            addrs,
+        }
+    }
+}
+
+impl Deref for DcAddrs {
+    type Target = [SocketAddr];
+
+    fn deref(&self) -> &[SocketAddr] {
+        &self.addrs[..usize::from(self.len)]
+    }
+}
 
 /// Which address families to dial, and in which order (`prefer-ip` in the config).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -117,16 +161,35 @@ pub fn builtin(dc: u16) -> Option<&'static BuiltinDc> {
     BUILTIN.iter().find(|row| row.id == dc)
 }
 
-/// The built-in addresses of `row` in dialling order for `prefer`.
-fn ordered(row: &BuiltinDc, prefer: PreferIp) -> Vec<SocketAddr> {
-    let v4 = row
-        .ipv4
-        .iter()
-        .map(|&ip| SocketAddr::new(IpAddr::V4(ip), DC_PORT));
-    let v6 = row
-        .ipv6
-        .iter()
-        .map(|&ip| SocketAddr::new(IpAddr::V6(ip), DC_PORT));
+/// The built-in addresses of `row` in dialling order for `prefer`, each family led by the
+/// `updated` addresses of that family (at most [`MAX_UPDATED`] of each, duplicates dropped).
+fn ordered(row: &BuiltinDc, prefer: PreferIp, updated: &[SocketAddr]) -> Vec<SocketAddr> {
+    let family = |v6: bool| {
+        let mut list: Vec<SocketAddr> = Vec::new();
+        for a in updated.iter().filter(|a| a.is_ipv6() == v6) {
+            if list.len() < MAX_UPDATED && !list.contains(a) {
+                list.push(*a);
+            }
+        }
+        let builtin: Vec<SocketAddr> = if v6 {
+            row.ipv6
+                .iter()
+                .map(|&ip| SocketAddr::new(IpAddr::V6(ip), DC_PORT))
+                .collect()
+        } else {
+            row.ipv4
+                .iter()
+                .map(|&ip| SocketAddr::new(IpAddr::V4(ip), DC_PORT))
+                .collect()
+        };
+        for a in builtin {
+            if !list.contains(&a) {
+                list.push(a);
+            }
+        }
+        list.into_iter()
+    };
+    let (v4, v6) = (family(false), family(true));
     match prefer {
         PreferIp::PreferIpv6 => v6.chain(v4).collect(),
         PreferIp::PreferIpv4 => v4.chain(v6).collect(),
@@ -153,9 +216,22 @@ impl DcTable {
     /// id replaces an earlier one; pairs with no address are ignored. Overrides for 0 are never
     /// used, since 0 means DC 2.
     pub fn new(prefer: PreferIp, overrides: &[(i16, Vec<SocketAddr>)]) -> DcTable {
+        DcTable::with_updates(prefer, overrides, &[])
+    }
+
+    /// [`DcTable::new`] with `updated`, the DC 203 addresses of Telegram's proxy config
+    /// (`auto-update`), put before the built-in ones of their family.
+    pub fn with_updates(
+        prefer: PreferIp,
+        overrides: &[(i16, Vec<SocketAddr>)],
+        updated: &[SocketAddr],
+    ) -> DcTable {
         let builtin: Vec<(u16, Vec<SocketAddr>)> = BUILTIN
             .iter()
-            .map(|row| (row.id, ordered(row, prefer)))
+            .map(|row| {
+                let upd = if row.id == CDN_DC { updated } else { &[] };
+                (row.id, ordered(row, prefer, upd))
+            })
             .filter(|(_, addrs)| !addrs.is_empty())
             .collect();
 
@@ -467,6 +543,63 @@ mod tests {
             t.lookup_or_fallback(i16::MIN, false).map(|x| x.0),
             Some(i16::MAX)
         );
+    }
+
+    #[test]
+    fn puts_updated_cdn_addresses_first_in_their_family() {
+        let upd = v(&[
+            "[2001:db8::203]:443",
+            "192.0.2.203:443",
+            "91.105.192.100:443",
+            "192.0.2.204:8443",
+        ]);
+        let t = DcTable::with_updates(PreferIp::PreferIpv4, &[], &upd);
+        assert_eq!(
+            t.lookup(203),
+            Some(
+                v(&[
+                    "192.0.2.203:443",
+                    "91.105.192.100:443",
+                    "192.0.2.204:8443",
+                    "[2001:db8::203]:443",
+                    "[2a0a:f280:203:a:5000::100]:443",
+                ])
+                .as_slice()
+            )
+        );
+        assert_eq!(t.lookup(-203), t.lookup(203));
+        // Other DCs are untouched; only-ipv6 keeps only the v6 ones.
+        assert_eq!(
+            t.lookup(2),
+            DcTable::new(PreferIp::PreferIpv4, &[]).lookup(2)
+        );
+        let t = DcTable::with_updates(PreferIp::OnlyIpv6, &[], &upd);
+        assert_eq!(
+            t.lookup(203),
+            Some(v(&["[2001:db8::203]:443", "[2a0a:f280:203:a:5000::100]:443"]).as_slice())
+        );
+        // An override still replaces everything.
+        let ov = vec![(203, v(&["127.0.0.1:9"]))];
+        let t = DcTable::with_updates(PreferIp::PreferIpv4, &ov, &upd);
+        assert_eq!(t.lookup(203), Some(ov[0].1.as_slice()));
+        // A flood of updates is capped per family.
+        let many: Vec<SocketAddr> = (1..=50u8)
+            .map(|i| SocketAddr::from(([192, 0, 2, i], 443)))
+            .collect();
+        let t = DcTable::with_updates(PreferIp::OnlyIpv4, &[], &many);
+        assert_eq!(t.lookup(203).map(<[_]>::len), Some(MAX_UPDATED + 1));
+    }
+
+    #[test]
+    fn dc_addrs_hold_a_list_by_value() {
+        let list = v(&["192.0.2.1:1", "[::1]:2"]);
+        let a = DcAddrs::from_slice(&list);
+        assert_eq!(&*a, list.as_slice());
+        let long: Vec<SocketAddr> = (0..40u16)
+            .map(|p| SocketAddr::from(([127, 0, 0, 1], p)))
+            .collect();
+        assert_eq!(DcAddrs::from_slice(&long).len(), MAX_DC_ADDRS);
+        assert!(DcAddrs::from_slice(&[]).is_empty());
     }
 
     #[test]

@@ -27,9 +27,11 @@ use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
 use super::codec::Reader;
+use super::mlkem;
 use super::secret::ct_eq;
 use super::tlsprofile::{
-    EXT_KEY_SHARE, EXT_SUPPORTED_VERSIONS, Extension, MAX_OTHER_EXTENSION, ServerHelloTemplate,
+    EXT_KEY_SHARE, EXT_SUPPORTED_VERSIONS, Extension, GROUP_X25519, GROUP_X25519_MLKEM768,
+    HelloKind, MAX_OTHER_EXTENSION, MLKEM_SHARE_EXT_LEN, ServerHelloTemplate, X25519_SHARE_EXT_LEN,
 };
 use super::{Reject, Rng};
 
@@ -164,6 +166,41 @@ pub struct ClientHello {
     /// `(offset, len)` of the server_name_list contents inside the message, if an SNI extension
     /// was present (already validated by [`parse_client_hello`]).
     pub sni: Option<(usize, usize)>,
+    /// Key shares offered with their proper length: [`SHARE_X25519`], [`SHARE_MLKEM`] (the
+    /// latter only when supported_groups lists X25519MLKEM768 too). A hello that lists the
+    /// group without a share is a classic one here (a server preferring the group might ask
+    /// for a share with a HelloRetryRequest, which no Telegram client expects).
+    pub shares: u8,
+}
+
+/// [`ClientHello::shares`]: a 32-byte x25519 share.
+pub const SHARE_X25519: u8 = 1;
+/// [`ClientHello::shares`]: a 1,216-byte X25519MLKEM768 share.
+pub const SHARE_MLKEM: u8 = 2;
+
+/// The key_share groups of a ClientHello's extension data (`u16 list length`, then `group u16,
+/// length u16, key` entries) that carry a share of their proper length, as [`SHARE_X25519`] |
+/// [`SHARE_MLKEM`] bits. A malformed list gives what was read before the fault.
+fn offered_shares(data: &[u8]) -> u8 {
+    let mut c = Reader::new(data);
+    let mut bits = 0;
+    if c.u16().is_none() {
+        return 0;
+    }
+    while !c.is_empty() {
+        let (Some(group), Some(len)) = (c.u16(), c.u16()) else {
+            break;
+        };
+        if c.take(usize::from(len)).is_none() {
+            break;
+        }
+        bits |= match (group, len) {
+            (GROUP_X25519, 32) => SHARE_X25519,
+            (GROUP_X25519_MLKEM768, 1216) => SHARE_MLKEM,
+            _ => 0,
+        };
+    }
+    bits
 }
 
 impl ClientHello {
@@ -175,6 +212,15 @@ impl ClientHello {
                 .checked_sub(0x1301)
                 .filter(|&i| i < 5)
                 .is_some_and(|i| self.tls13_suites & (1 << i) != 0)
+    }
+
+    /// The kind of hello: [`HelloKind::PostQuantum`] when it carries an X25519MLKEM768 share.
+    pub fn kind(&self) -> HelloKind {
+        if self.shares & SHARE_MLKEM != 0 {
+            HelloKind::PostQuantum
+        } else {
+            HelloKind::Classic
+        }
     }
 
     /// The session id bytes (as echoed in the ServerHello and used by anti-replay).
@@ -222,7 +268,7 @@ impl<'a> Iterator for SniNames<'a> {
 /// A short read in a hello: `Malformed`.
 const SHORT: Reject = Reject::Malformed;
 
-fn is_grease(v: u16) -> bool {
+pub(super) fn is_grease(v: u16) -> bool {
     v & 0x0f0f == 0x0a0a
 }
 
@@ -287,6 +333,8 @@ pub fn parse_client_hello(msg: &[u8]) -> Result<ClientHello, Reject> {
     let ext_off = c.pos();
     let mut exts = Reader::new(c.take(ext_len).ok_or(SHORT)?);
     let mut sni = None;
+    let mut shares = 0;
+    let mut mlkem_listed = false;
     while !exts.is_empty() {
         let kind = exts.u16().ok_or(SHORT)?;
         let len = usize::from(exts.u16().ok_or(SHORT)?);
@@ -295,6 +343,20 @@ pub fn parse_client_hello(msg: &[u8]) -> Result<ClientHello, Reject> {
         if kind == 0x0000 && sni.is_none() {
             sni = Some(parse_sni(data, data_off)?);
         }
+        if kind == EXT_KEY_SHARE {
+            shares |= offered_shares(data);
+        }
+        if kind == 0x000a {
+            // supported_groups: an X25519MLKEM768 share counts only if the group is listed.
+            mlkem_listed |= data
+                .get(2..)
+                .unwrap_or(&[])
+                .chunks_exact(2)
+                .any(|g| g == GROUP_X25519_MLKEM768.to_be_bytes());
+        }
+    }
+    if !mlkem_listed {
+        shares &= !SHARE_MLKEM;
     }
     Ok(ClientHello {
         random,
@@ -303,6 +365,7 @@ pub fn parse_client_hello(msg: &[u8]) -> Result<ClientHello, Reject> {
         cipher_suite: cipher_suite.ok_or(Reject::NoCipherSuite)?,
         tls13_suites,
         sni,
+        shares,
     })
 }
 
@@ -365,13 +428,14 @@ fn template_ext_len(t: &ServerHelloTemplate) -> usize {
     n
 }
 
-/// The data length written for one template extension: supported_versions and key_share are
-/// always TLS 1.3 / x25519; other extensions keep the site's length (at most
+/// The data length written for one template extension: supported_versions is always TLS 1.3,
+/// key_share X25519MLKEM768 or else x25519; other extensions keep the site's length (at most
 /// [`MAX_OTHER_EXTENSION`]).
 fn template_ext_data_len(e: &Extension) -> usize {
     match e.kind {
         EXT_SUPPORTED_VERSIONS => 2,
-        EXT_KEY_SHARE => 36,
+        EXT_KEY_SHARE if e.value == GROUP_X25519_MLKEM768 => usize::from(MLKEM_SHARE_EXT_LEN),
+        EXT_KEY_SHARE => usize::from(X25519_SHARE_EXT_LEN),
         _ => usize::from(e.len.min(MAX_OTHER_EXTENSION)),
     }
 }
@@ -442,7 +506,9 @@ pub fn write_server_hello(
 
 /// Like [`write_server_hello`], shaped like the fronted site's ServerHello (`template`, from
 /// [`crate::proto::tlsprofile`]): its extensions in the site's order — supported_versions is
-/// always TLS 1.3, key_share always x25519 with `key_share` (a genuine public key), any other
+/// always TLS 1.3; key_share is X25519MLKEM768 when the template has it AND the client offered
+/// an X25519MLKEM768 share (a fake ML-KEM-768 ciphertext from [`mlkem::fake_ciphertext`], then
+/// `key_share`), else x25519 with `key_share` (a genuine public key); any other
 /// extension the site sent is reproduced by type and length (zero content, at most
 /// [`MAX_OTHER_EXTENSION`] bytes); supported_versions and key_share are appended if the
 /// template lacks them. The cipher suite is the site's if the client offered it, else the
@@ -461,6 +527,11 @@ pub fn write_server_hello_as(
 ) -> usize {
     let sid = hello.session_id();
     let noise = noise_len.clamp(1, MAX_CIPHERTEXT);
+    // Never answer with a group the client did not offer.
+    let pq = template.key_share_group() == Some(GROUP_X25519_MLKEM768)
+        && hello.shares & SHARE_MLKEM != 0;
+    let x25519_only = template.with_x25519_share();
+    let template = if pq { template } else { &x25519_only };
     let body = server_hello_body_len(template, sid.len());
     let total = server_hello_len_as(template, hello.session_id_len, noise);
     let Some(out) = out.get_mut(..total) else {
@@ -473,7 +544,7 @@ pub fn write_server_hello_as(
         .cipher_suite()
         .filter(|&s| hello.offers(s))
         .unwrap_or(hello.cipher_suite);
-    // The lengths below are all < 2^16 by construction (body <= ~700, noise <= 16640).
+    // The lengths below are all < 2^16 by construction (body <= ~1,800, noise <= 16640).
     let body16 = body as u16;
     let mut w = Writer { out, pos: 0 };
     w.put(&[TYPE_HANDSHAKE, 0x03, 0x03]);
@@ -492,6 +563,15 @@ pub fn write_server_hello_as(
     for e in template.extensions() {
         match e.kind {
             EXT_SUPPORTED_VERSIONS => w.put(&supported_versions),
+            EXT_KEY_SHARE if pq => {
+                let [l0, l1] = MLKEM_SHARE_EXT_LEN.to_be_bytes();
+                let [k0, k1] = (MLKEM_SHARE_EXT_LEN - 4).to_be_bytes();
+                w.put(&[0x00, 0x33, l0, l1, 0x11, 0xec, k0, k1]);
+                let mut ct = [0u8; mlkem::CIPHERTEXT_LEN];
+                mlkem::fake_ciphertext(rng, &mut ct);
+                w.put(&ct);
+                w.put(key_share);
+            }
             EXT_KEY_SHARE => {
                 w.put(&share_header);
                 w.put(key_share);
@@ -740,8 +820,8 @@ const TELEGRAM_HELLO: &[u8; 517] = include_bytes!("data/telegram-hello.bin");
 /// extensions and order, same total size (the padding extension absorbs a longer or shorter
 /// host name while it can), with a fresh session id, a fresh key share, SNI = `host`, and a
 /// random carrying HMAC-SHA256(key, …) ⊕ (0^28 ‖ u32le(now_unix)) as a real client computes it.
-/// This is what the scout sends to the fronting site, so that what it learns is the site's
-/// answer to a Telegram client; tests use it as a realistic client.
+/// Tests and the bench tool use it as a realistic (older) Telegram client; the scout sends
+/// browser hellos instead ([`crate::proto::browserhello`]).
 pub fn telegram_hello(rng: &mut impl Rng, key: &[u8; 16], host: &str, now_unix: u32) -> Vec<u8> {
     let t = &TELEGRAM_HELLO[..];
     let host = &host.as_bytes()[..host.len().min(253)];
@@ -1455,6 +1535,7 @@ mod tests {
             cipher_suite: 0x1302,
             tls13_suites: 0b111,
             sni: None,
+            shares: SHARE_X25519,
         }
     }
 
@@ -1640,6 +1721,106 @@ mod tests {
         let o = tlsprofile::parse_server_flight(fake).unwrap();
         assert_eq!(o.records(), [1216]);
         assert_eq!(o.server_hello, site.server_hello);
+    }
+
+    const TDLIB_HELLO: &[u8] = include_bytes!("../../tests/data/tls/tdlib-1.8.69-client-hello.bin");
+    const PQ_FLIGHT: &[u8] = include_bytes!("../../tests/data/tls/openssl35-pq-flight.bin");
+
+    #[test]
+    fn accepts_tdlib_1_8_69_hello_as_post_quantum() {
+        let h = parse_client_hello(&TDLIB_HELLO[5..]).unwrap();
+        assert_eq!(h.kind(), HelloKind::PostQuantum);
+        assert_eq!(h.shares, SHARE_X25519 | SHARE_MLKEM);
+        assert!(h.has_sni(&TDLIB_HELLO[5..], b"www.example.com"));
+        // The 0x11ec share alone, or a share of the wrong length, does not count.
+        let mut ks = vec![0, 8, 0x11, 0xec, 0, 4, 1, 2, 3, 4];
+        assert_eq!(offered_shares(&ks), 0);
+        ks = vec![0, 36, 0, 0x1d, 0, 32];
+        ks.resize(40, 9);
+        assert_eq!(offered_shares(&ks), SHARE_X25519);
+        assert_eq!(offered_shares(&ks[..20]), 0);
+        assert_eq!(
+            parse_client_hello(&NGINX_RSA_HELLO[5..]).unwrap().kind(),
+            HelloKind::Classic
+        );
+        // The share without the group in supported_groups: not a post-quantum hello.
+        let mut m = TDLIB_HELLO[5..].to_vec();
+        let at = m
+            .windows(4)
+            .position(|w| w == [0x11, 0xec, 0x00, 0x1d])
+            .unwrap();
+        m[at..at + 2].copy_from_slice(&[0x00, 0x19]);
+        let h = parse_client_hello(&m).unwrap();
+        assert_eq!((h.kind(), h.shares), (HelloKind::Classic, SHARE_X25519));
+    }
+
+    /// The site (OpenSSL 3.5, a capture) answered TDLib 1.8.69's hello with X25519MLKEM768; the
+    /// fake answer to the same hello has the same ServerHello record (length, extensions, group)
+    /// and the same bytes on the wire, and its HMAC verifies. A classic hello gets x25519.
+    #[test]
+    fn accepts_post_quantum_site_capture_reproduced() {
+        let site = tlsprofile::parse_server_flight(PQ_FLIGHT).unwrap();
+        assert_eq!(site.check(), Ok(()));
+        assert_eq!(
+            site.server_hello.key_share_group(),
+            Some(GROUP_X25519_MLKEM768)
+        );
+        assert_eq!(site.server_hello_record_len, 1210);
+        let hello = parse_client_hello(&TDLIB_HELLO[5..]).unwrap();
+        let share = crate::proto::x25519::public_key(&[3; 32]);
+        let mut out = vec![0u8; 4000];
+        let noise = site.one_record_len();
+        let n = write_server_hello_as(
+            &mut out,
+            &hello,
+            &key(),
+            &mut XorShift64(6),
+            &site.server_hello,
+            noise,
+            &share,
+        );
+        assert_eq!(n, PQ_FLIGHT.len());
+        assert_eq!(n, server_hello_len_as(&site.server_hello, 32, noise));
+        let fake = &out[..n];
+        assert_eq!(
+            verify_server_flight(fake, &hello.random, &key()),
+            Ok(Some(n))
+        );
+        let o = tlsprofile::parse_server_flight(fake).unwrap();
+        assert_eq!(o.server_hello, site.server_hello);
+        assert_eq!(o.server_hello_record_len, 1210);
+        let sh = 5 + 1210;
+        // Same bytes but the random, the session id echo (another hello) and the key share.
+        assert_eq!(fake[..11], PQ_FLIGHT[..11]);
+        assert_eq!(fake[76..sh - 1120], PQ_FLIGHT[76..sh - 1120]);
+        assert_eq!(
+            fake[sh - 1128..sh - 1120],
+            [0x00, 0x33, 0x04, 0x64, 0x11, 0xec, 0x04, 0x60]
+        );
+        assert_eq!(fake[sh - 32..sh], share);
+        assert_eq!(fake[sh..sh + 6], PQ_FLIGHT[sh..sh + 6]);
+        // Every 10-bit coefficient of the fake ciphertext is a possible Compress_10 output.
+        assert_ne!(fake[sh - 1120..sh - 32], [0u8; 1088]);
+
+        // A hello without an X25519MLKEM768 share gets x25519 from the same template.
+        let classic = sample_hello(32);
+        let n = write_server_hello_as(
+            &mut out,
+            &classic,
+            &key(),
+            &mut XorShift64(6),
+            &site.server_hello,
+            noise,
+            &share,
+        );
+        let o = tlsprofile::parse_server_flight(&out[..n]).unwrap();
+        assert_eq!(o.server_hello.key_share_group(), Some(GROUP_X25519));
+        assert_eq!(o.server_hello_record_len, 122);
+        assert_eq!(
+            verify_server_flight(&out[..n], &classic.random, &key()),
+            Ok(Some(n))
+        );
+        assert!(n <= server_hello_len_as(&site.server_hello, 32, noise));
     }
 
     #[test]

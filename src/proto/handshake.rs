@@ -39,6 +39,7 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use super::dc::DcTable;
 use super::faketls::{self, ClientHello, HelloRead, RecordReader};
 use super::obfs2::{self, CompactCtr, FRAME_LEN, Tag};
 use super::proxy_protocol::{self, Parse};
@@ -90,6 +91,31 @@ impl Shapes for Profile {
     }
 }
 
+/// The datacenters, as a handshake sees them.
+pub trait Datacenters {
+    /// The DC our frame names for a client asking for `dc` (media ids and 0 as their DC), or
+    /// with `fallback` the default DC for an unknown one; `None`: unknown.
+    fn dc_for(&self, dc: i16, fallback: bool) -> Option<i16>;
+}
+
+impl Datacenters for DcTable {
+    fn dc_for(&self, dc: i16, fallback: bool) -> Option<i16> {
+        self.lookup_or_fallback(dc, fallback).map(|(n, _)| n)
+    }
+}
+
+/// What the proxy records of each complete ClientHello (its JA4 statistics): the message, and
+/// whether it verified under one of the secrets and was no replay.
+pub trait Hellos {
+    /// A complete ClientHello `msg` (`01 | u24 length | body`) was judged.
+    fn seen(&mut self, msg: &[u8], verified: bool);
+}
+
+/// Records nothing.
+impl Hellos for () {
+    fn seen(&mut self, _: &[u8], _: bool) {}
+}
+
 /// What a handshake step needs besides the bytes: the listener's secrets and policy, the time,
 /// randomness and the shared tables. Built per call (references only).
 pub struct Env<'a, R: Rng> {
@@ -98,7 +124,7 @@ pub struct Env<'a, R: Rng> {
     /// Largest tolerated difference between the hello's timestamp and `now_unix`, seconds.
     pub tolerance_secs: u64,
     /// The datacenters.
-    pub dcs: &'a super::dc::DcTable,
+    pub dcs: &'a dyn Datacenters,
     /// Send a client asking for an unknown DC to the default one (else close).
     pub allow_unknown_dc: bool,
     /// Seconds since the Unix epoch.
@@ -109,6 +135,8 @@ pub struct Env<'a, R: Rng> {
     pub replay: &'a mut dyn Replay,
     /// The fake flight's shape.
     pub shapes: &'a mut dyn Shapes,
+    /// Where complete ClientHellos are reported.
+    pub hellos: &'a mut dyn Hellos,
     /// Genuine X25519 public keys for the ServerHello.
     pub key_shares: &'a mut KeyShares,
     /// Work space: a reassembled ClientHello, then the server flight written for
@@ -131,16 +159,15 @@ pub struct Ciphers {
 }
 
 impl Ciphers {
-    /// Client bytes (already out of their TLS records) on their way to the DC, in place.
+    /// Client bytes (already out of their TLS records) on their way to the DC, in place: one
+    /// pass decrypting with the client's stream and re-encrypting with the DC's.
     pub fn up(&mut self, data: &mut [u8]) {
-        self.client_dec.apply_keystream(data);
-        self.dc_enc.apply_keystream(data);
+        CompactCtr::apply_pair(&mut self.client_dec, &mut self.dc_enc, data);
     }
 
-    /// DC bytes on their way to the client, in place.
+    /// DC bytes on their way to the client, in place (one pass, as [`Ciphers::up`]).
     pub fn down(&mut self, data: &mut [u8]) {
-        self.dc_dec.apply_keystream(data);
-        self.client_enc.apply_keystream(data);
+        CompactCtr::apply_pair(&mut self.dc_dec, &mut self.client_enc, data);
     }
 }
 
@@ -161,6 +188,10 @@ pub struct Accepted {
     pub tls: Option<RecordReader>,
     /// Client payload bytes after its frame that are already in the buffer (re-encrypted).
     pub early: usize,
+    /// FakeTLS: raw bytes (records) after those, not taken in yet: the relay deframes and
+    /// re-encrypts them (with [`Accepted::tls`] and [`Accepted::ciphers`]) as if they had
+    /// just been read.
+    pub records: usize,
 }
 
 /// Why a handshake ends in a close rather than a relay or fronting.
@@ -168,8 +199,6 @@ pub struct Accepted {
 pub enum Close {
     /// Rejected after the proxy answered (FakeTLS: the flight went out): no fronting.
     Rejected(Reject),
-    /// A malformed PROXY protocol header.
-    BadProxyHeader,
     /// The client asked for this DC, which is unknown, and fallback is off.
     UnknownDc(i16),
     /// The server flight does not fit [`Env::scratch`].
@@ -282,6 +311,7 @@ impl Handshake {
 
     /// The decision for a handshake that failed for `why` (timeout, EOF, or a hello too large
     /// for the caller's buffer): front it, or close it once answered. Final.
+    #[inline(never)]
     pub fn fail(&mut self, why: Reject) -> Step {
         if self.answered() {
             self.finish(Final::Close(Close::Rejected(why)))
@@ -305,19 +335,36 @@ impl Handshake {
         self.handle(buf, env)
     }
 
-    /// Takes in the bytes read: after the hello they are TLS records, of which only the
-    /// payload is kept. False when they are not valid records.
+    /// Takes in the bytes read. After the hello they are TLS records, of which only the
+    /// payload is kept, and only up to the frame: the records after it are the relay's (see
+    /// [`Accepted::records`]), so that a bad record following a complete frame counts after
+    /// the frame whether both came in one segment or not. An error for records that are not
+    /// valid.
     fn take_in(&mut self, buf: &mut [u8]) -> Result<(), Reject> {
-        let Some(new) = buf.get_mut(self.len..self.len.saturating_add(self.raw)) else {
+        let end = self.len.saturating_add(self.raw);
+        if end > buf.len() {
             return Err(Reject::TooLarge);
-        };
-        self.raw = 0;
-        match &mut self.state {
-            State::ExpectFrame {
-                tls: Some((reader, _)),
-            } => self.len += reader.deframe_in_place(new)?,
-            _ => self.len += new.len(),
         }
+        let State::ExpectFrame {
+            tls: Some((reader, _)),
+        } = &mut self.state
+        else {
+            self.len = end;
+            self.raw = 0;
+            return Ok(());
+        };
+        // Payload never outgrows its records: a piece of `FRAME_LEN - len` raw bytes cannot
+        // overshoot the frame.
+        let mut r = self.len;
+        while r < end && self.len < FRAME_LEN {
+            let piece = (FRAME_LEN - self.len).min(end - r);
+            let m = reader.deframe_in_place(&mut buf[r..r + piece])?;
+            buf.copy_within(r..r + m, self.len);
+            self.len += m;
+            r += piece;
+        }
+        buf.copy_within(r..end, self.len);
+        self.raw = end - r;
         Ok(())
     }
 
@@ -350,7 +397,8 @@ impl Handshake {
                     self.state = self.first;
                     Step::Peer(source)
                 }
-                Parse::Invalid => self.finish(Final::Close(Close::BadProxyHeader)),
+                // Fronted like any failed handshake, the bytes as received.
+                Parse::Invalid => self.fail(Reject::ProxyHeader),
             },
             State::ExpectClientHello => {
                 match faketls::read_client_hello(&buf[..len], env.scratch) {
@@ -384,6 +432,7 @@ impl Handshake {
         }
     }
 
+    #[inline(never)]
     fn finish(&mut self, f: Final) -> Step {
         self.state = State::Done(f);
         match f {
@@ -407,7 +456,10 @@ impl Handshake {
         };
         let hello = match faketls::parse_client_hello(msg) {
             Ok(h) => h,
-            Err(r) => return self.fail(r),
+            Err(r) => {
+                env.hellos.seen(msg, false);
+                return self.fail(r);
+            }
         };
         // The most telling reason over all secrets: a good digest with a bad time beats a bad
         // digest, which beats a wrong SNI.
@@ -437,11 +489,14 @@ impl Handshake {
             }
         }
         let Some(user) = user else {
+            env.hellos.seen(msg, false);
             return self.fail(why.unwrap_or(Reject::Digest));
         };
         if env.replay.seen(&hello.random, env.now_unix) {
+            env.hellos.seen(msg, false);
             return self.fail(Reject::Replay);
         }
+        env.hellos.seen(msg, true);
         // Shaped like the fronting site's own first flight; a genuine key share.
         let shape = env.shapes.shape(&hello);
         let public = env.key_shares.next(env.rng);
@@ -485,23 +540,23 @@ impl Handshake {
         let Some(frame) = buf.first_chunk::<FRAME_LEN>().copied() else {
             return Step::NeedMore;
         };
-        let found = match user {
-            Some(u) => env
-                .secrets
-                .get(u)
-                .map(|s| obfs2::client_handshake(&frame, &s.key).map(|hs| (u, hs))),
-            None => env
-                .secrets
-                .iter()
-                .enumerate()
-                .filter(|(_, s)| s.kind != SecretKind::FakeTls)
-                .map(|(i, s)| obfs2::client_handshake(&frame, &s.key).map(|hs| (i, hs)))
-                .find(Result::is_ok),
-        };
+        // After a hello, its user's key; else the first dd/classic key giving a valid tag.
+        let mut found = Err(Reject::ObfsTag);
+        for (i, s) in env.secrets.iter().enumerate() {
+            let candidate = match user {
+                Some(u) => i == u,
+                None => s.kind != SecretKind::FakeTls,
+            };
+            if candidate {
+                found = obfs2::client_handshake(&frame, &s.key).map(|hs| (i, hs));
+                if found.is_ok() {
+                    break;
+                }
+            }
+        }
         let (user, hs) = match found {
-            Some(Ok(found)) => found,
-            Some(Err(r)) => return self.fail(r),
-            None => return self.fail(Reject::ObfsTag),
+            Ok(found) => found,
+            Err(r) => return self.fail(r),
         };
         let kind = env.secrets[user].kind;
         if kind == SecretKind::Secure && hs.tag != Tag::Padded {
@@ -512,7 +567,7 @@ impl Handshake {
         {
             return self.fail(Reject::Replay);
         }
-        let Some((dc_send, _)) = env.dcs.lookup_or_fallback(hs.dc, env.allow_unknown_dc) else {
+        let Some(dc_send) = env.dcs.dc_for(hs.dc, env.allow_unknown_dc) else {
             return self.finish(Final::Close(Close::UnknownDc(hs.dc)));
         };
         let dch = obfs2::dc_handshake(env.rng, hs.tag, dc_send);
@@ -539,6 +594,7 @@ impl Handshake {
             ciphers,
             tls,
             early: len - FRAME_LEN,
+            records: self.raw,
         })
     }
 }

@@ -1,10 +1,16 @@
 //! Pure protocol logic (sans-IO): bytes, `now` and randomness go in; bytes, decisions and
 //! deadlines come out. Nothing here touches a socket, the clock or the OS random source.
 
+pub mod browserhello;
 pub mod codec;
 pub mod dc;
 pub mod faketls;
+pub mod fronting;
 pub mod handshake;
+pub mod hash;
+pub mod ja4;
+pub mod middle;
+pub mod mlkem;
 pub mod obfs2;
 pub mod proxy_protocol;
 pub mod replay;
@@ -94,12 +100,14 @@ pub enum Reject {
     Timeout,
     /// The client closed the connection before finishing its handshake.
     Eof,
+    /// A malformed PROXY protocol header (with `proxy-protocol-listener`).
+    ProxyHeader,
 }
 
 impl Reject {
     /// Every reason, in declaration order: `Reject::ALL[r as usize] == r` (metrics keep one
     /// counter per reason, indexed so).
-    pub const ALL: [Reject; 14] = [
+    pub const ALL: [Reject; 15] = [
         Reject::RecordType,
         Reject::RecordVersion,
         Reject::TooManyFragments,
@@ -114,6 +122,7 @@ impl Reject {
         Reject::ObfsTagNotAllowed,
         Reject::Timeout,
         Reject::Eof,
+        Reject::ProxyHeader,
     ];
 
     /// A short, stable, lowercase label (for logs and metrics).
@@ -133,6 +142,7 @@ impl Reject {
             Reject::ObfsTagNotAllowed => "obfs2-tag-not-allowed",
             Reject::Timeout => "timeout",
             Reject::Eof => "eof",
+            Reject::ProxyHeader => "bad-proxy-header",
         }
     }
 }
@@ -194,8 +204,9 @@ mod tests {
             | Reject::Replay
             | Reject::ObfsTag
             | Reject::ObfsTagNotAllowed
-            | Reject::Timeout => false,
-            Reject::Eof => true,
+            | Reject::Timeout
+            | Reject::Eof => false,
+            Reject::ProxyHeader => true,
         };
         assert!(last(Reject::ALL[Reject::ALL.len() - 1]));
         let mut labels: Vec<_> = Reject::ALL.iter().map(|r| r.as_str()).collect();

@@ -15,7 +15,7 @@
 //! * generated frames never start with a forbidden prefix ([`is_valid_start`]);
 //! * no input panics; an unknown tag is `Reject::ObfsTag`.
 
-use aes::cipher::{KeyIvInit, StreamCipher};
+use aes::cipher::{KeyIvInit, StreamCipher, StreamCipherSeek};
 use sha2::{Digest, Sha256};
 
 use super::{Reject, Rng};
@@ -92,6 +92,26 @@ impl CompactCtr {
         }
         mtpx_ctr::apply_keystream(&self.key, &self.iv, self.pos, data);
         self.pos += data.len() as u64;
+    }
+
+    /// XORs the next `data.len()` bytes of `a`'s keystream and then of `b`'s into `data`, in
+    /// one pass over the data (the relay's decrypt with one peer's stream and re-encrypt with
+    /// the other's).
+    pub fn apply_pair(a: &mut CompactCtr, b: &mut CompactCtr, data: &mut [u8]) {
+        if data.is_empty() {
+            return;
+        }
+        mtpx_ctr::apply_keystream2((&a.key, &a.iv, a.pos), (&b.key, &b.iv, b.pos), data);
+        a.pos += data.len() as u64;
+        b.pos += data.len() as u64;
+    }
+
+    /// The same stream as a cipher with its key schedule expanded, positioned at `pos` (for a
+    /// caller that keeps one stream for long, e.g. the bench tool's floor relay).
+    pub fn expand(&self) -> AesCtr {
+        let mut c = cipher(&self.key, &self.iv);
+        c.seek(self.pos);
+        c
     }
 }
 
@@ -388,6 +408,40 @@ mod tests {
         let mut f = frame;
         f[60] ^= 1;
         assert_eq!(client_handshake(&f, &key).map(|h| h.dc).ok(), Some(3));
+    }
+
+    #[test]
+    fn expanded_stream_continues_where_the_compact_one_is() {
+        let mut compact = CompactCtr::new([3u8; 32], [5u8; 16], 0);
+        let mut head = [0u8; 100];
+        compact.apply_keystream(&mut head);
+        let mut full = compact.expand();
+        let (mut a, mut b) = ([0u8; 300], [0u8; 300]);
+        compact.apply_keystream(&mut a);
+        full.apply_keystream(&mut b);
+        assert_eq!(a, b);
+        assert_ne!(a, [0u8; 300]);
+    }
+
+    #[test]
+    fn a_pair_applies_both_streams() {
+        let mut a = CompactCtr::new([1u8; 32], [2u8; 16], 7);
+        let mut b = CompactCtr::new([3u8; 32], [4u8; 16], 100);
+        let (mut a2, mut b2) = (a.clone(), b.clone());
+        let mut want = [0x5au8; 1000];
+        let mut got = want;
+        a2.apply_keystream(&mut want);
+        b2.apply_keystream(&mut want);
+        CompactCtr::apply_pair(&mut a, &mut b, &mut got);
+        assert_eq!(got, want);
+        // Both streams moved on by the same amount.
+        let (mut x, mut y) = ([0u8; 5], [0u8; 5]);
+        a.apply_keystream(&mut x);
+        a2.apply_keystream(&mut y);
+        assert_eq!(x, y);
+        b.apply_keystream(&mut x);
+        b2.apply_keystream(&mut y);
+        assert_eq!(x, y);
     }
 
     #[test]

@@ -1,5 +1,9 @@
-//! Anti-replay filter: remembers every accepted handshake for the whole clock-skew window
-//! (PROTOCOL.md §5, §13.3).
+//! Anti-replay filter: remembers accepted handshakes (PROTOCOL.md §5, §13.3). FakeTLS hellos
+//! carry a timestamp, so they are remembered for the whole clock-skew window (older ones fail
+//! the timestamp check anyway); obfuscated2 frames (`dd` and classic secrets) carry none, so
+//! they are forgotten only when the memory is full ([`ReplayFilter::capacity_only`]): a frame
+//! replayed hours later is still a replay while fewer than [`ReplayFilter::capacity`]
+//! handshakes came after it.
 //!
 //! Pure / no I/O: the current time (`now_unix`, seconds) and the per-process hash key are
 //! parameters; nothing here reads the clock or the OS random source.
@@ -7,13 +11,14 @@
 //! Unlike mtg's Stable Bloom Filter, which forgets entries at random, this filter is exact
 //! within its window:
 //!
-//! * Each digest (the ClientHello session id for FakeTLS, frame bytes 8..56 for `dd` and classic
-//!   secrets) is reduced to a 64-bit fingerprint with SipHash-2-4 under a per-process random
+//! * Each digest (the 32-byte client random for FakeTLS, which carries the HMAC of the whole
+//!   hello; frame bytes 8..56 for `dd` and classic secrets) is reduced to a 64-bit fingerprint with SipHash-2-4 under a per-process random
 //!   128-bit key, so clients cannot aim collisions or cluster the table.
 //! * Fingerprints and their insert times live in a fixed ring in insertion order; an
 //!   open-addressing index (linear probing, load factor <= 1/2, backward-shift deletion, so no
 //!   tombstones) maps a fingerprint to its ring position.
-//! * Before each check, entries older than `window_secs` are dropped from the ring's head.
+//! * Before each check, entries older than `window_secs` are dropped from the ring's head (never,
+//!   for a [`ReplayFilter::capacity_only`] filter).
 //!
 //! Invariants:
 //! * All memory is allocated in [`ReplayFilter::new`]; nothing allocates afterwards, and
@@ -61,6 +66,7 @@ impl ReplayFilter {
     /// tolerance plus a margin). `hash_key` must be random per process and kept secret.
     ///
     /// A budget too small for one entry is raised to one entry.
+    /// `window_secs` = [`ReplayFilter::NO_EXPIRY`] is [`ReplayFilter::capacity_only`].
     pub fn new(max_bytes: usize, window_secs: u64, hash_key: [u8; 16]) -> ReplayFilter {
         let fixed = std::mem::size_of::<ReplayFilter>();
         let capacity =
@@ -80,6 +86,17 @@ impl ReplayFilter {
             index: vec![EMPTY; capacity * 2],
             evictions: 0,
         }
+    }
+
+    /// A window that never ends: see [`ReplayFilter::capacity_only`].
+    pub const NO_EXPIRY: u64 = u64::MAX;
+
+    /// A filter that forgets an entry only to make room for a new one (the oldest goes first,
+    /// counted in [`evictions`](Self::evictions)): for obfuscated2 frames, which carry no
+    /// timestamp, so that no age makes a replay acceptable. It remembers the last
+    /// `max_bytes / BYTES_PER_ENTRY` handshakes (1 MiB: about 52,000).
+    pub fn capacity_only(max_bytes: usize, hash_key: [u8; 16]) -> ReplayFilter {
+        ReplayFilter::new(max_bytes, Self::NO_EXPIRY, hash_key)
     }
 
     /// Returns true if `digest` was recorded within the last `window_secs` seconds (a replay);
@@ -477,6 +494,35 @@ mod tests {
             assert!(f.check_and_insert(d, T0 + 41));
         }
         assert_eq!(f.evictions(), evictions);
+    }
+
+    #[test]
+    fn rejects_capacity_only_replay_at_any_age_until_evicted() {
+        // Obfuscated2 frames: no age makes a replay acceptable; only capacity evicts, oldest
+        // first, and each eviction is counted.
+        let mut f = ReplayFilter::capacity_only(4096, KEY);
+        let cap = f.capacity();
+        let mut rng = XorShift64(12);
+        let ds: Vec<[u8; 32]> = (0..cap + 2).map(|_| digest(&mut rng)).collect();
+        assert!(!f.check_and_insert(&ds[0], T0));
+        for later in [T0 + 5, T0 + 3600, T0 + 365 * 86_400, u64::MAX] {
+            assert!(f.check_and_insert(&ds[0], later), "forgotten at {later}");
+        }
+        f.expire(u64::MAX);
+        assert_eq!(f.len(), 1);
+        for (i, d) in ds[1..cap].iter().enumerate() {
+            assert!(!f.check_and_insert(d, T0 + 86_400 * i as u64));
+        }
+        assert_eq!((f.len(), f.evictions()), (cap, 0));
+        // Full: each new digest evicts the oldest one.
+        assert!(!f.check_and_insert(&ds[cap], T0));
+        assert_eq!(f.evictions(), 1);
+        assert!(!f.check_and_insert(&ds[0], T0), "the oldest was evicted");
+        assert_eq!(f.evictions(), 2);
+        assert!(!f.check_and_insert(&ds[1], T0), "then the next oldest");
+        for d in &ds[3..=cap] {
+            assert!(f.check_and_insert(d, u64::MAX));
+        }
     }
 
     #[test]

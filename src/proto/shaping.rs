@@ -455,7 +455,7 @@ mod tests {
 
     #[test]
     fn pacer_spaces_records_and_keeps_the_floor_rate() {
-        let t0 = Instant::now();
+        let t0 = crate::testing::t0();
         let us = Duration::from_micros;
         let mut rng = crate::proto::XorShift64(3);
         // Gaps far above the floor: every record of n bytes waits n / 1 MB/s = n µs.
@@ -481,7 +481,7 @@ mod tests {
 
     #[test]
     fn pacer_sizes_records_like_a_tls_server() {
-        let t0 = Instant::now();
+        let t0 = crate::testing::t0();
         let mut rng = crate::proto::XorShift64(4);
         let mut p = Pacer::new(true, t0);
         let mut sizes = Vec::new();

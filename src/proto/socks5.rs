@@ -8,6 +8,8 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+use super::codec::Reader;
+
 /// Default port of a proxy URL without one.
 pub const DEFAULT_PORT: u16 = 1080;
 
@@ -343,18 +345,18 @@ impl Socks5Client {
         let Some(msg) = input.get(..total) else {
             return Step::NeedMore;
         };
-        let port = u16::from_be_bytes([msg[total - 2], msg[total - 1]]);
-        let addr = &msg[4..total - 2];
+        // The whole reply is there: VER REP RSV ATYP, the address, the port.
+        let mut r = Reader::new(&msg[4..]);
+        let addr = r.take(total - 4 - 2).unwrap_or_default();
+        let port = r.u16().unwrap_or_default();
         self.bound = match atyp {
             1 => {
-                let mut o = [0u8; 4];
-                o.copy_from_slice(addr);
-                Some(Target::Ip(SocketAddr::new(Ipv4Addr::from(o).into(), port)))
+                let ip = <[u8; 4]>::try_from(addr).map_or(Ipv4Addr::UNSPECIFIED, Ipv4Addr::from);
+                Some(Target::Ip(SocketAddr::new(ip.into(), port)))
             }
             4 => {
-                let mut o = [0u8; 16];
-                o.copy_from_slice(addr);
-                Some(Target::Ip(SocketAddr::new(Ipv6Addr::from(o).into(), port)))
+                let ip = <[u8; 16]>::try_from(addr).map_or(Ipv6Addr::UNSPECIFIED, Ipv6Addr::from);
+                Some(Target::Ip(SocketAddr::new(ip.into(), port)))
             }
             _ => Some(Target::Domain(
                 String::from_utf8_lossy(addr.get(1..).unwrap_or_default()).into_owned(),
@@ -394,7 +396,10 @@ impl fmt::Debug for ProxyUrl {
 /// refused.
 pub fn parse_url(s: &str) -> Result<ProxyUrl, String> {
     let Some((scheme, rest)) = s.split_once("://") else {
-        return Err(format!("proxy URL {s:?}: expected socks5://host[:port]"));
+        return Err(format!(
+            "proxy URL {:?}: expected socks5://host[:port]",
+            without_userinfo(s)
+        ));
     };
     let remote_dns = if scheme.eq_ignore_ascii_case("socks5") {
         false
@@ -402,7 +407,8 @@ pub fn parse_url(s: &str) -> Result<ProxyUrl, String> {
         true
     } else {
         return Err(format!(
-            "proxy URL scheme {scheme:?} is not supported (use socks5 or socks5h)"
+            "proxy URL scheme {:?} is not supported (use socks5 or socks5h)",
+            without_userinfo(scheme)
         ));
     };
     let authority = rest.strip_suffix('/').unwrap_or(rest);
@@ -435,6 +441,15 @@ pub fn parse_url(s: &str) -> Result<ProxyUrl, String> {
         auth,
         remote_dns,
     })
+}
+
+/// `s` with everything up to its last `@` (a user name and password, wherever they are)
+/// replaced by `***`: what an error message may quote of a proxy URL.
+fn without_userinfo(s: &str) -> String {
+    match s.rsplit_once('@') {
+        Some((_, host)) => format!("***@{host}"),
+        None => s.to_string(),
+    }
 }
 
 enum Host<'a> {
@@ -483,7 +498,11 @@ fn split_host_port(s: &str) -> Result<(Host<'_>, u16), String> {
             };
             match n {
                 Some(n) if n != 0 => n,
-                _ => return Err(format!("proxy port {p:?} is not in 1..=65535")),
+                // Digits only are quoted: "user:password" without the "@host" lands here.
+                _ if p.bytes().all(|b| b.is_ascii_digit()) => {
+                    return Err(format!("proxy port {p:?} is not in 1..=65535"));
+                }
+                _ => return Err("proxy port is not a number in 1..=65535".to_string()),
             }
         }
     };
@@ -932,6 +951,31 @@ mod tests {
         assert!(parse_url(&long).is_err());
         let ok = format!("socks5://{}:p@h", "u".repeat(255));
         assert!(parse_url(&ok).is_ok());
+    }
+
+    #[test]
+    fn rejects_bad_urls_without_quoting_credentials() {
+        // Whatever is wrong with the URL, the error never carries the user name or password.
+        let bad = [
+            "alice:hunter2@127.0.0.1:1080",
+            "alice:hunter2@socks5://127.0.0.1",
+            "socks5:/alice:hunter2@127.0.0.1",
+            "http://alice:hunter2@127.0.0.1",
+            "socks5://alice:hunter2",
+            "socks5://alice:hunter2@h:0",
+            "socks5://alice:hunter2@bad host",
+            "socks5://alice:hunter2@h/path",
+            "socks5://alice:hunter2%zz@h",
+        ];
+        for s in bad {
+            let e = parse_url(s).expect_err(s);
+            assert!(!e.contains("hunter2") && !e.contains("alice"), "{s}: {e}");
+        }
+        let e = parse_url("alice:hunter2@127.0.0.1:1080").unwrap_err();
+        assert!(e.contains("\"***@127.0.0.1:1080\""), "{e}");
+        // What is not a credential is still quoted.
+        let e = parse_url("socks5://h:70000").unwrap_err();
+        assert!(e.contains("\"70000\""), "{e}");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The fronted site's TLS handshake *shape*, learned without a TLS library.
 //!
-//! The scout (`io::scout`) sends the site a Telegram-shaped ClientHello and reads its first
-//! flight; [`parse_server_flight`] turns those bytes into an [`Observation`]: the ServerHello's
+//! The scout (`background::scout`) sends the site a browser's ClientHello of each [`HelloKind`] and
+//! reads its first flight; [`parse_server_flight`] turns those bytes into an [`Observation`]: the ServerHello's
 //! shape (legacy version, cipher suite, session-id echo length, compression, extensions in order
 //! with their lengths, key-share group, supported version), whether a ChangeCipherSpec record
 //! followed, and the lengths of the encrypted records. Nothing is decrypted.
@@ -10,7 +10,8 @@
 //! proxy's fake flight copies: the most common ServerHello template, and the range of the total
 //! encrypted size (expressed as the payload of the one application-data record mtpx sends, so
 //! that the bytes on the wire after the CCS match). Without a usable observation it gives the
-//! built-in mtg-like default and says why.
+//! built-in mtg-like default and says why. [`Profiles`] keeps one [`Profile`] per kind of hello
+//! (x25519 only, X25519MLKEM768), so each client gets the site's answer to its own kind.
 //!
 //! Pure: no sockets, no clock, no OS randomness. Spec: PROTOCOL.md §2.4, §7.4, §13.5.
 //!
@@ -44,6 +45,42 @@ pub const EXT_SUPPORTED_VERSIONS: u16 = 0x002b;
 pub const EXT_KEY_SHARE: u16 = 0x0033;
 /// The x25519 named group.
 pub const GROUP_X25519: u16 = 0x001d;
+/// The X25519MLKEM768 hybrid group (draft-ietf-tls-ecdhe-mlkem): what today's browsers and
+/// TDLib ≥ 1.8.69 offer first.
+pub const GROUP_X25519_MLKEM768: u16 = 0x11ec;
+/// Key-share data length of an x25519 ServerHello share: group, length, 32-byte key.
+pub const X25519_SHARE_EXT_LEN: u16 = 4 + 32;
+/// Key-share data length of an X25519MLKEM768 ServerHello share: group, length, the 1,088-byte
+/// ML-KEM-768 ciphertext and the 32-byte X25519 key.
+pub const MLKEM_SHARE_EXT_LEN: u16 = 4 + 1088 + 32;
+
+/// The kinds of ClientHello whose answers the scout learns and the fake flight mirrors: what
+/// decides a site's ServerHello is mostly the key shares a hello carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum HelloKind {
+    /// An x25519 share only (older TDLib, third-party libraries).
+    Classic,
+    /// An X25519MLKEM768 share (and an x25519 one): TDLib ≥ 1.8.69, current browsers.
+    PostQuantum,
+}
+
+impl HelloKind {
+    /// Every kind, in index order.
+    pub const ALL: [HelloKind; 2] = [HelloKind::Classic, HelloKind::PostQuantum];
+
+    /// The position in [`HelloKind::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// A short stable label for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HelloKind::Classic => "x25519",
+            HelloKind::PostQuantum => "x25519mlkem768",
+        }
+    }
+}
 /// TLS 1.3 in supported_versions.
 pub const TLS13: u16 = 0x0304;
 
@@ -170,14 +207,29 @@ impl ServerHelloTemplate {
         4 + 2 + 32 + 1 + sid_len + 2 + 1 + ext_block
     }
 
-    /// Why a fake ServerHello cannot copy this template (TLS 1.3 with x25519 only).
+    /// The same template answering with an x25519 key share (for a client that offered no
+    /// X25519MLKEM768 share: a server never answers with a group the client did not offer).
+    pub fn with_x25519_share(mut self) -> Self {
+        let n = usize::from(self.extension_count).min(MAX_EXTENSIONS);
+        for e in self.extensions.iter_mut().take(n) {
+            if e.kind == EXT_KEY_SHARE {
+                e.len = X25519_SHARE_EXT_LEN;
+                e.value = GROUP_X25519;
+            }
+        }
+        self
+    }
+
+    /// Why a fake ServerHello cannot copy this template (TLS 1.3 with x25519 or
+    /// X25519MLKEM768 only).
     pub fn check(&self) -> Result<(), Unusable> {
         match self.supported_version() {
             Some(TLS13) => {}
             other => return Err(Unusable::NotTls13(other.unwrap_or(self.legacy_version))),
         }
         match self.extension(EXT_KEY_SHARE) {
-            Some(e) if e.value == GROUP_X25519 && e.len == 36 => {}
+            Some(e) if e.value == GROUP_X25519 && e.len == X25519_SHARE_EXT_LEN => {}
+            Some(e) if e.value == GROUP_X25519_MLKEM768 && e.len == MLKEM_SHARE_EXT_LEN => {}
             Some(e) => return Err(Unusable::KeyShare(Some(e.value))),
             None => return Err(Unusable::KeyShare(None)),
         }
@@ -220,7 +272,7 @@ pub enum Unusable {
     NotTls13(u16),
     /// The site asked for another key share (HelloRetryRequest).
     HelloRetry,
-    /// The key share is not x25519 (the group, if any).
+    /// The key share is not x25519 or X25519MLKEM768 (the group, if any).
     KeyShare(Option<u16>),
     /// No encrypted record followed the ServerHello.
     NoEncryptedRecords,
@@ -238,7 +290,10 @@ impl fmt::Display for Unusable {
                 f.write_str("the site asked for another key share (HelloRetryRequest)")
             }
             Unusable::KeyShare(Some(g)) => {
-                write!(f, "the site's key share is group {g:#06x}, not x25519")
+                write!(
+                    f,
+                    "the site's key share is group {g:#06x}, not x25519 or X25519MLKEM768"
+                )
             }
             Unusable::KeyShare(None) => f.write_str("the site sent no key share"),
             Unusable::NoEncryptedRecords => {
@@ -595,6 +650,8 @@ pub struct Summary {
     pub max: usize,
     /// The learned size exceeded one record and was clamped to [`MAX_CIPHERTEXT`].
     pub clamped: bool,
+    /// The key-share group of the most common template (None: nothing learned, or none).
+    pub group: Option<u16>,
 }
 
 impl Summary {
@@ -626,9 +683,10 @@ impl fmt::Display for Summary {
         }
         write!(
             f,
-            "{} samples: ServerHello {} bytes, ccs {}, {} encrypted record(s), size {} ± {} ({}..{}){}",
+            "{} samples: ServerHello {} bytes (key share {:#06x}), ccs {}, {} encrypted record(s), size {} ± {} ({}..{}){}",
             self.samples,
             self.server_hello_len,
+            self.group.unwrap_or(0),
             self.ccs,
             self.records,
             self.mean,
@@ -678,6 +736,7 @@ impl Profile {
                 min: 0,
                 max: 0,
                 clamped: false,
+                group: None,
             },
         };
         p.derive();
@@ -747,6 +806,7 @@ impl Profile {
         s.min = min;
         s.max = max;
         s.clamped = max > MAX_CIPHERTEXT;
+        s.group = template.key_share_group();
         self.summary = s;
         self.shape = FlightShape {
             template,
@@ -755,6 +815,72 @@ impl Profile {
             site_records: records,
             learned: true,
         };
+    }
+}
+
+/// What was learned for each [`HelloKind`], and whether post-quantum answers are mirrored
+/// (`[defense.doppelganger] post-quantum`). The workers read [`Profiles::shape_for`] once per
+/// handshake.
+#[derive(Clone, Debug)]
+pub struct Profiles {
+    kinds: [Profile; 2],
+    mirror_pq: bool,
+}
+
+impl Default for Profiles {
+    fn default() -> Self {
+        Profiles::new(true)
+    }
+}
+
+impl Profiles {
+    /// Empty profiles; `mirror_pq` false answers every hello as an x25519-only one.
+    pub fn new(mirror_pq: bool) -> Self {
+        Profiles {
+            kinds: [Profile::default(), Profile::default()],
+            mirror_pq,
+        }
+    }
+
+    /// Whether X25519MLKEM768 hellos get the site's own answer to them.
+    pub fn mirrors_pq(&self) -> bool {
+        self.mirror_pq
+    }
+
+    /// What was learned for `kind`.
+    pub fn get(&self, kind: HelloKind) -> &Profile {
+        &self.kinds[kind.index()]
+    }
+
+    /// What was learned for `kind`, to add to.
+    pub fn get_mut(&mut self, kind: HelloKind) -> &mut Profile {
+        &mut self.kinds[kind.index()]
+    }
+
+    /// The shape to answer a hello of `kind` with: the site's answer to that kind; with
+    /// post-quantum mirroring off, or nothing learned for the kind, the other kind's answer
+    /// with an x25519 share (every client offers x25519); else the built-in default.
+    pub fn shape_for(&self, kind: HelloKind) -> FlightShape {
+        let kind = if self.mirror_pq {
+            kind
+        } else {
+            HelloKind::Classic
+        };
+        let own = self.get(kind).shape();
+        if own.learned {
+            return own;
+        }
+        let other = HelloKind::ALL
+            .iter()
+            .map(|&k| self.get(k).shape())
+            .find(|s| s.learned);
+        match other {
+            Some(s) => FlightShape {
+                template: s.template.with_x25519_share(),
+                ..s
+            },
+            None => FlightShape::default(),
+        }
     }
 }
 
@@ -1140,6 +1266,49 @@ pub(crate) mod tests {
         assert_eq!(p.samples().count(), 8);
         assert_eq!((p.shape().noise_min, p.shape().noise_max), (2000, 2000));
         assert_eq!(p.summary().jitter, 0);
+    }
+
+    #[test]
+    fn profiles_answer_each_kind_as_the_site_did() {
+        const PQ: &[u8] = include_bytes!("../../tests/data/tls/openssl35-pq-flight.bin");
+        let pq = parse_server_flight(PQ).unwrap();
+        assert_eq!(pq.check(), Ok(()));
+        assert_eq!(pq.records(), [32, 415, 96, 69]);
+        assert!(pq.looks_finished());
+        let mut p = Profiles::default();
+        assert!(p.mirrors_pq());
+        assert_eq!(p.shape_for(HelloKind::PostQuantum), FlightShape::default());
+        // Only the post-quantum answer learned: a classic hello gets it with x25519.
+        p.get_mut(HelloKind::PostQuantum).push(pq).unwrap();
+        let s = p.shape_for(HelloKind::PostQuantum);
+        assert!(s.learned);
+        assert_eq!(s.template.key_share_group(), Some(GROUP_X25519_MLKEM768));
+        assert_eq!(s.template.message_len(32), 1210);
+        let c = p.shape_for(HelloKind::Classic);
+        assert!(c.learned);
+        assert_eq!(c.template.key_share_group(), Some(GROUP_X25519));
+        assert_eq!(c.template.message_len(32), 122);
+        assert_eq!((c.noise_min, c.noise_max), (s.noise_min, s.noise_max));
+        // Both learned: each its own.
+        p.get_mut(HelloKind::Classic).push(rsa()).unwrap();
+        assert_eq!(p.shape_for(HelloKind::Classic).template, rsa().server_hello);
+        assert_eq!(p.shape_for(HelloKind::PostQuantum), s);
+        assert_eq!(p.get(HelloKind::PostQuantum).summary().group, Some(0x11ec));
+        // post-quantum = "off": the classic answer for everyone.
+        let mut off = p.clone();
+        off.mirror_pq = false;
+        assert_eq!(
+            off.shape_for(HelloKind::PostQuantum),
+            p.shape_for(HelloKind::Classic)
+        );
+        // A key share of another length is not copied.
+        let mut bad = pq;
+        bad.server_hello.extensions[1].len = 1000;
+        assert_eq!(
+            bad.check(),
+            Err(Unusable::KeyShare(Some(GROUP_X25519_MLKEM768)))
+        );
+        assert_eq!(HelloKind::PostQuantum.as_str(), "x25519mlkem768");
     }
 
     #[test]

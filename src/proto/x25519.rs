@@ -22,6 +22,12 @@ const MASK51: u64 = (1 << 51) - 1;
 /// (A - 2) / 4 for Curve25519 (RFC 7748 §5: a24 = 121665).
 const A24: u64 = 121_665;
 
+/// The curve coefficient A of v^2 = u^3 + A u^2 + u (RFC 7748 §4.1).
+const A: u64 = 486_662;
+
+/// The field element 1.
+const ONE: Fe = [1, 0, 0, 0, 0];
+
 fn load8(b: &[u8; 32], at: usize) -> u64 {
     let mut w = [0u8; 8];
     // `at` is one of a few constants <= 24, so the range is always in bounds.
@@ -199,8 +205,8 @@ fn fe_mul_small(a: &Fe, k: u64) -> Fe {
     fe_reduce_wide([m(a[0], k), m(a[1], k), m(a[2], k), m(a[3], k), m(a[4], k)])
 }
 
-/// z^(p-2) = z^(2^255 - 21) = 1/z (and 0 for z = 0), by a fixed addition chain.
-fn fe_invert(z: &Fe) -> Fe {
+/// (z^(2^250 - 1), z^11): the common head of the two fixed exponentiations below.
+fn fe_pow_2_250_1(z: &Fe) -> (Fe, Fe) {
     let z2 = fe_sq(z); // 2
     let z9 = fe_mul(&fe_sq_n(&z2, 2), z); // 9
     let z11 = fe_mul(&z9, &z2); // 11
@@ -212,7 +218,34 @@ fn fe_invert(z: &Fe) -> Fe {
     let z_100_0 = fe_mul(&fe_sq_n(&z_50_0, 50), &z_50_0); // 2^100 - 1
     let z_200_0 = fe_mul(&fe_sq_n(&z_100_0, 100), &z_100_0); // 2^200 - 1
     let z_250_0 = fe_mul(&fe_sq_n(&z_200_0, 50), &z_50_0); // 2^250 - 1
+    (z_250_0, z11)
+}
+
+/// z^(p-2) = z^(2^255 - 21) = 1/z (and 0 for z = 0), by a fixed addition chain.
+fn fe_invert(z: &Fe) -> Fe {
+    let (z_250_0, z11) = fe_pow_2_250_1(z);
     fe_mul(&fe_sq_n(&z_250_0, 5), &z11) // 2^255 - 32 + 11 = 2^255 - 21
+}
+
+/// z^((p-3)/2) = z^(2^254 - 11) = χ(z) / z, where χ(z) = z^((p-1)/2) is 1 for a non-zero
+/// square, -1 for a non-square (Euler's criterion): one exponentiation gives both whether `z`
+/// is a square (multiply by `z`) and its inverse (up to that sign).
+fn fe_pow_p3_2(z: &Fe) -> Fe {
+    let (z_250_0, _) = fe_pow_2_250_1(z);
+    let z5 = fe_mul(&fe_sq(&fe_sq(z)), z);
+    fe_mul(&fe_sq_n(&z_250_0, 4), &z5) // (2^250 - 1) 2^4 + 5 = 2^254 - 11
+}
+
+/// One x-only doubling in projective coordinates: (X : Z) = u(P) -> u(2P) (RFC 7748 §5's
+/// ladder, doubling half).
+fn fe_double(x: &Fe, z: &Fe) -> (Fe, Fe) {
+    let aa = fe_sq(&fe_add(x, z));
+    let bb = fe_sq(&fe_sub(x, z));
+    let e = fe_sub(&aa, &bb);
+    (
+        fe_mul(&aa, &bb),
+        fe_mul(&e, &fe_add(&aa, &fe_mul_small(&e, A24))),
+    )
 }
 
 /// Swaps `a` and `b` when `swap` is 1, leaves them when it is 0, without branching on it.
@@ -244,7 +277,7 @@ pub fn x25519(scalar: &[u8; 32], u: &[u8; 32]) -> [u8; 32] {
 }
 
 /// Montgomery ladder over the low `bits` bits of the little-endian scalar `k` (no clamping).
-fn ladder(k: &[u8; 32], bits: usize, u: &[u8; 32]) -> [u8; 32] {
+pub(crate) fn ladder(k: &[u8; 32], bits: usize, u: &[u8; 32]) -> [u8; 32] {
     let x1 = fe_from_bytes(u);
     let mut x2: Fe = [1, 0, 0, 0, 0];
     let mut z2: Fe = [0; 5];
@@ -279,30 +312,54 @@ fn ladder(k: &[u8; 32], bits: usize, u: &[u8; 32]) -> [u8; 32] {
     fe_to_bytes(&fe_mul(&x2, &fe_invert(&z2)))
 }
 
-/// A stream of genuine X25519 public keys, cheap enough to give every fake ServerHello its
-/// own. Starts from a fresh key pair `a·G`; each step multiplies the current point by a random
-/// 32-bit factor `k` (top bit set), so every key is `(a·k₁·…·kₙ)·G`: a point of the prime-order
-/// subgroup like any honestly generated public key, unlinkable to the previous one without the
-/// discrete logarithm, at about a fifth of the cost of a full scalar multiplication.
-pub struct KeyShares {
-    current: [u8; 32],
-}
+/// Key shares for the fake ServerHellos: each one drawn afresh by [`random_share`], so no two
+/// are related. (Stateless; kept as a type so that a worker owns "its" source of shares.)
+pub struct KeyShares;
 
 impl KeyShares {
-    /// Starts the stream from a fresh key pair.
-    pub fn new(rng: &mut impl crate::proto::Rng) -> KeyShares {
-        KeyShares {
-            current: keypair(rng).1,
-        }
+    /// A source of key shares (draws nothing up front).
+    pub fn new(_rng: &mut impl crate::proto::Rng) -> KeyShares {
+        KeyShares
     }
 
-    /// The next public key.
+    /// The next public key: [`random_share`].
     pub fn next(&mut self, rng: &mut impl crate::proto::Rng) -> [u8; 32] {
-        let mut k = [0u8; 32];
-        rng.fill(&mut k[..4]);
-        k[3] |= 0x80;
-        self.current = ladder(&k, 32, &self.current);
-        self.current
+        random_share(rng)
+    }
+}
+
+/// A uniformly random point of Curve25519's prime-order subgroup (its u-coordinate, canonical
+/// little-endian): the distribution of an honest X25519 public key `a·G`, unrelated to any
+/// other share, at about a fifth of the cost of a key pair (nobody needs the discrete log: the
+/// fake ServerHello never completes a key exchange).
+///
+/// Draw u (32 random bytes, bit 255 masked, reduced mod p: a bias of 19/2^255), compute
+/// v = u^3 + A u^2 + u and (X : Z) = u(8P) with three x-only doublings (clearing the cofactor
+/// 8 maps the uniform point P of the whole curve to a uniform point of the order-ℓ
+/// subgroup). Then one exponentiation t = w^((p-3)/2) = χ(w)/w of w = v Z^2 tells both
+/// whether P is on the curve at all (v a non-zero square, i.e. t w = 1; otherwise u is on the
+/// twist, or P or 8P is the point at infinity or of order 2, and u is drawn again: about half
+/// the draws) and 1/Z^2 = v t, so u(8P) = X/Z = X Z v t with no second exponentiation.
+/// Expected cost: two draws of one exponentiation each, about 2 x 270 field operations,
+/// against about 2,800 for a key pair (255 ladder steps plus an inversion).
+///
+/// The relation-free property is what matters: the earlier stream multiplied the previous
+/// share by a 32-bit scalar, which baby-step giant-step links in 2^16 steps per pair.
+pub fn random_share(rng: &mut impl crate::proto::Rng) -> [u8; 32] {
+    loop {
+        let mut b = [0u8; 32];
+        rng.fill(&mut b);
+        let u = fe_from_bytes(&b);
+        let v = fe_mul(&u, &fe_add(&fe_add(&fe_sq(&u), &fe_mul_small(&u, A)), &ONE));
+        let (mut x, mut z) = (u, ONE);
+        for _ in 0..3 {
+            (x, z) = fe_double(&x, &z);
+        }
+        let w = fe_mul(&v, &fe_sq(&z));
+        let t = fe_pow_p3_2(&w);
+        if fe_to_bytes(&fe_mul(&t, &w)) == fe_to_bytes(&ONE) {
+            return fe_to_bytes(&fe_mul(&fe_mul(&x, &z), &fe_mul(&v, &t)));
+        }
     }
 }
 
@@ -456,21 +513,231 @@ mod tests {
         }
     }
 
+    // ---------------------------------------------------------------- key shares
+
+    /// The order ℓ = 2^252 + 27742317777372353535851937790883648493 of the base point,
+    /// little-endian.
+    const ELL: [u8; 32] = [
+        0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9, 0xde,
+        0x14, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+    ];
+
+    fn fe_small(n: u64) -> Fe {
+        [n, 0, 0, 0, 0]
+    }
+
+    fn fe_eq(a: &Fe, b: &Fe) -> bool {
+        fe_to_bytes(a) == fe_to_bytes(b)
+    }
+
+    /// v = u^3 + A u^2 + u: u is a point of the curve iff v is a square (else of the twist).
+    fn curve_rhs(u: &Fe) -> Fe {
+        fe_mul(u, &fe_add(&fe_add(&fe_sq(u), &fe_mul_small(u, A)), &ONE))
+    }
+
+    /// z^e for a little-endian exponent (square and multiply; tests only).
+    fn fe_pow(z: &Fe, e: &[u8; 32]) -> Fe {
+        let mut r = ONE;
+        for bit in (0..256).rev() {
+            r = fe_sq(&r);
+            if (e[bit >> 3] >> (bit & 7)) & 1 == 1 {
+                r = fe_mul(&r, z);
+            }
+        }
+        r
+    }
+
+    /// A square root of a square `w` (p = 5 mod 8: w^((p+3)/8), times sqrt(-1) if needed).
+    fn fe_sqrt(w: &Fe) -> Fe {
+        let mut e = [0xffu8; 32]; // (p+3)/8 = 2^252 - 2
+        e[0] = 0xfe;
+        e[31] = 0x0f;
+        let b = fe_pow(w, &e);
+        if fe_eq(&fe_sq(&b), w) {
+            return b;
+        }
+        let mut e = [0xffu8; 32]; // (p-1)/4 = 2^253 - 5: 2^((p-1)/4) = sqrt(-1)
+        e[0] = 0xfb;
+        e[31] = 0x1f;
+        let r = fe_mul(&b, &fe_pow(&fe_small(2), &e));
+        assert!(fe_eq(&fe_sq(&r), w), "not a square");
+        r
+    }
+
+    /// u(P + Q) and u(P - Q) for curve points with u-coordinates `p`, `q` (p != q): lifted to
+    /// (u, v) and added with the affine chord rule (which sign is which depends on the lifts).
+    fn add_both_signs(p: &Fe, q: &Fe) -> [Fe; 2] {
+        let (yp, yq) = (fe_sqrt(&curve_rhs(p)), fe_sqrt(&curve_rhs(q)));
+        let inv = fe_invert(&fe_sub(q, p));
+        [yq, fe_sub(&[0; 5], &yq)].map(|yq| {
+            let l = fe_mul(&fe_sub(&yq, &yp), &inv);
+            fe_sub(&fe_sub(&fe_sub(&fe_sq(&l), &fe_small(A)), p), q)
+        })
+    }
+
+    /// Differential addition: u(P + Q) from u(P), u(Q) and u(P - Q), all projective.
+    fn fe_diff_add(p: (Fe, Fe), q: (Fe, Fe), diff: (Fe, Fe)) -> (Fe, Fe) {
+        let da = fe_mul(&fe_sub(&q.0, &q.1), &fe_add(&p.0, &p.1));
+        let cb = fe_mul(&fe_add(&q.0, &q.1), &fe_sub(&p.0, &p.1));
+        (
+            fe_mul(&diff.1, &fe_sq(&fe_add(&da, &cb))),
+            fe_mul(&diff.0, &fe_sq(&fe_sub(&da, &cb))),
+        )
+    }
+
+    /// Canonical u-coordinates of projective points, with one inversion (Montgomery's trick).
+    fn normalize(points: &[(Fe, Fe)]) -> Vec<[u8; 32]> {
+        let mut prefix = Vec::with_capacity(points.len());
+        let mut acc = ONE;
+        for p in points {
+            prefix.push(acc);
+            acc = fe_mul(&acc, &p.1);
+        }
+        let mut inv = fe_invert(&acc);
+        let mut out = vec![[0u8; 32]; points.len()];
+        for i in (0..points.len()).rev() {
+            out[i] = fe_to_bytes(&fe_mul(&points[i].0, &fe_mul(&inv, &prefix[i])));
+            inv = fe_mul(&inv, &points[i].1);
+        }
+        out
+    }
+
+    /// The attack on linked key shares: baby-step giant-step for a scalar k < 2^32 with
+    /// u(k·P1) = u(P2) (2^16 steps each way, x-only differential chains). Returns k if found.
+    fn bsgs_small_scalar(s1: &[u8; 32], s2: &[u8; 32]) -> Option<u64> {
+        const M: u64 = 1 << 16;
+        let p1 = (fe_from_bytes(s1), ONE);
+        // Baby steps: u(j·P1) for j = 1..=M.
+        let mut baby = vec![p1, fe_double(&p1.0, &p1.1)];
+        while (baby.len() as u64) < M {
+            let n = baby.len();
+            baby.push(fe_diff_add(baby[n - 1], p1, baby[n - 2]));
+        }
+        let table: std::collections::HashMap<[u8; 32], u64> = normalize(&baby)
+            .into_iter()
+            .enumerate()
+            .map(|(j, u)| (u, j as u64 + 1))
+            .collect();
+        // Giant steps: u(P2 + i·M·P1) and u(P2 - i·M·P1) for i = 0..M (u(Q) = u(-Q), so
+        // one of the two sequences meets the table at i = k / M if k < 2^32).
+        let mut m_bytes = [0u8; 32];
+        m_bytes[..8].copy_from_slice(&M.to_le_bytes());
+        let big = fe_from_bytes(&ladder(&m_bytes, 64, s1));
+        let p2 = fe_from_bytes(s2);
+        for first in add_both_signs(&p2, &big) {
+            let mut giant = vec![(p2, ONE), (first, ONE)];
+            while (giant.len() as u64) < M {
+                let n = giant.len();
+                giant.push(fe_diff_add(giant[n - 1], (big, ONE), giant[n - 2]));
+            }
+            for (i, u) in normalize(&giant).iter().enumerate() {
+                let Some(&j) = table.get(u) else { continue };
+                // P2 = ±(i M ± j)·P1: check the candidates.
+                let i = i as u64;
+                for k in [i * M + j, (i * M).abs_diff(j)] {
+                    let mut kb = [0u8; 32];
+                    kb[..8].copy_from_slice(&k.to_le_bytes());
+                    if ladder(&kb, 64, s1) == *s2 {
+                        return Some(k);
+                    }
+                }
+            }
+        }
+        None
+    }
+
     #[test]
-    fn accepts_key_share_chain_as_products_of_scalars() {
-        // k·(a·G) must equal (k·a)·G computed independently with the full ladder on the
-        // unclamped product; check via commutativity instead: k·(a·G) == a·(k·G).
-        let mut rng = crate::proto::XorShift64(5);
-        let (a, pub_a) = keypair(&mut rng);
-        let mut k = [0u8; 32];
-        k[..4].copy_from_slice(&0x8123_4567u32.to_le_bytes());
-        let k_of_a = ladder(&k, 32, &pub_a);
-        let k_g = ladder(&k, 32, &BASE_POINT);
-        assert_eq!(k_of_a, x25519(&a, &k_g));
+    fn rejects_share_off_the_prime_order_subgroup() {
+        // Every share is a point of the curve (not the twist), not of small order, and ℓ·P
+        // is the point at infinity (encoded 0): the prime-order subgroup, as for a·G.
+        let mut rng = XorShift64(0x5eed);
+        let mut shares = KeyShares::new(&mut rng);
+        for _ in 0..64 {
+            let share = shares.next(&mut rng);
+            assert_ne!(share, [0u8; 32]);
+            assert_eq!(share[31] & 0x80, 0);
+            let u = fe_from_bytes(&share);
+            assert_eq!(fe_to_bytes(&u), share, "canonical encoding");
+            let v = curve_rhs(&u);
+            assert!(fe_eq(&fe_mul(&fe_pow_p3_2(&v), &v), &ONE), "on the twist");
+            assert_eq!(ladder(&ELL, 253, &share), [0u8; 32], "not in the subgroup");
+        }
+        // The checks above tell real keys from the rest: a twist point and a point of order
+        // 8 fail them.
+        let twist = fe_small(2); // 2^3 + 4 A + 2 is not a square mod p
+        let v = curve_rhs(&twist);
+        assert!(!fe_eq(&fe_mul(&fe_pow_p3_2(&v), &v), &ONE));
+        let order8 = hex32("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800");
+        assert_ne!(ladder(&ELL, 253, &order8), [0u8; 32]);
+        assert_eq!(ladder(&ELL, 253, &public_key(&[7; 32])), [0u8; 32]);
+    }
+
+    #[test]
+    fn rejects_linked_consecutive_key_shares() {
+        // The attack a passive observer runs on two ServerHellos of one worker: a scalar of
+        // up to 32 bits linking consecutive shares. Independent shares never link.
+        let mut rng = XorShift64(0xabcd);
         let mut shares = KeyShares::new(&mut rng);
         let s1 = shares.next(&mut rng);
         let s2 = shares.next(&mut rng);
-        assert_ne!(s1, s2);
-        assert_ne!(s1, [0u8; 32]);
+        let s3 = shares.next(&mut rng);
+        assert_eq!(
+            bsgs_small_scalar(&s1, &s2),
+            None,
+            "shares 1 and 2 are linked"
+        );
+        assert_eq!(
+            bsgs_small_scalar(&s2, &s3),
+            None,
+            "shares 2 and 3 are linked"
+        );
+    }
+
+    #[test]
+    fn accepts_bsgs_finding_a_32_bit_link() {
+        // The attack itself works: it finds the link of the previous construction (the next
+        // share = the previous one times a random 32-bit k, top bit set), and small ones.
+        let mut rng = XorShift64(77);
+        let (_, s1) = keypair(&mut rng);
+        for k in [0x8123_4567u64, 0xffff_fff1, 3, 0x1_0000] {
+            let mut kb = [0u8; 32];
+            kb[..8].copy_from_slice(&k.to_le_bytes());
+            let s2 = ladder(&kb, 64, &s1);
+            assert_eq!(bsgs_small_scalar(&s1, &s2), Some(k), "k = {k:#x}");
+        }
+    }
+
+    #[test]
+    fn accepts_shares_looking_uniform() {
+        // Each of bits 0..=254 is set about half the time, bit 255 never (as for real keys);
+        // byte values are spread evenly (chi-square); no share repeats.
+        let n = 2000;
+        let mut rng = XorShift64(0x0dd5);
+        let mut shares = KeyShares::new(&mut rng);
+        let all: Vec<[u8; 32]> = (0..n).map(|_| shares.next(&mut rng)).collect();
+        let set: std::collections::HashSet<_> = all.iter().collect();
+        assert_eq!(set.len(), n);
+        // Binomial(2000, 1/2): sd 22.4; 6 sd either way.
+        for bit in 0..255 {
+            let ones = all
+                .iter()
+                .filter(|s| (s[bit / 8] >> (bit % 8)) & 1 == 1)
+                .count();
+            assert!((866..=1134).contains(&ones), "bit {bit} set {ones} times");
+        }
+        assert!(all.iter().all(|s| s[31] & 0x80 == 0));
+        let mut hist = [0u32; 256];
+        for s in &all {
+            for &b in &s[..31] {
+                hist[usize::from(b)] += 1;
+            }
+        }
+        let expect = (31 * n) as f64 / 256.0;
+        let chi2: f64 = hist
+            .iter()
+            .map(|&h| (f64::from(h) - expect).powi(2) / expect)
+            .sum();
+        // 255 degrees of freedom: mean 255, sd 22.6.
+        assert!(chi2 < 400.0, "chi-square {chi2}");
     }
 }

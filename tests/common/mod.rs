@@ -1318,50 +1318,21 @@ impl Drop for TlsDns {
     }
 }
 
-/// Starts the DoT/DoH server answering `names` (`(name, ip)`; NXDOMAIN otherwise). `None`
-/// (with a SKIP line) without `python3` or `openssl`, unless `MTPX_REQUIRE_NGINX` is set (CI).
-pub fn tls_dns_server(names: &[(&str, &str)]) -> Option<TlsDns> {
+/// A program a test needs. Missing: the test fails (it never skips) with the install command.
+pub fn require_tool(tool: &str) -> std::path::PathBuf {
+    find_tool(tool).unwrap_or_else(|| {
+        panic!(
+            "`{tool}` not found (PATH, /usr/sbin, /usr/local/sbin, /sbin): install what the tests \
+             need with `scripts/test-deps.sh --system` as root (`make test` runs it)"
+        )
+    })
+}
+
+/// Starts the DoT/DoH server answering `names` (`(name, ip)`; NXDOMAIN otherwise). Needs
+/// `python3` and `openssl`: without them the test fails, naming the install command.
+pub fn tls_dns_server(names: &[(&str, &str)]) -> TlsDns {
     use std::process::{Command, Stdio};
-    let (Some(python), Some(openssl)) = (find_tool("python3"), find_tool("openssl")) else {
-        assert!(
-            std::env::var_os("MTPX_REQUIRE_NGINX").is_none(),
-            "python3/openssl not found but MTPX_REQUIRE_NGINX is set"
-        );
-        eprintln!("SKIP: python3 or openssl not found");
-        return None;
-    };
-    static N: AtomicU64 = AtomicU64::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "mtpx-tlsdns-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let ok = Command::new(&openssl)
-        .args([
-            "req",
-            "-x509",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=dns.test",
-        ])
-        .args([
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-keyout",
-        ])
-        .arg(dir.join("key.pem"))
-        .arg("-out")
-        .arg(dir.join("cert.pem"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok, "openssl could not make a certificate");
+    let (python, dir) = test_certificate("tlsdns");
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/dns/tls_server.py");
     let mut child = Command::new(python)
         .arg(script)
@@ -1386,13 +1357,123 @@ pub fn tls_dns_server(names: &[(&str, &str)]) -> Option<TlsDns> {
         .filter_map(|p| p.parse().ok())
         .collect();
     assert_eq!(ports.len(), 2, "tls_server.py printed {line:?}");
-    Some(TlsDns {
+    TlsDns {
         child,
         dir,
         dot: SocketAddr::from(([127, 0, 0, 1], ports[0])),
         doh: SocketAddr::from(([127, 0, 0, 1], ports[1])),
         log,
-    })
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Static HTTPS server (tests/data/tgconfig/https_server.py: Python's ssl = OpenSSL).
+
+/// A static HTTPS server on 127.0.0.1, killed on drop.
+pub struct HttpsFiles {
+    child: std::process::Child,
+    dir: std::path::PathBuf,
+    pub addr: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl HttpsFiles {
+    /// Requests served so far, as `"GET /path"`.
+    pub fn requests(&self) -> Vec<String> {
+        self.log.lock().expect("log").clone()
+    }
+
+    /// Replaces the content served at `/name`.
+    pub fn set(&self, name: &str, body: &[u8]) {
+        std::fs::write(self.dir.join(name), body).expect("write served file");
+    }
+}
+
+impl Drop for HttpsFiles {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Makes a self-signed certificate (`cert.pem`, `key.pem`) in a fresh temporary directory;
+/// returns python3 and the directory. Without python3 or openssl the test fails, naming the
+/// install command.
+fn test_certificate(tag: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    use std::process::{Command, Stdio};
+    let (python, openssl) = (require_tool("python3"), require_tool("openssl"));
+    static N: AtomicU64 = AtomicU64::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "mtpx-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let ok = Command::new(&openssl)
+        .args(["req", "-x509", "-nodes", "-days", "2", "-subj", "/CN=test"])
+        .args([
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-keyout",
+        ])
+        .arg(dir.join("key.pem"))
+        .arg("-out")
+        .arg(dir.join("cert.pem"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "openssl could not make a certificate");
+    (python, dir)
+}
+
+/// Serves `files` (`(name, content)`) at `/name` over HTTPS (needs python3 and openssl, as
+/// [`tls_dns_server`]).
+pub fn https_file_server(files: &[(&str, &[u8])]) -> HttpsFiles {
+    use std::process::{Command, Stdio};
+    let (python, dir) = test_certificate("https");
+    for (name, body) in files {
+        std::fs::write(dir.join(name), body).expect("write served file");
+    }
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/tgconfig/https_server.py"
+    );
+    let mut child = Command::new(python)
+        .arg(script)
+        .arg(dir.join("cert.pem"))
+        .arg(dir.join("key.pem"))
+        .args(
+            files
+                .iter()
+                .map(|(n, _)| format!("{n}={}", dir.join(n).display())),
+        )
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start https_server.py");
+    let mut out = io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    io::BufRead::read_line(&mut out, &mut line).expect("port");
+    let port: u16 = line
+        .trim()
+        .parse()
+        .expect("https_server.py printed its port");
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        for l in io::BufRead::lines(out).map_while(Result::ok) {
+            sink.lock().expect("log").push(l);
+        }
+    });
+    HttpsFiles {
+        child,
+        dir,
+        addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        log,
+    }
 }
 
 // ------------------------------------------------------------------------------------------

@@ -230,8 +230,9 @@ async def scenario(tmp):
     for path, what in ((MTPX, "mtpx binary (cargo build)"),):
         if not check("%s exists at %s" % (what, path), os.access(path, os.X_OK)):
             return
-    hap = shutil.which(HAPROXY) or (HAPROXY if os.access(HAPROXY, os.X_OK) else None)
-    if not check("haproxy found (%s)" % HAPROXY, hap, "apt-get install -y haproxy"):
+    hap = shutil.which(HAPROXY) or shutil.which(HAPROXY, path="/usr/sbin:/usr/local/sbin:/sbin")
+    if not check("haproxy found (%s)" % HAPROXY, hap,
+                 "install it: scripts/test-deps.sh --system (as root)"):
         return
     log(subprocess.run([hap, "-v"], capture_output=True, text=True).stdout.splitlines()[0])
 

@@ -121,19 +121,28 @@ def generate_secret(kind):
 
 
 class Mtpx:
-    def __init__(self, secret, dc_port, tmp, name, shaped=False):
+    """mtpx with every DC overridden to the fake DC. Fronted connections go to a closed local
+    port, or to `front_port` (a real site: the scout then learns its TLS answers). `shaped`
+    turns traffic shaping on; `post_quantum` sets [defense.doppelganger] post-quantum."""
+
+    def __init__(self, secret, dc_port, tmp, name, shaped=False, front_port=None,
+                 post_quantum=None):
         self.port = free_port()
         self.err_path = os.path.join(tmp, "mtpx-%s.log" % name)
         dcs = [d for dc in (1, 2, 3, 4, 5, 203) for d in (dc, -dc)]
-        closed = free_port()  # fronted connections get refused, never leave the host
-        if shaped:
+        closed = front_port or free_port()  # fronted connections never leave the host
+        if shaped or post_quantum:
             conf = os.path.join(tmp, "mtpx-%s.toml" % name)
+            shaping = ('drs = true\ndelays = true\ndelay-shape = 1.0\ndelay-scale = "20ms"\n'
+                       if shaped else '')
             with open(conf, "w") as f:
                 f.write('secret = "%s"\nbind-to = "127.0.0.1:%d"\ndebug = true\n'
                         '[domain-fronting]\nip = "127.0.0.1"\nport = %d\n'
-                        '[defense.doppelganger]\nlearn = false\ndrs = true\ndelays = true\n'
-                        'delay-shape = 1.0\ndelay-scale = "20ms"\n'
-                        '[network.dc-overrides]\n' % (secret, self.port, closed))
+                        '[defense.doppelganger]\nlearn = %s\n%s%s'
+                        '[network.dc-overrides]\n' % (
+                            secret, self.port, closed, "true" if front_port else "false",
+                            shaping, 'post-quantum = "%s"\n' % post_quantum if post_quantum
+                            else ''))
                 for d in dcs:
                     f.write('%d = "127.0.0.1:%d"\n' % (d, dc_port))
             args = [MTPX, "run", conf]

@@ -33,6 +33,8 @@ from harness import (  # noqa: E402
     log, req_pq_session, require_isolation, wait_for,
 )
 
+from pqsite import PqSite, learned  # noqa: E402
+
 CLIENT_DIR = os.path.join(HERE, "mtcute")
 CASE_TIMEOUT = 20
 NEGATIVE_WAIT = 4
@@ -65,13 +67,20 @@ def mtcute_version():
         return json.load(f)["version"]
 
 
-def positive_case(dct, tmp, kind):
+def positive_case(dct, tmp, kind, pq_site=None):
+    """`kind`: ee, dd, classic, "ee shaped"; with `pq_site`, mtpx fronts that X25519MLKEM768
+    site (mtcute copies TDLib 1.8.69: its hello offers X25519MLKEM768 too, so it gets the site's
+    X25519MLKEM768 answer, a ServerHello of ~1,210 bytes)."""
     name = "mtcute %s" % kind
-    shaped = kind == "ee shaped"
-    secret = generate_secret("ee" if shaped else kind)
+    shaped = "shaped" in kind
+    secret = generate_secret("ee" if kind.startswith("ee") else kind)
     # resPQ for req_pq_multi; anything else gets the generic answer (never expected here).
     dc = dct.new_dc(answer=lambda p: res_pq_answer(p) or answer_for(p))
-    mtpx = Mtpx(secret, dc.port, tmp, "mtcute-" + kind.replace(" ", "-"), shaped=shaped)
+    mtpx = Mtpx(secret, dc.port, tmp, "mtcute-" + kind.replace(" ", "-"), shaped=shaped,
+                front_port=pq_site.port if pq_site else None)
+    if pq_site:
+        check("%s: the scout learned the site's X25519MLKEM768 and x25519 answers" % name,
+              wait_for(lambda: learned(mtpx.log()), CASE_TIMEOUT), mtpx.log()[-1500:])
     client = Client(tmp, kind.replace(" ", "-"), mtpx.port, secret)
     try:
         s = wait_for(lambda: req_pq_session(dc), CASE_TIMEOUT)
@@ -135,7 +144,7 @@ def negative_case(dct, tmp):
 
 def main():
     require_isolation("mtcute.sh")
-    threading.Timer(150, lambda: (check("overall time limit (150 s)", False), finish())).start()
+    threading.Timer(210, lambda: (check("overall time limit (210 s)", False), finish())).start()
     log("mtcute %s, node %s" % (mtcute_version(), subprocess.run(
         ["node", "--version"], capture_output=True, text=True).stdout.strip()))
     tmp = tempfile.mkdtemp(prefix="mtpx-mtcute-")
@@ -146,6 +155,16 @@ def main():
                 positive_case(dct, tmp, kind)
             except Exception as e:  # noqa: BLE001
                 check("mtcute %s: ran" % kind, False, "%s: %s" % (type(e).__name__, e))
+        site = PqSite.start(tmp)
+        if site:
+            try:
+                for kind in ("ee pq-site", "ee shaped pq-site"):
+                    try:
+                        positive_case(dct, tmp, kind, site)
+                    except Exception as e:  # noqa: BLE001
+                        check("mtcute %s: ran" % kind, False, "%s: %s" % (type(e).__name__, e))
+            finally:
+                site.stop()
         try:
             negative_case(dct, tmp)
         except Exception as e:  # noqa: BLE001

@@ -1,16 +1,11 @@
 #!/usr/bin/env bash
-# Telethon interop: creates/uses the venv at .venv (repo root), then runs telethon_interop.py.
-# Env: MTPX_BIN (default target/debug/mtpx), PYTHON (default python3). Args are passed through
-# (e.g. --reference to check the harness against the pure-Python reference proxy).
+# Telethon interop: runs telethon_interop.py in the venv at .venv (repo root), which
+# scripts/test-deps.sh makes from tests/interop/requirements.txt (run here first: a no-op when
+# everything is present). Env: MTPX_BIN (default target/debug/mtpx), PYTHON (default python3,
+# makes the venv). Args are passed through (e.g. --reference to check the harness against the
+# pure-Python reference proxy).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/../.." && pwd)"
-venv="$root/.venv"
-py="${PYTHON:-python3}"
-if ! "$venv/bin/python" -c 'import telethon, TelethonFakeTLS, pyaes, cryptography' 2>/dev/null; then
-    echo "interop: setting up $venv" >&2
-    "$py" -m venv "$venv"
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-        -r "$root/tests/interop/requirements.txt"
-fi
+bash "$root/scripts/test-deps.sh" --quiet
 cd "$root"
-exec "$venv/bin/python" tests/interop/telethon_interop.py "$@"
+exec "$root/.venv/bin/python" tests/interop/telethon_interop.py "$@"

@@ -30,6 +30,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import struct
 import sys
 import tempfile
@@ -45,8 +46,9 @@ from harness import (  # noqa: E402
     log, req_pq_session, require_isolation,
 )
 from harness import wait_for as harness_wait_for  # noqa: E402
+from pqsite import PqSite, learned  # noqa: E402
 
-DEADLINE = time.monotonic() + 110  # whole run stays under two minutes
+DEADLINE = time.monotonic() + 170  # whole run stays under three minutes
 CASE_TIMEOUT = 20
 NEGATIVE_WAIT = 6
 API_ID, API_HASH = 94575, "a3406de8d171bb422bb6ddf3bbd800e2"  # TDLib's public test values
@@ -142,14 +144,24 @@ def wait_for(pred, timeout):
 
 # --- cases -------------------------------------------------------------------------------------
 
-def positive_case(td, dct, tmp, kind):
+# TDLib 1.8.69's ClientHello fingerprint (tests/data/tls/tdlib-1.8.69-client-hello.bin).
+TDLIB_JA4 = "t13d1516h2_8daaf6152771_806a8c22fdea"
+
+
+def positive_case(td, dct, tmp, kind, pq_site=None):
+    """`kind`: ee, dd, classic, "ee shaped"; with `pq_site`, mtpx fronts that X25519MLKEM768
+    site and answers TDLib's post-quantum hello as it does (a ServerHello of ~1,210 bytes)."""
     name = "tdlib %s" % kind
-    shaped = kind == "ee shaped"
-    secret = generate_secret("ee" if shaped else kind)
+    shaped = "shaped" in kind
+    secret = generate_secret("ee" if kind.startswith("ee") else kind)
     dc = dct.new_dc(answer=res_pq_answer)
-    mtpx = Mtpx(secret, dc.port, tmp, kind.replace(" ", "-"), shaped=shaped)
+    mtpx = Mtpx(secret, dc.port, tmp, kind.replace(" ", "-"), shaped=shaped,
+                front_port=pq_site.port if pq_site else None)
     log("%s: secret %s..., mtpx 127.0.0.1:%d, fake DC 127.0.0.1:%d"
         % (name, secret[:2] if kind != "classic" else "(classic)", mtpx.port, dc.port))
+    if pq_site:
+        check("%s: the scout learned the site's X25519MLKEM768 and x25519 answers" % name,
+              wait_for(lambda: learned(mtpx.log()), CASE_TIMEOUT), mtpx.log()[-1500:])
     cid, proxy, params = start_client(td, tmp, kind, mtpx.port, secret)
     check("%s: addProxy accepted" % name, proxy.get("@type") == "addedProxy", json.dumps(proxy)[:200])
     check("%s: setTdlibParameters accepted" % name, params.get("@type") == "ok",
@@ -163,7 +175,7 @@ def positive_case(td, dct, tmp, kind):
         p = s.packets[0]
         log("%s: %d DC connection(s); frame tag=%s dc=%d; first packet %d bytes (+%d pad): %s"
             % (name, len(sessions), s.tag, s.dc, len(p), s.paddings[0], p[:40].hex()))
-        want_tag = "padded" if kind in ("ee", "dd", "ee shaped") else None
+        want_tag = None if kind == "classic" else "padded"
         check("%s: frame tag %s" % (name, want_tag or "any"),
               s.tag == want_tag if want_tag else s.tag in ("abridged", "intermediate", "padded"),
               "tag %s" % s.tag)
@@ -185,6 +197,11 @@ def positive_case(td, dct, tmp, kind):
             text = mtpx.log()
             check("%s: mtpx started with drs and delays on" % name,
                   "drs=true delays=true" in text, text[-800:])
+        if kind.startswith("ee"):
+            # mtpx counted TDLib's hello (post-quantum: X25519MLKEM768 offered) as a client's.
+            text = mtpx.log()
+            check("%s: TDLib's hello counted as a client's, JA4 %s" % (name, TDLIB_JA4),
+                  "event=client-hello class=client ja4=%s" % TDLIB_JA4 in text, text[-800:])
     close_client(td, cid)
     rc = mtpx.stop()
     text = mtpx.log()
@@ -192,6 +209,92 @@ def positive_case(td, dct, tmp, kind):
     check("%s: no panic in mtpx log" % name, "panic" not in text.lower(),
           text[-1500:] if "panic" in text.lower() else "")
     dct.run(dc.stop())
+
+
+def hello_fields(rec):
+    """(suites, [(extension type, data)]) of a one-record ClientHello."""
+    body = rec[9:]
+    p = 2 + 32
+    p += 1 + body[p]
+    n = struct.unpack(">H", body[p:p + 2])[0]
+    suites = body[p + 2:p + 2 + n]
+    p += 2 + n
+    p += 1 + body[p]
+    end = p + 2 + struct.unpack(">H", body[p:p + 2])[0]
+    p += 2
+    exts = []
+    while p < end:
+        t, ln = struct.unpack(">HH", body[p:p + 4])
+        exts.append((t, body[p + 4:p + 4 + ln]))
+        p += 4 + ln
+    return suites, exts
+
+
+def capture_case(td, tmp):
+    """TDLib's real ClientHello: `testProxy` against a plain listening socket that records what
+    arrives. It must have the shape of the fixture tests/data/tls/tdlib-1.8.69-client-hello.bin
+    (the same cipher suites, the same extensions but for their order, GREASE values and ECH
+    GREASE length, a 1,216-byte X25519MLKEM768 share then an x25519 one). With MTPX_CAPTURE_DIR
+    set, the hello is written there (to refresh the fixture)."""
+    name = "tdlib capture"
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(4)
+    got = []
+
+    def serve():
+        c, _ = ls.accept()
+        c.settimeout(3)
+        d = b""
+        try:
+            while len(d) < 5 or len(d) < 5 + struct.unpack(">H", d[3:5])[0]:
+                b = c.recv(65536)
+                if not b:
+                    break
+                d += b
+        except OSError:
+            pass
+        got.append(d)
+        c.close()
+    threading.Thread(target=serve, daemon=True).start()
+    cid = td.create()
+    secret = generate_secret("ee")
+    td.request(cid, {"@type": "testProxy", "proxy": {
+        "@type": "proxy", "server": "127.0.0.1", "port": ls.getsockname()[1],
+        "type": {"@type": "proxyTypeMtproto", "secret": secret}}, "dc_id": 2, "timeout": 5})
+    wait_for(lambda: got, CASE_TIMEOUT)
+    ls.close()
+    if not check("%s: TDLib sent a ClientHello to testProxy's socket" % name, got and got[0]):
+        return
+    hello = got[0]
+    log("%s: %d bytes, record %s" % (name, len(hello), hello[:5].hex()))
+    if os.environ.get("MTPX_CAPTURE_DIR"):
+        path = os.path.join(os.environ["MTPX_CAPTURE_DIR"], "tdlib-client-hello.bin")
+        with open(path, "wb") as f:
+            f.write(hello)
+        log("%s: wrote %s" % (name, path))
+    fixture = open(os.path.join(HERE, "..", "data", "tls", "tdlib-1.8.69-client-hello.bin"),
+                   "rb").read()
+    grease = lambda t: t & 0x0F0F == 0x0A0A  # noqa: E731
+    (s1, e1), (s2, e2) = hello_fields(hello), hello_fields(fixture)
+    strip = lambda s: [s[i:i + 2] for i in range(0, len(s), 2)  # noqa: E731
+                       if not grease(struct.unpack(">H", s[i:i + 2])[0])]
+    check("%s: same cipher suites as the fixture" % name, strip(s1) == strip(s2), s1.hex())
+    types = lambda e: sorted(t for t, _ in e if not grease(t))  # noqa: E731
+    check("%s: same extensions as the fixture" % name, types(e1) == types(e2),
+          "%s vs %s" % (types(e1), types(e2)))
+    same = {t: d for t, d in e2}
+    check("%s: same groups, signature algorithms, ALPN, versions as the fixture" % name,
+          all(d[4:] == same.get(t, b"")[4:] if t == 0x0A else d == same.get(t)
+              for t, d in e1 if t in (0x0d, 0x10, 0x0a, 0x1b, 0x2d)), str(e1)[:300])
+    ks = dict(e1).get(0x33, b"")
+    entries, j = [], 2
+    while j + 4 <= len(ks):
+        g, ln = struct.unpack(">HH", ks[j:j + 4])
+        entries.append((g, ln))
+        j += 4 + ln
+    check("%s: key shares GREASE, X25519MLKEM768 (1,216 bytes), x25519 (32)" % name,
+          [e for e in entries if not grease(e[0])] == [(0x11EC, 1216), (0x1D, 32)], str(entries))
 
 
 def negative_case(td, dct, tmp):
@@ -204,10 +307,10 @@ def negative_case(td, dct, tmp):
     cid, proxy, params = start_client(td, tmp, "ee-wrong", mtpx.port, wrong)
     check("%s: addProxy accepted" % name, proxy.get("@type") == "addedProxy", json.dumps(proxy)[:200])
     # Wait until mtpx has seen (and fronted) at least one TDLib connection, then a little more.
-    fronted = wait_for(lambda: re.search(r"front", mtpx.log(), re.I), CASE_TIMEOUT)
+    fronted = wait_for(lambda: re.search(r"event=fronting", mtpx.log()), CASE_TIMEOUT)
     time.sleep(min(NEGATIVE_WAIT, max(0, DEADLINE - time.monotonic() - 5)))
     text = mtpx.log()
-    lines = [ln for ln in text.splitlines() if re.search(r"front", ln, re.I)]
+    lines = [ln for ln in text.splitlines() if "event=fronting" in ln]
     if lines:
         log("%s: mtpx: %s" % (name, lines[0][:300]))
     check("%s: mtpx fronted TDLib's connection" % name, fronted, text[-1500:])
@@ -234,11 +337,25 @@ def main():
         dct = DcThread()
         log("TDLib %s" % json.loads(tdjson.td_execute(json.dumps(
             {"@type": "getOption", "name": "version"}).encode()))["value"])
+        try:
+            capture_case(td, tmp)
+        except Exception as e:  # noqa: BLE001
+            check("tdlib capture: ran", False, "%s: %s" % (type(e).__name__, e))
         for kind in ("ee", "dd", "classic", "ee shaped"):
             try:
                 positive_case(td, dct, tmp, kind)
             except Exception as e:  # noqa: BLE001
                 check("tdlib %s: ran" % kind, False, "%s: %s" % (type(e).__name__, e))
+        site = PqSite.start(tmp)
+        if site:
+            try:
+                for kind in ("ee pq-site", "ee shaped pq-site"):
+                    try:
+                        positive_case(td, dct, tmp, kind, site)
+                    except Exception as e:  # noqa: BLE001
+                        check("tdlib %s: ran" % kind, False, "%s: %s" % (type(e).__name__, e))
+            finally:
+                site.stop()
         try:
             negative_case(td, dct, tmp)
         except Exception as e:  # noqa: BLE001

@@ -35,6 +35,7 @@ sys.path.insert(0, HERE)
 import fake_dc  # noqa: E402
 from checks import RESULTS, check, free_port, log  # noqa: E402
 from fake_dc import FakeDc, answer_for, mtproto_plain  # noqa: E402
+from pqsite import PqSite, learned  # noqa: E402
 
 from telethon.network.connection import (  # noqa: E402
     ConnectionTcpMTProxyAbridged,
@@ -149,6 +150,36 @@ async def self_checks():
     check("self: transport framing agrees with Telethon's codecs", ok)
     check("self: TelethonFakeTLS is installed (tests/interop/requirements.txt)",
           ConnectionTcpMTProxyFakeTLS is not None)
+    if ConnectionTcpMTProxyFakeTLS is not None:
+        # TelethonFakeTLS reads the ServerHello as exactly 127 bytes: a post-quantum one (a
+        # 1,210-byte X25519MLKEM768 ServerHello) fails its check. Its own hello offers x25519
+        # only, so mtpx never sends it one (with post-quantum = "mirror" or "off").
+        import hmac as hmac_mod
+        from TelethonFakeTLS.FakeTLS.FakeTLSHello import MTProxyFakeTLSClientCodec
+        key = os.urandom(16)
+        h = MTProxyFakeTLSClientCodec(key.hex() + b"example.com".hex())
+        h.build_new_client_hello_packet()
+        sid = h.client_hello_dict["session_id"]
+
+        def flight(sh_len):
+            """A valid server flight (HMAC and all) whose ServerHello record is sh_len bytes."""
+            body = b"\x03\x03" + bytes(32) + b"\x20" + sid + bytes(sh_len - 4 - 2 - 32 - 1 - 32)
+            f = (b"\x16\x03\x03" + sh_len.to_bytes(2, "big") + b"\x02"
+                 + (sh_len - 4).to_bytes(3, "big") + body + b"\x14\x03\x03\x00\x01\x01"
+                 + b"\x17\x03\x03\x00\x10" + bytes(16))
+            mac = hmac_mod.new(key, h.client_hello_dict["random"] + f, "sha256").digest()
+            return f[:11] + mac + f[43:]
+        logging.disable(logging.CRITICAL)
+        try:
+            short_ok = h.verify_server_hello(flight(122))
+            long_ok = h.verify_server_hello(flight(1210))
+        finally:
+            logging.disable(logging.NOTSET)
+        check("self: TelethonFakeTLS reads a 122-byte ServerHello, not a 1,210-byte "
+              "(X25519MLKEM768) one", short_ok and not long_ok, "%r %r" % (short_ok, long_ok))
+        hello = h.glue_pkt()
+        check("self: TelethonFakeTLS's hello offers x25519 only (no 0x11ec key share)",
+              b"\x00\x1d\x00\x20" in hello and b"\x11\xec\x04\xc0" not in hello)
 
 
 # --- mtpx process ----------------------------------------------------------------------------
@@ -408,6 +439,44 @@ async def run_all(argv_prefix):
                       repr([g[:16].hex() for g in got]))
             await p.stop("ee")
             site.close()
+
+        # ee through TelethonFakeTLS while mtpx fronts a site that speaks X25519MLKEM768:
+        # with post-quantum = "mirror" (its x25519-only hello gets the site's x25519 answer, a
+        # 127-byte ServerHello record) and "off".
+        pq = PqSite.start(tempfile.mkdtemp(prefix="mtpx-telethon-pq-")) \
+            if ConnectionTcpMTProxyFakeTLS is not None and "ref_proxy" not in " ".join(argv_prefix) \
+            else None
+        if pq is None:
+            log("(the X25519MLKEM768-site cases run against mtpx only, not --reference)")
+        else:
+            try:
+                for mode in ("mirror", "off"):
+                    key = os.urandom(16).hex()
+                    secret = "ee" + key + b"www.example.com".hex()
+                    conf = os.path.join(pq.tmp, "mtpx-%s.toml" % mode)
+                    with open(conf, "w") as f:
+                        f.write('secret = "%s"\nbind-to = "127.0.0.1:%%d"\ndebug = true\n'
+                                '[domain-fronting]\nip = "127.0.0.1"\nport = %d\n'
+                                '[defense.doppelganger]\npost-quantum = "%s"\n'
+                                '[network.dc-overrides]\n' % (secret, pq.port, mode))
+                        for dc_id, addr in overrides.items():
+                            f.write('%d = "%s"\n' % (dc_id, addr))
+                    p = Proxy(argv_prefix, secret, overrides)
+                    with open(conf) as f:
+                        text = f.read() % p.port
+                    with open(conf, "w") as f:
+                        f.write(text)
+                    p.argv = list(argv_prefix) + ["run", conf]
+                    name = "ee/faketls pq-site post-quantum=%s" % mode
+                    if check("%s: mtpx listens" % name, await p.start(), p.why_not()):
+                        ok = await wait_until(lambda: learned(p.output()), 20)
+                        check("%s: the scout learned the site's answers" % name, ok,
+                              p.output()[-1500:])
+                        await exercise(name, ConnectionTcpMTProxyFakeTLS, secret[2:], "padded",
+                                       p.port, dc, 2, 64 << 10)
+                    await p.stop(name)
+            finally:
+                pq.stop()
     finally:
         await dc.stop()
         await dc_media.stop()

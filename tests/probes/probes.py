@@ -17,6 +17,12 @@ probe that sees site content must tell the decoy apart, so a probe that cannot f
 The valid-client probe also checks mtpx's own answer (PROTOCOL.md §2.4): server random =
 HMAC-SHA256(key, client_random ‖ flight with random zeroed); its replay must then be fronted.
 
+With Node.js >= 24 (OpenSSL >= 3.5, .venv-pq-node from scripts/test-deps.sh), a third site
+speaks X25519MLKEM768 (tests/pq/site.mjs) and another mtpx fronts it: TDLib 1.8.69's hello
+(derived from the capture) and an x25519-only hello must get the same answer from both, with a
+wrong secret (fronted) and with the right one (mtpx's own flight: ServerHello length, records,
+key-share group and size of the site's, HMAC ok).
+
 Python 3.11 stdlib + the `nginx`, `openssl` and `curl` CLIs. Loopback only. Prints a table and
 `N passed, N failed` last; exits 1 on any failure, 2 if the harness could not start.
 Usage: probes.py [--mtpx target/debug/mtpx] [--keep] [-v] [-k NAME-SUBSTRING]
@@ -44,10 +50,16 @@ import time
 import traceback
 
 HOST = "mtpx.test"
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# A Node.js >= 24 (OpenSSL >= 3.5) for the X25519MLKEM768 site: scripts/test-deps.sh installs it.
+PQ_NODE = os.environ.get("MTPX_PQ_NODE") or os.path.join(ROOT, ".venv-pq-node", "bin", "node")
+PQ_SITE_JS = os.path.join(ROOT, "tests", "pq", "site.mjs")
+TDLIB_HELLO = os.path.join(ROOT, "tests", "data", "tls", "tdlib-1.8.69-client-hello.bin")
 NGINX_HEADER_TIMEOUT = 4  # s: nginx closes idle / half-handshaken connections after this
 MTPX_HANDSHAKE_TIMEOUT = 2  # s: mtpx fronts a silent client after this
 IDLE_WAIT = 14.0  # s: how long a probe waits for the server to close
 VERBOSE = False
+SBIN = "/usr/sbin:/usr/local/sbin:/sbin"  # where Debian puts nginx; not on a user's PATH
 
 
 def log(*a):
@@ -83,6 +95,34 @@ class Harness:
                    page="<!doctype html><title>decoy</title><p>Not the real site.</p>\n")
         self._mtpx("mtpx", "site")
         self._mtpx("mtpx-decoy", "decoy")
+        self._pq_site("pqsite")
+        self._mtpx("mtpx-pq", "pqsite")
+        # Its scout learns the site's answer to both kinds of hello first.
+        end = time.monotonic() + 20
+        want = ("hello=x25519mlkem768 ", "group=0x11ec"), ("hello=x25519 ", "group=0x001d")
+        while not all(any(all(w in ln for w in pair) for ln in tail(
+                self.path("mtpx-pq.out"), 1 << 20).splitlines()) for pair in want):
+            if time.monotonic() > end:
+                raise RuntimeError("mtpx-pq's scout learned nothing: "
+                                   + tail(self.path("mtpx-pq.out")))
+            time.sleep(0.1)
+
+    def _pq_site(self, name):
+        """A site that speaks X25519MLKEM768: tests/pq/site.mjs on Node.js >= 24 (OpenSSL 3.5),
+        RSA-2048 (a fixed-size signature: its flight size does not vary)."""
+        d = self.path(name)
+        os.makedirs(d)
+        run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+             "-subj", f"/CN={HOST}", "-keyout", f"{d}/key.pem", "-out", f"{d}/cert.pem"],
+            timeout=60)
+        out = open(self.path(f"{name}.out"), "w+b")
+        p = subprocess.Popen([PQ_NODE, PQ_SITE_JS, f"{d}/cert.pem", f"{d}/key.pem"],
+                             stdout=subprocess.PIPE, stderr=out, stdin=subprocess.DEVNULL,
+                             start_new_session=True, preexec_fn=die_with_parent)
+        self.procs.append(p)
+        self.by_name[name] = p
+        self.ports[name] = int(p.stdout.readline())
+        wait_port(self.ports[name], p, name, self.path(f"{name}.out"))
 
     def _site(self, name, keyspec, *, tokens, reset, page):
         d = self.path(name)
@@ -124,7 +164,7 @@ http {{
 """
         with open(f"{d}/nginx.conf", "w") as f:
             f.write(conf)
-        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+        nginx = shutil.which("nginx") or shutil.which("nginx", path=SBIN)
         p = self._spawn([nginx, "-p", d, "-c", f"{d}/nginx.conf", "-g", "daemon off;"],
                         f"{name}.out", name)
         wait_port(port, p, f"nginx ({name})", self.path(f"{name}.out"))
@@ -404,6 +444,52 @@ def client_hello(key: bytes, sni: str, ts: int, seed=None, suites=None,
     mac = hmac.new(key, rec, hashlib.sha256).digest()
     rnd = bytes(a ^ b for a, b in zip(mac, bytes(28) + struct.pack("<I", ts & 0xFFFFFFFF)))
     return rec[:11] + rnd + rec[43:]
+
+
+def tdlib_hello(key: bytes, sni: str, ts: int) -> bytes:
+    """A ClientHello exactly shaped like TDLib 1.8.69's captured one (tests/data/tls/): same
+    suites, extensions and order, X25519MLKEM768 (a fake ML-KEM-768 encapsulation key:
+    coefficients uniform mod q) and x25519 shares, SNI `sni`, a fresh session id and the
+    HMAC random of `key` (PROTOCOL.md §2.3)."""
+    t = open(TDLIB_HELLO, "rb").read()
+    p = 5 + 4 + 2 + 32
+    sid_at = p + 1
+    p += 1 + t[p]
+    p += 2 + struct.unpack(">H", t[p:p + 2])[0]
+    p += 1 + t[p]
+    head, i, exts = t[:p], p + 2, b""
+    while i + 4 <= len(t):
+        kind, n = struct.unpack(">HH", t[i:i + 4])
+        data = t[i + 4:i + 4 + n]
+        if kind == 0x0000:
+            name = sni.encode()
+            data = struct.pack(">HBH", len(name) + 3, 0, len(name)) + name
+        elif kind == 0x0033:
+            shares, j, x = b"", 2, os.urandom(32)
+            while j + 4 <= len(data):
+                g, ln = struct.unpack(">HH", data[j:j + 4])
+                if g == 0x11EC:
+                    coeffs = [random.randrange(3329) for _ in range(768)]
+                    ek = b"".join(bytes([a & 0xFF, a >> 8 | (b & 15) << 4, b >> 4])
+                                  for a, b in zip(coeffs[::2], coeffs[1::2]))
+                    body = ek + os.urandom(32) + x
+                elif g == 0x001D:
+                    body = x
+                else:
+                    body = data[j + 4:j + 4 + ln]
+                shares += data[j:j + 4] + body
+                j += 4 + ln
+            data = struct.pack(">H", len(shares)) + shares
+        exts += struct.pack(">HH", kind, len(data)) + data
+        i += 4 + n
+    body = head[9:] + struct.pack(">H", len(exts)) + exts
+    rec = bytearray(b"\x16\x03\x01" + struct.pack(">H", len(body) + 4) + b"\x01"
+                    + len(body).to_bytes(3, "big") + body)
+    rec[sid_at:sid_at + 32] = os.urandom(32)
+    rec[11:43] = bytes(32)
+    mac = hmac.new(key, bytes(rec), hashlib.sha256).digest()
+    rec[11:43] = bytes(a ^ b for a, b in zip(mac, bytes(28) + struct.pack("<I", ts & 0xFFFFFFFF)))
+    return bytes(rec)
 
 
 class ShapeMismatch(AssertionError):
@@ -705,6 +791,41 @@ def make_probes(key: bytes, real: int, mtpx: int):
     return probes
 
 
+def pq_probes(key: bytes, real: int, mtpx: int):
+    """Against a site that speaks X25519MLKEM768 (`real`) and an mtpx fronting it: TDLib
+    1.8.69's hello and an x25519-only hello, with a wrong secret (fronted: the same answer) and
+    with the right one (mtpx's own flight: the site's ServerHello length, records, key-share
+    group and flight size, HMAC ok). A hello without an X25519MLKEM768 share never gets one."""
+    now = lambda: int(time.time())  # noqa: E731
+    out = []
+    for label, make, group in (("TDLib 1.8.69 hello", tdlib_hello, "11ec"),
+                               ("x25519-only hello", client_hello, "001d")):
+        def wrong(make=make):
+            hello = make(os.urandom(16), HOST, now())
+            return (raw_obs(real, hello, half_close=True, tls=True),
+                    raw_obs(mtpx, hello, half_close=True, tls=True))
+        out.append((f"PQ site: {label}, wrong secret", wrong))
+
+        def valid(make=make, group=group, label=label):
+            site = [read_site_flight(real, make(os.urandom(16), HOST, now())) for _ in range(3)]
+            groups = {tls_summary(x).get("sh.key_share_group") for x in site}
+            if groups != {group}:
+                raise AssertionError(f"the site answered {label} with {groups}, not {group}")
+            hello = make(key, HOST, now())
+            got, kind = read_flight(mtpx, hello)
+            err = check_mtpx_flight(key, hello, got, site)
+            if err:
+                raise AssertionError(f"mtpx's answer to a valid {label}: {err} "
+                                     f"(got {len(got)}B {kind})")
+            m = tls_summary(got)
+            r = tls_summary(site[0])
+            keys = ("sh.key_share_group", "sh.extensions", "sh.version", "sh.compression")
+            return (({k: r.get(k) for k in keys}, f"{describe_records(site[0])[:40]}"),
+                    ({k: m.get(k) for k in keys}, f"(mtpx, HMAC ok) {describe_records(got)[:30]}"))
+        out.append((f"PQ site: valid {label} (mtpx answers)", valid))
+    return out
+
+
 # Probes that see no site-specific content (0 bytes then FIN, a generic alert) cannot tell one
 # nginx from another; they still fail if mtpx answers itself, resets, or never closes.
 CONTROL_BLIND = {"truncated hello (150B), then FIN", "truncated hello (150B), held open",
@@ -732,10 +853,14 @@ def main() -> int:
     args = ap.parse_args()
     VERBOSE = args.verbose
     for tool in ("nginx", "openssl", "curl"):
-        if not shutil.which(tool) and not (tool == "nginx" and os.path.exists("/usr/sbin/nginx")):
-            print(f"probes: `{tool}` not found (apt-get install nginx openssl curl)",
-                  file=sys.stderr)
+        if not (shutil.which(tool) or (tool == "nginx" and shutil.which(tool, path=SBIN))):
+            print(f"probes: FAIL: `{tool}` not found; install it: scripts/test-deps.sh --system "
+                  "(as root)", file=sys.stderr)
             return 2
+    if not os.access(PQ_NODE, os.X_OK):
+        print(f"probes: FAIL: {PQ_NODE} not found; install it: scripts/test-deps.sh",
+              file=sys.stderr)
+        return 2
     if not os.access(args.mtpx, os.X_OK):
         print(f"probes: {args.mtpx} is not executable (cargo build first)", file=sys.stderr)
         return 2
@@ -760,6 +885,7 @@ def main() -> int:
               f"{NGINX_HEADER_TIMEOUT}s); control: mtpx on :{P['mtpx-decoy']} fronting to a "
               f"decoy nginx on :{P['decoy']}")
         probes = make_probes(h.key, P["site"], P["mtpx"])
+        probes += pq_probes(h.key, P["pqsite"], P["mtpx-pq"])
         control = [(n, fn) for n, fn in make_probes(h.key, P["site"], P["mtpx-decoy"])
                    if n not in CONTROL_BLIND]
         if args.only:
@@ -807,7 +933,7 @@ def main() -> int:
             if proc.poll() is not None:
                 results[f"{name} still running"] = ("-", "-", "FAIL",
                                                     [f"exited with {proc.returncode}"])
-        for name in ("mtpx", "mtpx-decoy"):
+        for name in [n for n in ("mtpx", "mtpx-decoy", "mtpx-pq") if n in h.by_name]:
             proc = h.by_name[name]
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)

@@ -14,8 +14,11 @@
 //! `domain_fronting_traffic{direction}` (without mtg's `telegram_ip` label; bytes are counted
 //! by the workers' 250 ms sweep and at close, so an open relay shows too). mtpx adds
 //! `accepted_connections`, `handshakes`, `connections{secret_kind}`,
-//! `handshake_failures{reason}`, `fronted_connections`, `dc_connect_failures` and
-//! `buffer_pool_in_use` / `buffer_pool_capacity`, `handshake_buffers_in_use`.
+//! `handshake_failures{reason}`, `fronted_connections`, `dc_connect_failures`,
+//! `fronting_self_loops`, `log_lines_dropped` and
+//! `buffer_pool_in_use` / `buffer_pool_capacity`, `handshake_buffers_in_use`, and
+//! `middle_proxy_connections`, `middle_proxy_reconnects`, `middle_proxy_traffic{direction}`
+//! (ad-tag; zero until the middle-proxy relay is wired in).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -37,7 +40,7 @@ use crate::formats::metrics::{
     LABEL_REASON, Metric, Sample, TagFormat,
 };
 use crate::io::Stats;
-use crate::io::stats::DC_LABELS;
+use crate::io::stats::{DC_LABELS, ME_DOWN, ME_OPEN, ME_RECONNECTS, ME_UP};
 use crate::io::users::{UserCounts, UsersCell};
 use crate::log::Level;
 use crate::proto::Reject;
@@ -52,6 +55,8 @@ pub(crate) struct MetricsSource {
     pub(crate) active: Arc<dyn Fn() -> usize + Send + Sync>,
     /// The listener's secret kind (`faketls`, `dd`, `classic`): the `secret_kind` label.
     pub(crate) secret_kind: &'static str,
+    /// ClientHello fingerprints.
+    pub(crate) ja4: Option<Arc<crate::io::ja4stats::Ja4Stats>>,
     /// The users and their counters (the `user_*` series).
     pub(crate) users: Option<Arc<UsersCell>>,
 }
@@ -73,6 +78,8 @@ pub(crate) struct Snapshot {
     pub(crate) fronted: u64,
     pub(crate) fronted_open: u64,
     pub(crate) dc_failures: u64,
+    pub(crate) front_self_loops: u64,
+    pub(crate) log_dropped: u64,
     pub(crate) rejects: [u64; Reject::ALL.len()],
     pub(crate) secret_kind: &'static str,
     pub(crate) dc_up: [u64; DC_LABELS.len()],
@@ -87,6 +94,10 @@ pub(crate) struct Snapshot {
     pub(crate) handshake_bufs: u64,
     /// Per user, in config order.
     pub(crate) users: Vec<UserSnap>,
+    /// JA4 rows (class, fingerprint or "other", count).
+    pub(crate) ja4: Vec<crate::io::ja4stats::Row>,
+    /// Middle-proxy connections open, reconnects, bytes up, bytes down.
+    pub(crate) me: [u64; 4],
 }
 
 impl MetricsSource {
@@ -109,6 +120,8 @@ impl MetricsSource {
             fronted: l(&s.fronted),
             fronted_open: l(&s.fronted).saturating_sub(l(&c.front_closed)),
             dc_failures: l(&s.dc_failures),
+            front_self_loops: l(&s.front_self_loops),
+            log_dropped: crate::log::dropped(),
             rejects: std::array::from_fn(|i| c.rejects.get(i).map_or(0, l)),
             secret_kind: self.secret_kind,
             dc_up: std::array::from_fn(|i| l(&c.dc_up[i])),
@@ -132,6 +145,8 @@ impl MetricsSource {
                     })
                     .collect()
             }),
+            ja4: self.ja4.as_ref().map_or_else(Vec::new, |j| j.rows()),
+            me: std::array::from_fn(|i| l(&c.me[i])),
         }
     }
 }
@@ -244,6 +259,8 @@ fn with_metrics<R>(
     let dc_failures = one(d(s.dc_failures, |b| b.dc_failures));
     let in_use = one(g(s.pool_in_use));
     let capacity = one(g(s.pool_capacity));
+    let self_loops = one(d(s.front_self_loops, |b| b.front_self_loops));
+    let log_dropped = one(d(s.log_dropped, |b| b.log_dropped));
     let handshake_bufs = one(g(s.handshake_bufs));
     // Per user: traffic, open connections, admitted, quota used, and the refusals that
     // happened (reasons with a zero count have no series). A user's base is found by name
@@ -301,6 +318,43 @@ fn with_metrics<R>(
     };
     let (user_traffic, user_open, user_admitted, user_used, user_rejects) =
         (family(0), family(1), family(2), family(3), family(4));
+    let ja4_labels: Vec<[(&str, &str); 2]> = s
+        .ja4
+        .iter()
+        .map(|(class, fp, _)| {
+            let fp = fp.as_ref().and_then(|f| std::str::from_utf8(f).ok());
+            [
+                ("class", crate::io::ja4stats::CLASSES[*class]),
+                ("ja4", fp.unwrap_or("other")),
+            ]
+        })
+        .collect();
+    let ja4: Vec<Sample<'_>> = s
+        .ja4
+        .iter()
+        .zip(&ja4_labels)
+        .map(|(row, labels)| {
+            let old = base
+                .and_then(|b| b.ja4.iter().find(|o| o.0 == row.0 && o.1 == row.1))
+                .map_or(0, |o| o.2);
+            Sample {
+                labels,
+                value: row.2.saturating_sub(old) as f64,
+            }
+        })
+        .collect();
+    let me_open = one(g(s.me[ME_OPEN]));
+    let me_reconnects = one(d(s.me[ME_RECONNECTS], |b| b.me[ME_RECONNECTS]));
+    let me_traffic = [
+        Sample {
+            labels: &TO_CLIENT,
+            value: d(s.me[ME_DOWN], |b| b.me[ME_DOWN]),
+        },
+        Sample {
+            labels: &FROM_CLIENT,
+            value: d(s.me[ME_UP], |b| b.me[ME_UP]),
+        },
+    ];
     let cat = |name: &'static str, samples| {
         let def = fmt::def(name);
         Metric {
@@ -367,6 +421,18 @@ fn with_metrics<R>(
             Kind::Counter,
             &dc_failures[..],
         ),
+        own(
+            "fronting_self_loops",
+            "Fronting addresses refused as this proxy's own listener (at start and per resolution).",
+            Kind::Counter,
+            &self_loops[..],
+        ),
+        own(
+            "log_lines_dropped",
+            "Log lines dropped because stderr did not keep up.",
+            Kind::Counter,
+            &log_dropped[..],
+        ),
         cat(fmt::BUFFER_POOL_IN_USE, &in_use[..]),
         cat(fmt::BUFFER_POOL_CAPACITY, &capacity[..]),
         own(
@@ -380,6 +446,30 @@ fn with_metrics<R>(
         cat(fmt::USER_HANDSHAKES, &user_admitted[..]),
         cat(fmt::USER_REJECTIONS, &user_rejects[..]),
         cat(fmt::USER_QUOTA_USED, &user_used[..]),
+        own(
+            "client_hello_ja4",
+            "ClientHellos by JA4 fingerprint (the most frequent; class client or fronted).",
+            Kind::Counter,
+            &ja4[..],
+        ),
+        own(
+            "middle_proxy_connections",
+            "Connections to Telegram's middle proxies open now (ad-tag).",
+            Kind::Gauge,
+            &me_open[..],
+        ),
+        own(
+            "middle_proxy_reconnects",
+            "Middle-proxy connections opened to replace one that failed.",
+            Kind::Counter,
+            &me_reconnects[..],
+        ),
+        own(
+            "middle_proxy_traffic",
+            "Bytes relayed through Telegram's middle proxies (ad-tag).",
+            Kind::Counter,
+            &me_traffic[..],
+        ),
     ];
     emit(&metrics)
 }
@@ -492,6 +582,7 @@ mod tests {
         let a = active.clone();
         (
             MetricsSource {
+                ja4: None,
                 stats: Arc::new(Stats::new(2)),
                 lists: None,
                 active: Arc::new(move || a.load(Ordering::Relaxed)),
@@ -507,6 +598,36 @@ mod tests {
             .find(|l| l.split_once(' ').is_some_and(|(n, _)| n == name))
             .and_then(|l| l.rsplit_once(' '))
             .and_then(|(_, v)| v.parse().ok())
+    }
+
+    #[test]
+    fn middle_proxy_counters_are_exported() {
+        let (src, _) = source();
+        let c = &src.stats;
+        let mut out = String::new();
+        render_prometheus(&mut out, "mtg", &src.snapshot());
+        let v = |out: &str, n: &str| line_value(out, n).unwrap_or_else(|| panic!("{n}:\n{out}"));
+        // Registered (and zero) before any middle-proxy connection exists.
+        assert_eq!(v(&out, "mtg_middle_proxy_connections"), 0.0);
+        assert_eq!(v(&out, "mtg_middle_proxy_reconnects"), 0.0);
+        c.middle_proxy(true, false);
+        c.middle_proxy(true, true);
+        c.middle_proxy(true, false);
+        c.middle_proxy(false, false);
+        c.middle_proxy_traffic(10, 200);
+        c.middle_proxy_traffic(5, 0);
+        out.clear();
+        render_prometheus(&mut out, "mtg", &src.snapshot());
+        assert_eq!(v(&out, "mtg_middle_proxy_connections"), 2.0);
+        assert_eq!(v(&out, "mtg_middle_proxy_reconnects"), 1.0);
+        assert_eq!(
+            v(&out, "mtg_middle_proxy_traffic{direction=\"from_client\"}"),
+            15.0
+        );
+        assert_eq!(
+            v(&out, "mtg_middle_proxy_traffic{direction=\"to_client\"}"),
+            200.0
+        );
     }
 
     #[test]

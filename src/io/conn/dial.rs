@@ -42,6 +42,9 @@ pub(super) enum Route {
         ciphers: Ciphers,
         /// FakeTLS: the client's record deframer and the record timing toward it.
         tls: Option<(RecordReader, Pacer)>,
+        /// Raw client bytes (records) after the up half's, read with the frame but not taken
+        /// in: the relay takes them in first.
+        records: usize,
     },
     /// Not a client of ours: to the fronting site, byte for byte.
     Front,
@@ -139,7 +142,9 @@ impl<S: Sock> Conn<S> {
             let Some((addr, via)) = route_at(&route, idx, shared) else {
                 let reason = match route {
                     Route::Front => {
-                        crate::log_event!(
+                        // Rate-limited: any prober can trigger it (issue 12).
+                        crate::log_probe!(
+                            crate::log::Probe::FrontingFailed,
                             Level::Warn,
                             "fronting-failed",
                             conn = self.id_str(),
@@ -249,10 +254,10 @@ impl<S: Sock> Conn<S> {
                 return self.next_address(dial, ctx, want);
             }
         }
-        let ka = &ctx.shared.config.keep_alive;
         let fronted = matches!(dial.route, Route::Front);
+        // DC connections: keep-alive, and TCP_USER_TIMEOUT for data left unacknowledged.
         dial.upstream
-            .connected((!fronted && !ka.disabled).then_some(ka));
+            .connected((!fronted).then_some(&ctx.shared.config));
         if fronted && ctx.shared.front_proxy_protocol {
             let front = dial.upstream.peer_addr().unwrap_or(self.peer);
             if !self.write_front_proxy_header(&mut dial.up, front, ctx.pool) {
@@ -262,7 +267,7 @@ impl<S: Sock> Conn<S> {
         if let Some((proxy, dc)) = dial.via {
             return self.start_socks(dial, proxy, dc, ctx, want);
         }
-        self.enter_relay(dial, ctx, want)
+        self.enter_relay(dial, ctx)
     }
 
     /// Prepends a PROXY v2 header to the bytes waiting for the fronting site.
@@ -273,27 +278,34 @@ impl<S: Sock> Conn<S> {
     }
 
     /// Connected (directly or through SOCKS5): relay from now on.
-    fn enter_relay(
-        &mut self,
-        dial: Dial<S>,
-        ctx: &mut Ctx<'_, impl Net<Sock = S>>,
-        want: &mut Want,
-    ) -> Phase<S> {
-        let kind = match dial.route {
-            Route::Dc { dc, ciphers, tls } => {
+    fn enter_relay(&mut self, dial: Dial<S>, ctx: &mut Ctx<'_, impl Net<Sock = S>>) -> Phase<S> {
+        let (kind, records) = match dial.route {
+            Route::Dc {
+                dc,
+                ciphers,
+                tls,
+                records,
+            } => {
                 ctx.shared.stats.dc_relay(dc, true);
-                RelayKind::Dc { dc, ciphers, tls }
+                (RelayKind::Dc { dc, ciphers, tls }, records)
             }
-            Route::Front => RelayKind::Front,
+            Route::Front => (RelayKind::Front, 0),
         };
-        let relay = Relay {
+        let mut relay = Relay {
             upstream: dial.upstream,
             up: dial.up,
             down: dial.down,
             kind,
             deadline: ctx.now + ctx.shared.config.timeouts.idle,
         };
-        self.relay(relay, ctx, want)
+        if records > 0 {
+            match relay.take_in_records(records, ctx.pool) {
+                Ok(m) => self.bytes[0] += m as u64,
+                Err(e) => return self.closed(relay, CloseReason::Error(e.kind()), ctx),
+            }
+        }
+        // Its first turn comes right after this one (`Conn::ready`), in place.
+        Phase::Relay(relay)
     }
 
     /// Connected to a SOCKS5 upstream: send the greeting.
@@ -342,7 +354,7 @@ impl<S: Sock> Conn<S> {
                     }
                     let mut dial = socks.dial;
                     dial.via = None;
-                    return self.enter_relay(dial, ctx, want);
+                    return self.enter_relay(dial, ctx);
                 }
                 Step::Failed(e) => {
                     crate::log_event!(

@@ -9,9 +9,9 @@ use std::time::Instant;
 
 use super::dial::Route;
 use super::relay::{Half, write_some};
-use super::{CLIENT, CloseReason, Conn, Ctx, Phase, R, Release, Role, W, Want};
+use super::{CLIENT, CloseReason, Conn, Ctx, Phase, R, Release, Role, TURN_BUDGET, W, Want};
 use crate::io::pool::{BufId, Class, Pool};
-use crate::io::shared::{SharedReplay, SharedShapes};
+use crate::io::shared::{SharedHellos, SharedReplay, SharedShapes};
 use crate::io::sock::{Net, Sock};
 use crate::io::stats::Stats;
 use crate::io::{FastRng, unix_now};
@@ -90,15 +90,17 @@ fn call<N: Net>(hs: &mut Hs, id: BufId, what: Call, ctx: &mut Ctx<'_, N>) -> Ste
     let config = &shared.config;
     let mut replay = SharedReplay(shared);
     let mut shapes = SharedShapes(&shared.profile);
+    let mut hellos = SharedHellos(&shared.ja4);
     let mut env: Env<'_, FastRng> = Env {
         secrets: std::slice::from_ref(&config.secret),
         tolerance_secs: config.tolerate_time_skewness.as_secs(),
-        dcs: &shared.dc,
+        dcs: shared.dc.as_ref(),
         allow_unknown_dc: config.allow_fallback_on_unknown_dc,
         now_unix: unix_now(),
         rng,
         replay: &mut replay,
         shapes: &mut shapes,
+        hellos: &mut hellos,
         key_shares: keyshares,
         scratch,
     };
@@ -154,7 +156,14 @@ impl<S: Sock> Conn<S> {
                 }
             },
         };
+        // Bytes read this turn, record headers included: empty records must not keep the
+        // worker here.
+        let mut raw = 0;
         loop {
+            if raw >= TURN_BUDGET {
+                want.requeue = true;
+                return Phase::Handshake(hs);
+            }
             let filled = hs.machine.filled();
             if filled >= ctx.pool.get(id).len() {
                 // Outgrown: move to a relay buffer if 3/4 of them are free. Otherwise (under
@@ -182,7 +191,10 @@ impl<S: Sock> Conn<S> {
                     // Decide on what we have; an incomplete handshake then ends in Eof.
                     call(&mut hs, id, Call::Eof, ctx)
                 }
-                Ok(n) => call(&mut hs, id, Call::Received(n), ctx),
+                Ok(n) => {
+                    raw += n;
+                    call(&mut hs, id, Call::Received(n), ctx)
+                }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
                     self.ready[CLIENT] &= !R;
                     return Phase::Handshake(hs);
@@ -255,11 +267,15 @@ impl<S: Sock> Conn<S> {
                     stats.handshakes.fetch_add(1, Ordering::Relaxed);
                     self.role = Role::Dc(accepted.dc);
                     self.bytes[0] += accepted.early as u64;
-                    let up = Half::holding(hs.buf, hs.machine.filled(), hs.eof);
+                    // Records read after the frame stay raw after the held bytes: the relay
+                    // takes them in first.
+                    let taken = hs.machine.filled() - accepted.records;
+                    let up = Half::holding(hs.buf, taken, hs.eof);
                     let route = Route::Dc {
                         dc: accepted.dc,
                         ciphers: accepted.ciphers,
                         tls: accepted.tls.map(|reader| (reader, hs.pacer)),
+                        records: accepted.records,
                     };
                     return Err(self.dial(route, up, hs.flight, ctx));
                 }
@@ -270,7 +286,6 @@ impl<S: Sock> Conn<S> {
                             ctx.shared.stats.handshake_failed(r);
                             CloseReason::Rejected(r)
                         }
-                        Close::BadProxyHeader => CloseReason::BadProxyHeader,
                         Close::UnknownDc(dc) => {
                             self.role = Role::Dc(dc);
                             CloseReason::UnknownDc
@@ -324,7 +339,9 @@ impl<S: Sock> Conn<S> {
         }
         self.role = Role::Fronted(why);
         stats.fronted.fetch_add(1, Ordering::Relaxed);
-        crate::log_event!(
+        // Rate-limited: any prober can trigger it (issue 12).
+        crate::log_probe!(
+            crate::log::Probe::Fronting,
             Level::Info,
             "fronting",
             conn = self.id_str(),

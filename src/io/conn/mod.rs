@@ -27,8 +27,10 @@
 //!   connection holds none. When the pool has no buffer of the class needed, the connection
 //!   waits ([`Next::WaitBuffer`]: backpressure).
 //! * Readiness is edge-triggered: a bit is cleared only when an operation returns WouldBlock.
-//! * A direction moves at most [`TURN_BUDGET`] bytes per turn, then the connection is requeued
-//!   ([`Next::Requeue`]), so one bulk transfer cannot starve the others.
+//! * A direction (and a handshake) reads at most [`TURN_BUDGET`] bytes per turn, counted as read
+//!   from the socket (record headers included), then the connection is requeued
+//!   ([`Next::Requeue`]), so one bulk transfer (or a stream of empty records) cannot starve the
+//!   others.
 
 mod dial;
 mod handshake;
@@ -69,8 +71,6 @@ pub(crate) enum CloseReason {
     DcUnreachable,
     /// The fronting site could not be reached.
     FrontUnreachable,
-    /// A malformed PROXY protocol header.
-    BadProxyHeader,
     /// The client address is not allowed (blocklist / allowlist).
     Blocked,
     /// The client asked for a DC we do not know, and fallback is off.
@@ -90,7 +90,6 @@ impl CloseReason {
             CloseReason::Rejected(r) => r.as_str(),
             CloseReason::DcUnreachable => "dc-unreachable",
             CloseReason::FrontUnreachable => "front-unreachable",
-            CloseReason::BadProxyHeader => "bad-proxy-header",
             CloseReason::Blocked => "ip-blocked",
             CloseReason::UnknownDc => "unknown-dc",
             CloseReason::Idle => "idle-timeout",
@@ -287,15 +286,34 @@ impl<S: Sock> Conn<S> {
     /// [`Turn::wake_at`].
     pub(crate) fn ready(&mut self, ctx: &mut Ctx<'_, impl Net<Sock = S>>) -> Turn {
         let mut want = Want::default();
-        let phase = std::mem::replace(&mut self.phase, Phase::Closed(CloseReason::Done));
-        self.phase = match phase {
-            Phase::Handshake(hs) => self.handshake(hs, ctx, &mut want),
-            Phase::Dial(d) => self.connecting(d, ctx, &mut want),
-            Phase::Socks(s) => self.socks_exchange(s, ctx, &mut want),
-            Phase::Relay(r) => self.relay(r, ctx, &mut want),
-            closed @ Phase::Closed(_) => closed,
-        };
+        // The phases before the relay are moved by value from one to the next; the relay (the
+        // hot path) runs in place.
+        if !matches!(self.phase, Phase::Relay(_) | Phase::Closed(_)) {
+            let phase = std::mem::replace(&mut self.phase, Phase::Closed(CloseReason::Done));
+            self.phase = match phase {
+                Phase::Handshake(hs) => self.handshake(hs, ctx, &mut want),
+                Phase::Dial(d) => self.connecting(d, ctx, &mut want),
+                Phase::Socks(s) => self.socks_exchange(s, ctx, &mut want),
+                other => other,
+            };
+        }
+        self.relay_turn(ctx, &mut want);
         self.turn(want)
+    }
+
+    /// A relay turn, in place, if the connection is relaying (just entered, or since before).
+    fn relay_turn(&mut self, ctx: &mut Ctx<'_, impl Net<Sock = S>>, want: &mut Want) {
+        let Phase::Relay(r) = &mut self.phase else {
+            return;
+        };
+        let mut ends = relay::Ends {
+            client: &self.client,
+            ready: &mut self.ready,
+            bytes: &mut self.bytes,
+        };
+        if let Err(reason) = r.turn(&mut ends, ctx, want) {
+            self.close(reason, ctx);
+        }
     }
 
     /// Handles the deadline ([`Conn::deadline`]); call when it passed. A handshake fails
@@ -332,7 +350,9 @@ impl<S: Sock> Conn<S> {
     /// The phase after closing `phase` for `reason`: its buffers go back to the pool, its
     /// upstream socket is dropped (closed, which also removes it from epoll: no deregister
     /// calls; the client socket is closed when the slot is freed after this event batch, and
-    /// events for it until then find the connection closed).
+    /// events for it until then find the connection closed). Not inlined: called from every
+    /// phase's error paths.
+    #[inline(never)]
     fn closed(
         &mut self,
         phase: impl Release,

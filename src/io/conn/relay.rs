@@ -15,7 +15,7 @@
 use std::io::{self, ErrorKind, IoSliceMut};
 use std::time::Instant;
 
-use super::{CLIENT, CloseReason, Conn, Ctx, Phase, R, Release, TURN_BUDGET, UPSTREAM, W, Want};
+use super::{CLIENT, CloseReason, Ctx, R, Release, TURN_BUDGET, UPSTREAM, W, Want};
 use crate::io::pool::{BufId, Class, Pool};
 use crate::io::sock::{Net, Sock};
 use crate::io::stats::Stats;
@@ -54,6 +54,32 @@ pub(super) struct Relay<S> {
     pub(super) kind: RelayKind,
     /// Closed when idle until then (moved on by traffic).
     pub(super) deadline: Instant,
+}
+
+impl<S> Relay<S> {
+    /// Takes in `n` raw client bytes (records) held after the up half's bytes, as if just
+    /// read: their payload, re-encrypted, joins the half. Returns the payload length.
+    pub(super) fn take_in_records(&mut self, n: usize, pool: &mut Pool) -> io::Result<usize> {
+        let (
+            RelayKind::Dc {
+                ciphers,
+                tls: Some((reader, _)),
+                ..
+            },
+            Some(id),
+        ) = (&mut self.kind, self.up.buf)
+        else {
+            return Ok(0);
+        };
+        let half = &mut self.up;
+        let buf = &mut pool.get(id)[half.end..half.end + n];
+        let m = reader
+            .deframe_in_place(buf)
+            .map_err(|_| io::Error::from(ErrorKind::InvalidData))?;
+        ciphers.up(&mut buf[..m]);
+        half.end += m;
+        Ok(m)
+    }
 }
 
 impl<S> Release for Relay<S> {
@@ -96,6 +122,18 @@ impl Half {
 
     pub(super) fn is_empty(&self) -> bool {
         self.start == self.end
+    }
+
+    /// The buffer held, if any.
+    #[cfg(test)]
+    pub(super) fn buf(&self) -> Option<BufId> {
+        self.buf
+    }
+
+    /// Marks every byte held as written.
+    #[cfg(test)]
+    pub(super) fn consume_all(&mut self) {
+        self.start = self.end;
     }
 
     fn done(&self) -> bool {
@@ -148,6 +186,20 @@ impl Half {
         buf[self.start..self.start + n].copy_from_slice(data);
         self.end += n;
         true
+    }
+
+    /// Leaves the handshake's small buffer for a relay buffer of `class` once the half is
+    /// empty, if one is free (else keeps the small one rather than wait). Reading a busy client
+    /// 2 KiB at a time took eight times the system calls of 16 KiB reads: an upload that
+    /// follows the handshake without a pause never emptied the socket, so the small buffer
+    /// stayed for good.
+    pub(super) fn upgrade_small(&mut self, class: Class, pool: &mut Pool) {
+        if self.is_empty() && self.buf.is_some_and(Pool::is_small) {
+            if let Some(big) = pool.checkout(class) {
+                self.release(pool);
+                self.buf = Some(big);
+            }
+        }
     }
 
     /// Writes what is buffered to `dst` once (the rest of a server flight).
@@ -219,57 +271,58 @@ impl Half {
     }
 }
 
-impl<S: Sock> Conn<S> {
-    /// A turn of the relay.
-    pub(super) fn relay(
+/// The parts of a `Conn` a relay turn uses besides its phase (a split borrow, so that the
+/// relay runs in place in `Conn::phase`, never moved on the hot path).
+pub(super) struct Ends<'a, S> {
+    pub(super) client: &'a S,
+    pub(super) ready: &'a mut [u8; 2],
+    pub(super) bytes: &'a mut [u64; 2],
+}
+
+impl<S: Sock> Relay<S> {
+    /// A turn of the relay: `Err` names why it must close (the caller releases it).
+    pub(super) fn turn(
         &mut self,
-        mut r: Relay<S>,
+        ends: &mut Ends<'_, S>,
         ctx: &mut Ctx<'_, impl Net<Sock = S>>,
         want: &mut Want,
-    ) -> Phase<S> {
-        let moved_up = match self.pump_up(&mut r, ctx, want) {
-            Ok(n) => n,
-            Err(e) => return self.relay_failed(r, e, ctx),
-        };
-        let moved_down = match self.pump_down(&mut r, ctx, want) {
-            Ok(n) => n,
-            Err(e) => return self.relay_failed(r, e, ctx),
-        };
+    ) -> Result<(), CloseReason> {
+        let moved_up = self
+            .pump_up(ends, ctx, want)
+            .map_err(|e| self.failed(ends, e))?;
+        let moved_down = self
+            .pump_down(ends, ctx, want)
+            .map_err(|e| self.failed(ends, e))?;
         if moved_up + moved_down > 0 {
-            r.deadline = ctx.now + ctx.shared.config.timeouts.idle;
+            self.deadline = ctx.now + ctx.shared.config.timeouts.idle;
         }
-        if r.up.done() && r.down.done() && r.up.shut && r.down.shut {
-            return self.closed(r, CloseReason::Done, ctx);
+        if self.up.done() && self.down.done() && self.up.shut && self.down.shut {
+            return Err(CloseReason::Done);
         }
-        Phase::Relay(r)
+        Ok(())
     }
 
     /// A socket of the pair failed. A reset is passed on as a reset (not a FIN) to the other
     /// side, so that through the proxy a peer sees exactly how the far end closed.
-    fn relay_failed(
-        &mut self,
-        r: Relay<S>,
-        (side, e): (usize, io::Error),
-        ctx: &mut Ctx<'_, impl Net<Sock = S>>,
-    ) -> Phase<S> {
-        if e.kind() == ErrorKind::ConnectionReset && !(r.up.reset || r.down.reset) {
+    fn failed(&self, ends: &Ends<'_, S>, (side, e): (usize, io::Error)) -> CloseReason {
+        if e.kind() == ErrorKind::ConnectionReset && !(self.up.reset || self.down.reset) {
             match side {
-                CLIENT => r.upstream.reset_on_close(),
-                _ => self.client.reset_on_close(),
+                CLIENT => self.upstream.reset_on_close(),
+                _ => ends.client.reset_on_close(),
             }
         }
-        self.closed(r, CloseReason::Error(e.kind()), ctx)
+        CloseReason::Error(e.kind())
     }
 
     /// client → upstream. Returns payload bytes moved.
     fn pump_up(
         &mut self,
-        r: &mut Relay<S>,
+        ends: &mut Ends<'_, S>,
         ctx: &mut Ctx<'_, impl Net<Sock = S>>,
         want: &mut Want,
     ) -> Result<usize, (usize, io::Error)> {
         // A fronted connection is relayed byte for byte.
-        let (mut ciphers, mut tls, class) = match &mut r.kind {
+        let (mut ciphers, mut tls, class) = match &mut self.kind {
             RelayKind::Dc { ciphers, tls, .. } => (
                 Some(ciphers),
                 tls.as_mut().map(|(reader, _)| reader),
@@ -277,12 +330,16 @@ impl<S: Sock> Conn<S> {
             ),
             RelayKind::Front => (None, None, Class::Fronted),
         };
-        let half = &mut r.up;
+        let half = &mut self.up;
         let mut moved = 0;
+        // Bytes read from the socket, TLS record headers included: the turn budget counts
+        // these, so a stream of empty records yields like any other (issue 12).
+        let mut raw = 0;
         loop {
             let mut progress = false;
             // Fill.
-            if !half.eof && self.ready[CLIENT] & R != 0 {
+            if !half.eof && ends.ready[CLIENT] & R != 0 {
+                half.upgrade_small(class, ctx.pool);
                 if half.buf.is_none() {
                     half.buf = ctx.pool.checkout(class);
                     if half.buf.is_none() {
@@ -292,12 +349,13 @@ impl<S: Sock> Conn<S> {
                 if let Some(id) = half.buf {
                     let buf = ctx.pool.get(id);
                     if half.end < buf.len() {
-                        match self.client.read(&mut buf[half.end..]) {
+                        match ends.client.read(&mut buf[half.end..]) {
                             Ok(0) => {
                                 half.eof = true;
                                 progress = true;
                             }
                             Ok(n) => {
+                                raw += n;
                                 let m = match tls.as_deref_mut() {
                                     Some(t) => t
                                         .deframe_in_place(&mut buf[half.end..half.end + n])
@@ -311,11 +369,11 @@ impl<S: Sock> Conn<S> {
                                 }
                                 half.end += m;
                                 moved += m;
-                                self.bytes[0] += m as u64;
+                                ends.bytes[0] += m as u64;
                                 progress = true;
                             }
                             Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                                self.ready[CLIENT] &= !R;
+                                ends.ready[CLIENT] &= !R;
                             }
                             Err(e) if e.kind() == ErrorKind::ConnectionReset => {
                                 half.eof = true;
@@ -329,13 +387,13 @@ impl<S: Sock> Conn<S> {
                 }
             }
             progress |= half.flush(
-                &r.upstream,
-                &mut self.ready,
+                &self.upstream,
+                ends.ready,
                 (CLIENT, UPSTREAM),
                 ctx.pool,
                 false,
             )?;
-            if moved >= TURN_BUDGET {
+            if raw >= TURN_BUDGET {
                 want.requeue = true;
                 break;
             }
@@ -349,11 +407,11 @@ impl<S: Sock> Conn<S> {
     /// upstream → client. Returns payload bytes moved.
     fn pump_down(
         &mut self,
-        r: &mut Relay<S>,
+        ends: &mut Ends<'_, S>,
         ctx: &mut Ctx<'_, impl Net<Sock = S>>,
         want: &mut Want,
     ) -> Result<usize, (usize, io::Error)> {
-        let (mut ciphers, mut pacer, class) = match &mut r.kind {
+        let (mut ciphers, mut pacer, class) = match &mut self.kind {
             RelayKind::Dc { ciphers, tls, .. } => (
                 Some(ciphers),
                 tls.as_mut().map(|(_, pacer)| pacer),
@@ -368,11 +426,11 @@ impl<S: Sock> Conn<S> {
         } else {
             None
         };
-        let half = &mut r.down;
+        let half = &mut self.down;
         let mut moved = 0;
         loop {
             let mut progress = false;
-            if !half.eof && self.ready[UPSTREAM] & R != 0 {
+            if !half.eof && ends.ready[UPSTREAM] & R != 0 {
                 if half.buf.is_none() {
                     half.buf = ctx.pool.checkout(class);
                     if half.buf.is_none() {
@@ -384,9 +442,9 @@ impl<S: Sock> Conn<S> {
                     let read = match pacer.as_deref_mut() {
                         Some(p) => {
                             let caps = p.caps(ctx.now, &mut *ctx.rng);
-                            read_records(&r.upstream, buf, half.end, &caps)
+                            read_records(&self.upstream, buf, half.end, &caps)
                         }
-                        None if half.end < buf.len() => r
+                        None if half.end < buf.len() => self
                             .upstream
                             .read(&mut buf[half.end..])
                             .map(|n| Some((n, half.end + n))),
@@ -418,11 +476,11 @@ impl<S: Sock> Conn<S> {
                             }
                             half.end = new_end;
                             moved += n;
-                            self.bytes[1] += n as u64;
+                            ends.bytes[1] += n as u64;
                             progress = true;
                         }
                         Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                            self.ready[UPSTREAM] &= !R;
+                            ends.ready[UPSTREAM] &= !R;
                         }
                         Err(e) if e.kind() == ErrorKind::ConnectionReset => {
                             half.eof = true;
@@ -448,8 +506,8 @@ impl<S: Sock> Conn<S> {
                 }
             }
             progress |= half.flush(
-                &self.client,
-                &mut self.ready,
+                ends.client,
+                ends.ready,
                 (UPSTREAM, CLIENT),
                 ctx.pool,
                 shaping.is_some(),

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use aes::cipher::StreamCipher;
 
 use super::*;
-use crate::config::{Config, KeepAlive};
+use crate::config::Config;
 use crate::io::pool::{Class, Pool};
 use crate::io::sock::{Net, Sock};
 use crate::io::unix_now;
@@ -166,8 +166,8 @@ impl Sock for FakeSock {
         self.0.borrow().peer.ok_or(ErrorKind::NotConnected.into())
     }
 
-    fn connected(&self, keep_alive: Option<&KeepAlive>) {
-        self.0.borrow_mut().keep_alive = keep_alive.is_some();
+    fn connected(&self, dc: Option<&Config>) {
+        self.0.borrow_mut().keep_alive = dc.is_some_and(|c| !c.keep_alive.disabled);
     }
 }
 
@@ -252,7 +252,7 @@ impl Rig {
     fn with_pool(config: Config, pool: Pool) -> Rig {
         let mut rng = crate::io::FastRng::default();
         let keyshares = crate::proto::x25519::KeyShares::new(&mut rng);
-        let shared = Shared::new(config, Duration::from_secs(1));
+        let shared = Shared::new(config, Duration::from_secs(1), addr("127.0.0.1:3128"));
         let client = FakeSock::default();
         let now = Instant::now();
         let mut rig = Rig {
@@ -771,4 +771,58 @@ fn a_proxy_header_names_the_client_and_is_not_fronted() {
     let front = rig.net.last();
     rig.go(UPSTREAM, W);
     assert_eq!(front.take_written(), b"GET / HTTP/1.1\r\n\r\n");
+}
+
+#[test]
+fn a_bad_record_after_a_complete_frame_closes_at_the_relay_as_if_it_came_later() {
+    let s = secret(SecretKind::FakeTls);
+    let mut rig = Rig::new(config(s.clone()));
+    let (_, first) = Client::start(&s, Tag::Padded, 2, b"");
+    rig.client
+        .send(&[&first[..], &[0x17, 0x03, 0x01, 0x00, 0x01, 0xaa]].concat());
+    // The frame decides (the DC is dialed); the bad record is the relay's.
+    rig.go(CLIENT, RW);
+    assert_eq!(rig.net.addrs(), vec![addr(DC2)]);
+    let dc = rig.net.last();
+    assert_eq!(
+        rig.run(UPSTREAM, RW).next,
+        Next::Closed(CloseReason::Error(ErrorKind::InvalidData))
+    );
+    assert!(dc.take_written().is_empty(), "nothing relayed");
+    assert_eq!(rig.pool.all_in_use(), 0);
+}
+
+#[test]
+fn an_empty_direction_leaves_the_small_handshake_buffer_for_a_relay_buffer() {
+    // 2 relay buffers of 16 KiB, 2 handshake buffers of 2 KiB.
+    let mut pool = Pool::new(2, 16384, 2, 2048);
+    let small = pool.checkout(Class::Handshake).unwrap();
+    let mut half = relay::Half::holding(Some(small), 10, false);
+    // Bytes still in it: it stays.
+    half.upgrade_small(Class::Client, &mut pool);
+    assert!(Pool::is_small(pool_id(&half)));
+    // Empty: a relay buffer, and the small one goes back.
+    half.consume_all();
+    half.upgrade_small(Class::Client, &mut pool);
+    let big = pool_id(&half);
+    assert!(!Pool::is_small(big));
+    assert_eq!(pool.get(big).len(), 16384);
+    assert!(half.is_empty());
+    assert_eq!(pool.all_in_use(), 1);
+    // A relay buffer is never traded.
+    half.upgrade_small(Class::Client, &mut pool);
+    assert_eq!(pool_id(&half), big);
+    // No relay buffer free (for a fronted connection: none of the spare half): it keeps the
+    // small one rather than wait.
+    let before = pool.checkout(Class::Handshake).unwrap();
+    let mut other = relay::Half::holding(Some(before), 0, false);
+    other.upgrade_small(Class::Fronted, &mut pool);
+    assert_eq!(pool_id(&other), before);
+    let _last = pool.checkout(Class::Client).unwrap();
+    other.upgrade_small(Class::Client, &mut pool);
+    assert_eq!(pool_id(&other), before);
+}
+
+fn pool_id(half: &relay::Half) -> crate::io::pool::BufId {
+    half.buf().expect("a buffer")
 }

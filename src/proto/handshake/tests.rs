@@ -3,7 +3,7 @@
 //! byte by byte and in odd chunks (the decisions and bytes must not change).
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aes::cipher::StreamCipher;
 
@@ -66,6 +66,13 @@ fn secret(kind: SecretKind, seed: u64) -> Secret {
     Secret::generate(kind, "example.com", &mut XorShift64(seed))
 }
 
+/// Records whether each complete hello verified.
+impl Hellos for Vec<bool> {
+    fn seen(&mut self, _: &[u8], verified: bool) {
+        self.push(verified);
+    }
+}
+
 /// Everything a handshake consults, deterministic.
 struct World {
     secrets: Vec<Secret>,
@@ -77,6 +84,7 @@ struct World {
     replay: ReplayFilter,
     shape: FlightShape,
     keys: KeyShares,
+    hellos: Vec<bool>,
     scratch: Vec<u8>,
 }
 
@@ -94,6 +102,7 @@ impl World {
             rng,
             replay: ReplayFilter::new(1 << 16, 10, [7; 16]),
             shape: FlightShape::default(),
+            hellos: Vec::new(),
             scratch: vec![0; 32 * 1024],
         }
     }
@@ -108,6 +117,7 @@ impl World {
             rng: &mut self.rng,
             replay: &mut self.replay,
             shapes: &mut self.shape,
+            hellos: &mut self.hellos,
             key_shares: &mut self.keys,
             scratch: &mut self.scratch,
         }
@@ -165,7 +175,7 @@ impl PartialEq for Ciphers {
 /// Feeds `input` in chunks of `chunk` bytes (then EOF when `eof`), handling `Peer` and `Write`
 /// steps as the proxy does.
 fn drive(w: &mut World, expect: Expect, input: &[u8], chunk: usize, eof: bool) -> Outcome {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = crate::testing::t0() + Duration::from_secs(10);
     let mut hs = Handshake::new(expect, deadline);
     let mut buf = vec![0u8; 4096];
     let mut out = Outcome {
@@ -206,8 +216,12 @@ fn drive(w: &mut World, expect: Expect, input: &[u8], chunk: usize, eof: bool) -
                     tag: a.tag,
                 };
                 out.early = a.early;
-                // The rest goes through the relay's seam, as the relay passes it on.
-                relayed = pieces.flatten().copied().collect();
+                // The rest (records read but not taken in, then what comes) goes through the
+                // relay's seam, as the relay passes it on.
+                let taken = hs.filled() - a.records;
+                relayed = buf[taken..hs.filled()].to_vec();
+                relayed.extend(pieces.flatten().copied());
+                hs.raw = 0;
                 if let Some(tls) = a.tls.as_mut() {
                     let n = tls.deframe_in_place(&mut relayed).expect("records");
                     relayed.truncate(n);
@@ -304,7 +318,8 @@ fn accepts_captured_telegram_hellos_then_the_frame_in_records() {
             },
             "hello {i}"
         );
-        assert_eq!(out.early, early.len(), "hello {i}");
+        // Records are taken in up to the frame only; the relay takes in the rest.
+        assert_eq!(out.early, 0, "hello {i}");
         assert_eq!(out.flights.len(), 1);
         let random: [u8; 32] = hello[11..43].try_into().unwrap();
         let flight = &out.flights[0];
@@ -504,14 +519,15 @@ fn accepts_a_proxy_header_first_and_fronts_without_it() {
     let out = drive_all(|| World::new(vec![s.clone()], 0), expect, &client, false);
     assert_eq!(out.peers, vec![None]);
     assert!(matches!(out.end, End::Connect { .. }));
-    // A broken header: closed, never fronted.
+    // A broken header: fronted like any failed handshake, the bytes as received.
     let out = drive_all(
         || World::new(vec![s.clone()], 0),
         expect,
         b"PROXY TCP4 nonsense\r\n",
         false,
     );
-    assert_eq!(out.end, End::Close(Close::BadProxyHeader));
+    assert_eq!(out.end, End::Front(Reject::ProxyHeader));
+    assert_eq!(out.buf, b"PROXY TCP4 nonsense\r\n", "fronted as received");
 }
 
 #[test]
@@ -549,7 +565,7 @@ fn eof_and_timeout_front_before_the_flight_and_close_after() {
     assert_eq!(out.flights.len(), 1);
     assert_eq!(out.end, End::Close(Close::Rejected(Reject::Eof)));
     // Timeouts.
-    let start = Instant::now();
+    let start = crate::testing::t0();
     let mut hs = Handshake::new(EE, start + Duration::from_secs(10));
     assert_eq!(hs.poll_timeout(), start + Duration::from_secs(10));
     assert!(hs.handle_timeout(start + Duration::from_secs(9)).is_none());
@@ -664,4 +680,19 @@ fn rejects_a_hello_larger_than_the_scratch() {
     let out = drive(&mut w, EE, &hello, hello.len(), false);
     assert_eq!(out.end, End::Front(Reject::TooLarge));
     assert_eq!(out.buf, hello);
+}
+
+#[test]
+fn reports_each_complete_hello_once_with_its_verdict() {
+    let (hello, time) = mtg_hellos().remove(0);
+    let mut w = World::new(vec![mtg_secret()], time);
+    let _ = drive(&mut w, EE, &hello[..300], 1, false);
+    assert!(w.hellos.is_empty(), "an incomplete hello is not reported");
+    let _ = drive(&mut w, EE, &hello, 1, false);
+    let _ = drive(&mut w, EE, &hello, hello.len(), false);
+    let mut other = mtg_secret();
+    other.key[3] ^= 1;
+    w.secrets = vec![other];
+    let _ = drive(&mut w, EE, &hello, 7, false);
+    assert_eq!(w.hellos, [true, false, false], "ok, replay, wrong key");
 }

@@ -20,8 +20,10 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(20);
 pub const PERIOD: usize = 4093;
 /// Largest slice of pattern handed out at once.
 pub const CHUNK: usize = 64 * 1024;
-/// Largest application-data payload a real TLS stack sends (the proxy uses the same).
-pub const RECORD: usize = faketls::MAX_RECORD_PAYLOAD;
+/// Payload of the application-data records the client sends: TDLib's (and so the Telegram
+/// apps') `MAX_TLS_PACKET_LENGTH` (td/mtproto/TcpTransport.h). The proxy itself sends records
+/// of up to `faketls::MAX_RECORD_PAYLOAD`.
+pub const RECORD: usize = 2878;
 
 /// `PERIOD + CHUNK` bytes where byte `i` depends only on `i % PERIOD`.
 fn pattern_table() -> &'static [u8] {
@@ -155,6 +157,24 @@ pub fn proc_cpu_split(pid: u32) -> io::Result<(f64, f64)> {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     Ok((ticks(14) as f64 / hz, ticks(15) as f64 / hz))
+}
+
+/// CPU time of all threads of a process in seconds, to the nanosecond: the sum of the first
+/// field of `/proc/<pid>/task/*/schedstat` (time on CPU, the clock `CLOCK_THREAD_CPUTIME_ID`
+/// reads; `/proc/<pid>/stat` has it only in 10 ms ticks). Threads that ended are missing.
+pub fn proc_cpu_ns(pid: u32) -> io::Result<f64> {
+    let mut ns = 0u64;
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let path = t?.path().join("schedstat");
+        if let Ok(s) = std::fs::read_to_string(path) {
+            ns += s
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    Ok(ns as f64 * 1e-9)
 }
 
 /// VmRSS of a process in bytes.

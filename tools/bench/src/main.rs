@@ -2,19 +2,24 @@
 //!
 //! ```text
 //! mtpx-bench [--quick] [--mtpx PATH] [--json PATH] [--workers N] [--idle N] [--rounds N]
+//!            [--relay-only] [--compare OLD_MTPX [--ab-rounds N]]
 //! mtpx-bench fake-dc                      (internal: one fake DC process)
 //! mtpx-bench worker <proxy> <src> <key> <host>   (internal: one load-generator process)
+//! mtpx-bench floor <key> <host> <dc-port>...     (internal: the floor proxy, floor.rs)
 //! mtpx-bench users [--quick]              (only the in-process user-search timing)
 //! ```
 //!
 //! The orchestrator starts fake DC processes, mtpx (`simple-run`, every DC overridden to a fake
-//! DC, fronting pointed at a refused loopback port) and load-generator processes, and only
-//! measures: `/proc/<mtpx>/stat` (CPU), `/proc/<mtpx>/status` (VmRSS), `/proc/<mtpx>/fd`.
+//! DC, fronting pointed at a refused loopback port), the floor proxy and load-generator
+//! processes, and only measures: `/proc/<mtpx>/stat` (CPU), `/proc/<mtpx>/status` (VmRSS),
+//! `/proc/<mtpx>/fd`, and the floor's thread CPU. Relay and handshake figures are given as
+//! ratios to the floor measured on the same load in the same run.
 //! Nothing leaves 127.0.0.0/8. Every phase has a count and a deadline, and a watchdog ends
 //! the whole run (children die with it: PR_SET_PDEATHSIG).
 
 mod common;
 mod dc;
+mod floor;
 mod users;
 mod worker;
 
@@ -58,6 +63,7 @@ fn main() {
     let r = match args.get(1).map(String::as_str) {
         Some("fake-dc") => dc::run(),
         Some("worker") => worker_main(&args[2..]),
+        Some("floor") => floor::run(&args[2..]),
         Some("users") => {
             let budget = if args.iter().any(|a| a == "--quick") {
                 0.1
@@ -124,6 +130,12 @@ struct Plan {
     smaps: bool,
     /// Client threads per load process while opening idle connections (`--open-threads`).
     open_threads: usize,
+    /// Only the floors, throughput and handshakes (`--relay-only`).
+    relay_only: bool,
+    /// Side by side: this older binary against `mtpx`, alternating (`--compare`).
+    compare: Option<PathBuf>,
+    /// Rounds of the side-by-side comparison (`--ab-rounds`).
+    ab_rounds: usize,
 }
 
 fn parse(args: &[String]) -> Result<Plan, String> {
@@ -148,6 +160,9 @@ fn parse(args: &[String]) -> Result<Plan, String> {
         mtpx_args: Vec::new(),
         smaps: false,
         open_threads: 16,
+        relay_only: false,
+        compare: None,
+        ab_rounds: 5,
     };
     let mut i = 0;
     while i < args.len() {
@@ -165,13 +180,17 @@ fn parse(args: &[String]) -> Result<Plan, String> {
             "--rounds" => p.rounds = val()?.parse().map_err(|_| "bad --rounds")?,
             "--mtpx-arg" => p.mtpx_args.push(val()?),
             "--smaps" => p.smaps = true,
+            "--relay-only" => p.relay_only = true,
+            "--compare" => p.compare = Some(PathBuf::from(val()?)),
+            "--ab-rounds" => p.ab_rounds = val()?.parse().map_err(|_| "bad --ab-rounds")?,
             "--open-threads" => {
                 p.open_threads = val()?.parse().map_err(|_| "bad --open-threads")?;
             }
             "-h" | "--help" => {
                 println!(
                     "usage: mtpx-bench [--quick] [--mtpx PATH] [--json PATH] [--workers N] \
-                     [--idle N (<= 9900)] [--rounds N] [--mtpx-arg ARG]... [--smaps] [--open-threads N]"
+                     [--idle N (<= 9900)] [--rounds N] [--mtpx-arg ARG]... [--smaps] [--open-threads N] \
+                     [--relay-only] [--compare OLD_MTPX [--ab-rounds N]]"
                 );
                 std::process::exit(0);
             }
@@ -277,6 +296,7 @@ struct Mtpx {
 impl Mtpx {
     fn start(
         plan: &Plan,
+        bin: &std::path::Path,
         secret: &str,
         dcs: &[u16],
         refused: u16,
@@ -288,7 +308,7 @@ impl Mtpx {
             l.local_addr()?.port()
         };
         let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
-        let mut cmd = Command::new(&plan.mtpx);
+        let mut cmd = Command::new(bin);
         cmd.arg("simple-run")
             .arg(addr.to_string())
             .arg(secret)
@@ -326,7 +346,7 @@ impl Mtpx {
         }
         let mut child = cmd
             .spawn()
-            .map_err(|e| io::Error::other(format!("cannot start {}: {e}", plan.mtpx.display())))?;
+            .map_err(|e| io::Error::other(format!("cannot start {}: {e}", bin.display())))?;
         let pid = child.id();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -347,9 +367,17 @@ impl Mtpx {
         Ok(Mtpx { child, pid, addr })
     }
 
-    /// (user, system) CPU seconds.
+    /// (user, system) CPU seconds of `/proc/<pid>/stat` (10 ms clock ticks).
     fn cpu_split(&self) -> (f64, f64) {
         proc_cpu_split(self.pid).unwrap_or((f64::NAN, f64::NAN))
+    }
+
+    /// CPU seconds of all threads, to the nanosecond (schedstat; falls back to the ticks).
+    fn cpu_total(&self) -> f64 {
+        proc_cpu_ns(self.pid).unwrap_or_else(|_| {
+            let (u, s) = self.cpu_split();
+            u + s
+        })
     }
 
     fn rss(&self) -> u64 {
@@ -445,6 +473,7 @@ fn crypto_floor(bytes: u64) -> f64 {
     dt / (n as f64 * buf.len() as f64) * GB
 }
 
+#[derive(Clone)]
 struct Xfer {
     name: String,
     bytes: u64,
@@ -454,6 +483,20 @@ struct Xfer {
     /// peers' receive processing that the sender pays for).
     user: f64,
     errors: u64,
+}
+
+impl Xfer {
+    fn per_gb(&self) -> f64 {
+        self.cpu / self.bytes.max(1) as f64 * GB
+    }
+
+    fn user_per_gb(&self) -> f64 {
+        self.user / self.bytes.max(1) as f64 * GB
+    }
+
+    fn mb_s(&self) -> f64 {
+        self.bytes as f64 / self.secs.max(1e-9) / 1e6
+    }
 }
 
 struct Hs {
@@ -466,12 +509,36 @@ struct Hs {
     user: f64,
 }
 
+impl Hs {
+    fn cpu_us(&self) -> f64 {
+        self.cpu / self.count.max(1) as f64 * 1e6
+    }
+
+    fn user_us(&self) -> f64 {
+        self.user / self.count.max(1) as f64 * 1e6
+    }
+}
+
 fn percentile(sorted: &[u64], p: f64) -> u64 {
     if sorted.is_empty() {
         return 0;
     }
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
 }
 
 fn kib(b: u64) -> f64 {
@@ -491,16 +558,239 @@ fn split(n: usize, parts: usize) -> Vec<usize> {
         .collect()
 }
 
+/// What every phase needs to start proxies and load generators.
+struct Env {
+    secret_hex: String,
+    key_hex: String,
+    dc_ports: Vec<u16>,
+    refused: u16,
+    logdir: PathBuf,
+}
+
+impl Env {
+    fn log(&self, n: &str) -> String {
+        self.logdir.join(n).to_string_lossy().into_owned()
+    }
+
+    /// `n` load-generator processes against `addr`, bound to 127.0.0.<first_src + i>.
+    fn load(&self, addr: SocketAddrV4, n: usize, first_src: u8) -> io::Result<Vec<Proc>> {
+        (0..n)
+            .map(|i| {
+                let mut c = self_cmd()?;
+                let src = Ipv4Addr::new(127, 0, 0, first_src + i as u8);
+                c.args([
+                    "worker",
+                    &addr.to_string(),
+                    &src.to_string(),
+                    &self.key_hex,
+                    HOST,
+                ]);
+                Proc::spawn(c, &format!("worker-{src}"))
+            })
+            .collect()
+    }
+
+    fn mtpx(
+        &self,
+        plan: &Plan,
+        bin: &std::path::Path,
+        log: &str,
+        extra: &[&str],
+    ) -> io::Result<Mtpx> {
+        Mtpx::start(
+            plan,
+            bin,
+            &self.secret_hex,
+            &self.dc_ports,
+            self.refused,
+            &self.log(log),
+            extra,
+        )
+    }
+}
+
+/// The floor proxy process (floor.rs): the simplest blocking relay and handshake.
+struct Floor {
+    p: Proc,
+    addr: SocketAddrV4,
+}
+
+impl Floor {
+    fn start(env: &Env) -> io::Result<Floor> {
+        let mut c = self_cmd()?;
+        c.args(["floor", &env.key_hex, HOST]);
+        c.args(env.dc_ports.iter().map(|p| p.to_string()));
+        let mut p = Proc::spawn(c, "floor")?;
+        let line = p.recv(Duration::from_secs(10))?;
+        let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, num(&line, 1) as u16);
+        Ok(Floor { p, addr })
+    }
+
+    /// Relay mode (a second thread per connection) or handshake mode.
+    fn mode(&mut self, relay: bool) -> io::Result<()> {
+        self.p.send(if relay { "mode relay" } else { "mode hs" })?;
+        self.p.recv(Duration::from_secs(10)).map(|_| ())
+    }
+
+    /// (thread CPU s, user s) so far, once no connection is open, and the errors so far.
+    fn cpu(&mut self) -> io::Result<(f64, f64, u64)> {
+        self.p.send("cpu")?;
+        let l = self.p.recv(Duration::from_secs(20))?;
+        Ok((
+            num(&l, 1) as f64 * 1e-9,
+            num(&l, 2) as f64 * 1e-9,
+            num(&l, 4),
+        ))
+    }
+}
+
+/// The four relay runs: (name, command, single connection?).
+const XFERS: [(&str, &str, bool); 4] = [
+    ("upload, 1 conn", "up", true),
+    ("download, 1 conn", "down", true),
+    ("upload, 64 conns", "up", false),
+    ("download, 64 conns", "down", false),
+];
+
+/// One relay run through whatever `load` points at; `cpu` reads (total, user) CPU seconds of
+/// the proxy under test.
+fn xfer(
+    plan: &Plan,
+    load: &mut [Proc],
+    (name, dir, single): (&str, &str, bool),
+    cpu: &mut dyn FnMut() -> io::Result<(f64, f64)>,
+) -> io::Result<Xfer> {
+    let (bytes, conns) = if single {
+        (plan.xfer_single, 1)
+    } else {
+        (plan.xfer_multi, plan.multi_conns)
+    };
+    let (c0, u0) = cpu()?;
+    let r = ask_all(
+        load,
+        &[format!("{dir} {bytes} {conns}")],
+        Duration::from_secs(240),
+    )?;
+    let (c1, u1) = cpu()?;
+    Ok(Xfer {
+        name: name.to_string(),
+        bytes: num(&r[0], 1),
+        secs: num(&r[0], 2) as f64 * 1e-6,
+        cpu: c1 - c0,
+        user: u1 - u0,
+        errors: num(&r[0], 3),
+    })
+}
+
+/// `plan.hs_clients` clients doing complete handshakes against `addr` for `ms` ms; `settle`
+/// waits until the proxy closed its side, `cpu` as for [`xfer`].
+fn handshakes(
+    plan: &Plan,
+    env: &Env,
+    addr: SocketAddrV4,
+    first_src: u8,
+    ms: u64,
+    settle: &dyn Fn(),
+    cpu: &mut dyn FnMut() -> io::Result<(f64, f64)>,
+) -> io::Result<Hs> {
+    let mut load = env.load(addr, plan.hs_procs, first_src)?;
+    let per = split(plan.hs_clients, plan.hs_procs);
+    let cmds: Vec<String> = per.iter().map(|t| format!("hs {ms} {t} 1000000")).collect();
+    let (c0, u0) = cpu()?;
+    let t0 = Instant::now();
+    let r = ask_all(
+        &mut load,
+        &cmds,
+        Duration::from_millis(ms) + Duration::from_secs(60),
+    )?;
+    let secs = t0.elapsed().as_secs_f64();
+    drop(load);
+    // Let the last closes finish before reading the CPU.
+    settle();
+    let (c1, u1) = cpu()?;
+    let mut lat: Vec<u64> = r
+        .iter()
+        .flat_map(|l| l.split_whitespace().skip(3).filter_map(|v| v.parse().ok()))
+        .collect();
+    lat.sort_unstable();
+    Ok(Hs {
+        count: r.iter().map(|l| num(l, 1)).sum(),
+        errors: r.iter().map(|l| num(l, 2)).sum(),
+        secs,
+        p50_us: percentile(&lat, 0.50),
+        p99_us: percentile(&lat, 0.99),
+        cpu: c1 - c0,
+        user: u1 - u0,
+    })
+}
+
+/// mtpx's (total, user) CPU seconds: the total to the nanosecond, the user part in ticks.
+fn mtpx_cpu(m: &Mtpx) -> impl FnMut() -> io::Result<(f64, f64)> + '_ {
+    move || Ok((m.cpu_total(), m.cpu_split().0))
+}
+
+/// The floor's relay runs or handshakes: `floor_errors` collects its own failures.
+fn floor_cpu<'a>(
+    f: &'a mut Floor,
+    floor_errors: &'a mut u64,
+) -> impl FnMut() -> io::Result<(f64, f64)> + 'a {
+    let mut first: Option<u64> = None;
+    move || {
+        let (c, u, e) = f.cpu()?;
+        let e0 = *first.get_or_insert(e);
+        *floor_errors = (*floor_errors).max(e - e0);
+        Ok((c, u))
+    }
+}
+
+fn print_xfer(who: &str, x: &Xfer, aes: f64) {
+    println!(
+        "{:<20} {who:<5} {:>7.1} MB/s  ({} MiB in {:.2} s, {} errors)  CPU {:.2} s = {:.3} s/GB = {:.2}x AES floor (user {:.3} s/GB)",
+        x.name,
+        x.mb_s(),
+        x.bytes / MIB,
+        x.secs,
+        x.errors,
+        x.cpu,
+        x.per_gb(),
+        x.per_gb() / aes,
+        x.user_per_gb(),
+    );
+}
+
+fn print_hs(who: &str, hs: &Hs) {
+    println!(
+        "{who:<5} {} handshakes ({} errors) in {:.2} s = {:.0}/s; latency p50 {} us, p99 {} us; \
+         CPU {:.2} s = {:.1} us/handshake (user {:.1} us, kernel {:.1} us)",
+        hs.count,
+        hs.errors,
+        hs.secs,
+        hs.count as f64 / hs.secs,
+        hs.p50_us,
+        hs.p99_us,
+        hs.cpu,
+        hs.cpu_us(),
+        hs.user_us(),
+        hs.cpu_us() - hs.user_us()
+    );
+}
+
 fn orchestrate(args: &[String]) -> io::Result<()> {
     let plan = parse(args).map_err(io::Error::other)?;
-    if !plan.mtpx.exists() {
-        return Err(io::Error::other(format!(
-            "{} not found: build it first (cargo build --release) or pass --mtpx",
-            plan.mtpx.display()
-        )));
+    for bin in std::iter::once(&plan.mtpx).chain(plan.compare.as_ref()) {
+        if !bin.exists() {
+            return Err(io::Error::other(format!(
+                "{} not found: build it first (cargo build --release) or pass --mtpx",
+                bin.display()
+            )));
+        }
     }
     // Watchdog: the run ends by itself, whatever happens.
-    let limit = plan.limit;
+    let limit = if plan.compare.is_some() {
+        plan.limit * plan.ab_rounds.max(1) as u32
+    } else {
+        plan.limit
+    };
     std::thread::spawn(move || {
         std::thread::sleep(limit);
         eprintln!("mtpx-bench: time limit {limit:?} reached, aborting");
@@ -509,7 +799,6 @@ fn orchestrate(args: &[String]) -> io::Result<()> {
     let started = Instant::now();
     let logdir = plan.json.parent().map(PathBuf::from).unwrap_or_default();
     let _ = std::fs::create_dir_all(&logdir);
-    let log = |n: &str| logdir.join(n).to_string_lossy().into_owned();
 
     let mode = if plan.quick { "quick" } else { "full" };
     println!(
@@ -523,16 +812,11 @@ fn orchestrate(args: &[String]) -> io::Result<()> {
     let refused = refused_port()?;
 
     // Crypto floor first, on a quiet machine.
-    let floor = crypto_floor(plan.floor_bytes);
+    let aes = crypto_floor(plan.floor_bytes);
     println!(
-        "crypto floor: AES-256-CTR x2 = {floor:.3} CPU s/GB   (size_of AesCtr = {} B)",
+        "crypto floor: AES-256-CTR x2 = {aes:.3} CPU s/GB   (size_of AesCtr = {} B)",
         std::mem::size_of::<AesCtr>()
     );
-
-    // User search (issue 15): in process, before any load.
-    println!("\n== user search: CPU per handshake check (in process, one thread) ==");
-    let user_cases = users::run(if plan.quick { 0.1 } else { 0.5 });
-    let user_json = users::report(&user_cases);
 
     // Fake DCs: two processes.
     let mut dcs = Vec::new();
@@ -545,39 +829,47 @@ fn orchestrate(args: &[String]) -> io::Result<()> {
         dc_ports.push(num(&line, 1) as u16);
         dcs.push(p);
     }
-    let spawn_workers = |m: &Mtpx, n: usize, first_src: u8| -> io::Result<Vec<Proc>> {
-        (0..n)
-            .map(|i| {
-                let mut c = self_cmd()?;
-                let src = Ipv4Addr::new(127, 0, 0, first_src + i as u8);
-                c.args([
-                    "worker",
-                    &m.addr.to_string(),
-                    &src.to_string(),
-                    &key_hex,
-                    HOST,
-                ]);
-                Proc::spawn(c, &format!("worker-{src}"))
-            })
-            .collect()
+    let env = Env {
+        secret_hex: secret.to_hex(),
+        key_hex,
+        dc_ports,
+        refused: refused.1,
+        logdir,
     };
-    let t_open = Duration::from_secs(120);
+    let mut floor = Floor::start(&env)?;
+    let r = match plan.compare.clone() {
+        Some(old) => compare(&plan, &env, &mut floor, &old, aes, started),
+        None => full_run(&plan, &env, &mut floor, aes, started),
+    };
+    drop(floor);
+    drop(dcs);
+    drop(refused);
+    r
+}
 
-    // ---------------------------------------------------------------- memory (fresh mtpx)
+/// Memory at rest and with idle connections, then connection churn (a fresh mtpx).
+struct Mem {
+    rss_rest: u64,
+    ok_small: usize,
+    rss_small: u64,
+    ok_big: usize,
+    rss_big: u64,
+    fd_big: usize,
+    slope: f64,
+    rss_round0: u64,
+    rounds: Vec<(usize, usize, u64, u64, usize)>,
+    failures: usize,
+}
+
+fn memory_phase(plan: &Plan, env: &Env) -> io::Result<Mem> {
+    let t_open = Duration::from_secs(120);
     println!("\n== memory: idle FakeTLS connections (fresh mtpx) ==");
-    let m = Mtpx::start(
-        &plan,
-        &secret.to_hex(),
-        &dc_ports,
-        refused.1,
-        &log("bench-mtpx-mem.log"),
-        &[],
-    )?;
+    let m = env.mtpx(plan, &plan.mtpx, "bench-mtpx-mem.log", &[])?;
     std::thread::sleep(Duration::from_millis(500));
     let fd_rest = m.fds();
     let rss_rest = m.rss();
     println!("at rest: RSS {:.0} KiB, {fd_rest} fds", kib(rss_rest));
-    let mut idle = spawn_workers(&m, plan.idle_procs, 2)?;
+    let mut idle = env.load(m.addr, plan.idle_procs, 2)?;
     let open = |ps: &mut [Proc], n: usize| -> io::Result<(usize, usize)> {
         let cmds: Vec<String> = split(n, ps.len())
             .iter()
@@ -601,7 +893,7 @@ fn orchestrate(args: &[String]) -> io::Result<()> {
     if plan.smaps {
         let _ = std::fs::copy(
             format!("/proc/{}/smaps", m.pid),
-            log("bench-smaps-small.txt"),
+            env.log("bench-smaps-small.txt"),
         );
     }
     println!(
@@ -612,7 +904,10 @@ fn orchestrate(args: &[String]) -> io::Result<()> {
     std::thread::sleep(settle);
     let (rss_big, fd_big) = (m.rss(), m.fds());
     if plan.smaps {
-        let _ = std::fs::copy(format!("/proc/{}/smaps", m.pid), log("bench-smaps-big.txt"));
+        let _ = std::fs::copy(
+            format!("/proc/{}/smaps", m.pid),
+            env.log("bench-smaps-big.txt"),
+        );
     }
     let ok_big = ok_small + ok_more;
     println!(
@@ -656,124 +951,151 @@ fn orchestrate(args: &[String]) -> io::Result<()> {
     }
     drop(idle);
     m.stop();
+    let failures = f1 + f2 + rounds.iter().map(|r| r.1).sum::<usize>();
+    Ok(Mem {
+        rss_rest,
+        ok_small,
+        rss_small,
+        ok_big,
+        rss_big,
+        fd_big,
+        slope,
+        rss_round0,
+        rounds,
+        failures,
+    })
+}
 
-    // ---------------------------------------------------------------- throughput
-    println!("\n== throughput (fresh mtpx) ==");
-    let m = Mtpx::start(
-        &plan,
-        &secret.to_hex(),
-        &dc_ports,
-        refused.1,
-        &log("bench-mtpx-tput.log"),
-        &[],
-    )?;
-    let mut load = spawn_workers(&m, 1, 10)?;
-    let mut xfers = Vec::new();
-    let runs = [
-        ("upload, 1 conn", "up", plan.xfer_single, 1),
-        ("download, 1 conn", "down", plan.xfer_single, 1),
-        ("upload, 64 conns", "up", plan.xfer_multi, plan.multi_conns),
-        (
-            "download, 64 conns",
-            "down",
-            plan.xfer_multi,
-            plan.multi_conns,
-        ),
-    ];
-    for (name, dir, bytes, conns) in runs {
-        let (u0, s0) = m.cpu_split();
-        let r = ask_all(
-            &mut load,
-            &[format!("{dir} {bytes} {conns}")],
-            Duration::from_secs(240),
+/// Throughput and handshakes through `bin` and through the floor, interleaved run by run.
+struct Relay {
+    xfers: Vec<Xfer>,
+    floor_xfers: Vec<Xfer>,
+    hs: Hs,
+    floor_hs: Hs,
+    floor_errors: u64,
+}
+
+fn relay_phase(
+    plan: &Plan,
+    env: &Env,
+    floor: &mut Floor,
+    bin: &std::path::Path,
+    aes: f64,
+) -> io::Result<(Relay, Mtpx, usize)> {
+    let name = bin.display();
+    println!("\n== throughput: {name} (fresh) and the floor, run by run ==");
+    let m = env.mtpx(plan, bin, "bench-mtpx-tput.log", &[])?;
+    std::thread::sleep(Duration::from_millis(300));
+    let fd_rest = m.fds();
+    let mut load = env.load(m.addr, 1, 10)?;
+    let mut floor_load = env.load(floor.addr, 1, 11)?;
+    let mut floor_errors = 0;
+    let (mut xfers, mut floor_xfers) = (Vec::new(), Vec::new());
+    floor.mode(true)?;
+    for run in XFERS {
+        let x = xfer(plan, &mut load, run, &mut mtpx_cpu(&m))?;
+        print_xfer("mtpx", &x, aes);
+        let f = xfer(
+            plan,
+            &mut floor_load,
+            run,
+            &mut floor_cpu(floor, &mut floor_errors),
         )?;
-        let (u1, s1) = m.cpu_split();
-        let x = Xfer {
-            name: name.to_string(),
-            bytes: num(&r[0], 1),
-            secs: num(&r[0], 2) as f64 * 1e-6,
-            cpu: (u1 + s1) - (u0 + s0),
-            user: u1 - u0,
-            errors: num(&r[0], 3),
-        };
+        print_xfer("floor", &f, aes);
         println!(
-            "{name:<20} {:>7.1} MB/s  ({} MiB in {:.2} s, {} errors)  mtpx CPU {:.2} s = {:.3} s/GB = {:.2}x floor (user {:.3} s/GB = {:.2}x)",
-            x.bytes as f64 / x.secs.max(1e-9) / 1e6,
-            x.bytes / MIB,
-            x.secs,
-            x.errors,
-            x.cpu,
-            x.cpu / (x.bytes.max(1) as f64) * GB,
-            x.cpu / (x.bytes.max(1) as f64) * GB / floor,
-            x.user / (x.bytes.max(1) as f64) * GB,
-            x.user / (x.bytes.max(1) as f64) * GB / floor
+            "{:<20} mtpx = {:.2}x the floor relay (user {:.2}x)",
+            "",
+            x.per_gb() / f.per_gb(),
+            x.user_per_gb() / f.user_per_gb()
         );
         xfers.push(x);
+        floor_xfers.push(f);
     }
     drop(load);
-    let relay_bytes: u64 = xfers.iter().map(|x| x.bytes).sum();
-    let relay_cpu: f64 = xfers.iter().map(|x| x.cpu).sum();
-    let relay_per_gb = relay_cpu / relay_bytes.max(1) as f64 * GB;
-    let relay_ratio = relay_per_gb / floor;
-    let relay_user: f64 = xfers.iter().map(|x| x.user).sum();
-    let relay_user_per_gb = relay_user / relay_bytes.max(1) as f64 * GB;
-    let relay_user_ratio = relay_user_per_gb / floor;
-    println!(
-        "relay cost overall: {relay_per_gb:.3} CPU s/GB = {relay_ratio:.2}x the crypto floor ({floor:.3} s/GB); \
-         user space alone {relay_user_per_gb:.3} s/GB = {relay_user_ratio:.2}x"
-    );
+    drop(floor_load);
 
-    // ---------------------------------------------------------------- handshakes
     println!(
-        "\n== handshakes: {} concurrent clients for {} ms ==",
+        "\n== handshakes: {} concurrent clients for {} ms, mtpx then the floor ==",
         plan.hs_clients, plan.hs_ms
     );
-    // `plan.hs_clients` clients handshaking in a loop for `ms` ms against `m`.
-    let hs_phase = |m: &Mtpx, ms: u64| -> io::Result<Hs> {
-        let mut load = spawn_workers(m, plan.hs_procs, 20)?;
-        let per = split(plan.hs_clients, plan.hs_procs);
-        let cmds: Vec<String> = per.iter().map(|t| format!("hs {ms} {t} 1000000")).collect();
-        let (u0, s0) = m.cpu_split();
-        let t0 = Instant::now();
-        let r = ask_all(
-            &mut load,
-            &cmds,
-            Duration::from_millis(ms) + Duration::from_secs(60),
-        )?;
-        let secs = t0.elapsed().as_secs_f64();
-        drop(load);
-        // Let the last closes finish before reading the CPU.
+    let settle = || {
         m.settle_fds(fd_rest + 2, Duration::from_secs(5));
-        let (u1, s1) = m.cpu_split();
-        let mut lat: Vec<u64> = r
-            .iter()
-            .flat_map(|l| l.split_whitespace().skip(3).filter_map(|v| v.parse().ok()))
-            .collect();
-        lat.sort_unstable();
-        Ok(Hs {
-            count: r.iter().map(|l| num(l, 1)).sum(),
-            errors: r.iter().map(|l| num(l, 2)).sum(),
-            secs,
-            p50_us: percentile(&lat, 0.50),
-            p99_us: percentile(&lat, 0.99),
-            cpu: (u1 + s1) - (u0 + s0),
-            user: u1 - u0,
-        })
     };
-    let hs = hs_phase(&m, plan.hs_ms)?;
-    let hs_cpu_us = hs.cpu / hs.count.max(1) as f64 * 1e6;
-    let hs_user_us = hs.user / hs.count.max(1) as f64 * 1e6;
+    let hs = handshakes(
+        plan,
+        env,
+        m.addr,
+        20,
+        plan.hs_ms,
+        &settle,
+        &mut mtpx_cpu(&m),
+    )?;
+    print_hs("mtpx", &hs);
+    floor.mode(false)?;
+    let mut hs_errors = 0;
+    let floor_hs = handshakes(
+        plan,
+        env,
+        floor.addr,
+        30,
+        plan.hs_ms,
+        &|| {},
+        &mut floor_cpu(floor, &mut hs_errors),
+    )?;
+    print_hs("floor", &floor_hs);
     println!(
-        "{} handshakes ({} errors) in {:.2} s = {:.0}/s; latency p50 {} us, p99 {} us; \
-         mtpx CPU {:.2} s = {hs_cpu_us:.1} us/handshake (user {hs_user_us:.1} us, kernel {:.1} us)",
-        hs.count,
-        hs.errors,
-        hs.secs,
-        hs.count as f64 / hs.secs,
-        hs.p50_us,
-        hs.p99_us,
-        hs.cpu,
-        hs_cpu_us - hs_user_us
+        "mtpx = {:.2}x the floor's CPU per handshake",
+        hs.cpu_us() / floor_hs.cpu_us()
+    );
+    Ok((
+        Relay {
+            xfers,
+            floor_xfers,
+            hs,
+            floor_hs,
+            floor_errors: floor_errors + hs_errors,
+        },
+        m,
+        fd_rest,
+    ))
+}
+
+fn full_run(
+    plan: &Plan,
+    env: &Env,
+    floor: &mut Floor,
+    aes: f64,
+    started: Instant,
+) -> io::Result<()> {
+    let mode = if plan.quick { "quick" } else { "full" };
+    // User search (issue 15): in process, before any load.
+    println!("\n== user search: CPU per handshake check (in process, one thread) ==");
+    let user_cases = users::run(if plan.quick { 0.1 } else { 0.5 });
+    let user_json = users::report(&user_cases);
+    let mem = if plan.relay_only {
+        None
+    } else {
+        Some(memory_phase(plan, env)?)
+    };
+
+    let (rel, m, _) = relay_phase(plan, env, floor, &plan.mtpx, aes)?;
+    let relay_bytes: u64 = rel.xfers.iter().map(|x| x.bytes).sum();
+    let relay_cpu: f64 = rel.xfers.iter().map(|x| x.cpu).sum();
+    let relay_per_gb = relay_cpu / relay_bytes.max(1) as f64 * GB;
+    let relay_ratio = relay_per_gb / aes;
+    let relay_user: f64 = rel.xfers.iter().map(|x| x.user).sum();
+    let relay_user_per_gb = relay_user / relay_bytes.max(1) as f64 * GB;
+    let relay_user_ratio = relay_user_per_gb / aes;
+    let floor_ratios: Vec<f64> = rel
+        .xfers
+        .iter()
+        .zip(&rel.floor_xfers)
+        .map(|(x, f)| x.per_gb() / f.per_gb())
+        .collect();
+    let hs_floor_ratio = rel.hs.cpu_us() / rel.floor_hs.cpu_us();
+    println!(
+        "\nrelay cost overall: {relay_per_gb:.3} CPU s/GB = {relay_ratio:.2}x the crypto floor ({aes:.3} s/GB); \
+         user space alone {relay_user_per_gb:.3} s/GB = {relay_user_ratio:.2}x"
     );
     let rss_after_load = m.rss();
 
@@ -781,107 +1103,115 @@ fn orchestrate(args: &[String]) -> io::Result<()> {
     // The same handshake load while many connections sit mid-handshake (5 bytes of a TLS
     // header, then silence, as a slowloris does): what they cost new clients.
     let stalled_n = if plan.quick { 500 } else { 4000 };
-    let stalled_ms = plan.hs_ms.min(3000);
-    println!(
-        "\n== handshakes behind {stalled_n} stalled handshakes: {} clients for {stalled_ms} ms ==",
-        plan.hs_clients
-    );
-    let mut stalled = Vec::with_capacity(stalled_n);
-    for _ in 0..stalled_n {
-        let mut s = std::net::TcpStream::connect(m.addr)?;
-        s.write_all(b"\x16\x03\x01\x02\x00")?;
-        stalled.push(s);
+    let mut hs_stalled = None;
+    let mut rss_stalled = 0;
+    if !plan.relay_only {
+        let stalled_ms = plan.hs_ms.min(3000);
+        println!(
+            "\n== handshakes behind {stalled_n} stalled handshakes: {} clients for {stalled_ms} ms ==",
+            plan.hs_clients
+        );
+        let fd_rest = m.fds();
+        let mut stalled = Vec::with_capacity(stalled_n);
+        for _ in 0..stalled_n {
+            let mut s = std::net::TcpStream::connect(m.addr)?;
+            s.write_all(b"\x16\x03\x01\x02\x00")?;
+            stalled.push(s);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        rss_stalled = m.rss() / 1024;
+        let settle = || {
+            m.settle_fds(fd_rest + stalled_n + 2, Duration::from_secs(5));
+        };
+        let h = handshakes(
+            plan,
+            env,
+            m.addr,
+            20,
+            stalled_ms,
+            &settle,
+            &mut mtpx_cpu(&m),
+        )?;
+        drop(stalled);
+        println!(
+            "{} handshakes ({} errors) in {:.2} s = {:.0}/s; latency p50 {} us, p99 {} us \
+             (without them: p50 {} us, p99 {} us); mtpx RSS with them {} KiB",
+            h.count,
+            h.errors,
+            h.secs,
+            h.count as f64 / h.secs,
+            h.p50_us,
+            h.p99_us,
+            rel.hs.p50_us,
+            rel.hs.p99_us,
+            rss_stalled
+        );
+        hs_stalled = Some(h);
     }
-    std::thread::sleep(Duration::from_millis(300));
-    let rss_stalled = m.rss() / 1024;
-    let hs_stalled = hs_phase(&m, stalled_ms)?;
-    drop(stalled);
-    println!(
-        "{} handshakes ({} errors) in {:.2} s = {:.0}/s; latency p50 {} us, p99 {} us \
-         (without them: p50 {} us, p99 {} us); mtpx RSS with them {} KiB",
-        hs_stalled.count,
-        hs_stalled.errors,
-        hs_stalled.secs,
-        hs_stalled.count as f64 / hs_stalled.secs,
-        hs_stalled.p50_us,
-        hs_stalled.p99_us,
-        hs.p50_us,
-        hs.p99_us,
-        rss_stalled
-    );
     m.stop();
 
     // ---------------------------------------------------------------- shaping
     // The same 64-connection download through a fresh mtpx with inter-record timing on
     // (mtg's Weibull gaps, 4 MiB/s floor per connection): what the timer wheel and the
     // per-record pacing cost per byte, side by side with the unshaped run above.
-    let shaped_bytes = plan.xfer_multi / 4;
-    println!(
-        "\n== shaped download: --delays (mtg's gaps, 4 MiB/s floor), {} MiB over {} conns ==",
-        shaped_bytes / MIB,
-        plan.multi_conns
-    );
-    let m = Mtpx::start(
-        &plan,
-        &secret.to_hex(),
-        &dc_ports,
-        refused.1,
-        &log("bench-mtpx-shaped.log"),
-        &["--delays"],
-    )?;
-    let mut load = spawn_workers(&m, 1, 10)?;
-    let (u0, s0) = m.cpu_split();
-    let r = ask_all(
-        &mut load,
-        &[format!("down {shaped_bytes} {}", plan.multi_conns)],
-        Duration::from_secs(240),
-    )?;
-    let (u1, s1) = m.cpu_split();
-    let shaped = Xfer {
-        name: "shaped download, 64 conns".into(),
-        bytes: num(&r[0], 1),
-        secs: num(&r[0], 2) as f64 * 1e-6,
-        cpu: (u1 + s1) - (u0 + s0),
-        user: u1 - u0,
-        errors: num(&r[0], 3),
-    };
-    drop(load);
-    m.stop();
-    let unshaped = xfers.iter().find(|x| x.name == "download, 64 conns");
-    let per_gb = |x: &Xfer| x.cpu / x.bytes.max(1) as f64 * GB;
-    let shaped_ratio = unshaped.map_or(0.0, |u| per_gb(&shaped) / per_gb(u).max(1e-9));
-    println!(
-        "shaped: {:.1} MB/s ({} MiB in {:.2} s, {} errors), mtpx CPU {:.3} s/GB = {shaped_ratio:.2}x \
-         the unshaped 64-conn download",
-        shaped.bytes as f64 / shaped.secs.max(1e-9) / 1e6,
-        shaped.bytes / MIB,
-        shaped.secs,
-        shaped.errors,
-        per_gb(&shaped)
-    );
-    drop(dcs);
+    let mut shaped = None;
+    let mut shaped_ratio = 0.0;
+    if !plan.relay_only {
+        let shaped_bytes = plan.xfer_multi / 4;
+        println!(
+            "\n== shaped download: --delays (mtg's gaps, 4 MiB/s floor), {} MiB over {} conns ==",
+            shaped_bytes / MIB,
+            plan.multi_conns
+        );
+        let m = env.mtpx(plan, &plan.mtpx, "bench-mtpx-shaped.log", &["--delays"])?;
+        let mut load = env.load(m.addr, 1, 10)?;
+        let (c0, u0) = (m.cpu_total(), m.cpu_split().0);
+        let r = ask_all(
+            &mut load,
+            &[format!("down {shaped_bytes} {}", plan.multi_conns)],
+            Duration::from_secs(240),
+        )?;
+        let (c1, u1) = (m.cpu_total(), m.cpu_split().0);
+        let x = Xfer {
+            name: "shaped download, 64 conns".into(),
+            bytes: num(&r[0], 1),
+            secs: num(&r[0], 2) as f64 * 1e-6,
+            cpu: c1 - c0,
+            user: u1 - u0,
+            errors: num(&r[0], 3),
+        };
+        drop(load);
+        m.stop();
+        let unshaped = rel.xfers.iter().find(|x| x.name == "download, 64 conns");
+        shaped_ratio = unshaped.map_or(0.0, |u| x.per_gb() / u.per_gb().max(1e-9));
+        println!(
+            "shaped: {:.1} MB/s ({} MiB in {:.2} s, {} errors), mtpx CPU {:.3} s/GB = {shaped_ratio:.2}x \
+             the unshaped 64-conn download",
+            x.mb_s(),
+            x.bytes / MIB,
+            x.secs,
+            x.errors,
+            x.per_gb()
+        );
+        shaped = Some(x);
+    }
 
     // ---------------------------------------------------------------- summary
-    let growth = match (rounds.first(), rounds.last()) {
-        (Some(a), Some(b)) => b.3 as i64 - a.3 as i64,
-        _ => 0,
-    };
-    // The second half of the rounds: by then every bounded structure (anti-replay ring,
-    // slab high-water mark, pool buffers) has been touched; growth there is a leak.
-    let half = rounds.len() / 2;
-    let growth_late = match (rounds.get(half.saturating_sub(1)), rounds.last()) {
-        (Some(a), Some(b)) => b.3 as i64 - a.3 as i64,
-        _ => 0,
-    };
-    let failures = f1
-        + f2
-        + rounds.iter().map(|r| r.1).sum::<usize>()
-        + xfers.iter().map(|x| x.errors as usize).sum::<usize>()
-        + shaped.errors as usize
-        + hs.errors as usize
-        + hs_stalled.errors as usize;
+    let failures = mem.as_ref().map_or(0, |m| m.failures)
+        + rel.xfers.iter().map(|x| x.errors as usize).sum::<usize>()
+        + rel
+            .floor_xfers
+            .iter()
+            .map(|x| x.errors as usize)
+            .sum::<usize>()
+        + rel.floor_errors as usize
+        + shaped.as_ref().map_or(0, |x| x.errors as usize)
+        + rel.hs.errors as usize
+        + rel.floor_hs.errors as usize
+        + hs_stalled.as_ref().map_or(0, |h| h.errors as usize);
     println!(
-        "\n== summary ({mode}, {:.0} s) ==",
+        "\n== summary ({mode}{}, {:.0} s) ==",
+        if plan.relay_only { ", relay only" } else { "" },
         started.elapsed().as_secs_f64()
     );
     println!("{:<44} {:>14}  {:<14} ", "metric", "value", "goal");
@@ -893,98 +1223,146 @@ fn orchestrate(args: &[String]) -> io::Result<()> {
         };
         println!("{name:<44} {val:>14}  {goal:<14} {verdict}");
     };
-    for x in &xfers {
+    for x in &rel.xfers {
         row(
             &format!("throughput {} (MB/s)", x.name),
-            format!("{:.1}", x.bytes as f64 / x.secs.max(1e-9) / 1e6),
+            format!("{:.1}", x.mb_s()),
+            "",
+            None,
+        );
+    }
+    for ((x, f), r) in rel.xfers.iter().zip(&rel.floor_xfers).zip(&floor_ratios) {
+        row(
+            &format!("{} CPU s/GB: mtpx / floor", x.name),
+            format!("{:.3} / {:.3}", x.per_gb(), f.per_gb()),
+            "",
+            None,
+        );
+        row(
+            &format!("  x relay floor (x AES floor {:.2})", x.per_gb() / aes),
+            format!("{r:.2}"),
+            "<= 1.25",
+            Some(*r <= 1.25),
+        );
+    }
+    if let Some(s) = &shaped {
+        row(
+            "shaped download, 64 conns (MB/s)",
+            format!("{:.1}", s.mb_s()),
+            "",
+            None,
+        );
+        row(
+            "shaped / unshaped download CPU per byte",
+            format!("{shaped_ratio:.2}"),
             "",
             None,
         );
     }
     row(
-        "shaped download, 64 conns (MB/s)",
-        format!("{:.1}", shaped.bytes as f64 / shaped.secs.max(1e-9) / 1e6),
-        "",
-        None,
-    );
-    row(
-        "shaped / unshaped download CPU per byte",
-        format!("{shaped_ratio:.2}"),
-        "",
-        None,
-    );
-    row(
         "relay CPU (s/GB) / crypto floor",
-        format!("{relay_per_gb:.3} / {floor:.3}"),
+        format!("{relay_per_gb:.3} / {aes:.3}"),
         "",
         None,
     );
     row(
-        "relay cost ratio (x floor)",
+        "relay cost ratio (x AES floor)",
         format!("{relay_ratio:.2}"),
         "<= 2.0",
         Some(relay_ratio <= 2.0),
     );
     row(
-        "  of which user space (x floor)",
+        "  of which user space (x AES floor)",
         format!("{relay_user_ratio:.2}"),
         "",
         None,
     );
     row(
         "handshakes/s (256 concurrent)",
-        format!("{:.0}", hs.count as f64 / hs.secs),
+        format!("{:.0}", rel.hs.count as f64 / rel.hs.secs),
         "",
         None,
     );
     row(
         "handshake latency p50 / p99 (us)",
-        format!("{} / {}", hs.p50_us, hs.p99_us),
+        format!("{} / {}", rel.hs.p50_us, rel.hs.p99_us),
+        "",
+        None,
+    );
+    if let Some(h) = &hs_stalled {
+        row(
+            &format!("  behind {stalled_n} stalled handshakes (us)"),
+            format!("{} / {}", h.p50_us, h.p99_us),
+            "",
+            None,
+        );
+    }
+    row(
+        "CPU per handshake (us): mtpx / floor",
+        format!("{:.1} / {:.1}", rel.hs.cpu_us(), rel.floor_hs.cpu_us()),
         "",
         None,
     );
     row(
-        &format!("  behind {stalled_n} stalled handshakes (us)"),
-        format!("{} / {}", hs_stalled.p50_us, hs_stalled.p99_us),
-        "",
-        None,
+        "  x handshake floor",
+        format!("{hs_floor_ratio:.2}"),
+        "<= 1.5",
+        Some(hs_floor_ratio <= 1.5),
     );
     row(
         "mtpx CPU per handshake (us)",
-        format!("{hs_cpu_us:.1}"),
+        format!("{:.1}", rel.hs.cpu_us()),
         "<= 50",
-        Some(hs_cpu_us <= 50.0),
+        Some(rel.hs.cpu_us() <= 50.0),
     );
-    row(
-        "RSS at rest (KiB)",
-        format!("{:.0}", kib(rss_rest)),
-        "",
-        None,
-    );
-    row(
-        &format!("RSS with {ok_small} / {ok_big} idle (KiB)"),
-        format!("{:.0} / {:.0}", kib(rss_small), kib(rss_big)),
-        "",
-        None,
-    );
-    row(
-        "resident per idle connection (KiB)",
-        format!("{:.2}", slope / 1024.0),
-        "<= 2.00",
-        Some(slope <= 2048.0),
-    );
-    row(
-        &format!("RSS growth round 1 -> {} (KiB)", rounds.len()),
-        format!("{:.0}", growth as f64 / 1024.0),
-        "bounded",
-        None,
-    );
-    row(
-        &format!("RSS growth round {} -> {} (KiB)", half.max(1), rounds.len()),
-        format!("{:.0}", growth_late as f64 / 1024.0),
-        "no growth",
-        Some(growth_late <= 16 * 1024),
-    );
+    // The second half of the rounds: by then every bounded structure (anti-replay ring,
+    // slab high-water mark, pool buffers) has been touched; growth there is a leak.
+    let (mut growth, mut growth_late) = (0i64, 0i64);
+    if let Some(mem) = &mem {
+        growth = match (mem.rounds.first(), mem.rounds.last()) {
+            (Some(a), Some(b)) => b.3 as i64 - a.3 as i64,
+            _ => 0,
+        };
+        let half = mem.rounds.len() / 2;
+        growth_late = match (mem.rounds.get(half.saturating_sub(1)), mem.rounds.last()) {
+            (Some(a), Some(b)) => b.3 as i64 - a.3 as i64,
+            _ => 0,
+        };
+        row(
+            "RSS at rest (KiB)",
+            format!("{:.0}", kib(mem.rss_rest)),
+            "",
+            None,
+        );
+        row(
+            &format!("RSS with {} / {} idle (KiB)", mem.ok_small, mem.ok_big),
+            format!("{:.0} / {:.0}", kib(mem.rss_small), kib(mem.rss_big)),
+            "",
+            None,
+        );
+        row(
+            "resident per idle connection (KiB)",
+            format!("{:.2}", mem.slope / 1024.0),
+            "<= 2.00",
+            Some(mem.slope <= 2048.0),
+        );
+        row(
+            &format!("RSS growth round 1 -> {} (KiB)", mem.rounds.len()),
+            format!("{:.0}", growth as f64 / 1024.0),
+            "bounded",
+            None,
+        );
+        row(
+            &format!(
+                "RSS growth round {} -> {} (KiB)",
+                half.max(1),
+                mem.rounds.len()
+            ),
+            format!("{:.0}", growth_late as f64 / 1024.0),
+            "no growth",
+            Some(growth_late <= 16 * 1024),
+        );
+    }
     row(
         "RSS after all load (KiB)",
         format!("{:.0}", kib(rss_after_load)),
@@ -1002,7 +1380,8 @@ fn orchestrate(args: &[String]) -> io::Result<()> {
     let mut j = String::new();
     let _ = write!(
         j,
-        "{{\n  \"mode\": \"{mode}\",\n  \"mtpx\": \"{}\",\n  \"mtpx_workers\": {},\n  \"cpus\": {},\n  \"elapsed_s\": {:.1},\n",
+        "{{\n  \"mode\": \"{mode}\",\n  \"relay_only\": {},\n  \"mtpx\": \"{}\",\n  \"mtpx_workers\": {},\n  \"cpus\": {},\n  \"elapsed_s\": {:.1},\n",
+        plan.relay_only,
         plan.mtpx.display(),
         plan.workers,
         std::thread::available_parallelism().map_or(0, |n| n.get()),
@@ -1010,47 +1389,57 @@ fn orchestrate(args: &[String]) -> io::Result<()> {
     );
     let _ = write!(
         j,
-        "  \"crypto_floor_cpu_s_per_gb\": {floor:.4},\n  \"aes_ctr_state_bytes\": {},\n  \"user_search\": {user_json},\n",
+        "  \"crypto_floor_cpu_s_per_gb\": {aes:.4},\n  \"aes_ctr_state_bytes\": {},\n  \"user_search\": {user_json},\n",
         std::mem::size_of::<AesCtr>()
     );
     j.push_str("  \"throughput\": [\n");
-    for (i, x) in xfers.iter().enumerate() {
+    for (i, (x, f)) in rel.xfers.iter().zip(&rel.floor_xfers).enumerate() {
         let _ = writeln!(
             j,
-            "    {{\"name\": \"{}\", \"bytes\": {}, \"seconds\": {:.4}, \"mb_per_s\": {:.2}, \"mtpx_cpu_s\": {:.3}, \"mtpx_user_s\": {:.3}, \"cpu_s_per_gb\": {:.4}, \"ratio_to_floor\": {:.3}, \"errors\": {}}}{}",
+            "    {{\"name\": \"{}\", \"bytes\": {}, \"seconds\": {:.4}, \"mb_per_s\": {:.2}, \"mtpx_cpu_s\": {:.3}, \"mtpx_user_s\": {:.3}, \"cpu_s_per_gb\": {:.4}, \"ratio_to_floor\": {:.3}, \"relay_floor_cpu_s_per_gb\": {:.4}, \"relay_floor_user_s_per_gb\": {:.4}, \"relay_floor_mb_per_s\": {:.2}, \"ratio_to_relay_floor\": {:.3}, \"goal_ratio_to_relay_floor\": 1.25, \"errors\": {}}}{}",
             x.name,
             x.bytes,
             x.secs,
-            x.bytes as f64 / x.secs.max(1e-9) / 1e6,
+            x.mb_s(),
             x.cpu,
             x.user,
-            x.cpu / x.bytes.max(1) as f64 * GB,
-            x.cpu / x.bytes.max(1) as f64 * GB / floor,
-            x.errors,
-            if i + 1 < xfers.len() { "," } else { "" }
+            x.per_gb(),
+            x.per_gb() / aes,
+            f.per_gb(),
+            f.user_per_gb(),
+            f.mb_s(),
+            x.per_gb() / f.per_gb(),
+            x.errors + f.errors,
+            if i + 1 < rel.xfers.len() { "," } else { "" }
         );
     }
     let _ = write!(
         j,
         "  ],\n  \"relay\": {{\"bytes\": {relay_bytes}, \"mtpx_cpu_s\": {relay_cpu:.3}, \"cpu_s_per_gb\": {relay_per_gb:.4}, \"ratio_to_floor\": {relay_ratio:.3}, \"user_cpu_s_per_gb\": {relay_user_per_gb:.4}, \"user_ratio_to_floor\": {relay_user_ratio:.3}, \"goal_ratio\": 2.0}},\n"
     );
+    if let Some(s) = &shaped {
+        let _ = writeln!(
+            j,
+            "  \"shaping\": {{\"bytes\": {}, \"seconds\": {:.4}, \"mb_per_s\": {:.2}, \"cpu_s_per_gb\": {:.4}, \"ratio_to_unshaped\": {shaped_ratio:.3}, \"errors\": {}}},",
+            s.bytes,
+            s.secs,
+            s.mb_s(),
+            s.per_gb(),
+            s.errors
+        );
+    }
+    if let Some(h) = &hs_stalled {
+        let _ = writeln!(
+            j,
+            "  \"handshakes_behind_stalled\": {{\"stalled\": {stalled_n}, \"count\": {}, \"errors\": {}, \"p50_us\": {}, \"p99_us\": {}, \"rss_kib\": {rss_stalled}}},",
+            h.count, h.errors, h.p50_us, h.p99_us
+        );
+    }
+    let hs = &rel.hs;
+    let fh = &rel.floor_hs;
     let _ = writeln!(
         j,
-        "  \"shaping\": {{\"bytes\": {}, \"seconds\": {:.4}, \"mb_per_s\": {:.2}, \"cpu_s_per_gb\": {:.4}, \"ratio_to_unshaped\": {shaped_ratio:.3}, \"errors\": {}}},",
-        shaped.bytes,
-        shaped.secs,
-        shaped.bytes as f64 / shaped.secs.max(1e-9) / 1e6,
-        per_gb(&shaped),
-        shaped.errors
-    );
-    let _ = writeln!(
-        j,
-        "  \"handshakes_behind_stalled\": {{\"stalled\": {stalled_n}, \"count\": {}, \"errors\": {}, \"p50_us\": {}, \"p99_us\": {}, \"rss_kib\": {rss_stalled}}},",
-        hs_stalled.count, hs_stalled.errors, hs_stalled.p50_us, hs_stalled.p99_us
-    );
-    let _ = writeln!(
-        j,
-        "  \"handshakes\": {{\"clients\": {}, \"count\": {}, \"errors\": {}, \"seconds\": {:.3}, \"per_s\": {:.1}, \"p50_us\": {}, \"p99_us\": {}, \"mtpx_cpu_s\": {:.3}, \"mtpx_cpu_us_per_handshake\": {hs_cpu_us:.2}, \"mtpx_user_us_per_handshake\": {hs_user_us:.2}, \"goal_us\": 50}},",
+        "  \"handshakes\": {{\"clients\": {}, \"count\": {}, \"errors\": {}, \"seconds\": {:.3}, \"per_s\": {:.1}, \"p50_us\": {}, \"p99_us\": {}, \"mtpx_cpu_s\": {:.3}, \"mtpx_cpu_us_per_handshake\": {:.2}, \"mtpx_user_us_per_handshake\": {:.2}, \"goal_us\": 50, \"floor_count\": {}, \"floor_errors\": {}, \"floor_per_s\": {:.1}, \"floor_cpu_us_per_handshake\": {:.2}, \"floor_user_us_per_handshake\": {:.2}, \"ratio_to_floor\": {hs_floor_ratio:.3}, \"goal_ratio_to_floor\": 1.5}},",
         plan.hs_clients,
         hs.count,
         hs.errors,
@@ -1058,33 +1447,156 @@ fn orchestrate(args: &[String]) -> io::Result<()> {
         hs.count as f64 / hs.secs,
         hs.p50_us,
         hs.p99_us,
-        hs.cpu
+        hs.cpu,
+        hs.cpu_us(),
+        hs.user_us(),
+        fh.count,
+        fh.errors,
+        fh.count as f64 / fh.secs,
+        fh.cpu_us(),
+        fh.user_us(),
     );
-    let _ = writeln!(
-        j,
-        "  \"memory\": {{\"rss_rest\": {rss_rest}, \"idle_small\": {ok_small}, \"rss_idle_small\": {rss_small}, \"idle_big\": {ok_big}, \"rss_idle_big\": {rss_big}, \"bytes_per_idle_conn\": {slope:.1}, \"goal_bytes\": 2048, \"fds_rest\": {fd_rest}, \"fds_idle_big\": {fd_big}, \"rss_after_close\": {rss_round0}, \"rss_after_all_load\": {rss_after_load}}},"
-    );
-    j.push_str("  \"rounds\": [\n");
-    for (i, r) in rounds.iter().enumerate() {
+    if let Some(mem) = &mem {
         let _ = writeln!(
             j,
-            "    {{\"round\": {}, \"opened\": {}, \"failed\": {}, \"rss_open\": {}, \"rss_after_close\": {}, \"fds_after_close\": {}}}{}",
-            i + 1,
-            r.0,
-            r.1,
-            r.2,
-            r.3,
-            r.4,
-            if i + 1 < rounds.len() { "," } else { "" }
+            "  \"memory\": {{\"rss_rest\": {}, \"idle_small\": {}, \"rss_idle_small\": {}, \"idle_big\": {}, \"rss_idle_big\": {}, \"bytes_per_idle_conn\": {:.1}, \"goal_bytes\": 2048, \"fds_idle_big\": {}, \"rss_after_close\": {}, \"rss_after_all_load\": {rss_after_load}}},",
+            mem.rss_rest,
+            mem.ok_small,
+            mem.rss_small,
+            mem.ok_big,
+            mem.rss_big,
+            mem.slope,
+            mem.fd_big,
+            mem.rss_round0
+        );
+        j.push_str("  \"rounds\": [\n");
+        for (i, r) in mem.rounds.iter().enumerate() {
+            let _ = writeln!(
+                j,
+                "    {{\"round\": {}, \"opened\": {}, \"failed\": {}, \"rss_open\": {}, \"rss_after_close\": {}, \"fds_after_close\": {}}}{}",
+                i + 1,
+                r.0,
+                r.1,
+                r.2,
+                r.3,
+                r.4,
+                if i + 1 < mem.rounds.len() { "," } else { "" }
+            );
+        }
+        let _ = writeln!(
+            j,
+            "  ],\n  \"rss_growth_over_rounds\": {growth},\n  \"rss_growth_second_half\": {growth_late},"
         );
     }
-    let _ = write!(
-        j,
-        "  ],\n  \"rss_growth_over_rounds\": {growth},\n  \"rss_growth_second_half\": {growth_late},\n  \"failures\": {failures}\n}}\n"
-    );
+    let _ = write!(j, "  \"failures\": {failures}\n}}\n");
     std::fs::write(&plan.json, j)?;
     println!("\nwrote {}", plan.json.display());
-    drop(refused);
+    if failures > 0 {
+        return Err(io::Error::other(format!("{failures} operations failed")));
+    }
+    Ok(())
+}
+
+/// Side by side: `old` (`--compare`) and `plan.mtpx` alternate for `plan.ab_rounds` rounds of
+/// the relay runs and handshakes (order swapped every round), each round with the floor too;
+/// medians per binary, their ratio and both against the floor.
+fn compare(
+    plan: &Plan,
+    env: &Env,
+    floor: &mut Floor,
+    old: &std::path::Path,
+    aes: f64,
+    started: Instant,
+) -> io::Result<()> {
+    let bins = [old, plan.mtpx.as_path()];
+    // [binary][metric][round]; metrics: the four relay runs (CPU s/GB), handshake CPU (us),
+    // relay user s/GB and handshake user us; the floor likewise in `fl`.
+    let n = XFERS.len() + 1;
+    let mut v = vec![vec![Vec::new(); 2 * n]; 2];
+    let mut fl = vec![Vec::new(); 2 * n];
+    let mut failures = 0u64;
+    for round in 0..plan.ab_rounds.max(1) {
+        println!("\n######## round {} of {}", round + 1, plan.ab_rounds);
+        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for b in order {
+            let (rel, m, _) = relay_phase(plan, env, floor, bins[b], aes)?;
+            m.stop();
+            for (i, x) in rel.xfers.iter().enumerate() {
+                v[b][i].push(x.per_gb());
+                v[b][n + i].push(x.user_per_gb());
+                failures += x.errors;
+            }
+            v[b][n - 1].push(rel.hs.cpu_us());
+            v[b][2 * n - 1].push(rel.hs.user_us());
+            failures += rel.hs.errors;
+            // The floor runs next to each binary: keep both (twice the samples).
+            for (i, x) in rel.floor_xfers.iter().enumerate() {
+                fl[i].push(x.per_gb());
+                fl[n + i].push(x.user_per_gb());
+                failures += x.errors;
+            }
+            fl[n - 1].push(rel.floor_hs.cpu_us());
+            fl[2 * n - 1].push(rel.floor_hs.user_us());
+            failures += rel.floor_hs.errors + rel.floor_errors;
+        }
+    }
+    let names: Vec<String> = XFERS
+        .iter()
+        .map(|x| format!("{} (CPU s/GB)", x.0))
+        .chain(std::iter::once("handshake (CPU us)".to_string()))
+        .collect();
+    println!(
+        "\n== side by side, medians of {} rounds ({:.0} s): A = {}, B = {} ==",
+        plan.ab_rounds,
+        started.elapsed().as_secs_f64(),
+        old.display(),
+        plan.mtpx.display()
+    );
+    println!(
+        "{:<30} {:>9} {:>9} {:>9} {:>7} {:>8} {:>8}",
+        "metric", "A", "B", "floor", "B/A", "A/floor", "B/floor"
+    );
+    let mut j = String::new();
+    let _ = write!(
+        j,
+        "{{\n  \"mode\": \"compare\",\n  \"a\": \"{}\",\n  \"b\": \"{}\",\n  \"rounds\": {},\n  \"crypto_floor_cpu_s_per_gb\": {aes:.4},\n  \"metrics\": [\n",
+        old.display(),
+        plan.mtpx.display(),
+        plan.ab_rounds
+    );
+    for k in 0..2 * n {
+        let name = if k < n {
+            names[k].clone()
+        } else {
+            format!("  user: {}", names[k - n])
+        };
+        let (a, b, f) = (median(&v[0][k]), median(&v[1][k]), median(&fl[k]));
+        println!(
+            "{name:<30} {a:>9.3} {b:>9.3} {f:>9.3} {:>7.3} {:>8.2} {:>8.2}",
+            b / a,
+            a / f,
+            b / f
+        );
+        let list = |x: &[f64]| {
+            x.iter()
+                .map(|v| format!("{v:.4}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let _ = writeln!(
+            j,
+            "    {{\"name\": \"{}\", \"a_median\": {a:.4}, \"b_median\": {b:.4}, \"floor_median\": {f:.4}, \"b_over_a\": {:.4}, \"a\": [{}], \"b\": [{}], \"floor\": [{}]}}{}",
+            name.trim(),
+            b / a,
+            list(&v[0][k]),
+            list(&v[1][k]),
+            list(&fl[k]),
+            if k + 1 < 2 * n { "," } else { "" }
+        );
+    }
+    let _ = write!(j, "  ],\n  \"failures\": {failures}\n}}\n");
+    std::fs::write(&plan.json, j)?;
+    println!("\nwrote {}", plan.json.display());
     if failures > 0 {
         return Err(io::Error::other(format!("{failures} operations failed")));
     }
