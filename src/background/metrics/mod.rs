@@ -156,6 +156,61 @@ const FROM_CLIENT: [(&str, &str); 1] = [(LABEL_DIRECTION, DIRECTION_FROM_CLIENT)
 const BLOCK: [(&str, &str); 1] = [(LABEL_IP_LIST, fmt::IP_LIST_BLOCK)];
 const ALLOW: [(&str, &str); 1] = [(LABEL_IP_LIST, fmt::IP_LIST_ALLOW)];
 
+/// A per-user series' labels: its own (or an empty pair) and `user`.
+type UserLabels<'a> = [(&'static str, &'a str); 2];
+
+/// The per-user series of `s` (deltas from `base` for counters): labels, and per label the
+/// family (0 traffic, 1 open, 2 admitted, 3 quota used, 4 rejections) and value. Users are
+/// matched to their base by name (a reload may renumber them); reasons with a zero count have
+/// no series. Out of line: both exporters use it.
+#[inline(never)]
+fn user_series<'a>(
+    s: &'a Snapshot,
+    base: Option<&Snapshot>,
+) -> (Vec<UserLabels<'a>>, Vec<(usize, f64)>) {
+    let mut labels: Vec<[(&str, &str); 2]> = Vec::new();
+    let mut values: Vec<(usize, f64)> = Vec::new();
+    for (i, u) in s.users.iter().enumerate() {
+        let c = &u.counts;
+        let old = base.and_then(|b| {
+            b.users
+                .get(i)
+                .filter(|o| o.name == u.name)
+                .or_else(|| b.users.iter().find(|o| o.name == u.name))
+        });
+        let was = |f: fn(&UserCounts) -> u64| old.map_or(0, |o| f(&o.counts));
+        let user = (fmt::LABEL_USER, u.name.as_str());
+        let mut add = |family: usize, label: (&'static str, &'static str), v: u64| {
+            labels.push([label, user]);
+            values.push((family, v as f64));
+        };
+        add(
+            0,
+            (LABEL_DIRECTION, DIRECTION_TO_CLIENT),
+            c.to_client.saturating_sub(was(|o| o.to_client)),
+        );
+        add(
+            0,
+            (LABEL_DIRECTION, DIRECTION_FROM_CLIENT),
+            c.from_client.saturating_sub(was(|o| o.from_client)),
+        );
+        add(1, ("", ""), c.open);
+        add(2, ("", ""), c.admitted.saturating_sub(was(|o| o.admitted)));
+        add(3, ("", ""), c.used);
+        for (r, why) in UserReject::ALL.iter().enumerate() {
+            if c.rejects[r] > 0 {
+                let old = old.map_or(0, |o| o.counts.rejects[r]);
+                add(
+                    4,
+                    (LABEL_REASON, why.as_str()),
+                    c.rejects[r].saturating_sub(old),
+                );
+            }
+        }
+    }
+    (labels, values)
+}
+
 /// Hands the metrics of `s` to `emit`. Counters are `s - base` when `base` is given (StatsD
 /// deltas), else absolute (Prometheus).
 fn with_metrics<R>(
@@ -262,49 +317,7 @@ fn with_metrics<R>(
     let self_loops = one(d(s.front_self_loops, |b| b.front_self_loops));
     let log_dropped = one(d(s.log_dropped, |b| b.log_dropped));
     let handshake_bufs = one(g(s.handshake_bufs));
-    // Per user: traffic, open connections, admitted, quota used, and the refusals that
-    // happened (reasons with a zero count have no series). A user's base is found by name
-    // (a reload may renumber users). Labels first, samples after (they borrow the labels).
-    let mut user_labels: Vec<[(&str, &str); 2]> = Vec::new();
-    let mut user_values: Vec<(usize, f64)> = Vec::new();
-    for (i, u) in s.users.iter().enumerate() {
-        let c = &u.counts;
-        let old = base.and_then(|b| {
-            b.users
-                .get(i)
-                .filter(|o| o.name == u.name)
-                .or_else(|| b.users.iter().find(|o| o.name == u.name))
-        });
-        let was = |f: fn(&UserCounts) -> u64| old.map_or(0, |o| f(&o.counts));
-        let user = (fmt::LABEL_USER, u.name.as_str());
-        let mut add = |family: usize, label: (&'static str, &'static str), v: u64| {
-            user_labels.push([label, user]);
-            user_values.push((family, v as f64));
-        };
-        add(
-            0,
-            (LABEL_DIRECTION, DIRECTION_TO_CLIENT),
-            c.to_client.saturating_sub(was(|o| o.to_client)),
-        );
-        add(
-            0,
-            (LABEL_DIRECTION, DIRECTION_FROM_CLIENT),
-            c.from_client.saturating_sub(was(|o| o.from_client)),
-        );
-        add(1, ("", ""), c.open);
-        add(2, ("", ""), c.admitted.saturating_sub(was(|o| o.admitted)));
-        add(3, ("", ""), c.used);
-        for (r, why) in UserReject::ALL.iter().enumerate() {
-            if c.rejects[r] > 0 {
-                let old = old.map_or(0, |o| o.counts.rejects[r]);
-                add(
-                    4,
-                    (LABEL_REASON, why.as_str()),
-                    c.rejects[r].saturating_sub(old),
-                );
-            }
-        }
-    }
+    let (user_labels, user_values) = user_series(s, base);
     let family = |f: usize| -> Vec<Sample<'_>> {
         user_labels
             .iter()
