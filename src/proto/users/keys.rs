@@ -16,6 +16,7 @@
 //!
 //! Pure / no I/O.
 
+use aes::cipher::{BlockCipherEncrypt, KeyInit};
 use sha2::block_api::compress256;
 
 use super::{UserId, Users};
@@ -269,10 +270,16 @@ impl Users {
             let mut s = IV;
             compress256(&mut s, &[block]);
             let key = state_bytes(&s);
-            // Bytes 56..64 (tag, DC, noise) are the second half of keystream block 3.
+            // Bytes 56..64 (tag, DC, noise) are the second half of keystream block 3: one AES
+            // block (a whole CTR batch would cost several).
+            let mut block3 = (u128::from_be_bytes(iv).wrapping_add(3))
+                .to_be_bytes()
+                .into();
+            aes::Aes256Enc::new(&key.into()).encrypt_block(&mut block3);
             let mut tail = [0u8; 8];
-            tail.copy_from_slice(&frame[56..]);
-            mtpx_ctr::apply_keystream(&key, &iv, 56, &mut tail);
+            for (t, (f, k)) in tail.iter_mut().zip(frame[56..].iter().zip(&block3[8..])) {
+                *t = f ^ k;
+            }
             let tag = match Tag::from_bytes([tail[0], tail[1], tail[2], tail[3]]) {
                 Some(t) if secret.kind == SecretKind::Secure && t != Tag::Padded => {
                     not_allowed = true;
