@@ -227,6 +227,7 @@ impl<S: Sock> Conn<S> {
     }
 
     /// A turn of the dial phase: did the connect finish?
+    #[inline(never)]
     pub(super) fn connecting(
         &mut self,
         mut dial: Dial<S>,

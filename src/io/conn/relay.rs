@@ -280,7 +280,9 @@ pub(super) struct Ends<'a, S> {
 }
 
 impl<S: Sock> Relay<S> {
-    /// A turn of the relay: `Err` names why it must close (the caller releases it).
+    /// A turn of the relay: `Err` names why it must close (the caller releases it). Not
+    /// inlined (size: one call per turn).
+    #[inline(never)]
     pub(super) fn turn(
         &mut self,
         ends: &mut Ends<'_, S>,
