@@ -27,6 +27,7 @@ include mk/probes.mk
 include mk/release.mk
 include mk/bench.mk
 include mk/fuzz.mk
+include mk/soak.mk
 .PHONY: help build test test-deps unit interop interop-tdlib interop-mtcute haproxy interop-reference lint layering check run clean
 
 help: ## show this list

@@ -375,7 +375,8 @@ fn silence_times_out_within_the_budget() {
     let took = start.elapsed();
     assert_eq!(e.kind(), std::io::ErrorKind::TimedOut, "{e}");
     assert!(took >= Duration::from_millis(550), "{took:?}");
-    assert!(took < Duration::from_millis(1500), "{took:?}");
+    // Well past the budget: a second or two of slack for a loaded machine (it was 0.9 s).
+    assert!(took < Duration::from_secs(3), "{took:?}");
     // Two rounds (attempts), each asking A and AAAA.
     assert_eq!(r.udp_queries.load(Ordering::SeqCst), 4);
 }
@@ -424,11 +425,12 @@ fn refused_port_moves_on_quickly() {
     };
     let good = responder(false);
     let start = Instant::now();
-    let got = resolve_with(&[closed, good.addr], "a.test", 443, Duration::from_secs(4)).unwrap();
+    let got = resolve_with(&[closed, good.addr], "a.test", 443, Duration::from_secs(10)).unwrap();
     assert_eq!(got.len(), 3);
-    // ICMP port unreachable ends the try at once instead of waiting out the 2 s per-try budget.
+    // ICMP port unreachable ends the try at once instead of waiting out the 5 s per-try budget
+    // (bounds far apart, so a loaded machine's delays never reach them).
     assert!(
-        start.elapsed() < Duration::from_millis(1500),
+        start.elapsed() < Duration::from_secs(3),
         "{:?}",
         start.elapsed()
     );

@@ -497,7 +497,15 @@ fn everything_reachable_passes() {
     for (id, dc) in &dcs {
         let line = format!("DC {id}: {} in ", dc.addr);
         assert!(has(&report, "✅", &line), "{line}\n{}", r.stdout);
-        assert!(dc.accepted.load(Ordering::SeqCst) >= 1, "DC {id}");
+        // The doctor's connect completes in the kernel's backlog; the fake's accept thread
+        // counts it when it next runs, which on a loaded machine can be after the doctor exits.
+        assert!(
+            common::wait_until(Duration::from_secs(10), || dc
+                .accepted
+                .load(Ordering::SeqCst)
+                >= 1),
+            "DC {id}: never accepted the doctor's connection"
+        );
     }
     // SOCKS5: a CONNECT to DC 2's (overridden) address.
     let dc2 = overrides.iter().find(|(id, _)| *id == 2).unwrap().1;

@@ -711,6 +711,9 @@ fn dc_refused_closes_client_and_counts() {
         let mut cfg = test_config(secret.clone(), 2, &refused);
         cfg.dc_overrides.push((3, vec![other.addr]));
         cfg.dc_overrides.push((2, vec![dc.addr]));
+        // A refusal must end the connect at once, not after the connect timeout: far above
+        // the bound below, so that a loaded machine's delays never reach it.
+        cfg.timeouts.tcp = Duration::from_secs(10);
         let proxy = start(cfg);
         let st = proxy.stats();
         let mut c = TestClient::connect(
@@ -723,7 +726,7 @@ fn dc_refused_closes_client_and_counts() {
         let _ = c.send(b"hello");
         let t0 = Instant::now();
         let mut buf = [0u8; 16];
-        c.rx.set_read_timeout(Duration::from_secs(5));
+        c.rx.set_read_timeout(Duration::from_secs(8));
         let r = c.rx.recv(&mut buf);
         assert!(
             matches!(r, Ok(0))
@@ -733,7 +736,7 @@ fn dc_refused_closes_client_and_counts() {
             "{what}: client not closed: {r:?}"
         );
         assert!(
-            t0.elapsed() < Duration::from_secs(3),
+            t0.elapsed() < Duration::from_secs(5),
             "{what}: took {:?}",
             t0.elapsed()
         );
@@ -789,8 +792,9 @@ fn dc_blackholed_times_out_then_falls_back() {
             ),
         "client not closed after {took:?}: {r:?}"
     );
+    // Without the connect timeout it would stay open (until the 6 s read timeout).
     assert!(
-        took >= Duration::from_millis(900) && took <= Duration::from_secs(3),
+        took >= Duration::from_millis(900) && took <= Duration::from_secs(5),
         "closed after {took:?}, want about 1 s"
     );
     assert!(
@@ -2025,8 +2029,18 @@ fn fronted_slow_readers_do_not_starve_clients() {
 
 /// A connection that waits for a pool buffer is woken when the holder's idle timeout (found
 /// by the worker's sweep, not by any socket event) gives the buffers back. Pool of 2: client A
-/// uploads to an echo DC and never reads, so both directions hold a buffer; client B then
-/// waits, and must be served once A times out (2 s), well within its own 15 s I/O timeout.
+/// uploads to an echo DC and never reads, so both directions hold a relay buffer; client B
+/// then waits, and must be served once A times out, well within its own 15 s I/O timeout.
+///
+/// The set-up waits for states rather than sleeping (a loaded machine fills A's pipeline in
+/// its own time; B used to come after a fixed 700 ms while A still moved bytes, A's idle
+/// deadline then fell close to or after B's, and one sweep closed both: B was "idle" while it
+/// waited, `EOF after 0 of 50000 bytes`):
+/// * A's upload starts once the DC has A's frame, so that A's client-to-DC direction has
+///   emptied its small handshake buffer and takes a relay buffer for the upload (a direction
+///   that never empties keeps the small one, and A would pin only one relay buffer);
+/// * B comes once the pool reports both relay buffers in use and the DC has received nothing
+///   new for a second: A's idle deadline comes at least a second before B's.
 #[test]
 fn waiter_is_woken_when_a_timed_out_holder_frees_buffers() {
     let refused = RefusedPort::new();
@@ -2034,12 +2048,22 @@ fn waiter_is_woken_when_a_timed_out_holder_frees_buffers() {
     let secret = secret(SecretKind::Secure, 107);
     let mut cfg = test_config(secret.clone(), 1, &refused);
     cfg.buffer_count = 2;
-    cfg.timeouts.idle = Duration::from_secs(2);
+    // A is found stuck a second after its last byte, two before its timeout.
+    cfg.timeouts.idle = Duration::from_secs(3);
     cfg.dc_overrides.push((2, vec![dc.addr]));
+    cfg.prometheus.enabled = true;
+    cfg.prometheus.bind_to = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+    cfg.prometheus.http_path = "/metrics".into();
     let proxy = start(cfg);
     let addr = proxy.local_addr();
+    let metrics = proxy.metrics_addr().expect("metrics endpoint");
+    let st = proxy.stats();
     let opts = |seed| ClientOpts::new(default_tag(SecretKind::Secure), 2, seed);
     let a = TestClient::connect(addr, &secret, &opts(700)).expect("client A");
+    assert!(
+        wait_until(Duration::from_secs(10), || dc.frames().len() == 1),
+        "A's frame never reached the DC"
+    );
     let (mut a_tx, a_rx) = a.split();
     let writer = std::thread::spawn(move || {
         // Blocks once every buffer on the way is full; fails when mtpx closes A.
@@ -2050,7 +2074,23 @@ fn waiter_is_woken_when_a_timed_out_holder_frees_buffers() {
             }
         }
     });
-    std::thread::sleep(Duration::from_millis(700));
+    // Stuck: both relay buffers held (the sweep exports it every 250 ms) and nothing new at
+    // the DC for a second.
+    let a_dc = dc.conn(0);
+    let (mut last, mut still_since) = (u64::MAX, Instant::now());
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            let now = load(&a_dc.received);
+            if now != last {
+                (last, still_since) = (now, Instant::now());
+            }
+            let (_, body) = scrape(metrics, "/metrics");
+            still_since.elapsed() >= Duration::from_secs(1)
+                && sample(&body, "mtg_buffer_pool_in_use") == Some(2.0)
+        }),
+        "A never pinned the pool ({last} bytes at the DC)"
+    );
+    assert_eq!(load(&st.closed), 0, "A closed before B came");
     let t0 = Instant::now();
     let mut b = TestClient::connect(addr, &secret, &opts(701)).expect("client B");
     let data = Pattern::new(701).take(50_000);
@@ -2058,7 +2098,12 @@ fn waiter_is_woken_when_a_timed_out_holder_frees_buffers() {
         .echo_round_trip(&data)
         .unwrap_or_else(|e| panic!("client B behind a stuck client: {e}"));
     assert!(got == data, "client B: bytes differ");
-    eprintln!("client B served after {:?}", t0.elapsed());
+    eprintln!(
+        "client B served after {:?} (A stuck at {last} bytes)",
+        t0.elapsed()
+    );
+    // B could only be served once A's timeout gave the buffers back.
+    assert_eq!(load(&st.closed), 1, "B served while A still held the pool");
     drop(a_rx);
     writer.join().expect("writer");
 }
@@ -2201,7 +2246,8 @@ fn shutdown_grace_expires() {
     proxy.shutdown();
     let took = t0.elapsed();
     assert!(
-        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+        // Without the grace limit it would wait for the relay, which never ends (silent DC).
+        took >= Duration::from_millis(900) && took < Duration::from_secs(10),
         "shutdown took {took:?} with a 1 s grace"
     );
     c.rx.set_read_timeout(Duration::from_secs(3));

@@ -252,18 +252,19 @@ fn sigterm_does_not_wait_for_a_scout_raid() {
     std::thread::sleep(Duration::from_millis(200));
     let t = Instant::now();
     signal(&mtpx.0, 15);
+    // Waiting for the raid takes the probe's 10 s timeout at least; a prompt exit takes
+    // milliseconds, or a few seconds on a loaded machine (the bound was 1 s).
     let status = loop {
         if let Some(s) = mtpx.0.try_wait().unwrap() {
             break s;
         }
         assert!(
-            t.elapsed() < Duration::from_secs(3),
+            t.elapsed() < Duration::from_secs(5),
             "SIGTERM waited for the scout's raid"
         );
         std::thread::sleep(Duration::from_millis(20));
     };
     eprintln!("exited {:?} after SIGTERM", t.elapsed());
     assert!(status.success(), "{status:?}");
-    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
     let _ = std::fs::remove_dir_all(&dir);
 }

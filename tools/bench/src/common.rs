@@ -4,6 +4,7 @@
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
 use std::os::fd::FromRawFd;
+use std::process::{Child, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -62,6 +63,8 @@ pub const OP_HOLD: u8 = b'H';
 pub const OP_UP: u8 = b'U';
 /// Download: the DC sends `len` pattern bytes and closes.
 pub const OP_DOWN: u8 = b'D';
+/// Echo: the DC sends back every byte it receives (the soak's clients).
+pub const OP_ECHO: u8 = b'E';
 /// With [`OP_HOLD`]: close right after the answer byte (handshake benchmark).
 pub const FLAG_CLOSE: u8 = 1;
 /// The byte the DC answers to [`OP_HOLD`].
@@ -82,18 +85,20 @@ pub fn command(op: u8, flags: u8, len: u64) -> [u8; CMD_LEN] {
 // ------------------------------------------------------------------------------------------
 // Sockets
 
-/// A blocking TCP connection to `dst` from `src` (port chosen at connect time, so one source
+/// A `sockaddr_in` for `a`.
+pub fn sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
+    // SAFETY: sockaddr_in is plain old data; all-zero is a valid value.
+    let mut s: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    s.sin_family = libc::AF_INET as libc::sa_family_t;
+    s.sin_port = a.port().to_be();
+    s.sin_addr.s_addr = u32::from_ne_bytes(a.ip().octets());
+    s
+}
+
+/// An unconnected TCP socket bound to `src` (port chosen at connect time, so one source
 /// address serves every destination with its own port range).
-pub fn connect_from(src: Ipv4Addr, dst: SocketAddrV4) -> io::Result<TcpStream> {
+pub fn socket_from(src: Ipv4Addr) -> io::Result<TcpStream> {
     const IP_BIND_ADDRESS_NO_PORT: libc::c_int = 24;
-    fn sa(a: SocketAddrV4) -> libc::sockaddr_in {
-        // SAFETY: sockaddr_in is plain old data; all-zero is a valid value.
-        let mut s: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-        s.sin_family = libc::AF_INET as libc::sa_family_t;
-        s.sin_port = a.port().to_be();
-        s.sin_addr.s_addr = u32::from_ne_bytes(a.ip().octets());
-        s
-    }
     let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
     // SAFETY: plain libc calls on a descriptor we own; sockaddrs are local initialised values.
     unsafe {
@@ -110,11 +115,23 @@ pub fn connect_from(src: Ipv4Addr, dst: SocketAddrV4) -> io::Result<TcpStream> {
             &one as *const libc::c_int as *const libc::c_void,
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         );
-        let s = sa(SocketAddrV4::new(src, 0));
+        let s = sockaddr(SocketAddrV4::new(src, 0));
         if libc::bind(fd, &s as *const _ as *const libc::sockaddr, len) != 0 {
             return Err(io::Error::last_os_error());
         }
-        let d = sa(dst);
+        Ok(stream)
+    }
+}
+
+/// A blocking TCP connection to `dst` from `src` (see [`socket_from`]).
+pub fn connect_from(src: Ipv4Addr, dst: SocketAddrV4) -> io::Result<TcpStream> {
+    use std::os::fd::AsRawFd;
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    let stream = socket_from(src)?;
+    let fd = stream.as_raw_fd();
+    // SAFETY: connect on a descriptor we own; the sockaddr is a local initialised value.
+    unsafe {
+        let d = sockaddr(dst);
         loop {
             if libc::connect(fd, &d as *const _ as *const libc::sockaddr, len) == 0 {
                 break;
@@ -255,10 +272,24 @@ impl Client {
     /// Full FakeTLS handshake: hello → server flight verified → obfuscated2 frame + `cmd` in
     /// one application-data record.
     pub fn connect(t: &Target, dc: i16, cmd: [u8; CMD_LEN], inbuf: usize) -> io::Result<Client> {
+        Client::connect_recorded(t, dc, cmd, inbuf, &mut Vec::new())
+    }
+
+    /// [`Client::connect`], keeping every byte sent in `sent` (hello, then the first record):
+    /// what a recorder on the path would replay.
+    pub fn connect_recorded(
+        t: &Target,
+        dc: i16,
+        cmd: [u8; CMD_LEN],
+        inbuf: usize,
+        sent: &mut Vec<u8>,
+    ) -> io::Result<Client> {
         let mut rng = XorShift64(seed());
         let mut s = connect_from(t.src, t.proxy)?;
         let hello = faketls::build_client_hello(&mut rng, &t.key, &t.host, unix_now());
         s.write_all(&hello)?;
+        sent.clear();
+        sent.extend_from_slice(&hello);
         let mut random = [0u8; 32];
         random.copy_from_slice(&hello[11..43]);
         let mut flight = vec![0u8; 8192];
@@ -292,6 +323,7 @@ impl Client {
         enc.apply_keystream(&mut c);
         first[69..].copy_from_slice(&c);
         s.write_all(&first)?;
+        sent.extend_from_slice(&first);
         Ok(Client {
             s,
             enc,
@@ -379,5 +411,57 @@ impl Client {
             self.in_start = self.in_end;
         }
         Ok(n)
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// mtpx itself
+
+/// Starts mtpx (`cmd`: binary and arguments) with stdout and stderr to `log`, dying with this
+/// process (`PR_SET_PDEATHSIG`), and waits up to 10 s for its `proxy-started` line.
+pub fn start_mtpx(mut cmd: std::process::Command, log: &std::path::Path) -> io::Result<Child> {
+    use std::os::unix::process::CommandExt;
+    let logf = std::fs::File::create(log)?;
+    cmd.stdin(Stdio::null())
+        .stdout(logf.try_clone()?)
+        .stderr(logf);
+    // SAFETY: only an async-signal-safe prctl between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            );
+            Ok(())
+        });
+    }
+    let bin = cmd.get_program().to_string_lossy().into_owned();
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| io::Error::other(format!("cannot start {bin}: {e}")))?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(Some(st)) = child.try_wait() {
+            return Err(io::Error::other(format!(
+                "mtpx exited at start ({st}); see {}",
+                log.display()
+            )));
+        }
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.contains("proxy-started") {
+            return Ok(child);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(io::Error::other(format!(
+                "mtpx did not start; see {}",
+                log.display()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }

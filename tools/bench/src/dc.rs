@@ -1,6 +1,7 @@
 //! The fake Telegram DC: one mio loop in its own process. It parses the proxy's obfuscated2
-//! frame (`obfs2::dc_accept`), reads a 16-byte command and then holds, sinks or sources data
-//! (see `common::OP_*`). It always closes first, so TIME_WAIT never sits on an ephemeral port.
+//! frame (`obfs2::dc_accept`), reads a 16-byte command and then holds, sinks, sources or echoes
+//! data (see `common::OP_*`). It always closes first, so TIME_WAIT never sits on an ephemeral
+//! port.
 
 use std::collections::HashMap;
 use std::io::{self, ErrorKind, Read, Write};
@@ -26,6 +27,8 @@ enum St {
     Sink,
     /// Download: sending.
     Source,
+    /// Echo: sending back what arrives.
+    Echo,
     /// Our write side is shut; waiting for the peer's EOF.
     Closing,
 }
@@ -164,8 +167,8 @@ fn drive(c: &mut Conn, scratch: &mut [u8]) -> io::Result<bool> {
     loop {
         let mut progress = false;
         if !flush(c)? {
-            // Output pending: no new reads for a source; others may still read.
-            if c.st == St::Source {
+            // Output pending: no new reads for a source or an echo; others may still read.
+            if c.st == St::Source || c.st == St::Echo {
                 return Ok(false);
             }
         } else if c.st == St::Source {
@@ -246,6 +249,7 @@ fn on_data(c: &mut Conn, mut data: &mut [u8]) -> io::Result<()> {
                 c.left = len;
                 c.st = St::Source;
             }
+            OP_ECHO => c.st = St::Echo,
             _ => return Err(io::Error::other("unknown command")),
         }
         flush(c)?;
@@ -254,6 +258,13 @@ fn on_data(c: &mut Conn, mut data: &mut [u8]) -> io::Result<()> {
         return Ok(());
     }
     match c.st {
+        St::Echo => {
+            if let Some(d) = c.dec.as_mut() {
+                d.apply_keystream(data);
+            }
+            queue(c, data);
+            flush(c)?;
+        }
         St::Hold => {
             // Any byte: close first.
             c.shut_after = true;

@@ -6,6 +6,7 @@
 //! mtpx-bench fake-dc                      (internal: one fake DC process)
 //! mtpx-bench worker <proxy> <src> <key> <host>   (internal: one load-generator process)
 //! mtpx-bench floor <key> <host> <dc-port>...     (internal: the floor proxy, floor.rs)
+//! mtpx-bench soak ...                      (the hostile soak: soak.rs)
 //! mtpx-bench users [--quick]              (only the in-process user-search timing)
 //! ```
 //!
@@ -20,13 +21,13 @@
 mod common;
 mod dc;
 mod floor;
+mod soak;
 mod users;
 mod worker;
 
 use std::fmt::Write as _;
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{Receiver, channel};
@@ -64,6 +65,7 @@ fn main() {
         Some("fake-dc") => dc::run(),
         Some("worker") => worker_main(&args[2..]),
         Some("floor") => floor::run(&args[2..]),
+        Some("soak") => soak::main(&args[2..]),
         Some("users") => {
             let budget = if args.iter().any(|a| a == "--quick") {
                 0.1
@@ -327,43 +329,8 @@ impl Mtpx {
                 .arg(format!("{}=127.0.0.1:{p}", -id));
         }
         cmd.args(&plan.mtpx_args).args(extra);
-        let logf = std::fs::File::create(log)?;
-        cmd.stdin(Stdio::null())
-            .stdout(logf.try_clone()?)
-            .stderr(logf);
-        // SAFETY: only an async-signal-safe prctl between fork and exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(
-                    libc::PR_SET_PDEATHSIG,
-                    libc::SIGKILL as libc::c_ulong,
-                    0,
-                    0,
-                    0,
-                );
-                Ok(())
-            });
-        }
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| io::Error::other(format!("cannot start {}: {e}", bin.display())))?;
+        let child = start_mtpx(cmd, std::path::Path::new(log))?;
         let pid = child.id();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(Some(st)) = child.try_wait() {
-                return Err(io::Error::other(format!(
-                    "mtpx exited at start ({st}); see {log}"
-                )));
-            }
-            let text = std::fs::read_to_string(log).unwrap_or_default();
-            if text.contains("proxy-started") {
-                break;
-            }
-            if Instant::now() > deadline {
-                return Err(io::Error::other(format!("mtpx did not start; see {log}")));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
         Ok(Mtpx { child, pid, addr })
     }
 
