@@ -17,3 +17,4 @@ pub mod scout;
 pub mod signals;
 pub(crate) mod telegram;
 mod tls;
+pub mod users;

@@ -1,6 +1,6 @@
 //! The foreground: `mtpx run` starts the proxy, then this thread waits for signals (SIGHUP
 //! reloads the IP lists, SIGTERM/SIGINT stop gracefully). The handlers themselves only set
-//! flags ([`crate::sys`]); this loop reads them every 100 ms.
+//! flags ([`crate::sys`]); this loop reads them every 100 ms. SIGHUP also reloads the users.
 
 use std::io;
 use std::sync::atomic::Ordering;
@@ -54,6 +54,7 @@ pub fn run(config: Config) -> io::Result<()> {
         let sig = crate::sys::take_signals();
         if sig & crate::sys::SIG_RELOAD != 0 {
             proxy.reload_lists();
+            proxy.reload_users();
         }
         if sig & crate::sys::SIG_STOP != 0 {
             crate::log_event!(Level::Info, "shutdown-started", active = proxy.active());

@@ -5,7 +5,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use nanoserde::Toml;
 
+use super::users::{Origin, check_users};
 use super::*;
+use crate::proto::users::{DEFAULT_USER, Limits, UserSpec};
 
 pub(super) struct Doc {
     pub(super) map: BTreeMap<String, Toml>,
@@ -42,7 +44,7 @@ impl Doc {
         })
     }
 
-    fn err(&self, key: &str, msg: String) -> ConfigError {
+    pub(super) fn err(&self, key: &str, msg: String) -> ConfigError {
         ConfigError {
             file: None,
             line: self.line(key),
@@ -51,7 +53,7 @@ impl Doc {
         }
     }
 
-    fn warn(&mut self, kind: WarningKind, key: &str, msg: String) {
+    pub(super) fn warn(&mut self, kind: WarningKind, key: &str, msg: String) {
         let line = self.line(key);
         self.warnings.push(Warning {
             kind,
@@ -66,14 +68,14 @@ impl Doc {
         self.map.contains_key(key)
     }
 
-    fn take(&mut self, key: &str) -> Option<&Toml> {
+    pub(super) fn take(&mut self, key: &str) -> Option<&Toml> {
         if self.map.contains_key(key) {
             self.used.insert(key.to_string());
         }
         self.map.get(key)
     }
 
-    fn string(&mut self, key: &str) -> Result<Option<String>, ConfigError> {
+    pub(super) fn string(&mut self, key: &str) -> Result<Option<String>, ConfigError> {
         match self.take(key) {
             None => Ok(None),
             Some(Toml::Str(s)) => Ok(Some(s.clone())),
@@ -85,7 +87,7 @@ impl Doc {
     }
 
     /// A string parsed by `f`; `what` completes "<value> is not ...".
-    fn parsed<T>(
+    pub(super) fn parsed<T>(
         &mut self,
         key: &str,
         what: &str,
@@ -114,7 +116,7 @@ impl Doc {
         }
     }
 
-    fn uint(&mut self, key: &str, max: u64) -> Result<Option<u64>, ConfigError> {
+    pub(super) fn uint(&mut self, key: &str, max: u64) -> Result<Option<u64>, ConfigError> {
         let n = match self.take(key) {
             None => return Ok(None),
             Some(Toml::Num(n)) => *n,
@@ -161,7 +163,7 @@ impl Doc {
         self.parsed(key, DURATION_HINT, parse_duration)
     }
 
-    fn bytes(&mut self, key: &str) -> Result<Option<u64>, ConfigError> {
+    pub(super) fn bytes(&mut self, key: &str) -> Result<Option<u64>, ConfigError> {
         if let Some(Toml::Num(n)) = self.map.get(key) {
             let n = *n;
             self.used.insert(key.to_string());
@@ -218,20 +220,74 @@ impl Doc {
         )
     }
 
-    pub(super) fn build(&mut self) -> Result<Config, ConfigError> {
-        let secret = match self.take("secret") {
-            None => {
-                return Err(self.err(
-                    "secret",
-                    "is required (generate one with `mtpx generate-secret <domain>`)".into(),
-                ));
-            }
+    /// The typed config and where each of its users was defined (`items`: the pre-pass's
+    /// `users` list). Without any user, a `users-file` leaves `secret` a placeholder that
+    /// [`super::load`] replaces; without either, `secret` is required.
+    pub(super) fn build(
+        &mut self,
+        items: &[super::toml::UserItem],
+    ) -> Result<(Config, Vec<Origin>), ConfigError> {
+        let top = match self.take("secret") {
+            None => None,
             Some(Toml::Str(s)) => {
                 let s = s.clone();
-                Secret::parse(s.trim()).map_err(|e| self.err("secret", format!("{e}")))?
+                Some(Secret::parse(s.trim()).map_err(|e| self.err("secret", format!("{e}")))?)
             }
             Some(_) => return Err(self.err("secret", "must be a quoted string".into())),
         };
+        let listed = self.users(items)?;
+        let path = |d: &mut Doc, key: &str| -> Result<Option<PathBuf>, ConfigError> {
+            Ok(d.string(key)?
+                .filter(|s| !s.trim().is_empty())
+                .map(|s| PathBuf::from(s.trim())))
+        };
+        let users_file = path(self, "users-file")?;
+        let state_dir = path(self, "state-dir")?;
+        let mut specs = Vec::with_capacity(listed.len() + 1);
+        let mut origins = Vec::with_capacity(listed.len() + 1);
+        if let Some(secret) = &top {
+            specs.push(UserSpec {
+                name: DEFAULT_USER.into(),
+                secret: secret.clone(),
+                limits: Limits::default(),
+                ad_tag: None,
+            });
+            let line = self.line("secret").unwrap_or(1);
+            origins.push(Origin {
+                file: None,
+                line,
+                secret_line: line,
+                top: true,
+            });
+        }
+        let multi = !listed.is_empty();
+        for (spec, line, secret_line) in listed {
+            specs.push(spec);
+            origins.push(Origin {
+                file: None,
+                line,
+                secret_line,
+                top: false,
+            });
+        }
+        let secret = match specs.first() {
+            Some(s) => s.secret.clone(),
+            // Replaced by `load` with the users file's first user.
+            None if users_file.is_some() => {
+                Secret::from_bytes(&[1; 16]).map_err(|e| self.err("secret", format!("{e}")))?
+            }
+            None => {
+                return Err(self.err(
+                    "secret",
+                    "is required (generate one with `mtpx generate-secret <domain>`), or \
+                     define users: [users.NAME] tables or users-file"
+                        .into(),
+                ));
+            }
+        };
+        if !specs.is_empty() {
+            check_users(&specs, &origins)?;
+        }
         let bind_to = self.socket("bind-to")?.ok_or_else(|| {
             self.err(
                 "bind-to",
@@ -239,6 +295,11 @@ impl Doc {
             )
         })?;
         let mut c = Config::simple(bind_to, secret);
+        if multi {
+            c.users = specs;
+        }
+        c.users_file = users_file;
+        c.state_dir = state_dir;
 
         if let Some(v) = self.bool("debug")? {
             c.debug = v;
@@ -308,7 +369,7 @@ impl Doc {
         self.defense(&mut c)?;
         self.stats(&mut c)?;
         self.not_implemented(&c);
-        Ok(c)
+        Ok((c, origins))
     }
 
     fn domain_fronting(&mut self, c: &mut Config) -> Result<(), ConfigError> {

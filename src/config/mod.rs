@@ -14,7 +14,7 @@
 use std::collections::BTreeSet;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nanoserde::TomlParser;
@@ -22,16 +22,20 @@ use nanoserde::TomlParser;
 mod keys;
 mod toml;
 mod units;
+mod users;
 
 use keys::Doc;
-use toml::prepass;
-pub use units::{fmt_duration, parse_bytes, parse_duration};
+use toml::{UserItem, prepass};
+pub use units::{fmt_bytes, fmt_duration, parse_bytes, parse_duration, parse_period};
+pub use users::ListedUser;
+use users::{Origin, check_users};
 
 pub use crate::formats::dns::{Nameserver, Transport};
 pub use crate::formats::metrics::TagFormat;
 pub use crate::log::LogFormat;
 use crate::proto::dc::PreferIp;
 use crate::proto::secret::Secret;
+use crate::proto::users::{DEFAULT_USER, Limits, UserSpec};
 
 /// Telegram's proxy config, IPv4 and IPv6 (mtg's `auto-update` sources).
 pub const PROXY_CONFIG_URLS: [&str; 2] = [
@@ -248,6 +252,18 @@ pub struct Config {
     pub statsd: Statsd,
     /// Prometheus metrics.
     pub prometheus: Prometheus,
+    /// Every user when the config defines users (`[users.NAME]`, `users-file`): the top-level
+    /// `secret` as the user `default` first, then the tables in file order, then the users
+    /// file's. Empty for a single-secret config (the one user is `default` with `secret`,
+    /// see [`Config::user_specs`]); `secret` is then the first user's.
+    pub users: Vec<UserSpec>,
+    /// `users-file` (relative to the config file's directory once [`load`]ed).
+    pub users_file: Option<PathBuf>,
+    /// `state-dir`: where the quota state is kept. [`load`] defaults it to the config file's
+    /// directory.
+    pub state_dir: Option<PathBuf>,
+    /// The config file, when [`load`]ed from one (reloads read it again).
+    pub source: Option<PathBuf>,
     /// ClientHello JA4 fingerprints counted per class (`[stats] ja4-top`, default 16; 0 = off).
     pub ja4_top: usize,
 }
@@ -396,8 +412,34 @@ impl Config {
                 http_path: "/".to_string(),
                 metric_prefix: "mtg".to_string(),
             },
+            users: Vec::new(),
+            users_file: None,
+            state_dir: None,
+            source: None,
             ja4_top: 16,
         }
+    }
+
+    /// The users: [`Config::users`], or the one user `default` with `secret`.
+    pub fn user_specs(&self) -> Vec<UserSpec> {
+        if !self.users.is_empty() {
+            return self.users.clone();
+        }
+        vec![UserSpec {
+            name: DEFAULT_USER.into(),
+            secret: self.secret.clone(),
+            limits: Limits::default(),
+            ad_tag: None,
+        }]
+    }
+
+    /// The quota state file: `<state-dir>/<config file stem>.state` (`None` without a config
+    /// file).
+    pub fn state_file(&self) -> Option<PathBuf> {
+        let stem = self.source.as_ref()?.file_stem()?;
+        let mut name = stem.to_os_string();
+        name.push(".state");
+        Some(self.state_dir.as_ref()?.join(name))
     }
 
     /// Checks ranges and cross-field rules. The error names the config key at fault (no line:
@@ -554,6 +596,15 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
+    fn at(key: Option<&str>, line: Option<usize>, msg: String) -> ConfigError {
+        ConfigError {
+            file: None,
+            line,
+            key: key.map(str::to_string),
+            msg,
+        }
+    }
+
     fn new(key: Option<&str>, msg: String) -> ConfigError {
         ConfigError {
             file: None,
@@ -626,43 +677,109 @@ impl fmt::Display for Warning {
     }
 }
 
-/// Reads and parses a config file. Errors and warnings carry the file's path.
-pub fn load(path: &Path) -> Result<(Config, Vec<Warning>), ConfigError> {
-    let name = path.display().to_string();
-    let text = std::fs::read(path).map_err(|e| ConfigError {
-        file: Some(name.clone()),
-        line: None,
-        key: None,
-        msg: format!("cannot read the config file: {e}"),
-    })?;
-    let text = String::from_utf8(text).map_err(|e| ConfigError {
-        file: Some(name.clone()),
-        line: Some(
-            1 + e.as_bytes()[..e.utf8_error().valid_up_to()]
-                .iter()
-                .filter(|&&b| b == b'\n')
-                .count(),
-        ),
-        key: None,
-        msg: "the config file is not valid UTF-8".into(),
-    })?;
-    match parse(&text) {
-        Ok((config, mut warnings)) => {
-            for w in &mut warnings {
-                w.file = Some(name.clone());
-            }
-            Ok((config, warnings))
-        }
-        Err(mut e) => {
-            e.file = Some(name);
-            Err(e)
-        }
+/// Largest config or users file read.
+const MAX_FILE: u64 = 16 << 20;
+
+/// Reads a text file of at most `max` bytes (config, users and state files).
+pub(crate) fn read_small(path: &Path, max: u64) -> std::io::Result<String> {
+    use std::io::{Error, ErrorKind::InvalidData, Read as _};
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(max + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(Error::new(InvalidData, "the file is too large"));
     }
+    String::from_utf8(bytes).map_err(|_| Error::new(InvalidData, "not UTF-8 text"))
+}
+
+/// Reads a config or users file of at most [`MAX_FILE`] bytes.
+fn read_text(path: &Path) -> Result<String, ConfigError> {
+    read_small(path, MAX_FILE)
+        .map_err(|e| ConfigError::at(None, None, format!("cannot read the file: {e}")))
+}
+
+/// What one file gave: the config (`None` for a users file), its warnings, and its users with
+/// where each was defined.
+struct Parsed {
+    config: Option<Config>,
+    warnings: Vec<Warning>,
+    users: Vec<UserSpec>,
+    origins: Vec<Origin>,
+}
+
+/// Reads and parses the config file (`users_only`: a users file) at `path`; the file's name
+/// goes into every error, warning and origin.
+#[inline(never)]
+fn parse_file(path: &Path, users_only: bool) -> Result<Parsed, ConfigError> {
+    let name = path.display().to_string();
+    let mut p = read_text(path)
+        .and_then(|t| parse_doc(&t, users_only))
+        .map_err(|mut e| {
+            e.file.get_or_insert_with(|| name.clone());
+            e
+        })?;
+    for w in &mut p.warnings {
+        w.file = Some(name.clone());
+    }
+    for o in &mut p.origins {
+        o.file = Some(name.clone());
+    }
+    Ok(p)
+}
+
+/// Reads and parses a config file, and the `users-file` it names. Errors and warnings carry
+/// the path of the file they are about.
+pub fn load(path: &Path) -> Result<(Config, Vec<Warning>), ConfigError> {
+    let Parsed {
+        config,
+        mut warnings,
+        mut users,
+        mut origins,
+    } = parse_file(path, false)?;
+    let Some(mut config) = config else {
+        unreachable!("parse_file(_, false) gives a config")
+    };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    config.source = Some(path.to_path_buf());
+    config.users_file = config.users_file.map(|f| dir.join(f));
+    config.state_dir = Some(config.state_dir.map_or(dir.clone(), |d| dir.join(d)));
+    if let Some(file) = &config.users_file {
+        let more = parse_file(file, true)?;
+        warnings.extend(more.warnings);
+        users.extend(more.users);
+        origins.extend(more.origins);
+        check_users(&users, &origins).map_err(|mut e| {
+            e.file.get_or_insert_with(|| path.display().to_string());
+            e
+        })?;
+        config.secret = users[0].secret.clone();
+        warnings.extend(users_warning(&users, origins.get(1)));
+        config.users = users;
+    }
+    Ok((config, warnings))
 }
 
 /// Parses config text: the typed config and the warnings (unknown, deprecated and not yet
-/// implemented keys), sorted by line.
+/// implemented keys), sorted by line. A `users-file` it names is not read (see [`load`]); a
+/// config whose only users would come from there is refused.
 pub fn parse(text: &str) -> Result<(Config, Vec<Warning>), ConfigError> {
+    let p = parse_doc(text, false)?;
+    match p.config {
+        Some(c) if !p.origins.is_empty() => Ok((c, p.warnings)),
+        _ => Err(ConfigError::new(
+            Some("users-file"),
+            "is only read from a config file (mtpx run/access/users); this text defines no user"
+                .into(),
+        )),
+    }
+}
+
+/// The TOML document of `text`, checked against the pre-pass, and its `users` items.
+fn read_doc(text: &str) -> Result<(Doc, Vec<UserItem>), ConfigError> {
     let pre = prepass(text)?;
     let map = TomlParser::parse(&pre.out).map_err(|e| ConfigError {
         file: None,
@@ -682,21 +799,93 @@ pub fn parse(text: &str) -> Result<(Config, Vec<Warning>), ConfigError> {
             msg: "the TOML parser cannot read this key reliably; please simplify it".into(),
         });
     }
-    let mut doc = Doc {
+    let doc = Doc {
         map,
         lines: pre.keys,
         used: BTreeSet::new(),
         warnings: pre.warnings,
     };
-    let config = doc.build()?;
-    if let Err(mut e) = config.validate() {
-        e.line = e.key.as_ref().and_then(|k| doc.line(k));
-        return Err(e);
-    }
+    Ok((doc, pre.users))
+}
+
+/// Parses a config (or, `users_only`, a users file's) text. A config's `users` are all its
+/// users (the top-level secret's `default` included) even when its `users` field stays empty
+/// (a single-secret config).
+fn parse_doc(text: &str, users_only: bool) -> Result<Parsed, ConfigError> {
+    let (mut doc, items) = read_doc(text)?;
+    let (config, users, origins) = if users_only {
+        let mut users = Vec::new();
+        let mut origins = Vec::new();
+        for (spec, line, secret_line) in doc.users(&items)? {
+            users.push(spec);
+            origins.push(Origin {
+                file: None,
+                line,
+                secret_line,
+                top: false,
+            });
+        }
+        (None, users, origins)
+    } else {
+        let (config, origins) = doc.build(&items)?;
+        if let Err(mut e) = config.validate() {
+            e.line = e.key.as_ref().and_then(|k| doc.line(k));
+            return Err(e);
+        }
+        let users = if origins.is_empty() {
+            Vec::new()
+        } else {
+            config.user_specs()
+        };
+        if config.users_file.is_none() {
+            doc.warnings
+                .extend(users_warning(&config.users, origins.get(1)));
+        }
+        (Some(config), users, origins)
+    };
     doc.finish();
     let mut warnings = doc.warnings;
     crate::proto::sort_small_by_key(&mut warnings, |w| w.line.unwrap_or(usize::MAX));
-    Ok((config, warnings))
+    Ok(Parsed {
+        config,
+        warnings,
+        users,
+        origins,
+    })
+}
+
+/// Parses the text of a `users-file`: `[users.NAME]` tables (see `config.example`), each with
+/// the line of its table and of its `secret`. Other keys are warned about and ignored.
+pub fn parse_users_text(text: &str) -> Result<(Vec<ListedUser>, Vec<Warning>), ConfigError> {
+    let p = parse_doc(text, true)?;
+    let listed = p
+        .users
+        .into_iter()
+        .zip(p.origins)
+        .map(|(u, o)| (u, o.line, o.secret_line))
+        .collect();
+    Ok((listed, p.warnings))
+}
+
+/// While the connection layer serves one secret (issue 15's wiring comes with the handshake
+/// state machine), a config with several users or with limits says so.
+fn users_warning(users: &[UserSpec], at: Option<&Origin>) -> Option<Warning> {
+    let limited = users.iter().any(|u| u.limits != Limits::default());
+    if users.len() < 2 && !limited {
+        return None;
+    }
+    Some(Warning {
+        kind: WarningKind::NotImplemented,
+        file: at.and_then(|o| o.file.clone()),
+        line: at.map(|o| o.line),
+        key: "users".into(),
+        msg: format!(
+            "{} users are accepted, but for now the proxy serves only the first ({}) and \
+             enforces no per-user limit",
+            users.len(),
+            users[0].name
+        ),
+    })
 }
 
 #[cfg(test)]

@@ -24,10 +24,17 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::{ConfigError, Warning, WarningKind};
 
+/// A header or key under `users`: its parts as written, its line, whether it is a header.
+pub(super) type UserItem = (Vec<String>, usize, bool);
+
 pub(super) struct Prepass {
     pub(super) out: String,
     pub(super) keys: BTreeMap<String, usize>,
     pub(super) warnings: Vec<Warning>,
+    /// Table headers and keys under `users`, in document order: their parts as written
+    /// (`[users."bob.smith"]` is `["users", "bob.smith"]`, where the dotted key loses the
+    /// quoting), their line, and whether it is a header.
+    pub(super) users: Vec<UserItem>,
 }
 
 struct Pre {
@@ -37,7 +44,9 @@ struct Pre {
     out: String,
     skipping: bool,
     section: String,
+    section_parts: Vec<String>,
     keys: BTreeMap<String, usize>,
+    users: Vec<UserItem>,
     tables: BTreeSet<String>,
     warnings: Vec<Warning>,
 }
@@ -51,7 +60,9 @@ pub(super) fn prepass(text: &str) -> Result<Prepass, ConfigError> {
         out: String::with_capacity(text.len() + 64),
         skipping: false,
         section: String::new(),
+        section_parts: Vec::new(),
         keys: BTreeMap::new(),
+        users: Vec::new(),
         tables: BTreeSet::new(),
         warnings: Vec::new(),
     };
@@ -60,6 +71,7 @@ pub(super) fn prepass(text: &str) -> Result<Prepass, ConfigError> {
         out: pre.out,
         keys: pre.keys,
         warnings: pre.warnings,
+        users: pre.users,
     })
 }
 
@@ -180,7 +192,8 @@ impl Pre {
         if array {
             self.p += 1;
         }
-        let name = self.key_path(None)?;
+        let parts = self.key_path(None)?;
+        let name = parts.join(".");
         self.skip_spaces();
         let close = if array { "]]" } else { "]" };
         for _ in 0..close.len() {
@@ -210,12 +223,16 @@ impl Pre {
         self.out.push('[');
         self.emit_quoted(&name);
         self.out.push(']');
+        if parts[0] == "users" {
+            self.users.push((parts.clone(), self.line, true));
+        }
         self.section = name;
+        self.section_parts = parts;
         Ok(())
     }
 
-    /// A dotted key: bare or quoted parts separated by dots.
-    fn key_path(&mut self, ctx: Option<&str>) -> Result<String, ConfigError> {
+    /// A dotted key: bare or quoted parts separated by dots (at least one part).
+    fn key_path(&mut self, ctx: Option<&str>) -> Result<Vec<String>, ConfigError> {
         let mut parts = Vec::new();
         loop {
             self.skip_spaces();
@@ -243,14 +260,20 @@ impl Pre {
             if self.peek() == Some('.') {
                 self.p += 1;
             } else {
-                return Ok(parts.join("."));
+                return Ok(parts);
             }
         }
     }
 
     fn key_value(&mut self) -> Result<(), ConfigError> {
         let line = self.line;
-        let key = self.key_path(None)?;
+        let parts = self.key_path(None)?;
+        let key = parts.join(".");
+        if !self.skipping && self.section_parts.first().unwrap_or(&parts[0]) == "users" {
+            let mut all = self.section_parts.clone();
+            all.extend(parts);
+            self.users.push((all, line, false));
+        }
         let full = if self.section.is_empty() {
             key.clone()
         } else {

@@ -62,6 +62,25 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
     Some(Duration::from_nanos(u64::try_from(total).ok()?))
 }
 
+/// Parses a period: whole days (`30d`) or weeks (`1w`), or a [`parse_duration`] value
+/// (`36h`, `90m`). Used for `quota-period`.
+pub fn parse_period(s: &str) -> Option<Duration> {
+    let t = s.trim();
+    let (num, unit) = t.split_at(t.len().checked_sub(1)?);
+    let secs = match unit {
+        "d" | "D" => 86_400,
+        "w" | "W" => 7 * 86_400,
+        _ => return parse_duration(t),
+    };
+    if num.is_empty() || !num.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    num.parse::<u64>()
+        .ok()?
+        .checked_mul(secs)
+        .map(Duration::from_secs)
+}
+
 /// Formats a duration Go-style (`1m30s`, `500ms`, `0s`).
 pub fn fmt_duration(d: Duration) -> String {
     let ms = d.as_millis();
@@ -87,6 +106,22 @@ pub fn fmt_duration(d: Duration) -> String {
         out.push_str(&format!("{s}s"));
     }
     out
+}
+
+/// Formats a byte count with a 1024-based unit: `512 B`, `1.5 KiB`, `20.0 GiB`.
+pub fn fmt_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }
 
 /// Parses a byte size: `1MiB`, `1mb`, `16KB`, `512k`, `4096`, `1.5m` (all units base 1024,
@@ -160,5 +195,39 @@ mod tests {
         assert_eq!(fmt_duration(Duration::from_millis(500)), "500ms");
         assert_eq!(fmt_duration(Duration::ZERO), "0s");
         assert_eq!(fmt_duration(Duration::from_secs(3600)), "1h");
+    }
+
+    #[test]
+    fn byte_counts_format_with_binary_units() {
+        assert_eq!(fmt_bytes(0), "0 B");
+        assert_eq!(fmt_bytes(1023), "1023 B");
+        assert_eq!(fmt_bytes(1536), "1.5 KiB");
+        assert_eq!(fmt_bytes(20 << 30), "20.0 GiB");
+        assert_eq!(fmt_bytes(u64::MAX), "16777216.0 TiB");
+    }
+
+    #[test]
+    fn periods_are_days_weeks_or_durations() {
+        let p = |s| parse_period(s).map(|d| d.as_secs());
+        assert_eq!(p("30d"), Some(30 * 86_400));
+        assert_eq!(p(" 1w "), Some(7 * 86_400));
+        assert_eq!(p("2D"), Some(2 * 86_400));
+        assert_eq!(p("36h"), Some(36 * 3600));
+        assert_eq!(p("1h30m"), Some(5400));
+        for bad in [
+            "",
+            "d",
+            "30",
+            "1.5d",
+            "-1d",
+            "+1d",
+            "d30",
+            "1x",
+            "1d1",
+            "1d12h",
+            "99999999999999999999w",
+        ] {
+            assert_eq!(p(bad), None, "{bad}");
+        }
     }
 }

@@ -73,6 +73,12 @@ pub const CONNECTIONS: &str = "connections";
 pub const BUFFER_POOL_IN_USE: &str = "buffer_pool_in_use";
 pub const BUFFER_POOL_CAPACITY: &str = "buffer_pool_capacity";
 pub const FRONTED_CONNECTIONS: &str = "fronted_connections";
+// Per user (label `user`, one series per configured user).
+pub const USER_TRAFFIC: &str = "user_traffic";
+pub const USER_CONNECTIONS: &str = "user_connections";
+pub const USER_HANDSHAKES: &str = "user_handshakes";
+pub const USER_REJECTIONS: &str = "user_rejections";
+pub const USER_QUOTA_USED: &str = "user_quota_used";
 
 // Label names and their fixed values.
 pub const LABEL_IP_FAMILY: &str = "ip_family";
@@ -82,6 +88,7 @@ pub const LABEL_DIRECTION: &str = "direction";
 pub const LABEL_IP_LIST: &str = "ip_list";
 pub const LABEL_REASON: &str = "reason";
 pub const LABEL_SECRET_KIND: &str = "secret_kind";
+pub const LABEL_USER: &str = "user";
 pub const IP_FAMILY_V4: &str = "ipv4";
 pub const IP_FAMILY_V6: &str = "ipv6";
 /// Bytes read from Telegram or the fronting site.
@@ -182,6 +189,36 @@ pub const CATALOG: &[MetricDef] = &[
         help: "Fronted connections currently open.",
         kind: Kind::Gauge,
         labels: &[],
+    },
+    MetricDef {
+        name: USER_TRAFFIC,
+        help: "Bytes relayed to and from a user's clients.",
+        kind: Kind::Counter,
+        labels: &[LABEL_DIRECTION, LABEL_USER],
+    },
+    MetricDef {
+        name: USER_CONNECTIONS,
+        help: "A user's connections currently open.",
+        kind: Kind::Gauge,
+        labels: &[LABEL_USER],
+    },
+    MetricDef {
+        name: USER_HANDSHAKES,
+        help: "A user's connections admitted.",
+        kind: Kind::Counter,
+        labels: &[LABEL_USER],
+    },
+    MetricDef {
+        name: USER_REJECTIONS,
+        help: "A user's connections refused or cut by a limit, by reason (series appear once non-zero).",
+        kind: Kind::Counter,
+        labels: &[LABEL_REASON, LABEL_USER],
+    },
+    MetricDef {
+        name: USER_QUOTA_USED,
+        help: "Bytes a user used in the current quota period.",
+        kind: Kind::Gauge,
+        labels: &[LABEL_USER],
     },
 ];
 
@@ -812,7 +849,7 @@ mod tests {
 
     #[test]
     fn catalogue_is_consistent() {
-        assert_eq!(CATALOG.len(), 15);
+        assert_eq!(CATALOG.len(), 20);
         for (i, d) in CATALOG.iter().enumerate() {
             assert!(CATALOG[..i].iter().all(|e| e.name != d.name));
             assert!(d.name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'));

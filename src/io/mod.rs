@@ -14,6 +14,7 @@ mod shared;
 mod sock;
 pub(crate) mod stats;
 mod timers;
+pub mod users;
 mod worker;
 
 use std::io;
@@ -25,6 +26,7 @@ use std::time::Duration;
 
 use mio::{Poll, Waker};
 
+use crate::background::users::UsersService;
 use crate::background::{metrics, scout};
 use crate::config::Config;
 use crate::log::Level;
@@ -49,6 +51,7 @@ pub struct Proxy {
     wakers: Vec<Arc<Waker>>,
     threads: Vec<JoinHandle<()>>,
     local_addr: SocketAddr,
+    users: Option<UsersService>,
 }
 
 impl Proxy {
@@ -84,6 +87,19 @@ impl Proxy {
     /// The length of the middle proxies' secret loaded for the ad tag, if any.
     pub fn proxy_secret_len(&self) -> Option<usize> {
         self.shared.telegram.proxy_secret().map(|s| s.len())
+    }
+
+    /// Reloads the users from the config file (and its users file) now (what SIGHUP does);
+    /// returns at once. Nothing to do for a proxy without a config file.
+    pub fn reload_users(&self) {
+        if let Some(u) = &self.users {
+            u.reload();
+        }
+    }
+
+    /// The users in force and their counters.
+    pub fn users(&self) -> Arc<users::LiveUsers> {
+        self.shared.users.load()
     }
 
     /// Live counters.
@@ -135,7 +151,9 @@ impl Proxy {
         }
         self.shared.lists.stop();
         self.shared.telegram.stop();
-        // After the workers: StatsD's last flush sees every connection's bytes.
+        // After the workers: the last save and StatsD's last flush see every connection's
+        // bytes.
+        self.users = None;
         self.services.clear();
     }
 }
@@ -232,6 +250,7 @@ pub fn start_with_grace(config: Config, grace: Duration) -> io::Result<Proxy> {
         ja4: Some(shared.ja4.clone()),
         stats: shared.stats.clone(),
         lists: Some(shared.lists.clone()),
+        users: Some(shared.users.clone()),
         active: {
             let weak = Arc::downgrade(&shared);
             Arc::new(move || {
@@ -241,6 +260,7 @@ pub fn start_with_grace(config: Config, grace: Duration) -> io::Result<Proxy> {
         },
     };
     let services = metrics::start_services(&shared.config, &source);
+    let users = UsersService::start(shared.users.clone(), &shared.config);
     Ok(Proxy {
         services,
         shared,
@@ -248,5 +268,6 @@ pub fn start_with_grace(config: Config, grace: Duration) -> io::Result<Proxy> {
         wakers,
         threads,
         local_addr,
+        users,
     })
 }

@@ -51,6 +51,8 @@ pub(crate) struct Shared {
     pub(crate) profile: Arc<Mutex<Profiles>>,
     /// IP block/allow lists.
     pub(crate) lists: Arc<lists::Lists>,
+    /// The users in force (swapped by a reload) and their live counters.
+    pub(crate) users: Arc<super::users::UsersCell>,
     /// Where this process listens (the proxy, the metrics endpoint): never a fronting target.
     pub(crate) own_listeners: Vec<SocketAddr>,
     /// The fronting site is a host name to resolve (no address configured).
@@ -171,6 +173,12 @@ impl Shared {
         let upstreams: Vec<Upstream> = socks.iter().map(|u| (u.addr, u.auth.clone())).collect();
         Shared {
             lists: Lists::start(&config, upstreams.clone()),
+            users: Arc::new(super::users::UsersCell::new(
+                // The config checked its users.
+                crate::proto::users::Users::new(config.user_specs())
+                    .unwrap_or_else(|_| unreachable!("a validated config has valid users")),
+                super::unix_now(),
+            )),
             telegram: Telegram::start(&config, dc.clone(), upstreams),
             ja4: Arc::new(Ja4Stats::new(config.ja4_top)),
             front_addrs: Mutex::new(front_addrs),

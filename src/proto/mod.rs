@@ -18,6 +18,7 @@ pub mod secret;
 pub mod shaping;
 pub mod socks5;
 pub mod tlsprofile;
+pub mod users;
 pub mod x25519;
 
 use std::fmt;

@@ -41,8 +41,10 @@ use crate::formats::metrics::{
 };
 use crate::io::Stats;
 use crate::io::stats::{DC_LABELS, ME_DOWN, ME_OPEN, ME_RECONNECTS, ME_UP};
+use crate::io::users::{UserCounts, UsersCell};
 use crate::log::Level;
 use crate::proto::Reject;
+use crate::proto::users::UserReject;
 
 /// Where the numbers come from.
 #[derive(Clone)]
@@ -55,6 +57,15 @@ pub(crate) struct MetricsSource {
     pub(crate) secret_kind: &'static str,
     /// ClientHello fingerprints.
     pub(crate) ja4: Option<Arc<crate::io::ja4stats::Ja4Stats>>,
+    /// The users and their counters (the `user_*` series).
+    pub(crate) users: Option<Arc<UsersCell>>,
+}
+
+/// One user's counters in a [`Snapshot`].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct UserSnap {
+    pub(crate) name: String,
+    pub(crate) counts: UserCounts,
 }
 
 /// One reading of every metric.
@@ -81,6 +92,8 @@ pub(crate) struct Snapshot {
     pub(crate) pool_in_use: u64,
     pub(crate) pool_capacity: u64,
     pub(crate) handshake_bufs: u64,
+    /// Per user, in config order.
+    pub(crate) users: Vec<UserSnap>,
     /// JA4 rows (class, fingerprint or "other", count).
     pub(crate) ja4: Vec<crate::io::ja4stats::Row>,
     /// Middle-proxy connections open, reconnects, bytes up, bytes down.
@@ -120,6 +133,18 @@ impl MetricsSource {
             pool_in_use: sum(&c.pool_in_use),
             pool_capacity: sum(&c.pool_capacity),
             handshake_bufs: sum(&c.handshake_bufs),
+            users: self.users.as_ref().map_or_else(Vec::new, |cell| {
+                let live = cell.load();
+                live.users
+                    .specs()
+                    .iter()
+                    .zip(&live.stats)
+                    .map(|(spec, st)| UserSnap {
+                        name: spec.name.clone(),
+                        counts: st.counts(),
+                    })
+                    .collect()
+            }),
             ja4: self.ja4.as_ref().map_or_else(Vec::new, |j| j.rows()),
             me: std::array::from_fn(|i| l(&c.me[i])),
         }
@@ -130,6 +155,61 @@ const TO_CLIENT: [(&str, &str); 1] = [(LABEL_DIRECTION, DIRECTION_TO_CLIENT)];
 const FROM_CLIENT: [(&str, &str); 1] = [(LABEL_DIRECTION, DIRECTION_FROM_CLIENT)];
 const BLOCK: [(&str, &str); 1] = [(LABEL_IP_LIST, fmt::IP_LIST_BLOCK)];
 const ALLOW: [(&str, &str); 1] = [(LABEL_IP_LIST, fmt::IP_LIST_ALLOW)];
+
+/// A per-user series' labels: its own (or an empty pair) and `user`.
+type UserLabels<'a> = [(&'static str, &'a str); 2];
+
+/// The per-user series of `s` (deltas from `base` for counters): labels, and per label the
+/// family (0 traffic, 1 open, 2 admitted, 3 quota used, 4 rejections) and value. Users are
+/// matched to their base by name (a reload may renumber them); reasons with a zero count have
+/// no series. Out of line: both exporters use it.
+#[inline(never)]
+fn user_series<'a>(
+    s: &'a Snapshot,
+    base: Option<&Snapshot>,
+) -> (Vec<UserLabels<'a>>, Vec<(usize, f64)>) {
+    let mut labels: Vec<[(&str, &str); 2]> = Vec::new();
+    let mut values: Vec<(usize, f64)> = Vec::new();
+    for (i, u) in s.users.iter().enumerate() {
+        let c = &u.counts;
+        let old = base.and_then(|b| {
+            b.users
+                .get(i)
+                .filter(|o| o.name == u.name)
+                .or_else(|| b.users.iter().find(|o| o.name == u.name))
+        });
+        let was = |f: fn(&UserCounts) -> u64| old.map_or(0, |o| f(&o.counts));
+        let user = (fmt::LABEL_USER, u.name.as_str());
+        let mut add = |family: usize, label: (&'static str, &'static str), v: u64| {
+            labels.push([label, user]);
+            values.push((family, v as f64));
+        };
+        add(
+            0,
+            (LABEL_DIRECTION, DIRECTION_TO_CLIENT),
+            c.to_client.saturating_sub(was(|o| o.to_client)),
+        );
+        add(
+            0,
+            (LABEL_DIRECTION, DIRECTION_FROM_CLIENT),
+            c.from_client.saturating_sub(was(|o| o.from_client)),
+        );
+        add(1, ("", ""), c.open);
+        add(2, ("", ""), c.admitted.saturating_sub(was(|o| o.admitted)));
+        add(3, ("", ""), c.used);
+        for (r, why) in UserReject::ALL.iter().enumerate() {
+            if c.rejects[r] > 0 {
+                let old = old.map_or(0, |o| o.counts.rejects[r]);
+                add(
+                    4,
+                    (LABEL_REASON, why.as_str()),
+                    c.rejects[r].saturating_sub(old),
+                );
+            }
+        }
+    }
+    (labels, values)
+}
 
 /// Hands the metrics of `s` to `emit`. Counters are `s - base` when `base` is given (StatsD
 /// deltas), else absolute (Prometheus).
@@ -237,6 +317,20 @@ fn with_metrics<R>(
     let self_loops = one(d(s.front_self_loops, |b| b.front_self_loops));
     let log_dropped = one(d(s.log_dropped, |b| b.log_dropped));
     let handshake_bufs = one(g(s.handshake_bufs));
+    let (user_labels, user_values) = user_series(s, base);
+    let family = |f: usize| -> Vec<Sample<'_>> {
+        user_labels
+            .iter()
+            .zip(&user_values)
+            .filter(|(_, (g, _))| *g == f)
+            .map(|(l, &(_, value))| Sample {
+                labels: if l[0].0.is_empty() { &l[1..] } else { &l[..] },
+                value,
+            })
+            .collect()
+    };
+    let (user_traffic, user_open, user_admitted, user_used, user_rejects) =
+        (family(0), family(1), family(2), family(3), family(4));
     let ja4_labels: Vec<[(&str, &str); 2]> = s
         .ja4
         .iter()
@@ -360,6 +454,11 @@ fn with_metrics<R>(
             Kind::Gauge,
             &handshake_bufs[..],
         ),
+        cat(fmt::USER_TRAFFIC, &user_traffic[..]),
+        cat(fmt::USER_CONNECTIONS, &user_open[..]),
+        cat(fmt::USER_HANDSHAKES, &user_admitted[..]),
+        cat(fmt::USER_REJECTIONS, &user_rejects[..]),
+        cat(fmt::USER_QUOTA_USED, &user_used[..]),
         own(
             "client_hello_ja4",
             "ClientHellos by JA4 fingerprint (the most frequent; class client or fronted).",
@@ -501,6 +600,7 @@ mod tests {
                 lists: None,
                 active: Arc::new(move || a.load(Ordering::Relaxed)),
                 secret_kind: "dd",
+                users: None,
             },
             active,
         )
@@ -652,5 +752,152 @@ mod tests {
             "{out}"
         );
         assert!(!out.contains("allowlist"), "{out}");
+    }
+
+    fn with_users(names: &[(&str, u64)]) -> (MetricsSource, Arc<UsersCell>) {
+        use crate::proto::users::{Limits, UserSpec, Users};
+        let specs = names
+            .iter()
+            .map(|&(name, seed)| UserSpec {
+                name: name.into(),
+                secret: crate::proto::secret::Secret::generate(
+                    crate::proto::secret::SecretKind::Secure,
+                    "",
+                    &mut crate::proto::XorShift64(seed),
+                ),
+                limits: Limits::default(),
+                ad_tag: None,
+            })
+            .collect();
+        let cell = Arc::new(UsersCell::new(Users::new(specs).unwrap(), 0));
+        let (mut src, _) = source();
+        src.users = Some(cell.clone());
+        (src, cell)
+    }
+
+    #[test]
+    fn prometheus_text_has_a_series_set_per_user() {
+        let (src, cell) = with_users(&[("alice", 1), ("bob.smith", 2)]);
+        // Registered before any traffic: every user's series are there at zero, no refusals.
+        let mut out = String::new();
+        render_prometheus(&mut out, "mtg", &src.snapshot());
+        for name in ["alice", "bob.smith"] {
+            for series in [
+                format!("mtg_user_traffic{{direction=\"to_client\",user=\"{name}\"}} 0"),
+                format!("mtg_user_traffic{{direction=\"from_client\",user=\"{name}\"}} 0"),
+                format!("mtg_user_connections{{user=\"{name}\"}} 0"),
+                format!("mtg_user_handshakes{{user=\"{name}\"}} 0"),
+                format!("mtg_user_quota_used{{user=\"{name}\"}} 0"),
+            ] {
+                assert!(out.lines().any(|l| l == series), "{series} missing:\n{out}");
+            }
+        }
+        assert!(!out.contains("user_rejections"), "{out}");
+        assert!(out.contains("# TYPE mtg_user_traffic counter\n"), "{out}");
+        assert!(out.contains("# TYPE mtg_user_connections gauge\n"), "{out}");
+        // Counted through a lease.
+        let live = cell.load();
+        let limits = crate::proto::users::Limits {
+            quota: Some(10_000),
+            ..Default::default()
+        };
+        let ip = "192.0.2.1".parse().unwrap();
+        let lease = live.stats[1].admit(&limits, ip, 0).unwrap();
+        assert!(lease.traffic(300, 4000));
+        live.stats[0].rejected(UserReject::MaxIps);
+        live.stats[0].rejected(UserReject::MaxIps);
+        live.stats[1].rejected(UserReject::QuotaCut);
+        out.clear();
+        render_prometheus(&mut out, "mtg", &src.snapshot());
+        let v = |n: &str| line_value(&out, n).unwrap_or_else(|| panic!("{n} missing:\n{out}"));
+        assert_eq!(
+            v("mtg_user_traffic{direction=\"to_client\",user=\"bob.smith\"}"),
+            4000.0
+        );
+        assert_eq!(
+            v("mtg_user_traffic{direction=\"from_client\",user=\"bob.smith\"}"),
+            300.0
+        );
+        assert_eq!(
+            v("mtg_user_traffic{direction=\"to_client\",user=\"alice\"}"),
+            0.0
+        );
+        assert_eq!(v("mtg_user_connections{user=\"bob.smith\"}"), 1.0);
+        assert_eq!(v("mtg_user_handshakes{user=\"bob.smith\"}"), 1.0);
+        assert_eq!(v("mtg_user_quota_used{user=\"bob.smith\"}"), 4300.0);
+        assert_eq!(
+            v("mtg_user_rejections{reason=\"max-ips\",user=\"alice\"}"),
+            2.0
+        );
+        assert_eq!(
+            v("mtg_user_rejections{reason=\"quota-cut\",user=\"bob.smith\"}"),
+            1.0
+        );
+        assert!(!out.contains("reason=\"expired\""), "{out}");
+        drop(lease);
+        out.clear();
+        render_prometheus(&mut out, "mtg", &src.snapshot());
+        assert_eq!(
+            line_value(&out, "mtg_user_connections{user=\"bob.smith\"}"),
+            Some(0.0)
+        );
+        // Without users (a metrics source of its own), no user series at all.
+        let (plain, _) = source();
+        out.clear();
+        render_prometheus(&mut out, "mtg", &plain.snapshot());
+        assert!(!out.contains("user"), "{out}");
+    }
+
+    #[test]
+    fn statsd_user_deltas_follow_names_across_a_reload() {
+        use crate::proto::users::Users;
+        let (src, cell) = with_users(&[("alice", 1), ("bob", 2)]);
+        let ip = "192.0.2.1".parse().unwrap();
+        let none = crate::proto::users::Limits::default();
+        let live = cell.load();
+        let lease = live.stats[1].admit(&none, ip, 0).unwrap();
+        assert!(lease.traffic(10, 20));
+        let base = src.snapshot();
+        assert!(lease.traffic(1, 2));
+        live.stats[1].rejected(UserReject::Expired);
+        // Reload: carol first, bob second; alice gone. bob's base is found by name.
+        let mut specs = vec![live.users.get(1).unwrap().clone()];
+        specs.insert(
+            0,
+            crate::proto::users::tests::user(
+                "carol",
+                crate::proto::secret::SecretKind::Classic,
+                "",
+                9,
+            ),
+        );
+        let _ = cell.replace(Users::new(specs).unwrap(), 0);
+        let mut out = String::new();
+        render_statsd(&mut out, TagFormat::Datadog, "mtg.", &src.snapshot(), &base);
+        let lines: Vec<&str> = out.lines().filter(|l| l.contains("user")).collect();
+        assert!(
+            lines.contains(&"mtg.user_traffic:2|c|#direction:to_client,user:bob"),
+            "{out}"
+        );
+        assert!(
+            lines.contains(&"mtg.user_traffic:1|c|#direction:from_client,user:bob"),
+            "{out}"
+        );
+        assert!(
+            lines.contains(&"mtg.user_rejections:1|c|#reason:expired,user:bob"),
+            "{out}"
+        );
+        assert!(
+            lines.contains(&"mtg.user_connections:1|g|#user:bob"),
+            "{out}"
+        );
+        assert!(
+            lines.contains(&"mtg.user_connections:0|g|#user:carol"),
+            "{out}"
+        );
+        // Unchanged counters are not sent; alice is gone.
+        assert!(!out.contains("user_handshakes"), "{out}");
+        assert!(!out.contains("alice"), "{out}");
+        drop(lease);
     }
 }
