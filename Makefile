@@ -86,12 +86,12 @@ lint: ## rustfmt check + clippy with warnings denied (mtpx and the bench tool)
 	$(CARGO) clippy --locked --manifest-path tools/bench/Cargo.toml --target-dir $(BENCH_TARGET) -- -D warnings
 
 # Comments are ignored (text after //), so module docs may say what a layer must not do.
-layering: ## src/proto stays pure; `unsafe` only in src/sys.rs
-	@bad=$$(grep -rnE '\bmio\b|Instant::now|SystemTime::now|getrandom|TcpStream' src/proto \
-		| sed -E 's#//.*$$##' | grep -E '\bmio\b|Instant::now|SystemTime::now|getrandom|TcpStream' \
+layering: ## src/proto and src/formats stay pure; `unsafe` only in src/sys.rs
+	@bad=$$(grep -rnE '\bmio\b|Instant::now|SystemTime::now|getrandom|TcpStream|UdpSocket|std::thread' src/proto src/formats \
+		| sed -E 's#//.*$$##' | grep -E '\bmio\b|Instant::now|SystemTime::now|getrandom|TcpStream|UdpSocket|std::thread' \
 		|| true); \
 	if [ -n "$$bad" ]; then \
-		echo "layering: src/proto must not use mio, the clock, getrandom or sockets:"; \
+		echo "layering: src/proto and src/formats must not use mio, the clock, getrandom, sockets or threads:"; \
 		echo "$$bad"; exit 1; fi
 	@bad=$$(grep -rnw --include='*.rs' unsafe src | grep -v '^src/sys\.rs:' \
 		| sed -E 's#//.*$$##' | grep -w unsafe || true); \
@@ -117,10 +117,3 @@ clean: ## cargo clean and Python caches (keeps .venv)
 	$(CARGO) clean
 	rm -rf tests/interop/__pycache__
 
-# Later issues (not here yet):
-# stress:  cargo test --release -- --ignored
-# bench:   loopback MB/s and handshakes/s (#[ignore] benches)
-# size:    report the stripped release binary size
-# static:  x86_64-unknown-linux-musl build
-# dist:    release archives + checksums
-# ci:      what .ci/run does

@@ -6,6 +6,7 @@ mtg's JSON vectors) plus a few hand-made inputs. Run from anywhere; existing fil
 """
 import base64
 import glob
+import hashlib
 import json
 import os
 import struct
@@ -67,6 +68,16 @@ def main():
         put("obfs2_frame", f"mtg{i}", b64(json.load(open(p))["frame"]))
     put("obfs2_frame", "genuine", b"\xff\x01\x02\x00" + bytes(range(64)))
 
+    # The handshake machine: control byte (bit 0 PROXY header, 1 FakeTLS, 2 EOF, 3 genuine
+    # start, 4-7 split), then the client's bytes.
+    frame_rec = record(0x17, bytes(range(64)) + b"early")
+    put("handshake", "ee-genuine", b"\x0a" + frame_rec)
+    put("handshake", "ee-genuine-eof", b"\x3e" + frame_rec[:30])
+    put("handshake", "dd-genuine", b"\x48" + b"early data")
+    put("handshake", "ee-captured", b"\x02" + hellos[0])
+    put("handshake", "proxy-v1", b"\x19PROXY TCP4 192.0.2.1 127.0.0.1 5555 443\r\n" + bytes(70))
+    put("handshake", "http", b"\x00GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+
     # PROXY protocol.
     put("proxy_protocol", "v1", "PROXY TCP4 192.0.2.1 198.51.100.7 50000 443\r\nrest")
     put("proxy_protocol", "v1-6", "PROXY TCP6 2001:db8::1 ::1 1 2\r\n")
@@ -121,6 +132,20 @@ def main():
     put("iplist_secret", "secret-hex", "ee0123456789abcdef0123456789abcdef7777772e6578616d706c652e636f6d")
     put("iplist_secret", "secret-b64", "7gEjRWeJq83vASNFZ4mrze93d3cuZXhhbXBsZS5jb20")
     put("iplist_secret", "secret-dd", "dd0123456789abcdef0123456789abcdef")
+
+    # Users files and the quota state (issue 15).
+    example = read("config.example").decode()
+    table = example[example.index("# [users.alice]"):]
+    table = "\n".join(l[2:] for l in table.splitlines()).replace('"ee..."', '"ee0123456789abcdef0123456789abcdef7777772e6578616d706c652e636f6d"')
+    put("users_file", "example", table)
+    put("users_file", "quoted", '[users."bob.smith"]\nsecret = "dd0123456789abcdef0123456789abcdef"\nquota = 1000\n'
+        '[users.c]\nsecret = "00112233445566778899aabbccddeeff"\nexpires = "2026-01-01T00:00:00+03:00"\n')
+    put("users_file", "dotted", '[users]\nx.secret = "dd0123456789abcdef0123456789abcdef"\nusers.y.max-ips = 3\n')
+    body = ("mtpx-quota-state 1\n# written by mtpx every few seconds and at shutdown; do not edit "
+            "(mtpx users reset-quota)\nwritten 1767225600\nuser alice 123456789 1767225600\n"
+            "user bob.smith 0 1764547200\napplied 9f86d081884c7d65\n")
+    put("state_file", "state", body + "sha256 " + hashlib.sha256(body.encode()).hexdigest() + "\n")
+    put("state_file", "reset", "mtpx-quota-reset 1\nuser alice\n")
 
     # Telegram's proxy config and the middle-proxy protocol.
     put("proxy_config", "v4", "# c\ndefault 2;\nproxy_for 1 149.154.175.50:8888;\nproxy_for -203 91.105.192.110:443;\nproxy_for 203 91.105.192.110:443;\n")

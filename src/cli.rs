@@ -15,6 +15,7 @@ use crate::log::Level;
 use crate::proto::Rng;
 use crate::proto::dc::PreferIp;
 use crate::proto::secret::{Secret, SecretKind, check_host};
+use crate::proto::users::UserSpec;
 
 // print!/eprintln! panic when the stream is gone (`mtpx doctor | head -1`); these ignore it.
 macro_rules! out {
@@ -46,7 +47,7 @@ pub struct OsRng {
 
 impl Rng for OsRng {
     fn fill(&mut self, buf: &mut [u8]) {
-        if getrandom::fill(buf).is_err() {
+        if crate::io::rng::os_fill(buf).is_err() {
             buf.fill(0);
             self.failed = true;
         }
@@ -115,6 +116,27 @@ pub struct Access {
     pub json: bool,
     /// `--qr`: QR codes in the terminal.
     pub qr: bool,
+    /// `-u/--user NAME`: only this user's links, in the single-secret shape.
+    pub user: Option<String>,
+}
+
+/// `mtpx users` subcommands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UsersCmd {
+    /// `mtpx users list <config> [--json]`.
+    List {
+        /// The config file.
+        config: PathBuf,
+        /// `--json`: a JSON array instead of the table.
+        json: bool,
+    },
+    /// `mtpx users reset-quota <config> <name>`.
+    ResetQuota {
+        /// The config file.
+        config: PathBuf,
+        /// The user.
+        name: String,
+    },
 }
 
 /// `mtpx doctor` arguments.
@@ -157,6 +179,8 @@ pub enum Cli {
     Access(Access),
     /// `mtpx doctor <config> [flags]`.
     Doctor(Doctor),
+    /// `mtpx users list|reset-quota ...`.
+    Users(UsersCmd),
 }
 
 /// A usage error: printed with a hint to use `--help`; exit status 2.
@@ -183,7 +207,14 @@ impl From<lexopt::Error> for CliError {
     }
 }
 
-const COMMANDS: [&str; 5] = ["run", "simple-run", "generate-secret", "access", "doctor"];
+const COMMANDS: [&str; 6] = [
+    "run",
+    "simple-run",
+    "generate-secret",
+    "access",
+    "doctor",
+    "users",
+];
 
 /// The help text for `topic` (`None`: the general help).
 pub fn help_text(topic: Option<&str>) -> &'static str {
@@ -193,6 +224,7 @@ pub fn help_text(topic: Option<&str>) -> &'static str {
         Some("generate-secret") => HELP_GENERATE_SECRET,
         Some("access") => HELP_ACCESS,
         Some("doctor") => HELP_DOCTOR,
+        Some("users") => HELP_USERS,
         _ => HELP,
     }
 }
@@ -206,8 +238,11 @@ Commands:
   generate-secret <hostname>     Print a new secret (FakeTLS, fronting <hostname>)
   run <config.toml>              Run the proxy with a config file
   simple-run <bind-to> <secret>  Run the proxy configured by flags only
-  access <config.toml>           Print the tg:// and t.me links for a config
+  access <config.toml>           Print the tg:// and t.me links for a config (every user's)
   doctor <config.toml>           Check a config and the network: clock, DCs, fronting site
+  users list <config.toml>       The users with their limits, quota usage and expiry
+  users reset-quota <config.toml> <name>
+                                 Set a user's quota usage back to zero
 
 Options:
   -h, --help       Print help (also: mtpx <command> --help)
@@ -291,7 +326,12 @@ Usage: mtpx access <config.toml> [options]
 Addresses come from the flags, else from public-ipv4/public-ipv6 in the config; mtpx never
 asks a web service for them. A family with no known address is left out.
 
+With several users ([users.NAME] tables, users-file), the JSON is an object keyed by user
+name whose values have that shape, and --text/--qr print each user's links under a
+`# NAME` line; --user NAME prints one user's links as for a single secret.
+
 Options:
+  -u, --user <NAME>   Only this user's links
   -i, --ipv4 <IP>     Public IPv4 address
   -I, --ipv6 <IP>     Public IPv6 address
   -p, --port <PORT>   Port in the links [default: the bind-to port]
@@ -334,6 +374,25 @@ Options:
       --strict             Warnings fail the run too (exit status 1)
       --ntp <HOST[:PORT]>  NTP server to ask, repeatable [default: pool.ntp.org]
   -h, --help               Print this help
+";
+
+const HELP_USERS: &str = "\
+Users of a config ([users.NAME] tables and users-file; see config.example).
+
+Usage: mtpx users list <config.toml> [--json]
+       mtpx users reset-quota <config.toml> <name>
+
+list         Each user: secret kind and host, limits, quota usage in the current period
+             (from the state file, see state-dir) and when the period ends, expiry, and a
+             status: ok, expired, over-quota or reset-pending. --json: a JSON array.
+reset-quota  Sets the user's usage in the current period back to zero, through a request
+             file beside the state file: a running proxy applies it within a few seconds
+             (and logs user-quota-reset), else the proxy applies it when it next starts.
+             Each request is applied exactly once, even across a crash.
+
+Options:
+      --json    JSON instead of the table (list)
+  -h, --help    Print this help
 ";
 
 fn usage(command: Option<&'static str>, msg: impl Into<String>) -> CliError {
@@ -514,11 +573,17 @@ where
                 text: false,
                 json: false,
                 qr: false,
+                user: None,
             };
             let mut config = None;
             while let Some(arg) = parser.next()? {
                 match arg {
                     Short('h') | Long("help") => return Ok(Cli::Help(Some(cmd))),
+                    Short('u') | Long("user") => {
+                        a.user = Some(value(cmd, &mut parser, "--user", "a user name", |s| {
+                            Some(s.to_string())
+                        })?);
+                    }
                     Short('i') | Long("ipv4") => {
                         a.ipv4 = Some(value(cmd, &mut parser, "--ipv4", "an IPv4 address", |s| {
                             s.parse().ok()
@@ -548,6 +613,41 @@ where
             }
             a.config = config.ok_or_else(|| usage(Some(cmd), "the config file is missing"))?;
             Ok(Cli::Access(a))
+        }
+        "users" => {
+            let sub = match parser.next()? {
+                Some(Short('h') | Long("help")) | None => return Ok(Cli::Help(Some(cmd))),
+                Some(Value(v)) => text(cmd, v, "subcommand")?,
+                Some(arg) => return Err(unexpected(cmd, arg)),
+            };
+            let mut json = false;
+            let mut args: Vec<OsString> = Vec::new();
+            while let Some(arg) = parser.next()? {
+                match arg {
+                    Short('h') | Long("help") => return Ok(Cli::Help(Some(cmd))),
+                    Long("json") if sub == "list" => json = true,
+                    Value(v) if args.len() < 2 => args.push(v),
+                    arg => return Err(unexpected(cmd, arg)),
+                }
+            }
+            let mut args = args.into_iter();
+            let config = PathBuf::from(
+                args.next()
+                    .ok_or_else(|| usage(Some(cmd), "the config file is missing"))?,
+            );
+            match (sub.as_str(), args.next()) {
+                ("list", None) => Ok(Cli::Users(UsersCmd::List { config, json })),
+                ("reset-quota", Some(name)) => Ok(Cli::Users(UsersCmd::ResetQuota {
+                    config,
+                    name: text(cmd, name, "user name")?,
+                })),
+                ("reset-quota", None) => Err(usage(Some(cmd), "the user name is missing")),
+                ("list", Some(_)) => Err(usage(Some(cmd), "`users list` takes one config file")),
+                _ => Err(usage(
+                    Some(cmd),
+                    format!("unknown subcommand {sub:?} (list or reset-quota)"),
+                )),
+            }
         }
         _ => parse_simple_run(&mut parser),
     }
@@ -895,67 +995,165 @@ fn execute(cli: Cli) -> i32 {
             }
             0
         }
-        Cli::Access(a) => {
-            let (c, warnings) = match load_config(&a.config) {
-                Ok(v) => v,
-                Err(code) => return code,
-            };
-            crate::log::init(c.log_format, c.debug);
-            log_config_warnings(&warnings);
-            let ipv4 = a.ipv4.or(c.public_ipv4);
-            let ipv6 = a.ipv6.or(c.public_ipv6);
-            let port = a.port.unwrap_or(c.bind_to.port());
-            if ipv4.is_none() && ipv6.is_none() {
-                errln!(
-                    "mtpx: no public address known, so no links: pass -i/--ipv4 or -I/--ipv6, or \
-                     set public-ipv4/public-ipv6 in the config"
-                );
-            }
-            if a.text && a.json {
-                errln!("mtpx: --text and --json both given: printing both");
-            }
-            let qr_alone = a.qr && !a.text && !a.json;
-            if a.text {
-                out!(
-                    "{}",
-                    crate::links::access_text(&c.secret, ipv4, ipv6, port, a.hex)
-                );
-            }
-            if a.json || (!a.text && !a.qr) {
-                outln!(
-                    "{}",
-                    crate::links::access_json(&c.secret, ipv4, ipv6, port, a.hex)
-                );
-            }
-            if a.qr {
-                let ips = ipv4.map(IpAddr::V4).into_iter().chain(ipv6.map(IpAddr::V6));
-                for (i, ip) in ips.enumerate() {
-                    let link = if qr_alone {
-                        crate::links::tme_url(&c.secret, ip, port, a.hex)
-                    } else {
-                        crate::links::tg_url(&c.secret, ip, port, a.hex)
-                    };
-                    if i > 0 || !qr_alone {
-                        outln!();
-                    }
-                    match qr_block(&link) {
-                        Ok(block) => out!("{block}"),
-                        Err(e) => {
-                            errln!("mtpx: cannot draw a QR code for {link}: {e}");
-                            return 1;
-                        }
-                    }
-                }
-            }
-            0
-        }
+        Cli::Access(a) => access(&a),
+        Cli::Users(u) => users_cmd(&u),
         Cli::Doctor(d) => doctor(&d),
     }
 }
 
+fn access(a: &Access) -> i32 {
+    let (c, warnings) = match load_config(&a.config) {
+        Ok(v) => v,
+        Err(code) => return code,
+    };
+    crate::log::init(c.log_format, c.debug);
+    log_config_warnings(&warnings);
+    let ipv4 = a.ipv4.or(c.public_ipv4);
+    let ipv6 = a.ipv6.or(c.public_ipv6);
+    let port = a.port.unwrap_or(c.bind_to.port());
+    if ipv4.is_none() && ipv6.is_none() {
+        errln!(
+            "mtpx: no public address known, so no links: pass -i/--ipv4 or -I/--ipv6, or \
+             set public-ipv4/public-ipv6 in the config"
+        );
+    }
+    if a.text && a.json {
+        errln!("mtpx: --text and --json both given: printing both");
+    }
+    let all = c.user_specs();
+    let users: Vec<&UserSpec> = match &a.user {
+        Some(n) => match all.iter().find(|u| &u.name == n) {
+            Some(u) => vec![u],
+            None => return no_user(n, &a.config),
+        },
+        None => all.iter().collect(),
+    };
+    // One secret (mtg's config, or --user): mtg's output, unchanged.
+    let single = a.user.is_some() || c.users.is_empty();
+    let header = |u: &UserSpec| {
+        if !single {
+            outln!("# {}", u.name);
+        }
+    };
+    let qr_alone = a.qr && !a.text && !a.json;
+    if a.text {
+        for u in &users {
+            header(u);
+            out!(
+                "{}",
+                crate::links::access_text(&u.secret, ipv4, ipv6, port, a.hex)
+            );
+        }
+    }
+    if a.json || (!a.text && !a.qr) {
+        let json = if single {
+            crate::links::access_json(&users[0].secret, ipv4, ipv6, port, a.hex)
+        } else {
+            crate::links::access_json_users(&users, ipv4, ipv6, port, a.hex)
+        };
+        outln!("{json}");
+    }
+    if a.qr {
+        let ips: Vec<IpAddr> = ipv4
+            .map(IpAddr::V4)
+            .into_iter()
+            .chain(ipv6.map(IpAddr::V6))
+            .collect();
+        for (k, u) in users.iter().enumerate() {
+            if !single && (k > 0 || !qr_alone) {
+                outln!();
+            }
+            header(u);
+            for (i, ip) in ips.iter().enumerate() {
+                let link = if qr_alone {
+                    crate::links::tme_url(&u.secret, *ip, port, a.hex)
+                } else {
+                    crate::links::tg_url(&u.secret, *ip, port, a.hex)
+                };
+                if i > 0 || (single && !qr_alone) {
+                    outln!();
+                }
+                match qr_block(&link) {
+                    Ok(block) => out!("{block}"),
+                    Err(e) => {
+                        errln!("mtpx: cannot draw a QR code for user {}: {e}", u.name);
+                        return 1;
+                    }
+                }
+            }
+        }
+    }
+    0
+}
+
+/// "no user named ..." (exit status 1).
+fn no_user(name: &str, config: &std::path::Path) -> i32 {
+    errln!(
+        "mtpx: no user named {name:?} in {} (`mtpx users list` shows them)",
+        config.display()
+    );
+    1
+}
+
+fn users_cmd(cmd: &UsersCmd) -> i32 {
+    let (path, name, json) = match cmd {
+        UsersCmd::List { config, json } => (config, None, *json),
+        UsersCmd::ResetQuota { config, name } => (config, Some(name), false),
+    };
+    let (c, _) = match load_config(path) {
+        Ok(v) => v,
+        Err(code) => return code,
+    };
+    let users = c.user_specs();
+    let sf = c.state_file().unwrap_or_default();
+    let Some(name) = name else {
+        let state = crate::background::users::load_state(&sf).unwrap_or_else(|e| {
+            errln!("mtpx: {}: {e}; usage not shown", sf.display());
+            None
+        });
+        let pending: Vec<String> = crate::background::users::pending_resets(&sf)
+            .into_iter()
+            .filter(|p| !state.as_ref().is_some_and(|s| s.applied.contains(&p.id)))
+            .filter_map(|p| p.user.ok())
+            .collect();
+        let now = crate::io::unix_now();
+        out!(
+            "{}",
+            crate::links::users_table(&users, state.as_ref(), &pending, now, json)
+        );
+        return 0;
+    };
+    if !users.iter().any(|u| &u.name == name) {
+        return no_user(name, path);
+    }
+    let mut rng = OsRng::default();
+    let mut id = [0u8; 8];
+    rng.fill(&mut id);
+    let r = crate::background::users::request_reset(&sf, name, u64::from_le_bytes(id));
+    match r {
+        Ok(f) if !rng.failed => {
+            outln!(
+                "reset of {name:?} requested ({}): a running proxy applies it within a few \
+                 seconds, else it applies at the next start",
+                f.display()
+            );
+            0
+        }
+        r => {
+            let _ = r.map(std::fs::remove_file);
+            errln!(
+                "mtpx: cannot request the reset beside {} (state-dir must exist and be writable; \
+                 the OS random source must work)",
+                sf.display()
+            );
+            1
+        }
+    }
+}
+
 /// `link` on one line, then its QR code (ECC level M) drawn for a light-on-dark terminal.
-pub fn qr_block(link: &str) -> Result<String, crate::proto::qr::QrError> {
-    use crate::proto::qr;
+pub fn qr_block(link: &str) -> Result<String, crate::formats::qr::QrError> {
+    use crate::formats::qr;
     let code = qr::encode(link.as_bytes(), qr::Ecc::Medium)?;
     Ok(format!("{link}\n{}", qr::render_terminal(&code, true)))
 }
@@ -990,7 +1188,7 @@ fn doctor(d: &Doctor) -> i32 {
 }
 
 fn run_proxy(c: Config) -> i32 {
-    match crate::io::run(c) {
+    match crate::background::signals::run(c) {
         Ok(()) => 0,
         Err(e) => {
             crate::log_event!(Level::Error, "proxy-failed", error = e);
@@ -1166,11 +1364,56 @@ mod tests {
                 text: true,
                 json: false,
                 qr: false,
+                user: None,
             }))
         );
+        match p(&["access", "c.toml", "--user", "bob.smith"]) {
+            Ok(Cli::Access(a)) => assert_eq!(a.user.as_deref(), Some("bob.smith")),
+            other => panic!("{other:?}"),
+        }
+        assert!(p(&["access", "c.toml", "-u"]).is_err());
         match p(&["access", "c.toml", "--qr", "--json"]) {
             Ok(Cli::Access(a)) => assert!(a.qr && a.json && !a.text),
             other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn users_subcommands() {
+        assert_eq!(
+            p(&["users", "list", "c.toml"]),
+            Ok(Cli::Users(UsersCmd::List {
+                config: "c.toml".into(),
+                json: false
+            }))
+        );
+        assert_eq!(
+            p(&["users", "list", "--json", "c.toml"]),
+            Ok(Cli::Users(UsersCmd::List {
+                config: "c.toml".into(),
+                json: true
+            }))
+        );
+        assert_eq!(
+            p(&["users", "reset-quota", "c.toml", "bob"]),
+            Ok(Cli::Users(UsersCmd::ResetQuota {
+                config: "c.toml".into(),
+                name: "bob".into()
+            }))
+        );
+        assert_eq!(p(&["users"]), Ok(Cli::Help(Some("users"))));
+        assert_eq!(p(&["users", "list", "-h"]), Ok(Cli::Help(Some("users"))));
+        for bad in [
+            &["users", "frob", "c.toml"][..],
+            &["users", "list"],
+            &["users", "list", "a", "b"],
+            &["users", "reset-quota", "c.toml"],
+            &["users", "reset-quota", "c.toml", "a", "b"],
+            &["users", "reset-quota", "--json", "c.toml", "a"],
+            &["users", "--json"],
+        ] {
+            let e = p(bad).unwrap_err();
+            assert_eq!(e.command, Some("users"), "{bad:?}: {e}");
         }
     }
 

@@ -29,6 +29,8 @@ use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::formats::json;
+
 /// Severity of an event, most severe first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Level {
@@ -568,9 +570,9 @@ pub fn format_raw(
                     value.push_str("true");
                 }
                 out.push(',');
-                json_string(out, if key.is_empty() { "_" } else { key });
+                json::string_into(out, if key.is_empty() { "_" } else { key });
                 out.push(':');
-                json_string(out, &value);
+                json::string_into(out, &value);
             }
             out.push('}');
         }
@@ -627,18 +629,18 @@ pub fn format_event(
         }
         LogFormat::Json => {
             out.push_str("{\"ts\":");
-            json_string(out, scratch);
+            json::string_into(out, scratch);
             out.push_str(",\"level\":\"");
             out.push_str(level.as_str());
             out.push_str("\",\"event\":");
-            json_string(out, event);
+            json::string_into(out, event);
             for (key, value) in fields {
                 out.push(',');
-                json_string(out, key);
+                json::string_into(out, key);
                 out.push(':');
                 scratch.clear();
                 let _ = write!(scratch, "{value}");
-                json_string(out, scratch);
+                json::string_into(out, scratch);
             }
             out.push('}');
         }
@@ -671,35 +673,8 @@ fn logfmt_value(out: &mut String, value: &str) {
         return;
     }
     out.push('"');
-    escape_into(out, value);
+    json::escape_into(out, value);
     out.push('"');
-}
-
-/// Appends `value` as a JSON string literal.
-fn json_string(out: &mut String, value: &str) {
-    out.push('"');
-    escape_into(out, value);
-    out.push('"');
-}
-
-/// JSON string escaping (also used inside quoted logfmt values).
-fn escape_into(out: &mut String, value: &str) {
-    for c in value.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if c.is_control() || c == '\u{2028}' || c == '\u{2029}' => {
-                let mut units = [0u16; 2];
-                for unit in c.encode_utf16(&mut units) {
-                    let _ = write!(out, "\\u{unit:04x}");
-                }
-            }
-            c => out.push(c),
-        }
-    }
 }
 
 fn unix_millis() -> u64 {
@@ -716,7 +691,7 @@ pub fn write_timestamp(out: &mut String, ms: u64) {
     let millis = ms % 1000;
     let days = secs / 86_400;
     let rem = secs % 86_400;
-    let (year, month, day) = civil_from_days(days);
+    let (year, month, day) = crate::formats::rfc3339::civil_from_days(days as i64);
     let _ = write!(
         out,
         "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
@@ -724,21 +699,6 @@ pub fn write_timestamp(out: &mut String, ms: u64) {
         (rem % 3600) / 60,
         rem % 60
     );
-}
-
-/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar
-/// (Howard Hinnant's `civil_from_days`, unsigned form).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
-    (year, month, day)
 }
 
 /// Logs one event: `log_event!(Level::Info, "proxy-started", bind = addr, workers = n)`.

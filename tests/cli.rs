@@ -273,7 +273,7 @@ fn doctor_reports_config_warnings_and_checks_on_loopback_only() {
 /// The QR block the binary must print for `link`: the link, then the code (ECC M) drawn for a
 /// dark terminal.
 fn qr_block(link: &str) -> String {
-    use mtpx::proto::qr;
+    use mtpx::formats::qr;
     let code = qr::encode(link.as_bytes(), qr::Ecc::Medium).unwrap();
     format!("{link}\n{}", qr::render_terminal(&code, true))
 }
@@ -359,4 +359,159 @@ fn run_with_a_taken_port_fails_cleanly() {
     assert!(err.contains("level=error"), "{err}");
     assert_no_panic(&o);
     drop(taken);
+}
+
+fn make_secret(kind: SecretKind, host: &str, seed: u64) -> Secret {
+    Secret::generate(kind, host, &mut mtpx::proto::XorShift64(seed))
+}
+
+#[test]
+fn access_prints_every_users_links_keyed_by_name() {
+    let (a, b) = (
+        make_secret(SecretKind::FakeTls, "a.example", 1),
+        make_secret(SecretKind::Secure, "", 2),
+    );
+    let cfg = TempFile::new(
+        "access-users",
+        &format!(
+            "secret = \"{SECRET_B64}\"\nbind-to = \"0.0.0.0:3128\"\npublic-ipv4 = \"203.0.113.1\"\n\
+             users-file = \"users.toml\"\n[users.alice]\nsecret = \"{}\"\n",
+            a.to_hex()
+        ),
+    );
+    let dir = cfg.0.parent().unwrap();
+    std::fs::write(
+        dir.join("users.toml"),
+        format!("[users.\"bob.smith\"]\nsecret = \"{}\"\n", b.to_hex()),
+    )
+    .unwrap();
+    let o = mtpx(&["access", cfg.path()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let keys: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("  \"") && l.ends_with("{"))
+        .collect();
+    assert_eq!(
+        keys,
+        ["  \"default\": {", "  \"alice\": {", "  \"bob.smith\": {"],
+        "{out}"
+    );
+    assert!(
+        out.contains(&a.to_base64()) && out.contains(&b.to_hex()),
+        "{out}"
+    );
+    // --user: that user's links in the single-secret shape, as for a config of its own.
+    let single = TempFile::new(
+        "access-single",
+        &format!(
+            "secret = \"{}\"\nbind-to = \"0.0.0.0:3128\"\npublic-ipv4 = \"203.0.113.1\"\n",
+            b.to_hex()
+        ),
+    );
+    let one = mtpx(&["access", cfg.path(), "--user", "bob.smith"]);
+    assert!(one.status.success(), "{}", stderr(&one));
+    assert_eq!(stdout(&one), stdout(&mtpx(&["access", single.path()])));
+    let text = stdout(&mtpx(&["access", cfg.path(), "--text"]));
+    let heads: Vec<&str> = text.lines().filter(|l| l.starts_with('#')).collect();
+    assert_eq!(heads, ["# default", "# alice", "# bob.smith"], "{text}");
+    assert_eq!(text.lines().count(), 9, "{text}");
+    let qr = stdout(&mtpx(&["access", cfg.path(), "--qr"]));
+    let heads: Vec<&str> = qr.lines().filter(|l| l.starts_with('#')).collect();
+    assert_eq!(heads, ["# default", "# alice", "# bob.smith"]);
+    let o = mtpx(&["access", cfg.path(), "--user", "nobody"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("no user named \"nobody\""),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn users_list_and_reset_quota() {
+    let (a, b) = (
+        make_secret(SecretKind::FakeTls, "a.example", 3),
+        make_secret(SecretKind::Classic, "", 4),
+    );
+    let cfg = TempFile::new(
+        "users-list",
+        &format!(
+            "bind-to = \"0.0.0.0:3128\"\n[users.alice]\nsecret = \"{}\"\nquota = \"1GiB\"\n\
+             quota-period = \"30d\"\nmax-ips = 2\n[users.bob]\nsecret = \"{}\"\n\
+             expires = \"2001-01-01\"\n",
+            a.to_hex(),
+            b.to_hex()
+        ),
+    );
+    let dir = cfg.0.parent().unwrap();
+    let o = mtpx(&["users", "list", cfg.path()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows[0][0], "NAME");
+    let want1 = "alice faketls a.example - 2 1.0 GiB 720h - - - ok";
+    let want2 = "bob classic - - - - - - - 2001-01-01T00:00:00Z expired";
+    assert_eq!(rows[1].join(" "), want1);
+    assert_eq!(rows[2].join(" "), want2);
+    assert!(
+        !out.contains(&a.to_hex()) && !out.contains(&b.to_hex()),
+        "{out}"
+    );
+    // Usage from the state file (as the proxy writes it).
+    let start = 1_900_000_000;
+    let state = mtpx::formats::state::State {
+        written: start,
+        users: vec![mtpx::formats::state::UserUsage {
+            name: "alice".into(),
+            used: 3 << 20,
+            period_start: start,
+        }],
+        applied: vec![],
+    };
+    mtpx::background::users::store_state(&dir.join("config.state"), &state).unwrap();
+    let out = stdout(&mtpx(&["users", "list", cfg.path()]));
+    assert!(
+        out.lines()
+            .nth(1)
+            .unwrap()
+            .contains("3.0 MiB  2030-04-16T17:46:40Z"),
+        "{out}"
+    );
+    // reset-quota leaves a request; list shows it pending.
+    let o = mtpx(&["users", "reset-quota", cfg.path(), "alice"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("reset of \"alice\" requested"),
+        "{}",
+        stdout(&o)
+    );
+    let reqs = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("config.reset-"))
+        .count();
+    assert_eq!(reqs, 1);
+    let json = stdout(&mtpx(&["users", "list", "--json", cfg.path()]));
+    assert!(
+        json.contains("\"name\": \"alice\"") && json.contains("\"used\": 0"),
+        "{json}"
+    );
+    assert!(json.contains("\"status\": \"reset-pending\""), "{json}");
+    let o = mtpx(&["users", "reset-quota", cfg.path(), "zed"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("no user named \"zed\""),
+        "{}",
+        stderr(&o)
+    );
+    // A corrupt state file is reported; the users are listed all the same.
+    std::fs::write(dir.join("config.state"), "garbage\n").unwrap();
+    let o = mtpx(&["users", "list", cfg.path()]);
+    assert!(o.status.success());
+    assert!(stderr(&o).contains("config.state: "), "{}", stderr(&o));
+    assert_eq!(stdout(&o).lines().count(), 3);
 }

@@ -1,6 +1,6 @@
-//! The stub resolver (`mtpx::io::resolve`) against a local DNS responder on 127.0.0.1, UDP and
+//! The stub resolver (`mtpx::background::resolve`) against a local DNS responder on 127.0.0.1, UDP and
 //! TCP on the same port. The responder's wire code is written independently of
-//! `mtpx::proto::dns` so that the two check each other.
+//! `mtpx::formats::dns` so that the two check each other.
 //!
 //! Names the responder knows:
 //! * `a.test`        A 192.0.2.1, 192.0.2.2; AAAA 2001:db8::1
@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use mtpx::io::resolve::{resolv_conf_servers, resolve_with};
+use mtpx::background::resolve::{resolv_conf_servers, resolve_with};
 
 mod common;
 
@@ -545,8 +545,8 @@ fn configured_dns_server_finds_the_fronting_site() {
 /// (OpenSSL): the answers come from the DoH / DoT server, which alone knows `front.test`.
 #[test]
 fn dns_over_https_and_tls_resolve_through_an_openssl_server() {
-    use mtpx::io::resolve::resolve;
-    use mtpx::proto::dns::{Nameserver, Transport};
+    use mtpx::background::resolve::resolve;
+    use mtpx::formats::dns::{Nameserver, Transport};
     let srv = common::tls_dns_server(&[
         ("front.test", "127.0.0.3"),
         ("dual.test", "192.0.2.7"),

@@ -15,8 +15,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::RefusedPort;
+use mtpx::formats::sntp::NtpTimestamp;
 use mtpx::proto::secret::{Secret, SecretKind};
-use mtpx::proto::sntp::NtpTimestamp;
 use mtpx::proto::tlsprofile::HelloKind;
 
 const DC_IDS: [i16; 6] = [1, 2, 3, 4, 5, 203];

@@ -1116,6 +1116,46 @@ fn bad_input_is_fronted_byte_for_byte() {
     }
 }
 
+/// A client that passes the FakeTLS hello check (it knows the secret) but follows its hello
+/// with a malformed record in the same segment: closed, never spliced to the fronting site
+/// (which would get the bytes after the hello, not what the client sent).
+#[test]
+fn authenticated_hello_with_a_bad_record_is_closed_not_fronted() {
+    let refused = RefusedPort::new();
+    let front = FakeFront::start();
+    let secret = secret(SecretKind::FakeTls, 74);
+    let mut cfg = test_config(secret.clone(), 1, &refused);
+    cfg.domain_fronting.port = front.addr.port();
+    cfg.doppelganger.learn = false;
+    let proxy = start(cfg);
+    let st = proxy.stats();
+    let mut rng = XorShift64(75);
+    let mut bytes = faketls::build_client_hello(&mut rng, &secret.key, &secret.host, unix_now());
+    // An application-data record with version 03 01 (only 03 03 is valid after the hello).
+    bytes.extend_from_slice(&[0x17, 0x03, 0x01, 0x00, 0x02, 0xaa, 0xbb]);
+    let mut s = connect(proxy.local_addr()).expect("connect");
+    s.write_all(&bytes).expect("write");
+    let closed = read_until_closed(&mut s, Duration::from_secs(4)).expect("closed");
+    // The hello was answered (the bad record is taken in after the flight, as if it had come
+    // in a later segment), then the connection closed: the client got our flight, not the
+    // site's answer.
+    let random: [u8; 32] = bytes[11..43].try_into().unwrap();
+    assert_eq!(
+        faketls::verify_server_flight(&closed.bytes, &random, &secret.key),
+        Ok(Some(closed.bytes.len())),
+        "got {} bytes",
+        closed.bytes.len()
+    );
+    assert!(
+        wait_until(Duration::from_secs(2), || load(&st.closed) == 1),
+        "{}",
+        stats_line(&st)
+    );
+    assert_eq!(load(&st.fronted), 0, "{}", stats_line(&st));
+    assert_eq!(front.count(), 0, "spliced to the fronting site");
+    assert_eq!(load(&st.rejected), 1, "{}", stats_line(&st));
+}
+
 /// With `proxy-protocol-listener`, a malformed PROXY header is a failed handshake like any
 /// other: the bytes as received (header included) go to the fronting site, and the client
 /// gets the site's answer, not a bare close.

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use mtpx::io::scout;
+use mtpx::background::scout;
 use mtpx::proto::faketls::{
     self, build_client_hello, parse_client_hello, verify_server_flight, write_server_hello_as,
 };

@@ -122,9 +122,13 @@ impl Session {
     ) -> Session {
         let mut stream = TcpStream::connect(me).expect("connect to the fake middle proxy");
         stream.set_nodelay(true).unwrap();
-        let (link, rest) =
-            mtpx::io::middle::handshake(&mut stream, secret, (None, None), Duration::from_secs(5))
-                .expect("middle-proxy handshake");
+        let (link, rest) = mtpx::background::middle::handshake(
+            &mut stream,
+            secret,
+            (None, None),
+            Duration::from_secs(5),
+        )
+        .expect("middle-proxy handshake");
         let (enc, dec) = link.session(&SessionParams {
             tag,
             conn_id,
@@ -365,7 +369,8 @@ fn a_wrong_secret_or_ad_tag_is_refused_by_the_peer() {
     let mut other = secret.clone();
     other[100] ^= 1;
     let mut s = TcpStream::connect(me.addr).unwrap();
-    let r = mtpx::io::middle::handshake(&mut s, &other, (None, None), Duration::from_secs(5));
+    let r =
+        mtpx::background::middle::handshake(&mut s, &other, (None, None), Duration::from_secs(5));
     assert!(r.is_err(), "handshake with a wrong secret: {r:?}");
     assert!(wait_until(Duration::from_secs(5), || me
         .events()

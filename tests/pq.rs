@@ -21,7 +21,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::{unix_now, wait_until};
-use mtpx::io::scout;
+use mtpx::background::scout;
 use mtpx::proto::faketls::{build_client_hello, verify_server_flight};
 use mtpx::proto::tlsprofile::{
     GROUP_X25519, GROUP_X25519_MLKEM768, HelloKind, Observation, parse_server_flight,

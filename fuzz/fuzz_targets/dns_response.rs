@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mtpx::proto::dns::{self, QType};
+use mtpx::formats::dns::{self, QType};
 
 const NAME: &str = "example.com";
 

@@ -5,7 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mtpx::proto::http::{self, BodyError, ChunkedDecoder, RequestParse, ResponseParse};
+use mtpx::formats::http::{self, BodyError, ChunkedDecoder, RequestParse, ResponseParse};
 
 /// Body cap for the decoder: small enough for the fuzzer to reach `TooLarge`.
 const CAP: usize = 4096;

@@ -5,7 +5,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use libfuzzer_sys::fuzz_target;
-use mtpx::proto::iplist::{self, Cidr, IpTable};
+use mtpx::formats::iplist::{self, Cidr, IpTable};
 use mtpx::proto::secret::Secret;
 
 fuzz_target!(|data: &[u8]| {

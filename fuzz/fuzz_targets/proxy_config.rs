@@ -5,7 +5,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use mtpx::proto::dc::{DcTable, MAX_DC_ADDRS, PreferIp};
-use mtpx::proto::proxy_config::{self, MAX_CONFIG_BYTES, MAX_ENTRIES};
+use mtpx::formats::proxy_config::{self, MAX_CONFIG_BYTES, MAX_ENTRIES};
 
 fuzz_target!(|data: &[u8]| {
     let _ = proxy_config::check_secret(data);

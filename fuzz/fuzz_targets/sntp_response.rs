@@ -5,7 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mtpx::proto::sntp::{self, NtpTimestamp};
+use mtpx::formats::sntp::{self, NtpTimestamp};
 
 fuzz_target!(|data: &[u8]| {
     let at = |i: usize| {

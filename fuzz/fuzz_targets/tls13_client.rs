@@ -17,7 +17,7 @@ use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use mtpx::proto::XorShift64;
-use mtpx::proto::tls13::{self, Client, Gcm, Options, Step};
+use mtpx::formats::tls13::{self, Client, Gcm, Options, Step};
 use mtpx::proto::x25519;
 
 // --------------------------------------------------------------------------- SHA-256 / HMAC

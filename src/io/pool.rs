@@ -1,29 +1,57 @@
 //! A worker's buffer pool: relay buffers and small handshake buffers, each kind in one
 //! allocation made at start-up.
 //!
-//! I/O layer support, no sockets. `checkout` hands out a buffer id or `None` when the pool is
-//! exhausted (the caller then waits: backpressure, never a crash); `release` gives it back.
+//! I/O layer support, no sockets. `checkout(class)` hands out a buffer id, or `None` when none
+//! of that class is left (the caller then waits: backpressure, never a crash); `release` gives
+//! it back. Which class may take which buffer is decided here and nowhere else.
 //! Pages of the allocation are only touched when a buffer is first used, so a large pool costs
 //! resident memory only for the buffers that were ever in flight at once.
 
 /// Identifies one buffer of a [`Pool`] (the top bit marks a handshake buffer).
 pub(crate) type BufId = u32;
 
+/// What a buffer is for: the whole buffer policy is [`Pool::checkout`] and [`Pool::grow`]
+/// deciding by class. A connection that gets none waits in its class's queue
+/// ([`Class::waits_for_spare`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Class {
+    /// A handshake's bytes: a small handshake buffer, else (more connections than small
+    /// buffers) a relay buffer.
+    Handshake,
+    /// A handshake that outgrew its small buffer: a relay buffer, only while three quarters
+    /// of them stay free (it waits long, up to the handshake timeout).
+    Grown,
+    /// A relay direction of one of our clients (also the rest of a server flight, and the
+    /// PROXY header sent ahead of a fronted connection's bytes): any relay buffer.
+    Client,
+    /// A relay direction of a fronted connection (not our client): a relay buffer only while
+    /// half of them stay free.
+    Fronted,
+}
+
+impl Class {
+    /// Whether a connection refused a buffer of this class waits for the spare half (else
+    /// for any relay buffer).
+    pub(crate) fn waits_for_spare(self) -> bool {
+        self == Class::Fronted
+    }
+}
+
 /// Set in the ids of the small handshake buffers.
 const SMALL: BufId = 1 << 31;
 
-/// One class of equal-sized buffers with a LIFO free list.
-struct Class {
+/// Equal-sized buffers with a LIFO free list.
+struct Buffers {
     mem: Vec<u8>,
     size: usize,
     free: Vec<BufId>,
     total: usize,
 }
 
-impl Class {
-    fn new(count: usize, size: usize) -> Class {
+impl Buffers {
+    fn new(count: usize, size: usize) -> Buffers {
         // LIFO free list: recently released (warm, already resident) buffers are reused first.
-        Class {
+        Buffers {
             mem: vec![0u8; count * size],
             size,
             free: (0..count as BufId).rev().collect(),
@@ -44,11 +72,11 @@ impl Class {
 /// from everybody else: a slowloris costs only a connection slot). A handshake that outgrows
 /// its small buffer moves to a relay buffer, but only while three quarters of them are free
 /// (the caller decides on what it has otherwise); fronted connections take relay buffers only
-/// while half of them are free ([`Pool::checkout_spare`]). So our clients always have half of
+/// while half of them are free ([`Class::Fronted`]). So our clients always have half of
 /// the relay buffers, and fronted connections (probes) a quarter whatever handshakes do.
 pub(crate) struct Pool {
-    big: Class,
-    small: Class,
+    big: Buffers,
+    small: Buffers,
 }
 
 impl Pool {
@@ -57,56 +85,48 @@ impl Pool {
     pub(crate) fn new(count: usize, size: usize, small_count: usize, small_size: usize) -> Pool {
         let size = size.max(64);
         Pool {
-            big: Class::new(count.max(1), size),
-            small: Class::new(small_count, small_size.clamp(64, size)),
+            big: Buffers::new(count.max(1), size),
+            small: Buffers::new(small_count, small_size.clamp(64, size)),
         }
     }
 
-    /// Takes a free relay buffer, or `None` when all are in use.
-    pub(crate) fn checkout(&mut self) -> Option<BufId> {
-        self.big.free.pop()
-    }
-
-    /// Takes a relay buffer only if at least half of them stay free afterwards: for fronted
-    /// connections (not our clients'), so that however many there are, they never hold more
-    /// than half of the relay buffers.
-    pub(crate) fn checkout_spare(&mut self) -> Option<BufId> {
-        if self.spare_free() {
-            self.big.free.pop()
-        } else {
-            None
+    /// Takes a buffer for `class`, or `None` (the caller waits: backpressure).
+    /// * `Handshake`: a small buffer, else a relay buffer;
+    /// * `Client`: any free relay buffer;
+    /// * `Fronted`: a relay buffer only if at least half of them stay free afterwards, so that
+    ///   however many fronted connections there are, they never hold more than half;
+    /// * `Grown`: a relay buffer while three quarters stay free.
+    pub(crate) fn checkout(&mut self, class: Class) -> Option<BufId> {
+        match class {
+            Class::Handshake => match self.small.free.pop() {
+                Some(i) => Some(i | SMALL),
+                None => self.big.free.pop(),
+            },
+            Class::Client => self.big.free.pop(),
+            Class::Fronted if self.spare_free() => self.big.free.pop(),
+            Class::Grown if self.three_quarters_free() => self.big.free.pop(),
+            Class::Fronted | Class::Grown => None,
         }
     }
 
-    /// Whether [`Pool::checkout_spare`] would succeed.
+    /// Whether at least three quarters of the relay buffers stay free after one more is taken.
+    fn three_quarters_free(&self) -> bool {
+        self.big.free.len() * 4 >= self.big.total * 3 + 4
+    }
+
+    /// Whether a [`Class::Fronted`] checkout would succeed.
     pub(crate) fn spare_free(&self) -> bool {
         self.big.free.len() * 2 >= self.big.total + 2
     }
 
-    /// Takes a buffer for a handshake: a small one, else (more connections than small
-    /// buffers) a relay buffer, else `None`.
-    pub(crate) fn checkout_handshake(&mut self) -> Option<BufId> {
-        match self.small.free.pop() {
-            Some(i) => Some(i | SMALL),
-            None => self.big.free.pop(),
-        }
-    }
-
-    /// Moves the first `len` bytes of small buffer `id` into a relay buffer and returns it, or
-    /// `None`, leaving `id` as it was. With `limited` (a handshake still undecided), only while
-    /// at least three quarters of the relay buffers stay free. A relay buffer's id is returned
-    /// unchanged.
-    pub(crate) fn grow_handshake(&mut self, id: BufId, len: usize, limited: bool) -> Option<BufId> {
+    /// Moves the first `len` bytes of small buffer `id` into a relay buffer of `class`
+    /// ([`Class::Grown`] for a handshake still undecided, [`Class::Client`] otherwise) and
+    /// returns it, or `None`, leaving `id` as it was. A relay buffer's id is returned unchanged.
+    pub(crate) fn grow(&mut self, id: BufId, len: usize, class: Class) -> Option<BufId> {
         if id & SMALL == 0 {
             return Some(id);
         }
-        // Afterwards at least three quarters of the relay buffers must be free: oversized
-        // handshakes wait long (up to the handshake timeout), and must leave some of the spare
-        // half to fronted connections.
-        if limited && self.big.free.len() * 4 < self.big.total * 3 + 4 {
-            return None;
-        }
-        let big = self.big.free.pop()?;
+        let big = self.checkout(class)?;
         let from = self.small.range(id & !SMALL);
         let to = self.big.range(big);
         let len = len.min(from.len());
@@ -129,7 +149,7 @@ impl Pool {
         class.free.push(index);
     }
 
-    fn class_mut(&mut self, id: BufId) -> (&mut Class, BufId) {
+    fn class_mut(&mut self, id: BufId) -> (&mut Buffers, BufId) {
         if id & SMALL != 0 {
             (&mut self.small, id & !SMALL)
         } else {
@@ -145,6 +165,7 @@ impl Pool {
     }
 
     /// Size of every relay buffer.
+    #[cfg(test)]
     pub(crate) fn buf_size(&self) -> usize {
         self.big.size
     }
@@ -172,22 +193,22 @@ mod tests {
     #[test]
     fn exhaustion_returns_none_and_release_restores() {
         let mut p = Pool::new(3, 128, 0, 64);
-        let a = p.checkout().unwrap();
-        let b = p.checkout().unwrap();
-        let c = p.checkout().unwrap();
+        let a = p.checkout(Class::Client).unwrap();
+        let b = p.checkout(Class::Client).unwrap();
+        let c = p.checkout(Class::Client).unwrap();
         assert_ne!(a, b);
         assert_ne!(b, c);
         assert_eq!(p.in_use(), 3);
-        assert!(p.checkout().is_none());
+        assert!(p.checkout(Class::Client).is_none());
         p.release(b);
-        assert_eq!(p.checkout(), Some(b));
+        assert_eq!(p.checkout(Class::Client), Some(b));
         assert_eq!(p.capacity(), 3);
     }
 
     #[test]
     fn buffers_do_not_overlap() {
         let mut p = Pool::new(4, 100, 0, 64);
-        let ids: Vec<_> = (0..4).map(|_| p.checkout().unwrap()).collect();
+        let ids: Vec<_> = (0..4).map(|_| p.checkout(Class::Client).unwrap()).collect();
         for (i, id) in ids.iter().enumerate() {
             p.get(*id).fill(i as u8 + 1);
         }
@@ -200,58 +221,63 @@ mod tests {
     #[test]
     fn handshakes_take_small_buffers_first() {
         let mut p = Pool::new(2, 1000, 2, 100);
-        let a = p.checkout_handshake().unwrap();
-        let b = p.checkout_handshake().unwrap();
+        let a = p.checkout(Class::Handshake).unwrap();
+        let b = p.checkout(Class::Handshake).unwrap();
         assert!(Pool::is_small(a) && Pool::is_small(b));
         assert_eq!((p.get(a).len(), p.in_use(), p.all_in_use()), (100, 0, 2));
         // Small ones gone: relay buffers.
-        let c = p.checkout_handshake().unwrap();
+        let c = p.checkout(Class::Handshake).unwrap();
         assert!(!Pool::is_small(c) && p.get(c).len() == 1000);
         assert_eq!(p.in_use(), 1);
-        assert!(p.checkout().is_some() && p.checkout_handshake().is_none());
+        assert!(p.checkout(Class::Client).is_some() && p.checkout(Class::Handshake).is_none());
         p.release(a);
-        assert!(p.checkout().is_none(), "a small buffer is not a relay one");
-        assert_eq!(p.checkout_handshake(), Some(a));
+        assert!(
+            p.checkout(Class::Client).is_none(),
+            "a small buffer is not a relay one"
+        );
+        assert_eq!(p.checkout(Class::Handshake), Some(a));
     }
 
     #[test]
     fn growing_needs_three_quarters_and_fronting_half_the_relay_buffers_free() {
         let mut p = Pool::new(8, 1000, 4, 100);
-        let small: Vec<_> = (0..3).map(|_| p.checkout_handshake().unwrap()).collect();
-        let g1 = p.grow_handshake(small[0], 10, true).unwrap();
-        let g2 = p.grow_handshake(small[1], 10, true).unwrap();
+        let small: Vec<_> = (0..3)
+            .map(|_| p.checkout(Class::Handshake).unwrap())
+            .collect();
+        let g1 = p.grow(small[0], 10, Class::Grown).unwrap();
+        let g2 = p.grow(small[1], 10, Class::Grown).unwrap();
         assert_eq!(p.in_use(), 2);
         assert_eq!(
-            p.grow_handshake(small[2], 10, true),
+            p.grow(small[2], 10, Class::Grown),
             None,
             "6 of 8 free: no more"
         );
         // Fronted connections still get the spare half: two more.
-        let f1 = p.checkout_spare().unwrap();
-        let f2 = p.checkout_spare().unwrap();
+        let f1 = p.checkout(Class::Fronted).unwrap();
+        let f2 = p.checkout(Class::Fronted).unwrap();
         assert!(
-            !p.spare_free() && p.checkout_spare().is_none(),
+            !p.spare_free() && p.checkout(Class::Fronted).is_none(),
             "4 of 8 free"
         );
         // Our clients get the rest.
-        let clients: Vec<_> = (0..4).map(|_| p.checkout().unwrap()).collect();
-        assert!(p.checkout().is_none());
+        let clients: Vec<_> = (0..4).map(|_| p.checkout(Class::Client).unwrap()).collect();
+        assert!(p.checkout(Class::Client).is_none());
         for id in clients.into_iter().chain([f1, f2, g1, g2]) {
             p.release(id);
         }
         assert!(p.spare_free());
-        assert!(p.grow_handshake(small[2], 10, false).is_some());
+        assert!(p.grow(small[2], 10, Class::Client).is_some());
     }
 
     #[test]
     fn growing_a_handshake_buffer_keeps_its_bytes_and_frees_it() {
         let mut p = Pool::new(4, 1000, 1, 100);
-        let a = p.checkout_handshake().unwrap();
+        let a = p.checkout(Class::Handshake).unwrap();
         p.get(a)
             .iter_mut()
             .enumerate()
             .for_each(|(i, x)| *x = i as u8);
-        let b = p.grow_handshake(a, 60, true).unwrap();
+        let b = p.grow(a, 60, Class::Grown).unwrap();
         assert!(!Pool::is_small(b));
         assert!(
             p.get(b)[..60]
@@ -261,15 +287,15 @@ mod tests {
         );
         assert_eq!(p.all_in_use(), 1, "the small buffer went back");
         assert_eq!(
-            p.grow_handshake(b, 60, true),
+            p.grow(b, 60, Class::Grown),
             Some(b),
             "a relay buffer stays itself"
         );
         // No relay buffer free: growing fails and the small buffer is kept.
-        let rest: Vec<_> = (0..3).map(|_| p.checkout().unwrap()).collect();
-        let s = p.checkout_handshake().unwrap();
+        let rest: Vec<_> = (0..3).map(|_| p.checkout(Class::Client).unwrap()).collect();
+        let s = p.checkout(Class::Handshake).unwrap();
         assert!(Pool::is_small(s));
-        assert_eq!(p.grow_handshake(s, 10, false), None);
+        assert_eq!(p.grow(s, 10, Class::Client), None);
         assert_eq!(p.all_in_use(), 5);
         rest.into_iter().for_each(|id| p.release(id));
     }

@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 
-use super::conn::{CLIENT, Conn, Ctx, Phase, R, UPSTREAM, W};
+use super::conn::{CLIENT, CloseReason, Conn, Ctx, Next, R, Turn, UPSTREAM, W};
 use super::pool::Pool;
+use super::sock::{MioNet, token};
 use super::timers::Timers;
 use super::{FastRng, Shared};
 use crate::log::Level;
@@ -48,17 +49,24 @@ macro_rules! ctx {
         Ctx {
             pool: &mut $w.pool,
             shared: &$w.shared,
-            registry: $w.poll.registry(),
+            net: &mut MioNet {
+                registry: $w.poll.registry(),
+            },
             rng: &mut $w.rng,
             keyshares: &mut $w.keyshares,
             scratch: &mut $w.scratch,
             now: $now,
-            want_buffer: false,
-            want_spare: false,
-            requeue: false,
-            wake_at: None,
         }
     };
+}
+
+/// A slab entry: a connection and the worker's bookkeeping about it.
+struct Slot {
+    conn: Conn<TcpStream>,
+    /// In the run queue (this turn's or the next).
+    queued: bool,
+    /// In a buffer waiters' queue.
+    waiting: bool,
 }
 
 /// A worker's state. Created on the spawning thread, then moved into its own thread.
@@ -67,7 +75,7 @@ pub(crate) struct Worker {
     poll: Poll,
     listener: Option<TcpListener>,
     shared: Arc<Shared>,
-    slab: Vec<Option<Conn>>,
+    slab: Vec<Option<Slot>>,
     free_slots: Vec<usize>,
     pool: Pool,
     scratch: Vec<u8>,
@@ -167,9 +175,9 @@ impl Worker {
             std::mem::swap(&mut self.run_queue, &mut self.next_queue);
             let (slab, run_queue) = (&mut self.slab, &mut self.run_queue);
             self.timers.expire(now, |slot| {
-                if let Some(Some(conn)) = slab.get_mut(slot) {
-                    if !conn.queued {
-                        conn.queued = true;
+                if let Some(Some(s)) = slab.get_mut(slot) {
+                    if !s.queued {
+                        s.queued = true;
                         run_queue.push(slot);
                     }
                 }
@@ -180,7 +188,7 @@ impl Worker {
                     WAKER => {}
                     Token(t) => {
                         let (slot, side) = (t >> 1, t & 1);
-                        let Some(Some(conn)) = self.slab.get_mut(slot) else {
+                        let Some(Some(s)) = self.slab.get_mut(slot) else {
                             continue;
                         };
                         let mut bits = 0;
@@ -190,9 +198,10 @@ impl Worker {
                         if ev.is_writable() || ev.is_write_closed() || ev.is_error() {
                             bits |= W;
                         }
-                        conn.ready[if side == 0 { CLIENT } else { UPSTREAM }] |= bits;
-                        if !conn.queued {
-                            conn.queued = true;
+                        s.conn
+                            .readiness(if side == 0 { CLIENT } else { UPSTREAM }, bits);
+                        if !s.queued {
+                            s.queued = true;
                             self.run_queue.push(slot);
                         }
                     }
@@ -248,12 +257,12 @@ impl Worker {
                 }
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 // Out of descriptors or socket memory (issue 12: ENOBUFS spun the loop).
-                Err(e) if super::accept_pause_reason(&e).is_some() => {
+                Err(e) if accept_pause_reason(&e).is_some() => {
                     crate::log_event!(
                         Level::Warn,
                         "accept-paused",
                         worker = self.index,
-                        reason = super::accept_pause_reason(&e).unwrap_or_default()
+                        reason = accept_pause_reason(&e).unwrap_or_default()
                     );
                     self.accept_paused_until = Some(now + EMFILE_PAUSE);
                     return;
@@ -273,7 +282,7 @@ impl Worker {
         self.accept_pending = true;
     }
 
-    fn admit(&mut self, stream: TcpStream, peer: SocketAddr, now: Instant) {
+    fn admit(&mut self, mut stream: TcpStream, peer: SocketAddr, now: Instant) {
         let shared = &self.shared;
         // IP lists (with a PROXY listener, the connection checks the announced address).
         if !shared.config.proxy_protocol_listener && !shared.admits(peer.ip()) {
@@ -297,11 +306,21 @@ impl Worker {
         };
         self.next_id += 1;
         let id = self.next_id;
-        let mut ctx = ctx!(self, now);
-        match Conn::new(id, slot, stream, peer, &mut ctx) {
-            Ok(mut conn) => {
-                conn.queued = true;
-                self.slab[slot] = Some(conn);
+        // TCP_NODELAY is inherited from the listening socket.
+        let registered = self.poll.registry().register(
+            &mut stream,
+            token(slot, CLIENT),
+            Interest::READABLE | Interest::WRITABLE,
+        );
+        match registered {
+            Ok(()) => {
+                let ctx = ctx!(self, now);
+                let conn = Conn::new(id, slot, stream, peer, &ctx);
+                self.slab[slot] = Some(Slot {
+                    conn,
+                    queued: true,
+                    waiting: false,
+                });
                 self.run_queue.push(slot);
             }
             Err(e) => {
@@ -323,31 +342,35 @@ impl Worker {
             let slot = self.run_queue[i];
             i += 1;
             let in_use_before = self.pool.all_in_use();
-            let Some(Some(conn)) = self.slab.get_mut(slot) else {
+            let Some(Some(s)) = self.slab.get_mut(slot) else {
                 continue;
             };
-            conn.queued = false;
+            s.queued = false;
             let mut ctx = ctx!(self, now);
-            conn.ready(&mut ctx);
-            let (want_buffer, want_spare, requeue) = (ctx.want_buffer, ctx.want_spare, ctx.requeue);
-            match ctx.wake_at {
-                Some(at) if conn.phase != Phase::Closed => self.timers.arm(slot, at),
-                _ => self.timers.disarm(slot),
+            let Turn { next, wake_at } = s.conn.ready(&mut ctx);
+            match wake_at {
+                Some(at) => self.timers.arm(slot, at),
+                None => self.timers.disarm(slot),
             }
-            if conn.phase == Phase::Closed {
-                self.to_free.push(slot);
-                // Mark so it is not pushed again this turn.
-                conn.queued = true;
-            } else if requeue && !conn.queued {
-                conn.queued = true;
-                self.next_queue.push(slot);
-            } else if (want_buffer || want_spare) && !conn.waiting_buf {
-                conn.waiting_buf = true;
-                if want_buffer {
-                    self.buf_waiters.push_back(slot);
-                } else {
-                    self.spare_waiters.push_back(slot);
+            match next {
+                Next::Closed(_) => {
+                    self.to_free.push(slot);
+                    // Mark so it is not pushed again this turn.
+                    s.queued = true;
                 }
+                Next::Requeue if !s.queued => {
+                    s.queued = true;
+                    self.next_queue.push(slot);
+                }
+                Next::WaitBuffer(class) if !s.waiting => {
+                    s.waiting = true;
+                    if class.waits_for_spare() {
+                        self.spare_waiters.push_back(slot);
+                    } else {
+                        self.buf_waiters.push_back(slot);
+                    }
+                }
+                _ => {}
             }
             // Buffers came back: let waiting connections try again this turn.
             let freed = in_use_before.saturating_sub(self.pool.all_in_use());
@@ -384,7 +407,7 @@ impl Worker {
     /// Runs a connection that waited for a buffer again, this turn or (`later`) the next.
     fn wake(&mut self, slot: usize, later: bool) {
         if let Some(Some(c)) = self.slab.get_mut(slot) {
-            c.waiting_buf = false;
+            c.waiting = false;
             if !c.queued {
                 c.queued = true;
                 if later {
@@ -400,24 +423,25 @@ impl Worker {
         let (in_use, capacity) = (self.pool.in_use(), self.pool.capacity());
         let handshake = self.pool.all_in_use() - in_use;
         self.shared
-            .counters
+            .stats
             .pool(self.index, in_use, capacity, handshake);
         for slot in 0..self.slab.len() {
-            let Some(Some(conn)) = self.slab.get_mut(slot) else {
+            let Some(Some(s)) = self.slab.get_mut(slot) else {
                 continue;
             };
-            conn.report(&self.shared.counters, false);
-            if now < conn.deadline || conn.phase == Phase::Closed {
+            s.conn.report(&self.shared.stats);
+            if s.conn.deadline().is_none_or(|d| now < d) {
                 continue;
             }
             let mut ctx = ctx!(self, now);
-            conn.handle_timeout(&mut ctx);
-            if conn.phase == Phase::Closed {
+            let turn = s.conn.handle_timeout(&mut ctx);
+            if let Next::Closed(_) = turn.next {
+                self.timers.disarm(slot);
                 self.to_free.push(slot);
-                conn.queued = true;
-            } else if !conn.queued {
+                s.queued = true;
+            } else if !s.queued {
                 // A new connect attempt may already have results.
-                conn.queued = true;
+                s.queued = true;
                 self.next_queue.push(slot);
             }
         }
@@ -434,18 +458,18 @@ impl Worker {
         self.close_where(now, |_| true);
     }
 
-    fn close_where(&mut self, now: Instant, pick: impl Fn(&Conn) -> bool) {
+    fn close_where(&mut self, now: Instant, pick: impl Fn(&Conn<TcpStream>) -> bool) {
         for slot in 0..self.slab.len() {
-            let Some(Some(conn)) = self.slab.get_mut(slot) else {
+            let Some(Some(s)) = self.slab.get_mut(slot) else {
                 continue;
             };
-            if conn.phase == Phase::Closed || !pick(conn) {
+            if s.conn.is_closed() || !pick(&s.conn) {
                 continue;
             }
             let mut ctx = ctx!(self, now);
-            conn.close(super::conn::CloseReason::Shutdown, &mut ctx);
+            s.conn.close(CloseReason::Shutdown, &mut ctx);
             self.to_free.push(slot);
-            conn.queued = true;
+            s.queued = true;
         }
     }
 
@@ -454,22 +478,22 @@ impl Worker {
     fn free_closed(&mut self) {
         let now = Instant::now();
         while let Some(slot) = self.to_free.pop() {
-            let Some(mut conn) = self.slab.get_mut(slot).and_then(Option::take) else {
+            let Some(Slot { mut conn, .. }) = self.slab.get_mut(slot).and_then(Option::take) else {
                 continue;
             };
-            conn.report(&self.shared.counters, true);
+            conn.report(&self.shared.stats);
             self.timers.disarm(slot);
             self.shared.active.fetch_sub(1, Ordering::AcqRel);
-            if conn.fronted.is_some() {
-                self.shared.counters.fronted_closed();
+            if conn.is_fronted() {
+                self.shared.stats.fronted_closed();
             }
             let stats = &self.shared.stats;
+            let [bytes_up, bytes_down] = conn.bytes();
             stats.closed.fetch_add(1, Ordering::Relaxed);
-            stats.bytes_up.fetch_add(conn.bytes_up, Ordering::Relaxed);
-            stats
-                .bytes_down
-                .fetch_add(conn.bytes_down, Ordering::Relaxed);
-            if let super::conn::CloseReason::Rejected(r) = conn.reason {
+            stats.bytes_up.fetch_add(bytes_up, Ordering::Relaxed);
+            stats.bytes_down.fetch_add(bytes_down, Ordering::Relaxed);
+            let reason = conn.close_reason().unwrap_or(CloseReason::Done);
+            if let CloseReason::Rejected(r) = reason {
                 stats.rejected.fetch_add(1, Ordering::Relaxed);
                 // Rate-limited: any prober can trigger it (issue 12).
                 crate::log_probe!(
@@ -477,7 +501,7 @@ impl Worker {
                     Level::Info,
                     "handshake-rejected",
                     conn = conn.id_str(),
-                    client = conn.peer,
+                    client = conn.peer(),
                     reason = r.as_str(),
                     age_ms = conn.age(now).as_millis()
                 );
@@ -486,15 +510,52 @@ impl Worker {
                     Level::Debug,
                     "conn-closed",
                     conn = conn.id_str(),
-                    client = conn.peer,
-                    reason = conn.reason.as_str(),
+                    client = conn.peer(),
+                    reason = reason.as_str(),
                     dc = conn.dc(),
-                    bytes_up = conn.bytes_up,
-                    bytes_down = conn.bytes_down,
+                    bytes_up = bytes_up,
+                    bytes_down = bytes_down,
                     age_ms = conn.age(now).as_millis()
                 );
             }
             self.free_slots.push(slot);
         }
+    }
+}
+
+/// Why accepting must pause for a moment after `e`, if it must: the process or the system is
+/// out of descriptors (EMFILE, ENFILE) or of socket memory (ENOBUFS, ENOMEM). Retrying at
+/// once would fail again and spin the worker; the connections wait in the backlog meanwhile.
+/// Other errors (ECONNABORTED, a reset before accept...) concern one connection only.
+pub(crate) fn accept_pause_reason(e: &io::Error) -> Option<&'static str> {
+    match e.raw_os_error()? {
+        libc::EMFILE | libc::ENFILE => Some("out of file descriptors"),
+        libc::ENOBUFS | libc::ENOMEM => Some("out of memory"),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn accept_pauses_on_resource_errors_only() {
+        let err = std::io::Error::from_raw_os_error;
+        for (code, pause) in [
+            (libc::EMFILE, true),
+            (libc::ENFILE, true),
+            (libc::ENOBUFS, true),
+            (libc::ENOMEM, true),
+            (libc::ECONNABORTED, false),
+            (libc::EPROTO, false),
+            (libc::EPERM, false),
+        ] {
+            assert_eq!(
+                super::accept_pause_reason(&err(code)).is_some(),
+                pause,
+                "{code}"
+            );
+        }
+        let would_block = std::io::Error::from(std::io::ErrorKind::WouldBlock);
+        assert_eq!(super::accept_pause_reason(&would_block), None);
     }
 }

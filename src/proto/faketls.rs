@@ -26,6 +26,7 @@
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
+use super::codec::Reader;
 use super::mlkem;
 use super::secret::ct_eq;
 use super::tlsprofile::{
@@ -181,16 +182,16 @@ pub const SHARE_MLKEM: u8 = 2;
 /// length u16, key` entries) that carry a share of their proper length, as [`SHARE_X25519`] |
 /// [`SHARE_MLKEM`] bits. A malformed list gives what was read before the fault.
 fn offered_shares(data: &[u8]) -> u8 {
-    let mut c = Cursor::new(data);
+    let mut c = Reader::new(data);
     let mut bits = 0;
-    if c.u16().is_err() {
+    if c.u16().is_none() {
         return 0;
     }
     while !c.is_empty() {
-        let (Ok(group), Ok(len)) = (c.u16(), c.u16()) else {
+        let (Some(group), Some(len)) = (c.u16(), c.u16()) else {
             break;
         };
-        if c.take(usize::from(len)).is_err() {
+        if c.take(usize::from(len)).is_none() {
             break;
         }
         bits |= match (group, len) {
@@ -235,7 +236,7 @@ impl ClientHello {
             .sni
             .and_then(|(off, len)| msg.get(off..off.checked_add(len)?))
             .unwrap_or(&[]);
-        SniNames(Cursor::new(list))
+        SniNames(Reader::new(list))
     }
 
     /// True when `host` is (byte-exact) one of the SNI host names in `msg`.
@@ -246,16 +247,16 @@ impl ClientHello {
 
 /// Iterator over the host_name entries of an SNI list (see [`ClientHello::sni_names`]).
 #[derive(Clone, Debug)]
-pub struct SniNames<'a>(Cursor<'a>);
+pub struct SniNames<'a>(Reader<'a>);
 
 impl<'a> Iterator for SniNames<'a> {
     type Item = &'a [u8];
 
     fn next(&mut self) -> Option<&'a [u8]> {
         while !self.0.is_empty() {
-            let kind = self.0.u8().ok()?;
-            let len = self.0.u16().ok()?;
-            let name = self.0.take(usize::from(len)).ok()?;
+            let kind = self.0.u8()?;
+            let len = self.0.u16()?;
+            let name = self.0.take(usize::from(len))?;
             if kind == 0 {
                 return Some(name);
             }
@@ -264,43 +265,8 @@ impl<'a> Iterator for SniNames<'a> {
     }
 }
 
-/// A bounds-checked read cursor; every short read is `Reject::Malformed`.
-#[derive(Clone, Debug)]
-pub(super) struct Cursor<'a> {
-    buf: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Cursor<'a> {
-    pub(super) fn new(buf: &'a [u8]) -> Self {
-        Cursor { buf, pos: 0 }
-    }
-
-    pub(super) fn is_empty(&self) -> bool {
-        self.pos >= self.buf.len()
-    }
-
-    pub(super) fn take(&mut self, n: usize) -> Result<&'a [u8], Reject> {
-        let end = self.pos.checked_add(n).ok_or(Reject::Malformed)?;
-        let s = self.buf.get(self.pos..end).ok_or(Reject::Malformed)?;
-        self.pos = end;
-        Ok(s)
-    }
-
-    pub(super) fn u8(&mut self) -> Result<u8, Reject> {
-        Ok(self.take(1)?[0])
-    }
-
-    pub(super) fn u16(&mut self) -> Result<u16, Reject> {
-        let b = self.take(2)?;
-        Ok(u16::from_be_bytes([b[0], b[1]]))
-    }
-
-    pub(super) fn u24(&mut self) -> Result<usize, Reject> {
-        let b = self.take(3)?;
-        Ok(usize::from(b[0]) << 16 | usize::from(b[1]) << 8 | usize::from(b[2]))
-    }
-}
+/// A short read in a hello: `Malformed`.
+const SHORT: Reject = Reject::Malformed;
 
 pub(super) fn is_grease(v: u16) -> bool {
     v & 0x0f0f == 0x0a0a
@@ -309,17 +275,17 @@ pub(super) fn is_grease(v: u16) -> bool {
 /// Validates an SNI extension body; returns the (offset, len) of its name list within the
 /// message, given the extension data's offset.
 fn parse_sni(data: &[u8], data_off: usize) -> Result<(usize, usize), Reject> {
-    let mut c = Cursor::new(data);
-    let list_len = usize::from(c.u16()?);
+    let mut c = Reader::new(data);
+    let list_len = usize::from(c.u16().ok_or(SHORT)?);
     if list_len == 0 {
         return Err(Reject::Malformed);
     }
-    let list = c.take(list_len)?;
-    let mut names = Cursor::new(list);
+    let list = c.take(list_len).ok_or(SHORT)?;
+    let mut names = Reader::new(list);
     while !names.is_empty() {
-        names.u8()?;
-        let len = names.u16()?;
-        names.take(usize::from(len))?;
+        names.u8().ok_or(SHORT)?;
+        let len = names.u16().ok_or(SHORT)?;
+        names.take(usize::from(len)).ok_or(SHORT)?;
     }
     Ok((data_off + 2, list_len))
 }
@@ -329,29 +295,29 @@ fn parse_sni(data: &[u8], data_off: usize) -> Result<(usize, usize), Reject> {
 /// of only GREASE values is `NoCipherSuite`; the extensions block must be complete (bytes after
 /// it are ignored, as mtg does); the first server_name extension, if any, must be well formed.
 pub fn parse_client_hello(msg: &[u8]) -> Result<ClientHello, Reject> {
-    let mut c = Cursor::new(msg);
-    if c.u8()? != HS_CLIENT_HELLO {
+    let mut c = Reader::new(msg);
+    if c.u8().ok_or(SHORT)? != HS_CLIENT_HELLO {
         return Err(Reject::Malformed);
     }
-    if c.u24()? != msg.len() - 4 {
+    if c.u24().ok_or(SHORT)? != msg.len() - 4 {
         return Err(Reject::Malformed);
     }
-    c.take(2)?; // legacy_version, not checked
+    c.take(2).ok_or(SHORT)?; // legacy_version, not checked
     let mut random = [0u8; 32];
-    random.copy_from_slice(c.take(32)?);
-    let sid_len = c.u8()?;
+    random.copy_from_slice(c.take(32).ok_or(SHORT)?);
+    let sid_len = c.u8().ok_or(SHORT)?;
     if sid_len > 32 {
         return Err(Reject::Malformed);
     }
     let mut session_id = [0u8; 32];
     if let Some(dst) = session_id.get_mut(..usize::from(sid_len)) {
-        dst.copy_from_slice(c.take(usize::from(sid_len))?);
+        dst.copy_from_slice(c.take(usize::from(sid_len)).ok_or(SHORT)?);
     }
-    let suites_len = usize::from(c.u16()?);
+    let suites_len = usize::from(c.u16().ok_or(SHORT)?);
     if suites_len % 2 != 0 {
         return Err(Reject::Malformed);
     }
-    let suites = c.take(suites_len)?;
+    let suites = c.take(suites_len).ok_or(SHORT)?;
     let cipher_suite = suites
         .chunks_exact(2)
         .map(|s| u16::from_be_bytes([s[0], s[1]]))
@@ -361,19 +327,19 @@ pub fn parse_client_hello(msg: &[u8]) -> Result<ClientHello, Reject> {
         .filter_map(|s| u16::from_be_bytes([s[0], s[1]]).checked_sub(0x1301))
         .filter(|&i| i < 5)
         .fold(0u8, |m, i| m | 1 << i);
-    let comp_len = usize::from(c.u8()?);
-    c.take(comp_len)?;
-    let ext_len = usize::from(c.u16()?);
-    let ext_off = c.pos;
-    let mut exts = Cursor::new(c.take(ext_len)?);
+    let comp_len = usize::from(c.u8().ok_or(SHORT)?);
+    c.take(comp_len).ok_or(SHORT)?;
+    let ext_len = usize::from(c.u16().ok_or(SHORT)?);
+    let ext_off = c.pos();
+    let mut exts = Reader::new(c.take(ext_len).ok_or(SHORT)?);
     let mut sni = None;
     let mut shares = 0;
     let mut mlkem_listed = false;
     while !exts.is_empty() {
-        let kind = exts.u16()?;
-        let len = usize::from(exts.u16()?);
-        let data_off = ext_off + exts.pos;
-        let data = exts.take(len)?;
+        let kind = exts.u16().ok_or(SHORT)?;
+        let len = usize::from(exts.u16().ok_or(SHORT)?);
+        let data_off = ext_off + exts.pos();
+        let data = exts.take(len).ok_or(SHORT)?;
         if kind == 0x0000 && sni.is_none() {
             sni = Some(parse_sni(data, data_off)?);
         }
@@ -1003,8 +969,8 @@ pub fn verify_server_flight(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::formats::encoding::{base64_std_decode, hex_decode};
     use crate::proto::XorShift64;
-    use crate::proto::encoding::{base64_std_decode, hex_decode};
     use crate::proto::tlsprofile;
 
     const KEY_HEX: &str = "367a189aee18fa31c190054efd4a8e95";

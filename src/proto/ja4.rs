@@ -20,7 +20,8 @@
 
 use sha2::{Digest, Sha256};
 
-use super::faketls::{Cursor, is_grease};
+use super::codec::Reader;
+use super::faketls::is_grease;
 use super::sort_small_by_key;
 
 /// A JA4 fingerprint: 36 ASCII bytes (`t13d1516h2_8daaf6152771_e5627efa2ab1`).
@@ -101,33 +102,33 @@ fn two_digits(n: usize, out: &mut [u8]) {
 /// The JA4 fingerprint of a ClientHello handshake message (`01 | u24 length | body`), or
 /// `None` when it is not a well-formed ClientHello (or exceeds [`MAX_ITEMS`]).
 pub fn fingerprint(msg: &[u8]) -> Option<Ja4> {
-    let mut c = Cursor::new(msg);
-    if c.u8().ok()? != 0x01 || c.u24().ok()? != msg.len().checked_sub(4)? {
+    let mut c = Reader::new(msg);
+    if c.u8()? != 0x01 || c.u24()? != msg.len().checked_sub(4)? {
         return None;
     }
-    let legacy = c.u16().ok()?;
-    c.take(32).ok()?;
-    let sid = c.u8().ok()?;
-    c.take(usize::from(sid)).ok()?;
+    let legacy = c.u16()?;
+    c.take(32)?;
+    let sid = c.u8()?;
+    c.take(usize::from(sid))?;
     let mut ciphers = List::new();
-    let suites = c.u16().ok()?;
-    let mut s = Cursor::new(c.take(usize::from(suites)).ok()?);
+    let suites = c.u16()?;
+    let mut s = Reader::new(c.take(usize::from(suites))?);
     while !s.is_empty() {
-        ciphers.push(s.u16().ok()?)?;
+        ciphers.push(s.u16()?)?;
     }
-    let comp = c.u8().ok()?;
-    c.take(usize::from(comp)).ok()?;
+    let comp = c.u8()?;
+    c.take(usize::from(comp))?;
     let mut exts = List::new();
     let mut sigs = List::new();
     let (mut version, mut sni, mut alpn) = (legacy, false, [b'0'; 2]);
     let mut count = 0usize;
     if !c.is_empty() {
-        let ext_len = c.u16().ok()?;
-        let mut e = Cursor::new(c.take(usize::from(ext_len)).ok()?);
+        let ext_len = c.u16()?;
+        let mut e = Reader::new(c.take(usize::from(ext_len))?);
         while !e.is_empty() {
-            let kind = e.u16().ok()?;
-            let len = e.u16().ok()?;
-            let mut d = Cursor::new(e.take(usize::from(len)).ok()?);
+            let kind = e.u16()?;
+            let len = e.u16()?;
+            let mut d = Reader::new(e.take(usize::from(len))?);
             if is_grease(kind) {
                 continue;
             }
@@ -135,9 +136,9 @@ pub fn fingerprint(msg: &[u8]) -> Option<Ja4> {
             match kind {
                 0x0000 => sni = true,
                 0x0010 => {
-                    d.u16().ok()?;
-                    let n = d.u8().ok()?;
-                    let v = d.take(usize::from(n)).ok()?;
+                    d.u16()?;
+                    let n = d.u8()?;
+                    let v = d.take(usize::from(n))?;
                     if let (Some(&f), Some(&l)) = (v.first(), v.last()) {
                         alpn = match (alpn_end(f), alpn_end(l)) {
                             (Some(f), Some(l)) => [f, l],
@@ -146,18 +147,18 @@ pub fn fingerprint(msg: &[u8]) -> Option<Ja4> {
                     }
                 }
                 0x000d => {
-                    let n = d.u16().ok()?;
-                    let mut a = Cursor::new(d.take(usize::from(n)).ok()?);
+                    let n = d.u16()?;
+                    let mut a = Reader::new(d.take(usize::from(n))?);
                     while !a.is_empty() {
-                        sigs.push(a.u16().ok()?)?;
+                        sigs.push(a.u16()?)?;
                     }
                 }
                 0x002b => {
-                    let n = d.u8().ok()?;
-                    let mut v = Cursor::new(d.take(usize::from(n)).ok()?);
+                    let n = d.u8()?;
+                    let mut v = Reader::new(d.take(usize::from(n))?);
                     let mut best = None;
                     while !v.is_empty() {
-                        let x = v.u16().ok()?;
+                        let x = v.u16()?;
                         if !is_grease(x) && best.is_none_or(|b| x > b) {
                             best = Some(x);
                         }

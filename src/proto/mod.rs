@@ -2,29 +2,23 @@
 //! deadlines come out. Nothing here touches a socket, the clock or the OS random source.
 
 pub mod browserhello;
+pub mod codec;
 pub mod dc;
-pub mod dns;
-pub mod encoding;
 pub mod faketls;
 pub mod fronting;
+pub mod handshake;
 pub mod hash;
-pub mod http;
-pub mod iplist;
 pub mod ja4;
-pub mod metrics;
 pub mod middle;
 pub mod mlkem;
 pub mod obfs2;
-pub mod proxy_config;
 pub mod proxy_protocol;
-pub mod qr;
 pub mod replay;
 pub mod secret;
 pub mod shaping;
-pub mod sntp;
 pub mod socks5;
-pub mod tls13;
 pub mod tlsprofile;
+pub mod users;
 pub mod x25519;
 
 use std::fmt;
@@ -111,6 +105,26 @@ pub enum Reject {
 }
 
 impl Reject {
+    /// Every reason, in declaration order: `Reject::ALL[r as usize] == r` (metrics keep one
+    /// counter per reason, indexed so).
+    pub const ALL: [Reject; 15] = [
+        Reject::RecordType,
+        Reject::RecordVersion,
+        Reject::TooManyFragments,
+        Reject::TooLarge,
+        Reject::Malformed,
+        Reject::NoCipherSuite,
+        Reject::Sni,
+        Reject::Digest,
+        Reject::TimeSkew,
+        Reject::Replay,
+        Reject::ObfsTag,
+        Reject::ObfsTagNotAllowed,
+        Reject::Timeout,
+        Reject::Eof,
+        Reject::ProxyHeader,
+    ];
+
     /// A short, stable, lowercase label (for logs and metrics).
     pub fn as_str(self) -> &'static str {
         match self {
@@ -220,6 +234,37 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn reject_all_lists_every_reason_at_its_discriminant() {
+        for (i, r) in Reject::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i, "{r:?}");
+        }
+        // A new variant must be added to ALL: the match has no wildcard, so adding one fails
+        // to compile here until it is listed (and then the length check catches a gap).
+        let last = |r: Reject| match r {
+            Reject::RecordType
+            | Reject::RecordVersion
+            | Reject::TooManyFragments
+            | Reject::TooLarge
+            | Reject::Malformed
+            | Reject::NoCipherSuite
+            | Reject::Sni
+            | Reject::Digest
+            | Reject::TimeSkew
+            | Reject::Replay
+            | Reject::ObfsTag
+            | Reject::ObfsTagNotAllowed
+            | Reject::Timeout
+            | Reject::Eof => false,
+            Reject::ProxyHeader => true,
+        };
+        assert!(last(Reject::ALL[Reject::ALL.len() - 1]));
+        let mut labels: Vec<_> = Reject::ALL.iter().map(|r| r.as_str()).collect();
+        labels.sort_unstable();
+        labels.dedup();
+        assert_eq!(labels.len(), Reject::ALL.len(), "labels are distinct");
+    }
 
     #[test]
     fn xorshift_is_deterministic_and_below_is_bounded() {

@@ -335,8 +335,8 @@ pub fn replay_key(frame: &[u8; FRAME_LEN]) -> [u8; 48] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::formats::encoding::base64_std_decode;
     use crate::proto::XorShift64;
-    use crate::proto::encoding::base64_std_decode;
 
     /// Value of `"field": "…"` at or after `from` in a tiny fixture JSON.
     fn json_str<'a>(json: &'a str, field: &str, from: usize) -> &'a str {

@@ -7,6 +7,8 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
+use super::codec::Reader;
+
 /// The 12-byte signature that starts every v2 header.
 pub const V2_SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
 
@@ -244,27 +246,25 @@ fn parse_v2(input: &[u8]) -> Parse {
     if body.len() < need {
         return Parse::Invalid;
     }
+    // Address block: source address, destination address, source port, destination port.
+    let mut r = Reader::new(body);
     let source = match fam {
-        0x11 => match (body.get(0..4), body.get(8..10)) {
-            (Some(a), Some(p)) => Some(SocketAddr::V4(SocketAddrV4::new(
-                Ipv4Addr::new(a[0], a[1], a[2], a[3]),
-                u16::from_be_bytes([p[0], p[1]]),
-            ))),
-            _ => return Parse::Invalid,
-        },
-        0x21 => match (body.get(0..16), body.get(32..34)) {
-            (Some(a), Some(p)) => {
-                let mut o = [0u8; 16];
-                o.copy_from_slice(a);
-                Some(SocketAddr::V6(SocketAddrV6::new(
-                    Ipv6Addr::from(o),
-                    u16::from_be_bytes([p[0], p[1]]),
-                    0,
-                    0,
-                )))
+        0x11 => {
+            let ip = r.take_array::<4>().map(Ipv4Addr::from);
+            let port = r.take(4).and_then(|_| r.u16());
+            match (ip, port) {
+                (Some(ip), Some(port)) => Some(SocketAddr::V4(SocketAddrV4::new(ip, port))),
+                _ => return Parse::Invalid,
             }
-            _ => return Parse::Invalid,
-        },
+        }
+        0x21 => {
+            let ip = r.take_array::<16>().map(Ipv6Addr::from);
+            let port = r.take(16).and_then(|_| r.u16());
+            match (ip, port) {
+                (Some(ip), Some(port)) => Some(SocketAddr::V6(SocketAddrV6::new(ip, port, 0, 0))),
+                _ => return Parse::Invalid,
+            }
+        }
         _ => None, // UDP, UNIX, unspecified: no TCP source address to use
     };
     Parse::Header {

@@ -14,7 +14,7 @@
 use std::fmt;
 
 use super::Rng;
-use super::encoding::{base64url_decode, base64url_encode, hex_decode, hex_encode};
+use crate::formats::encoding::{base64url_decode, base64url_encode, hex_decode, hex_encode};
 
 /// The key length of every secret kind.
 pub const KEY_LEN: usize = 16;
@@ -184,7 +184,7 @@ impl Secret {
         }
         let bytes = match hex_decode(text).or_else(|| base64url_decode(text)) {
             Some(b) => b,
-            None if super::encoding::base64_std_decode(text).is_some() => {
+            None if crate::formats::encoding::base64_std_decode(text).is_some() => {
                 return Err(SecretError::Base64Alphabet);
             }
             None => return Err(SecretError::Format),

@@ -1,6 +1,7 @@
 //! Inter-record timing toward FakeTLS clients (PROTOCOL.md §7.1–7.2).
 //!
-//! Pure logic; the worker's timers ([`crate::io`]) do the waiting. A TLS server answers a
+//! Pure logic; the worker's timers ([`crate::io`]) do the waiting. [`Pacer`] holds one
+//! connection's record timing and sizes. A TLS server answers a
 //! download with records spaced by small, heavy-tailed gaps; mtg measured them on ok.ru and
 //! fitted a Weibull distribution (shape k ≈ 0.378, scale λ ≈ 1.73 ms: median 0.66 ms, mean
 //! 6.8 ms, p99 98 ms). With shaping on, every record sent to the client waits such a gap after
@@ -12,7 +13,7 @@
 //! connection's one pool buffer (reads from the DC stop while it is full), so shaping delays
 //! but never queues without bound.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 // ln and exp of our own: the libm versions (`f64::ln`, `powf`) pull ~13 KiB of tables into
 // the static binary, and shaping needs only a few digits.
@@ -180,6 +181,102 @@ pub fn fit(gaps: &[Duration]) -> Option<(f64, Duration)> {
     }
     let ns = (lambda_ms * 1e6).clamp(1.0, MAX_DELAY.as_nanos() as f64);
     Some((k, Duration::from_nanos(ns as u64)))
+}
+
+/// A shaped record may leave this early (the proxy's timers have 1 ms ticks).
+pub const PACE_SLACK: Duration = Duration::from_micros(500);
+
+/// How late a shaped record may have left without the next gap growing by as much.
+pub const PACE_LATE_CREDIT: Duration = Duration::from_millis(2);
+
+/// Largest application-data payload the proxy sends per record.
+const FULL_RECORD: usize = super::faketls::MAX_RECORD_PAYLOAD;
+
+/// The timing and sizes of the records sent to one FakeTLS client (PROTOCOL.md §7): pacing by
+/// [`Shaping`] (when the next record may leave) and dynamic record sizing (how big the next
+/// records are). Pure: `now` and randomness are passed in; the caller waits.
+///
+/// Dynamic record sizing, as TLS servers do it (§7.3): after an idle second the first 40
+/// records carry about one MSS (1450 − U[0,100) bytes), the next 20 about 4 KiB
+/// (4096 − U[0,100)), then full records. Off: always full records.
+#[derive(Clone, Copy, Debug)]
+pub struct Pacer {
+    /// Dynamic record sizing on.
+    sizing: bool,
+    /// Records framed since the last idle second.
+    records: u32,
+    /// When records were last framed.
+    last: Instant,
+    /// When the next record may leave (with shaping).
+    next_at: Instant,
+}
+
+impl Pacer {
+    /// A pacer for a connection opened at `now`, with dynamic record sizing on or off.
+    pub fn new(sizing: bool, now: Instant) -> Pacer {
+        Pacer {
+            sizing,
+            records: 0,
+            last: now,
+            next_at: now,
+        }
+    }
+
+    /// The server flight went out at `now`: with shaping, the first record waits one gap
+    /// after it, as mtg does. `u` is a uniform draw in (0, 1] ([`draw`]).
+    pub fn flight_sent(&mut self, now: Instant, shaping: &Shaping, u: f64) {
+        self.next_at = now + shaping.delay(FULL_RECORD, u);
+    }
+
+    /// Payload caps for the next `N` records of one read (dynamic record sizing).
+    pub fn caps<const N: usize>(&mut self, now: Instant, rng: &mut impl super::Rng) -> [usize; N] {
+        let mut caps = [FULL_RECORD; N];
+        if !self.sizing {
+            return caps;
+        }
+        if now.saturating_duration_since(self.last) > Duration::from_secs(1) {
+            self.records = 0;
+        }
+        for (i, cap) in caps.iter_mut().enumerate() {
+            let k = self.records.saturating_add(i as u32);
+            let jitter = rng.below(100) as usize;
+            *cap = match k {
+                0..40 => 1450 - jitter,
+                40..60 => 4096 - jitter,
+                _ => FULL_RECORD,
+            };
+        }
+        caps
+    }
+
+    /// `records` records were framed at `now`.
+    pub fn framed(&mut self, records: u32, now: Instant) {
+        if self.sizing {
+            self.records = self.records.saturating_add(records);
+            self.last = now;
+        }
+    }
+
+    /// With shaping: may the next record, of `payload` bytes, leave at `now`? `None`: yes, and
+    /// the record after it is scheduled one gap later (lateness of the timer up to
+    /// [`PACE_LATE_CREDIT`] is not added to that gap, so a backlog really moves at the floor
+    /// rate). `Some(t)`: not before `t`; call again then.
+    #[must_use]
+    pub fn delay(
+        &mut self,
+        now: Instant,
+        payload: usize,
+        shaping: &Shaping,
+        rng: &mut impl super::Rng,
+    ) -> Option<Instant> {
+        if now + PACE_SLACK < self.next_at {
+            return Some(self.next_at);
+        }
+        let u = draw(rng);
+        let base = now.checked_sub(PACE_LATE_CREDIT).unwrap_or(now);
+        self.next_at = self.next_at.max(base) + shaping.delay(payload, u);
+        None
+    }
 }
 
 /// A uniform number in (0, 1] from `rng`.
@@ -354,5 +451,57 @@ mod tests {
         assert!(unit(0) > 0.0);
         assert_eq!(unit(u64::MAX), 1.0);
         assert!(unit(1 << 63) > 0.49 && unit(1 << 63) < 0.51);
+    }
+
+    #[test]
+    fn pacer_spaces_records_and_keeps_the_floor_rate() {
+        let t0 = crate::testing::t0();
+        let us = Duration::from_micros;
+        let mut rng = crate::proto::XorShift64(3);
+        // Gaps far above the floor: every record of n bytes waits n / 1 MB/s = n µs.
+        let s = Shaping::new(0.5, Duration::from_secs(1000), 1_000_000).unwrap();
+        let mut p = Pacer::new(false, t0);
+        p.flight_sent(t0, &s, 0.5);
+        let first = t0 + us(FULL_RECORD as u64);
+        assert_eq!(p.delay(t0, 1000, &s, &mut rng), Some(first));
+        // Within the slack it may go; the next one waits its 1000 µs.
+        assert_eq!(p.delay(first - PACE_SLACK, 1000, &s, &mut rng), None);
+        assert_eq!(p.delay(first, 1000, &s, &mut rng), Some(first + us(1000)));
+        // A timer 50 ms late: the record goes, and the next gap starts from the lateness minus
+        // the credit, not from the schedule (no burst to catch up) nor from now (no extra wait).
+        let late = first + us(1000) + Duration::from_millis(50);
+        assert_eq!(p.delay(late, 1000, &s, &mut rng), None);
+        assert_eq!(p.delay(late, 1000, &s, &mut rng), None, "credit: 2 ms");
+        assert_eq!(p.delay(late, 1000, &s, &mut rng), None);
+        assert_eq!(
+            p.delay(late, 1000, &s, &mut rng),
+            Some(late - PACE_LATE_CREDIT + us(3000))
+        );
+    }
+
+    #[test]
+    fn pacer_sizes_records_like_a_tls_server() {
+        let t0 = crate::testing::t0();
+        let mut rng = crate::proto::XorShift64(4);
+        let mut p = Pacer::new(true, t0);
+        let mut sizes = Vec::new();
+        for _ in 0..20 {
+            let caps: [usize; 4] = p.caps(t0, &mut rng);
+            sizes.extend_from_slice(&caps);
+            p.framed(4, t0);
+        }
+        assert!(
+            sizes[..40].iter().all(|&c| (1351..=1450).contains(&c)),
+            "{sizes:?}"
+        );
+        assert!(sizes[40..60].iter().all(|&c| (3997..=4096).contains(&c)));
+        assert!(sizes[60..].iter().all(|&c| c == FULL_RECORD));
+        // After an idle second the ramp starts again.
+        let later = t0 + Duration::from_millis(1001);
+        let caps: [usize; 4] = p.caps(later, &mut rng);
+        assert!(caps.iter().all(|&c| c <= 1450), "{caps:?}");
+        // Off: always full records.
+        let mut off = Pacer::new(false, t0);
+        assert_eq!(off.caps::<4>(t0, &mut rng), [FULL_RECORD; 4]);
     }
 }

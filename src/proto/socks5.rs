@@ -8,6 +8,8 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+use super::codec::Reader;
+
 /// Default port of a proxy URL without one.
 pub const DEFAULT_PORT: u16 = 1080;
 
@@ -343,18 +345,18 @@ impl Socks5Client {
         let Some(msg) = input.get(..total) else {
             return Step::NeedMore;
         };
-        let port = u16::from_be_bytes([msg[total - 2], msg[total - 1]]);
-        let addr = &msg[4..total - 2];
+        // The whole reply is there: VER REP RSV ATYP, the address, the port.
+        let mut r = Reader::new(&msg[4..]);
+        let addr = r.take(total - 4 - 2).unwrap_or_default();
+        let port = r.u16().unwrap_or_default();
         self.bound = match atyp {
             1 => {
-                let mut o = [0u8; 4];
-                o.copy_from_slice(addr);
-                Some(Target::Ip(SocketAddr::new(Ipv4Addr::from(o).into(), port)))
+                let ip = <[u8; 4]>::try_from(addr).map_or(Ipv4Addr::UNSPECIFIED, Ipv4Addr::from);
+                Some(Target::Ip(SocketAddr::new(ip.into(), port)))
             }
             4 => {
-                let mut o = [0u8; 16];
-                o.copy_from_slice(addr);
-                Some(Target::Ip(SocketAddr::new(Ipv6Addr::from(o).into(), port)))
+                let ip = <[u8; 16]>::try_from(addr).map_or(Ipv6Addr::UNSPECIFIED, Ipv6Addr::from);
+                Some(Target::Ip(SocketAddr::new(ip.into(), port)))
             }
             _ => Some(Target::Domain(
                 String::from_utf8_lossy(addr.get(1..).unwrap_or_default()).into_owned(),

@@ -1,6 +1,6 @@
 //! The fronted site's TLS handshake *shape*, learned without a TLS library.
 //!
-//! The scout (`io::scout`) sends the site a browser's ClientHello of each [`HelloKind`] and
+//! The scout (`background::scout`) sends the site a browser's ClientHello of each [`HelloKind`] and
 //! reads its first flight; [`parse_server_flight`] turns those bytes into an [`Observation`]: the ServerHello's
 //! shape (legacy version, cipher suite, session-id echo length, compression, extensions in order
 //! with their lengths, key-share group, supported version), whether a ChangeCipherSpec record
@@ -24,6 +24,7 @@ use std::collections::VecDeque;
 use std::fmt;
 
 use super::Rng;
+use super::codec::Reader;
 
 /// Most ciphertext one TLS 1.3 record may carry (2^14 + 256, RFC 8446 §5.2).
 pub const MAX_CIPHERTEXT: usize = 16384 + 256;
@@ -422,42 +423,15 @@ impl fmt::Display for FlightError {
     }
 }
 
-/// A bounds-checked reader; a short read is `None`.
-struct Reader<'a> {
-    buf: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        let s = self.buf.get(self.pos..self.pos.checked_add(n)?)?;
-        self.pos += n;
-        Some(s)
-    }
-
-    fn u8(&mut self) -> Option<u8> {
-        self.take(1).map(|b| b[0])
-    }
-
-    fn u16(&mut self) -> Option<u16> {
-        self.take(2).map(|b| u16::from_be_bytes([b[0], b[1]]))
-    }
-
-    fn rest(&self) -> usize {
-        self.buf.len().saturating_sub(self.pos)
-    }
-}
-
 /// Parses a ServerHello handshake message (`02 | u24 | body`, exactly `msg`): the template and
 /// whether it is a HelloRetryRequest.
 fn parse_server_hello(msg: &[u8]) -> Option<(ServerHelloTemplate, bool)> {
-    let mut r = Reader { buf: msg, pos: 0 };
+    let mut r = Reader::new(msg);
     if r.u8()? != 0x02 {
         return None;
     }
-    let l = r.take(3)?;
-    let body_len = usize::from(l[0]) << 16 | usize::from(l[1]) << 8 | usize::from(l[2]);
-    if body_len != r.rest() {
+    let body_len = r.u24()?;
+    if body_len != r.left() {
         return None;
     }
     let legacy_version = r.u16()?;
@@ -480,15 +454,15 @@ fn parse_server_hello(msg: &[u8]) -> Option<(ServerHelloTemplate, bool)> {
         has_extensions: false,
         extension_overflow: false,
     };
-    if r.rest() == 0 {
+    if r.left() == 0 {
         return Some((t, hello_retry));
     }
     t.has_extensions = true;
     let ext_len = usize::from(r.u16()?);
-    if ext_len != r.rest() {
+    if ext_len != r.left() {
         return None;
     }
-    while r.rest() > 0 {
+    while r.left() > 0 {
         let kind = r.u16()?;
         let len = r.u16()?;
         let data = r.take(usize::from(len))?;

@@ -362,7 +362,7 @@ pub fn connect_from(src: Ipv4Addr, dst: SocketAddr) -> io::Result<TcpStream> {
 
 /// A DNS server on 127.0.0.1 (UDP only): A queries for the names it knows get their one IPv4
 /// address, AAAA queries for them get no data, anything else NXDOMAIN. Written independently
-/// of `mtpx::proto::dns`. Stops when dropped.
+/// of `mtpx::formats::dns`. Stops when dropped.
 pub struct DnsStub {
     pub addr: SocketAddr,
     queries: Arc<Mutex<Vec<String>>>,

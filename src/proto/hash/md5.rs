@@ -51,7 +51,7 @@ pub fn md5(data: &[u8]) -> [u8; 16] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::encoding::hex_encode;
+    use crate::formats::encoding::hex_encode;
 
     #[test]
     fn accepts_rfc1321_test_suite() {

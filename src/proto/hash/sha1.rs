@@ -52,7 +52,7 @@ pub fn sha1(data: &[u8]) -> [u8; 20] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::encoding::hex_encode;
+    use crate::formats::encoding::hex_encode;
 
     #[test]
     fn accepts_rfc3174_test_vectors() {

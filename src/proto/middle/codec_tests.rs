@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use super::codec::{Decoded, Decoder, Encoder, HEADROOM, Link, MIN_OUT_ROOM, SessionParams};
 use super::handshake::{HsParams, HsStep, MeHandshake, OUT_MAX};
 use super::*;
-use crate::proto::encoding::hex_encode;
+use crate::formats::encoding::hex_encode;
 use crate::proto::hash::crc32;
 use crate::proto::obfs2::Tag;
 use crate::proto::{Rng, XorShift64};

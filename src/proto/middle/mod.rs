@@ -348,7 +348,7 @@ pub fn pad_to_block(out: &mut [u8], mut len: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::encoding::hex_encode;
+    use crate::formats::encoding::hex_encode;
 
     fn sa(s: &str) -> SocketAddr {
         s.parse().unwrap()
@@ -450,7 +450,7 @@ mod tests {
     }
 
     fn unhex(s: &str) -> Vec<u8> {
-        crate::proto::encoding::hex_decode(s).unwrap()
+        crate::formats::encoding::hex_decode(s).unwrap()
     }
 
     // NIST SP 800-38A F.2.5 / F.2.6 (CBC-AES256).

@@ -7,6 +7,7 @@
 //! mtpx-bench worker <proxy> <src> <key> <host>   (internal: one load-generator process)
 //! mtpx-bench floor <key> <host> <dc-port>...     (internal: the floor proxy, floor.rs)
 //! mtpx-bench soak ...                      (the hostile soak: soak.rs)
+//! mtpx-bench users [--quick]              (only the in-process user-search timing)
 //! ```
 //!
 //! The orchestrator starts fake DC processes, mtpx (`simple-run`, every DC overridden to a fake
@@ -21,6 +22,7 @@ mod common;
 mod dc;
 mod floor;
 mod soak;
+mod users;
 mod worker;
 
 use std::fmt::Write as _;
@@ -64,6 +66,17 @@ fn main() {
         Some("worker") => worker_main(&args[2..]),
         Some("floor") => floor::run(&args[2..]),
         Some("soak") => soak::main(&args[2..]),
+        Some("users") => {
+            let budget = if args.iter().any(|a| a == "--quick") {
+                0.1
+            } else {
+                0.5
+            };
+            println!("== user search: CPU per handshake check (in process, one thread) ==");
+            let cases = users::run(budget);
+            users::report(&cases);
+            Ok(())
+        }
         _ => orchestrate(&args[1..]),
     };
     if let Err(e) = r {
@@ -1022,6 +1035,10 @@ fn full_run(
     started: Instant,
 ) -> io::Result<()> {
     let mode = if plan.quick { "quick" } else { "full" };
+    // User search (issue 15): in process, before any load.
+    println!("\n== user search: CPU per handshake check (in process, one thread) ==");
+    let user_cases = users::run(if plan.quick { 0.1 } else { 0.5 });
+    let user_json = users::report(&user_cases);
     let mem = if plan.relay_only {
         None
     } else {
@@ -1339,7 +1356,7 @@ fn full_run(
     );
     let _ = write!(
         j,
-        "  \"crypto_floor_cpu_s_per_gb\": {aes:.4},\n  \"aes_ctr_state_bytes\": {},\n",
+        "  \"crypto_floor_cpu_s_per_gb\": {aes:.4},\n  \"aes_ctr_state_bytes\": {},\n  \"user_search\": {user_json},\n",
         std::mem::size_of::<AesCtr>()
     );
     j.push_str("  \"throughput\": [\n");

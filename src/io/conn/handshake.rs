@@ -1,0 +1,361 @@
+//! The handshake phase: reads the client's bytes into a buffer and hands them to the
+//! [`Handshake`] machine, writes the server flight it produces, checks the client's address
+//! after a PROXY header, and carries out the decision (dial the DC, dial the fronting site,
+//! close). No protocol decision is made here.
+
+use std::io::ErrorKind;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use super::dial::Route;
+use super::relay::{Half, write_some};
+use super::{CLIENT, CloseReason, Conn, Ctx, Phase, R, Release, Role, TURN_BUDGET, W, Want};
+use crate::io::pool::{BufId, Class, Pool};
+use crate::io::shared::{SharedHellos, SharedReplay, SharedShapes};
+use crate::io::sock::{Net, Sock};
+use crate::io::stats::Stats;
+use crate::io::{FastRng, unix_now};
+use crate::log::Level;
+use crate::proto::Reject;
+use crate::proto::handshake::{Close, Env, Expect, Handshake, Step};
+use crate::proto::secret::SecretKind;
+use crate::proto::shaping::{self, Pacer};
+
+/// The handshake phase's data.
+pub(super) struct Hs {
+    machine: Handshake,
+    /// The bytes read so far: `buf[..machine.filled()]` (none before the first read).
+    buf: Option<BufId>,
+    /// The client sent EOF.
+    eof: bool,
+    /// The rest of the server flight that the socket did not take at once.
+    flight: Half,
+    /// The record timing toward the client (the flight starts its clock).
+    pacer: Pacer,
+}
+
+impl Hs {
+    pub(super) fn new(ctx: &Ctx<'_, impl Net>) -> Hs {
+        let config = &ctx.shared.config;
+        let expect = Expect {
+            proxy_header: config.proxy_protocol_listener,
+            faketls: config.secret.kind == SecretKind::FakeTls,
+        };
+        Hs {
+            machine: Handshake::new(expect, ctx.now + config.timeouts.handshake),
+            buf: None,
+            eof: false,
+            flight: Half::default(),
+            pacer: super::pacer(ctx),
+        }
+    }
+
+    /// When the handshake times out.
+    pub(super) fn deadline(&self) -> Instant {
+        self.machine.poll_timeout()
+    }
+}
+
+impl Release for Hs {
+    fn release(mut self, pool: &mut Pool, _: &Stats) {
+        if let Some(id) = self.buf.take() {
+            pool.release(id);
+        }
+        self.flight.release(pool);
+    }
+}
+
+/// What the machine is called with.
+#[derive(Clone, Copy)]
+enum Call {
+    /// New bytes (count).
+    Received(usize),
+    /// Nothing new: move on with what is there.
+    Handle,
+    /// The client sent EOF.
+    Eof,
+}
+
+/// Calls the machine on the bytes in `id` with a fresh environment (the time, the shared
+/// tables behind their locks, the worker's randomness and scratch space).
+fn call<N: Net>(hs: &mut Hs, id: BufId, what: Call, ctx: &mut Ctx<'_, N>) -> Step {
+    let Ctx {
+        pool,
+        shared,
+        rng,
+        keyshares,
+        scratch,
+        ..
+    } = ctx;
+    let config = &shared.config;
+    let mut replay = SharedReplay(shared);
+    let mut shapes = SharedShapes(&shared.profile);
+    let mut hellos = SharedHellos(&shared.ja4);
+    let mut env: Env<'_, FastRng> = Env {
+        secrets: std::slice::from_ref(&config.secret),
+        tolerance_secs: config.tolerate_time_skewness.as_secs(),
+        dcs: shared.dc.as_ref(),
+        allow_unknown_dc: config.allow_fallback_on_unknown_dc,
+        now_unix: unix_now(),
+        rng,
+        replay: &mut replay,
+        shapes: &mut shapes,
+        hellos: &mut hellos,
+        key_shares: keyshares,
+        scratch,
+    };
+    let buf = pool.get(id);
+    match what {
+        Call::Received(n) => hs.machine.received(buf, n, &mut env),
+        Call::Handle => hs.machine.handle(buf, &mut env),
+        Call::Eof => hs.machine.handle_eof(buf, &mut env),
+    }
+}
+
+impl<S: Sock> Conn<S> {
+    /// A turn of the handshake phase. (Not inlined into the worker loop, nor the other phase
+    /// steps below: 0.8 KiB less code.)
+    #[inline(never)]
+    pub(super) fn handshake(
+        &mut self,
+        mut hs: Hs,
+        ctx: &mut Ctx<'_, impl Net<Sock = S>>,
+        want: &mut Want,
+    ) -> Phase<S> {
+        // Flush the rest of the server flight if there is one.
+        if !hs.flight.is_empty() && self.ready[CLIENT] & W != 0 {
+            match hs.flight.write_to(&self.client, ctx.pool) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => self.ready[CLIENT] &= !W,
+                Err(e) => return self.closed(hs, CloseReason::Error(e.kind()), ctx),
+            }
+            if hs.flight.is_empty() {
+                hs.flight.release(ctx.pool);
+            }
+        }
+        if let Some(id) = hs.buf.filter(|_| hs.machine.filled() > 0) {
+            // Bytes gathered before a pause (e.g. waiting for a pool buffer): look again.
+            let step = call(&mut hs, id, Call::Handle, ctx);
+            match self.follow(hs, step, false, ctx) {
+                Ok(hs_back) => hs = hs_back,
+                Err(next) => return next,
+            }
+        }
+        if self.ready[CLIENT] & R == 0 || hs.eof {
+            return Phase::Handshake(hs);
+        }
+        let mut id = match hs.buf {
+            Some(id) => id,
+            // A small handshake buffer: a stalled handshake must not hold a relay buffer.
+            None => match ctx.pool.checkout(Class::Handshake) {
+                Some(id) => {
+                    hs.buf = Some(id);
+                    id
+                }
+                None => {
+                    want.buffer = Some(Class::Handshake);
+                    return Phase::Handshake(hs);
+                }
+            },
+        };
+        // Bytes read this turn, record headers included: empty records must not keep the
+        // worker here.
+        let mut raw = 0;
+        loop {
+            if raw >= TURN_BUDGET {
+                want.requeue = true;
+                return Phase::Handshake(hs);
+            }
+            let filled = hs.machine.filled();
+            if filled >= ctx.pool.get(id).len() {
+                // Outgrown: move to a relay buffer if 3/4 of them are free. Otherwise (under
+                // pressure) decide on what we have: a hello this big is not a Telegram
+                // client's, so it is fronted (which streams it on from here).
+                // (A relay buffer that is full comes back unchanged: too large as well.)
+                match ctx.pool.grow(id, filled, Class::Grown) {
+                    Some(big) if big != id => {
+                        id = big;
+                        hs.buf = Some(big);
+                    }
+                    _ => {
+                        let step = hs.machine.fail(Reject::TooLarge);
+                        return match self.follow(hs, step, false, ctx) {
+                            Ok(hs) => Phase::Handshake(hs),
+                            Err(next) => next,
+                        };
+                    }
+                }
+            }
+            let read = self.client.read(&mut ctx.pool.get(id)[filled..]);
+            let step = match read {
+                Ok(0) => {
+                    hs.eof = true;
+                    // Decide on what we have; an incomplete handshake then ends in Eof.
+                    call(&mut hs, id, Call::Eof, ctx)
+                }
+                Ok(n) => {
+                    raw += n;
+                    call(&mut hs, id, Call::Received(n), ctx)
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    self.ready[CLIENT] &= !R;
+                    return Phase::Handshake(hs);
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => return self.closed(hs, CloseReason::Error(e.kind()), ctx),
+            };
+            // (At EOF the machine always decides, so `Ok` means more bytes may come.)
+            let eof = hs.eof;
+            match self.follow(hs, step, eof, ctx) {
+                Ok(back) if !eof => hs = back,
+                Ok(back) => return Phase::Handshake(back),
+                Err(next) => return next,
+            }
+        }
+    }
+
+    /// The handshake's deadline passed.
+    #[inline(never)]
+    pub(super) fn handshake_timeout(
+        &mut self,
+        mut hs: Hs,
+        ctx: &mut Ctx<'_, impl Net<Sock = S>>,
+        _: &mut Want,
+    ) -> Phase<S> {
+        match hs.machine.handle_timeout(ctx.now) {
+            Some(step) => match self.follow(hs, step, false, ctx) {
+                Ok(hs) => Phase::Handshake(hs),
+                Err(next) => next,
+            },
+            None => Phase::Handshake(hs),
+        }
+    }
+
+    /// Carries out the machine's steps until it needs more bytes (`Ok`: the handshake goes
+    /// on) or decides (`Err`: the next phase). After EOF (`eof`), `Write` and `Peer` lead back
+    /// to `handle_eof`. (Both sides are phase data moved by value, large by design.)
+    #[allow(clippy::result_large_err)]
+    fn follow(
+        &mut self,
+        mut hs: Hs,
+        mut step: Step,
+        eof: bool,
+        ctx: &mut Ctx<'_, impl Net<Sock = S>>,
+    ) -> Result<Hs, Phase<S>> {
+        let again = if eof { Call::Eof } else { Call::Handle };
+        loop {
+            step = match step {
+                Step::NeedMore => return Ok(hs),
+                Step::Peer(source) => {
+                    // The header was for us: take the client address it announces, and check
+                    // that one against the IP lists.
+                    if let Some(src) = source {
+                        self.peer = src;
+                    }
+                    if !ctx.shared.admits(self.peer.ip()) {
+                        return Err(self.closed(hs, CloseReason::Blocked, ctx));
+                    }
+                    let id = hs.buf.expect("a PROXY stage has bytes");
+                    call(&mut hs, id, again, ctx)
+                }
+                Step::Write(n) => {
+                    if let Err(reason) = self.send_flight(&mut hs, n, ctx) {
+                        return Err(self.closed(hs, reason, ctx));
+                    }
+                    let id = hs.buf.expect("a flight answers bytes");
+                    call(&mut hs, id, again, ctx)
+                }
+                Step::Connect(accepted) => {
+                    let stats = &ctx.shared.stats;
+                    stats.handshakes.fetch_add(1, Ordering::Relaxed);
+                    self.role = Role::Dc(accepted.dc);
+                    self.bytes[0] += accepted.early as u64;
+                    // Records read after the frame stay raw after the held bytes: the relay
+                    // takes them in first.
+                    let taken = hs.machine.filled() - accepted.records;
+                    let up = Half::holding(hs.buf, taken, hs.eof);
+                    let route = Route::Dc {
+                        dc: accepted.dc,
+                        ciphers: accepted.ciphers,
+                        tls: accepted.tls.map(|reader| (reader, hs.pacer)),
+                        records: accepted.records,
+                    };
+                    return Err(self.dial(route, up, hs.flight, ctx));
+                }
+                Step::Front(why) => return Err(self.front(hs, why, ctx)),
+                Step::Close(close) => {
+                    let reason = match close {
+                        Close::Rejected(r) => {
+                            ctx.shared.stats.handshake_failed(r);
+                            CloseReason::Rejected(r)
+                        }
+                        Close::UnknownDc(dc) => {
+                            self.role = Role::Dc(dc);
+                            CloseReason::UnknownDc
+                        }
+                        Close::Flight => CloseReason::Error(ErrorKind::OutOfMemory),
+                    };
+                    return Err(self.closed(hs, reason, ctx));
+                }
+            };
+        }
+    }
+
+    /// Writes the server flight (`scratch[..n]`) at once: a fresh socket's send buffer takes
+    /// it whole, so a handshake holds one pool buffer, never two (holding two would let
+    /// handshakes deadlock each other on a small pool). Rarely, the rest waits in a buffer of
+    /// its own until the socket is writable.
+    fn send_flight(
+        &mut self,
+        hs: &mut Hs,
+        n: usize,
+        ctx: &mut Ctx<'_, impl Net<Sock = S>>,
+    ) -> Result<(), CloseReason> {
+        let written = match write_some(&self.client, &ctx.scratch[..n]) {
+            Ok(w) => w,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => 0,
+            Err(e) => return Err(CloseReason::Error(e.kind())),
+        };
+        if written < n {
+            self.ready[CLIENT] &= !W;
+            let rest = &ctx.scratch[written..n];
+            if !hs.flight.fill_from(rest, ctx.pool, Class::Client) {
+                return Err(CloseReason::Error(ErrorKind::OutOfMemory));
+            }
+        }
+        if let Some(s) = ctx.shared.shaping.get() {
+            // As mtg: the first record also waits one gap after the flight.
+            hs.pacer
+                .flight_sent(ctx.now, &s, shaping::draw(&mut *ctx.rng));
+        }
+        Ok(())
+    }
+
+    /// The handshake failed for `why` before the proxy answered: the connection is spliced to
+    /// the fronting site, every byte read so far replayed unchanged, then both directions
+    /// relayed byte for byte (PROTOCOL.md §6). Without a fronting address it is closed.
+    fn front(&mut self, hs: Hs, why: Reject, ctx: &mut Ctx<'_, impl Net<Sock = S>>) -> Phase<S> {
+        let stats = &ctx.shared.stats;
+        stats.handshake_failed(why);
+        if ctx.shared.front_addr(0).is_none() {
+            return self.closed(hs, CloseReason::Rejected(why), ctx);
+        }
+        self.role = Role::Fronted(why);
+        stats.fronted.fetch_add(1, Ordering::Relaxed);
+        // Rate-limited: any prober can trigger it (issue 12).
+        crate::log_probe!(
+            crate::log::Probe::Fronting,
+            Level::Info,
+            "fronting",
+            conn = self.id_str(),
+            client = self.peer,
+            reason = why.as_str()
+        );
+        // The bytes read so far stay in the up half exactly as received (and count as the
+        // client's traffic to the site).
+        let filled = hs.machine.filled();
+        self.bytes[0] += filled as u64;
+        let up = Half::holding(hs.buf, filled, hs.eof);
+        self.dial(Route::Front, up, hs.flight, ctx)
+    }
+}
