@@ -32,6 +32,8 @@ REL_RUSTFLAGS  := --remap-path-prefix=$(REL_CARGO_HOME)=/cargo \
 # relocations as DT_RELR (musl >= 1.2.4 applies them at start-up; 20 KiB less than .rela.dyn,
 # ASLR kept; the aarch64 binary is not PIE and has none). mk/no-unwind-tables.ld drops the
 # unwind tables that a panic = "abort", stripped binary never reads (71 KiB x86_64, 66 KiB aarch64).
+# In this build src/sys.rs also stands in for libunwind and musl's pthread_setname_np (260 KiB
+# x86_64, 222 KiB aarch64): see docs/SIZE.md.
 # Neutralise environment that would make a build differ from the next one. (An empty but set
 # CARGO_ENCODED_RUSTFLAGS would win over RUSTFLAGS, hence env -u.)
 REL_ENV := env -u CARGO_ENCODED_RUSTFLAGS -u CARGO_BUILD_RUSTFLAGS \
@@ -42,7 +44,7 @@ REL_ENV := env -u CARGO_ENCODED_RUSTFLAGS -u CARGO_BUILD_RUSTFLAGS \
 
 static_bin = $(TARGET_DIR)/$(1)/release/mtpx
 
-.PHONY: static $(addprefix static-,$(STATIC_TARGETS)) size dist audit repro static-smoke
+.PHONY: static $(addprefix static-,$(STATIC_TARGETS)) size size-report dist audit repro static-smoke
 
 static: $(addprefix static-,$(STATIC_TARGETS)) ## static musl binaries (x86_64, aarch64) in target/<triple>/release/
 	@for t in $(STATIC_TARGETS); do echo "built $(TARGET_DIR)/$$t/release/mtpx"; done
@@ -57,6 +59,18 @@ size: static ## sizes of the static release binaries (fails at 1 MiB or more)
 		awk -v t=$$t -v n=$$n -v l=$(SIZE_LIMIT) 'BEGIN { printf "%-28s %8d bytes  %6.1f KiB  (%.1f%% of %d)\n", t, n, n / 1024, 100 * n / l, l }'; \
 		if [ $$n -ge $(SIZE_LIMIT) ]; then echo "size: $$t is over the limit"; fail=1; fi; \
 	done; exit $$fail
+
+# Where the bytes go (docs/SIZE.md): the x86_64 static binary built with the same flags but
+# symbols kept, in its own target dir; section sizes and the largest symbols.
+SIZE_REPORT_DIR := $(TARGET_DIR)/size-report
+size-report: ## the largest symbols of the x86_64 static binary (same build, symbols kept)
+	$(subst --strip-all,--strip-debug,$(REL_ENV)) CARGO_TARGET_DIR='$(SIZE_REPORT_DIR)' \
+		CARGO_PROFILE_RELEASE_STRIP=false $(CARGO) build --release --locked --target x86_64-unknown-linux-musl
+	@b=$(SIZE_REPORT_DIR)/x86_64-unknown-linux-musl/release/mtpx; \
+		echo "$$b: $$(wc -c < $$b) bytes with symbols; sections:"; \
+		size -A $$b | awk '$$2 > 4096 && $$1 !~ /^\.debug|^\.comment|^\.symtab|^\.strtab/'; \
+		nm -S --size-sort -C $$b | tail -n $${N:-40} | \
+		while read -r addr sz kind name; do printf '%8d %s %s\n' 0x$$sz "$$kind" "$$name"; done
 
 # dist/mtpx-<version>-<target>.tar.gz holds mtpx-<version>-<target>/{mtpx,README.md,LICENSE*,
 # mtpx.service}; SHA256SUMS covers the archives.

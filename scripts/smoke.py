@@ -82,6 +82,18 @@ async def exchange(cmd, key):
         *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     try:
         await wait_listening(port, proc)
+        # std names its threads through pthread_setname_np, which src/sys.rs stands in for.
+        names, deadline = set(), time.monotonic() + STEP
+        while "mtpx-worker-0" not in names and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)  # the worker may not have started yet
+            names = set()
+            for t in os.listdir("/proc/%d/task" % proc.pid):
+                try:
+                    with open("/proc/%d/task/%s/comm" % (proc.pid, t)) as f:
+                        names.add(f.read().strip())
+                except OSError:
+                    pass  # a thread that just ended
+        check("mtpx-worker-0" in names, "threads carry their names: %s" % sorted(names))
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         frame, enc, dec = client_frame(key, "padded", 2)
         payloads = [mtproto_plain(0x5F00000000000000 + 4 * i, os.urandom(n))
@@ -135,6 +147,12 @@ def check_elf(path, arch):
     check(3 not in types, "statically linked (no PT_INTERP, no dynamic loader)")
     # musl's getaddrinfo reads /etc/hosts; mtpx's own DNS client never does.
     check(b"/etc/hosts" not in data, "the libc resolver (getaddrinfo) is not linked in")
+    # src/sys.rs stands in for libunwind (nothing unwinds under panic = "abort"): neither
+    # libunwind's DWARF parser nor std's backtrace symbolizer (gimli) may come back.
+    check(b"CIE ID is not zero" not in data and b"gimli" not in data,
+          "libunwind and the backtrace symbolizer are not linked in")
+    # src/sys.rs names threads itself: musl's pthread_setname_np (and with it printf) stays out.
+    check(b"task/%d/comm" not in data, "musl's printf is not linked in")
 
 
 def main():

@@ -415,11 +415,32 @@ fn value<T>(
     hint: &str,
     f: impl Fn(&str) -> Option<T>,
 ) -> Result<T, CliError> {
+    // The generic part stays this small (one instance per value type): the rest is value_dyn.
+    let mut out = None;
+    value_dyn(cmd, parser, what, hint, &mut |s| {
+        out = f(s);
+        out.is_some()
+    })?;
+    out.ok_or_else(|| usage(Some(cmd), String::new())) // unreachable: value_dyn checked
+}
+
+/// `value` without its type: `f` parses the trimmed value and says whether it could.
+fn value_dyn(
+    cmd: &'static str,
+    parser: &mut lexopt::Parser,
+    what: &str,
+    hint: &str,
+    f: &mut dyn FnMut(&str) -> bool,
+) -> Result<(), CliError> {
     let raw = parser
         .value()
         .map_err(|_| usage(Some(cmd), format!("{what} needs a value ({hint})")))?;
     let s = text(cmd, raw, what)?;
-    f(s.trim()).ok_or_else(|| usage(Some(cmd), format!("{what}: {s:?} is not {hint}")))
+    if f(s.trim()) {
+        Ok(())
+    } else {
+        Err(usage(Some(cmd), format!("{what}: {s:?} is not {hint}")))
+    }
 }
 
 fn unexpected(cmd: &'static str, arg: lexopt::Arg<'_>) -> CliError {

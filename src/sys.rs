@@ -197,6 +197,108 @@ pub fn process_cpu_time() -> Duration {
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
+/// The static release binary never unwinds: it is built with `panic = "abort"` and its unwind
+/// tables are discarded at link time (mk/no-unwind-tables.ld). Yet std's panic hook can still
+/// walk the stack for `RUST_BACKTRACE` (gimli, addr2line, a DWARF decompressor, a demangler) and
+/// std's precompiled landing pads and personality routine name libunwind's entry points, which
+/// links all of libunwind: about 200 KiB of a 1 MiB budget. These definitions stand in for the
+/// entry points std uses, as libunwind itself behaves without unwind tables: a stack walk finds
+/// no frame (libunwind returns end-of-stack at the first step, so the backtrace was already
+/// empty) and nothing is ever unwound. With them in the link, the linker pulls nothing from
+/// libunwind.a (a symbol std starts to use one day would pull its member and clash: a link
+/// error, never a silent change), and LTO sees that the walk never calls back, dropping the
+/// symbolizer. Only under `panic = "abort"`: test builds unwind and keep the real library.
+#[cfg(all(panic = "abort", target_env = "musl", target_feature = "crt-static"))]
+mod no_unwind {
+    use std::ffi::{c_int, c_void};
+
+    const END_OF_STACK: c_int = 5; // _URC_END_OF_STACK
+
+    // SAFETY (for each `no_mangle` below): the names are libunwind's C ABI, with its signatures
+    // (std's `unwind` crate declares them so). Under panic = "abort" std calls them only from a
+    // stack walk, which the first returns from at once, and from unwinding, which never starts;
+    // none dereferences its arguments.
+    #[unsafe(no_mangle)]
+    extern "C" fn _Unwind_Backtrace(
+        _trace: extern "C" fn(*mut c_void, *mut c_void) -> c_int,
+        _arg: *mut c_void,
+    ) -> c_int {
+        END_OF_STACK
+    }
+
+    #[unsafe(no_mangle)]
+    extern "C" fn _Unwind_Resume(_exception: *mut c_void) -> ! {
+        std::process::abort()
+    }
+
+    #[unsafe(no_mangle)]
+    extern "C" fn _Unwind_GetIP(_ctx: *mut c_void) -> usize {
+        0
+    }
+
+    #[unsafe(no_mangle)]
+    extern "C" fn _Unwind_GetIPInfo(_ctx: *mut c_void, _before: *mut c_int) -> usize {
+        0
+    }
+
+    #[unsafe(no_mangle)]
+    extern "C" fn _Unwind_SetIP(_ctx: *mut c_void, _value: usize) {}
+
+    #[unsafe(no_mangle)]
+    extern "C" fn _Unwind_SetGR(_ctx: *mut c_void, _index: c_int, _value: usize) {}
+
+    #[unsafe(no_mangle)]
+    extern "C" fn _Unwind_GetLanguageSpecificData(_ctx: *mut c_void) -> *mut c_void {
+        std::ptr::null_mut()
+    }
+
+    #[unsafe(no_mangle)]
+    extern "C" fn _Unwind_GetRegionStart(_ctx: *mut c_void) -> usize {
+        0
+    }
+
+    #[unsafe(no_mangle)]
+    extern "C" fn _Unwind_GetDataRelBase(_ctx: *mut c_void) -> usize {
+        0
+    }
+
+    #[unsafe(no_mangle)]
+    extern "C" fn _Unwind_GetTextRelBase(_ctx: *mut c_void) -> usize {
+        0
+    }
+}
+
+/// std names each spawned thread (`mtpx-worker-0`, `mtpx-log`, …, shown by `top -H` and in
+/// panic messages) with `pthread_setname_np(pthread_self(), name)`. musl's version can also name
+/// another thread, through `snprintf("/proc/self/task/%d/comm")`, which links musl's whole
+/// printf (floating point included): about 11 KiB of the static binary for a path std never
+/// takes. This definition replaces it in the static build, for the calling thread only, with
+/// the `prctl` musl itself uses for that case; naming another thread returns `ENOTSUP`.
+#[cfg(all(target_env = "musl", target_feature = "crt-static"))]
+mod thread_name {
+    use std::ffi::{c_char, c_int};
+
+    // SAFETY: the name and signature are POSIX's (as the libc crate declares them); the body
+    // only hands `name`, a NUL-terminated string per that contract, to the kernel, which reads
+    // at most 16 bytes of it.
+    #[unsafe(no_mangle)]
+    extern "C" fn pthread_setname_np(thread: libc::pthread_t, name: *const c_char) -> c_int {
+        // SAFETY: pthread_self has no preconditions.
+        if thread != unsafe { libc::pthread_self() } {
+            return libc::ENOTSUP;
+        }
+        // SAFETY: `name` is NUL-terminated (the caller's contract); PR_SET_NAME copies at most
+        // 16 bytes of it (truncating, as musl does) and takes no other pointer.
+        if unsafe { libc::prctl(libc::PR_SET_NAME, name, 0, 0, 0) } == 0 {
+            0
+        } else {
+            std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EINVAL)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -93,14 +93,29 @@ impl Doc {
         what: &str,
         f: impl Fn(&str) -> Option<T>,
     ) -> Result<Option<T>, ConfigError> {
+        // The generic part stays this small (one instance per value type): the rest is
+        // `parsed_dyn`.
+        let mut out = None;
+        self.parsed_dyn(key, what, &mut |s| {
+            out = f(s);
+            out.is_some()
+        })?;
+        Ok(out)
+    }
+
+    /// `parsed` without its type: `f` parses the trimmed value and says whether it could.
+    fn parsed_dyn(
+        &mut self,
+        key: &str,
+        what: &str,
+        f: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<(), ConfigError> {
         match self.string(key)? {
             // As an unset key (old mtg examples write `ipv4 = ""`).
-            None => Ok(None),
-            Some(s) if s.trim().is_empty() => Ok(None),
-            Some(s) => match f(s.trim()) {
-                Some(v) => Ok(Some(v)),
-                None => Err(self.err(key, format!("{s:?} {what}"))),
-            },
+            None => Ok(()),
+            Some(s) if s.trim().is_empty() => Ok(()),
+            Some(s) if f(s.trim()) => Ok(()),
+            Some(s) => Err(self.err(key, format!("{s:?} {what}"))),
         }
     }
 
@@ -509,7 +524,8 @@ impl Doc {
             .filter(|k| k.starts_with(SECTION))
             .cloned()
             .collect();
-        let mut out: BTreeMap<i16, Vec<SocketAddr>> = BTreeMap::new();
+        // A few DCs: a vector (a B-tree keyed by i16 is 2 KiB of code of its own).
+        let mut out: Vec<(i16, Vec<SocketAddr>)> = Vec::new();
         for key in keys {
             let id = &key[SECTION.len()..];
             let dc = match id.parse::<i16>() {
@@ -548,11 +564,13 @@ impl Doc {
                     }
                 }
             }
-            if out.insert(dc, addrs).is_some() {
+            if out.iter().any(|(d, _)| *d == dc) {
                 return Err(self.err(&key, format!("DC {dc} is overridden twice")));
             }
+            out.push((dc, addrs));
         }
-        c.dc_overrides = out.into_iter().collect();
+        crate::proto::sort_small_by_key(&mut out, |e| e.0);
+        c.dc_overrides = out;
         Ok(())
     }
 

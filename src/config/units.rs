@@ -3,14 +3,26 @@
 
 use std::time::Duration;
 
+/// Drops whitespace and lower-cases what unit names contain: ASCII letters, and the Greek
+/// capital mu (`ΜS`) to `μ`. Not `char::to_lowercase`: that links core's Unicode case tables
+/// (12 KiB of the static binary) for letters no unit has.
+fn fold_unit(s: &str) -> String {
+    s.chars()
+        .filter(|c| !c.is_whitespace())
+        .map(|c| {
+            if c == '\u{39c}' {
+                'μ'
+            } else {
+                c.to_ascii_lowercase()
+            }
+        })
+        .collect()
+}
+
 /// Parses a Go-style duration: `500ms`, `5s`, `1m30s`, `1.5h`, `0` (units ns, us/µs, ms, s, m,
 /// h; case-insensitive; spaces ignored). Negative or overflowing values are refused.
 pub fn parse_duration(s: &str) -> Option<Duration> {
-    let s: String = s
-        .chars()
-        .filter(|c| !c.is_whitespace())
-        .flat_map(char::to_lowercase)
-        .collect();
+    let s = fold_unit(s);
     if s == "0" {
         return Some(Duration::ZERO);
     }
@@ -127,11 +139,7 @@ pub fn fmt_bytes(n: u64) -> String {
 /// Parses a byte size: `1MiB`, `1mb`, `16KB`, `512k`, `4096`, `1.5m` (all units base 1024,
 /// case-insensitive, spaces ignored).
 pub fn parse_bytes(s: &str) -> Option<u64> {
-    let s: String = s
-        .chars()
-        .filter(|c| !c.is_whitespace())
-        .flat_map(char::to_lowercase)
-        .collect();
+    let s = fold_unit(s);
     let n = s
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(s.len());
@@ -176,6 +184,9 @@ mod tests {
         assert_eq!(d(" 2M 3S "), Some(Duration::from_secs(123)));
         assert_eq!(d("10us"), Some(Duration::from_micros(10)));
         assert_eq!(d("10µs"), Some(Duration::from_micros(10)));
+        assert_eq!(d("10 ΜS"), Some(Duration::from_micros(10)));
+        assert_eq!(d("10µS"), Some(Duration::from_micros(10)));
+        assert_eq!(d("1H 2M"), Some(Duration::from_secs(3720)));
         assert_eq!(d("7ns"), Some(Duration::from_nanos(7)));
         assert_eq!(d("0"), Some(Duration::ZERO));
         for bad in [

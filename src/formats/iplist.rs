@@ -232,7 +232,7 @@ impl IpTable {
 
 /// Sorts inclusive ranges and merges overlapping and adjacent ones.
 fn merge<T: Copy + Ord + Successor>(v: &mut Vec<(T, T)>) {
-    v.sort_unstable();
+    crate::proto::sort_heap(v); // size: see sort_heap
     let mut out: Vec<(T, T)> = Vec::with_capacity(v.len());
     for &(lo, hi) in v.iter() {
         match out.last_mut() {

@@ -168,8 +168,59 @@ pub fn sort_small_by_key<T, K: Ord>(v: &mut [T], mut key: impl FnMut(&T) -> K) {
     }
 }
 
+/// In-place heapsort (unstable): O(n log n) at worst, no allocation, a few hundred bytes of
+/// code per element type. For long lists built off the hot path (IP lists: up to millions of
+/// ranges, on the list loader's thread): std's `sort_unstable` brings about 5 KiB of code per
+/// element type (10.7 KiB for the two of the IP lists) for a sort about 6 times faster (1M
+/// IPv6 ranges: 50 ms against 300 ms on the development machine).
+pub fn sort_heap<T: Ord>(v: &mut [T]) {
+    fn sift_down<T: Ord>(v: &mut [T], mut root: usize, end: usize) {
+        loop {
+            let mut child = 2 * root + 1;
+            if child >= end {
+                return;
+            }
+            if child + 1 < end && v[child] < v[child + 1] {
+                child += 1;
+            }
+            if v[root] >= v[child] {
+                return;
+            }
+            v.swap(root, child);
+            root = child;
+        }
+    }
+    let n = v.len();
+    for i in (0..n / 2).rev() {
+        sift_down(v, i, n);
+    }
+    for end in (1..n).rev() {
+        v.swap(0, end);
+        sift_down(v, 0, end);
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn sort_heap_sorts_like_sort_unstable() {
+        let mut rng = super::XorShift64(11);
+        for len in (0..70).chain([255, 256, 1000, 4097]) {
+            for modulus in [2, 50, u64::MAX] {
+                let mut v: Vec<(u64, u64)> = (0..len)
+                    .map(|_| (rng.next_u64() % modulus, rng.next_u64() % 3))
+                    .collect();
+                let mut want = v.clone();
+                want.sort_unstable();
+                super::sort_heap(&mut v);
+                assert_eq!(v, want, "len {len}, modulus {modulus}");
+            }
+        }
+        let mut down: Vec<u128> = (0..500).rev().collect();
+        super::sort_heap(&mut down);
+        assert!(down.iter().enumerate().all(|(i, &x)| x == i as u128));
+    }
+
     #[test]
     fn sort_small_by_key_is_a_stable_sort() {
         let mut rng = super::XorShift64(7);
