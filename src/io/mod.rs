@@ -12,6 +12,7 @@ mod pool;
 pub(crate) mod rng;
 mod shared;
 mod sock;
+mod sources;
 pub(crate) mod stats;
 mod timers;
 pub mod users;

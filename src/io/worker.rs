@@ -67,6 +67,9 @@ struct Slot {
     queued: bool,
     /// In a buffer waiters' queue.
     waiting: bool,
+    /// Counted as unauthenticated in this source bucket ([`super::sources::Sources`]) until
+    /// its handshake succeeds or it closes.
+    source: Option<u32>,
 }
 
 /// A worker's state. Created on the spawning thread, then moved into its own thread.
@@ -290,7 +293,14 @@ impl Worker {
             return;
         }
         let limit = shared.config.concurrency;
-        if shared.active.fetch_add(1, Ordering::AcqRel) >= limit {
+        let active = shared.active.fetch_add(1, Ordering::AcqRel);
+        // Per source address and the reserve for known clients (issue 12). Behind a PROXY
+        // listener every connection comes from the load balancer: not applied.
+        let source =
+            (!shared.config.proxy_protocol_listener).then(|| shared.sources.bucket(peer.ip()));
+        let refused = active >= limit
+            || source.is_some_and(|b| shared.sources.admit(b, active, now).is_err());
+        if refused {
             shared.active.fetch_sub(1, Ordering::AcqRel);
             shared.stats.limited.fetch_add(1, Ordering::Relaxed);
             drop(stream);
@@ -320,6 +330,7 @@ impl Worker {
                     conn,
                     queued: true,
                     waiting: false,
+                    source,
                 });
                 self.run_queue.push(slot);
             }
@@ -331,6 +342,9 @@ impl Worker {
                     error = e
                 );
                 self.shared.active.fetch_sub(1, Ordering::AcqRel);
+                if let Some(b) = source {
+                    self.shared.sources.release(b);
+                }
                 self.free_slots.push(slot);
             }
         }
@@ -348,6 +362,10 @@ impl Worker {
             s.queued = false;
             let mut ctx = ctx!(self, now);
             let Turn { next, wake_at } = s.conn.ready(&mut ctx);
+            if let Some(b) = s.source.filter(|_| s.conn.is_authenticated()) {
+                s.source = None;
+                self.shared.sources.established(b, now);
+            }
             match wake_at {
                 Some(at) => self.timers.arm(slot, at),
                 None => self.timers.disarm(slot),
@@ -478,9 +496,15 @@ impl Worker {
     fn free_closed(&mut self) {
         let now = Instant::now();
         while let Some(slot) = self.to_free.pop() {
-            let Some(Slot { mut conn, .. }) = self.slab.get_mut(slot).and_then(Option::take) else {
+            let Some(Slot {
+                mut conn, source, ..
+            }) = self.slab.get_mut(slot).and_then(Option::take)
+            else {
                 continue;
             };
+            if let Some(b) = source {
+                self.shared.sources.release(b);
+            }
             conn.report(&self.shared.stats);
             self.timers.disarm(slot);
             self.shared.active.fetch_sub(1, Ordering::AcqRel);

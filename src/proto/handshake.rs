@@ -37,7 +37,7 @@
 //!   afterwards the only honest end is to close, as mtg does.
 
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::dc::DcTable;
 use super::faketls::{self, ClientHello, HelloRead, RecordReader};
@@ -270,6 +270,8 @@ pub struct Handshake {
     /// Bytes after those, read but not taken in yet (after the hello: records to deframe).
     raw: usize,
     deadline: Instant,
+    /// Set by [`Handshake::heard`]: an incomplete handshake still quiet at this time fails.
+    quiet: Option<Instant>,
 }
 
 impl Handshake {
@@ -290,7 +292,23 @@ impl Handshake {
             len: 0,
             raw: 0,
             deadline,
+            quiet: None,
         }
+    }
+
+    /// The client's bytes last arrived at `now`: if the handshake is still incomplete, not
+    /// answered and has bytes, it fails (is fronted) once the client stays quiet for `grace`,
+    /// long before the handshake deadline, as a site answers a cut request at once (issue
+    /// 12). Each call restarts the grace; before the first byte only the deadline counts (a
+    /// site waits for a silent client too). Call after [`Handshake::received`].
+    pub fn heard(&mut self, now: Instant, grace: Duration) {
+        let waiting = !self.answered() && !matches!(self.state, State::Done(_));
+        self.quiet = (waiting && self.filled() > 0).then(|| now + grace);
+    }
+
+    /// When the grace of [`Handshake::heard`] ends, if it applies now.
+    pub fn quiet_until(&self) -> Option<Instant> {
+        self.quiet.filter(|_| !self.answered())
     }
 
     /// Bytes of the caller's buffer in use: read the next bytes to `buf[filled()..]`.
@@ -304,9 +322,11 @@ impl Handshake {
         matches!(self.state, State::ExpectFrame { tls: Some(_) })
     }
 
-    /// When the handshake times out (call [`Handshake::handle_timeout`] then).
+    /// When the handshake times out, or its grace ends (call [`Handshake::handle_timeout`]
+    /// then).
     pub fn poll_timeout(&self) -> Instant {
-        self.deadline
+        self.quiet_until()
+            .map_or(self.deadline, |q| q.min(self.deadline))
     }
 
     /// The decision for a handshake that failed for `why` (timeout, EOF, or a hello too large
@@ -320,9 +340,10 @@ impl Handshake {
         }
     }
 
-    /// The deadline passed: the handshake failed (`Some`), unless it is decided already.
+    /// The deadline or the grace passed: the handshake failed (`Some`), unless it is decided
+    /// already.
     pub fn handle_timeout(&mut self, now: Instant) -> Option<Step> {
-        if now < self.deadline || matches!(self.state, State::Done(_)) {
+        if now < self.poll_timeout() || matches!(self.state, State::Done(_)) {
             return None;
         }
         Some(self.fail(Reject::Timeout))

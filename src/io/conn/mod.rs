@@ -248,6 +248,11 @@ impl<S: Sock> Conn<S> {
         )
     }
 
+    /// Whether its handshake succeeded (a client of ours, whatever happened next).
+    pub(crate) fn is_authenticated(&self) -> bool {
+        matches!(self.role, Role::Dc(_))
+    }
+
     /// Whether it was spliced to the fronting site.
     pub(crate) fn is_fronted(&self) -> bool {
         matches!(self.role, Role::Fronted(_))
@@ -296,6 +301,9 @@ impl<S: Sock> Conn<S> {
                 Phase::Socks(s) => self.socks_exchange(s, ctx, &mut want),
                 other => other,
             };
+            if let Phase::Handshake(hs) = &self.phase {
+                want.wake_at = hs.wake_at();
+            }
         }
         self.relay_turn(ctx, &mut want);
         self.turn(want)

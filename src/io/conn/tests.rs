@@ -744,13 +744,34 @@ fn a_dc_that_fails_to_connect_or_stays_silent_gives_way_to_the_next() {
 fn a_silent_client_is_fronted_at_its_handshake_timeout() {
     let s = secret(SecretKind::FakeTls);
     let mut rig = Rig::new(config(s));
-    rig.client.send(b"\x16\x03\x01\x02\x00");
-    assert_eq!(rig.run(CLIENT, RW).next, Next::Idle);
-    assert!(rig.net.dialed.is_empty());
+    // Not a byte: the handshake timeout (a site waits for a silent client too).
     assert_eq!(rig.conn.deadline(), Some(rig.now + Duration::from_secs(10)));
     assert_eq!(rig.timeout(Duration::from_secs(9)).next, Next::Idle);
     assert!(rig.net.dialed.is_empty());
     assert_eq!(rig.timeout(Duration::from_secs(1)).next, Next::Idle);
+    assert_eq!(rig.net.addrs(), vec![addr(FRONT)]);
+    assert_eq!(rig.stats().failures(Reject::Timeout), 1);
+}
+
+/// Issue 12: an incomplete handshake is fronted once the client stays quiet for the grace
+/// after its last byte (a timer: the turn asks to be woken then), not at the handshake timeout.
+#[test]
+fn an_incomplete_handshake_is_fronted_after_the_grace() {
+    let s = secret(SecretKind::FakeTls);
+    let mut rig = Rig::new(config(s));
+    rig.client.send(b"\x16\x03\x01\x02\x00");
+    let turn = rig.run(CLIENT, RW);
+    assert_eq!(turn.next, Next::Idle);
+    let grace = super::handshake::HANDSHAKE_GRACE;
+    assert_eq!(turn.wake_at, Some(rig.now + grace));
+    assert!(rig.net.dialed.is_empty());
+    assert_eq!(rig.conn.deadline(), Some(rig.now + grace));
+    assert_eq!(
+        rig.timeout(grace - Duration::from_millis(1)).next,
+        Next::Idle
+    );
+    assert!(rig.net.dialed.is_empty());
+    assert_eq!(rig.timeout(Duration::from_millis(1)).next, Next::Idle);
     assert_eq!(rig.net.addrs(), vec![addr(FRONT)]);
     let front = rig.net.last();
     rig.go(UPSTREAM, W);

@@ -1,0 +1,220 @@
+//! Issue 12, under a capable adversary: timing of incomplete handshakes (grace fronting),
+//! buffers nobody can pin, per-source caps on unauthenticated connections. Loopback only, each
+//! test with its own proxy, fake DC and stand-in site.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::time::Duration;
+
+use common::*;
+use mtpx::config::Config;
+use mtpx::io::Proxy;
+use mtpx::proto::XorShift64;
+use mtpx::proto::faketls;
+use mtpx::proto::obfs2::Tag;
+use mtpx::proto::secret::SecretKind;
+
+fn start(config: Config) -> Proxy {
+    mtpx::io::start(config).expect("start proxy")
+}
+
+fn tag(kind: SecretKind) -> Tag {
+    match kind {
+        SecretKind::Secure => Tag::Padded,
+        SecretKind::FakeTls => Tag::Intermediate,
+        SecretKind::Classic => Tag::Abridged,
+    }
+}
+
+/// Sends `bytes` to `addr` and times until the connection closes; returns what came back.
+fn timed_close(addr: SocketAddr, bytes: &[u8]) -> Closed {
+    let mut s = connect(addr).expect("connect");
+    s.write_all(bytes).expect("write");
+    read_until_closed(&mut s, Duration::from_secs(20)).expect("closed")
+}
+
+// ------------------------------------------------------------------------------------------
+// Grace fronting (item 6)
+
+/// An incomplete handshake (63 random bytes on dd and classic secrets, a ClientHello cut at
+/// 105 bytes on ee) is spliced to the site once the client stays quiet for the grace (500 ms),
+/// not after the handshake timeout (10 s here): the answer through mtpx comes within the grace
+/// of the stand-in site's own (which answers after 300 ms of quiet). Without the grace: 10 s.
+#[test]
+fn incomplete_handshakes_are_fronted_after_a_short_grace() {
+    let mut rng = XorShift64(1201);
+    for kind in [SecretKind::Secure, SecretKind::Classic, SecretKind::FakeTls] {
+        let refused = RefusedPort::new();
+        let front = FakeFront::start();
+        let secret = secret(kind, 1200);
+        let mut cfg = test_config(secret.clone(), 1, &refused);
+        cfg.domain_fronting.port = front.addr.port();
+        cfg.timeouts.handshake = Duration::from_secs(10);
+        cfg.doppelganger.learn = false; // no scout connections to the site
+        let proxy = start(cfg);
+        let probe = if kind == SecretKind::FakeTls {
+            faketls::build_client_hello(&mut rng, &secret.key, &secret.host, unix_now())[..105]
+                .to_vec()
+        } else {
+            let mut b = vec![0u8; 63];
+            mtpx::proto::Rng::fill(&mut rng, &mut b);
+            b[0] = 0x01; // not one of the starts fronted at once
+            b
+        };
+        let site = timed_close(front.addr, &probe);
+        let via = timed_close(proxy.local_addr(), &probe);
+        eprintln!(
+            "{kind:?}: {} bytes: site {:?}, through mtpx {:?}",
+            probe.len(),
+            site.after,
+            via.after
+        );
+        assert_eq!(via.bytes, FRONT_REPLY, "{kind:?}: the site's answer");
+        assert_eq!(site.bytes, FRONT_REPLY);
+        assert!(
+            via.after < site.after + Duration::from_millis(1200),
+            "{kind:?}: fronted after {:?} (site {:?})",
+            via.after,
+            site.after
+        );
+        assert!(
+            via.after >= site.after + Duration::from_millis(400),
+            "{kind:?}: fronted before the grace: {:?} (site {:?})",
+            via.after,
+            site.after
+        );
+        // The site got exactly the probe's bytes.
+        assert!(wait_until(Duration::from_secs(2), || front.count() == 2));
+        assert_eq!(front.received(1), probe);
+    }
+}
+
+/// A real client whose hello arrives in two parts 250 ms apart (a lost second segment,
+/// resent after Linux's minimum RTO of 200 ms) still gets through: the grace (500 ms) is
+/// above one retransmission, and restarts with each byte.
+#[test]
+fn a_hello_in_two_segments_250ms_apart_authenticates() {
+    let refused = RefusedPort::new();
+    let front = FakeFront::start();
+    let dc = FakeDc::start(DcMode::Echo);
+    let secret = secret(SecretKind::FakeTls, 1202);
+    let mut cfg = test_config(secret.clone(), 1, &refused);
+    cfg.domain_fronting.port = front.addr.port();
+    cfg.dc_overrides.push((2, vec![dc.addr]));
+    cfg.doppelganger.learn = false; // no scout connections to the site
+    let proxy = start(cfg);
+    for (i, at) in [100usize, 300].into_iter().enumerate() {
+        let mut opts = ClientOpts::new(Tag::Intermediate, 2, 1203 + i as u64);
+        opts.hello_tcp_split = Some((at, Duration::from_millis(250)));
+        let mut c = TestClient::connect(proxy.local_addr(), &secret, &opts)
+            .unwrap_or_else(|e| panic!("hello split at {at}: {e}"));
+        let data = Pattern::new(1203).take(10_000);
+        assert!(c.echo_round_trip(&data).expect("echo") == data);
+    }
+    assert_eq!(front.count(), 0, "a client was fronted");
+}
+
+// ------------------------------------------------------------------------------------------
+// Per-source caps and the reserve (item 7)
+
+/// Opens `n` sockets from `src` that send nothing; returns them with how many the proxy
+/// closed at once (turned away at accept).
+fn idle_sockets(src: Ipv4Addr, proxy: SocketAddr, n: usize) -> (Vec<TcpStream>, usize) {
+    let socks: Vec<TcpStream> = (0..n)
+        .map(|i| connect_from(src, proxy).unwrap_or_else(|e| panic!("idle {i}: {e}")))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let closed = socks
+        .iter()
+        .filter(|s| {
+            s.set_nonblocking(true).expect("nonblocking");
+            let mut b = [0u8; 1];
+            let r = (&**s).read(&mut b);
+            s.set_nonblocking(false).expect("blocking");
+            matches!(r, Ok(0) | Err(_))
+                && !matches!(r, Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        })
+        .count();
+    (socks, closed)
+}
+
+fn echo_from(
+    src: Ipv4Addr,
+    proxy: SocketAddr,
+    secret: &mtpx::proto::secret::Secret,
+    seed: u64,
+) -> Result<(), String> {
+    let s = connect_from(src, proxy).map_err(|e| e.to_string())?;
+    let opts = ClientOpts::new(tag(secret.kind), 2, seed);
+    let mut c = TestClient::handshake(s, secret, &opts).map_err(|e| format!("handshake: {e}"))?;
+    let data = Pattern::new(seed).take(20_000);
+    let got = c.echo_round_trip(&data).map_err(|e| format!("echo: {e}"))?;
+    if got != data {
+        return Err("bytes differ".into());
+    }
+    Ok(())
+}
+
+/// 50 idle sockets from one address with `concurrency = 50` took every slot, and a valid
+/// client from elsewhere was closed at once. Now one address holds at most
+/// `concurrency-per-ip` unauthenticated connections (default: a quarter of concurrency, 12
+/// here): the rest are turned away, and the client relays.
+#[test]
+fn one_source_cannot_take_every_slot() {
+    for kind in [SecretKind::FakeTls, SecretKind::Secure] {
+        let refused = RefusedPort::new();
+        let dc = FakeDc::start(DcMode::Echo);
+        let secret = secret(kind, 1210);
+        let mut cfg = test_config(secret.clone(), 2, &refused);
+        cfg.concurrency = 50;
+        cfg.dc_overrides.push((2, vec![dc.addr]));
+        cfg.doppelganger.learn = false;
+        let proxy = start(cfg);
+        let (idle, closed) = idle_sockets(Ipv4Addr::new(127, 0, 0, 2), proxy.local_addr(), 50);
+        eprintln!("{kind:?}: {closed} of 50 idle sockets from one address turned away");
+        assert_eq!(closed, 50 - 12, "{kind:?}: the per-source cap");
+        echo_from(
+            Ipv4Addr::new(127, 0, 0, 1),
+            proxy.local_addr(),
+            &secret,
+            1211,
+        )
+        .unwrap_or_else(|e| panic!("{kind:?}: a client behind 50 idle sockets: {e}"));
+        drop(idle);
+    }
+}
+
+/// The last eighth of `concurrency` is kept for addresses that completed a handshake: with
+/// the proxy that full of idle sockets from several addresses, a client seen before still
+/// relays, a new address is turned away.
+#[test]
+fn a_reserve_of_concurrency_is_kept_for_known_clients() {
+    let refused = RefusedPort::new();
+    let dc = FakeDc::start(DcMode::Echo);
+    let secret = secret(SecretKind::Secure, 1220);
+    let mut cfg = test_config(secret.clone(), 1, &refused);
+    cfg.concurrency = 16;
+    cfg.concurrency_per_ip = Some(0);
+    cfg.dc_overrides.push((2, vec![dc.addr]));
+    let proxy = start(cfg);
+    let addr = proxy.local_addr();
+    let known = Ipv4Addr::new(127, 0, 0, 1);
+    echo_from(known, addr, &secret, 1221).expect("known client, before the flood");
+    // 20 idle sockets from 4 other addresses: 14 fit (16 minus the reserve of 2).
+    let mut idle = Vec::new();
+    let mut closed = 0;
+    for i in 0..4 {
+        let (s, c) = idle_sockets(Ipv4Addr::new(127, 0, 0, 10 + i), addr, 5);
+        idle.extend(s);
+        closed += c;
+    }
+    assert_eq!(closed, 20 - 14, "the flood stops at the reserve");
+    assert!(
+        echo_from(Ipv4Addr::new(127, 0, 0, 30), addr, &secret, 1222).is_err(),
+        "a new address used the reserve"
+    );
+    echo_from(known, addr, &secret, 1223).expect("known client, during the flood");
+    drop(idle);
+}
