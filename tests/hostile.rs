@@ -6,7 +6,8 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::time::Duration;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use common::*;
 use mtpx::config::Config;
@@ -217,4 +218,158 @@ fn a_reserve_of_concurrency_is_kept_for_known_clients() {
     );
     echo_from(known, addr, &secret, 1223).expect("known client, during the flood");
     drop(idle);
+}
+
+// ------------------------------------------------------------------------------------------
+// Buffers nobody can pin (item 2)
+
+/// A stand-in site that answers every connection, after its first read, with up to 64 MiB as
+/// fast as it is taken.
+fn big_page_site() -> SocketAddr {
+    let site = std::net::TcpListener::bind("127.0.0.1:0").expect("bind site");
+    let addr = site.local_addr().expect("site addr");
+    std::thread::spawn(move || {
+        for stream in site.incoming() {
+            let Ok(mut stream) = stream else { break };
+            std::thread::spawn(move || {
+                let _ = stream.set_write_timeout(Some(Duration::from_secs(20)));
+                let mut req = [0u8; 256];
+                let _ = stream.read(&mut req);
+                let chunk = vec![b'x'; 1 << 20];
+                for _ in 0..64 {
+                    if stream.write_all(&chunk).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Sends a request and times the first byte of the answer (`None`: nothing within `limit`).
+fn first_byte(addr: SocketAddr, limit: Duration) -> Option<Duration> {
+    let mut s = connect(addr).expect("connect");
+    let t0 = std::time::Instant::now();
+    s.write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("request");
+    s.set_read_timeout(Some(limit)).expect("timeout");
+    let mut b = [0u8; 1];
+    match s.read(&mut b) {
+        Ok(1) => Some(t0.elapsed()),
+        _ => None,
+    }
+}
+
+/// Six fronted connections that fetch a big page and never read held every buffer fronted
+/// connections could take (pool of 8): new probes then got nothing while the site answered
+/// at once. Now a probe past the spare half runs on a small buffer: answered as the site.
+#[test]
+fn fronted_slow_readers_do_not_silence_new_probes() {
+    let site = big_page_site();
+    let refused = RefusedPort::new();
+    let secret = secret(SecretKind::Secure, 1230);
+    let mut cfg = test_config(secret.clone(), 1, &refused);
+    cfg.buffer_count = 8;
+    cfg.timeouts.idle = Duration::from_secs(60);
+    cfg.domain_fronting.port = site.port();
+    let proxy = start(cfg);
+    let readers: Vec<TcpStream> = (0..6)
+        .map(|i| {
+            let mut s = connect(proxy.local_addr()).unwrap_or_else(|e| panic!("reader {i}: {e}"));
+            s.write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+                .expect("request");
+            s
+        })
+        .collect();
+    // Their paths fill up.
+    std::thread::sleep(Duration::from_secs(1));
+    for i in 0..3 {
+        let direct = first_byte(site, Duration::from_secs(3)).expect("the site answers");
+        let via = first_byte(proxy.local_addr(), Duration::from_secs(3));
+        eprintln!("probe {i}: site {direct:?}, through mtpx {via:?}");
+        let via = via.unwrap_or_else(|| panic!("probe {i}: nothing in 3 s behind 6 slow readers"));
+        assert!(
+            via < direct + Duration::from_millis(500),
+            "probe {i}: {via:?} (site {direct:?})"
+        );
+    }
+    drop(readers);
+}
+
+/// Eight clients with the secret that download and never read held every relay buffer of a
+/// pool of 8: a new client and an existing one got no echo in 5 s. Now they run on small
+/// buffers at once (each echo must come within 1 s, before any download is closed), and stuck downloads are closed once they held their buffers for `STALL`
+/// (3 s) while the pool ran short (until a quarter of it is free).
+#[test]
+fn unread_downloads_do_not_stall_other_clients() {
+    let refused = RefusedPort::new();
+    let echo = FakeDc::start(DcMode::Echo);
+    let sink = FakeDc::start(DcMode::Sink {
+        expect_seed: 0,
+        reply_seed: 1240,
+        reply: 64 << 20,
+        after_eof: false,
+    });
+    let secret = secret(SecretKind::Secure, 1241);
+    let mut cfg = test_config(secret.clone(), 1, &refused);
+    cfg.buffer_count = 8;
+    cfg.timeouts.idle = Duration::from_secs(60);
+    cfg.dc_overrides.push((2, vec![echo.addr]));
+    cfg.dc_overrides.push((3, vec![sink.addr]));
+    let proxy = start(cfg);
+    let addr = proxy.local_addr();
+    let st = proxy.stats();
+    let mut existing = TestClient::connect(addr, &secret, &ClientOpts::new(Tag::Padded, 2, 1242))
+        .expect("existing client");
+    existing.rx.set_read_timeout(Duration::from_secs(1));
+    let downloads: Vec<TestClient> = (0..8)
+        .map(|i| {
+            TestClient::connect(addr, &secret, &ClientOpts::new(Tag::Padded, 3, 1250 + i))
+                .unwrap_or_else(|e| panic!("download {i}: {e}"))
+        })
+        .collect();
+    assert!(sink.wait_count(8, Duration::from_secs(5)));
+    // Until their paths are full: the DC's writes stop for 300 ms (the downloads' stall
+    // clocks started before; they are closed 3 s after, well after the echoes' 1 s).
+    let sent = || {
+        (0..8)
+            .map(|i| sink.conn(i).sent.load(Ordering::SeqCst))
+            .sum::<u64>()
+    };
+    let (mut last, mut since) = (u64::MAX, Instant::now());
+    assert!(wait_until(Duration::from_secs(20), || {
+        let now = sent();
+        if now != last {
+            (last, since) = (now, Instant::now());
+        }
+        since.elapsed() >= Duration::from_millis(300)
+    }));
+    let closed_before = st.closed.load(Ordering::SeqCst);
+    assert_eq!(closed_before, 0, "a download closed early");
+    let data = Pattern::new(1243).take(50_000);
+    let t0 = Instant::now();
+    let mut fresh = TestClient::connect(addr, &secret, &ClientOpts::new(Tag::Padded, 2, 1244))
+        .expect("new client");
+    fresh.rx.set_read_timeout(Duration::from_secs(1));
+    assert!(fresh.echo_round_trip(&data).expect("new client's echo") == data);
+    assert!(
+        existing
+            .echo_round_trip(&data)
+            .expect("existing client's echo")
+            == data
+    );
+    eprintln!(
+        "both echoed in {:?} behind 8 unread downloads",
+        t0.elapsed()
+    );
+    // Downloads stuck on relay buffers are closed while the pool is short: until a quarter
+    // of it is free again (2 of 8).
+    assert!(
+        wait_until(Duration::from_secs(8), || st.closed.load(Ordering::SeqCst)
+            >= 2),
+        "closed {}",
+        st.closed.load(Ordering::SeqCst)
+    );
+    drop(downloads);
 }

@@ -35,7 +35,8 @@ const ACCEPT_BATCH: usize = 64;
 /// bigger handshake moves to a relay buffer.
 const HANDSHAKE_BUF_SIZE: usize = 2048;
 
-/// Most handshake buffers per worker (2 KiB each, pages touched only when used).
+/// Most small buffers per worker (2 KiB each, pages touched only when used: 128 MiB of
+/// address space at most, resident only as far as connections use them at once).
 const MAX_HANDSHAKE_BUFFERS: usize = 64 * 1024;
 
 /// How often deadlines are checked.
@@ -119,12 +120,13 @@ impl Worker {
             index,
             poll,
             listener: Some(listener),
-            // Every connection this worker may hold gets a small handshake buffer if it needs
-            // one (capped: past that, handshakes share the relay buffers' spare half).
+            // Every connection this worker may hold gets two small buffers if it needs them:
+            // one for its handshake, one per relay direction when relay buffers run short
+            // (capped: past that, connections wait for buffers).
             pool: Pool::new(
                 buffers,
                 buf_size,
-                max_conns.min(MAX_HANDSHAKE_BUFFERS),
+                (2 * max_conns).min(MAX_HANDSHAKE_BUFFERS),
                 HANDSHAKE_BUF_SIZE,
             ),
             // Room for a reassembled ClientHello or a whole fake server flight (<= 16.8 KB).
@@ -497,11 +499,19 @@ impl Worker {
         let now = Instant::now();
         while let Some(slot) = self.to_free.pop() {
             let Some(Slot {
-                mut conn, source, ..
+                mut conn,
+                source,
+                waiting,
+                ..
             }) = self.slab.get_mut(slot).and_then(Option::take)
             else {
                 continue;
             };
+            if waiting {
+                // Not left behind for a later connection in this slot (issue 12).
+                self.buf_waiters.retain(|&s| s != slot);
+                self.spare_waiters.retain(|&s| s != slot);
+            }
             if let Some(b) = source {
                 self.shared.sources.release(b);
             }
@@ -561,6 +571,54 @@ pub(crate) fn accept_pause_reason(e: &io::Error) -> Option<&'static str> {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Write;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use super::{CLIENT, Pool, R, W, Worker};
+    use crate::config::Config;
+    use crate::io::Shared;
+    use crate::proto::XorShift64;
+    use crate::proto::secret::{Secret, SecretKind};
+
+    /// Issue 12: a connection that closes while it waits for a buffer leaves the waiter
+    /// queues (its entry would otherwise stay, and wake whatever connection gets the slot
+    /// next, the queue growing past its capacity). One relay buffer, no small ones: A's
+    /// handshake holds the buffer, B waits, B's handshake times out before A's.
+    #[test]
+    fn a_waiter_that_closes_leaves_the_queue() {
+        let secret = Secret::generate(SecretKind::Secure, "", &mut XorShift64(12));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut cfg = Config::simple(addr, secret);
+        cfg.timeouts.handshake = Duration::from_millis(100);
+        let shared = Arc::new(Shared::new(cfg, Duration::from_secs(1), addr));
+        let mut w = Worker::new(0, mio::Poll::new().unwrap(), listener, shared, 4, 1).unwrap();
+        w.pool = Pool::new(1, 4096, 0, 2048);
+        let t0 = Instant::now();
+        let run = |w: &mut Worker, now: Instant| {
+            std::thread::sleep(Duration::from_millis(50));
+            w.accept(now);
+            for s in w.slab.iter_mut().flatten() {
+                s.conn.readiness(CLIENT, R | W);
+            }
+            w.run_connections(now);
+        };
+        let mut a = std::net::TcpStream::connect(addr).unwrap();
+        a.write_all(&[1]).unwrap();
+        run(&mut w, t0 + Duration::from_secs(1));
+        assert_eq!(w.pool.in_use(), 1, "A's handshake holds the relay buffer");
+        let mut b = std::net::TcpStream::connect(addr).unwrap();
+        b.write_all(&[1]).unwrap();
+        run(&mut w, t0);
+        assert_eq!(w.buf_waiters.len(), 1, "B waits");
+        w.sweep(t0 + Duration::from_millis(200));
+        w.free_closed();
+        assert_eq!(w.slab.iter().flatten().count(), 1, "B closed, A not");
+        assert!(w.buf_waiters.is_empty(), "{:?}", w.buf_waiters);
+        assert!(w.spare_waiters.is_empty());
+    }
+
     #[test]
     fn accept_pauses_on_resource_errors_only() {
         let err = std::io::Error::from_raw_os_error;

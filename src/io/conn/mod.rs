@@ -77,6 +77,8 @@ pub(crate) enum CloseReason {
     UnknownDc,
     /// No traffic for the idle timeout.
     Idle,
+    /// A direction held a relay buffer without writing while they ran short.
+    Stalled,
     /// A socket error (reset, broken pipe…).
     Error(ErrorKind),
     /// The proxy is shutting down.
@@ -93,6 +95,7 @@ impl CloseReason {
             CloseReason::Blocked => "ip-blocked",
             CloseReason::UnknownDc => "unknown-dc",
             CloseReason::Idle => "idle-timeout",
+            CloseReason::Stalled => "stalled",
             CloseReason::Error(_) => "socket-error",
             CloseReason::Shutdown => "shutdown",
         }
@@ -222,7 +225,7 @@ impl<S: Sock> Conn<S> {
             Phase::Handshake(hs) => Some(hs.deadline()),
             Phase::Dial(d) => Some(d.deadline),
             Phase::Socks(s) => Some(s.dial.deadline),
-            Phase::Relay(r) => Some(r.deadline),
+            Phase::Relay(r) => Some(r.next_deadline()),
             Phase::Closed(_) => None,
         }
     }
@@ -326,7 +329,7 @@ impl<S: Sock> Conn<S> {
 
     /// Handles the deadline ([`Conn::deadline`]); call when it passed. A handshake fails
     /// (fronted, or closed once answered), a connect attempt moves on to the next address, an
-    /// idle relay closes.
+    /// idle relay closes, and so does a stalled one while relay buffers run short.
     pub(crate) fn handle_timeout(&mut self, ctx: &mut Ctx<'_, impl Net<Sock = S>>) -> Turn {
         let mut want = Want::default();
         if self.deadline().is_none_or(|d| ctx.now < d) {
@@ -337,7 +340,13 @@ impl<S: Sock> Conn<S> {
             Phase::Handshake(hs) => self.handshake_timeout(hs, ctx, &mut want),
             Phase::Dial(d) => self.next_address(d, ctx, &mut want),
             Phase::Socks(s) => self.next_address(s.dial, ctx, &mut want),
-            Phase::Relay(r) => self.closed(r, CloseReason::Idle, ctx),
+            Phase::Relay(r) if ctx.now >= r.deadline => self.closed(r, CloseReason::Idle, ctx),
+            Phase::Relay(r)
+                if r.stall_deadline().is_some_and(|t| ctx.now >= t) && ctx.pool.short() =>
+            {
+                self.closed(r, CloseReason::Stalled, ctx)
+            }
+            relay @ Phase::Relay(_) => relay,
             closed @ Phase::Closed(_) => closed,
         };
         self.turn(want)

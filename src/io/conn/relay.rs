@@ -13,7 +13,7 @@
 //! directions are done.
 
 use std::io::{self, ErrorKind, IoSliceMut};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::{CLIENT, CloseReason, Ctx, R, Release, TURN_BUDGET, UPSTREAM, W, Want};
 use crate::io::pool::{BufId, Class, Pool};
@@ -28,6 +28,12 @@ const HDR: usize = faketls::RECORD_HEADER_LEN;
 
 /// Records one `readv` may fill.
 const MAX_SEGMENTS: usize = 4;
+
+/// How long a direction may hold a relay buffer without writing a byte of it before the
+/// connection is closed, when relay buffers run short ([`Pool::short`]; issue 12: unread
+/// downloads held every buffer). Longer than the stalls of a mobile link (a handover, a
+/// second or two); a reader that slow only while buffers are plentiful keeps its connection.
+pub(super) const STALL: Duration = Duration::from_secs(3);
 
 /// What is relayed, and how.
 // By value, not boxed: it lives in the connection's slab slot (no allocation per connection).
@@ -54,6 +60,25 @@ pub(super) struct Relay<S> {
     pub(super) kind: RelayKind,
     /// Closed when idle until then (moved on by traffic).
     pub(super) deadline: Instant,
+}
+
+impl<S> Relay<S> {
+    /// When a direction holding a relay buffer will have written nothing for [`STALL`] (it is
+    /// then closed if relay buffers run short).
+    pub(super) fn stall_deadline(&self) -> Option<Instant> {
+        [&self.up, &self.down]
+            .into_iter()
+            .filter(|h| !h.is_empty() && h.buf.is_some_and(|b| !Pool::is_small(b)))
+            .filter_map(|h| h.since)
+            .min()
+            .map(|t| t + STALL)
+    }
+
+    /// When the connection must be looked at: its idle deadline, or a stall's.
+    pub(super) fn next_deadline(&self) -> Instant {
+        self.stall_deadline()
+            .map_or(self.deadline, |s| s.min(self.deadline))
+    }
 }
 
 impl<S> Relay<S> {
@@ -107,6 +132,9 @@ pub(super) struct Half {
     /// Shaped direction: bytes before this offset may be written now (the records whose
     /// send time came); the record starting here waits for its time.
     limit: usize,
+    /// When bytes last left (or arrived while it was empty): a direction that keeps bytes
+    /// without writing is stalled ([`Relay::stall_deadline`]).
+    since: Option<Instant>,
 }
 
 impl Half {
@@ -195,7 +223,7 @@ impl Half {
     /// stayed for good.
     pub(super) fn upgrade_small(&mut self, class: Class, pool: &mut Pool) {
         if self.is_empty() && self.buf.is_some_and(Pool::is_small) {
-            if let Some(big) = pool.checkout(class) {
+            if let Some(big) = pool.checkout_relay(class) {
                 self.release(pool);
                 self.buf = Some(big);
             }
@@ -222,6 +250,7 @@ impl Half {
         (src, dst_side): (usize, usize),
         pool: &mut Pool,
         paced: bool,
+        now: Instant,
     ) -> Result<bool, (usize, io::Error)> {
         let mut progress = false;
         let upto = if paced {
@@ -235,6 +264,7 @@ impl Half {
             match write_some(dst, &buf[self.start..upto]) {
                 Ok(n) => {
                     self.start += n;
+                    self.since = Some(now);
                     progress = true;
                     if self.is_empty() {
                         self.start = 0;
@@ -369,6 +399,9 @@ impl<S: Sock> Relay<S> {
                                 if let Some(c) = ciphers.as_deref_mut() {
                                     c.up(&mut buf[half.end..half.end + m]);
                                 }
+                                if half.is_empty() {
+                                    half.since = Some(ctx.now);
+                                }
                                 half.end += m;
                                 moved += m;
                                 ends.bytes[0] += m as u64;
@@ -394,6 +427,7 @@ impl<S: Sock> Relay<S> {
                 (CLIENT, UPSTREAM),
                 ctx.pool,
                 false,
+                ctx.now,
             )?;
             if raw >= TURN_BUDGET {
                 want.requeue = true;
@@ -476,6 +510,9 @@ impl<S: Sock> Relay<S> {
                             } else if let Some(c) = ciphers.as_deref_mut() {
                                 c.down(&mut buf[half.end..new_end]);
                             }
+                            if half.is_empty() {
+                                half.since = Some(ctx.now);
+                            }
                             half.end = new_end;
                             moved += n;
                             ends.bytes[1] += n as u64;
@@ -513,6 +550,7 @@ impl<S: Sock> Relay<S> {
                 (UPSTREAM, CLIENT),
                 ctx.pool,
                 shaping.is_some(),
+                ctx.now,
             )?;
             if moved >= TURN_BUDGET {
                 want.requeue = true;

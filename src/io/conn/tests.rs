@@ -618,12 +618,30 @@ fn bad_bytes_are_fronted_byte_for_byte_both_ways() {
     assert_eq!(rig.pool.all_in_use(), 0);
 }
 
+/// Issue 12: past the spare half, the site's answer goes through a small buffer at once (a
+/// probe must be answered as fast as the site does, whatever holds the relay buffers).
+#[test]
+fn a_fronted_connection_past_the_spare_half_takes_a_small_buffer() {
+    let s = secret(SecretKind::Secure);
+    let mut rig = Rig::with_pool(config(s), Pool::new(2, 4096, 2, 2048));
+    rig.client.send(b"POST / HTTP/1.1\r\n\r\n");
+    rig.go(CLIENT, RW);
+    let front = rig.net.last();
+    rig.go(UPSTREAM, RW);
+    let held = rig.pool.checkout(Class::Client).expect("one relay buffer");
+    front.send(b"answer");
+    assert_eq!(rig.run(UPSTREAM, R).next, Next::Idle);
+    assert_eq!(rig.client.take_written(), b"answer");
+    rig.pool.release(held);
+}
+
 #[test]
 fn a_fronted_connection_waits_for_the_spare_half_of_the_pool() {
-    // Two relay buffers: the spare half is one. The handshake's small buffer carries the
-    // client's bytes up; the site's answer needs a relay buffer.
+    // Two relay buffers: the spare half is one; no small buffer to fall back on (the
+    // handshake takes a relay buffer, given back once its bytes went up). The site's answer
+    // needs a relay buffer.
     let s = secret(SecretKind::Secure);
-    let mut rig = Rig::with_pool(config(s), Pool::new(2, 4096, 1, 2048));
+    let mut rig = Rig::with_pool(config(s), Pool::new(2, 4096, 0, 2048));
     rig.client.send(b"POST / HTTP/1.1\r\n\r\n");
     rig.go(CLIENT, RW);
     let front = rig.net.last();
@@ -644,7 +662,7 @@ fn a_fronted_connection_waits_for_the_spare_half_of_the_pool() {
 #[test]
 fn an_empty_pool_makes_a_relay_wait_not_fail() {
     let s = secret(SecretKind::Classic);
-    let mut rig = Rig::with_pool(config(s.clone()), Pool::new(1, 4096, 1, 2048));
+    let mut rig = Rig::with_pool(config(s.clone()), Pool::new(1, 4096, 0, 2048));
     let (mut client, first) = Client::start(&s, Tag::Intermediate, 2, b"");
     rig.client.send(&first);
     rig.go(CLIENT, RW);
@@ -659,6 +677,55 @@ fn an_empty_pool_makes_a_relay_wait_not_fail() {
     rig.pool.release(held);
     assert_eq!(rig.run(UPSTREAM, 0).next, Next::Idle);
     assert_eq!(client.open(&rig.client.take_written()), b"data");
+}
+
+/// Issue 12: a direction that holds a relay buffer and writes nothing for `STALL` is closed
+/// once relay buffers run short (a client that never reads its download); while they are
+/// plentiful it keeps its connection until the idle timeout.
+#[test]
+fn a_stalled_direction_is_closed_when_relay_buffers_run_short() {
+    let s = secret(SecretKind::Classic);
+    let mut rig = Rig::with_pool(config(s.clone()), Pool::new(4, 4096, 4, 2048));
+    let (_, first) = Client::start(&s, Tag::Intermediate, 2, b"");
+    rig.client.send(&first);
+    rig.go(CLIENT, RW);
+    let dc = rig.net.last();
+    rig.go(UPSTREAM, RW);
+    dc.take_written();
+    // The client reads nothing: the down direction keeps its relay buffer full.
+    rig.client.room(Some(0));
+    dc.send(&[7u8; 10_000]);
+    rig.go(UPSTREAM, R);
+    let stall = super::relay::STALL;
+    assert_eq!(rig.conn.deadline(), Some(rig.now + stall));
+    assert_eq!(rig.pool.in_use(), 1);
+    // Plenty of buffers: kept.
+    assert_eq!(rig.timeout(stall).next, Next::Idle);
+    // Short of them: closed.
+    let others: Vec<_> = (0..3)
+        .map(|_| rig.pool.checkout_relay(Class::Client).unwrap())
+        .collect();
+    assert!(rig.pool.short());
+    assert_eq!(
+        rig.timeout(Duration::from_millis(250)).next,
+        Next::Closed(CloseReason::Stalled)
+    );
+    assert_eq!(rig.pool.in_use(), 3, "its buffer came back");
+    others.into_iter().for_each(|id| rig.pool.release(id));
+    // A direction that writes now and then is not stalled.
+    let mut rig = Rig::with_pool(config(s.clone()), Pool::new(1, 4096, 4, 2048));
+    rig.client.send(&first);
+    rig.go(CLIENT, RW);
+    let dc = rig.net.last();
+    rig.go(UPSTREAM, RW);
+    rig.client.room(Some(0));
+    dc.send(&[7u8; 10_000]);
+    rig.go(UPSTREAM, R);
+    assert!(rig.pool.short());
+    rig.now += stall - Duration::from_millis(1);
+    rig.client.room(Some(100));
+    rig.go(CLIENT, W);
+    assert_eq!(rig.timeout(Duration::from_millis(2)).next, Next::Idle);
 }
 
 #[test]
