@@ -12,7 +12,6 @@
 //! count (stricter, never looser), which with 4,096 buckets is rare. No allocation after
 //! start, two atomics per accept and one per handshake or close.
 
-use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -34,11 +33,12 @@ pub(crate) enum Refused {
 /// Per-source counts of unauthenticated connections, and when each bucket last saw a
 /// completed handshake.
 pub(crate) struct Sources {
-    keys: std::collections::hash_map::RandomState,
+    /// The bucket hash's key (from the OS).
+    key: [u64; 2],
     /// Unauthenticated connections per bucket.
-    unauth: Box<[AtomicU32]>,
+    unauth: [AtomicU32; BUCKETS],
     /// Seconds since `origin` (plus one; 0: never) of the last handshake completed per bucket.
-    known: Box<[AtomicU32]>,
+    known: [AtomicU32; BUCKETS],
     origin: Instant,
     /// Largest count per bucket (0: no limit).
     cap: u32,
@@ -51,10 +51,14 @@ impl Sources {
     /// The rules for `concurrency` slots and `per_ip` unauthenticated connections per address
     /// (0: no limit).
     pub(crate) fn new(concurrency: usize, per_ip: usize, origin: Instant) -> Sources {
+        let mut key = [0u8; 16];
+        // Without OS randomness (never seen) the buckets are still right, only guessable.
+        let _ = super::rng::os_fill(&mut key);
+        let half = |i: usize| u64::from_le_bytes(key[i..i + 8].try_into().unwrap_or_default());
         Sources {
-            keys: Default::default(),
-            unauth: (0..BUCKETS).map(|_| AtomicU32::new(0)).collect(),
-            known: (0..BUCKETS).map(|_| AtomicU32::new(0)).collect(),
+            key: [half(0), half(8)],
+            unauth: [const { AtomicU32::new(0) }; BUCKETS],
+            known: [const { AtomicU32::new(0) }; BUCKETS],
             origin,
             cap: u32::try_from(per_ip).unwrap_or(u32::MAX),
             reserve: concurrency / 8,
@@ -63,12 +67,17 @@ impl Sources {
     }
 
     /// The bucket of `ip` (an IPv6 address by its /64; an IPv4-mapped one as IPv4).
+    #[inline(never)]
     pub(crate) fn bucket(&self, ip: IpAddr) -> u32 {
-        let h = match ip.to_canonical() {
-            IpAddr::V4(v4) => self.keys.hash_one(v4.octets()),
-            IpAddr::V6(v6) => self.keys.hash_one(&v6.octets()[..8]),
+        let x = match ip.to_canonical() {
+            IpAddr::V4(v4) => u64::from(u32::from(v4)) | 1 << 63,
+            IpAddr::V6(v6) => (u128::from(v6) >> 64) as u64,
         };
-        (h % BUCKETS as u64) as u32
+        // Two keyed multiply-xorshift rounds: enough to keep a prober from aiming at a
+        // client's bucket without knowing the key (not a MAC: nothing is authenticated).
+        let mut h = (x ^ self.key[0]).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        h = (h ^ h >> 29 ^ self.key[1]).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        ((h ^ h >> 32) % BUCKETS as u64) as u32
     }
 
     fn secs(&self, now: Instant) -> u32 {
@@ -78,6 +87,7 @@ impl Sources {
     /// Admits a new unauthenticated connection in `bucket`, `active` connections being open
     /// before it; counts it (give it back with [`Sources::release`] or
     /// [`Sources::established`]).
+    #[inline(never)]
     pub(crate) fn admit(&self, bucket: u32, active: usize, now: Instant) -> Result<(), Refused> {
         let b = bucket as usize % BUCKETS;
         if active + self.reserve >= self.concurrency {
@@ -101,6 +111,7 @@ impl Sources {
 
     /// A connection of `bucket` completed its handshake: no longer counted, and its address
     /// may use the reserve for an hour.
+    #[inline(never)]
     pub(crate) fn established(&self, bucket: u32, now: Instant) {
         self.release(bucket);
         self.known[bucket as usize % BUCKETS].store(self.secs(now), Ordering::Relaxed);

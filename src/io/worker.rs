@@ -508,9 +508,13 @@ impl Worker {
                 continue;
             };
             if waiting {
-                // Not left behind for a later connection in this slot (issue 12).
-                self.buf_waiters.retain(|&s| s != slot);
-                self.spare_waiters.retain(|&s| s != slot);
+                // Not left behind for a later connection in this slot (issue 12). A slot
+                // waits in one queue at most once; the last waiter takes its place.
+                for q in [&mut self.buf_waiters, &mut self.spare_waiters] {
+                    if let Some(i) = q.iter().position(|&s| s == slot) {
+                        q.swap_remove_back(i);
+                    }
+                }
             }
             if let Some(b) = source {
                 self.shared.sources.release(b);

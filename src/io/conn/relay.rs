@@ -66,12 +66,14 @@ impl<S> Relay<S> {
     /// When a direction holding a relay buffer will have written nothing for [`STALL`] (it is
     /// then closed if relay buffers run short).
     pub(super) fn stall_deadline(&self) -> Option<Instant> {
-        [&self.up, &self.down]
-            .into_iter()
-            .filter(|h| !h.is_empty() && h.buf.is_some_and(|b| !Pool::is_small(b)))
-            .filter_map(|h| h.since)
-            .min()
-            .map(|t| t + STALL)
+        let stuck = |h: &Half| {
+            h.since
+                .filter(|_| !h.is_empty() && h.buf.is_some_and(|b| !Pool::is_small(b)))
+        };
+        match (stuck(&self.up), stuck(&self.down)) {
+            (Some(a), Some(b)) => Some(a.min(b) + STALL),
+            (a, b) => a.or(b).map(|t| t + STALL),
+        }
     }
 
     /// When the connection must be looked at: its idle deadline, or a stall's.
