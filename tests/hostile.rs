@@ -120,25 +120,36 @@ fn a_hello_in_two_segments_250ms_apart_authenticates() {
 // ------------------------------------------------------------------------------------------
 // Per-source caps and the reserve (item 7)
 
-/// Opens `n` sockets from `src` that send nothing; returns them with how many the proxy
-/// closed at once (turned away at accept).
-fn idle_sockets(src: Ipv4Addr, proxy: SocketAddr, n: usize) -> (Vec<TcpStream>, usize) {
-    let socks: Vec<TcpStream> = (0..n)
+/// Opens `n` sockets from `src` that send nothing.
+fn idle_sockets(src: Ipv4Addr, proxy: SocketAddr, n: usize) -> Vec<TcpStream> {
+    (0..n)
         .map(|i| connect_from(src, proxy).unwrap_or_else(|e| panic!("idle {i}: {e}")))
-        .collect();
-    std::thread::sleep(Duration::from_millis(300));
-    let closed = socks
+        .collect()
+}
+
+/// How many of `socks` the proxy closed (it never sends them a byte).
+fn closed_count(socks: &[TcpStream]) -> usize {
+    socks
         .iter()
         .filter(|s| {
             s.set_nonblocking(true).expect("nonblocking");
             let mut b = [0u8; 1];
             let r = (&**s).read(&mut b);
             s.set_nonblocking(false).expect("blocking");
-            matches!(r, Ok(0) | Err(_))
-                && !matches!(r, Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock)
+            match r {
+                Ok(_) => true,
+                Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+            }
         })
-        .count();
-    (socks, closed)
+        .count()
+}
+
+/// Waits until the proxy closed `want` of `socks` (and gives it a moment to close more);
+/// returns how many it closed.
+fn turned_away(socks: &[TcpStream], want: usize) -> usize {
+    wait_until(Duration::from_secs(10), || closed_count(socks) >= want);
+    std::thread::sleep(Duration::from_millis(200));
+    closed_count(socks)
 }
 
 fn echo_from(
@@ -173,7 +184,8 @@ fn one_source_cannot_take_every_slot() {
         cfg.dc_overrides.push((2, vec![dc.addr]));
         cfg.doppelganger.learn = false;
         let proxy = start(cfg);
-        let (idle, closed) = idle_sockets(Ipv4Addr::new(127, 0, 0, 2), proxy.local_addr(), 50);
+        let idle = idle_sockets(Ipv4Addr::new(127, 0, 0, 2), proxy.local_addr(), 50);
+        let closed = turned_away(&idle, 50 - 12);
         eprintln!("{kind:?}: {closed} of 50 idle sockets from one address turned away");
         assert_eq!(closed, 50 - 12, "{kind:?}: the per-source cap");
         echo_from(
@@ -203,15 +215,20 @@ fn a_reserve_of_concurrency_is_kept_for_known_clients() {
     let addr = proxy.local_addr();
     let known = Ipv4Addr::new(127, 0, 0, 1);
     echo_from(known, addr, &secret, 1221).expect("known client, before the flood");
+    let st = proxy.stats();
+    assert!(wait_until(Duration::from_secs(5), || st
+        .closed
+        .load(Ordering::SeqCst)
+        == 1));
     // 20 idle sockets from 4 other addresses: 14 fit (16 minus the reserve of 2).
-    let mut idle = Vec::new();
-    let mut closed = 0;
-    for i in 0..4 {
-        let (s, c) = idle_sockets(Ipv4Addr::new(127, 0, 0, 10 + i), addr, 5);
-        idle.extend(s);
-        closed += c;
-    }
-    assert_eq!(closed, 20 - 14, "the flood stops at the reserve");
+    let idle: Vec<TcpStream> = (0..4)
+        .flat_map(|i| idle_sockets(Ipv4Addr::new(127, 0, 0, 10 + i), addr, 5))
+        .collect();
+    assert_eq!(
+        turned_away(&idle, 20 - 14),
+        20 - 14,
+        "the flood stops at the reserve"
+    );
     assert!(
         echo_from(Ipv4Addr::new(127, 0, 0, 30), addr, &secret, 1222).is_err(),
         "a new address used the reserve"
