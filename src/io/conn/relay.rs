@@ -357,6 +357,8 @@ impl<S: Sock> Relay<S> {
         // Bytes read from the socket, TLS record headers included: the turn budget counts
         // these, so a stream of empty records yields like any other (issue 12).
         let mut raw = 0;
+        // The last read filled the room it had.
+        let mut full = false;
         loop {
             let mut progress = false;
             // Fill.
@@ -371,6 +373,7 @@ impl<S: Sock> Relay<S> {
                 if let Some(id) = half.buf {
                     let buf = ctx.pool.get(id);
                     if half.end < buf.len() {
+                        let room = buf.len() - half.end;
                         match ends.client.read(&mut buf[half.end..]) {
                             Ok(0) => {
                                 half.eof = true;
@@ -378,6 +381,7 @@ impl<S: Sock> Relay<S> {
                             }
                             Ok(n) => {
                                 raw += n;
+                                full = n == room;
                                 let m = match tls.as_deref_mut() {
                                     Some(t) => t
                                         .deframe_in_place(&mut buf[half.end..half.end + n])
@@ -408,13 +412,16 @@ impl<S: Sock> Relay<S> {
                     }
                 }
             }
+            // As toward the client: a full read from a client still readable means more
+            // follows at once.
+            let more = full && !half.eof && ends.ready[CLIENT] & R != 0;
             progress |= half.flush(
                 &self.upstream,
                 ends.ready,
                 (CLIENT, UPSTREAM),
                 ctx.pool,
                 false,
-                false,
+                more,
             )?;
             if raw >= TURN_BUDGET {
                 want.requeue = true;
@@ -423,6 +430,9 @@ impl<S: Sock> Relay<S> {
             if !progress {
                 break;
             }
+        }
+        if !want.requeue {
+            half.push(&self.upstream);
         }
         Ok(moved)
     }

@@ -763,6 +763,30 @@ fn full_reads_go_to_the_client_as_one_segment_and_are_pushed_when_the_dc_runs_dr
 }
 
 #[test]
+fn full_reads_go_to_the_dc_as_one_segment_and_are_pushed_when_the_client_runs_dry() {
+    // FakeTLS upload: 195 records of 1,000 bytes and one of 628 are exactly three 64 KiB
+    // reads, each full while the client has more.
+    let s = secret(SecretKind::FakeTls);
+    let mut rig = Rig::new(config(s.clone()));
+    let (mut client, first) = Client::start(&s, Tag::Padded, 2, b"");
+    rig.client.send(&first);
+    rig.go(CLIENT, RW);
+    rig.client.take_written();
+    let dc = rig.net.last();
+    rig.go(UPSTREAM, RW);
+    let (.., mut dc_dec, _) = dc_accept(&dc.take_written());
+    let want: Vec<u8> = (0..195_628u32).map(|i| (i % 253) as u8).collect();
+    let wire = client.seal(&want);
+    assert_eq!(wire.len(), 3 * 65536);
+    rig.client.send(&wire);
+    assert_eq!(rig.run(CLIENT, R).next, Next::Idle);
+    assert_eq!(dc.0.borrow().more_writes, 3);
+    let mut got = dc.take_written();
+    dc_dec.apply_keystream(&mut got);
+    assert_eq!(got, want);
+}
+
+#[test]
 fn a_dc_that_fails_to_connect_or_stays_silent_gives_way_to_the_next() {
     let s = secret(SecretKind::Secure);
     let mut cfg = config(s.clone());
