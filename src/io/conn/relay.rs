@@ -414,7 +414,7 @@ impl<S: Sock> Relay<S> {
             }
             // As toward the client: a full read from a client still readable means more
             // follows at once.
-            let more = full && !half.eof && ends.ready[CLIENT] & R != 0;
+            let more = ctx.busy && full && !half.eof && ends.ready[CLIENT] & R != 0;
             progress |= half.flush(
                 &self.upstream,
                 ends.ready,
@@ -538,10 +538,12 @@ impl<S: Sock> Relay<S> {
                     }
                 }
             }
-            // A full buffer from a source still readable: more follows at once, so the
-            // kernel may send the client one big segment instead of one per read (a loaded
-            // client is woken once per segment). Never for shaped records.
-            let more = shaping.is_none()
+            // A busy worker, a full buffer from a source still readable: more follows at once,
+            // so the kernel may send the client one big segment instead of one per read (a
+            // loaded client is woken once per segment; see `Ctx::busy`). Never for shaped
+            // records.
+            let more = ctx.busy
+                && shaping.is_none()
                 && !half.eof
                 && ends.ready[UPSTREAM] & R != 0
                 && half

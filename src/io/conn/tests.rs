@@ -267,6 +267,8 @@ struct Rig {
     now: Instant,
     client: FakeSock,
     conn: Conn<FakeSock>,
+    /// [`Ctx::busy`] of the turns.
+    busy: bool,
 }
 
 impl Rig {
@@ -288,6 +290,7 @@ impl Rig {
             keyshares,
             scratch: vec![0; 64 * 1024],
             now,
+            busy: false,
             client: client.clone(),
             conn: Conn {
                 id: 1,
@@ -316,6 +319,7 @@ impl Rig {
             keyshares: &mut self.keyshares,
             scratch: &mut self.scratch,
             now: self.now,
+            busy: self.busy,
         }
     }
 
@@ -330,6 +334,7 @@ impl Rig {
             keyshares,
             scratch,
             now,
+            busy,
             conn,
             ..
         } = self;
@@ -341,6 +346,7 @@ impl Rig {
             keyshares,
             scratch,
             now: *now,
+            busy: *busy,
         };
         conn.ready(&mut ctx)
     }
@@ -373,6 +379,7 @@ impl Rig {
             keyshares,
             scratch,
             now,
+            busy,
             conn,
             ..
         } = self;
@@ -384,6 +391,7 @@ impl Rig {
             keyshares,
             scratch,
             now: *now,
+            busy: *busy,
         };
         conn.handle_timeout(&mut ctx)
     }
@@ -736,10 +744,12 @@ fn a_bulk_transfer_yields_after_its_turn_budget() {
 
 #[test]
 fn full_reads_go_to_the_client_as_one_segment_and_are_pushed_when_the_dc_runs_dry() {
-    // Unframed (classic): each read fills the 64 KiB buffer while the DC has more, so each
-    // write says more follows; when the DC runs dry, what the kernel holds must be pushed.
+    // Unframed (classic): each read fills the 64 KiB buffer while the DC has more, so a busy
+    // worker's write says more follows; when the DC runs dry, what the kernel holds must be
+    // pushed.
     let s = secret(SecretKind::Classic);
     let mut rig = Rig::new(config(s.clone()));
+    rig.busy = true;
     let (mut client, first) = Client::start(&s, Tag::Intermediate, 2, b"");
     rig.client.send(&first);
     rig.go(CLIENT, RW);
@@ -760,6 +770,14 @@ fn full_reads_go_to_the_client_as_one_segment_and_are_pushed_when_the_dc_runs_dr
     assert_eq!(rig.run(UPSTREAM, R).next, Next::Idle);
     assert_eq!(rig.client.0.borrow().more_writes, 3);
     assert_eq!(client.open(&rig.client.take_written()), b"tail");
+    // A worker with nothing else to do writes each read at once.
+    rig.busy = false;
+    let mut wire = want.clone();
+    dc_enc.apply_keystream(&mut wire);
+    dc.send(&wire);
+    assert_eq!(rig.run(UPSTREAM, R).next, Next::Idle);
+    assert_eq!(rig.client.0.borrow().more_writes, 3);
+    assert_eq!(client.open(&rig.client.take_written()), want);
 }
 
 #[test]
@@ -768,6 +786,7 @@ fn full_reads_go_to_the_dc_as_one_segment_and_are_pushed_when_the_client_runs_dr
     // reads, each full while the client has more.
     let s = secret(SecretKind::FakeTls);
     let mut rig = Rig::new(config(s.clone()));
+    rig.busy = true;
     let (mut client, first) = Client::start(&s, Tag::Padded, 2, b"");
     rig.client.send(&first);
     rig.go(CLIENT, RW);
