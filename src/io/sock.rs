@@ -25,6 +25,14 @@ pub(crate) trait Sock {
     fn read_vectored(&self, bufs: &mut [IoSliceMut<'_>]) -> io::Result<usize>;
     /// Writes from `buf`; may write part of it.
     fn write(&self, buf: &[u8]) -> io::Result<usize>;
+    /// [`Sock::write`] with more bytes to follow at once (`MSG_MORE`): the kernel may hold a
+    /// partial segment until the next write or [`Sock::push`].
+    fn write_more(&self, buf: &[u8]) -> io::Result<usize> {
+        self.write(buf)
+    }
+    /// Sends what [`Sock::write_more`] left held (errors are ignored: the next write or read
+    /// reports a broken socket).
+    fn push(&self) {}
     /// Sends FIN (`shutdown(Write)`); errors are ignored by callers.
     fn shutdown_write(&self) -> io::Result<()>;
     /// Makes the coming close send RST instead of FIN (`SO_LINGER` 0).
@@ -70,6 +78,15 @@ impl Sock for TcpStream {
 
     fn write(&self, buf: &[u8]) -> io::Result<usize> {
         Write::write(&mut &*self, buf)
+    }
+
+    fn write_more(&self, buf: &[u8]) -> io::Result<usize> {
+        crate::sys::send_more(self, buf)
+    }
+
+    fn push(&self) {
+        // Setting TCP_NODELAY (already on) pushes the segments held by MSG_MORE.
+        let _ = crate::sys::set_nodelay(self);
     }
 
     fn shutdown_write(&self) -> io::Result<()> {

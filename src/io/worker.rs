@@ -46,6 +46,9 @@ const EMFILE_PAUSE: Duration = Duration::from_millis(100);
 /// A per-turn [`Ctx`] over the worker's fields (a macro, so that the slab can stay borrowed).
 macro_rules! ctx {
     ($w:expr, $now:expr) => {
+        ctx!($w, $now, false)
+    };
+    ($w:expr, $now:expr, $busy:expr) => {
         Ctx {
             pool: &mut $w.pool,
             shared: &$w.shared,
@@ -56,6 +59,7 @@ macro_rules! ctx {
             keyshares: &mut $w.keyshares,
             scratch: &mut $w.scratch,
             now: $now,
+            busy: $busy,
         }
     };
 }
@@ -337,6 +341,8 @@ impl Worker {
     }
 
     fn run_connections(&mut self, now: Instant) {
+        // Other connections wait their turn: a relay may hold back part of a segment.
+        let busy = self.run_queue.len() > 1;
         let mut i = 0;
         while i < self.run_queue.len() {
             let slot = self.run_queue[i];
@@ -346,7 +352,7 @@ impl Worker {
                 continue;
             };
             s.queued = false;
-            let mut ctx = ctx!(self, now);
+            let mut ctx = ctx!(self, now, busy);
             let Turn { next, wake_at } = s.conn.ready(&mut ctx);
             match wake_at {
                 Some(at) => self.timers.arm(slot, at),

@@ -141,6 +141,11 @@ pub(crate) struct Ctx<'a, N: Net> {
     /// Work space: a reassembled ClientHello, a server flight, a SOCKS5 message.
     pub(crate) scratch: &'a mut [u8],
     pub(crate) now: Instant,
+    /// The worker has other connections to turn now: it is busy, so a woken peer would take
+    /// its CPU. A relay then writes a full buffer with more to follow (`MSG_MORE`), one
+    /// segment per ~64 KiB instead of one per read; alone, it writes each read at once (the
+    /// peer starts sooner, which costs less here).
+    pub(crate) busy: bool,
 }
 
 /// What a connection turned out to be, once its handshake decided (for counters and logs).

@@ -107,6 +107,9 @@ pub(super) struct Half {
     /// Shaped direction: bytes before this offset may be written now (the records whose
     /// send time came); the record starting here waits for its time.
     limit: usize,
+    /// The last write went with `MSG_MORE` ([`Sock::write_more`]): the destination may hold
+    /// its tail until the next write or a [`Sock::push`].
+    held: bool,
 }
 
 impl Half {
@@ -214,7 +217,9 @@ impl Half {
     /// once it is empty and the source has nothing more for now, and after the source's EOF
     /// passes it on (`shutdown(Write)`, or a reset after a reset). `src`/`dst` index `ready`.
     /// Returns whether bytes were written; errors name the failing side.
-    /// With `paced`, only bytes before [`Half::limit`] are written.
+    /// With `paced`, only bytes before [`Half::limit`] are written. With `more`, the write
+    /// says more bytes follow at once ([`Sock::write_more`]); the pump then calls
+    /// [`Half::push`] before it stops.
     fn flush(
         &mut self,
         dst: &impl Sock,
@@ -222,6 +227,7 @@ impl Half {
         (src, dst_side): (usize, usize),
         pool: &mut Pool,
         paced: bool,
+        more: bool,
     ) -> Result<bool, (usize, io::Error)> {
         let mut progress = false;
         let upto = if paced {
@@ -232,8 +238,15 @@ impl Half {
         if self.start < upto && ready[dst_side] & W != 0 {
             let id = self.buf.expect("non-empty half has a buffer");
             let buf = pool.get(id);
-            match write_some(dst, &buf[self.start..upto]) {
+            let data = &buf[self.start..upto];
+            let written = if more {
+                write_with(data, |d| dst.write_more(d))
+            } else {
+                write_some(dst, data)
+            };
+            match written {
                 Ok(n) => {
+                    self.held = more;
                     self.start += n;
                     progress = true;
                     if self.is_empty() {
@@ -259,6 +272,13 @@ impl Half {
             let _ = dst.shutdown_write();
         }
         Ok(progress)
+    }
+
+    /// Sends what the last write left held (see [`Half::flush`]'s `more`).
+    fn push(&mut self, dst: &impl Sock) {
+        if std::mem::take(&mut self.held) {
+            dst.push();
+        }
     }
 
     pub(super) fn release(&mut self, pool: &mut Pool) {
@@ -337,6 +357,8 @@ impl<S: Sock> Relay<S> {
         // Bytes read from the socket, TLS record headers included: the turn budget counts
         // these, so a stream of empty records yields like any other (issue 12).
         let mut raw = 0;
+        // The last read filled the room it had.
+        let mut full = false;
         loop {
             let mut progress = false;
             // Fill.
@@ -351,6 +373,7 @@ impl<S: Sock> Relay<S> {
                 if let Some(id) = half.buf {
                     let buf = ctx.pool.get(id);
                     if half.end < buf.len() {
+                        let room = buf.len() - half.end;
                         match ends.client.read(&mut buf[half.end..]) {
                             Ok(0) => {
                                 half.eof = true;
@@ -358,6 +381,7 @@ impl<S: Sock> Relay<S> {
                             }
                             Ok(n) => {
                                 raw += n;
+                                full = n == room;
                                 let m = match tls.as_deref_mut() {
                                     Some(t) => t
                                         .deframe_in_place(&mut buf[half.end..half.end + n])
@@ -388,12 +412,16 @@ impl<S: Sock> Relay<S> {
                     }
                 }
             }
+            // As toward the client: a full read from a client still readable means more
+            // follows at once.
+            let more = ctx.busy && full && !half.eof && ends.ready[CLIENT] & R != 0;
             progress |= half.flush(
                 &self.upstream,
                 ends.ready,
                 (CLIENT, UPSTREAM),
                 ctx.pool,
                 false,
+                more,
             )?;
             if raw >= TURN_BUDGET {
                 want.requeue = true;
@@ -402,6 +430,9 @@ impl<S: Sock> Relay<S> {
             if !progress {
                 break;
             }
+        }
+        if !want.requeue {
+            half.push(&self.upstream);
         }
         Ok(moved)
     }
@@ -507,12 +538,24 @@ impl<S: Sock> Relay<S> {
                     }
                 }
             }
+            // A busy worker, a full buffer from a source still readable: more follows at once,
+            // so the kernel may send the client one big segment instead of one per read (a
+            // loaded client is woken once per segment; see `Ctx::busy`). Never for shaped
+            // records.
+            let more = ctx.busy
+                && shaping.is_none()
+                && !half.eof
+                && ends.ready[UPSTREAM] & R != 0
+                && half
+                    .buf
+                    .is_some_and(|id| ctx.pool.get(id).len() - half.end <= HDR);
             progress |= half.flush(
                 ends.client,
                 ends.ready,
                 (UPSTREAM, CLIENT),
                 ctx.pool,
                 shaping.is_some(),
+                more,
             )?;
             if moved >= TURN_BUDGET {
                 want.requeue = true;
@@ -521,6 +564,9 @@ impl<S: Sock> Relay<S> {
             if !progress {
                 break;
             }
+        }
+        if !want.requeue {
+            half.push(ends.client);
         }
         Ok(moved)
     }
@@ -582,8 +628,13 @@ fn read_records(
 
 /// One `write`, retried on EINTR. `Ok(0)` from the kernel becomes `WriteZero`.
 pub(super) fn write_some(s: &impl Sock, data: &[u8]) -> io::Result<usize> {
+    write_with(data, |d| s.write(d))
+}
+
+/// [`write_some`] through `write`.
+fn write_with(data: &[u8], write: impl Fn(&[u8]) -> io::Result<usize>) -> io::Result<usize> {
     loop {
-        match s.write(data) {
+        match write(data) {
             Ok(0) if !data.is_empty() => return Err(ErrorKind::WriteZero.into()),
             Ok(n) => return Ok(n),
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,
