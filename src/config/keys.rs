@@ -737,15 +737,6 @@ impl Doc {
                     .into(),
             );
         }
-        if c.ad_tag.is_some() {
-            self.warn(
-                WarningKind::NotImplemented,
-                "ad-tag",
-                "the middle-proxy list and secret are fetched and `doctor` checks them, but \
-                 clients are still relayed directly to the DCs: no sponsored channel yet"
-                    .into(),
-            );
-        }
         let uses_config = c.auto_update || c.ad_tag.is_some();
         if !uses_config && self.has("network.proxy-config-files") {
             self.warn(

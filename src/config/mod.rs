@@ -1153,9 +1153,8 @@ mod tests {
         assert_eq!(c.proxy_config_files, ["/var/lib/mtpx/v4"]);
         assert_eq!(c.proxy_secret_url, "http://127.0.0.1:1/s");
         assert_eq!(c.proxy_secret_file.as_deref(), Some("/var/lib/mtpx/secret"));
-        // The tag is honest about what it does not do yet; auto-update warns no more.
-        let keys: Vec<&str> = w.iter().map(|w| w.key.as_str()).collect();
-        assert_eq!(keys, ["ad-tag"], "{w:?}");
+        // Both are implemented: no warning.
+        assert!(w.is_empty(), "{w:?}");
         // Files without anything that reads them are pointed out.
         let (_, w) = ok(&with(
             "[network]\nproxy-config-files = [\"/x\"]\nproxy-secret-file = \"/y\"\n",

@@ -34,6 +34,7 @@
 
 mod dial;
 mod handshake;
+mod middle;
 mod relay;
 #[cfg(test)]
 mod tests;
@@ -150,6 +151,8 @@ enum Role {
     Client,
     /// A client of ours relayed to DC `dc` (the DC it asked for).
     Dc(i16),
+    /// A client of ours (ad tag) relayed to DC `dc` through a middle proxy.
+    Middle(i16),
     /// Not a client of ours: spliced to the fronting site for this reason.
     Fronted(Reject),
 }
@@ -162,6 +165,8 @@ enum Phase<S> {
     Dial(dial::Dial<S>),
     /// Asking a SOCKS5 upstream to connect us to the DC.
     Socks(dial::Socks<S>),
+    /// The RPC handshake with a middle proxy (ad tag).
+    Middle(dial::Dial<S>),
     /// Relaying bytes both ways.
     Relay(relay::Relay<S>),
     /// Done; the slot is freed at the end of the event batch.
@@ -222,6 +227,7 @@ impl<S: Sock> Conn<S> {
             Phase::Handshake(hs) => Some(hs.deadline()),
             Phase::Dial(d) => Some(d.deadline),
             Phase::Socks(s) => Some(s.dial.deadline),
+            Phase::Middle(d) => Some(d.deadline),
             Phase::Relay(r) => Some(r.deadline),
             Phase::Closed(_) => None,
         }
@@ -244,7 +250,7 @@ impl<S: Sock> Conn<S> {
     pub(crate) fn in_handshake(&self) -> bool {
         matches!(
             self.phase,
-            Phase::Handshake(_) | Phase::Dial(_) | Phase::Socks(_)
+            Phase::Handshake(_) | Phase::Dial(_) | Phase::Socks(_) | Phase::Middle(_)
         )
     }
 
@@ -256,7 +262,7 @@ impl<S: Sock> Conn<S> {
     /// DC the client asked for (0 before the handshake finished, and when fronted).
     pub(crate) fn dc(&self) -> i16 {
         match self.role {
-            Role::Dc(dc) => dc,
+            Role::Dc(dc) | Role::Middle(dc) => dc,
             _ => 0,
         }
     }
@@ -294,6 +300,7 @@ impl<S: Sock> Conn<S> {
                 Phase::Handshake(hs) => self.handshake(hs, ctx, &mut want),
                 Phase::Dial(d) => self.connecting(d, ctx, &mut want),
                 Phase::Socks(s) => self.socks_exchange(s, ctx, &mut want),
+                Phase::Middle(d) => self.me_exchange(d, ctx, &mut want),
                 other => other,
             };
         }
@@ -329,6 +336,7 @@ impl<S: Sock> Conn<S> {
             Phase::Handshake(hs) => self.handshake_timeout(hs, ctx, &mut want),
             Phase::Dial(d) => self.next_address(d, ctx, &mut want),
             Phase::Socks(s) => self.next_address(s.dial, ctx, &mut want),
+            Phase::Middle(d) => self.next_address(d, ctx, &mut want),
             Phase::Relay(r) => self.closed(r, CloseReason::Idle, ctx),
             closed @ Phase::Closed(_) => closed,
         };
@@ -342,6 +350,7 @@ impl<S: Sock> Conn<S> {
             Phase::Handshake(hs) => self.closed(hs, reason, ctx),
             Phase::Dial(d) => self.closed(d, reason, ctx),
             Phase::Socks(s) => self.closed(s.dial, reason, ctx),
+            Phase::Middle(d) => self.closed(d, reason, ctx),
             Phase::Relay(r) => self.closed(r, reason, ctx),
             closed @ Phase::Closed(_) => closed,
         };
@@ -383,6 +392,9 @@ impl<S: Sock> Conn<S> {
         ];
         if up | down != 0 {
             stats.traffic(self.is_fronted(), self.dc(), up, down);
+            if matches!(self.role, Role::Middle(_)) {
+                stats.middle_proxy_traffic(up, down);
+            }
             self.counted = self.bytes;
         }
     }
