@@ -9,6 +9,7 @@
 //! ```text
 //! Handshake ──(Connect)──► Dial ──(up)──► [Socks ──(CONNECT ok)──►] Relay(Dc) ──► Closed
 //!     │                     └─(failed, timeout: next address; none left)──────────► Closed
+//!     │   (ad tag: Dial ──► [Socks ──►] Middle ──(RPC handshake)──► Relay(Middle), [`middle`])
 //!     └─(Front: bad handshake, timeout, EOF)──► Dial ──(up)──► Relay(Front) ──────► Closed
 //!                                                  (byte for byte to the fronting site)
 //! ```
