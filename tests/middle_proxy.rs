@@ -626,6 +626,7 @@ fn tagged_proxy(
     mes: &[SocketAddr],
     refused: &RefusedPort,
     name: &str,
+    tweak: impl FnOnce(&mut mtpx::config::Config),
 ) -> (mtpx::io::Proxy, std::path::PathBuf) {
     let cfg_file =
         std::env::temp_dir().join(format!("mtpx-me-relay-{name}-{}.conf", std::process::id()));
@@ -639,6 +640,7 @@ fn tagged_proxy(
     cfg.proxy_config_files = vec![cfg_file.display().to_string()];
     cfg.proxy_secret_file = Some(proxy_secret.display().to_string());
     cfg.timeouts.tcp = Duration::from_secs(2);
+    tweak(&mut cfg);
     let proxy = mtpx::io::start(cfg).expect("start proxy");
     assert_eq!(proxy.middle_proxies().len(), mes.len());
     (proxy, cfg_file)
@@ -690,7 +692,7 @@ fn clients_with_an_ad_tag_reach_the_dc_through_the_middle_proxy() {
     let mut reqs_before = 0;
     for (i, (kind, tag)) in cases.into_iter().enumerate() {
         let secret = common::secret(kind, 40 + i as u64);
-        let (proxy, cfg_file) = tagged_proxy(&secret, &sf, &[me.addr], &refused, "relay");
+        let (proxy, cfg_file) = tagged_proxy(&secret, &sf, &[me.addr], &refused, "relay", |_| {});
         let mut opts = ClientOpts::new(tag, 2, 500 + i as u64);
         opts.record_sizes = vec![1000, 17, 16379];
         let mut c = TestClient::connect(proxy.local_addr(), &secret, &opts).expect("handshake");
@@ -770,7 +772,7 @@ fn a_middle_proxy_dying_mid_session_closes_its_clients_and_new_ones_go_elsewhere
     let refused = RefusedPort::new();
     let secret = common::secret(SecretKind::Secure, 61);
     let addrs = [mes[0].addr, mes[1].addr];
-    let (proxy, cfg_file) = tagged_proxy(&secret, &sf, &addrs, &refused, "die");
+    let (proxy, cfg_file) = tagged_proxy(&secret, &sf, &addrs, &refused, "die", |_| {});
     let tag = Tag::Padded;
     let mut c = TestClient::connect(proxy.local_addr(), &secret, &ClientOpts::new(tag, 2, 7))
         .expect("handshake");
@@ -817,8 +819,9 @@ fn a_middle_proxy_dying_mid_session_closes_its_clients_and_new_ones_go_elsewhere
     let _ = std::fs::remove_file(&sf);
 }
 
-/// Failover at connect: middle proxies that refuse the connection or answer garbage are
-/// skipped for the next one of the list (IPv6 ones are tried first: prefer-ipv6).
+/// Failover at connect: middle proxies that refuse the connection, answer garbage or stay
+/// silent are skipped for the next one of the list (IPv6 ones are tried first: prefer-ipv6).
+/// Never through a SOCKS5 upstream (the RPC keys include the address the middle proxy sees).
 #[test]
 fn failover_to_the_next_middle_proxy_at_connect() {
     use mtpx::proto::secret::SecretKind;
@@ -845,14 +848,26 @@ fn failover_to_the_next_middle_proxy_at_connect() {
             }
         }
     });
+    // [::1]:port that accepts and never answers (the 3 s handshake timeout).
+    let silent = std::net::TcpListener::bind("[::1]:0").expect("bind ::1");
+    let silent6 = silent.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let held: Vec<_> = silent.incoming().take(2).collect();
+        std::thread::sleep(Duration::from_secs(30));
+        drop(held);
+    });
     let refused = RefusedPort::new();
     let secret = common::secret(SecretKind::Classic, 62);
+    // A SOCKS5 upstream that is down: middle proxies are dialled directly all the same (the
+    // RPC keys include the address the middle proxy sees).
+    let socks = format!("socks5://{}", refused.addr);
     let (proxy, cfg_file) = tagged_proxy(
         &secret,
         &sf,
-        &[refused6, garbage6, good.addr],
+        &[refused6, garbage6, silent6, good.addr],
         &refused,
         "failover",
+        |c| c.proxies = vec![socks],
     );
     for seed in 0..2 {
         let tag = Tag::Intermediate;

@@ -98,7 +98,8 @@ impl<S> Release for Dial<S> {
 }
 
 /// The `idx`-th way to try: the address to connect to and, when going through a SOCKS5
-/// upstream, which one and the DC address to ask it for. Fronting is always direct; with
+/// upstream, which one and the DC address to ask it for. Fronting and middle proxies are
+/// always direct; with
 /// upstreams, each DC address is tried through every upstream, those that failed recently
 /// last (PROTOCOL.md §8.5).
 fn route_at(
@@ -115,7 +116,13 @@ fn route_at(
             .lookup_or_fallback(*dc, shared.config.allow_fallback_on_unknown_dc)
             .map(|(_, a)| a)?
             .get(k)?,
-        Route::Middle { dc, me, .. } => me.target(*dc, shared.config.prefer_ip, k)?,
+        // Directly, never through an upstream: the RPC keys include the address and port the
+        // middle proxy sees, which an upstream would change.
+        Route::Middle { dc, me, .. } => {
+            return me
+                .target(*dc, shared.config.prefer_ip, idx)
+                .map(|a| (a, None));
+        }
     };
     if n == 0 {
         return Some((dc, None));

@@ -4,9 +4,9 @@
 //! multiplexed one).
 //!
 //! ```text
-//! Handshake ──(Connect, ad tag)──► Dial ──(up)──► [Socks ──►] Middle ──(RPC handshake)──► Relay(Middle)
-//!                                    ▲                           │
-//!                                    └─(refused, died, bad answer, 3 s: next middle proxy)┘
+//! Handshake ──(Connect, ad tag)──► Dial ──(up)──► Middle ──(RPC handshake)──► Relay(Middle)
+//!                                  ▲              │
+//!                                  └──────────────┘ refused, died, bad answer, 3 s: next one
 //! ```
 //!
 //! I/O glue only: the protocol is [`crate::proto::middle`]'s (the handshake machine, the
@@ -74,7 +74,7 @@ pub(super) struct Middle {
     conn_id: u64,
     /// The address the client connected to, as it sees it (public IP, our port).
     client_ours: SocketAddr,
-    /// The middle proxy being tried (the target, also through a SOCKS5 upstream).
+    /// The middle proxy being tried.
     theirs: SocketAddr,
     /// Middle proxies that failed this connection so far.
     failures: u32,
@@ -280,7 +280,7 @@ impl<S: Sock> Conn<S> {
         (route, up)
     }
 
-    /// Connected to a middle proxy (directly or through SOCKS5): send our nonce.
+    /// Connected to a middle proxy: send our nonce.
     pub(super) fn me_start(
         &mut self,
         mut dial: Dial<S>,
@@ -388,7 +388,7 @@ impl<S: Sock> Conn<S> {
     }
 
     /// This middle proxy failed: log it and try the next.
-    fn me_failed(
+    pub(super) fn me_failed(
         &mut self,
         dial: Dial<S>,
         why: &str,

@@ -9,7 +9,7 @@
 //! ```text
 //! Handshake ──(Connect)──► Dial ──(up)──► [Socks ──(CONNECT ok)──►] Relay(Dc) ──► Closed
 //!     │                     └─(failed, timeout: next address; none left)──────────► Closed
-//!     │   (ad tag: Dial ──► [Socks ──►] Middle ──(RPC handshake)──► Relay(Middle), [`middle`])
+//!     │   (ad tag: Dial ──► Middle ──(RPC handshake)──► Relay(Middle), [`middle`])
 //!     └─(Front: bad handshake, timeout, EOF)──► Dial ──(up)──► Relay(Front) ──────► Closed
 //!                                                  (byte for byte to the fronting site)
 //! ```
@@ -337,7 +337,7 @@ impl<S: Sock> Conn<S> {
             Phase::Handshake(hs) => self.handshake_timeout(hs, ctx, &mut want),
             Phase::Dial(d) => self.next_address(d, ctx, &mut want),
             Phase::Socks(s) => self.next_address(s.dial, ctx, &mut want),
-            Phase::Middle(d) => self.next_address(d, ctx, &mut want),
+            Phase::Middle(d) => self.me_failed(d, "no answer in time", ctx, &mut want),
             Phase::Relay(r) => self.closed(r, CloseReason::Idle, ctx),
             closed @ Phase::Closed(_) => closed,
         };
