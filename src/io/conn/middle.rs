@@ -387,7 +387,9 @@ impl<S: Sock> Conn<S> {
         }
     }
 
-    /// This middle proxy failed: log it and try the next.
+    /// This middle proxy failed: log it and try the next. (Not inlined: called from every
+    /// failure path of the exchange.)
+    #[inline(never)]
     pub(super) fn me_failed(
         &mut self,
         dial: Dial<S>,
@@ -518,6 +520,7 @@ impl<S: Sock> Relay<S> {
 
     /// A socket failed or the middle proxy sent garbage; counted as a loss unless the client
     /// had left.
+    #[inline(never)]
     fn me_broke(&mut self, ends: &Ends<'_, S>, e: (usize, io::Error)) -> CloseReason {
         if let RelayKind::Middle { me, .. } = &mut self.kind {
             if e.0 == UPSTREAM && !me.closing {
