@@ -887,3 +887,41 @@ fn failover_to_the_next_middle_proxy_at_connect() {
     let _ = std::fs::remove_file(&cfg_file);
     let _ = std::fs::remove_file(&sf);
 }
+
+/// A user's own ad tag (`[users.NAME] ad-tag`, no top-level one): that user's clients go
+/// through the middle proxy with it.
+#[test]
+fn a_users_own_ad_tag_routes_its_clients_through_the_middle_proxy() {
+    use mtpx::proto::secret::SecretKind;
+    let dc = FakeDc::start(DcMode::Echo);
+    let (sf, _) = secret_file("proxy-user");
+    let me = FakeMe::start(&sf, dc.addr, &AD_TAG);
+    let refused = RefusedPort::new();
+    let secret = common::secret(SecretKind::Secure, 63);
+    let cfg_file = std::env::temp_dir().join(format!("mtpx-me-user-{}.conf", std::process::id()));
+    std::fs::write(&cfg_file, format!("default 2;\nproxy_for 2 {};\n", me.addr)).unwrap();
+    let text = format!(
+        "bind-to = \"127.0.0.1:3128\"\n[network]\nproxy-config-files = [\"{}\"]\n\
+         proxy-secret-file = \"{}\"\n[users.alice]\nsecret = \"{}\"\nad-tag = \"{}\"\n",
+        cfg_file.display(),
+        sf.display(),
+        secret.to_hex(),
+        hex(&AD_TAG)
+    );
+    let (parsed, _) = mtpx::config::parse(&text).expect("config");
+    assert_eq!(parsed.ad_tag, None, "no top-level tag");
+    let mut cfg = test_config(parsed.secret.clone(), 1, &refused);
+    cfg.users = parsed.users.clone();
+    cfg.proxy_config_files = parsed.proxy_config_files.clone();
+    cfg.proxy_secret_file = parsed.proxy_secret_file.clone();
+    let proxy = mtpx::io::start(cfg).expect("start proxy");
+    let tag = Tag::Padded;
+    let mut c = TestClient::connect(proxy.local_addr(), &secret, &ClientOpts::new(tag, 2, 9))
+        .expect("handshake");
+    echo_packets(&mut c, tag, &[zero_key_packet(), payload(30, 2000)]);
+    assert_eq!(proxy.stats().middle_proxy_counters()[0], 1);
+    drop(c);
+    proxy.shutdown();
+    let _ = std::fs::remove_file(&cfg_file);
+    let _ = std::fs::remove_file(&sf);
+}

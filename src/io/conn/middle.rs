@@ -468,13 +468,18 @@ impl<S: Sock> Conn<S> {
     }
 }
 
-/// The ad tag of the client's secret: the user's own, else the top-level `ad-tag`.
-// TODO(users wiring): `user` indexes the handshake's secrets, which today are the top-level
-// one only; with several users it indexes the users snapshot, whose `UserSpec::ad_tag` wins.
+/// The ad tag of the client's secret: its user's own (`[users.NAME] ad-tag`), else the
+/// top-level `ad-tag`. `user` indexes the users in force: today the handshake tries the first
+/// user's secret only (index 0), and once it searches all users it names the one found.
+/// Single-secret configs read no snapshot (no lock).
 fn ad_tag_for(ctx: &Ctx<'_, impl Net>, user: usize) -> Option<[u8; 16]> {
     let config = &ctx.shared.config;
-    let _ = user;
-    config.ad_tag
+    if config.users.is_empty() {
+        return config.ad_tag;
+    }
+    let live = ctx.shared.users.load();
+    let own = live.users.specs().get(user).and_then(|u| u.ad_tag);
+    own.or(config.ad_tag)
 }
 
 fn public_ips(config: &crate::config::Config) -> (Option<IpAddr>, Option<IpAddr>) {
