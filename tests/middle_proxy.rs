@@ -78,6 +78,11 @@ impl FakeMe {
         self.events.lock().unwrap().clone()
     }
 
+    fn ping(&mut self) {
+        writeln!(self.stdin, "ping").expect("tell the fake to ping");
+        self.stdin.flush().unwrap();
+    }
+
     fn die(&mut self) {
         writeln!(self.stdin, "die").expect("tell the fake to die");
         self.stdin.flush().unwrap();
@@ -781,6 +786,17 @@ fn a_middle_proxy_dying_mid_session_closes_its_clients_and_new_ones_go_elsewhere
         .iter()
         .position(|m| m.events().iter().any(|e| e.contains("\"req\"")))
         .expect("one middle proxy served");
+    // Keep-alive: the middle proxy's RPC_PING is answered (RPC_PONG) while the client idles.
+    mes[serving].ping();
+    assert!(
+        wait_until(Duration::from_secs(5), || mes[serving]
+            .events()
+            .iter()
+            .any(|e| e.contains("\"pong\""))),
+        "no RPC_PONG: {:#?}",
+        mes[serving].events()
+    );
+    echo_packets(&mut c, tag, &[payload(11, 64), payload(12, 96)]);
     mes[serving].die();
     // The client sees its connection end: EOF, nothing more.
     c.rx.set_read_timeout(Duration::from_secs(5));
