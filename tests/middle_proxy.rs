@@ -924,8 +924,13 @@ fn a_users_own_ad_tag_routes_its_clients_through_the_middle_proxy() {
         secret.to_hex(),
         hex(&AD_TAG)
     );
-    let (parsed, _) = mtpx::config::parse(&text).expect("config");
+    let (parsed, warnings) = mtpx::config::parse(&text).expect("config");
     assert_eq!(parsed.ad_tag, None, "no top-level tag");
+    // The files are read for the user's tag: not "ignored".
+    assert!(
+        !warnings.iter().any(|w| w.key.starts_with("network.proxy-")),
+        "{warnings:?}"
+    );
     let mut cfg = test_config(parsed.secret.clone(), 1, &refused);
     cfg.users = parsed.users.clone();
     cfg.proxy_config_files = parsed.proxy_config_files.clone();

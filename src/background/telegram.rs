@@ -276,7 +276,7 @@ impl Telegram {
     /// client), without starting the updater ([`Telegram::start`] does both).
     pub(crate) fn new(config: &Config, dc: Arc<LiveDc>, socks: Vec<Upstream>) -> Arc<Telegram> {
         let cdn = config.auto_update;
-        let middle_on = config.ad_tag.is_some() || config.users.iter().any(|u| u.ad_tag.is_some());
+        let middle_on = config.has_ad_tag();
         let files = !config.proxy_config_files.is_empty();
         let configs: Vec<Source> = if !(cdn || middle_on) {
             Vec::new()

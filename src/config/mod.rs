@@ -420,6 +420,12 @@ impl Config {
         }
     }
 
+    /// Whether some secret has an ad tag (the top-level `ad-tag` or a user's): middle proxies
+    /// are then needed.
+    pub fn has_ad_tag(&self) -> bool {
+        self.ad_tag.is_some() || self.users.iter().any(|u| u.ad_tag.is_some())
+    }
+
     /// The users: [`Config::users`], or the one user `default` with `secret`.
     pub fn user_specs(&self) -> Vec<UserSpec> {
         if !self.users.is_empty() {
