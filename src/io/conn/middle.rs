@@ -551,12 +551,23 @@ impl<S: Sock> Relay<S> {
         loop {
             let mut progress = false;
             if !half.eof && ends.ready[CLIENT] & R != 0 {
-                half.upgrade_small(Class::Client, ctx.pool);
-                if half.buf.is_none() {
-                    half.buf = ctx.pool.checkout(Class::Client);
+                // The second buffer first, and none kept idle while waiting: client bytes
+                // never sit in a relay buffer without room to encode them, so tagged
+                // connections cannot hold the whole pool between them waiting for each other.
+                if me.wire.buf.is_none() {
+                    me.wire.buf = ctx.pool.checkout(Class::Client);
+                }
+                if me.wire.buf.is_some() {
+                    half.upgrade_small(Class::Client, ctx.pool);
                     if half.buf.is_none() {
-                        want.buffer = Some(Class::Client);
+                        half.buf = ctx.pool.checkout(Class::Client);
                     }
+                }
+                if half.buf.is_none() {
+                    if me.wire.is_empty() {
+                        me.wire.release(ctx.pool);
+                    }
+                    want.buffer = Some(Class::Client);
                 }
                 if let Some(id) = half.buf {
                     let buf = ctx.pool.get(id);
