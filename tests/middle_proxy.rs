@@ -946,3 +946,50 @@ fn a_users_own_ad_tag_routes_its_clients_through_the_middle_proxy() {
     let _ = std::fs::remove_file(&cfg_file);
     let _ = std::fs::remove_file(&sf);
 }
+
+/// Client packets sent in the same write as the obfuscated2 frame (FakeTLS: in records right
+/// after the frame's): the handshake re-encrypted them for a DC, the middle route turns them
+/// back into the client's bytes (and takes in the records that followed) before encoding.
+#[test]
+fn packets_sent_with_the_frame_go_through_the_middle_proxy() {
+    use mtpx::proto::secret::SecretKind;
+    let dc = FakeDc::start(DcMode::Echo);
+    let (sf, _) = secret_file("proxy-early");
+    let me = FakeMe::start(&sf, dc.addr, &AD_TAG);
+    let refused = RefusedPort::new();
+    for (i, (kind, tag)) in [
+        (SecretKind::FakeTls, Tag::Padded),
+        (SecretKind::Secure, Tag::Padded),
+        (SecretKind::Classic, Tag::Abridged),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let secret = common::secret(kind, 70 + i as u64);
+        let (proxy, cfg_file) = tagged_proxy(&secret, &sf, &[me.addr], &refused, "early", |_| {});
+        let first = [zero_key_packet(), payload(40, 3000)];
+        let mut opts = ClientOpts::new(tag, 2, 900 + i as u64);
+        opts.early = first
+            .iter()
+            .enumerate()
+            .flat_map(|(k, p)| frame(tag, p, k == 1))
+            .collect();
+        opts.record_sizes = vec![700, 64, 2000];
+        let mut c = TestClient::connect(proxy.local_addr(), &secret, &opts).expect("handshake");
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 64 * 1024];
+        c.rx.set_read_timeout(Duration::from_secs(10));
+        while parse_client_partial(tag, &got).0.len() < first.len() {
+            let n = c.rx.recv(&mut buf).expect("echo of the early packets");
+            assert!(n > 0, "{kind:?}: closed");
+            got.extend_from_slice(&buf[..n]);
+        }
+        let (back, _) = parse_client(tag, &got);
+        assert!(back == first, "{kind:?}: early packets came back different");
+        echo_packets(&mut c, tag, &[payload(41, 100), payload(42, 5000)]);
+        drop(c);
+        proxy.shutdown();
+        let _ = std::fs::remove_file(&cfg_file);
+    }
+    let _ = std::fs::remove_file(&sf);
+}
