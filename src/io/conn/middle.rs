@@ -26,9 +26,9 @@
 //!
 //! Ends: the client leaving sends `RPC_CLOSE_CONN` (at a packet boundary) and a FIN to the
 //! middle proxy. The middle proxy ending the session (`RPC_CLOSE_EXT`, EOF, reset, a malformed
-//! packet) flushes what it sent and closes the client's connection with a FIN: the app opens a
-//! new one, which picks a middle proxy afresh. Such a loss is counted
-//! (`middle_proxy_sessions_lost`).
+//! packet) flushes what it sent and closes the client's connection: the app opens a new one,
+//! which picks a middle proxy afresh. A loss (all but `RPC_CLOSE_EXT`, Telegram's own close,
+//! while the client was there) is counted (`middle_proxy_sessions_lost`).
 
 use std::io::{self, ErrorKind};
 use std::net::{IpAddr, SocketAddr};
