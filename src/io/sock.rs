@@ -42,6 +42,8 @@ pub(crate) trait Sock {
     fn connect_state(&self) -> io::Result<bool>;
     /// The remote address.
     fn peer_addr(&self) -> io::Result<SocketAddr>;
+    /// The local address.
+    fn local_addr(&self) -> io::Result<SocketAddr>;
     /// A new upstream connection is up: `TCP_NODELAY`; toward a DC (or a SOCKS5 upstream
     /// toward one), also [`dc_socket_options`] from `dc` (DC connections live long and idle:
     /// find a vanished DC or upstream).
@@ -110,6 +112,10 @@ impl Sock for TcpStream {
 
     fn peer_addr(&self) -> io::Result<SocketAddr> {
         TcpStream::peer_addr(self)
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        TcpStream::local_addr(self)
     }
 
     fn connected(&self, dc: Option<&Config>) {

@@ -42,6 +42,14 @@ pub(super) enum RelayKind {
     },
     /// A fronted connection and the fronting site, byte for byte.
     Front,
+    /// A client of ours and a middle proxy (ad tag): RPC packets, see [`super::middle`].
+    Middle {
+        dc: i16,
+        /// Boxed: only this path pays for the codec and its second buffer.
+        me: Box<super::middle::Middle>,
+        /// FakeTLS: the client's record deframer and the record timing toward it.
+        tls: Option<(RecordReader, Pacer)>,
+    },
 }
 
 /// The relay phase's data.
@@ -60,6 +68,24 @@ impl<S> Relay<S> {
     /// Takes in `n` raw client bytes (records) held after the up half's bytes, as if just
     /// read: their payload, re-encrypted, joins the half. Returns the payload length.
     pub(super) fn take_in_records(&mut self, n: usize, pool: &mut Pool) -> io::Result<usize> {
+        if let (
+            RelayKind::Middle {
+                me,
+                tls: Some((reader, _)),
+                ..
+            },
+            Some(id),
+        ) = (&mut self.kind, self.up.buf)
+        {
+            let half = &mut self.up;
+            let buf = &mut pool.get(id)[half.end..half.end + n];
+            let m = reader
+                .deframe_in_place(buf)
+                .map_err(|_| io::Error::from(ErrorKind::InvalidData))?;
+            me.ciphers.up(&mut buf[..m]);
+            half.end += m;
+            return Ok(m);
+        }
         let (
             RelayKind::Dc {
                 ciphers,
@@ -86,8 +112,13 @@ impl<S> Release for Relay<S> {
     fn release(mut self, pool: &mut Pool, stats: &Stats) {
         self.up.release(pool);
         self.down.release(pool);
-        if let RelayKind::Dc { dc, .. } = self.kind {
-            stats.dc_relay(dc, false);
+        match self.kind {
+            RelayKind::Dc { dc, .. } => stats.dc_relay(dc, false),
+            RelayKind::Middle { dc, me, .. } => {
+                stats.dc_relay(dc, false);
+                me.release(pool, stats);
+            }
+            RelayKind::Front => {}
         }
     }
 }
@@ -95,18 +126,18 @@ impl<S> Release for Relay<S> {
 /// One direction of the relay and its buffer window `[start, end)`.
 #[derive(Debug, Default)]
 pub(super) struct Half {
-    buf: Option<BufId>,
-    start: usize,
-    end: usize,
+    pub(super) buf: Option<BufId>,
+    pub(super) start: usize,
+    pub(super) end: usize,
     /// The source sent EOF.
-    eof: bool,
+    pub(super) eof: bool,
     /// `shutdown(Write)` was sent to the destination after EOF and a full flush.
-    shut: bool,
+    pub(super) shut: bool,
     /// The source ended with a reset: after the flush, reset the destination too.
-    reset: bool,
+    pub(super) reset: bool,
     /// Shaped direction: bytes before this offset may be written now (the records whose
     /// send time came); the record starting here waits for its time.
-    limit: usize,
+    pub(super) limit: usize,
     /// The last write went with `MSG_MORE` ([`Sock::write_more`]): the destination may hold
     /// its tail until the next write or a [`Sock::push`].
     held: bool,
@@ -139,7 +170,7 @@ impl Half {
         self.start = self.end;
     }
 
-    fn done(&self) -> bool {
+    pub(super) fn done(&self) -> bool {
         self.eof && self.is_empty()
     }
 
@@ -220,7 +251,7 @@ impl Half {
     /// With `paced`, only bytes before [`Half::limit`] are written. With `more`, the write
     /// says more bytes follow at once ([`Sock::write_more`]); the pump then calls
     /// [`Half::push`] before it stops.
-    fn flush(
+    pub(super) fn flush(
         &mut self,
         dst: &impl Sock,
         ready: &mut [u8; 2],
@@ -309,6 +340,9 @@ impl<S: Sock> Relay<S> {
         ctx: &mut Ctx<'_, impl Net<Sock = S>>,
         want: &mut Want,
     ) -> Result<(), CloseReason> {
+        if matches!(self.kind, RelayKind::Middle { .. }) {
+            return self.middle_turn(ends, ctx, want);
+        }
         let moved_up = self
             .pump_up(ends, ctx, want)
             .map_err(|e| self.failed(ends, e))?;
@@ -326,7 +360,7 @@ impl<S: Sock> Relay<S> {
 
     /// A socket of the pair failed. A reset is passed on as a reset (not a FIN) to the other
     /// side, so that through the proxy a peer sees exactly how the far end closed.
-    fn failed(&self, ends: &Ends<'_, S>, (side, e): (usize, io::Error)) -> CloseReason {
+    pub(super) fn failed(&self, ends: &Ends<'_, S>, (side, e): (usize, io::Error)) -> CloseReason {
         if e.kind() == ErrorKind::ConnectionReset && !(self.up.reset || self.down.reset) {
             match side {
                 CLIENT => self.upstream.reset_on_close(),
@@ -351,6 +385,8 @@ impl<S: Sock> Relay<S> {
                 Class::Client,
             ),
             RelayKind::Front => (None, None, Class::Fronted),
+            // Its own pumps (`middle_turn`).
+            RelayKind::Middle { .. } => return Ok(0),
         };
         let half = &mut self.up;
         let mut moved = 0;
@@ -451,6 +487,8 @@ impl<S: Sock> Relay<S> {
                 Class::Client,
             ),
             RelayKind::Front => (None, None, Class::Fronted),
+            // Its own pumps (`middle_turn`).
+            RelayKind::Middle { .. } => return Ok(0),
         };
         let framed = pacer.is_some();
         // Shaping applies to records toward a FakeTLS client of ours (never to fronting).

@@ -191,6 +191,10 @@ impl Sock for FakeSock {
         self.0.borrow().peer.ok_or(ErrorKind::NotConnected.into())
     }
 
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        Ok(SocketAddr::from(([127, 0, 0, 1], 3128)))
+    }
+
     fn connected(&self, dc: Option<&Config>) {
         self.0.borrow_mut().keep_alive = dc.is_some_and(|c| !c.keep_alive.disabled);
     }
