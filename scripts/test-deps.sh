@@ -28,7 +28,7 @@ set -euo pipefail
 deps() {
     pkg   python3        python3      "every Python harness"
     pymod venv,ensurepip python3-venv ".venv, .venv-node"
-    pymod cryptography   python3-cryptography "tests/middle_proxy.rs (tests/interop/fake_me.py)"
+    pymod cryptography   python3-cryptography "tests/middle_proxy.rs, tests/alloc.rs (tests/interop/fake_me.py)"
     pkg   openssl        openssl      "tests/fidelity.rs, tests/dns.rs, probes"
     pkg   nginx          nginx        "tests/fidelity.rs, probes"
     pkg   curl           curl         "probes"

@@ -79,6 +79,26 @@ pub fn set_nodelay(sock: &impl AsRawFd) -> io::Result<()> {
     setsockopt_int(sock.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)
 }
 
+/// `send` with `MSG_MORE`: more bytes follow at once, so the kernel may hold a partial segment
+/// until the next send (or [`set_nodelay`], which pushes what is held). `MSG_NOSIGNAL`: a
+/// closed peer is an `EPIPE` error, not a signal.
+pub fn send_more(sock: &impl AsRawFd, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is a live slice; the kernel reads at most `buf.len()` bytes from it.
+    let n = unsafe {
+        libc::send(
+            sock.as_raw_fd(),
+            buf.as_ptr().cast(),
+            buf.len(),
+            libc::MSG_MORE | libc::MSG_NOSIGNAL,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
 /// Sets `SO_LINGER` to {on, 0}: closing the socket then sends a reset (RST) instead of a FIN.
 pub fn set_linger_zero(sock: &impl AsRawFd) -> io::Result<()> {
     let lin = libc::linger {
@@ -347,6 +367,32 @@ mod tests {
         );
         assert_eq!(getsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_KEEPCNT), 4);
         assert!(a.nodelay().unwrap());
+    }
+
+    #[test]
+    fn bytes_sent_with_more_to_follow_arrive_once_pushed() {
+        // The relay's contract with the kernel: a partial segment sent with MSG_MORE is held
+        // (nothing in flight, so no ACK releases it; Linux sends it after 200 ms) until
+        // TCP_NODELAY is set again.
+        let unsent = |s: &std::net::TcpStream| {
+            let mut n: libc::c_int = 0;
+            // SAFETY: SIOCOUTQNSD writes one int to the live `n`.
+            let rc = unsafe { libc::ioctl(s.as_raw_fd(), libc::SIOCOUTQNSD as _, &mut n) };
+            assert_eq!(rc, 0, "SIOCOUTQNSD: {}", io::Error::last_os_error());
+            n
+        };
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let s = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (mut peer, _) = l.accept().unwrap();
+        set_nodelay(&s).unwrap();
+        assert_eq!(send_more(&s, &[7u8; 1000]).unwrap(), 1000);
+        assert_eq!(unsent(&s), 1000, "held by MSG_MORE");
+        set_nodelay(&s).unwrap();
+        assert_eq!(unsent(&s), 0, "pushed");
+        peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 1000];
+        std::io::Read::read_exact(&mut peer, &mut buf).unwrap();
+        assert_eq!(buf, [7u8; 1000]);
     }
 
     #[test]

@@ -211,6 +211,10 @@ struct Client {
 
 impl Client {
     fn connect(proxy: SocketAddr, secret: &Secret, seed: u64) -> Client {
+        Client::connect_tag(proxy, secret, seed, Tag::Padded)
+    }
+
+    fn connect_tag(proxy: SocketAddr, secret: &Secret, seed: u64, tag: Tag) -> Client {
         let mut rng = XorShift64(seed);
         let mut s = TcpStream::connect_timeout(&proxy, IO_TIMEOUT).expect("connect proxy");
         timeouts(&s);
@@ -237,7 +241,7 @@ impl Client {
                 Err(r) => panic!("bad server flight: {r}"),
             }
         }
-        let (frame, enc, dec) = obfs2::client_frame(&mut rng, &secret.key, Tag::Padded, 2);
+        let (frame, enc, dec) = obfs2::client_frame(&mut rng, &secret.key, tag, 2);
         let mut first = faketls::record_header(64).to_vec();
         first.extend_from_slice(&frame);
         s.write_all(&first).expect("send frame");
@@ -292,8 +296,12 @@ fn worker_threads() -> usize {
         .count()
 }
 
+/// The counter is global: the tests of this file run one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
 #[test]
 fn steady_state_relay_allocates_nothing() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     // The counter itself works: a thread with a worker's name is seen, others are not.
     arm();
     std::thread::Builder::new()
@@ -410,4 +418,157 @@ fn steady_state_relay_allocates_nothing() {
         let _ = c.s.shutdown(std::net::Shutdown::Write);
     }
     proxy.shutdown();
+}
+
+// ------------------------------------------------------------------------------------------
+// Through a middle proxy (ad tag)
+
+/// The Python fake middle proxy (tests/interop/fake_me.py) relaying to `dc`; its events are
+/// drained by a thread of its own (not a worker: not counted). Killed on drop.
+struct FakeMe {
+    child: std::process::Child,
+    addr: SocketAddr,
+}
+
+impl FakeMe {
+    fn start(secret_file: &std::path::Path, dc: SocketAddr, ad_tag: &str) -> FakeMe {
+        use std::io::BufRead;
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/fake_me.py");
+        let mut child = std::process::Command::new("python3")
+            .arg(script)
+            .arg("--secret-file")
+            .arg(secret_file)
+            .args(["--dc", &dc.to_string(), "--ad-tag", ad_tag])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start fake_me.py (python3)");
+        let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        out.read_line(&mut line).expect("first line");
+        assert!(line.contains("\"listening\""), "fake_me.py: {line:?}");
+        let port: u16 = line
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.trim().trim_end_matches('}').trim().parse().ok())
+            .expect("port");
+        std::thread::spawn(move || {
+            let mut sink = String::new();
+            while out.read_line(&mut sink).is_ok_and(|n| n > 0) {
+                assert!(!sink.contains("\"error\""), "fake_me.py: {sink}");
+                sink.clear();
+            }
+        });
+        FakeMe {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        }
+    }
+}
+
+impl Drop for FakeMe {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Steady-state relaying through a middle proxy allocates nothing either: the RPC codec works
+/// in pool buffers (the client's bytes in one, the encrypted requests in a second), its state
+/// in the connection's box taken at the handshake.
+#[test]
+fn steady_state_middle_proxy_relay_allocates_nothing() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let dc = fake_dc();
+    let dir = std::env::temp_dir().join(format!("mtpx-alloc-me-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let secret_file = dir.join("proxy-secret");
+    let mut proxy_secret = [0u8; 128];
+    mtpx::proto::Rng::fill(&mut XorShift64(9), &mut proxy_secret);
+    std::fs::write(&secret_file, proxy_secret).expect("write secret");
+    let ad_tag = "0123456789abcdef0123456789abcdef";
+    let me = FakeMe::start(&secret_file, dc, ad_tag);
+    let tg = dir.join("proxy-config");
+    std::fs::write(&tg, format!("default 2;\nproxy_for 2 {};\n", me.addr)).expect("write");
+    let refused = {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr")
+    };
+    let secret = Secret::generate(SecretKind::FakeTls, HOST, &mut XorShift64(78));
+    let mut cfg = Config::simple(SocketAddr::from(([127, 0, 0, 1], 0)), secret.clone());
+    cfg.workers = 2;
+    cfg.domain_fronting.ip = Some(refused.ip());
+    cfg.domain_fronting.port = refused.port();
+    // Direct relaying would find nothing: only the middle proxy leads to the DC.
+    cfg.dc_overrides = [1i16, 2, 3, 4, 5, 203]
+        .iter()
+        .flat_map(|&id| [(id, vec![refused]), (-id, vec![refused])])
+        .collect();
+    let mut tag = [0u8; 16];
+    for (i, b) in tag.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&ad_tag[2 * i..2 * i + 2], 16).expect("hex");
+    }
+    cfg.ad_tag = Some(tag);
+    cfg.proxy_config_files = vec![tg.display().to_string()];
+    cfg.proxy_secret_file = Some(secret_file.display().to_string());
+    let proxy = mtpx::io::start(cfg).expect("start proxy");
+    let addr = proxy.local_addr();
+    let mut clients: Vec<Client> = (0..4)
+        .map(|i| Client::connect_tag(addr, &secret, 2000 + i, Tag::Intermediate))
+        .collect();
+
+    // Intermediate transport packets (4-byte length, payload a multiple of 4) of many sizes,
+    // laid out once; a round trip sends some and expects them back byte for byte.
+    let mut rng = XorShift64(6);
+    let sizes = [4usize, 64, 1400, 4096, 16376, 300, 40_000, 8];
+    let mut packets: Vec<Vec<u8>> = Vec::new();
+    for &n in &sizes {
+        let mut p = vec![0u8; 4 + n];
+        p[..4].copy_from_slice(&(n as u32).to_le_bytes());
+        mtpx::proto::Rng::fill(&mut rng, &mut p[4..]);
+        packets.push(p);
+    }
+    let mut check = vec![0u8; 64 * 1024];
+    let records = [16379usize, 517, 1400, 4096, 16384];
+    let mut run = |clients: &mut Vec<Client>, rounds: usize| {
+        for r in 0..rounds {
+            for (k, c) in clients.iter_mut().enumerate() {
+                let p = &packets[(r + k) % packets.len()];
+                c.round_trip(p, records[(r + 3 * k) % records.len()], &mut check);
+            }
+        }
+    };
+    run(&mut clients, 16);
+    std::thread::sleep(Duration::from_millis(600));
+    let t0 = Instant::now();
+    arm();
+    let mut rounds = 0;
+    while rounds < 10_000 && (rounds < 32 || t0.elapsed() < Duration::from_millis(1500)) {
+        run(&mut clients, 8);
+        rounds += 8;
+        if t0.elapsed() > Duration::from_secs(20) {
+            break;
+        }
+    }
+    let allocs = disarm();
+    let bytes = WORKER_BYTES.load(Ordering::SeqCst);
+    eprintln!(
+        "through the middle proxy: {rounds} round trips x {} connections over {:?}: worker \
+         allocations {allocs} ({bytes} bytes)",
+        clients.len(),
+        t0.elapsed()
+    );
+    let traces = TRACES.lock().map(|t| t.join("\n\n")).unwrap_or_default();
+    assert_eq!(
+        allocs, 0,
+        "the proxy's worker threads allocated {allocs} times ({bytes} bytes) while relaying \
+         through the middle proxy:\n{traces}"
+    );
+    assert_eq!(proxy.stats().middle_proxy_counters()[0], 4, "four sessions");
+    for c in clients.drain(..) {
+        let _ = c.s.shutdown(std::net::Shutdown::Write);
+    }
+    proxy.shutdown();
+    drop(me);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -8,4 +8,4 @@ if ! command -v zbarimg >/dev/null 2>&1; then
     echo "qr_decode: FAIL: zbarimg not found; install it as root: apt-get install -y zbar-tools" >&2
     exit 1
 fi
-exec cargo test --lib proto::qr::tests::zbarimg_decodes_our_codes -- --ignored --exact
+exec cargo test --lib formats::qr::tests::zbarimg_decodes_our_codes -- --ignored --exact

@@ -1,7 +1,7 @@
 //! A blocking middle-proxy handshake (for `doctor` and tests; never a worker): drives
-//! [`crate::proto::middle::handshake::MeHandshake`] over a plain socket, the way the relay
-//! integration will drive it over a mio one (same inputs: our address as the middle proxy sees
-//! it, the proxy secret, the time, fresh randomness).
+//! [`crate::proto::middle::handshake::MeHandshake`] over a plain socket, as the connections
+//! drive it over a mio one (`io/conn/middle.rs`; same inputs: our address as the middle proxy
+//! sees it, the proxy secret, the time, fresh randomness).
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};

@@ -162,6 +162,43 @@ impl MiddleProxies {
         }
         self.default_dc.map(pick).unwrap_or_default()
     }
+
+    /// The `idx`-th middle proxy to try for `dc` (exact id, else the default DC's), without
+    /// allocating: the preferred family first (per `prefer`; the other one left out with
+    /// `only-*`), each family's list rotated by `rot` (a connection's random start, so that
+    /// clients spread over the list). `None` past the end.
+    pub(crate) fn pick(
+        &self,
+        dc: i16,
+        prefer: PreferIp,
+        rot: usize,
+        idx: usize,
+    ) -> Option<SocketAddr> {
+        let exact = self.entries.iter().any(|(d, _)| *d == dc);
+        let want = if exact { Some(dc) } else { self.default_dc };
+        let want = want?;
+        let families: &[bool] = match prefer {
+            PreferIp::PreferIpv6 => &[true, false],
+            PreferIp::PreferIpv4 => &[false, true],
+            PreferIp::OnlyIpv6 => &[true],
+            PreferIp::OnlyIpv4 => &[false],
+        };
+        let mut idx = idx;
+        for &v6 in families {
+            let of = |(d, a): &&(i16, SocketAddr)| *d == want && a.is_ipv6() == v6;
+            let n = self.entries.iter().filter(of).count();
+            if idx < n {
+                return self
+                    .entries
+                    .iter()
+                    .filter(of)
+                    .nth((idx + rot) % n)
+                    .map(|(_, a)| *a);
+            }
+            idx -= n;
+        }
+        None
+    }
 }
 
 /// Where a piece of the config comes from.
@@ -239,7 +276,7 @@ impl Telegram {
     /// client), without starting the updater ([`Telegram::start`] does both).
     pub(crate) fn new(config: &Config, dc: Arc<LiveDc>, socks: Vec<Upstream>) -> Arc<Telegram> {
         let cdn = config.auto_update;
-        let middle_on = config.ad_tag.is_some();
+        let middle_on = config.has_ad_tag();
         let files = !config.proxy_config_files.is_empty();
         let configs: Vec<Source> = if !(cdn || middle_on) {
             Vec::new()
@@ -760,6 +797,24 @@ mod tests {
         );
         assert_eq!(m.for_dc(-2), [sa("[::1]:8888")]);
         assert_eq!(m.for_dc(4), [sa("127.0.0.2:8888")], "the default DC");
+        // The relay's pick: no allocation, rotated, preferred family first.
+        let p = PreferIp::PreferIpv6;
+        assert_eq!(m.pick(-2, p, 7, 0), Some(sa("[::1]:8888")));
+        assert_eq!(m.pick(-2, p, 7, 1), None);
+        assert_eq!(m.pick(4, p, 0, 0), Some(sa("127.0.0.2:8888")));
+        let v6_first: Vec<_> = (0..3).map_while(|i| m.pick(203, p, 1, i)).collect();
+        assert_eq!(v6_first, [sa("[::1]:443"), sa("127.0.0.3:443")]);
+        let v4_only: Vec<_> = (0..3)
+            .map_while(|i| m.pick(203, PreferIp::OnlyIpv4, 1, i))
+            .collect();
+        assert_eq!(v4_only, [sa("127.0.0.3:443")]);
+        let two = MiddleProxies {
+            entries: vec![(1, sa("127.0.0.1:1")), (1, sa("127.0.0.1:2"))],
+            default_dc: None,
+        };
+        assert_eq!(two.pick(1, p, 1, 0), Some(sa("127.0.0.1:2")));
+        assert_eq!(two.pick(1, p, 1, 1), Some(sa("127.0.0.1:1")));
+        assert_eq!(two.pick(3, p, 0, 0), None, "no default DC");
         assert_eq!(t.proxy_secret().as_deref(), Some(&secret));
         // An error page in place of the secret keeps the old one.
         std::fs::write(

@@ -740,16 +740,7 @@ impl Doc {
                     .into(),
             );
         }
-        if c.ad_tag.is_some() {
-            self.warn(
-                WarningKind::NotImplemented,
-                "ad-tag",
-                "the middle-proxy list and secret are fetched and `doctor` checks them, but \
-                 clients are still relayed directly to the DCs: no sponsored channel yet"
-                    .into(),
-            );
-        }
-        let uses_config = c.auto_update || c.ad_tag.is_some();
+        let uses_config = c.auto_update || c.has_ad_tag();
         if !uses_config && self.has("network.proxy-config-files") {
             self.warn(
                 WarningKind::Ignored,
@@ -757,7 +748,7 @@ impl Doc {
                 "is read only with auto-update = true or an ad-tag; ignored".into(),
             );
         }
-        if c.ad_tag.is_none() && self.has("network.proxy-secret-file") {
+        if !c.has_ad_tag() && self.has("network.proxy-secret-file") {
             self.warn(
                 WarningKind::Ignored,
                 "network.proxy-secret-file",

@@ -12,7 +12,7 @@ use crate::proto::dc::{DEFAULT_DC, PreferIp};
 pub(super) fn middle_checks(config: &Config) -> Vec<Check> {
     use crate::background::telegram::{LiveDc, Telegram};
     const S: &str = "Middle proxies";
-    if config.ad_tag.is_none() {
+    if !config.has_ad_tag() {
         return Vec::new();
     }
     let upstreams = crate::io::socks_upstreams(config)

@@ -1127,15 +1127,15 @@ mod tests {
     }
 
     /// Cross-check with a real decoder: writes PBM images and reads them back with `zbarimg`
-    /// (zbar-tools). Run by `tests/qr_decode.sh`; skipped when zbarimg is missing.
+    /// (zbar-tools). Run by `tests/qr_decode.sh`, which needs zbarimg; fails without it.
     #[test]
-    #[ignore]
+    #[ignore = "needs zbarimg (zbar-tools): run tests/qr_decode.sh"]
     fn zbarimg_decodes_our_codes() {
         use std::process::Command;
-        if Command::new("zbarimg").arg("--version").output().is_err() {
-            eprintln!("zbarimg not installed; skipping");
-            return;
-        }
+        assert!(
+            Command::new("zbarimg").arg("--version").output().is_ok(),
+            "zbarimg not found; install it as root: apt-get install -y zbar-tools"
+        );
         let dir = std::env::temp_dir().join(format!("mtpx-qr-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let mut texts: Vec<String> = vec![

@@ -189,6 +189,30 @@ impl Pool {
         &mut class.mem[r]
     }
 
+    /// Two different buffers at once (a middle-proxy relay encodes from one into the other).
+    pub(crate) fn get2(&mut self, a: BufId, b: BufId) -> (&mut [u8], &mut [u8]) {
+        assert_ne!(a, b, "two different buffers");
+        if (a ^ b) & SMALL != 0 {
+            let (big, small) = (&mut self.big, &mut self.small);
+            let (ca, cb) = if a & SMALL != 0 {
+                (small, big)
+            } else {
+                (big, small)
+            };
+            let (ra, rb) = (ca.range(a & !SMALL), cb.range(b & !SMALL));
+            return (&mut ca.mem[ra], &mut cb.mem[rb]);
+        }
+        let (class, ia) = self.class_mut(a);
+        let (ra, rb) = (class.range(ia), class.range(b & !SMALL));
+        if ra.start < rb.start {
+            let (x, y) = class.mem.split_at_mut(rb.start);
+            (&mut x[ra], &mut y[..rb.len()])
+        } else {
+            let (x, y) = class.mem.split_at_mut(ra.start);
+            (&mut y[..ra.len()], &mut x[rb])
+        }
+    }
+
     /// Size of every relay buffer.
     #[cfg(test)]
     pub(crate) fn buf_size(&self) -> usize {

@@ -25,6 +25,14 @@ pub(crate) trait Sock {
     fn read_vectored(&self, bufs: &mut [IoSliceMut<'_>]) -> io::Result<usize>;
     /// Writes from `buf`; may write part of it.
     fn write(&self, buf: &[u8]) -> io::Result<usize>;
+    /// [`Sock::write`] with more bytes to follow at once (`MSG_MORE`): the kernel may hold a
+    /// partial segment until the next write or [`Sock::push`].
+    fn write_more(&self, buf: &[u8]) -> io::Result<usize> {
+        self.write(buf)
+    }
+    /// Sends what [`Sock::write_more`] left held (errors are ignored: the next write or read
+    /// reports a broken socket).
+    fn push(&self) {}
     /// Sends FIN (`shutdown(Write)`); errors are ignored by callers.
     fn shutdown_write(&self) -> io::Result<()>;
     /// Makes the coming close send RST instead of FIN (`SO_LINGER` 0).
@@ -34,6 +42,8 @@ pub(crate) trait Sock {
     fn connect_state(&self) -> io::Result<bool>;
     /// The remote address.
     fn peer_addr(&self) -> io::Result<SocketAddr>;
+    /// The local address.
+    fn local_addr(&self) -> io::Result<SocketAddr>;
     /// A new upstream connection is up: `TCP_NODELAY`; toward a DC (or a SOCKS5 upstream
     /// toward one), also [`dc_socket_options`] from `dc` (DC connections live long and idle:
     /// find a vanished DC or upstream).
@@ -72,6 +82,15 @@ impl Sock for TcpStream {
         Write::write(&mut &*self, buf)
     }
 
+    fn write_more(&self, buf: &[u8]) -> io::Result<usize> {
+        crate::sys::send_more(self, buf)
+    }
+
+    fn push(&self) {
+        // Setting TCP_NODELAY (already on) pushes the segments held by MSG_MORE.
+        let _ = crate::sys::set_nodelay(self);
+    }
+
     fn shutdown_write(&self) -> io::Result<()> {
         self.shutdown(Shutdown::Write)
     }
@@ -93,6 +112,10 @@ impl Sock for TcpStream {
 
     fn peer_addr(&self) -> io::Result<SocketAddr> {
         TcpStream::peer_addr(self)
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        TcpStream::local_addr(self)
     }
 
     fn connected(&self, dc: Option<&Config>) {

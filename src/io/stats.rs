@@ -25,6 +25,7 @@ pub(crate) const ME_OPEN: usize = 0;
 pub(crate) const ME_RECONNECTS: usize = 1;
 pub(crate) const ME_UP: usize = 2;
 pub(crate) const ME_DOWN: usize = 3;
+pub(crate) const ME_LOST: usize = 4;
 
 /// Counters shared by all workers; touched per connection event or per sweep, never per packet.
 #[derive(Debug)]
@@ -67,9 +68,9 @@ pub struct Stats {
     pub(crate) pool_in_use: Box<[AtomicUsize]>,
     pub(crate) pool_capacity: Box<[AtomicUsize]>,
     pub(crate) handshake_bufs: Box<[AtomicUsize]>,
-    /// Middle-proxy (ad-tag) connections: open now, reconnects, bytes client -> ME -> client.
-    /// Zero until the middle-proxy relay is wired into the connections.
-    pub(crate) me: [AtomicU64; 4],
+    /// Middle-proxy (ad-tag) connections: open now, reconnects, bytes client -> ME -> client,
+    /// sessions the middle proxy ended while the client was still there.
+    pub(crate) me: [AtomicU64; 5],
 }
 
 impl Default for Stats {
@@ -109,7 +110,6 @@ impl Stats {
 
     /// A middle-proxy connection opened (`true`) or closed; `reconnect`: it replaces one that
     /// failed (another middle proxy of the list).
-    #[allow(dead_code)] // the middle-proxy relay (integration step) calls these
     pub(crate) fn middle_proxy(&self, open: bool, reconnect: bool) {
         if open {
             self.me[ME_OPEN].fetch_add(1, Ordering::Relaxed);
@@ -122,10 +122,21 @@ impl Stats {
     }
 
     /// Bytes relayed through middle proxies since the last report.
-    #[allow(dead_code)] // the middle-proxy relay (integration step) calls these
     pub(crate) fn middle_proxy_traffic(&self, up: u64, down: u64) {
         self.me[ME_UP].fetch_add(up, Ordering::Relaxed);
         self.me[ME_DOWN].fetch_add(down, Ordering::Relaxed);
+    }
+
+    /// A middle proxy ended a client's session (died, reset, sent garbage) before the client
+    /// left.
+    pub(crate) fn middle_proxy_lost(&self) {
+        self.me[ME_LOST].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The middle-proxy counters: connections open now, reconnects, bytes from and to
+    /// clients (reported by the sweep and at close), sessions lost.
+    pub fn middle_proxy_counters(&self) -> [u64; 5] {
+        std::array::from_fn(|i| self.me[i].load(Ordering::Relaxed))
     }
 
     /// A handshake failed for `why` (fronted or closed).

@@ -47,6 +47,9 @@ const EMFILE_PAUSE: Duration = Duration::from_millis(100);
 /// A per-turn [`Ctx`] over the worker's fields (a macro, so that the slab can stay borrowed).
 macro_rules! ctx {
     ($w:expr, $now:expr) => {
+        ctx!($w, $now, false)
+    };
+    ($w:expr, $now:expr, $busy:expr) => {
         Ctx {
             pool: &mut $w.pool,
             shared: &$w.shared,
@@ -57,6 +60,7 @@ macro_rules! ctx {
             keyshares: &mut $w.keyshares,
             scratch: &mut $w.scratch,
             now: $now,
+            busy: $busy,
         }
     };
 }
@@ -353,6 +357,8 @@ impl Worker {
     }
 
     fn run_connections(&mut self, now: Instant) {
+        // Other connections wait their turn: a relay may hold back part of a segment.
+        let busy = self.run_queue.len() > 1;
         let mut i = 0;
         while i < self.run_queue.len() {
             let slot = self.run_queue[i];
@@ -362,7 +368,7 @@ impl Worker {
                 continue;
             };
             s.queued = false;
-            let mut ctx = ctx!(self, now);
+            let mut ctx = ctx!(self, now, busy);
             let Turn { next, wake_at } = s.conn.ready(&mut ctx);
             if let Some(b) = s.source.filter(|_| s.conn.is_authenticated()) {
                 s.source = None;

@@ -169,6 +169,41 @@ impl Ciphers {
     pub fn down(&mut self, data: &mut [u8]) {
         CompactCtr::apply_pair(&mut self.dc_dec, &mut self.client_enc, data);
     }
+
+    /// For a middle proxy (which speaks no obfuscated2): the client's two streams alone.
+    /// `early` is the client data the handshake left after its frame, which it re-encrypted
+    /// for the DC ([`Accepted::early`] bytes, the last the DC stream took): they are turned
+    /// back into the client's plaintext.
+    pub fn into_client(self, early: &mut [u8]) -> ClientCiphers {
+        self.dc_enc
+            .rewound(early.len() as u64)
+            .apply_keystream(early);
+        ClientCiphers {
+            dec: self.client_dec,
+            enc: self.client_enc,
+        }
+    }
+}
+
+/// The client's streams of an accepted client relayed through a middle proxy.
+#[derive(Debug)]
+pub struct ClientCiphers {
+    /// client → proxy
+    dec: CompactCtr,
+    /// proxy → client
+    enc: CompactCtr,
+}
+
+impl ClientCiphers {
+    /// Client bytes (out of their TLS records), decrypted in place.
+    pub fn up(&mut self, data: &mut [u8]) {
+        self.dec.apply_keystream(data);
+    }
+
+    /// Bytes for the client, encrypted in place.
+    pub fn down(&mut self, data: &mut [u8]) {
+        self.enc.apply_keystream(data);
+    }
 }
 
 /// A finished handshake: where to relay, and how.

@@ -106,6 +106,15 @@ impl CompactCtr {
         b.pos += data.len() as u64;
     }
 
+    /// The same stream `n` bytes back (to undo the last `n` bytes it was applied to).
+    pub fn rewound(&self, n: u64) -> CompactCtr {
+        CompactCtr {
+            key: self.key,
+            iv: self.iv,
+            pos: self.pos.saturating_sub(n),
+        }
+    }
+
     /// The same stream as a cipher with its key schedule expanded, positioned at `pos` (for a
     /// caller that keeps one stream for long, e.g. the bench tool's floor relay).
     pub fn expand(&self) -> AesCtr {

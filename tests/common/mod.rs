@@ -867,6 +867,9 @@ pub struct ClientOpts {
     pub hello_time: Option<u32>,
     /// Use this key instead of the secret's (wrong-secret tests).
     pub key: Option<[u8; 16]>,
+    /// Client bytes sent in the same write as the frame (FakeTLS: in records of their own
+    /// right after the frame's).
+    pub early: Vec<u8>,
 }
 
 impl ClientOpts {
@@ -882,6 +885,7 @@ impl ClientOpts {
             hello_records: 1,
             hello_time: None,
             key: None,
+            early: Vec::new(),
         }
     }
 }
@@ -1142,7 +1146,9 @@ impl TestClient {
         let key = opts.key.unwrap_or(secret.key);
         let mut rng = XorShift64(opts.seed);
         let tls = secret.kind == SecretKind::FakeTls;
-        let (frame, enc, dec) = obfs2::client_frame(&mut rng, &key, opts.tag, opts.dc);
+        let (frame, mut enc, dec) = obfs2::client_frame(&mut rng, &key, opts.tag, opts.dc);
+        let mut early = opts.early.clone();
+        enc.apply_keystream(&mut early);
         let mut size_idx = 0;
         let mut flight_len = 0;
         let mut leftover = Vec::new();
@@ -1164,6 +1170,7 @@ impl TestClient {
                 after.extend_from_slice(&[0x14, 0x03, 0x03, 0x00, 0x01, 0x01]);
             }
             after.extend_from_slice(&app_records(&frame, &opts.record_sizes, &mut size_idx));
+            after.extend_from_slice(&app_records(&early, &opts.record_sizes, &mut size_idx));
             if opts.frame_with_hello {
                 first.extend_from_slice(&after);
                 after.clear();
@@ -1211,7 +1218,7 @@ impl TestClient {
                 stream.write_all(&after)?;
             }
         } else {
-            stream.write_all(&frame)?;
+            stream.write_all(&[&frame[..], &early].concat())?;
         }
         let tx_stream = stream.try_clone()?;
         let mut rx = ClientRx {

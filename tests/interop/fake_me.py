@@ -18,6 +18,9 @@ mtproto-proxy.c and alexbers/mtprotoproxy, read for facts), independently of mtp
   A request with the quick-ack flag is acknowledged with RPC_SIMPLE_ACK. RPC_PING gets
   RPC_PONG; RPC_CLOSE_CONN closes the DC side.
 
+Keep-alive on command: a line "ping" on stdin sends RPC_PING on every connection (the answer,
+RPC_PONG, is reported as a "pong" event).
+
 Dies mid-session on command: a line "die" on stdin, or --die-after N requests in all, resets
 every connection and closes the listener (later connects are refused): failover tests.
 
@@ -216,6 +219,8 @@ class MeConnection:
             elif kind == RPC_PING and len(p) == 12:
                 emit(event="ping")
                 self.write(struct.pack("<I", RPC_PONG) + p[4:12])
+            elif kind == RPC_PONG and len(p) == 12:
+                emit(event="pong", id=struct.unpack("<Q", p[4:12])[0])
             elif kind == RPC_CLOSE_CONN and len(p) == 12:
                 conn_id = struct.unpack("<Q", p[4:12])[0]
                 emit(event="close_conn", conn_id=conn_id)
@@ -343,6 +348,12 @@ class FakeMe:
                 return
             if line.strip() == "die":
                 self.die()
+            elif line.strip() == "ping":
+                # Keep-alive from our side: every proxy connection must answer RPC_PONG.
+                for i, c in enumerate(self.conns):
+                    if c.enc is not None and not c.writer.is_closing():
+                        c.write(struct.pack("<IQ", RPC_PING, 0x70696E6700 + i))
+                        emit(event="ping_sent", id=0x70696E6700 + i)
 
 
 async def main():

@@ -5,6 +5,7 @@ mtpx process (simple-run, or a config with traffic shaping) with every DC overri
 
 import asyncio
 import errno
+import json
 import os
 import signal
 import socket
@@ -26,7 +27,8 @@ MTPX = os.environ.get("MTPX_BIN", os.path.join(ROOT, "target", "debug", "mtpx"))
 from checks import RESULTS, check, free_port, log  # noqa: E402
 
 __all__ = [
-    "MTPX", "REQ_DH_PARAMS", "REQ_PQ_MULTI", "RESULTS", "DcThread", "Mtpx", "check", "dh_session",
+    "MTPX", "REQ_DH_PARAMS", "REQ_PQ_MULTI", "RESULTS", "AdTag", "DcThread", "FakeMeProc", "Mtpx",
+    "check", "dh_session",
     "finish", "free_port", "generate_secret", "isolation_problems", "log", "req_pq_session",
     "require_isolation", "wait_for",
 ]
@@ -120,27 +122,88 @@ def generate_secret(kind):
     return out
 
 
+AD_TAG = "0123456789abcdef0123456789abcdef"
+
+
+class FakeMeProc:
+    """tests/interop/fake_me.py (a fake Telegram middle proxy) relaying to the fake DC on
+    `dc_port`, checking every request's ad tag against AD_TAG; killed by stop()."""
+
+    def __init__(self, tmp, dc_port, name):
+        self.secret_file = os.path.join(tmp, "proxy-secret-%s" % name)
+        with open(self.secret_file, "wb") as f:
+            f.write(os.urandom(128))
+        self.proc = subprocess.Popen(
+            [sys.executable, os.path.join(HERE, "fake_me.py"), "--secret-file", self.secret_file,
+             "--dc", "127.0.0.1:%d" % dc_port, "--ad-tag", AD_TAG],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        first = self.proc.stdout.readline()
+        if '"listening"' not in first:
+            raise RuntimeError("fake_me.py did not start: %r" % first)
+        self.port = json.loads(first)["port"]
+        self.events = []
+        threading.Thread(target=self._collect, daemon=True).start()
+
+    def _collect(self):
+        for line in self.proc.stdout:
+            try:
+                self.events.append(json.loads(line))
+            except ValueError:
+                pass
+
+    def requests(self):
+        return [e for e in self.events if e.get("event") == "req"]
+
+    def errors(self):
+        return [e for e in self.events if e.get("event") == "error"]
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait(5)
+
+
+class AdTag:
+    """What Mtpx needs for an ad tag: a fake middle proxy (its port and proxy secret)."""
+
+    def __init__(self, me):
+        self.me = me
+
+
 class Mtpx:
     """mtpx with every DC overridden to the fake DC. Fronted connections go to a closed local
     port, or to `front_port` (a real site: the scout then learns its TLS answers). `shaped`
-    turns traffic shaping on; `post_quantum` sets [defense.doppelganger] post-quantum."""
+    turns traffic shaping on; `post_quantum` sets [defense.doppelganger] post-quantum.
+    With `ad_tag` (an AdTag), the secret carries AD_TAG: mtpx reads Telegram's config and
+    proxy secret from files naming the fake middle proxy for every DC, and every DC address
+    points at a closed port, so the fake DC is reached only through the middle proxy."""
 
     def __init__(self, secret, dc_port, tmp, name, shaped=False, front_port=None,
-                 post_quantum=None):
+                 post_quantum=None, ad_tag=None):
         self.port = free_port()
         self.err_path = os.path.join(tmp, "mtpx-%s.log" % name)
         dcs = [d for dc in (1, 2, 3, 4, 5, 203) for d in (dc, -dc)]
         closed = front_port or free_port()  # fronted connections never leave the host
-        if shaped or post_quantum:
+        if shaped or post_quantum or ad_tag:
             conf = os.path.join(tmp, "mtpx-%s.toml" % name)
             shaping = ('drs = true\ndelays = true\ndelay-shape = 1.0\ndelay-scale = "20ms"\n'
                        if shaped else '')
+            tagged = ''
+            if ad_tag:
+                tg = os.path.join(tmp, "proxy-config-%s" % name)
+                with open(tg, "w") as f:
+                    f.write("default 2;\n")
+                    for d in dcs:
+                        f.write("proxy_for %d 127.0.0.1:%d;\n" % (d, ad_tag.me.port))
+                tagged = ('ad-tag = "%s"\n[network]\nproxy-config-files = ["%s"]\n'
+                          'proxy-secret-file = "%s"\n' % (AD_TAG, tg, ad_tag.me.secret_file))
+                dc_port = free_port()  # direct relaying would find nothing
             with open(conf, "w") as f:
-                f.write('secret = "%s"\nbind-to = "127.0.0.1:%d"\ndebug = true\n'
+                f.write('secret = "%s"\nbind-to = "127.0.0.1:%d"\ndebug = true\n%s'
                         '[domain-fronting]\nip = "127.0.0.1"\nport = %d\n'
                         '[defense.doppelganger]\nlearn = %s\n%s%s'
                         '[network.dc-overrides]\n' % (
-                            secret, self.port, closed, "true" if front_port else "false",
+                            secret, self.port, tagged, closed,
+                            "true" if front_port else "false",
                             shaping, 'post-quantum = "%s"\n' % post_quantum if post_quantum
                             else ''))
                 for d in dcs:

@@ -42,13 +42,13 @@ sys.path.insert(0, HERE)
 
 from fake_dc import res_pq_answer  # noqa: E402
 from harness import (  # noqa: E402
-    REQ_PQ_MULTI, DcThread, Mtpx, check, dh_session, finish, generate_secret,
-    log, req_pq_session, require_isolation,
+    AD_TAG, REQ_PQ_MULTI, AdTag, DcThread, FakeMeProc, Mtpx, check, dh_session, finish,
+    generate_secret, log, req_pq_session, require_isolation,
 )
 from harness import wait_for as harness_wait_for  # noqa: E402
 from pqsite import PqSite, learned  # noqa: E402
 
-DEADLINE = time.monotonic() + 170  # whole run stays under three minutes
+DEADLINE = time.monotonic() + 230  # whole run stays under four minutes
 CASE_TIMEOUT = 20
 NEGATIVE_WAIT = 6
 API_ID, API_HASH = 94575, "a3406de8d171bb422bb6ddf3bbd800e2"  # TDLib's public test values
@@ -150,13 +150,16 @@ TDLIB_JA4 = "t13d1516h2_8daaf6152771_806a8c22fdea"
 
 def positive_case(td, dct, tmp, kind, pq_site=None):
     """`kind`: ee, dd, classic, "ee shaped"; with `pq_site`, mtpx fronts that X25519MLKEM768
-    site and answers TDLib's post-quantum hello as it does (a ServerHello of ~1,210 bytes)."""
+    site and answers TDLib's post-quantum hello as it does (a ServerHello of ~1,210 bytes).
+    "... ad-tag": the secret has an ad tag, so TDLib reaches the fake DC through mtpx and the
+    fake middle proxy (fake_me.py checks the RPC handshake, CRC-32 framing and the tag)."""
     name = "tdlib %s" % kind
     shaped = "shaped" in kind
-    secret = generate_secret("ee" if kind.startswith("ee") else kind)
+    secret = generate_secret(kind.split()[0])
     dc = dct.new_dc(answer=res_pq_answer)
+    me = FakeMeProc(tmp, dc.port, kind.replace(" ", "-")) if "ad-tag" in kind else None
     mtpx = Mtpx(secret, dc.port, tmp, kind.replace(" ", "-"), shaped=shaped,
-                front_port=pq_site.port if pq_site else None)
+                front_port=pq_site.port if pq_site else None, ad_tag=me and AdTag(me))
     log("%s: secret %s..., mtpx 127.0.0.1:%d, fake DC 127.0.0.1:%d"
         % (name, secret[:2] if kind != "classic" else "(classic)", mtpx.port, dc.port))
     if pq_site:
@@ -175,7 +178,8 @@ def positive_case(td, dct, tmp, kind, pq_site=None):
         p = s.packets[0]
         log("%s: %d DC connection(s); frame tag=%s dc=%d; first packet %d bytes (+%d pad): %s"
             % (name, len(sessions), s.tag, s.dc, len(p), s.paddings[0], p[:40].hex()))
-        want_tag = None if kind == "classic" else "padded"
+        # The fake middle proxy opens its DC connections as intermediate (padded or not).
+        want_tag = None if kind == "classic" else "intermediate" if me else "padded"
         check("%s: frame tag %s" % (name, want_tag or "any"),
               s.tag == want_tag if want_tag else s.tag in ("abridged", "intermediate", "padded"),
               "tag %s" % s.tag)
@@ -185,14 +189,23 @@ def positive_case(td, dct, tmp, kind, pq_site=None):
         # auth_key_id 0, msg_id, message_data_length, then req_pq_multi#be7e8ef1 nonce:int128.
         # TDLib 1.8.69 pads its unencrypted handshake messages with random bytes, so the
         # length covers more than the 20 bytes of req_pq_multi.
+        # Through a middle proxy, the 4-byte-aligned part of TDLib's transport padding stays
+        # in the packet (as MTProxy does: only the padded transport's len % 4 bytes go).
         msg_len = struct.unpack("<I", p[16:20])[0]
+        extra = len(p) - 20 - msg_len
         check("%s: first packet: auth_key_id 0, req_pq_multi, consistent length" % name,
-              p[0:8] == b"\0" * 8 and p[20:24] == REQ_PQ_MULTI and msg_len == len(p) - 20 >= 20
+              p[0:8] == b"\0" * 8 and p[20:24] == REQ_PQ_MULTI and msg_len >= 20
+              and (0 <= extra < 16 and extra % 4 == 0 if me else extra == 0)
               and struct.unpack("<Q", p[8:16])[0] % 4 == 0, p[:40].hex())
         # The DC->client direction: TDLib parsed our resPQ and goes on with req_DH_params.
         dh = wait_for(lambda: dh_session(dc), CASE_TIMEOUT)
         check("%s: TDLib read resPQ through mtpx and sent req_DH_params" % name, dh,
               "sessions: %s" % [x.summary() for x in dc.sessions])
+        if me:
+            reqs = me.requests()
+            check("%s: the middle proxy got TDLib's packets with the ad tag" % name,
+                  reqs and all(r["ad_tag"] == AD_TAG for r in reqs) and not me.errors(),
+                  "requests %s, errors %s" % (reqs[:3], me.errors()))
         if shaped:
             text = mtpx.log()
             check("%s: mtpx started with drs and delays on" % name,
@@ -209,6 +222,8 @@ def positive_case(td, dct, tmp, kind, pq_site=None):
     check("%s: no panic in mtpx log" % name, "panic" not in text.lower(),
           text[-1500:] if "panic" in text.lower() else "")
     dct.run(dc.stop())
+    if me:
+        me.stop()
 
 
 def hello_fields(rec):
@@ -341,7 +356,7 @@ def main():
             capture_case(td, tmp)
         except Exception as e:  # noqa: BLE001
             check("tdlib capture: ran", False, "%s: %s" % (type(e).__name__, e))
-        for kind in ("ee", "dd", "classic", "ee shaped"):
+        for kind in ("ee", "dd", "classic", "ee shaped", "ee ad-tag", "dd ad-tag"):
             try:
                 positive_case(td, dct, tmp, kind)
             except Exception as e:  # noqa: BLE001

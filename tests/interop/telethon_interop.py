@@ -380,6 +380,48 @@ async def rejected(name, conn_cls, secret, port, dc):
     check("%s: nothing reaches the DC" % name, not sess, str([s.summary() for s in sess]))
 
 
+async def ad_tag_cases(argv_prefix, dc):
+    from harness import AD_TAG, FakeMeProc
+    tmp = tempfile.mkdtemp(prefix="mtpx-telethon-adtag-")
+    me = FakeMeProc(tmp, dc.port, "telethon")
+    closed = free_port()
+    try:
+        tg = os.path.join(tmp, "proxy-config")
+        with open(tg, "w") as f:
+            f.write("default 2;\nproxy_for 2 127.0.0.1:%d;\nproxy_for -2 127.0.0.1:%d;\n"
+                    % (me.port, me.port))
+        cases = [("dd", "dd" + os.urandom(16).hex(), ConnectionTcpMTProxyRandomizedIntermediate),
+                 ("classic", os.urandom(16).hex(), ConnectionTcpMTProxyAbridged)]
+        for kind, secret, conn_cls in cases:
+            name = "ad-tag %s" % kind
+            conf = os.path.join(tmp, "mtpx-%s.toml" % kind)
+            p = Proxy(argv_prefix, secret, {})
+            with open(conf, "w") as f:
+                f.write('secret = "%s"\nbind-to = "127.0.0.1:%d"\ndebug = true\n'
+                        'ad-tag = "%s"\n[network]\nproxy-config-files = ["%s"]\n'
+                        'proxy-secret-file = "%s"\n[domain-fronting]\nip = "127.0.0.1"\n'
+                        'port = %d\n[network.dc-overrides]\n'
+                        % (secret, p.port, AD_TAG, tg, me.secret_file, closed))
+                for d in (1, 2, 3, 4, 5, 203):
+                    f.write('%d = "127.0.0.1:%d"\n%d = "127.0.0.1:%d"\n' % (d, closed, -d, closed))
+            p.argv = list(argv_prefix) + ["run", conf]
+            before = len(me.requests())
+            if check("%s: mtpx listens" % name, await p.start(), p.why_not()):
+                # 256 KiB: a middle proxy takes client packets up to 1 MiB - 4 KiB.
+                await exercise(name, conn_cls, secret, "intermediate" if kind == "dd"
+                               else "abridged", p.port, dc, 2, 256 << 10)
+                reqs = me.requests()[before:]
+                check("%s: every request reached the middle proxy with the ad tag" % name,
+                      len(reqs) >= 12 and all(r["ad_tag"] == AD_TAG for r in reqs)
+                      and not me.errors(), "%d requests, errors %s" % (len(reqs), me.errors()))
+            out = await p.stop(name)
+            check("%s: mtpx logged no middle-proxy failure" % name,
+                  "middle-proxy-failed" not in out and "middle-proxy-unreachable" not in out,
+                  out[-1500:])
+    finally:
+        me.stop()
+
+
 async def run_all(argv_prefix):
     await self_checks()
     dc = await FakeDc().start()
@@ -439,6 +481,13 @@ async def run_all(argv_prefix):
                       repr([g[:16].hex() for g in got]))
             await p.stop("ee")
             site.close()
+
+        # An ad tag: Telethon -> mtpx -> the fake middle proxy (fake_me.py: RPC handshake, keys,
+        # CRC-32 framing, the tag of every request) -> the fake DC. Every DC address of mtpx
+        # points at a closed port: only the middle proxy leads to the fake DC, which it dials
+        # with the intermediate transport (padded or not).
+        if "ref_proxy" not in " ".join(argv_prefix):
+            await ad_tag_cases(argv_prefix, dc)
 
         # ee through TelethonFakeTLS while mtpx fronts a site that speaks X25519MLKEM768:
         # with post-quantum = "mirror" (its x25519-only hello gets the site's x25519 answer, a

@@ -17,8 +17,8 @@
 //! `handshake_failures{reason}`, `fronted_connections`, `dc_connect_failures`,
 //! `fronting_self_loops`, `log_lines_dropped` and
 //! `buffer_pool_in_use` / `buffer_pool_capacity`, `handshake_buffers_in_use`, and
-//! `middle_proxy_connections`, `middle_proxy_reconnects`, `middle_proxy_traffic{direction}`
-//! (ad-tag; zero until the middle-proxy relay is wired in).
+//! `middle_proxy_connections`, `middle_proxy_reconnects`, `middle_proxy_sessions_lost`,
+//! `middle_proxy_traffic{direction}` (ad-tag).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -40,7 +40,7 @@ use crate::formats::metrics::{
     LABEL_REASON, Metric, Sample, TagFormat,
 };
 use crate::io::Stats;
-use crate::io::stats::{DC_LABELS, ME_DOWN, ME_OPEN, ME_RECONNECTS, ME_UP};
+use crate::io::stats::{DC_LABELS, ME_DOWN, ME_LOST, ME_OPEN, ME_RECONNECTS, ME_UP};
 use crate::io::users::{UserCounts, UsersCell};
 use crate::log::Level;
 use crate::proto::Reject;
@@ -97,7 +97,7 @@ pub(crate) struct Snapshot {
     /// JA4 rows (class, fingerprint or "other", count).
     pub(crate) ja4: Vec<crate::io::ja4stats::Row>,
     /// Middle-proxy connections open, reconnects, bytes up, bytes down.
-    pub(crate) me: [u64; 4],
+    pub(crate) me: [u64; 5],
 }
 
 impl MetricsSource {
@@ -358,6 +358,7 @@ fn with_metrics<R>(
         .collect();
     let me_open = one(g(s.me[ME_OPEN]));
     let me_reconnects = one(d(s.me[ME_RECONNECTS], |b| b.me[ME_RECONNECTS]));
+    let me_lost = one(d(s.me[ME_LOST], |b| b.me[ME_LOST]));
     let me_traffic = [
         Sample {
             labels: &TO_CLIENT,
@@ -476,6 +477,12 @@ fn with_metrics<R>(
             "Middle-proxy connections opened to replace one that failed.",
             Kind::Counter,
             &me_reconnects[..],
+        ),
+        own(
+            "middle_proxy_sessions_lost",
+            "Client sessions a middle proxy ended (died, reset, bad packet) before the client left.",
+            Kind::Counter,
+            &me_lost[..],
         ),
         own(
             "middle_proxy_traffic",

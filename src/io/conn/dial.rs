@@ -48,19 +48,30 @@ pub(super) enum Route {
     },
     /// Not a client of ours: to the fronting site, byte for byte.
     Front,
+    /// A client of ours with an ad tag, to a middle proxy for its DC.
+    Middle {
+        /// The DC the client asked for (negative: media).
+        dc: i16,
+        /// Boxed: the handshake machine, then the codec (only this path pays for them).
+        me: Box<super::middle::Middle>,
+        /// FakeTLS: the client's record deframer and the record timing toward it.
+        tls: Option<(RecordReader, Pacer)>,
+        /// As in [`Route::Dc`].
+        records: usize,
+    },
 }
 
 /// Connecting: the route, the bytes waiting for the upstream (up) and for the client (down:
 /// the rest of a server flight), and the attempt in progress.
 pub(super) struct Dial<S> {
-    route: Route,
-    up: Half,
-    down: Half,
-    upstream: S,
+    pub(super) route: Route,
+    pub(super) up: Half,
+    pub(super) down: Half,
+    pub(super) upstream: S,
     /// Which way of [`route_at`] is being tried.
     idx: usize,
     /// The SOCKS5 upstream (index) and DC address of this attempt, if any.
-    via: Option<(usize, SocketAddr)>,
+    pub(super) via: Option<(usize, SocketAddr)>,
     /// When this attempt is given up.
     pub(super) deadline: Instant,
 }
@@ -87,7 +98,8 @@ impl<S> Release for Dial<S> {
 }
 
 /// The `idx`-th way to try: the address to connect to and, when going through a SOCKS5
-/// upstream, which one and the DC address to ask it for. Fronting is always direct; with
+/// upstream, which one and the DC address to ask it for. Fronting and middle proxies are
+/// always direct; with
 /// upstreams, each DC address is tried through every upstream, those that failed recently
 /// last (PROTOCOL.md §8.5).
 fn route_at(
@@ -95,19 +107,26 @@ fn route_at(
     idx: usize,
     shared: &Shared,
 ) -> Option<(SocketAddr, Option<(usize, SocketAddr)>)> {
+    let n = shared.socks.len();
+    let k = idx.checked_div(n).unwrap_or(idx);
     let dc = match route {
         Route::Front => return shared.front_addr(idx).map(|a| (a, None)),
-        Route::Dc { dc, .. } => *dc,
+        Route::Dc { dc, .. } => *shared
+            .dc
+            .lookup_or_fallback(*dc, shared.config.allow_fallback_on_unknown_dc)
+            .map(|(_, a)| a)?
+            .get(k)?,
+        // Directly, never through an upstream: the RPC keys include the address and port the
+        // middle proxy sees, which an upstream would change.
+        Route::Middle { dc, me, .. } => {
+            return me
+                .target(*dc, shared.config.prefer_ip, idx)
+                .map(|a| (a, None));
+        }
     };
-    let addrs = shared
-        .dc
-        .lookup_or_fallback(dc, shared.config.allow_fallback_on_unknown_dc)
-        .map(|(_, a)| a)?;
-    let n = shared.socks.len();
     if n == 0 {
-        return addrs.get(idx).map(|&a| (a, None));
+        return Some((dc, None));
     }
-    let dc = *addrs.get(idx / n)?;
     let proxy = shared.socks_order(idx % n);
     // An upstream whose name did not resolve gets an address that cannot be connected to,
     // so the attempt fails at once and the next one is tried (never a direct connection).
@@ -131,7 +150,7 @@ impl<S: Sock> Conn<S> {
     /// once; closes when none is left.
     fn connect_from(
         &mut self,
-        route: Route,
+        mut route: Route,
         up: Half,
         down: Half,
         mut idx: usize,
@@ -156,6 +175,11 @@ impl<S: Sock> Conn<S> {
                         shared.stats.dc_failures.fetch_add(1, Ordering::Relaxed);
                         CloseReason::DcUnreachable
                     }
+                    Route::Middle { dc, ref me, .. } => {
+                        me.none_left(self.id_str(), dc);
+                        shared.stats.dc_failures.fetch_add(1, Ordering::Relaxed);
+                        CloseReason::DcUnreachable
+                    }
                 };
                 let mut waiting = (up, down);
                 waiting.0.release(ctx.pool);
@@ -170,6 +194,9 @@ impl<S: Sock> Conn<S> {
             match connected {
                 Ok(upstream) => {
                     self.ready[UPSTREAM] = 0;
+                    if let Route::Middle { me, .. } = &mut route {
+                        me.attempt(via.map_or(addr, |v| v.1));
+                    }
                     // While other addresses remain (IPv6 then IPv4, or a second DC address),
                     // a silent one is given up sooner: a host whose IPv6 is configured but
                     // broken must not cost every client the full timeout.
@@ -220,6 +247,10 @@ impl<S: Sock> Conn<S> {
         } = dial;
         // Dropping the socket closes it, which also removes it from epoll.
         drop(upstream);
+        let mut route = route;
+        if let Route::Middle { me, .. } = &mut route {
+            me.failed_attempt();
+        }
         if let Some((proxy, _)) = via {
             ctx.shared.socks_failed(proxy);
         }
@@ -291,6 +322,7 @@ impl<S: Sock> Conn<S> {
                 (RelayKind::Dc { dc, ciphers, tls }, records)
             }
             Route::Front => (RelayKind::Front, 0),
+            Route::Middle { .. } => return self.me_start(dial, ctx),
         };
         let mut relay = Relay {
             upstream: dial.upstream,
@@ -391,6 +423,6 @@ impl<S: Sock> Conn<S> {
 
 /// Writes `data` to the upstream in one go (SOCKS5 messages are tiny; a fresh socket always
 /// takes them whole). False if it did not.
-fn send_all(upstream: &impl Sock, data: &[u8]) -> bool {
+pub(super) fn send_all(upstream: &impl Sock, data: &[u8]) -> bool {
     data.is_empty() || matches!(super::relay::write_some(upstream, data), Ok(w) if w == data.len())
 }

@@ -302,6 +302,9 @@ impl<S: Sock> Conn<S> {
                         tls: accepted.tls.map(|reader| (reader, hs.pacer)),
                         records: accepted.records,
                     };
+                    // An ad tag: through a middle proxy instead.
+                    let (route, up) =
+                        self.middle_route(route, up, accepted.user, accepted.tag, ctx);
                     return Err(self.dial(route, up, hs.flight, ctx));
                 }
                 Step::Front(why) => return Err(self.front(hs, why, ctx)),

@@ -48,6 +48,14 @@ pub(super) enum RelayKind {
     },
     /// A fronted connection and the fronting site, byte for byte.
     Front,
+    /// A client of ours and a middle proxy (ad tag): RPC packets, see [`super::middle`].
+    Middle {
+        dc: i16,
+        /// Boxed: only this path pays for the codec and its second buffer.
+        me: Box<super::middle::Middle>,
+        /// FakeTLS: the client's record deframer and the record timing toward it.
+        tls: Option<(RecordReader, Pacer)>,
+    },
 }
 
 /// The relay phase's data.
@@ -87,6 +95,24 @@ impl<S> Relay<S> {
     /// Takes in `n` raw client bytes (records) held after the up half's bytes, as if just
     /// read: their payload, re-encrypted, joins the half. Returns the payload length.
     pub(super) fn take_in_records(&mut self, n: usize, pool: &mut Pool) -> io::Result<usize> {
+        if let (
+            RelayKind::Middle {
+                me,
+                tls: Some((reader, _)),
+                ..
+            },
+            Some(id),
+        ) = (&mut self.kind, self.up.buf)
+        {
+            let half = &mut self.up;
+            let buf = &mut pool.get(id)[half.end..half.end + n];
+            let m = reader
+                .deframe_in_place(buf)
+                .map_err(|_| io::Error::from(ErrorKind::InvalidData))?;
+            me.ciphers.up(&mut buf[..m]);
+            half.end += m;
+            return Ok(m);
+        }
         let (
             RelayKind::Dc {
                 ciphers,
@@ -113,8 +139,13 @@ impl<S> Release for Relay<S> {
     fn release(mut self, pool: &mut Pool, stats: &Stats) {
         self.up.release(pool);
         self.down.release(pool);
-        if let RelayKind::Dc { dc, .. } = self.kind {
-            stats.dc_relay(dc, false);
+        match self.kind {
+            RelayKind::Dc { dc, .. } => stats.dc_relay(dc, false),
+            RelayKind::Middle { dc, me, .. } => {
+                stats.dc_relay(dc, false);
+                me.release(pool, stats);
+            }
+            RelayKind::Front => {}
         }
     }
 }
@@ -122,21 +153,24 @@ impl<S> Release for Relay<S> {
 /// One direction of the relay and its buffer window `[start, end)`.
 #[derive(Debug, Default)]
 pub(super) struct Half {
-    buf: Option<BufId>,
-    start: usize,
-    end: usize,
+    pub(super) buf: Option<BufId>,
+    pub(super) start: usize,
+    pub(super) end: usize,
     /// The source sent EOF.
-    eof: bool,
+    pub(super) eof: bool,
     /// `shutdown(Write)` was sent to the destination after EOF and a full flush.
-    shut: bool,
+    pub(super) shut: bool,
     /// The source ended with a reset: after the flush, reset the destination too.
-    reset: bool,
+    pub(super) reset: bool,
     /// Shaped direction: bytes before this offset may be written now (the records whose
     /// send time came); the record starting here waits for its time.
-    limit: usize,
-    /// When bytes last left (or arrived while it was empty): a direction that keeps bytes
-    /// without writing is stalled ([`Relay::stall_deadline`]).
-    since: Option<Instant>,
+    pub(super) limit: usize,
+    /// The last write went with `MSG_MORE` ([`Sock::write_more`]): the destination may hold
+    /// its tail until the next write or a [`Sock::push`].
+    held: bool,
+    /// When bytes last left, or first waited after it was empty (`None` while empty): a
+    /// direction that keeps bytes without writing is stalled ([`Relay::stall_deadline`]).
+    pub(super) since: Option<Instant>,
 }
 
 impl Half {
@@ -166,7 +200,7 @@ impl Half {
         self.start = self.end;
     }
 
-    fn done(&self) -> bool {
+    pub(super) fn done(&self) -> bool {
         self.eof && self.is_empty()
     }
 
@@ -244,14 +278,19 @@ impl Half {
     /// once it is empty and the source has nothing more for now, and after the source's EOF
     /// passes it on (`shutdown(Write)`, or a reset after a reset). `src`/`dst` index `ready`.
     /// Returns whether bytes were written; errors name the failing side.
-    /// With `paced`, only bytes before [`Half::limit`] are written.
-    fn flush(
+    /// With `paced`, only bytes before [`Half::limit`] are written. With `more`, the write
+    /// says more bytes follow at once ([`Sock::write_more`]); the pump then calls
+    /// [`Half::push`] before it stops.
+    // Each argument is used per call; a struct of them would be built on every flush.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn flush(
         &mut self,
         dst: &impl Sock,
         ready: &mut [u8; 2],
         (src, dst_side): (usize, usize),
         pool: &mut Pool,
         paced: bool,
+        more: bool,
         now: Instant,
     ) -> Result<bool, (usize, io::Error)> {
         let mut progress = false;
@@ -260,15 +299,27 @@ impl Half {
         } else {
             self.end
         };
+        if !self.is_empty() && self.since.is_none() {
+            // Bytes arrived since the half was last empty: its stall clock starts.
+            self.since = Some(now);
+        }
         if self.start < upto && ready[dst_side] & W != 0 {
             let id = self.buf.expect("non-empty half has a buffer");
             let buf = pool.get(id);
-            match write_some(dst, &buf[self.start..upto]) {
+            let data = &buf[self.start..upto];
+            let written = if more {
+                write_with(data, |d| dst.write_more(d))
+            } else {
+                write_some(dst, data)
+            };
+            match written {
                 Ok(n) => {
+                    self.held = more;
                     self.start += n;
                     self.since = Some(now);
                     progress = true;
                     if self.is_empty() {
+                        self.since = None;
                         self.start = 0;
                         self.end = 0;
                         self.limit = 0;
@@ -293,6 +344,13 @@ impl Half {
         Ok(progress)
     }
 
+    /// Sends what the last write left held (see [`Half::flush`]'s `more`).
+    fn push(&mut self, dst: &impl Sock) {
+        if std::mem::take(&mut self.held) {
+            dst.push();
+        }
+    }
+
     pub(super) fn release(&mut self, pool: &mut Pool) {
         if let Some(id) = self.buf.take() {
             pool.release(id);
@@ -300,6 +358,7 @@ impl Half {
         self.start = 0;
         self.end = 0;
         self.limit = 0;
+        self.since = None;
     }
 }
 
@@ -321,6 +380,9 @@ impl<S: Sock> Relay<S> {
         ctx: &mut Ctx<'_, impl Net<Sock = S>>,
         want: &mut Want,
     ) -> Result<(), CloseReason> {
+        if matches!(self.kind, RelayKind::Middle { .. }) {
+            return self.middle_turn(ends, ctx, want);
+        }
         let moved_up = self
             .pump_up(ends, ctx, want)
             .map_err(|e| self.failed(ends, e))?;
@@ -338,7 +400,7 @@ impl<S: Sock> Relay<S> {
 
     /// A socket of the pair failed. A reset is passed on as a reset (not a FIN) to the other
     /// side, so that through the proxy a peer sees exactly how the far end closed.
-    fn failed(&self, ends: &Ends<'_, S>, (side, e): (usize, io::Error)) -> CloseReason {
+    pub(super) fn failed(&self, ends: &Ends<'_, S>, (side, e): (usize, io::Error)) -> CloseReason {
         if e.kind() == ErrorKind::ConnectionReset && !(self.up.reset || self.down.reset) {
             match side {
                 CLIENT => self.upstream.reset_on_close(),
@@ -363,12 +425,16 @@ impl<S: Sock> Relay<S> {
                 Class::Client,
             ),
             RelayKind::Front => (None, None, Class::Fronted),
+            // Its own pumps (`middle_turn`).
+            RelayKind::Middle { .. } => return Ok(0),
         };
         let half = &mut self.up;
         let mut moved = 0;
         // Bytes read from the socket, TLS record headers included: the turn budget counts
         // these, so a stream of empty records yields like any other (issue 12).
         let mut raw = 0;
+        // The last read filled the room it had.
+        let mut full = false;
         loop {
             let mut progress = false;
             // Fill.
@@ -383,6 +449,7 @@ impl<S: Sock> Relay<S> {
                 if let Some(id) = half.buf {
                     let buf = ctx.pool.get(id);
                     if half.end < buf.len() {
+                        let room = buf.len() - half.end;
                         match ends.client.read(&mut buf[half.end..]) {
                             Ok(0) => {
                                 half.eof = true;
@@ -390,6 +457,7 @@ impl<S: Sock> Relay<S> {
                             }
                             Ok(n) => {
                                 raw += n;
+                                full = n == room;
                                 let m = match tls.as_deref_mut() {
                                     Some(t) => t
                                         .deframe_in_place(&mut buf[half.end..half.end + n])
@@ -400,9 +468,6 @@ impl<S: Sock> Relay<S> {
                                 };
                                 if let Some(c) = ciphers.as_deref_mut() {
                                     c.up(&mut buf[half.end..half.end + m]);
-                                }
-                                if half.is_empty() {
-                                    half.since = Some(ctx.now);
                                 }
                                 half.end += m;
                                 moved += m;
@@ -423,12 +488,16 @@ impl<S: Sock> Relay<S> {
                     }
                 }
             }
+            // As toward the client: a full read from a client still readable means more
+            // follows at once.
+            let more = ctx.busy && full && !half.eof && ends.ready[CLIENT] & R != 0;
             progress |= half.flush(
                 &self.upstream,
                 ends.ready,
                 (CLIENT, UPSTREAM),
                 ctx.pool,
                 false,
+                more,
                 ctx.now,
             )?;
             if raw >= TURN_BUDGET {
@@ -438,6 +507,9 @@ impl<S: Sock> Relay<S> {
             if !progress {
                 break;
             }
+        }
+        if !want.requeue {
+            half.push(&self.upstream);
         }
         Ok(moved)
     }
@@ -456,6 +528,8 @@ impl<S: Sock> Relay<S> {
                 Class::Client,
             ),
             RelayKind::Front => (None, None, Class::Fronted),
+            // Its own pumps (`middle_turn`).
+            RelayKind::Middle { .. } => return Ok(0),
         };
         let framed = pacer.is_some();
         // Shaping applies to records toward a FakeTLS client of ours (never to fronting).
@@ -512,9 +586,6 @@ impl<S: Sock> Relay<S> {
                             } else if let Some(c) = ciphers.as_deref_mut() {
                                 c.down(&mut buf[half.end..new_end]);
                             }
-                            if half.is_empty() {
-                                half.since = Some(ctx.now);
-                            }
                             half.end = new_end;
                             moved += n;
                             ends.bytes[1] += n as u64;
@@ -546,12 +617,24 @@ impl<S: Sock> Relay<S> {
                     }
                 }
             }
+            // A busy worker, a full buffer from a source still readable: more follows at once,
+            // so the kernel may send the client one big segment instead of one per read (a
+            // loaded client is woken once per segment; see `Ctx::busy`). Never for shaped
+            // records.
+            let more = ctx.busy
+                && shaping.is_none()
+                && !half.eof
+                && ends.ready[UPSTREAM] & R != 0
+                && half
+                    .buf
+                    .is_some_and(|id| ctx.pool.get(id).len() - half.end <= HDR);
             progress |= half.flush(
                 ends.client,
                 ends.ready,
                 (UPSTREAM, CLIENT),
                 ctx.pool,
                 shaping.is_some(),
+                more,
                 ctx.now,
             )?;
             if moved >= TURN_BUDGET {
@@ -561,6 +644,9 @@ impl<S: Sock> Relay<S> {
             if !progress {
                 break;
             }
+        }
+        if !want.requeue {
+            half.push(ends.client);
         }
         Ok(moved)
     }
@@ -622,8 +708,13 @@ fn read_records(
 
 /// One `write`, retried on EINTR. `Ok(0)` from the kernel becomes `WriteZero`.
 pub(super) fn write_some(s: &impl Sock, data: &[u8]) -> io::Result<usize> {
+    write_with(data, |d| s.write(d))
+}
+
+/// [`write_some`] through `write`.
+fn write_with(data: &[u8], write: impl Fn(&[u8]) -> io::Result<usize>) -> io::Result<usize> {
     loop {
-        match s.write(data) {
+        match write(data) {
             Ok(0) if !data.is_empty() => return Err(ErrorKind::WriteZero.into()),
             Ok(n) => return Ok(n),
             Err(e) if e.kind() == ErrorKind::Interrupted => continue,

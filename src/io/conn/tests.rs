@@ -38,6 +38,11 @@ enum In {
 struct Wire {
     incoming: VecDeque<In>,
     written: Vec<u8>,
+    /// Bytes taken by `write_more` and held back, as the kernel holds a partial segment,
+    /// until the next plain write, a push or the FIN.
+    held: Vec<u8>,
+    /// Writes that said more follows.
+    more_writes: usize,
     /// Bytes writes may still take before `WouldBlock` (`None`: no limit).
     room: Option<usize>,
     shut: bool,
@@ -82,6 +87,20 @@ impl FakeSock {
 
     fn was_reset(&self) -> bool {
         self.0.borrow().reset
+    }
+
+    /// Takes what room allows of `buf` into the held bytes (a write without the push).
+    fn take(&self, buf: &[u8]) -> io::Result<usize> {
+        let mut w = self.0.borrow_mut();
+        let n = w.room.map_or(buf.len(), |r| r.min(buf.len()));
+        if n == 0 && !buf.is_empty() {
+            return Err(ErrorKind::WouldBlock.into());
+        }
+        if let Some(r) = w.room.as_mut() {
+            *r -= n;
+        }
+        w.held.extend_from_slice(&buf[..n]);
+        Ok(n)
     }
 
     /// Reads as a socket would: consecutive data chunks, up to `room` bytes; EOF and reset
@@ -134,19 +153,25 @@ impl Sock for FakeSock {
     }
 
     fn write(&self, buf: &[u8]) -> io::Result<usize> {
-        let mut w = self.0.borrow_mut();
-        let n = w.room.map_or(buf.len(), |r| r.min(buf.len()));
-        if n == 0 && !buf.is_empty() {
-            return Err(ErrorKind::WouldBlock.into());
-        }
-        if let Some(r) = w.room.as_mut() {
-            *r -= n;
-        }
-        w.written.extend_from_slice(&buf[..n]);
+        let n = self.take(buf)?;
+        self.push();
         Ok(n)
     }
 
+    fn write_more(&self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.take(buf)?;
+        self.0.borrow_mut().more_writes += 1;
+        Ok(n)
+    }
+
+    fn push(&self) {
+        let mut w = self.0.borrow_mut();
+        let held = std::mem::take(&mut w.held);
+        w.written.extend_from_slice(&held);
+    }
+
     fn shutdown_write(&self) -> io::Result<()> {
+        self.push();
         self.0.borrow_mut().shut = true;
         Ok(())
     }
@@ -164,6 +189,10 @@ impl Sock for FakeSock {
 
     fn peer_addr(&self) -> io::Result<SocketAddr> {
         self.0.borrow().peer.ok_or(ErrorKind::NotConnected.into())
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        Ok(SocketAddr::from(([127, 0, 0, 1], 3128)))
     }
 
     fn connected(&self, dc: Option<&Config>) {
@@ -242,6 +271,8 @@ struct Rig {
     now: Instant,
     client: FakeSock,
     conn: Conn<FakeSock>,
+    /// [`Ctx::busy`] of the turns.
+    busy: bool,
 }
 
 impl Rig {
@@ -263,6 +294,7 @@ impl Rig {
             keyshares,
             scratch: vec![0; 64 * 1024],
             now,
+            busy: false,
             client: client.clone(),
             conn: Conn {
                 id: 1,
@@ -291,6 +323,7 @@ impl Rig {
             keyshares: &mut self.keyshares,
             scratch: &mut self.scratch,
             now: self.now,
+            busy: self.busy,
         }
     }
 
@@ -305,6 +338,7 @@ impl Rig {
             keyshares,
             scratch,
             now,
+            busy,
             conn,
             ..
         } = self;
@@ -316,6 +350,7 @@ impl Rig {
             keyshares,
             scratch,
             now: *now,
+            busy: *busy,
         };
         conn.ready(&mut ctx)
     }
@@ -348,6 +383,7 @@ impl Rig {
             keyshares,
             scratch,
             now,
+            busy,
             conn,
             ..
         } = self;
@@ -359,6 +395,7 @@ impl Rig {
             keyshares,
             scratch,
             now: *now,
+            busy: *busy,
         };
         conn.handle_timeout(&mut ctx)
     }
@@ -774,6 +811,69 @@ fn a_bulk_transfer_yields_after_its_turn_budget() {
     assert_eq!(rig.turn(UPSTREAM, R).next, Next::Requeue);
     assert_eq!(rig.run(UPSTREAM, 0).next, Next::Idle);
     assert_eq!(rig.client.take_written().len(), TURN_BUDGET * 2 + 10);
+}
+
+#[test]
+fn full_reads_go_to_the_client_as_one_segment_and_are_pushed_when_the_dc_runs_dry() {
+    // Unframed (classic): each read fills the 64 KiB buffer while the DC has more, so a busy
+    // worker's write says more follows; when the DC runs dry, what the kernel holds must be
+    // pushed.
+    let s = secret(SecretKind::Classic);
+    let mut rig = Rig::new(config(s.clone()));
+    rig.busy = true;
+    let (mut client, first) = Client::start(&s, Tag::Intermediate, 2, b"");
+    rig.client.send(&first);
+    rig.go(CLIENT, RW);
+    let dc = rig.net.last();
+    rig.go(UPSTREAM, RW);
+    let (.., mut dc_enc) = dc_accept(&dc.take_written());
+    let want: Vec<u8> = (0..3 * 65536u32).map(|i| (i % 251) as u8).collect();
+    let mut wire = want.clone();
+    dc_enc.apply_keystream(&mut wire);
+    dc.send(&wire);
+    assert_eq!(rig.run(UPSTREAM, R).next, Next::Idle);
+    assert_eq!(rig.client.0.borrow().more_writes, 3);
+    assert_eq!(client.open(&rig.client.take_written()), want);
+    // A short read is written plainly (it pushes by itself).
+    let mut tail = b"tail".to_vec();
+    dc_enc.apply_keystream(&mut tail);
+    dc.send(&tail);
+    assert_eq!(rig.run(UPSTREAM, R).next, Next::Idle);
+    assert_eq!(rig.client.0.borrow().more_writes, 3);
+    assert_eq!(client.open(&rig.client.take_written()), b"tail");
+    // A worker with nothing else to do writes each read at once.
+    rig.busy = false;
+    let mut wire = want.clone();
+    dc_enc.apply_keystream(&mut wire);
+    dc.send(&wire);
+    assert_eq!(rig.run(UPSTREAM, R).next, Next::Idle);
+    assert_eq!(rig.client.0.borrow().more_writes, 3);
+    assert_eq!(client.open(&rig.client.take_written()), want);
+}
+
+#[test]
+fn full_reads_go_to_the_dc_as_one_segment_and_are_pushed_when_the_client_runs_dry() {
+    // FakeTLS upload: 195 records of 1,000 bytes and one of 628 are exactly three 64 KiB
+    // reads, each full while the client has more.
+    let s = secret(SecretKind::FakeTls);
+    let mut rig = Rig::new(config(s.clone()));
+    rig.busy = true;
+    let (mut client, first) = Client::start(&s, Tag::Padded, 2, b"");
+    rig.client.send(&first);
+    rig.go(CLIENT, RW);
+    rig.client.take_written();
+    let dc = rig.net.last();
+    rig.go(UPSTREAM, RW);
+    let (.., mut dc_dec, _) = dc_accept(&dc.take_written());
+    let want: Vec<u8> = (0..195_628u32).map(|i| (i % 253) as u8).collect();
+    let wire = client.seal(&want);
+    assert_eq!(wire.len(), 3 * 65536);
+    rig.client.send(&wire);
+    assert_eq!(rig.run(CLIENT, R).next, Next::Idle);
+    assert_eq!(dc.0.borrow().more_writes, 3);
+    let mut got = dc.take_written();
+    dc_dec.apply_keystream(&mut got);
+    assert_eq!(got, want);
 }
 
 #[test]

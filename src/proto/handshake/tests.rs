@@ -366,6 +366,32 @@ fn accepts_the_ciphers_positioned_after_the_early_data() {
     assert_eq!(answer, b"answer");
 }
 
+/// Middle-proxy mode: the early data the machine re-encrypted for a DC turns back into the
+/// client's plaintext, and the client's streams go on from there.
+#[test]
+fn into_client_recovers_the_early_plaintext_and_keeps_the_client_streams() {
+    let s = secret(SecretKind::Secure, 1);
+    let early = b"early client packet bytes".to_vec();
+    let (frame, mut enc, mut dec) = obfs2::client_frame(&mut XorShift64(6), &s.key, Tag::Padded, 2);
+    let mut data = early.clone();
+    enc.apply_keystream(&mut data);
+    let input = [&frame[..], &data].concat();
+    let mut w = World::new(vec![s], 0);
+    let mut out = drive(&mut w, OBFS2, &input, input.len(), false);
+    let mut buf = out.buf[FRAME_LEN..].to_vec();
+    assert_ne!(buf, early, "re-encrypted for the DC");
+    let mut client = out.ciphers.take().unwrap().into_client(&mut buf);
+    assert_eq!(buf, early);
+    let mut more = b"more".to_vec();
+    enc.apply_keystream(&mut more);
+    client.up(&mut more);
+    assert_eq!(more, b"more");
+    let mut answer = b"answer".to_vec();
+    client.down(&mut answer);
+    dec.apply_keystream(&mut answer);
+    assert_eq!(answer, b"answer");
+}
+
 #[test]
 fn rejects_mtg_bad_capture_wrong_sni_and_time_skew_by_fronting_unchanged() {
     let bad = base64_std_decode(field(fixture!("bad-fa2e46cdb33e2a1b"), "full")).unwrap();

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! mtpx-bench [--quick] [--mtpx PATH] [--json PATH] [--workers N] [--idle N] [--rounds N]
-//!            [--relay-only] [--compare OLD_MTPX [--ab-rounds N]]
+//!            [--relay-only] [--relay-rounds N] [--compare OLD_MTPX [--ab-rounds N]]
 //! mtpx-bench fake-dc                      (internal: one fake DC process)
 //! mtpx-bench worker <proxy> <src> <key> <host>   (internal: one load-generator process)
 //! mtpx-bench floor <key> <host> <dc-port>...     (internal: the floor proxy, floor.rs)
@@ -138,6 +138,9 @@ struct Plan {
     compare: Option<PathBuf>,
     /// Rounds of the side-by-side comparison (`--ab-rounds`).
     ab_rounds: usize,
+    /// Each throughput run, mtpx's and the floor's, this many times, alternating (order
+    /// swapped every round); the median of each is reported (`--relay-rounds`).
+    relay_rounds: usize,
 }
 
 fn parse(args: &[String]) -> Result<Plan, String> {
@@ -165,7 +168,9 @@ fn parse(args: &[String]) -> Result<Plan, String> {
         relay_only: false,
         compare: None,
         ab_rounds: 5,
+        relay_rounds: if quick { 1 } else { 3 },
     };
+    let mut relay_rounds_set = false;
     let mut i = 0;
     while i < args.len() {
         let a = args[i].as_str();
@@ -185,6 +190,10 @@ fn parse(args: &[String]) -> Result<Plan, String> {
             "--relay-only" => p.relay_only = true,
             "--compare" => p.compare = Some(PathBuf::from(val()?)),
             "--ab-rounds" => p.ab_rounds = val()?.parse().map_err(|_| "bad --ab-rounds")?,
+            "--relay-rounds" => {
+                p.relay_rounds = val()?.parse().map_err(|_| "bad --relay-rounds")?;
+                relay_rounds_set = true;
+            }
             "--open-threads" => {
                 p.open_threads = val()?.parse().map_err(|_| "bad --open-threads")?;
             }
@@ -192,7 +201,7 @@ fn parse(args: &[String]) -> Result<Plan, String> {
                 println!(
                     "usage: mtpx-bench [--quick] [--mtpx PATH] [--json PATH] [--workers N] \
                      [--idle N (<= 9900)] [--rounds N] [--mtpx-arg ARG]... [--smaps] [--open-threads N] \
-                     [--relay-only] [--compare OLD_MTPX [--ab-rounds N]]"
+                     [--relay-only] [--relay-rounds N] [--compare OLD_MTPX [--ab-rounds N]]"
                 );
                 std::process::exit(0);
             }
@@ -200,6 +209,11 @@ fn parse(args: &[String]) -> Result<Plan, String> {
         }
         i += 1;
     }
+    // --compare alternates whole runs already.
+    if p.compare.is_some() && !relay_rounds_set {
+        p.relay_rounds = 1;
+    }
+    p.relay_rounds = p.relay_rounds.max(1);
     p.idle_big = p.idle_big.clamp(1, 9900);
     p.idle_small = p.idle_small.min(p.idle_big);
     Ok(p)
@@ -649,6 +663,16 @@ fn xfer(
     })
 }
 
+/// The run of median CPU per GB among `runs` (the lower middle one of an even count), with
+/// the errors of all of them.
+fn median_xfer(mut runs: Vec<Xfer>) -> Xfer {
+    let errors = runs.iter().map(|x| x.errors).sum();
+    runs.sort_by(|a, b| a.per_gb().total_cmp(&b.per_gb()));
+    let mut x = runs.swap_remove((runs.len() - 1) / 2);
+    x.errors = errors;
+    x
+}
+
 /// `plan.hs_clients` clients doing complete handshakes against `addr` for `ms` ms; `settle`
 /// waits until the proxy closed its side, `cpu` as for [`xfer`].
 fn handshakes(
@@ -959,21 +983,39 @@ fn relay_phase(
     let mut floor_errors = 0;
     let (mut xfers, mut floor_xfers) = (Vec::new(), Vec::new());
     floor.mode(true)?;
+    let rounds = plan.relay_rounds;
     for run in XFERS {
-        let x = xfer(plan, &mut load, run, &mut mtpx_cpu(&m))?;
-        print_xfer("mtpx", &x, aes);
-        let f = xfer(
-            plan,
-            &mut floor_load,
-            run,
-            &mut floor_cpu(floor, &mut floor_errors),
-        )?;
-        print_xfer("floor", &f, aes);
+        let (mut xs, mut fs) = (Vec::new(), Vec::new());
+        for round in 0..rounds {
+            // Alternating: mtpx first in even rounds, the floor first in odd ones.
+            for floor_turn in [round % 2 == 1, round % 2 == 0] {
+                if floor_turn {
+                    let f = xfer(
+                        plan,
+                        &mut floor_load,
+                        run,
+                        &mut floor_cpu(floor, &mut floor_errors),
+                    )?;
+                    print_xfer("floor", &f, aes);
+                    fs.push(f);
+                } else {
+                    let x = xfer(plan, &mut load, run, &mut mtpx_cpu(&m))?;
+                    print_xfer("mtpx", &x, aes);
+                    xs.push(x);
+                }
+            }
+        }
+        let (x, f) = (median_xfer(xs), median_xfer(fs));
         println!(
-            "{:<20} mtpx = {:.2}x the floor relay (user {:.2}x)",
+            "{:<20} mtpx = {:.2}x the floor relay (user {:.2}x){}",
             "",
             x.per_gb() / f.per_gb(),
-            x.user_per_gb() / f.user_per_gb()
+            x.user_per_gb() / f.user_per_gb(),
+            if rounds > 1 {
+                format!(", medians of {rounds} runs each")
+            } else {
+                String::new()
+            }
         );
         xfers.push(x);
         floor_xfers.push(f);
