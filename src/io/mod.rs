@@ -11,6 +11,7 @@ pub(crate) mod ja4stats;
 mod pool;
 pub(crate) mod rng;
 mod shared;
+mod sites;
 mod sock;
 pub(crate) mod stats;
 mod timers;
@@ -30,10 +31,14 @@ use crate::background::users::UsersService;
 use crate::background::{metrics, scout};
 use crate::config::Config;
 use crate::log::Level;
+use crate::proto::secret::SecretKind;
 pub(crate) use rng::{FastRng, OsRng};
 pub use shared::ShapingCell;
 pub(crate) use shared::{Shared, own_listeners, self_loop_test, socks_upstreams};
 pub use stats::Stats;
+
+/// Most scouts started (one per fronting site; the others keep the default shape).
+const MAX_SCOUTS: usize = 16;
 
 /// Seconds since the Unix epoch by the system clock.
 pub(crate) fn unix_now() -> u64 {
@@ -47,7 +52,8 @@ pub(crate) fn unix_now() -> u64 {
 pub struct Proxy {
     shared: Arc<Shared>,
     services: Vec<metrics::Service>,
-    scout: Option<scout::Scout>,
+    /// One per fronting site known at start (the default one first).
+    scouts: Vec<scout::Scout>,
     wakers: Vec<Arc<Waker>>,
     threads: Vec<JoinHandle<()>>,
     local_addr: SocketAddr,
@@ -140,7 +146,7 @@ impl Proxy {
 
     fn stop_and_join(&mut self) {
         self.shared.stop.store(true, Ordering::SeqCst);
-        if let Some(s) = self.scout.take() {
+        for s in self.scouts.drain(..) {
             s.stop();
         }
         for w in &self.wakers {
@@ -197,7 +203,9 @@ pub fn start_with_grace(config: Config, grace: Duration) -> io::Result<Proxy> {
     let per_worker_bufs = (config.buffer_count / workers).max(2);
     let shared = Arc::new(Shared::new(config, grace, local_addr));
 
-    if shared.front_unresolved() && !shared.config.secret.host.is_empty() {
+    // Sites named by host: the default one, other users' hosts, and those reloads add.
+    let faketls_users = shared.users.load().users.has_kind(SecretKind::FakeTls);
+    if faketls_users || !shared.sites.to_resolve().is_empty() {
         crate::background::front_dns::spawn(shared.clone());
     }
     let mut wakers = Vec::with_capacity(workers);
@@ -219,32 +227,34 @@ pub fn start_with_grace(config: Config, grace: Duration) -> io::Result<Proxy> {
         wakers.push(waker);
         threads.push(handle);
     }
-    // Learn the fronting site's handshake shape (FakeTLS only: other secrets send none).
-    let scout = if shared.config.secret.kind == crate::proto::secret::SecretKind::FakeTls
-        && shared.config.doppelganger.learn
-    {
-        let s = shared.clone();
+    // Learn each fronting site's handshake shape (FakeTLS only: other secrets send none), one
+    // scout per site known now (sites that reloads add keep the default shape).
+    let mut scouts = Vec::new();
+    if faketls_users && shared.config.doppelganger.learn {
         let d = &shared.config.doppelganger;
-        match scout::spawn(
-            move || (0..16).map_while(|i| s.front_addr(i)).collect(),
-            shared.config.secret.host.clone(),
-            d.raid_each,
-            d.repeats_per_raid,
-            shared.profile.clone(),
-            shared.shaping.is_on().then(|| {
+        for (site, host, profiles) in shared.sites.all().into_iter().take(MAX_SCOUTS) {
+            if host.is_empty() {
+                continue;
+            }
+            let s = shared.clone();
+            // The timing raid (shaping is process-wide) with the default site's scout only.
+            let timing = (site == 0 && shared.shaping.is_on()).then(|| {
                 let dns = shared.config.nameserver();
                 scout::TimingRaid::new(&d.urls, shared.shaping.clone(), dns)
-            }),
-        ) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                crate::log_event!(Level::Warn, "scout-not-started", error = e);
-                None
+            });
+            match scout::spawn(
+                move || (0..16).map_while(|i| s.sites.addr(site, i)).collect(),
+                host,
+                d.raid_each,
+                d.repeats_per_raid,
+                profiles,
+                timing,
+            ) {
+                Ok(s) => scouts.push(s),
+                Err(e) => crate::log_event!(Level::Warn, "scout-not-started", error = e),
             }
         }
-    } else {
-        None
-    };
+    }
     let source = metrics::MetricsSource {
         secret_kind: shared.config.secret.kind.as_str(),
         ja4: Some(shared.ja4.clone()),
@@ -264,7 +274,7 @@ pub fn start_with_grace(config: Config, grace: Duration) -> io::Result<Proxy> {
     Ok(Proxy {
         services,
         shared,
-        scout,
+        scouts,
         wakers,
         threads,
         local_addr,

@@ -46,8 +46,9 @@ pub(super) enum Route {
         /// in: the relay takes them in first.
         records: usize,
     },
-    /// Not a client of ours: to the fronting site, byte for byte.
-    Front,
+    /// Not a client of ours (or one refused by its user's limits): to this fronting site
+    /// ([`crate::io::Shared::sites`]), byte for byte.
+    Front(usize),
 }
 
 /// Connecting: the route, the bytes waiting for the upstream (up) and for the client (down:
@@ -96,7 +97,7 @@ fn route_at(
     shared: &Shared,
 ) -> Option<(SocketAddr, Option<(usize, SocketAddr)>)> {
     let dc = match route {
-        Route::Front => return shared.front_addr(idx).map(|a| (a, None)),
+        Route::Front(site) => return shared.sites.addr(*site, idx).map(|a| (a, None)),
         Route::Dc { dc, .. } => *dc,
     };
     let addrs = shared
@@ -141,7 +142,7 @@ impl<S: Sock> Conn<S> {
         loop {
             let Some((addr, via)) = route_at(&route, idx, shared) else {
                 let reason = match route {
-                    Route::Front => {
+                    Route::Front(_) => {
                         // Rate-limited: any prober can trigger it (issue 12).
                         crate::log_probe!(
                             crate::log::Probe::FrontingFailed,
@@ -255,7 +256,7 @@ impl<S: Sock> Conn<S> {
                 return self.next_address(dial, ctx, want);
             }
         }
-        let fronted = matches!(dial.route, Route::Front);
+        let fronted = matches!(dial.route, Route::Front(_));
         // DC connections: keep-alive, and TCP_USER_TIMEOUT for data left unacknowledged.
         dial.upstream
             .connected((!fronted).then_some(&ctx.shared.config));
@@ -290,7 +291,7 @@ impl<S: Sock> Conn<S> {
                 ctx.shared.stats.dc_relay(dc, true);
                 (RelayKind::Dc { dc, ciphers, tls }, records)
             }
-            Route::Front => (RelayKind::Front, 0),
+            Route::Front(_) => (RelayKind::Front, 0),
         };
         let mut relay = Relay {
             upstream: dial.upstream,
