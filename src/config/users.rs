@@ -253,7 +253,7 @@ pub(super) fn check_users(specs: &[UserSpec], origins: &[Origin]) -> Result<(), 
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Config, ConfigError, Warning, WarningKind, load, parse};
+    use super::super::{Config, ConfigError, Warning, load, parse};
     use crate::proto::XorShift64;
     use crate::proto::secret::{Secret, SecretKind};
 

@@ -275,6 +275,9 @@ impl Rig {
                 started: now,
                 bytes: [0, 0],
                 counted: [0, 0],
+                lease: None,
+                user_counted: [0, 0],
+                cut: false,
             },
         };
         let conn = Conn::new(1, 0, rig.client.clone(), addr("192.0.2.1:5555"), &rig.ctx());
