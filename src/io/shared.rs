@@ -154,7 +154,10 @@ impl Shared {
             // 2 × tolerance later); an obfuscated2 frame (dd, classic) has no timestamp, so it
             // is never forgotten for its age, only to make room.
             // (With FakeTLS users among others, frames are forgotten after the window too.)
-            let faketls = config.user_specs().iter().any(|u| u.secret.kind == SecretKind::FakeTls);
+            let faketls = config
+                .user_specs()
+                .iter()
+                .any(|u| u.secret.kind == SecretKind::FakeTls);
             let filter = if faketls {
                 let window = 2 * config.tolerate_time_skewness.as_secs() + 2;
                 ReplayFilter::new(config.anti_replay.max_size, window, key)
@@ -182,7 +185,10 @@ impl Shared {
             config.doppelganger.post_quantum,
         );
         let specs = config.user_specs();
-        for u in specs.iter().filter(|u| u.secret.kind == SecretKind::FakeTls) {
+        for u in specs
+            .iter()
+            .filter(|u| u.secret.kind == SecretKind::FakeTls)
+        {
             sites.index(&u.secret.host, |a| drop_self_loops(a, &own, &stats));
         }
         let mut hint_key = [0u8; 16];

@@ -91,7 +91,11 @@ impl Sites {
 
     /// The site of `host`, added if new (its addresses then come from DNS unless `host` is an
     /// IP literal or `localhost`). An empty host, or a full table: the default site.
-    pub(crate) fn index(&self, host: &str, drop_loops: impl Fn(Vec<SocketAddr>) -> Vec<SocketAddr>) -> usize {
+    pub(crate) fn index(
+        &self,
+        host: &str,
+        drop_loops: impl Fn(Vec<SocketAddr>) -> Vec<SocketAddr>,
+    ) -> usize {
         if host.is_empty() {
             return 0;
         }

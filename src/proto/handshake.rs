@@ -663,7 +663,9 @@ impl Handshake {
             // After a hello: its user's key only (admitted at the hello).
             Some(u) => {
                 let key = env.users.get(u).map(|s| s.secret.key);
-                match key.map_or(Err(Reject::ObfsTag), |k| obfs2::client_handshake(&frame, &k)) {
+                match key.map_or(Err(Reject::ObfsTag), |k| {
+                    obfs2::client_handshake(&frame, &k)
+                }) {
                     Ok(hs) => (u, hs),
                     Err(r) => return self.fail(r),
                 }

@@ -22,8 +22,8 @@ use crate::log::Level;
 use crate::proto::Reject;
 use crate::proto::handshake::{Admission, Admit, Close, Env, Expect, Handshake, Step};
 use crate::proto::secret::SecretKind;
-use crate::proto::users::{UserId, UserReject};
 use crate::proto::shaping::{self, Pacer};
+use crate::proto::users::{UserId, UserReject};
 
 /// The handshake phase's data.
 pub(super) struct Hs {

@@ -468,7 +468,8 @@ fn connection_state_stays_small() {
         std::mem::size_of::<dial::Dial<mio::net::TcpStream>>(),
         std::mem::size_of::<relay::Relay<mio::net::TcpStream>>()
     );
-    assert!(size <= 640, "Option<Conn> grew to {size} bytes");
+    // (656 with the user's lease and counters, issue 15.)
+    assert!(size <= 672, "Option<Conn> grew to {size} bytes");
 }
 
 #[test]

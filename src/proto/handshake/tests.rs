@@ -767,17 +767,30 @@ fn accepts_ee_dd_and_classic_users_on_one_listener() {
         secret(SecretKind::Classic, 21),
     ];
     let key = mtg_secret().key;
-    let ee = [hello.clone(), records(&client_bytes(&key, Tag::Padded, 2, b"x", 1))].concat();
+    let ee = [
+        hello.clone(),
+        records(&client_bytes(&key, Tag::Padded, 2, b"x", 1)),
+    ]
+    .concat();
     let out = drive_all(|| World::new(users.clone(), time), MIXED, &ee, false);
-    assert!(matches!(out.end, End::Connect { user: 1, dc: 2, .. }), "{out:?}");
+    assert!(
+        matches!(out.end, End::Connect { user: 1, dc: 2, .. }),
+        "{out:?}"
+    );
     assert_eq!(out.flights.len(), 1);
     let dd = client_bytes(&users[0].key, Tag::Padded, 3, b"y", 2);
     let out = drive_all(|| World::new(users.clone(), time), MIXED, &dd, false);
-    assert!(matches!(out.end, End::Connect { user: 0, dc: 3, .. }), "{out:?}");
+    assert!(
+        matches!(out.end, End::Connect { user: 0, dc: 3, .. }),
+        "{out:?}"
+    );
     assert!(out.flights.is_empty());
     let classic = client_bytes(&users[2].key, Tag::Abridged, 4, b"z", 3);
     let out = drive_all(|| World::new(users.clone(), time), MIXED, &classic, false);
-    assert!(matches!(out.end, End::Connect { user: 2, dc: 4, .. }), "{out:?}");
+    assert!(
+        matches!(out.end, End::Connect { user: 2, dc: 4, .. }),
+        "{out:?}"
+    );
     // The same, with the hint on another user: same answers.
     let mut w = World::new(users.clone(), time);
     w.hint = Some(2);
@@ -835,7 +848,10 @@ fn waits_for_max_connections_then_goes_on_or_is_refused_at_the_deadline() {
         let mut buf = vec![0u8; 4096];
         buf[..input.len()].copy_from_slice(input);
         let step = hs.received(&mut buf, input.len(), &mut w.env());
-        assert!(matches!(step, Step::Wait(u) if u == user), "{kind}: {step:?}");
+        assert!(
+            matches!(step, Step::Wait(u) if u == user),
+            "{kind}: {step:?}"
+        );
         assert_eq!(hs.waiting(), Some(user));
         assert!(!hs.answered());
         // Asked again: still full.
@@ -850,16 +866,25 @@ fn waits_for_max_connections_then_goes_on_or_is_refused_at_the_deadline() {
                 let at = hs.filled();
                 buf[at..at + frame.len()].copy_from_slice(&frame);
                 let step = hs.received(&mut buf, frame.len(), &mut w.env());
-                assert!(matches!(step, Step::Connect(Accepted { user: 1, .. })), "{step:?}");
+                assert!(
+                    matches!(step, Step::Connect(Accepted { user: 1, .. })),
+                    "{step:?}"
+                );
             }
-            _ => assert!(matches!(step, Step::Connect(Accepted { user: 0, .. })), "{step:?}"),
+            _ => assert!(
+                matches!(step, Step::Connect(Accepted { user: 0, .. })),
+                "{step:?}"
+            ),
         }
         // Still full at the deadline: refused (fronted to the user's site).
         let mut w = World::new(vec![secret(SecretKind::Secure, 31), mtg_secret()], time);
         w.gate.answer = Admit::Wait;
         let mut hs = Handshake::new(MIXED, deadline);
         let mut buf = input.clone();
-        assert!(matches!(hs.received(&mut buf, input.len(), &mut w.env()), Step::Wait(_)));
+        assert!(matches!(
+            hs.received(&mut buf, input.len(), &mut w.env()),
+            Step::Wait(_)
+        ));
         assert!(hs.handle_timeout(t0 + Duration::from_secs(9)).is_none());
         let step = hs.handle_timeout(deadline);
         assert!(

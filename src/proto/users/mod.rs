@@ -262,7 +262,11 @@ impl Users {
 
     /// The first FakeTLS user whose host `hello`'s SNI names (whose site a failed hello is
     /// fronted to): one look per distinct host.
-    pub fn sni_user(&self, hello: &crate::proto::faketls::ClientHello, msg: &[u8]) -> Option<UserId> {
+    pub fn sni_user(
+        &self,
+        hello: &crate::proto::faketls::ClientHello,
+        msg: &[u8],
+    ) -> Option<UserId> {
         self.host_users
             .iter()
             .copied()
