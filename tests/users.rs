@@ -484,6 +484,28 @@ fn a_reload_under_load_adds_changes_and_removes_users_without_disturbing_the_oth
     // Bob's link no longer works: fronted.
     let r = TestClient::connect(addr, &bob, &ClientOpts::new(Tag::Padded, 2, 4));
     assert!(r.is_err());
+    // A new secret for carol, by SIGHUP's path: her relay is closed like a removed user's.
+    let (mut ctx_, mut crx) = c.split();
+    let carol2 = secret(SecretKind::Secure, 24);
+    let again = users_toml(&[
+        ("alice", &alice, "max-connections = 5\n"),
+        ("carol", &carol2, ""),
+    ]);
+    std::fs::write(files.dir.join("users.toml"), again).unwrap();
+    proxy.reload_users();
+    assert!(wait_until(Duration::from_secs(10), || proxy
+        .users()
+        .generation
+        >= 2));
+    crx.set_read_timeout(Duration::from_secs(5));
+    let end = crx.recv(&mut buf);
+    assert!(
+        matches!(end, Ok(0) | Err(_)),
+        "carol's old relay still open: {end:?}"
+    );
+    let _ = ctx_.send(b"x");
+    let mut c2 = TestClient::connect(addr, &carol2, &ClientOpts::new(Tag::Padded, 2, 5)).unwrap();
+    echo(&mut c2, 20_000, 34);
     // Alice was never disturbed: every byte back, in order, to the end.
     std::thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::SeqCst);
@@ -497,6 +519,66 @@ fn a_reload_under_load_adds_changes_and_removes_users_without_disturbing_the_oth
         Some(5)
     );
     assert!(live.users.id("bob").is_none());
+}
+
+#[test]
+fn quota_usage_survives_a_restart_and_reset_quota_applies_while_running() {
+    let files = Files::new("restart");
+    let dc = FakeDc::start(DcMode::Echo);
+    let (site_a, _site_b) = two_sites();
+    let default = ee("127.0.0.1", 40);
+    let alice = secret(SecretKind::Secure, 41);
+    let users = users_toml(&[("alice", &alice, "quota = \"300KiB\"\n")]);
+    let proxy = from_files(&files.dir, &default, &users, dc.addr, site_a.addr.port());
+    let mut c = TestClient::connect(
+        proxy.local_addr(),
+        &alice,
+        &ClientOpts::new(Tag::Padded, 2, 1),
+    )
+    .unwrap();
+    echo(&mut c, 100_000, 2);
+    drop(c);
+    assert!(wait_until(Duration::from_secs(5), || counts(
+        &proxy, "alice"
+    )
+    .open
+        == 0));
+    assert_eq!(counts(&proxy, "alice").used, 200_000);
+    drop(proxy); // saves the state at shutdown
+    let state = files.dir.join("proxy.state");
+    assert!(state.exists());
+    // A restart: the usage is back; 100 KB more cross the quota: fronted.
+    let proxy = from_files(&files.dir, &default, &users, dc.addr, site_a.addr.port());
+    let addr = proxy.local_addr();
+    assert_eq!(counts(&proxy, "alice").used, 200_000);
+    let mut c = TestClient::connect(addr, &alice, &ClientOpts::new(Tag::Padded, 2, 3)).unwrap();
+    echo(&mut c, 60_000, 4);
+    drop(c);
+    assert!(wait_until(Duration::from_secs(5), || counts(
+        &proxy, "alice"
+    )
+    .open
+        == 0));
+    // (A dd client gets no answer either way: the refusal shows in the counters, and the
+    // site gets the frame.)
+    let before = site_a.received().len();
+    let refused = TestClient::connect(addr, &alice, &ClientOpts::new(Tag::Padded, 2, 5));
+    assert!(wait_until(Duration::from_secs(5), || {
+        counts(&proxy, "alice").rejects[UserReject::Quota as usize] == 1
+    }));
+    assert!(wait_until(Duration::from_secs(5), || {
+        site_a.received().get(before).is_some_and(|r| r.len() >= 64)
+    }));
+    drop(refused);
+    // `mtpx users reset-quota` while it runs: applied within a save period (5 s).
+    mtpx::background::users::request_reset(&state, "alice", 0xabc).unwrap();
+    assert!(wait_until(Duration::from_secs(10), || counts(
+        &proxy, "alice"
+    )
+    .used
+        == 0));
+    let mut c = TestClient::connect(addr, &alice, &ClientOpts::new(Tag::Padded, 2, 6)).unwrap();
+    echo(&mut c, 10_000, 7);
 }
 
 #[test]

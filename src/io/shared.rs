@@ -77,7 +77,11 @@ impl ShapingCell {
     pub fn new(config: &Config) -> ShapingCell {
         let d = &config.doppelganger;
         ShapingCell {
-            on: d.delays && config.secret.kind == crate::proto::secret::SecretKind::FakeTls,
+            on: d.delays
+                && config
+                    .user_specs()
+                    .iter()
+                    .any(|u| u.secret.kind == SecretKind::FakeTls),
             min_rate: d.min_rate,
             shape: AtomicU64::new(d.delay_shape.to_bits()),
             scale_ns: AtomicU64::new(d.delay_scale.as_nanos().min(u128::from(u64::MAX)) as u64),
