@@ -20,9 +20,12 @@ use mtpx::proto::obfs2::Tag;
 use mtpx::proto::secret::{Secret, SecretKind};
 use mtpx::proto::users::{Limits, UserReject, UserSpec};
 
+/// Bytes received on each accepted connection.
+type Conns = Arc<Mutex<Vec<Arc<Mutex<Vec<u8>>>>>>;
+
 /// A stand-in fronting site on one loopback address: records what each connection sends.
 struct Site {
-    conns: Arc<Mutex<Vec<Arc<Mutex<Vec<u8>>>>>>,
+    conns: Conns,
     stop: Arc<AtomicBool>,
     addr: SocketAddr,
     acceptor: Option<JoinHandle<()>>,
@@ -31,7 +34,7 @@ struct Site {
 impl Site {
     fn on(listener: TcpListener) -> Site {
         let addr = listener.local_addr().unwrap();
-        let conns: Arc<Mutex<Vec<Arc<Mutex<Vec<u8>>>>>> = Arc::default();
+        let conns: Conns = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
         let (c2, s2) = (conns.clone(), stop.clone());
         let acceptor = std::thread::spawn(move || {
