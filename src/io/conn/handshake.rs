@@ -328,6 +328,14 @@ impl<S: Sock> Conn<S> {
                     stats.handshakes.fetch_add(1, Ordering::Relaxed);
                     ctx.shared.recent.remember(self.peer.ip(), accepted.user);
                     self.lease = hs.lease.take();
+                    crate::log_event!(
+                        Level::Debug,
+                        "user-connected",
+                        conn = self.id_str(),
+                        client = self.peer,
+                        user = self.user().unwrap_or(""),
+                        dc = accepted.dc
+                    );
                     self.role = Role::Dc(accepted.dc);
                     self.bytes[0] += accepted.early as u64;
                     // Records read after the frame stay raw after the held bytes: the relay
