@@ -356,7 +356,9 @@ impl<S: Sock> Conn<S> {
                         s.rejected(why);
                     }
                     let name = hs.live.users.get(user).map_or("", |u| u.name.as_str());
-                    crate::log_event!(
+                    // Rate-limited: an app refused retries at will.
+                    crate::log_probe!(
+                        crate::log::Probe::UserRefused,
                         Level::Info,
                         "user-refused",
                         conn = self.id_str(),
