@@ -539,4 +539,35 @@ mod tests {
         drop(lease);
         assert_eq!(after.stats[1].counts().open, 0);
     }
+
+    #[test]
+    fn a_reload_revokes_removed_users_and_changed_secrets_only() {
+        let a = user("alice", SecretKind::Secure, "", 1);
+        let b = user("bob", SecretKind::Secure, "", 2);
+        let c = user("carol", SecretKind::Secure, "", 3);
+        let d = user("dave", SecretKind::Secure, "", 4);
+        let cell = UsersCell::new(users(&[a.clone(), b.clone(), c.clone(), d.clone()]), 0);
+        let old = cell.current();
+        let lease =
+            |live: &LiveUsers, name: &str| live.admit(live.users.id(name).unwrap(), ip(1), 0);
+        let [la, lb, lc, ld] = ["alice", "bob", "carol", "dave"].map(|n| lease(&old, n).unwrap());
+        assert_eq!(la.stats().name(), "alice");
+        // bob removed, carol gets a new secret, dave new limits, alice unchanged.
+        let mut c2 = user("carol", SecretKind::Secure, "", 33);
+        c2.limits = c.limits;
+        let mut d2 = d.clone();
+        d2.limits.max_connections = Some(9);
+        cell.replace(users(&[a, c2, d2]), 0);
+        assert!(!la.revoked() && !ld.revoked());
+        assert!(lb.revoked() && lc.revoked());
+        // The cache follows the reload.
+        let new = cell.current();
+        assert_eq!(new.generation, 1);
+        assert!(new.users.id("bob").is_none());
+        // New leases of carol (new secret) stand; one admitted under the old snapshot after
+        // the reload (a handshake that began before it) is revoked at once.
+        assert!(!lease(&new, "carol").unwrap().revoked());
+        assert!(lease(&old, "carol").unwrap().revoked());
+        assert!(!lease(&old, "dave").unwrap().revoked());
+    }
 }
