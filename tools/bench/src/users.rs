@@ -28,9 +28,9 @@ use mtpx::proto::faketls::{
     parse_client_hello, record_header, telegram_hello, verify_client_hello, write_server_hello,
 };
 use mtpx::proto::handshake::{Env, Expect, Handshake, NoReplay, Step};
-use mtpx::proto::tlsprofile::FlightShape;
 use mtpx::proto::obfs2::{Tag, client_frame, client_handshake, dc_handshake};
 use mtpx::proto::secret::{Secret, SecretKind};
+use mtpx::proto::tlsprofile::FlightShape;
 use mtpx::proto::users::{Limits, UserSpec, Users};
 use mtpx::proto::x25519::KeyShares;
 
