@@ -97,17 +97,29 @@ impl Drop for Site {
     }
 }
 
-/// Two stand-in sites on one port: 127.0.0.1 (the default host) and 127.0.0.2 (another
-/// user's host; the port is `[domain-fronting] port` for every site).
-fn two_sites() -> (Site, Site) {
-    for _ in 0..50 {
+/// Stand-in sites on one port (`[domain-fronting] port` is every site's): 127.0.0.1 (the
+/// default host), then 127.0.0.2, 127.0.0.3... (other users' hosts).
+fn sites(n: u8) -> Vec<Site> {
+    'port: for _ in 0..50 {
         let a = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = a.local_addr().unwrap().port();
-        if let Ok(b) = TcpListener::bind(("127.0.0.2", port)) {
-            return (Site::on(a), Site::on(b));
+        let mut all = vec![a];
+        for i in 2..=n {
+            match TcpListener::bind((Ipv4Addr::new(127, 0, 0, i), port)) {
+                Ok(l) => all.push(l),
+                Err(_) => continue 'port,
+            }
         }
+        return all.into_iter().map(Site::on).collect();
     }
-    panic!("no port free on both 127.0.0.1 and 127.0.0.2");
+    panic!("no port free on every address");
+}
+
+/// The default site (127.0.0.1) and another (127.0.0.2).
+fn two_sites() -> (Site, Site) {
+    let mut s = sites(2);
+    let b = s.pop().unwrap();
+    (s.pop().unwrap(), b)
 }
 
 fn ee(host: &str, seed: u64) -> Secret {
@@ -400,6 +412,18 @@ fn users_toml(users: &[(&str, &Secret, &str)]) -> String {
 
 /// A proxy loaded from `proxy.toml` (top-level secret `default`) with `users.toml`.
 fn from_files(dir: &Path, default: &Secret, users: &str, dc: SocketAddr, front: u16) -> Proxy {
+    from_files_learning(dir, default, users, dc, front, false)
+}
+
+/// [`from_files`], the scouts on with `learn`.
+fn from_files_learning(
+    dir: &Path,
+    default: &Secret,
+    users: &str,
+    dc: SocketAddr,
+    front: u16,
+    learn: bool,
+) -> Proxy {
     let cfg = dir.join("proxy.toml");
     std::fs::write(
         &cfg,
@@ -421,7 +445,7 @@ fn from_files(dir: &Path, default: &Secret, users: &str, dc: SocketAddr, front: 
         .iter()
         .map(|&id| (id, vec![dc]))
         .collect();
-    c.doppelganger.learn = false;
+    c.doppelganger.learn = learn;
     mtpx::io::start(c).unwrap()
 }
 
@@ -603,5 +627,53 @@ fn each_users_host_is_scouted_with_its_own_name() {
         assert!(hello.windows(name.len()).any(|w| w == name), "{host}: SNI");
     }
     drop(proxy);
+}
+
+#[test]
+fn a_host_that_a_reload_adds_is_fronted_and_scouted() {
+    let files = Files::new("newhost");
+    let dc = FakeDc::start(DcMode::Echo);
+    let all = sites(3);
+    let default = ee("127.0.0.1", 50);
+    let alice = ee("127.0.0.2", 51);
+    let bob = ee("127.0.0.3", 52);
+    let before = users_toml(&[("alice", &alice, "")]);
+    let port = all[0].addr.port();
+    let proxy = from_files_learning(&files.dir, &default, &before, dc.addr, port, true);
+    let addr = proxy.local_addr();
+    // Scouted at start: the default site and alice's.
+    for (site, host) in [(&all[0], "127.0.0.1"), (&all[1], "127.0.0.2")] {
+        let hello = site.wait_for(200);
+        assert!(hello.windows(9).any(|w| w == host.as_bytes()), "{host}");
+    }
+    assert!(all[2].received().is_empty());
+    // bob comes with a host of his own, expired: his site is scouted and gets his hello.
+    let after = users_toml(&[
+        ("alice", &alice, ""),
+        ("bob", &bob, "expires = \"2001-01-01\"\n"),
+    ]);
+    std::fs::write(files.dir.join("users.toml"), after).unwrap();
+    proxy.reload_users();
+    assert!(wait_until(Duration::from_secs(10), || proxy
+        .users()
+        .generation
+        >= 1));
+    let r = TestClient::connect(addr, &bob, &ClientOpts::new(Tag::Padded, 2, 1));
+    assert!(r.is_err(), "an expired user was answered");
+    let got = wait_until(Duration::from_secs(10), || {
+        let r = all[2].received();
+        let named = |h: &Vec<u8>| h.windows(9).any(|w| w == b"127.0.0.3");
+        // The scout's hello and bob's (both name the host).
+        r.iter().filter(|h| h.len() > 100 && named(h)).count() >= 2
+    });
+    assert!(
+        got,
+        "{:?}",
+        all[2].received().iter().map(Vec::len).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        counts(&proxy, "bob").rejects[UserReject::Expired as usize],
+        1
+    );
     let _ = IpAddr::from([127, 0, 0, 1]);
 }
