@@ -386,7 +386,9 @@ impl<S: Sock> Conn<S> {
                 self.close(CloseReason::Revoked, ctx);
                 return self.turn(want);
             }
-            if self.cut {
+            // A cut relay flushes (each sweep too), until idle for the idle timeout.
+            let idle = matches!(&self.phase, Phase::Relay(r) if ctx.now >= r.deadline);
+            if self.cut && !idle {
                 self.relay_turn(ctx, &mut want);
                 return self.turn(want);
             }
