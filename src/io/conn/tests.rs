@@ -884,7 +884,11 @@ fn a_user_over_quota_is_cut_at_a_record_boundary_even_if_the_client_never_reads(
             assert_eq!(client.open(&rig.client.take_written()), vec![7u8; 30_000]);
             assert!(rig.client.shut() && dc.shut());
         }
-        assert_eq!(rig.conn.bytes()[0], 0, "the client's late bytes were not read");
+        assert_eq!(
+            rig.conn.bytes()[0],
+            0,
+            "the client's late bytes were not read"
+        );
         assert_eq!(user.counts().used, 30_000);
     }
 }
