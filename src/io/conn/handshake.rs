@@ -352,6 +352,8 @@ impl<S: Sock> Conn<S> {
                 }
                 Step::Front(why) => return Err(self.front(hs, why, ctx)),
                 Step::Refused { user, why } => {
+                    // Its key verified: an app retrying costs one key, not the search.
+                    ctx.shared.recent.remember(self.peer.ip(), user);
                     if let Some(s) = hs.live.stats.get(user) {
                         s.rejected(why);
                     }
