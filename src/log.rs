@@ -424,9 +424,17 @@ pub enum Probe {
     Fronting = 1,
     /// The fronting site could not be reached for one (`fronting-failed`).
     FrontingFailed = 2,
+    /// A user's client refused by the user's limits (`user-refused`): an app over its quota
+    /// retries at will.
+    UserRefused = 3,
 }
 
-const PROBE_EVENTS: [&str; 3] = ["handshake-rejected", "fronting", "fronting-failed"];
+const PROBE_EVENTS: [&str; 4] = [
+    "handshake-rejected",
+    "fronting",
+    "fronting-failed",
+    "user-refused",
+];
 
 /// A per-kind budget of lines per interval (see [`probe`]).
 struct Limit {
@@ -460,7 +468,7 @@ impl Limit {
     }
 }
 
-static LIMITS: [Limit; 3] = [Limit::new(), Limit::new(), Limit::new()];
+static LIMITS: [Limit; 4] = [Limit::new(), Limit::new(), Limit::new(), Limit::new()];
 
 /// Whether to log this probe event now: always with `debug = true`; otherwise at most
 /// [`PROBE_LINES`] per kind and [`PROBE_INTERVAL_SECS`]. The rest are counted and summed up by

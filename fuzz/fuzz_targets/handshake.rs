@@ -13,6 +13,7 @@ use mtpx::proto::XorShift64;
 use mtpx::proto::dc::{DcTable, PreferIp};
 use mtpx::proto::faketls;
 use mtpx::proto::handshake::{Env, Expect, Handshake, Step};
+use mtpx::proto::users::{UserSpec, Users};
 use mtpx::proto::obfs2::{self, Tag};
 use mtpx::proto::replay::ReplayFilter;
 use mtpx::proto::secret::{Secret, SecretKind};
@@ -48,7 +49,19 @@ struct Outcome {
 }
 
 fn run(expect: Expect, input: &[u8], mut sizes: impl FnMut() -> usize, eof: bool) -> Outcome {
-    let secrets = secrets();
+    let users = Users::new(
+        secrets()
+            .into_iter()
+            .enumerate()
+            .map(|(i, secret)| UserSpec {
+                name: format!("u{i}"),
+                secret,
+                limits: Default::default(),
+                ad_tag: None,
+            })
+            .collect(),
+    )
+    .expect("valid users");
     let dcs = DcTable::new(PreferIp::PreferIpv4, &[]);
     let mut rng = XorShift64(1);
     let mut replay = ReplayFilter::new(4096, 10, [1; 16]);
@@ -67,7 +80,9 @@ fn run(expect: Expect, input: &[u8], mut sizes: impl FnMut() -> usize, eof: bool
     let mut step = Step::NeedMore;
     loop {
         let mut env = Env {
-            secrets: &secrets,
+            users: &users,
+            hint: None,
+            admission: &mut (),
             tolerance_secs: 300,
             dcs: &dcs,
             allow_unknown_dc: true,
@@ -133,6 +148,8 @@ fn run(expect: Expect, input: &[u8], mut sizes: impl FnMut() -> usize, eof: bool
                 out.end = format!("close {c:?}");
                 return out;
             }
+            // (No limits here: nobody is refused or waits.)
+            Step::Refused { .. } | Step::Wait(_) => unreachable!("no limits"),
         };
     }
 }
@@ -144,6 +161,7 @@ fuzz_target!(|data: &[u8]| {
     let expect = Expect {
         proxy_header: ctl & 1 != 0,
         faketls: ctl & 2 != 0,
+        obfs2: ctl & 2 == 0 || ctl & 16 != 0,
     };
     let eof = ctl & 4 != 0;
     let mut input = Vec::new();

@@ -774,7 +774,6 @@ pub fn load(path: &Path) -> Result<(Config, Vec<Warning>), ConfigError> {
             e
         })?;
         config.secret = users[0].secret.clone();
-        warnings.extend(users_warning(&users, origins.get(1)));
         config.users = users;
     }
     Ok((config, warnings))
@@ -864,10 +863,6 @@ fn parse_doc(text: &str, users_only: bool) -> Result<Parsed, ConfigError> {
         } else {
             config.user_specs()
         };
-        if config.users_file.is_none() {
-            doc.warnings
-                .extend(users_warning(&config.users, origins.get(1)));
-        }
         (Some(config), users, origins)
     };
     doc.finish();
@@ -892,27 +887,6 @@ pub fn parse_users_text(text: &str) -> Result<(Vec<ListedUser>, Vec<Warning>), C
         .map(|(u, o)| (u, o.line, o.secret_line))
         .collect();
     Ok((listed, p.warnings))
-}
-
-/// While the connection layer serves one secret (issue 15's wiring comes with the handshake
-/// state machine), a config with several users or with limits says so.
-fn users_warning(users: &[UserSpec], at: Option<&Origin>) -> Option<Warning> {
-    let limited = users.iter().any(|u| u.limits != Limits::default());
-    if users.len() < 2 && !limited {
-        return None;
-    }
-    Some(Warning {
-        kind: WarningKind::NotImplemented,
-        file: at.and_then(|o| o.file.clone()),
-        line: at.map(|o| o.line),
-        key: "users".into(),
-        msg: format!(
-            "{} users are accepted, but for now the proxy serves only the first ({}) and \
-             enforces no per-user limit",
-            users.len(),
-            users[0].name
-        ),
-    })
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ pub(crate) mod ja4stats;
 mod pool;
 pub(crate) mod rng;
 mod shared;
+mod sites;
 mod sock;
 mod sources;
 pub(crate) mod stats;
@@ -31,10 +32,50 @@ use crate::background::users::UsersService;
 use crate::background::{metrics, scout};
 use crate::config::Config;
 use crate::log::Level;
+use crate::proto::secret::SecretKind;
 pub(crate) use rng::{FastRng, OsRng};
 pub use shared::ShapingCell;
 pub(crate) use shared::{Shared, own_listeners, self_loop_test, socks_upstreams};
 pub use stats::Stats;
+
+/// Most scouts started (one per fronting site; the others keep the default shape).
+pub(crate) const MAX_SCOUTS: usize = 16;
+
+/// Starts the scout of fronting site `site` (`host`, learning into `profiles`); the default
+/// site's also times the site's records when shaping is on. `None` for a site without a host
+/// or when the thread cannot start (logged).
+pub(crate) fn spawn_scout(
+    shared: &Arc<Shared>,
+    site: usize,
+    host: &str,
+    profiles: &Arc<std::sync::Mutex<crate::proto::tlsprofile::Profiles>>,
+) -> Option<scout::Scout> {
+    if host.is_empty() {
+        return None;
+    }
+    let d = &shared.config.doppelganger;
+    // The timing raid (shaping is process-wide) with the default site's scout only.
+    let timing = (site == 0 && shared.shaping.is_on()).then(|| {
+        let dns = shared.config.nameserver();
+        scout::TimingRaid::new(&d.urls, shared.shaping.clone(), dns)
+    });
+    let s = shared.clone();
+    let spawned = scout::spawn(
+        move || (0..16).map_while(|i| s.sites.addr(site, i)).collect(),
+        host.to_owned(),
+        d.raid_each,
+        d.repeats_per_raid,
+        profiles.clone(),
+        timing,
+    );
+    match spawned {
+        Ok(s) => Some(s),
+        Err(e) => {
+            crate::log_event!(Level::Warn, "scout-not-started", error = e);
+            None
+        }
+    }
+}
 
 /// Seconds since the Unix epoch by the system clock.
 pub(crate) fn unix_now() -> u64 {
@@ -48,7 +89,8 @@ pub(crate) fn unix_now() -> u64 {
 pub struct Proxy {
     shared: Arc<Shared>,
     services: Vec<metrics::Service>,
-    scout: Option<scout::Scout>,
+    /// One per fronting site known at start (the default one first).
+    scouts: Vec<scout::Scout>,
     wakers: Vec<Arc<Waker>>,
     threads: Vec<JoinHandle<()>>,
     local_addr: SocketAddr,
@@ -141,7 +183,7 @@ impl Proxy {
 
     fn stop_and_join(&mut self) {
         self.shared.stop.store(true, Ordering::SeqCst);
-        if let Some(s) = self.scout.take() {
+        for s in self.scouts.drain(..) {
             s.stop();
         }
         for w in &self.wakers {
@@ -198,9 +240,6 @@ pub fn start_with_grace(config: Config, grace: Duration) -> io::Result<Proxy> {
     let per_worker_bufs = (config.buffer_count / workers).max(2);
     let shared = Arc::new(Shared::new(config, grace, local_addr));
 
-    if shared.front_unresolved() && !shared.config.secret.host.is_empty() {
-        crate::background::front_dns::spawn(shared.clone());
-    }
     let mut wakers = Vec::with_capacity(workers);
     let mut threads = Vec::with_capacity(workers);
     for index in 0..workers {
@@ -220,32 +259,21 @@ pub fn start_with_grace(config: Config, grace: Duration) -> io::Result<Proxy> {
         wakers.push(waker);
         threads.push(handle);
     }
-    // Learn the fronting site's handshake shape (FakeTLS only: other secrets send none).
-    let scout = if shared.config.secret.kind == crate::proto::secret::SecretKind::FakeTls
-        && shared.config.doppelganger.learn
-    {
-        let s = shared.clone();
-        let d = &shared.config.doppelganger;
-        match scout::spawn(
-            move || (0..16).map_while(|i| s.front_addr(i)).collect(),
-            shared.config.secret.host.clone(),
-            d.raid_each,
-            d.repeats_per_raid,
-            shared.profile.clone(),
-            shared.shaping.is_on().then(|| {
-                let dns = shared.config.nameserver();
-                scout::TimingRaid::new(&d.urls, shared.shaping.clone(), dns)
-            }),
-        ) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                crate::log_event!(Level::Warn, "scout-not-started", error = e);
-                None
-            }
+    // Learn each fronting site's handshake shape (FakeTLS only: other secrets send none): one
+    // scout per site known now; the sites thread scouts those that reloads add.
+    let faketls_users = shared.users.load().users.has_kind(SecretKind::FakeTls);
+    let learn = shared.config.doppelganger.learn;
+    let mut scouts = Vec::new();
+    let known = shared.sites.all();
+    if faketls_users && learn {
+        for (site, host, profiles) in known.iter().take(MAX_SCOUTS) {
+            scouts.extend(spawn_scout(&shared, *site, host, profiles));
         }
-    } else {
-        None
-    };
+    }
+    // The sites' addresses (the default one's, other users' hosts', those reloads add), and
+    // the scouts of sites added later.
+    let later = learn.then_some(if faketls_users { known.len() } else { 0 });
+    crate::background::front_dns::spawn(shared.clone(), later);
     let source = metrics::MetricsSource {
         secret_kind: shared.config.secret.kind.as_str(),
         ja4: Some(shared.ja4.clone()),
@@ -265,7 +293,7 @@ pub fn start_with_grace(config: Config, grace: Duration) -> io::Result<Proxy> {
     Ok(Proxy {
         services,
         shared,
-        scout,
+        scouts,
         wakers,
         threads,
         local_addr,

@@ -24,6 +24,7 @@ use crate::proto::Rng;
 use crate::proto::faketls::ClientHello;
 use crate::proto::handshake::{Datacenters, Hellos, Replay, Shapes};
 use crate::proto::replay::ReplayFilter;
+use crate::proto::secret::SecretKind;
 use crate::proto::tlsprofile::{FlightShape, Profiles};
 
 /// State shared by all workers.
@@ -40,8 +41,11 @@ pub(crate) struct Shared {
     pub(crate) stop: AtomicBool,
     pub(crate) grace: Duration,
     pub(crate) stats: Arc<Stats>,
-    /// Addresses of the fronting site (refreshed in the background for a host name).
-    front_addrs: Mutex<Vec<SocketAddr>>,
+    /// The fronting sites: the default one (site 0) and one per other FakeTLS host of the
+    /// users, with their addresses (refreshed in the background for host names) and shapes.
+    pub(crate) sites: super::sites::Sites,
+    /// Which user each client address used last (the handshake tries it first).
+    pub(crate) recent: crate::proto::users::RecentUsers,
     /// Send a PROXY v2 header to the fronting site.
     pub(crate) front_proxy_protocol: bool,
     /// Inter-record timing toward FakeTLS clients (`[defense.doppelganger] delays`).
@@ -57,8 +61,6 @@ pub(crate) struct Shared {
     pub(crate) users: Arc<super::users::UsersCell>,
     /// Where this process listens (the proxy, the metrics endpoint): never a fronting target.
     pub(crate) own_listeners: Vec<SocketAddr>,
-    /// The fronting site is a host name to resolve (no address configured).
-    front_unresolved: bool,
     /// JA4 fingerprints of the ClientHellos that arrive (`[stats] ja4-top`).
     pub(crate) ja4: Arc<Ja4Stats>,
 }
@@ -77,7 +79,11 @@ impl ShapingCell {
     pub fn new(config: &Config) -> ShapingCell {
         let d = &config.doppelganger;
         ShapingCell {
-            on: d.delays && config.secret.kind == crate::proto::secret::SecretKind::FakeTls,
+            on: d.delays
+                && config
+                    .user_specs()
+                    .iter()
+                    .any(|u| u.secret.kind == SecretKind::FakeTls),
             min_rate: d.min_rate,
             shape: AtomicU64::new(d.delay_shape.to_bits()),
             scale_ns: AtomicU64::new(d.delay_scale.as_nanos().min(u128::from(u64::MAX)) as u64),
@@ -153,7 +159,12 @@ impl Shared {
             // acceptable (a timestamp up to `tolerance` in the future stays valid until
             // 2 × tolerance later); an obfuscated2 frame (dd, classic) has no timestamp, so it
             // is never forgotten for its age, only to make room.
-            let filter = if config.secret.kind == crate::proto::secret::SecretKind::FakeTls {
+            // (With FakeTLS users among others, frames are forgotten after the window too.)
+            let faketls = config
+                .user_specs()
+                .iter()
+                .any(|u| u.secret.kind == SecretKind::FakeTls);
+            let filter = if faketls {
                 let window = 2 * config.tolerate_time_skewness.as_secs() + 2;
                 ReplayFilter::new(config.anti_replay.max_size, window, key)
             } else {
@@ -170,6 +181,26 @@ impl Shared {
         let front_configured = initial_front_addrs(&config);
         let front_unresolved = front_configured.is_empty();
         let front_addrs = drop_self_loops(front_configured, &own, &stats);
+        let profile = Arc::new(Mutex::new(Profiles::new(config.doppelganger.post_quantum)));
+        let sites = super::sites::Sites::new(
+            &config.secret.host,
+            front_addrs,
+            front_unresolved && !config.secret.host.is_empty(),
+            profile.clone(),
+            config.domain_fronting.port,
+            config.doppelganger.post_quantum,
+        );
+        let specs = config.user_specs();
+        for u in specs
+            .iter()
+            .filter(|u| u.secret.kind == SecretKind::FakeTls)
+        {
+            sites.index(&u.secret.host, |a| drop_self_loops(a, &own, &stats));
+        }
+        let mut hint_key = [0u8; 16];
+        OsRng.fill(&mut hint_key);
+        // A few slots per expected client address keeps hints alive.
+        let hint_slots = (8 * specs.len()).max(config.concurrency.saturating_mul(2));
         let dc = Arc::new(LiveDc::new(&config));
         let socks = socks_upstreams(&config);
         let upstreams: Vec<Upstream> = socks.iter().map(|u| (u.addr, u.auth.clone())).collect();
@@ -177,17 +208,18 @@ impl Shared {
             lists: Lists::start(&config, upstreams.clone()),
             users: Arc::new(super::users::UsersCell::new(
                 // The config checked its users.
-                crate::proto::users::Users::new(config.user_specs())
+                crate::proto::users::Users::new(specs)
                     .unwrap_or_else(|_| unreachable!("a validated config has valid users")),
                 super::unix_now(),
             )),
             telegram: Telegram::start(&config, dc.clone(), upstreams),
             ja4: Arc::new(Ja4Stats::new(config.ja4_top)),
-            front_addrs: Mutex::new(front_addrs),
+            sites,
+            recent: crate::proto::users::RecentUsers::new(hint_slots, hint_key),
             front_proxy_protocol: config.domain_fronting.proxy_protocol,
             shaping: Arc::new(ShapingCell::new(&config)),
             socks,
-            profile: Arc::new(Mutex::new(Profiles::new(config.doppelganger.post_quantum))),
+            profile,
             dc,
             replay,
             active: AtomicUsize::new(0),
@@ -200,19 +232,21 @@ impl Shared {
             grace,
             stats,
             own_listeners: own,
-            front_unresolved,
             config,
         }
     }
 
-    /// Whether the fronting site's addresses come from DNS (no address was configured).
-    pub(crate) fn front_unresolved(&self) -> bool {
-        self.front_unresolved
+    /// Replaces fronting site `site`'s addresses after a resolution, minus our own listeners.
+    pub(crate) fn set_resolved_front_addrs(&self, site: usize, addrs: Vec<SocketAddr>) {
+        let addrs = drop_self_loops(addrs, &self.own_listeners, &self.stats);
+        self.sites.set_addrs(site, addrs);
     }
 
-    /// Replaces the fronting site's addresses after a resolution, minus our own listeners.
-    pub(crate) fn set_resolved_front_addrs(&self, addrs: Vec<SocketAddr>) {
-        self.set_front_addrs(drop_self_loops(addrs, &self.own_listeners, &self.stats));
+    /// The fronting site of `host` (added if new; `""`: the default site).
+    pub(crate) fn site(&self, host: &str) -> usize {
+        self.sites.index(host, |a| {
+            drop_self_loops(a, &self.own_listeners, &self.stats)
+        })
     }
     /// The `k`-th upstream to try: healthy ones in config order, then recently failed ones.
     pub(crate) fn socks_order(&self, k: usize) -> usize {
@@ -239,22 +273,6 @@ impl Shared {
     /// Whether a client from `ip` may use the proxy (IP allow/block lists).
     pub(crate) fn admits(&self, ip: std::net::IpAddr) -> bool {
         self.lists.admits(ip) == lists::Admit::Ok
-    }
-
-    /// The `idx`-th address of the fronting site, if any.
-    pub(crate) fn front_addr(&self, idx: usize) -> Option<SocketAddr> {
-        match self.front_addrs.lock() {
-            Ok(a) => a.get(idx).copied(),
-            Err(p) => p.into_inner().get(idx).copied(),
-        }
-    }
-
-    /// Replaces the fronting site's addresses (after a new resolution).
-    pub(crate) fn set_front_addrs(&self, addrs: Vec<SocketAddr>) {
-        match self.front_addrs.lock() {
-            Ok(mut a) => *a = addrs,
-            Err(p) => *p.into_inner() = addrs,
-        }
     }
 
     /// True if this handshake nonce was seen within the clock-skew window (and records it).
@@ -285,16 +303,22 @@ impl Datacenters for LiveDc {
     }
 }
 
-/// The fake flight's shape as the scout learned it for the hello's kind (the second lock a
-/// handshake takes, once, for a FakeTLS hello that verified).
-pub(crate) struct SharedShapes<'a>(pub(crate) &'a Mutex<Profiles>);
+/// The fake flight's shape as the scout learned it from the user's site for the hello's kind
+/// (the second lock a handshake takes, once, for a FakeTLS hello that verified; a third, the
+/// site table's, for a host other than the default one).
+pub(crate) struct SharedShapes<'a>(pub(crate) &'a Shared);
 
 impl Shapes for SharedShapes<'_> {
-    fn shape(&mut self, hello: &ClientHello) -> FlightShape {
-        match self.0.lock() {
-            Ok(p) => p.shape_for(hello.kind()),
-            Err(p) => p.into_inner().shape_for(hello.kind()),
-        }
+    fn shape(&mut self, hello: &ClientHello, host: &str) -> FlightShape {
+        let shared = self.0;
+        let theirs = if host == shared.config.secret.host {
+            None
+        } else {
+            shared.sites.profiles(shared.site(host))
+        };
+        let profiles = theirs.as_ref().unwrap_or(&shared.profile);
+        let p = profiles.lock().unwrap_or_else(|p| p.into_inner());
+        p.shape_for(hello.kind())
     }
 }
 
@@ -415,20 +439,7 @@ fn initial_front_addrs(config: &Config) -> Vec<SocketAddr> {
     if let Some(ip) = config.domain_fronting.ip {
         return vec![SocketAddr::new(ip, port)];
     }
-    let host = config.secret.host.as_str();
-    if host.is_empty() {
-        return Vec::new();
-    }
-    if let Ok(ip) = host.trim_start_matches('[').trim_end_matches(']').parse() {
-        return vec![SocketAddr::new(ip, port)];
-    }
-    if host.eq_ignore_ascii_case("localhost") {
-        return vec![
-            SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), port),
-            SocketAddr::new(std::net::Ipv6Addr::LOCALHOST.into(), port),
-        ];
-    }
-    Vec::new()
+    super::sites::literal_addrs(&config.secret.host, port).unwrap_or_default()
 }
 
 #[cfg(test)]

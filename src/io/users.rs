@@ -37,6 +37,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// One user's counters and live connections.
 #[derive(Debug, Default)]
 pub struct UserStats {
+    /// The user's name (logs; never the secret).
+    name: Box<str>,
+    /// Bumped when the user is removed or its secret changes: leases taken before are revoked
+    /// (their connections closed).
+    epoch: AtomicU64,
     /// Bytes from the client since start (metrics).
     pub(crate) from_client: AtomicU64,
     /// Bytes to the client since start (metrics).
@@ -76,6 +81,30 @@ impl UserStats {
         s
     }
 
+    /// Fresh counters of user `name` (see [`UserStats::new`]).
+    pub fn named(name: &str, period_start: u64) -> UserStats {
+        UserStats {
+            name: name.into(),
+            ..UserStats::new(period_start)
+        }
+    }
+
+    /// The user's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Revokes every lease taken so far (the user was removed or got a new secret): their
+    /// connections are closed at the next sweep. Returns the new epoch.
+    pub fn revoke(&self) -> u64 {
+        self.epoch.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// The current epoch (see [`UserStats::revoke`]).
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
     /// Admits a connection from `ip` under `limits` at `now_unix`, or says which limit refuses
     /// it: `Expired`, `Quota`, `MaxIps` (front it), `MaxConnections` (wait for one of the
     /// user's connections to end, admit again, front when the handshake time is up). The
@@ -85,6 +114,18 @@ impl UserStats {
         limits: &Limits,
         ip: IpAddr,
         now_unix: u64,
+    ) -> Result<Lease, UserReject> {
+        self.admit_at(limits, ip, now_unix, self.epoch())
+    }
+
+    /// [`UserStats::admit`] for a client found in a snapshot in which the user's epoch was
+    /// `epoch`: the lease is revoked at once if the user was revoked since.
+    pub fn admit_at(
+        self: &Arc<Self>,
+        limits: &Limits,
+        ip: IpAddr,
+        now_unix: u64,
+        epoch: u64,
     ) -> Result<Lease, UserReject> {
         if let Some(why) = limits.refuse(now_unix, self.used.load(Ordering::Relaxed)) {
             return Err(why);
@@ -115,6 +156,7 @@ impl UserStats {
             stats: self.clone(),
             ip: tracked.then_some(ip),
             quota: limits.quota,
+            epoch,
         })
     }
 
@@ -181,6 +223,7 @@ pub struct Lease {
     stats: Arc<UserStats>,
     ip: Option<IpAddr>,
     quota: Option<u64>,
+    epoch: u64,
 }
 
 impl Lease {
@@ -201,6 +244,18 @@ impl Lease {
     /// The user's stats.
     pub fn stats(&self) -> &Arc<UserStats> {
         &self.stats
+    }
+
+    /// Whether the user has a quota (then traffic is counted every relay turn, not only at
+    /// the sweep).
+    pub fn has_quota(&self) -> bool {
+        self.quota.is_some()
+    }
+
+    /// Whether the user was removed or got a new secret since this lease was taken: close
+    /// the connection.
+    pub fn revoked(&self) -> bool {
+        self.stats.epoch() != self.epoch
     }
 }
 
@@ -226,11 +281,26 @@ pub struct LiveUsers {
     pub users: Users,
     /// Their stats (`stats[id]` is user `id`'s).
     pub stats: Vec<Arc<UserStats>>,
+    /// Each user's epoch in this snapshot (see [`UserStats::revoke`]).
+    pub epochs: Vec<u64>,
     /// Bumped by each reload.
     pub generation: u64,
 }
 
 impl LiveUsers {
+    /// Admits a client of `user` from `ip` at `now_unix` under this snapshot's limits (see
+    /// [`UserStats::admit`]).
+    pub fn admit(&self, user: usize, ip: IpAddr, now_unix: u64) -> Result<Lease, UserReject> {
+        let (Some(spec), Some(stats), Some(&epoch)) = (
+            self.users.get(user),
+            self.stats.get(user),
+            self.epochs.get(user),
+        ) else {
+            return Err(UserReject::Expired);
+        };
+        stats.admit_at(&spec.limits, ip, now_unix, epoch)
+    }
+
     /// Whether some user has a quota (then usage is persisted).
     pub fn has_quota(&self) -> bool {
         self.users.specs().iter().any(|s| s.limits.quota.is_some())
@@ -241,21 +311,34 @@ impl LiveUsers {
 pub struct UsersCell {
     current: Mutex<Arc<LiveUsers>>,
     generation: AtomicU64,
+    /// Tells cells apart in the per-thread cache.
+    id: u64,
+}
+
+static NEXT_CELL: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    static CACHE: std::cell::RefCell<Option<(u64, u64, Arc<LiveUsers>)>> =
+        const { std::cell::RefCell::new(None) };
 }
 
 impl UsersCell {
     /// The cell for `users`, every quota period starting at `now_unix`.
     pub fn new(users: Users, now_unix: u64) -> UsersCell {
-        let stats = (0..users.len())
-            .map(|_| Arc::new(UserStats::new(now_unix)))
+        let stats = users
+            .specs()
+            .iter()
+            .map(|s| Arc::new(UserStats::named(&s.name, now_unix)))
             .collect();
         UsersCell {
             current: Mutex::new(Arc::new(LiveUsers {
+                epochs: vec![0; users.len()],
                 users,
                 stats,
                 generation: 0,
             })),
             generation: AtomicU64::new(0),
+            id: NEXT_CELL.fetch_add(1, Ordering::Relaxed),
         }
     }
 
@@ -264,26 +347,52 @@ impl UsersCell {
         lock(&self.current).clone()
     }
 
+    /// [`UsersCell::load`] through a per-thread cache: a worker looks at the lock only after
+    /// a reload (one atomic load otherwise).
+    pub fn current(&self) -> Arc<LiveUsers> {
+        let generation = self.generation();
+        CACHE.with(|c| {
+            let mut c = c.borrow_mut();
+            match &*c {
+                Some((id, g, live)) if *id == self.id && *g == generation => live.clone(),
+                _ => {
+                    let live = self.load();
+                    *c = Some((self.id, live.generation, live.clone()));
+                    live
+                }
+            }
+        })
+    }
+
     /// Bumped by each reload: a worker compares it to its cached snapshot's.
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
     }
 
     /// Puts `users` in force; users kept or changed (same name) keep their stats, new ones
-    /// start a quota period at `now_unix`. Returns the new snapshot and what changed.
+    /// start a quota period at `now_unix`. Removed users and users with a new secret are
+    /// revoked ([`UserStats::revoke`]): their connections are closed. Returns the new snapshot
+    /// and what changed.
     pub fn replace(&self, users: Users, now_unix: u64) -> (Arc<LiveUsers>, Diff) {
         let mut cur = lock(&self.current);
         let d = diff(&cur.users, &users);
-        let stats = users
+        for &o in &d.removed {
+            cur.stats[o].revoke();
+        }
+        for c in d.changed.iter().filter(|c| c.secret) {
+            cur.stats[c.old].revoke();
+        }
+        let stats: Vec<Arc<UserStats>> = users
             .specs()
             .iter()
             .map(|s| match cur.users.id(&s.name) {
                 Some(old) => cur.stats[old].clone(),
-                None => Arc::new(UserStats::new(now_unix)),
+                None => Arc::new(UserStats::named(&s.name, now_unix)),
             })
             .collect();
         let generation = cur.generation + 1;
         let next = Arc::new(LiveUsers {
+            epochs: stats.iter().map(|s| s.epoch()).collect(),
             users,
             stats,
             generation,
@@ -429,5 +538,36 @@ mod tests {
         assert_eq!(before.users.get(0).map(|u| u.name.as_str()), Some("alice"));
         drop(lease);
         assert_eq!(after.stats[1].counts().open, 0);
+    }
+
+    #[test]
+    fn a_reload_revokes_removed_users_and_changed_secrets_only() {
+        let a = user("alice", SecretKind::Secure, "", 1);
+        let b = user("bob", SecretKind::Secure, "", 2);
+        let c = user("carol", SecretKind::Secure, "", 3);
+        let d = user("dave", SecretKind::Secure, "", 4);
+        let cell = UsersCell::new(users(&[a.clone(), b.clone(), c.clone(), d.clone()]), 0);
+        let old = cell.current();
+        let lease =
+            |live: &LiveUsers, name: &str| live.admit(live.users.id(name).unwrap(), ip(1), 0);
+        let [la, lb, lc, ld] = ["alice", "bob", "carol", "dave"].map(|n| lease(&old, n).unwrap());
+        assert_eq!(la.stats().name(), "alice");
+        // bob removed, carol gets a new secret, dave new limits, alice unchanged.
+        let mut c2 = user("carol", SecretKind::Secure, "", 33);
+        c2.limits = c.limits;
+        let mut d2 = d.clone();
+        d2.limits.max_connections = Some(9);
+        cell.replace(users(&[a, c2, d2]), 0);
+        assert!(!la.revoked() && !ld.revoked());
+        assert!(lb.revoked() && lc.revoked());
+        // The cache follows the reload.
+        let new = cell.current();
+        assert_eq!(new.generation, 1);
+        assert!(new.users.id("bob").is_none());
+        // New leases of carol (new secret) stand; one admitted under the old snapshot after
+        // the reload (a handshake that began before it) is revoked at once.
+        assert!(!lease(&new, "carol").unwrap().revoked());
+        assert!(lease(&old, "carol").unwrap().revoked());
+        assert!(!lease(&old, "dave").unwrap().revoked());
     }
 }

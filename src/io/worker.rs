@@ -556,6 +556,7 @@ impl Worker {
                     conn = conn.id_str(),
                     client = conn.peer(),
                     reason = reason.as_str(),
+                    user = conn.user().unwrap_or(""),
                     dc = conn.dc(),
                     bytes_up = bytes_up,
                     bytes_down = bytes_down,

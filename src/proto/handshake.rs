@@ -25,9 +25,20 @@
 //! early data re-encrypted). On `Front` the buffer holds exactly the client's bytes since the
 //! PROXY header, to be replayed to the site unchanged.
 //!
-//! Several secrets (users) may be tried ([`Env::secrets`]): the first whose key verifies the
-//! ClientHello HMAC or decrypts the obfuscated2 frame to a valid tag wins, and its index comes
-//! back as [`Accepted::user`]. The proxy passes its one secret today.
+//! The users ([`Env::users`], a precomputed [`Users`] snapshot) are searched with the user the
+//! same client address used last first ([`Env::hint`]): the one whose key verifies the
+//! ClientHello HMAC or decrypts the obfuscated2 frame to an allowed tag wins, and its index
+//! comes back as [`Accepted::user`]. A listener with both FakeTLS and `dd`/classic users tells
+//! them apart by the first bytes (a TLS handshake record `16 03 01` is a hello; anything else a
+//! frame).
+//!
+//! Once the user is known (and its hello or frame is no replay) the machine asks
+//! [`Env::admission`] whether the user's limits let the connection in, *before* it answers: a
+//! refusal is [`Step::Refused`] (fronted to that user's site, the site sees the hello as sent),
+//! [`Admit::Wait`] is [`Step::Wait`] (the user is at `max-connections`: call
+//! [`Handshake::handle`] again later; at the deadline the wait ends in `Refused`). Whatever
+//! ends in fronting names whose site to front to: [`Handshake::front_user`] (the user whose
+//! host the hello's SNI names, or the refused user).
 //!
 //! Invariants:
 //! * no input panics; every byte string ends in `NeedMore` or a decision;
@@ -44,10 +55,35 @@ use super::faketls::{self, ClientHello, HelloRead, RecordReader};
 use super::obfs2::{self, CompactCtr, FRAME_LEN, Tag};
 use super::proxy_protocol::{self, Parse};
 use super::replay::ReplayFilter;
-use super::secret::{Secret, SecretKind};
 use super::tlsprofile::{FlightShape, Profile};
+use super::users::{UserId, UserReject, Users};
 use super::x25519::KeyShares;
 use super::{Reject, Rng};
+
+/// What a user's limits say to one more connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admit {
+    /// In (the caller keeps what it needs to release the slot at close).
+    Yes,
+    /// Not now: `max-connections` is reached; ask again when one of the user's connections
+    /// ended.
+    Wait,
+    /// Refused for this reason: front the connection to the user's site.
+    No(UserReject),
+}
+
+/// The users' limits, as a handshake sees them.
+pub trait Admission {
+    /// Whether `user` may have one more connection now.
+    fn admit(&mut self, user: UserId) -> Admit;
+}
+
+/// No limits: everybody is let in.
+impl Admission for () {
+    fn admit(&mut self, _: UserId) -> Admit {
+        Admit::Yes
+    }
+}
 
 /// The anti-replay table, as a handshake sees it.
 pub trait Replay {
@@ -75,18 +111,19 @@ impl Replay for NoReplay {
 /// flight as the scout learned it. Given the ClientHello, so that the shape may depend on what
 /// the client offered.
 pub trait Shapes {
-    /// The shape of the flight answering `hello`.
-    fn shape(&mut self, hello: &ClientHello) -> FlightShape;
+    /// The shape of the flight answering `hello`, sent by a client of a user fronting to
+    /// `host` (each host's site has a shape of its own).
+    fn shape(&mut self, hello: &ClientHello, host: &str) -> FlightShape;
 }
 
 impl Shapes for FlightShape {
-    fn shape(&mut self, _: &ClientHello) -> FlightShape {
+    fn shape(&mut self, _: &ClientHello, _: &str) -> FlightShape {
         *self
     }
 }
 
 impl Shapes for Profile {
-    fn shape(&mut self, _: &ClientHello) -> FlightShape {
+    fn shape(&mut self, _: &ClientHello, _: &str) -> FlightShape {
         Profile::shape(self)
     }
 }
@@ -119,8 +156,12 @@ impl Hellos for () {
 /// What a handshake step needs besides the bytes: the listener's secrets and policy, the time,
 /// randomness and the shared tables. Built per call (references only).
 pub struct Env<'a, R: Rng> {
-    /// The secrets to try, in order (one per user).
-    pub secrets: &'a [Secret],
+    /// The users, with their precomputed keys.
+    pub users: &'a Users,
+    /// The user to try first (the one this client address used last).
+    pub hint: Option<UserId>,
+    /// The users' limits.
+    pub admission: &'a mut dyn Admission,
     /// Largest tolerated difference between the hello's timestamp and `now_unix`, seconds.
     pub tolerance_secs: u64,
     /// The datacenters.
@@ -209,8 +250,8 @@ impl ClientCiphers {
 /// A finished handshake: where to relay, and how.
 #[derive(Debug)]
 pub struct Accepted {
-    /// Index in [`Env::secrets`] of the secret the client used.
-    pub user: usize,
+    /// The user (index in [`Env::users`]) whose secret the client used.
+    pub user: UserId,
     /// The DC index the client asked for (negative: media; 0: default).
     pub dc: i16,
     /// The DC our frame names (`dc`, or the default DC for an unknown one).
@@ -257,9 +298,22 @@ pub enum Step {
     /// Relay to a DC; the buffer holds what goes to the DC first. Final. (By value, not
     /// boxed: a handshake allocates nothing.)
     Connect(Accepted),
-    /// Not a client of ours: splice the connection to the fronting site, replaying the
-    /// buffer's bytes unchanged. Final.
+    /// Not a client of ours: splice the connection to the fronting site (the site of
+    /// [`Handshake::front_user`], else the default one), replaying the buffer's bytes
+    /// unchanged. Final.
     Front(Reject),
+    /// A client of `user`, refused by its limits: front it to `user`'s site like a failed
+    /// handshake (the buffer holds the client's bytes unchanged). Final.
+    Refused {
+        /// The user.
+        user: UserId,
+        /// The limit.
+        why: UserReject,
+    },
+    /// `user` is at its `max-connections`: call [`Handshake::handle`] again when one of its
+    /// connections ended (or now and then); the deadline turns the wait into
+    /// [`Step::Refused`].
+    Wait(UserId),
     /// Close the connection. Final.
     Close(Close),
 }
@@ -269,10 +323,15 @@ pub enum Step {
 enum State {
     /// A PROXY protocol header may come first.
     ExpectProxyHeader,
-    /// FakeTLS: the ClientHello.
-    ExpectClientHello,
-    /// The obfuscated2 frame; after a FakeTLS hello of secret `user`, inside records.
-    ExpectFrame { tls: Option<(RecordReader, usize)> },
+    /// FakeTLS: the ClientHello. `waiting`: it verified for this user and was no replay, and
+    /// the user's admission said wait.
+    ExpectClientHello { waiting: Option<UserId> },
+    /// The obfuscated2 frame; after a FakeTLS hello of `user`, inside records. `waiting` as
+    /// for the hello (dd / classic frames).
+    ExpectFrame {
+        tls: Option<(RecordReader, UserId)>,
+        waiting: Option<UserId>,
+    },
     /// Decided.
     Done(Final),
 }
@@ -282,6 +341,7 @@ enum State {
 enum Final {
     Connected,
     Front(Reject),
+    Refused(UserId, UserReject),
     Close(Close),
 }
 
@@ -290,8 +350,11 @@ enum Final {
 pub struct Expect {
     /// A PROXY protocol header may come first (`proxy-protocol-listener`).
     pub proxy_header: bool,
-    /// The secrets are FakeTLS (`ee`): a ClientHello comes first, then the frame in records.
+    /// Some users have FakeTLS (`ee`) secrets: a ClientHello may come first, then the frame
+    /// in records.
     pub faketls: bool,
+    /// Some users have `dd` or classic secrets: an obfuscated2 frame may come first.
+    pub obfs2: bool,
 }
 
 /// One client's handshake. See the module documentation.
@@ -305,6 +368,10 @@ pub struct Handshake {
     /// Bytes after those, read but not taken in yet (after the hello: records to deframe).
     raw: usize,
     deadline: Instant,
+    /// Both kinds may come: the first bytes decide.
+    mixed: bool,
+    /// Whose site a fronted connection goes to (see [`Handshake::front_user`]).
+    front_user: Option<UserId>,
     /// Set by [`Handshake::heard`]: an incomplete handshake still quiet at this time fails.
     quiet: Option<Instant>,
 }
@@ -313,9 +380,12 @@ impl Handshake {
     /// A handshake that must be done by `deadline`.
     pub fn new(expect: Expect, deadline: Instant) -> Handshake {
         let first = if expect.faketls {
-            State::ExpectClientHello
+            State::ExpectClientHello { waiting: None }
         } else {
-            State::ExpectFrame { tls: None }
+            State::ExpectFrame {
+                tls: None,
+                waiting: None,
+            }
         };
         Handshake {
             state: if expect.proxy_header {
@@ -327,23 +397,33 @@ impl Handshake {
             len: 0,
             raw: 0,
             deadline,
+            mixed: expect.faketls && expect.obfs2,
+            front_user: None,
             quiet: None,
         }
+    }
+
+    /// The user whose site a fronted connection goes to: the user a refusal names, or the
+    /// first user whose host the ClientHello's SNI names; `None`: the default site.
+    pub fn front_user(&self) -> Option<UserId> {
+        self.front_user
     }
 
     /// The client's bytes last arrived at `now`: if the handshake is still incomplete, not
     /// answered and has bytes, it fails (is fronted) once the client stays quiet for `grace`,
     /// long before the handshake deadline, as a site answers a cut request at once (issue
     /// 12). Each call restarts the grace; before the first byte only the deadline counts (a
-    /// site waits for a silent client too). Call after [`Handshake::received`].
+    /// site waits for a silent client too), and so does a client waiting for its user's
+    /// `max-connections`. Call after [`Handshake::received`].
     pub fn heard(&mut self, now: Instant, grace: Duration) {
-        let waiting = !self.answered() && !matches!(self.state, State::Done(_));
-        self.quiet = (waiting && self.filled() > 0).then(|| now + grace);
+        let open = !self.answered() && !matches!(self.state, State::Done(_));
+        self.quiet = (open && self.filled() > 0).then(|| now + grace);
     }
 
     /// When the grace of [`Handshake::heard`] ends, if it applies now.
     pub fn quiet_until(&self) -> Option<Instant> {
-        self.quiet.filter(|_| !self.answered())
+        self.quiet
+            .filter(|_| !self.answered() && self.waiting().is_none())
     }
 
     /// Bytes of the caller's buffer in use: read the next bytes to `buf[filled()..]`.
@@ -354,7 +434,7 @@ impl Handshake {
     /// True once the proxy answered (the FakeTLS flight was handed out): from then on a
     /// failure closes the connection instead of fronting it.
     pub fn answered(&self) -> bool {
-        matches!(self.state, State::ExpectFrame { tls: Some(_) })
+        matches!(self.state, State::ExpectFrame { tls: Some(_), .. })
     }
 
     /// When the handshake times out, or its grace ends (call [`Handshake::handle_timeout`]
@@ -376,12 +456,29 @@ impl Handshake {
     }
 
     /// The deadline or the grace passed: the handshake failed (`Some`), unless it is decided
-    /// already.
+    /// already. A connection waiting for its user's `max-connections` is refused.
     pub fn handle_timeout(&mut self, now: Instant) -> Option<Step> {
         if now < self.poll_timeout() || matches!(self.state, State::Done(_)) {
             return None;
         }
+        if let Some(user) = self.waiting() {
+            return Some(self.refuse(user, UserReject::MaxConnections));
+        }
         Some(self.fail(Reject::Timeout))
+    }
+
+    /// The user whose admission said wait, while it waits.
+    pub fn waiting(&self) -> Option<UserId> {
+        match self.state {
+            State::ExpectClientHello { waiting } | State::ExpectFrame { waiting, .. } => waiting,
+            _ => None,
+        }
+    }
+
+    /// Refuses the connection of `user` for `why`: fronted to its site. Final.
+    fn refuse(&mut self, user: UserId, why: UserReject) -> Step {
+        self.front_user = Some(user);
+        self.finish(Final::Refused(user, why))
     }
 
     /// `n` new bytes were read into `buf[filled()..]`: takes them in and moves on as far as
@@ -403,6 +500,7 @@ impl Handshake {
         }
         let State::ExpectFrame {
             tls: Some((reader, _)),
+            ..
         } = &mut self.state
         else {
             self.len = end;
@@ -438,6 +536,7 @@ impl Handshake {
         match self.state {
             State::Done(Final::Connected) => Step::NeedMore,
             State::Done(Final::Front(r)) => Step::Front(r),
+            State::Done(Final::Refused(user, why)) => Step::Refused { user, why },
             State::Done(Final::Close(c)) => Step::Close(c),
             State::ExpectProxyHeader => match proxy_protocol::parse(&buf[..len]) {
                 Parse::NeedMore => Step::NeedMore,
@@ -456,16 +555,28 @@ impl Handshake {
                 // Fronted like any failed handshake, the bytes as received.
                 Parse::Invalid => self.fail(Reject::ProxyHeader),
             },
-            State::ExpectClientHello => {
+            State::ExpectClientHello { waiting } => {
+                if self.mixed && waiting.is_none() {
+                    // A TLS handshake record is a hello; anything else a frame.
+                    let tls = [0x16, 0x03, 0x01];
+                    let n = len.min(3);
+                    if buf[..n] != tls[..n] {
+                        self.state = State::ExpectFrame {
+                            tls: None,
+                            waiting: None,
+                        };
+                        return self.handle(buf, env);
+                    }
+                }
                 match faketls::read_client_hello(&buf[..len], env.scratch) {
                     HelloRead::NeedMore => Step::NeedMore,
                     HelloRead::Invalid(r) => self.fail(r),
                     HelloRead::Complete { consumed, msg_len } => {
-                        self.accept_hello(buf, consumed, msg_len, env)
+                        self.accept_hello(buf, consumed, msg_len, waiting, env)
                     }
                 }
             }
-            State::ExpectFrame { tls } => {
+            State::ExpectFrame { tls, waiting } => {
                 // Real clients never start their frame with these bytes (they regenerate it),
                 // so an HTTP request, a TLS hello or an abridged-only probe is fronted at once.
                 if tls.is_none() && obfs2::is_forbidden_start(&buf[..len]) {
@@ -474,7 +585,7 @@ impl Handshake {
                 if len < FRAME_LEN {
                     return Step::NeedMore;
                 }
-                self.accept_frame(buf, tls.map(|(_, user)| user), env)
+                self.accept_frame(buf, tls.map(|(_, user)| user), waiting, env)
             }
         }
     }
@@ -493,18 +604,21 @@ impl Handshake {
         self.state = State::Done(f);
         match f {
             Final::Front(r) => Step::Front(r),
+            Final::Refused(user, why) => Step::Refused { user, why },
             Final::Close(c) => Step::Close(c),
             Final::Connected => Step::NeedMore,
         }
     }
 
-    /// A complete ClientHello is in `scratch[..msg_len]`, `consumed` bytes of `buf`: verify it
-    /// against each FakeTLS secret, write the server flight, strip the hello.
+    /// A complete ClientHello is in `scratch[..msg_len]`, `consumed` bytes of `buf`: find the
+    /// user whose key made it (or, `waiting`, the one it verified for before), check it
+    /// against replay and the user's limits, write the server flight, strip the hello.
     fn accept_hello<R: Rng>(
         &mut self,
         buf: &mut [u8],
         consumed: usize,
         msg_len: usize,
+        waiting: Option<UserId>,
         env: &mut Env<'_, R>,
     ) -> Step {
         let Some(msg) = env.scratch.get(..msg_len) else {
@@ -517,48 +631,51 @@ impl Handshake {
                 return self.fail(r);
             }
         };
-        // The most telling reason over all secrets: a good digest with a bad time beats a bad
-        // digest, which beats a wrong SNI.
-        let rank = |r: Reject| match r {
-            Reject::Sni => 0,
-            Reject::TimeSkew => 2,
-            _ => 1,
-        };
-        let mut why: Option<Reject> = None;
-        let mut user = None;
-        for (i, s) in env.secrets.iter().enumerate() {
-            if s.kind != SecretKind::FakeTls {
-                continue;
-            }
-            let host = s.host.as_bytes();
-            let tolerance = env.tolerance_secs;
-            match faketls::verify_client_hello(&hello, msg, &s.key, host, env.now_unix, tolerance) {
-                Ok(_) => {
-                    user = Some(i);
-                    break;
-                }
-                Err(r) => {
-                    if why.is_none_or(|w| rank(r) > rank(w)) {
-                        why = Some(r);
+        let user = match waiting {
+            // Verified (and recorded against replay) before the wait.
+            Some(user) => user,
+            None => {
+                let tolerance = env.tolerance_secs;
+                let found = env
+                    .users
+                    .find_faketls(&hello, msg, env.now_unix, tolerance, env.hint);
+                let user = match found {
+                    Ok(m) => m.user,
+                    Err(why) => {
+                        env.hellos.seen(msg, false);
+                        // Fronted to the site the SNI names, as a browser would reach it.
+                        self.front_user = env.users.sni_user(&hello, msg);
+                        return self.fail(why);
                     }
+                };
+                if env.replay.seen(&hello.random, env.now_unix) {
+                    env.hellos.seen(msg, false);
+                    self.front_user = Some(user);
+                    return self.fail(Reject::Replay);
                 }
+                env.hellos.seen(msg, true);
+                user
             }
-        }
-        let Some(user) = user else {
-            env.hellos.seen(msg, false);
-            return self.fail(why.unwrap_or(Reject::Digest));
         };
-        if env.replay.seen(&hello.random, env.now_unix) {
-            env.hellos.seen(msg, false);
-            return self.fail(Reject::Replay);
+        match env.admission.admit(user) {
+            Admit::Yes => {}
+            Admit::Wait => {
+                self.state = State::ExpectClientHello {
+                    waiting: Some(user),
+                };
+                return Step::Wait(user);
+            }
+            Admit::No(why) => return self.refuse(user, why),
         }
-        env.hellos.seen(msg, true);
         // Shaped like the fronting site's own first flight; a genuine key share.
-        let shape = env.shapes.shape(&hello);
+        let Some(spec) = env.users.get(user) else {
+            return self.fail(Reject::Digest);
+        };
+        let shape = env.shapes.shape(&hello, &spec.secret.host);
         let public = env.key_shares.next(env.rng);
         let room = faketls::noise_room(&shape.template, hello.session_id_len, env.scratch.len());
         let noise = shape.noise_len(env.rng).min(room);
-        let key = &env.secrets[user].key;
+        let key = &spec.secret.key;
         let n = faketls::write_server_hello_as(
             env.scratch,
             &hello,
@@ -580,49 +697,63 @@ impl Handshake {
         self.raw = len - consumed;
         self.state = State::ExpectFrame {
             tls: Some((RecordReader::new(), user)),
+            waiting: None,
         };
         Step::Write(n)
     }
 
     /// The obfuscated2 frame is at `buf[..64]`: derive the keys (of `user`'s secret after a
-    /// FakeTLS hello, else the first that decrypts a valid tag), pick the DC, replace the frame
-    /// in place with ours toward the DC and re-encrypt what followed.
+    /// FakeTLS hello, else of the `dd`/classic user whose key decrypts an allowed tag, or the
+    /// one found before a wait), check replay and the user's limits, pick the DC, replace the
+    /// frame in place with ours toward the DC and re-encrypt what followed.
     fn accept_frame<R: Rng>(
         &mut self,
         buf: &mut [u8],
-        user: Option<usize>,
+        user: Option<UserId>,
+        waiting: Option<UserId>,
         env: &mut Env<'_, R>,
     ) -> Step {
         let Some(frame) = buf.first_chunk::<FRAME_LEN>().copied() else {
             return Step::NeedMore;
         };
-        // After a hello, its user's key; else the first dd/classic key giving a valid tag.
-        let mut found = Err(Reject::ObfsTag);
-        for (i, s) in env.secrets.iter().enumerate() {
-            let candidate = match user {
-                Some(u) => i == u,
-                None => s.kind != SecretKind::FakeTls,
-            };
-            if candidate {
-                found = obfs2::client_handshake(&frame, &s.key).map(|hs| (i, hs));
-                if found.is_ok() {
-                    break;
+        let (user, hs) = match user {
+            // After a hello: its user's key only (admitted at the hello).
+            Some(u) => {
+                let key = env.users.get(u).map(|s| s.secret.key);
+                match key.map_or(Err(Reject::ObfsTag), |k| {
+                    obfs2::client_handshake(&frame, &k)
+                }) {
+                    Ok(hs) => (u, hs),
+                    Err(r) => return self.fail(r),
                 }
             }
-        }
-        let (user, hs) = match found {
-            Ok(found) => found,
-            Err(r) => return self.fail(r),
+            None => {
+                let found = env.users.find_obfs2(&frame, waiting.or(env.hint));
+                let m = match found {
+                    Ok(m) => m,
+                    Err(r) => return self.fail(r),
+                };
+                if waiting.is_none() {
+                    // Here the frame is the nonce (FakeTLS hellos were checked already).
+                    if env.replay.seen(&obfs2::replay_key(&frame), env.now_unix) {
+                        self.front_user = Some(m.user);
+                        return self.fail(Reject::Replay);
+                    }
+                }
+                match env.admission.admit(m.user) {
+                    Admit::Yes => {}
+                    Admit::Wait => {
+                        self.state = State::ExpectFrame {
+                            tls: None,
+                            waiting: Some(m.user),
+                        };
+                        return Step::Wait(m.user);
+                    }
+                    Admit::No(why) => return self.refuse(m.user, why),
+                }
+                (m.user, m.handshake)
+            }
         };
-        let kind = env.secrets[user].kind;
-        if kind == SecretKind::Secure && hs.tag != Tag::Padded {
-            return self.fail(Reject::ObfsTagNotAllowed);
-        }
-        // FakeTLS hellos were checked against replay already; here the frame is the nonce.
-        if kind != SecretKind::FakeTls && env.replay.seen(&obfs2::replay_key(&frame), env.now_unix)
-        {
-            return self.fail(Reject::Replay);
-        }
         let Some(dc_send) = env.dcs.dc_for(hs.dc, env.allow_unknown_dc) else {
             return self.finish(Final::Close(Close::UnknownDc(hs.dc)));
         };
@@ -638,7 +769,7 @@ impl Handshake {
         buf[..FRAME_LEN].copy_from_slice(&dch.frame);
         ciphers.up(&mut buf[FRAME_LEN..len]);
         let tls = match self.state {
-            State::ExpectFrame { tls } => tls.map(|(reader, _)| reader),
+            State::ExpectFrame { tls, .. } => tls.map(|(reader, _)| reader),
             _ => None,
         };
         self.state = State::Done(Final::Connected);

@@ -102,12 +102,15 @@ pub enum Reject {
     Eof,
     /// A malformed PROXY protocol header (with `proxy-protocol-listener`).
     ProxyHeader,
+    /// A client of a user refused by the user's limits (expired, quota, max-ips,
+    /// max-connections; per user and reason in the user metrics).
+    UserLimit,
 }
 
 impl Reject {
     /// Every reason, in declaration order: `Reject::ALL[r as usize] == r` (metrics keep one
     /// counter per reason, indexed so).
-    pub const ALL: [Reject; 15] = [
+    pub const ALL: [Reject; 16] = [
         Reject::RecordType,
         Reject::RecordVersion,
         Reject::TooManyFragments,
@@ -123,6 +126,7 @@ impl Reject {
         Reject::Timeout,
         Reject::Eof,
         Reject::ProxyHeader,
+        Reject::UserLimit,
     ];
 
     /// A short, stable, lowercase label (for logs and metrics).
@@ -143,6 +147,7 @@ impl Reject {
             Reject::Timeout => "timeout",
             Reject::Eof => "eof",
             Reject::ProxyHeader => "bad-proxy-header",
+            Reject::UserLimit => "user-limit",
         }
     }
 }
@@ -256,8 +261,9 @@ mod tests {
             | Reject::ObfsTag
             | Reject::ObfsTagNotAllowed
             | Reject::Timeout
-            | Reject::Eof => false,
-            Reject::ProxyHeader => true,
+            | Reject::Eof
+            | Reject::ProxyHeader => false,
+            Reject::UserLimit => true,
         };
         assert!(last(Reject::ALL[Reject::ALL.len() - 1]));
         let mut labels: Vec<_> = Reject::ALL.iter().map(|r| r.as_str()).collect();

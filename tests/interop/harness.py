@@ -178,12 +178,14 @@ class Mtpx:
     points at a closed port, so the fake DC is reached only through the middle proxy."""
 
     def __init__(self, secret, dc_port, tmp, name, shaped=False, front_port=None,
-                 post_quantum=None, ad_tag=None):
+                 post_quantum=None, ad_tag=None, users=None):
+        """`users`: [(name, secret)] served as `[users.NAME]` tables (then `secret` is the
+        top-level one, or None for none)."""
         self.port = free_port()
         self.err_path = os.path.join(tmp, "mtpx-%s.log" % name)
         dcs = [d for dc in (1, 2, 3, 4, 5, 203) for d in (dc, -dc)]
         closed = front_port or free_port()  # fronted connections never leave the host
-        if shaped or post_quantum or ad_tag:
+        if shaped or post_quantum or ad_tag or users:
             conf = os.path.join(tmp, "mtpx-%s.toml" % name)
             shaping = ('drs = true\ndelays = true\ndelay-shape = 1.0\ndelay-scale = "20ms"\n'
                        if shaped else '')
@@ -198,16 +200,20 @@ class Mtpx:
                           'proxy-secret-file = "%s"\n' % (AD_TAG, tg, ad_tag.me.secret_file))
                 dc_port = free_port()  # direct relaying would find nothing
             with open(conf, "w") as f:
-                f.write('secret = "%s"\nbind-to = "127.0.0.1:%d"\ndebug = true\n%s'
+                if secret:
+                    f.write('secret = "%s"\n' % secret)
+                f.write('bind-to = "127.0.0.1:%d"\ndebug = true\n%s'
                         '[domain-fronting]\nip = "127.0.0.1"\nport = %d\n'
                         '[defense.doppelganger]\nlearn = %s\n%s%s'
                         '[network.dc-overrides]\n' % (
-                            secret, self.port, tagged, closed,
+                            self.port, tagged, closed,
                             "true" if front_port else "false",
                             shaping, 'post-quantum = "%s"\n' % post_quantum if post_quantum
                             else ''))
                 for d in dcs:
                     f.write('%d = "127.0.0.1:%d"\n' % (d, dc_port))
+                for user, user_secret in users or ():
+                    f.write('[users.%s]\nsecret = "%s"\n' % (user, user_secret))
             args = [MTPX, "run", conf]
         else:
             args = [MTPX, "simple-run", "127.0.0.1:%d" % self.port, secret, "-d"]

@@ -29,7 +29,7 @@ sys.path.insert(0, HERE)
 
 from fake_dc import answer_for, res_pq_answer  # noqa: E402
 from harness import (  # noqa: E402
-    REQ_PQ_MULTI, DcThread, Mtpx, check, dh_session, finish, generate_secret,
+    REQ_DH_PARAMS, REQ_PQ_MULTI, DcThread, Mtpx, check, dh_session, finish, generate_secret,
     log, req_pq_session, require_isolation, wait_for,
 )
 
@@ -142,9 +142,68 @@ def negative_case(dct, tmp):
         dct.run(dc.stop())
 
 
+def two_users_case(dct, tmp):
+    """TDLib and mtcute as two users of one listener (issue 15): two ee secrets with different
+    hosts in `[users.NAME]` tables; each client's session reaches the fake DC and reads resPQ
+    back, and mtpx names each user in its log (never the secret)."""
+    name = "tdlib + mtcute as two users"
+    from tdlib_interop import Td, close_client, start_client
+    td_secret = generate_secret("ee")
+    mc_key = generate_secret("ee")[2:34]
+    mc_secret = "ee" + mc_key + b"www.example.org".hex()
+    dc = dct.new_dc(answer=lambda p: res_pq_answer(p) or answer_for(p))
+    mtpx = Mtpx(None, dc.port, tmp, "two-users", users=[("tdlib", td_secret),
+                                                        ("mtcute", mc_secret)])
+    td = Td()
+    cid, _, _ = start_client(td, tmp, "two-users", mtpx.port, td_secret)
+    client = Client(tmp, "two-users", mtpx.port, mc_secret)
+    stopped = False
+    try:
+        for user in ("tdlib", "mtcute"):
+            seen = wait_for(lambda u=user: re.search(r"event=user-connected .*user=%s " % u,
+                                                     mtpx.log()), CASE_TIMEOUT)
+            check("%s: mtpx admitted user %s" % (name, user), seen, mtpx.log()[-1500:])
+        dh = wait_for(lambda: len([s for s in dc.valid_sessions() if any(
+            p[0:8] == b"\0" * 8 and p[20:24] == REQ_DH_PARAMS for p in s.packets)]) >= 2,
+            CASE_TIMEOUT)
+        check("%s: both read resPQ through mtpx and sent req_DH_params" % name, dh,
+              "sessions %s; mtcute: %s" % ([x.summary() for x in dc.sessions],
+                                           client.log()[-800:]))
+        # Each user's own relay carried the DC's answer back (its connections' close lines
+        # name the user, with bytes toward the client).
+        client.stop()
+        close_client(td, cid)
+        stopped = True
+        for user in ("tdlib", "mtcute"):
+            pat = r"event=conn-closed .* user=%s dc=-?\d+ bytes_up=[1-9]\d* bytes_down=[1-9]" % user
+            seen = wait_for(lambda p=pat: re.search(p, mtpx.log()), CASE_TIMEOUT)
+            check("%s: %s's relay carried bytes both ways" % (name, user), seen,
+                  mtpx.log()[-1500:])
+        text = mtpx.log()
+        check("%s: no secret in mtpx's log" % name,
+              td_secret[2:34] not in text and mc_key not in text, "")
+    finally:
+        if not stopped:
+            client.stop()
+            close_client(td, cid)
+        rc = mtpx.stop()
+        check("%s: mtpx exits 0 on SIGTERM" % name, rc == 0, "rc %s" % rc)
+        check("%s: no panic in mtpx log" % name, "panic" not in mtpx.log().lower())
+        dct.run(dc.stop())
+
+
 def main():
     require_isolation("mtcute.sh")
-    threading.Timer(210, lambda: (check("overall time limit (210 s)", False), finish())).start()
+    if sys.argv[1:] == ["two-users"]:
+        # Only the two-users case (a quick local run).
+        tmp = tempfile.mkdtemp(prefix="mtpx-mtcute-")
+        try:
+            two_users_case(DcThread(), tmp)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        finish()
+        return
+    threading.Timer(240, lambda: (check("overall time limit (240 s)", False), finish())).start()
     log("mtcute %s, node %s" % (mtcute_version(), subprocess.run(
         ["node", "--version"], capture_output=True, text=True).stdout.strip()))
     tmp = tempfile.mkdtemp(prefix="mtpx-mtcute-")
@@ -169,6 +228,10 @@ def main():
             negative_case(dct, tmp)
         except Exception as e:  # noqa: BLE001
             check("mtcute ee wrong key: ran", False, "%s: %s" % (type(e).__name__, e))
+        try:
+            two_users_case(dct, tmp)
+        except Exception as e:  # noqa: BLE001
+            check("tdlib + mtcute as two users: ran", False, "%s: %s" % (type(e).__name__, e))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     finish()

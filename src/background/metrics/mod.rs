@@ -852,7 +852,7 @@ mod tests {
         let (plain, _) = source();
         out.clear();
         render_prometheus(&mut out, "mtg", &plain.snapshot());
-        assert!(!out.contains("user"), "{out}");
+        assert!(!out.contains("user="), "{out}");
     }
 
     #[test]

@@ -46,8 +46,9 @@ pub(super) enum Route {
         /// in: the relay takes them in first.
         records: usize,
     },
-    /// Not a client of ours: to the fronting site, byte for byte.
-    Front,
+    /// Not a client of ours (or one refused by its user's limits): to this fronting site
+    /// ([`crate::io::Shared::sites`]), byte for byte.
+    Front(usize),
     /// A client of ours with an ad tag, to a middle proxy for its DC.
     Middle {
         /// The DC the client asked for (negative: media).
@@ -110,7 +111,7 @@ fn route_at(
     let n = shared.socks.len();
     let k = idx.checked_div(n).unwrap_or(idx);
     let dc = match route {
-        Route::Front => return shared.front_addr(idx).map(|a| (a, None)),
+        Route::Front(site) => return shared.sites.addr(*site, idx).map(|a| (a, None)),
         Route::Dc { dc, .. } => *shared
             .dc
             .lookup_or_fallback(*dc, shared.config.allow_fallback_on_unknown_dc)
@@ -160,7 +161,7 @@ impl<S: Sock> Conn<S> {
         loop {
             let Some((addr, via)) = route_at(&route, idx, shared) else {
                 let reason = match route {
-                    Route::Front => {
+                    Route::Front(_) => {
                         // Rate-limited: any prober can trigger it (issue 12).
                         crate::log_probe!(
                             crate::log::Probe::FrontingFailed,
@@ -286,7 +287,7 @@ impl<S: Sock> Conn<S> {
                 return self.next_address(dial, ctx, want);
             }
         }
-        let fronted = matches!(dial.route, Route::Front);
+        let fronted = matches!(dial.route, Route::Front(_));
         // DC connections: keep-alive, and TCP_USER_TIMEOUT for data left unacknowledged.
         dial.upstream
             .connected((!fronted).then_some(&ctx.shared.config));
@@ -321,7 +322,7 @@ impl<S: Sock> Conn<S> {
                 ctx.shared.stats.dc_relay(dc, true);
                 (RelayKind::Dc { dc, ciphers, tls }, records)
             }
-            Route::Front => (RelayKind::Front, 0),
+            Route::Front(_) => (RelayKind::Front, 0),
             Route::Middle { .. } => return self.me_start(dial, ctx),
         };
         let mut relay = Relay {

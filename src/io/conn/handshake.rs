@@ -4,6 +4,8 @@
 //! close). No protocol decision is made here.
 
 use std::io::ErrorKind;
+use std::net::IpAddr;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -14,12 +16,14 @@ use crate::io::pool::{BufId, Class, Pool};
 use crate::io::shared::{SharedHellos, SharedReplay, SharedShapes};
 use crate::io::sock::{Net, Sock};
 use crate::io::stats::Stats;
+use crate::io::users::{Lease, LiveUsers};
 use crate::io::{FastRng, unix_now};
 use crate::log::Level;
 use crate::proto::Reject;
-use crate::proto::handshake::{Close, Env, Expect, Handshake, Step};
+use crate::proto::handshake::{Admission, Admit, Close, Env, Expect, Handshake, Step};
 use crate::proto::secret::SecretKind;
 use crate::proto::shaping::{self, Pacer};
+use crate::proto::users::{UserId, UserReject};
 
 /// How long an incomplete handshake may stay quiet after the client's last byte before it
 /// is fronted (issue 12: it was the whole handshake timeout, a tell). Above one TCP
@@ -39,14 +43,23 @@ pub(super) struct Hs {
     flight: Half,
     /// The record timing toward the client (the flight starts its clock).
     pacer: Pacer,
+    /// The users as they were when the handshake started (user ids are this snapshot's).
+    live: Arc<LiveUsers>,
+    /// The admitted user's hold on its limits (from admission to close).
+    lease: Option<Lease>,
+    /// When the handshake started (a waiting handshake is looked at every sweep).
+    started: Instant,
 }
 
 impl Hs {
     pub(super) fn new(ctx: &Ctx<'_, impl Net>) -> Hs {
         let config = &ctx.shared.config;
+        let live = ctx.shared.users.current();
+        let has = |k| live.users.has_kind(k);
         let expect = Expect {
             proxy_header: config.proxy_protocol_listener,
-            faketls: config.secret.kind == SecretKind::FakeTls,
+            faketls: has(SecretKind::FakeTls),
+            obfs2: has(SecretKind::Secure) || has(SecretKind::Classic),
         };
         Hs {
             machine: Handshake::new(expect, ctx.now + config.timeouts.handshake),
@@ -54,18 +67,46 @@ impl Hs {
             eof: false,
             flight: Half::default(),
             pacer: super::pacer(ctx),
+            live,
+            lease: None,
+            started: ctx.now,
         }
     }
 
-    /// When the handshake times out, or its grace ends.
+    /// When the handshake times out, or its grace ends; while it waits for its user's
+    /// `max-connections`, now (the sweep asks the user's limits again).
     pub(super) fn deadline(&self) -> Instant {
-        self.machine.poll_timeout()
+        match self.machine.waiting() {
+            Some(_) => self.started,
+            None => self.machine.poll_timeout(),
+        }
     }
 
     /// When the worker must run the handshake again, unless bytes come first: the end of
     /// its grace (a timer, not the quarter-second sweep: the grace is what a prober times).
     pub(super) fn wake_at(&self) -> Option<Instant> {
         self.machine.quiet_until()
+    }
+}
+
+/// A user's limits, as the handshake asks them: the lease of an admitted connection is kept.
+struct Limits<'a> {
+    live: &'a LiveUsers,
+    ip: IpAddr,
+    now_unix: u64,
+    lease: &'a mut Option<Lease>,
+}
+
+impl Admission for Limits<'_> {
+    fn admit(&mut self, user: UserId) -> Admit {
+        match self.live.admit(user, self.ip, self.now_unix) {
+            Ok(lease) => {
+                *self.lease = Some(lease);
+                Admit::Yes
+            }
+            Err(UserReject::MaxConnections) => Admit::Wait,
+            Err(why) => Admit::No(why),
+        }
     }
 }
 
@@ -89,9 +130,10 @@ enum Call {
     Eof,
 }
 
-/// Calls the machine on the bytes in `id` with a fresh environment (the time, the shared
-/// tables behind their locks, the worker's randomness and scratch space).
-fn call<N: Net>(hs: &mut Hs, id: BufId, what: Call, ctx: &mut Ctx<'_, N>) -> Step {
+/// Calls the machine on the bytes in `id` with a fresh environment (the users, the time, the
+/// shared tables behind their locks, the worker's randomness and scratch space) for a client
+/// at `ip`.
+fn call<N: Net>(hs: &mut Hs, id: BufId, what: Call, ip: IpAddr, ctx: &mut Ctx<'_, N>) -> Step {
     let Ctx {
         pool,
         shared,
@@ -102,14 +144,23 @@ fn call<N: Net>(hs: &mut Hs, id: BufId, what: Call, ctx: &mut Ctx<'_, N>) -> Ste
     } = ctx;
     let config = &shared.config;
     let mut replay = SharedReplay(shared);
-    let mut shapes = SharedShapes(&shared.profile);
+    let mut shapes = SharedShapes(shared);
     let mut hellos = SharedHellos(&shared.ja4);
+    let now_unix = unix_now();
+    let mut limits = Limits {
+        live: &hs.live,
+        ip,
+        now_unix,
+        lease: &mut hs.lease,
+    };
     let mut env: Env<'_, FastRng> = Env {
-        secrets: std::slice::from_ref(&config.secret),
+        users: &hs.live.users,
+        hint: shared.recent.get(ip),
+        admission: &mut limits,
         tolerance_secs: config.tolerate_time_skewness.as_secs(),
         dcs: shared.dc.as_ref(),
         allow_unknown_dc: config.allow_fallback_on_unknown_dc,
-        now_unix: unix_now(),
+        now_unix,
         rng,
         replay: &mut replay,
         shapes: &mut shapes,
@@ -155,7 +206,7 @@ impl<S: Sock> Conn<S> {
         }
         if let Some(id) = hs.buf.filter(|_| hs.machine.filled() > 0) {
             // Bytes gathered before a pause (e.g. waiting for a pool buffer): look again.
-            let step = call(&mut hs, id, Call::Handle, ctx);
+            let step = call(&mut hs, id, Call::Handle, self.peer.ip(), ctx);
             match self.follow(hs, step, false, ctx) {
                 Ok(hs_back) => hs = hs_back,
                 Err(next) => return next,
@@ -211,11 +262,11 @@ impl<S: Sock> Conn<S> {
                 Ok(0) => {
                     hs.eof = true;
                     // Decide on what we have; an incomplete handshake then ends in Eof.
-                    call(&mut hs, id, Call::Eof, ctx)
+                    call(&mut hs, id, Call::Eof, self.peer.ip(), ctx)
                 }
                 Ok(n) => {
                     raw += n;
-                    let step = call(&mut hs, id, Call::Received(n), ctx);
+                    let step = call(&mut hs, id, Call::Received(n), self.peer.ip(), ctx);
                     hs.machine.heard(ctx.now, HANDSHAKE_GRACE);
                     step
                 }
@@ -236,7 +287,8 @@ impl<S: Sock> Conn<S> {
         }
     }
 
-    /// The handshake's deadline passed.
+    /// The handshake's deadline passed (or, while it waits for its user's
+    /// `max-connections`, a sweep came: ask again).
     #[inline(never)]
     pub(super) fn handshake_timeout(
         &mut self,
@@ -244,12 +296,17 @@ impl<S: Sock> Conn<S> {
         ctx: &mut Ctx<'_, impl Net<Sock = S>>,
         _: &mut Want,
     ) -> Phase<S> {
-        match hs.machine.handle_timeout(ctx.now) {
-            Some(step) => match self.follow(hs, step, false, ctx) {
-                Ok(hs) => Phase::Handshake(hs),
-                Err(next) => next,
+        let step = match hs.machine.handle_timeout(ctx.now) {
+            Some(step) => step,
+            None => match (hs.machine.waiting(), hs.buf) {
+                (Some(_), Some(id)) => call(&mut hs, id, Call::Handle, self.peer.ip(), ctx),
+                _ => return Phase::Handshake(hs),
             },
-            None => Phase::Handshake(hs),
+        };
+        let eof = hs.eof;
+        match self.follow(hs, step, eof, ctx) {
+            Ok(hs) => Phase::Handshake(hs),
+            Err(next) => next,
         }
     }
 
@@ -267,7 +324,8 @@ impl<S: Sock> Conn<S> {
         let again = if eof { Call::Eof } else { Call::Handle };
         loop {
             step = match step {
-                Step::NeedMore => return Ok(hs),
+                // (A waiting connection is asked again at each sweep and with new bytes.)
+                Step::NeedMore | Step::Wait(_) => return Ok(hs),
                 Step::Peer(source) => {
                     // The header was for us: take the client address it announces, and check
                     // that one against the IP lists.
@@ -278,18 +336,28 @@ impl<S: Sock> Conn<S> {
                         return Err(self.closed(hs, CloseReason::Blocked, ctx));
                     }
                     let id = hs.buf.expect("a PROXY stage has bytes");
-                    call(&mut hs, id, again, ctx)
+                    call(&mut hs, id, again, self.peer.ip(), ctx)
                 }
                 Step::Write(n) => {
                     if let Err(reason) = self.send_flight(&mut hs, n, ctx) {
                         return Err(self.closed(hs, reason, ctx));
                     }
                     let id = hs.buf.expect("a flight answers bytes");
-                    call(&mut hs, id, again, ctx)
+                    call(&mut hs, id, again, self.peer.ip(), ctx)
                 }
                 Step::Connect(accepted) => {
                     let stats = &ctx.shared.stats;
                     stats.handshakes.fetch_add(1, Ordering::Relaxed);
+                    ctx.shared.recent.remember(self.peer.ip(), accepted.user);
+                    self.lease = hs.lease.take();
+                    crate::log_event!(
+                        Level::Debug,
+                        "user-connected",
+                        conn = self.id_str(),
+                        client = self.peer,
+                        user = self.user().unwrap_or(""),
+                        dc = accepted.dc
+                    );
                     self.role = Role::Dc(accepted.dc);
                     self.bytes[0] += accepted.early as u64;
                     // Records read after the frame stay raw after the held bytes: the relay
@@ -302,12 +370,33 @@ impl<S: Sock> Conn<S> {
                         tls: accepted.tls.map(|reader| (reader, hs.pacer)),
                         records: accepted.records,
                     };
-                    // An ad tag: through a middle proxy instead.
-                    let (route, up) =
-                        self.middle_route(route, up, accepted.user, accepted.tag, ctx);
+                    // An ad tag (the user's own, from the snapshot the handshake pinned, else
+                    // the top-level one): through a middle proxy instead.
+                    let own_tag = hs.live.users.specs().get(accepted.user);
+                    let own_tag = own_tag.and_then(|u| u.ad_tag);
+                    let (route, up) = self.middle_route(route, up, own_tag, accepted.tag, ctx);
                     return Err(self.dial(route, up, hs.flight, ctx));
                 }
                 Step::Front(why) => return Err(self.front(hs, why, ctx)),
+                Step::Refused { user, why } => {
+                    // Its key verified: an app retrying costs one key, not the search.
+                    ctx.shared.recent.remember(self.peer.ip(), user);
+                    if let Some(s) = hs.live.stats.get(user) {
+                        s.rejected(why);
+                    }
+                    let name = hs.live.users.get(user).map_or("", |u| u.name.as_str());
+                    // Rate-limited: an app refused retries at will.
+                    crate::log_probe!(
+                        crate::log::Probe::UserRefused,
+                        Level::Info,
+                        "user-refused",
+                        conn = self.id_str(),
+                        client = self.peer,
+                        user = name,
+                        reason = why.as_str()
+                    );
+                    return Err(self.front(hs, Reject::UserLimit, ctx));
+                }
                 Step::Close(close) => {
                     let reason = match close {
                         Close::Rejected(r) => {
@@ -362,7 +451,11 @@ impl<S: Sock> Conn<S> {
     fn front(&mut self, hs: Hs, why: Reject, ctx: &mut Ctx<'_, impl Net<Sock = S>>) -> Phase<S> {
         let stats = &ctx.shared.stats;
         stats.handshake_failed(why);
-        if ctx.shared.front_addr(0).is_none() {
+        // The site of the user the handshake named (its SNI, or the refused user), else the
+        // default one.
+        let host = hs.machine.front_user().and_then(|u| hs.live.users.get(u));
+        let site = ctx.shared.site(host.map_or("", |u| u.secret.host.as_str()));
+        if ctx.shared.sites.addr(site, 0).is_none() {
             return self.closed(hs, CloseReason::Rejected(why), ctx);
         }
         self.role = Role::Fronted(why);
@@ -381,6 +474,6 @@ impl<S: Sock> Conn<S> {
         let filled = hs.machine.filled();
         self.bytes[0] += filled as u64;
         let up = Half::holding(hs.buf, filled, hs.eof);
-        self.dial(Route::Front, up, hs.flight, ctx)
+        self.dial(Route::Front(site), up, hs.flight, ctx)
     }
 }

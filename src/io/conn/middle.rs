@@ -218,11 +218,11 @@ impl<S: Sock> Conn<S> {
         &mut self,
         route: Route,
         mut up: Half,
-        user: usize,
+        own_tag: Option<[u8; 16]>,
         tag: Tag,
         ctx: &mut Ctx<'_, impl Net<Sock = S>>,
     ) -> (Route, Half) {
-        let Some(ad_tag) = ad_tag_for(ctx, user) else {
+        let Some(ad_tag) = own_tag.or(ctx.shared.config.ad_tag) else {
             return (route, up);
         };
         let Route::Dc {
@@ -472,16 +472,6 @@ impl<S: Sock> Conn<S> {
 /// top-level `ad-tag`. `user` indexes the users in force: today the handshake tries the first
 /// user's secret only (index 0), and once it searches all users it names the one found.
 /// Single-secret configs read no snapshot (no lock).
-fn ad_tag_for(ctx: &Ctx<'_, impl Net>, user: usize) -> Option<[u8; 16]> {
-    let config = &ctx.shared.config;
-    if config.users.is_empty() {
-        return config.ad_tag;
-    }
-    let live = ctx.shared.users.load();
-    let own = live.users.specs().get(user).and_then(|u| u.ad_tag);
-    own.or(config.ad_tag)
-}
-
 fn public_ips(config: &crate::config::Config) -> (Option<IpAddr>, Option<IpAddr>) {
     (
         config.public_ipv4.map(IpAddr::V4),

@@ -47,6 +47,7 @@ use std::time::{Duration, Instant};
 use super::pool::{Class, Pool};
 use super::sock::{Net, Sock};
 use super::stats::Stats;
+use super::users::Lease;
 use super::{FastRng, Shared};
 use crate::proto::Reject;
 use crate::proto::shaping::Pacer;
@@ -85,6 +86,8 @@ pub(crate) enum CloseReason {
     Error(ErrorKind),
     /// The proxy is shutting down.
     Shutdown,
+    /// The client's user was removed or got a new secret (a reload).
+    Revoked,
 }
 
 impl CloseReason {
@@ -100,6 +103,7 @@ impl CloseReason {
             CloseReason::Stalled => "stalled",
             CloseReason::Error(_) => "socket-error",
             CloseReason::Shutdown => "shutdown",
+            CloseReason::Revoked => "user-revoked",
         }
     }
 }
@@ -197,6 +201,13 @@ pub(crate) struct Conn<S: Sock> {
     bytes: [u64; 2],
     /// `bytes` already reported to the counters.
     counted: [u64; 2],
+    /// The client's hold on its user (admitted by the user's limits): counts the user's
+    /// traffic, gives the user's slot back when the connection is dropped.
+    lease: Option<Lease>,
+    /// `bytes` already counted toward the user.
+    user_counted: [u64; 2],
+    /// The user's quota ran out: the relay was cut (it ends once what it holds is flushed).
+    cut: bool,
 }
 
 impl<S: Sock> Conn<S> {
@@ -219,7 +230,45 @@ impl<S: Sock> Conn<S> {
             started: ctx.now,
             bytes: [0, 0],
             counted: [0, 0],
+            lease: None,
+            user_counted: [0, 0],
+            cut: false,
         }
+    }
+
+    /// The client's user, once admitted (for logs).
+    pub(crate) fn user(&self) -> Option<&str> {
+        self.lease.as_ref().map(|l| l.stats().name())
+    }
+
+    /// Counts the bytes relayed since the last call toward the user (traffic and quota).
+    /// Once the user's quota is used up (by this connection or another of the user's), the
+    /// relay is cut at the next record boundary: nothing more is read either way, what is
+    /// buffered (toward the client: whole TLS records) is flushed, then both sides are shut.
+    fn feed_user(&mut self) {
+        let Some(lease) = &self.lease else {
+            return;
+        };
+        let [up, down] = [
+            self.bytes[0] - self.user_counted[0],
+            self.bytes[1] - self.user_counted[1],
+        ];
+        self.user_counted = self.bytes;
+        if lease.traffic(up, down) || self.cut {
+            return;
+        }
+        if let Phase::Relay(r) = &mut self.phase {
+            r.cut();
+            self.cut = true;
+            lease
+                .stats()
+                .rejected(crate::proto::users::UserReject::QuotaCut);
+        }
+    }
+
+    /// Whether the client's user was removed or got a new secret since it was admitted.
+    fn revoked(&self) -> bool {
+        self.lease.as_ref().is_some_and(Lease::revoked)
     }
 
     /// New readiness `bits` ([`R`], [`W`]) for the socket on `side` ([`CLIENT`], [`UPSTREAM`]).
@@ -231,12 +280,14 @@ impl<S: Sock> Conn<S> {
 
     /// When [`Conn::handle_timeout`] has something to do (`None` once closed): the handshake's
     /// deadline, the connect timeout, or the idle timeout of the relay.
+    /// A relay whose user was revoked, or that was cut and is flushing, is due at once.
     pub(crate) fn deadline(&self) -> Option<Instant> {
         match &self.phase {
             Phase::Handshake(hs) => Some(hs.deadline()),
             Phase::Dial(d) => Some(d.deadline),
             Phase::Socks(s) => Some(s.dial.deadline),
             Phase::Middle(d) => Some(d.deadline),
+            Phase::Relay(_) if self.cut || self.revoked() => Some(self.started),
             Phase::Relay(r) => Some(r.next_deadline()),
             Phase::Closed(_) => None,
         }
@@ -337,16 +388,35 @@ impl<S: Sock> Conn<S> {
         };
         if let Err(reason) = r.turn(&mut ends, ctx, want) {
             self.close(reason, ctx);
+            return;
+        }
+        // A user with a quota is counted every turn (one turn moves at most TURN_BUDGET each
+        // way): the cut comes at most that late.
+        if self.lease.as_ref().is_some_and(Lease::has_quota) {
+            self.feed_user();
         }
     }
 
     /// Handles the deadline ([`Conn::deadline`]); call when it passed. A handshake fails
     /// (fronted, or closed once answered), a connect attempt moves on to the next address, an
-    /// idle relay closes, and so does a stalled one while relay buffers run short.
+    /// idle relay closes, and so does a stalled one while relay buffers run short, a revoked
+    /// user's relay closes, a cut relay flushes.
     pub(crate) fn handle_timeout(&mut self, ctx: &mut Ctx<'_, impl Net<Sock = S>>) -> Turn {
         let mut want = Want::default();
         if self.deadline().is_none_or(|d| ctx.now < d) {
             return self.turn(want);
+        }
+        if matches!(self.phase, Phase::Relay(_)) {
+            if self.revoked() {
+                self.close(CloseReason::Revoked, ctx);
+                return self.turn(want);
+            }
+            // A cut relay flushes (each sweep too), until idle for the idle timeout.
+            let idle = matches!(&self.phase, Phase::Relay(r) if ctx.now >= r.deadline);
+            if self.cut && !idle {
+                self.relay_turn(ctx, &mut want);
+                return self.turn(want);
+            }
         }
         let phase = std::mem::replace(&mut self.phase, Phase::Closed(CloseReason::Done));
         self.phase = match phase {
@@ -420,6 +490,7 @@ impl<S: Sock> Conn<S> {
             }
             self.counted = self.bytes;
         }
+        self.feed_user();
     }
 }
 

@@ -92,6 +92,14 @@ impl<S> Relay<S> {
 }
 
 impl<S> Relay<S> {
+    /// Stops reading either way (the user's quota ran out): what is buffered is flushed
+    /// (toward a FakeTLS client, whole records: a record is framed whole when read), then
+    /// both sides are shut and the relay ends.
+    pub(super) fn cut(&mut self) {
+        self.up.eof = true;
+        self.down.eof = true;
+    }
+
     /// Takes in `n` raw client bytes (records) held after the up half's bytes, as if just
     /// read: their payload, re-encrypted, joins the half. Returns the payload length.
     pub(super) fn take_in_records(&mut self, n: usize, pool: &mut Pool) -> io::Result<usize> {

@@ -11,6 +11,7 @@ use super::*;
 use crate::formats::encoding::{base64_std_decode, hex_decode};
 use crate::proto::XorShift64;
 use crate::proto::dc::{DcTable, PreferIp};
+use crate::proto::secret::{Secret, SecretKind};
 
 /// The key of mtg's captured hellos (`storage.googleapis.com`).
 const MTG_KEY: &str = "367a189aee18fa31c190054efd4a8e95";
@@ -73,9 +74,39 @@ impl Hellos for Vec<bool> {
     }
 }
 
+/// Users `u0`, `u1`, .. with these secrets.
+fn users_of(secrets: Vec<Secret>) -> Users {
+    let specs = secrets
+        .into_iter()
+        .enumerate()
+        .map(|(i, secret)| crate::proto::users::UserSpec {
+            name: format!("u{i}"),
+            secret,
+            limits: Default::default(),
+            ad_tag: None,
+        })
+        .collect();
+    Users::new(specs).expect("valid users")
+}
+
+/// Answers admissions with `answer`, recording who asked.
+struct Gate {
+    answer: Admit,
+    asked: Vec<UserId>,
+}
+
+impl Admission for Gate {
+    fn admit(&mut self, user: UserId) -> Admit {
+        self.asked.push(user);
+        self.answer
+    }
+}
+
 /// Everything a handshake consults, deterministic.
 struct World {
-    secrets: Vec<Secret>,
+    users: Users,
+    hint: Option<UserId>,
+    gate: Gate,
     dcs: DcTable,
     allow_unknown_dc: bool,
     tolerance: u64,
@@ -93,7 +124,12 @@ impl World {
         let mut rng = XorShift64(99);
         let dc2: SocketAddr = "127.0.0.1:1".parse().unwrap();
         World {
-            secrets,
+            users: users_of(secrets),
+            hint: None,
+            gate: Gate {
+                answer: Admit::Yes,
+                asked: Vec::new(),
+            },
             dcs: DcTable::new(PreferIp::PreferIpv4, &[(2, vec![dc2])]),
             allow_unknown_dc: true,
             tolerance: 3,
@@ -109,7 +145,9 @@ impl World {
 
     fn env(&mut self) -> Env<'_, XorShift64> {
         Env {
-            secrets: &self.secrets,
+            users: &self.users,
+            hint: self.hint,
+            admission: &mut self.gate,
             tolerance_secs: self.tolerance,
             dcs: &self.dcs,
             allow_unknown_dc: self.allow_unknown_dc,
@@ -135,6 +173,8 @@ enum End {
         tag: Tag,
     },
     Front(Reject),
+    Refused(UserId, UserReject),
+    Wait(UserId),
     Close(Close),
 }
 
@@ -236,6 +276,15 @@ fn drive(w: &mut World, expect: Expect, input: &[u8], chunk: usize, eof: bool) -
                 relayed = pieces.flatten().copied().collect();
                 break;
             }
+            Step::Refused { user, why } => {
+                out.end = End::Refused(user, why);
+                relayed = pieces.flatten().copied().collect();
+                break;
+            }
+            Step::Wait(user) => {
+                out.end = End::Wait(user);
+                break;
+            }
             Step::Close(c) => {
                 out.end = End::Close(c);
                 hs.len = 0;
@@ -267,10 +316,12 @@ fn drive_all(world: impl Fn() -> World, expect: Expect, input: &[u8], eof: bool)
 const EE: Expect = Expect {
     proxy_header: false,
     faketls: true,
+    obfs2: false,
 };
 const OBFS2: Expect = Expect {
     proxy_header: false,
     faketls: false,
+    obfs2: true,
 };
 
 /// TLS application-data records carrying `data` (at most 1000 bytes each).
@@ -518,6 +569,7 @@ fn accepts_a_proxy_header_first_and_fronts_without_it() {
     let expect = Expect {
         proxy_header: true,
         faketls: false,
+        obfs2: true,
     };
     let v1 = b"PROXY TCP4 192.0.2.7 127.0.0.1 5555 443\r\n";
     let client = client_bytes(&s.key, Tag::Padded, 2, b"hi", 2);
@@ -629,6 +681,8 @@ fn accepts_the_secret_that_matches_among_several() {
     wrong.key[0] ^= 1;
     let mut wrong_host = mtg_secret();
     wrong_host.host = "other.example".into();
+    // (Users never share a key.)
+    wrong_host.key[1] ^= 1;
     let key = mtg_secret().key;
     let client = records(&client_bytes(&key, Tag::Padded, 1, b"", 4));
     let input = [hello.clone(), client].concat();
@@ -686,6 +740,7 @@ fn rejects_garbage_and_truncations_without_panic_and_split_independently() {
             let expect = Expect {
                 proxy_header,
                 faketls,
+                obfs2: !faketls,
             };
             let users = vec![mtg_secret(), secret(SecretKind::Classic, 14)];
             let _ = drive_all(
@@ -718,7 +773,7 @@ fn reports_each_complete_hello_once_with_its_verdict() {
     let _ = drive(&mut w, EE, &hello, hello.len(), false);
     let mut other = mtg_secret();
     other.key[3] ^= 1;
-    w.secrets = vec![other];
+    w.users = users_of(vec![other]);
     let _ = drive(&mut w, EE, &hello, 7, false);
     assert_eq!(w.hellos, [true, false, false], "ok, replay, wrong key");
 }
@@ -775,4 +830,170 @@ fn an_incomplete_handshake_fails_after_the_grace_of_quiet() {
     hs.heard(start, grace);
     assert_eq!(hs.poll_timeout(), deadline);
     assert!(hs.handle_timeout(start + grace).is_none());
+}
+
+const MIXED: Expect = Expect {
+    proxy_header: false,
+    faketls: true,
+    obfs2: true,
+};
+
+#[test]
+fn accepts_ee_dd_and_classic_users_on_one_listener() {
+    let (hello, time) = mtg_hellos().remove(0);
+    let users = vec![
+        secret(SecretKind::Secure, 20),
+        mtg_secret(),
+        secret(SecretKind::Classic, 21),
+    ];
+    let key = mtg_secret().key;
+    let ee = [
+        hello.clone(),
+        records(&client_bytes(&key, Tag::Padded, 2, b"x", 1)),
+    ]
+    .concat();
+    let out = drive_all(|| World::new(users.clone(), time), MIXED, &ee, false);
+    assert!(
+        matches!(out.end, End::Connect { user: 1, dc: 2, .. }),
+        "{out:?}"
+    );
+    assert_eq!(out.flights.len(), 1);
+    let dd = client_bytes(&users[0].key, Tag::Padded, 3, b"y", 2);
+    let out = drive_all(|| World::new(users.clone(), time), MIXED, &dd, false);
+    assert!(
+        matches!(out.end, End::Connect { user: 0, dc: 3, .. }),
+        "{out:?}"
+    );
+    assert!(out.flights.is_empty());
+    let classic = client_bytes(&users[2].key, Tag::Abridged, 4, b"z", 3);
+    let out = drive_all(|| World::new(users.clone(), time), MIXED, &classic, false);
+    assert!(
+        matches!(out.end, End::Connect { user: 2, dc: 4, .. }),
+        "{out:?}"
+    );
+    // The same, with the hint on another user: same answers.
+    let mut w = World::new(users.clone(), time);
+    w.hint = Some(2);
+    let out = drive(&mut w, MIXED, &dd, 5, false);
+    assert!(matches!(out.end, End::Connect { user: 0, .. }));
+    // Only ee users: a dd client's frame is not a TLS record (fronted, as before).
+    let out = drive_all(|| World::new(vec![mtg_secret()], time), EE, &dd, false);
+    assert!(matches!(out.end, End::Front(_)), "{out:?}");
+}
+
+#[test]
+fn refuses_a_user_over_its_limits_before_answering_and_fronts_to_its_site() {
+    let (hello, time) = mtg_hellos().remove(1);
+    let users = vec![secret(SecretKind::Secure, 30), mtg_secret()];
+    let world = |answer| {
+        let mut w = World::new(users.clone(), time);
+        w.gate.answer = answer;
+        w
+    };
+    for why in [UserReject::Expired, UserReject::Quota, UserReject::MaxIps] {
+        let out = drive_all(|| world(Admit::No(why)), MIXED, &hello, false);
+        assert_eq!(out.end, End::Refused(1, why));
+        // Nothing answered: the site gets the hello exactly as sent.
+        assert!(out.flights.is_empty());
+        assert_eq!(out.buf, hello);
+        let dd = client_bytes(&users[0].key, Tag::Padded, 2, b"early", 7);
+        let out = drive_all(|| world(Admit::No(why)), MIXED, &dd, false);
+        assert_eq!(out.end, End::Refused(0, why));
+        assert_eq!(out.buf, dd);
+    }
+    let mut w = world(Admit::No(UserReject::Quota));
+    let deadline = crate::testing::t0() + Duration::from_secs(10);
+    let mut hs = Handshake::new(MIXED, deadline);
+    let mut buf = hello.clone();
+    let step = hs.received(&mut buf, hello.len(), &mut w.env());
+    assert!(matches!(step, Step::Refused { user: 1, .. }));
+    assert_eq!(hs.front_user(), Some(1));
+    assert_eq!(w.gate.asked, [1]);
+}
+
+#[test]
+fn waits_for_max_connections_then_goes_on_or_is_refused_at_the_deadline() {
+    let (hello, time) = mtg_hellos().remove(2);
+    let key = mtg_secret().key;
+    let frame = records(&client_bytes(&key, Tag::Intermediate, 2, b"", 9));
+    let t0 = crate::testing::t0();
+    let deadline = t0 + Duration::from_secs(10);
+    for kind in ["ee", "dd"] {
+        let dd_secret = secret(SecretKind::Secure, 31);
+        let dd = client_bytes(&dd_secret.key, Tag::Padded, 2, b"hi", 8);
+        let mut w = World::new(vec![dd_secret, mtg_secret()], time);
+        let (input, user) = if kind == "ee" { (&hello, 1) } else { (&dd, 0) };
+        w.gate.answer = Admit::Wait;
+        let mut hs = Handshake::new(MIXED, deadline);
+        let mut buf = vec![0u8; 4096];
+        buf[..input.len()].copy_from_slice(input);
+        let step = hs.received(&mut buf, input.len(), &mut w.env());
+        assert!(
+            matches!(step, Step::Wait(u) if u == user),
+            "{kind}: {step:?}"
+        );
+        assert_eq!(hs.waiting(), Some(user));
+        assert!(!hs.answered());
+        // Asked again: still full.
+        assert!(matches!(hs.handle(&mut buf, &mut w.env()), Step::Wait(_)));
+        // A slot came free: on with the handshake (no replay: it was checked once).
+        w.gate.answer = Admit::Yes;
+        let step = hs.handle(&mut buf, &mut w.env());
+        assert_eq!(w.gate.asked, [user; 3], "{kind}");
+        match kind {
+            "ee" => {
+                assert!(matches!(step, Step::Write(_)), "{step:?}");
+                let at = hs.filled();
+                buf[at..at + frame.len()].copy_from_slice(&frame);
+                let step = hs.received(&mut buf, frame.len(), &mut w.env());
+                assert!(
+                    matches!(step, Step::Connect(Accepted { user: 1, .. })),
+                    "{step:?}"
+                );
+            }
+            _ => assert!(
+                matches!(step, Step::Connect(Accepted { user: 0, .. })),
+                "{step:?}"
+            ),
+        }
+        // Still full at the deadline: refused (fronted to the user's site).
+        let mut w = World::new(vec![secret(SecretKind::Secure, 31), mtg_secret()], time);
+        w.gate.answer = Admit::Wait;
+        let mut hs = Handshake::new(MIXED, deadline);
+        let mut buf = input.clone();
+        assert!(matches!(
+            hs.received(&mut buf, input.len(), &mut w.env()),
+            Step::Wait(_)
+        ));
+        assert!(hs.handle_timeout(t0 + Duration::from_secs(9)).is_none());
+        let step = hs.handle_timeout(deadline);
+        assert!(
+            matches!(step, Some(Step::Refused { user: u, why: UserReject::MaxConnections }) if u == user),
+            "{step:?}"
+        );
+        assert_eq!(&buf[..hs.filled()], &input[..]);
+    }
+}
+
+#[test]
+fn a_failed_hello_is_fronted_to_the_site_its_sni_names() {
+    let (hello, time) = mtg_hellos().remove(0);
+    let mut other = secret(SecretKind::FakeTls, 40);
+    other.host = "a.example".into();
+    let mut same_host = mtg_secret();
+    same_host.key[0] ^= 0x55;
+    // The hello names storage.googleapis.com but no key matches: that host's first user.
+    let mut w = World::new(vec![other, secret(SecretKind::Secure, 41), same_host], time);
+    let mut hs = Handshake::new(MIXED, crate::testing::t0() + Duration::from_secs(10));
+    let mut buf = hello.clone();
+    let step = hs.received(&mut buf, hello.len(), &mut w.env());
+    assert!(matches!(step, Step::Front(Reject::Digest)), "{step:?}");
+    assert_eq!(hs.front_user(), Some(2));
+    // An SNI nobody serves: the default site.
+    let mut w = World::new(vec![secret(SecretKind::FakeTls, 42)], time);
+    let mut hs = Handshake::new(EE, crate::testing::t0() + Duration::from_secs(10));
+    let mut buf = hello.clone();
+    let step = hs.received(&mut buf, hello.len(), &mut w.env());
+    assert!(matches!(step, Step::Front(Reject::Sni)), "{step:?}");
+    assert_eq!(hs.front_user(), None);
 }

@@ -168,6 +168,8 @@ pub struct Users {
     keys: Vec<HmacKey>,
     names: BTreeMap<String, usize>,
     kinds: [bool; 3],
+    /// The first FakeTLS user of each distinct host, in first-use order.
+    host_users: Vec<UserId>,
 }
 
 fn kind_slot(k: SecretKind) -> usize {
@@ -202,11 +204,21 @@ impl Users {
             kinds[kind_slot(s.secret.kind)] = true;
         }
         let keys = specs.iter().map(|s| HmacKey::new(&s.secret.key)).collect();
+        let mut host_users: Vec<UserId> = Vec::new();
+        for (i, s) in specs.iter().enumerate() {
+            let host = &s.secret.host;
+            if s.secret.kind == SecretKind::FakeTls
+                && !host_users.iter().any(|&j| specs[j].secret.host == *host)
+            {
+                host_users.push(i);
+            }
+        }
         Ok(Users {
             specs,
             keys,
             names,
             kinds,
+            host_users,
         })
     }
 
@@ -242,14 +254,23 @@ impl Users {
 
     /// The distinct FakeTLS hosts, in first-use order (each is fronted and scouted).
     pub fn hosts(&self) -> Vec<&str> {
-        let mut out: Vec<&str> = Vec::new();
-        for s in &self.specs {
-            let h = s.secret.host.as_str();
-            if s.secret.kind == SecretKind::FakeTls && !out.contains(&h) {
-                out.push(h);
-            }
-        }
-        out
+        self.host_users
+            .iter()
+            .map(|&i| self.specs[i].secret.host.as_str())
+            .collect()
+    }
+
+    /// The first FakeTLS user whose host `hello`'s SNI names (whose site a failed hello is
+    /// fronted to): one look per distinct host.
+    pub fn sni_user(
+        &self,
+        hello: &crate::proto::faketls::ClientHello,
+        msg: &[u8],
+    ) -> Option<UserId> {
+        self.host_users
+            .iter()
+            .copied()
+            .find(|&i| hello.has_sni(msg, self.specs[i].secret.host.as_bytes()))
     }
 }
 

@@ -10,6 +10,9 @@
 //! * `find N, returning`: parse + `Users::find_faketls` with the matching user as the hint
 //!   (what the recent-address table gives a returning client), the user being the last of N;
 //! * `find N, new`: the same without a hint: the worst case, N keys tried;
+//! * `machine N, returning/new`: the proxy's whole handshake machine (`proto::handshake`, as
+//!   a connection runs it: hello found among N users, flight written, frame in a record, our
+//!   frame toward the DC), the hint right or none;
 //! * the same for obfuscated2 `dd` users: `client_handshake` alone vs `find_obfs2` (which
 //!   gives the same streams).
 //!
@@ -20,11 +23,14 @@
 use std::hint::black_box;
 
 use mtpx::proto::XorShift64;
+use mtpx::proto::dc::{DcTable, PreferIp};
 use mtpx::proto::faketls::{
-    parse_client_hello, telegram_hello, verify_client_hello, write_server_hello,
+    parse_client_hello, record_header, telegram_hello, verify_client_hello, write_server_hello,
 };
+use mtpx::proto::handshake::{Env, Expect, Handshake, NoReplay, Step};
 use mtpx::proto::obfs2::{Tag, client_frame, client_handshake, dc_handshake};
 use mtpx::proto::secret::{Secret, SecretKind};
+use mtpx::proto::tlsprofile::FlightShape;
 use mtpx::proto::users::{Limits, UserSpec, Users};
 use mtpx::proto::x25519::KeyShares;
 
@@ -126,6 +132,59 @@ pub fn run(budget: f64) -> Vec<Case> {
             push(format!("faketls find {n}, {label}"), us);
         }
     }
+    // ---- the proxy's handshake machine (proto::handshake, as a connection runs it): hello,
+    // flight, frame in a record, our frame toward the DC; no sockets, no replay table.
+    for n in [1usize, 100, 1000] {
+        let u = users(n, SecretKind::FakeTls);
+        let last = n - 1;
+        let s = &u.get(last).unwrap().secret;
+        let mut rng = XorShift64(11);
+        let mut input = telegram_hello(&mut rng, &s.key, HOST, NOW as u32);
+        let (frame, _, _) = client_frame(&mut rng, &s.key, Tag::Padded, 2);
+        input.extend_from_slice(&record_header(frame.len() as u16));
+        input.extend_from_slice(&frame);
+        let dcs = DcTable::new(PreferIp::PreferIpv4, &[]);
+        let mut shares = KeyShares::new(&mut rng);
+        let mut scratch = vec![0u8; 32 * 1024];
+        let mut buf = vec![0u8; 4096];
+        let mut shape = FlightShape::default();
+        for (label, hint) in [("returning", Some(last)), ("new", None)] {
+            let us = per_call(budget, || {
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+                let expect = Expect {
+                    proxy_header: false,
+                    faketls: true,
+                    obfs2: false,
+                };
+                let mut hs = Handshake::new(expect, deadline);
+                buf[..input.len()].copy_from_slice(&input);
+                let mut env = Env {
+                    users: &u,
+                    hint,
+                    admission: &mut (),
+                    tolerance_secs: 10,
+                    dcs: &dcs,
+                    allow_unknown_dc: true,
+                    now_unix: NOW,
+                    rng: &mut rng,
+                    replay: &mut NoReplay,
+                    shapes: &mut shape,
+                    hellos: &mut (),
+                    key_shares: &mut shares,
+                    scratch: &mut scratch,
+                };
+                let mut step = hs.received(&mut buf, input.len(), &mut env);
+                if let Step::Write(_) = step {
+                    step = hs.handle(&mut buf, &mut env);
+                }
+                match step {
+                    Step::Connect(a) => assert_eq!(a.user, last),
+                    other => panic!("{other:?}"),
+                }
+            });
+            push(format!("faketls machine {n}, {label}"), us);
+        }
+    }
     // ---- obfuscated2 (dd)
     let one = users(1, SecretKind::Secure);
     let key = one.get(0).unwrap().secret.key;
@@ -182,6 +241,26 @@ pub fn report(cases: &[Case]) -> String {
             json.push_str(&format!(
                 "\"faketls_{n}_{label}\": {{\"us\": {t:.2}, \"x_verify\": {:.3}, \"x_handshake\": {hs:.3}}}, ",
                 t / verify
+            ));
+        }
+    }
+    let machine1 = us("faketls machine 1, returning");
+    println!(
+        "\n{:<26} {:>12} {:>12}",
+        "handshake machine", "us", "x 1 user"
+    );
+    for n in [1, 100, 1000] {
+        for label in ["returning", "new"] {
+            let t = us(&format!("faketls machine {n}, {label}"));
+            println!(
+                "{:<26} {:>12.2} {:>12.2}",
+                format!("{n}, {label}"),
+                t,
+                t / machine1
+            );
+            json.push_str(&format!(
+                "\"machine_{n}_{label}\": {{\"us\": {t:.2}, \"x_one_user\": {:.3}}}, ",
+                t / machine1
             ));
         }
     }
