@@ -934,6 +934,9 @@ fn waits_for_max_connections_then_goes_on_or_is_refused_at_the_deadline() {
         );
         assert_eq!(hs.waiting(), Some(user));
         assert!(!hs.answered());
+        // No grace while it waits (issue 12): only the deadline refuses it.
+        hs.heard(t0, Duration::from_millis(500));
+        assert_eq!(hs.poll_timeout(), deadline, "{kind}");
         // Asked again: still full.
         assert!(matches!(hs.handle(&mut buf, &mut w.env()), Step::Wait(_)));
         // A slot came free: on with the handshake (no replay: it was checked once).
