@@ -195,14 +195,16 @@ fn probe_lines_are_rate_limited_at_the_default_level() {
 #[test]
 fn unread_stderr_does_not_stall_the_proxy() {
     let dir = Dir::new("blocked");
+    // Every probe comes from 127.0.0.1: no per-source cap (it would turn most away before
+    // they log anything).
     let refused = RefusedPort::new();
     let dc = FakeDc::start(DcMode::Echo);
     let secret = secret(SecretKind::Secure, 2);
     let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let extra = format!(
-        "debug = true\nworkers = 1\n\n[stats.prometheus]\nenabled = true\nbind-to = \"{metrics}\"\n\
-         http-path = \"/metrics\"\n"
+        "debug = true\nworkers = 1\nconcurrency-per-ip = 0\n\n[stats.prometheus]\nenabled = true\n\
+         bind-to = \"{metrics}\"\nhttp-path = \"/metrics\"\n"
     );
     let cfg = write_config(&dir.0, &secret, addr, refused.addr, dc.addr, &extra);
     let mut m = spawn(&cfg, Stdio::piped(), addr);

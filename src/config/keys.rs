@@ -325,6 +325,9 @@ impl Doc {
         if let Some(v) = self.uint("concurrency", u32::MAX.into())? {
             c.concurrency = v as usize;
         }
+        if let Some(v) = self.uint("concurrency-per-ip", u32::MAX.into())? {
+            c.concurrency_per_ip = Some(v as usize);
+        }
         if let Some(v) = self.bytes("buffers.size")? {
             c.buffer_size = usize::try_from(v).unwrap_or(usize::MAX);
         }

@@ -192,6 +192,9 @@ pub struct Config {
     pub workers: usize,
     /// Most simultaneous client connections (default 8192).
     pub concurrency: usize,
+    /// Most unauthenticated connections (handshakes, fronted) from one address at once
+    /// (`concurrency-per-ip`; 0: no limit; default [`Config::per_ip_limit`]'s).
+    pub concurrency_per_ip: Option<usize>,
     /// Size of one relay buffer (`[buffers] size`, default 16 KiB).
     pub buffer_size: usize,
     /// Relay buffers across all workers (`[buffers] count`, default 1024).
@@ -327,6 +330,13 @@ impl Config {
         self.dns.as_deref().and_then(dns_server)
     }
 
+    /// The per-address limit of unauthenticated connections in force (0: none): the
+    /// configured one, else a quarter of `concurrency`, at most 64.
+    pub fn per_ip_limit(&self) -> usize {
+        self.concurrency_per_ip
+            .unwrap_or((self.concurrency / 4).clamp(1, 64))
+    }
+
     /// A config with every default, listening on `bind_to` with `secret`.
     pub fn simple(bind_to: SocketAddr, secret: Secret) -> Config {
         Config {
@@ -335,6 +345,7 @@ impl Config {
             bind_to,
             workers: default_workers(),
             concurrency: 8192,
+            concurrency_per_ip: None,
             buffer_size: 16 * 1024,
             buffer_count: 1024,
             prefer_ip: PreferIp::default(),
@@ -1084,6 +1095,17 @@ mod tests {
     }
 
     #[test]
+    fn concurrency_per_ip_is_read_and_defaults_to_a_share_of_concurrency() {
+        let (c, w) = ok(&format!("{BASE}concurrency = 50\nconcurrency-per-ip = 7\n"));
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!((c.concurrency_per_ip, c.per_ip_limit()), (Some(7), 7));
+        let (c, _) = ok(&format!("{BASE}concurrency = 50\n"));
+        assert_eq!(c.per_ip_limit(), 12);
+        let (c, _) = ok(&format!("{BASE}concurrency-per-ip = 0\n"));
+        assert_eq!(c.per_ip_limit(), 0, "no limit");
+    }
+
+    #[test]
     fn defaults_match_the_struct_documentation() {
         let (c, w) = ok(BASE);
         assert!(w.is_empty());
@@ -1091,6 +1113,7 @@ mod tests {
         assert_eq!(c.workers, default_workers());
         assert!((1..=MAX_WORKERS).contains(&c.workers));
         assert_eq!(c.concurrency, 8192);
+        assert_eq!((c.concurrency_per_ip, c.per_ip_limit()), (None, 64));
         assert_eq!((c.buffer_size, c.buffer_count), (16384, 1024));
         assert_eq!(c.prefer_ip, PreferIp::default());
         assert_eq!(c.tolerate_time_skewness, Duration::from_secs(10));

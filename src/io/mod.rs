@@ -13,6 +13,7 @@ pub(crate) mod rng;
 mod shared;
 mod sites;
 mod sock;
+mod sources;
 pub(crate) mod stats;
 mod timers;
 pub mod users;

@@ -22,10 +22,11 @@ pub(crate) enum Class {
     /// of them stay free (it waits long, up to the handshake timeout).
     Grown,
     /// A relay direction of one of our clients (also the rest of a server flight, and the
-    /// PROXY header sent ahead of a fronted connection's bytes): any relay buffer.
+    /// PROXY header sent ahead of a fronted connection's bytes): any relay buffer, else a
+    /// small one.
     Client,
     /// A relay direction of a fronted connection (not our client): a relay buffer only while
-    /// half of them stay free.
+    /// half of them stay free, else a small one.
     Fronted,
 }
 
@@ -67,13 +68,21 @@ impl Buffers {
 
 /// A worker's buffers: relay buffers, and small handshake buffers.
 ///
-/// A connection still in its handshake keeps what it has read so far in a small buffer (one
+/// A connection still in its handshake keeps what it has read so far in a small buffer (two
 /// per connection the worker may hold, so stalled handshakes cannot take the relay buffers
 /// from everybody else: a slowloris costs only a connection slot). A handshake that outgrows
 /// its small buffer moves to a relay buffer, but only while three quarters of them are free
 /// (the caller decides on what it has otherwise); fronted connections take relay buffers only
 /// while half of them are free ([`Class::Fronted`]). So our clients always have half of
 /// the relay buffers, and fronted connections (probes) a quarter whatever handshakes do.
+///
+/// When a relay direction finds no relay buffer it may take, it takes a small one (issue 12:
+/// slow readers that held every relay buffer silenced new probes and stalled every client).
+/// With two small buffers per connection slot (one per direction), no class of connection
+/// can pin the pool: the others run on small buffers, slower (more system calls, smaller
+/// records toward FakeTLS clients) but at once, until relay buffers come back (a direction
+/// leaves its small buffer when it empties, and a direction stuck on a relay buffer is closed
+/// when they run short: `Relay::stalled`).
 pub(crate) struct Pool {
     big: Buffers,
     small: Buffers,
@@ -92,21 +101,37 @@ impl Pool {
 
     /// Takes a buffer for `class`, or `None` (the caller waits: backpressure).
     /// * `Handshake`: a small buffer, else a relay buffer;
-    /// * `Client`: any free relay buffer;
+    /// * `Client`: any free relay buffer, else a small one;
     /// * `Fronted`: a relay buffer only if at least half of them stay free afterwards, so that
-    ///   however many fronted connections there are, they never hold more than half;
+    ///   however many fronted connections there are, they never hold more than half; else a
+    ///   small one;
     /// * `Grown`: a relay buffer while three quarters stay free.
     pub(crate) fn checkout(&mut self, class: Class) -> Option<BufId> {
         match class {
-            Class::Handshake => match self.small.free.pop() {
-                Some(i) => Some(i | SMALL),
-                None => self.big.free.pop(),
-            },
-            Class::Client => self.big.free.pop(),
+            Class::Handshake => self.small().or_else(|| self.big.free.pop()),
+            Class::Client | Class::Fronted => self.checkout_relay(class).or_else(|| self.small()),
+            Class::Grown => self.checkout_relay(class),
+        }
+    }
+
+    /// A relay buffer for `class` ([`Pool::checkout`]'s rules), never a small one.
+    pub(crate) fn checkout_relay(&mut self, class: Class) -> Option<BufId> {
+        match class {
+            Class::Handshake | Class::Client => self.big.free.pop(),
             Class::Fronted if self.spare_free() => self.big.free.pop(),
             Class::Grown if self.three_quarters_free() => self.big.free.pop(),
             Class::Fronted | Class::Grown => None,
         }
+    }
+
+    fn small(&mut self) -> Option<BufId> {
+        self.small.free.pop().map(|i| i | SMALL)
+    }
+
+    /// Whether relay buffers run short (fewer than a quarter free): directions stuck on one
+    /// are then closed (`Relay::stalled`).
+    pub(crate) fn short(&self) -> bool {
+        self.big.free.len() * 4 < self.big.total
     }
 
     /// Whether at least three quarters of the relay buffers stay free after one more is taken.
@@ -126,7 +151,7 @@ impl Pool {
         if id & SMALL == 0 {
             return Some(id);
         }
-        let big = self.checkout(class)?;
+        let big = self.checkout_relay(class)?;
         let from = self.small.range(id & !SMALL);
         let to = self.big.range(big);
         let len = len.min(from.len());
@@ -255,11 +280,45 @@ mod tests {
         assert_eq!(p.in_use(), 1);
         assert!(p.checkout(Class::Client).is_some() && p.checkout(Class::Handshake).is_none());
         p.release(a);
-        assert!(
-            p.checkout(Class::Client).is_none(),
-            "a small buffer is not a relay one"
+        assert_eq!(
+            p.checkout_relay(Class::Client),
+            None,
+            "a small one is not a relay one"
         );
         assert_eq!(p.checkout(Class::Handshake), Some(a));
+    }
+
+    /// Issue 12: with no relay buffer a direction may take, our clients and fronted
+    /// connections run on small buffers rather than wait; growing never takes a small one.
+    #[test]
+    fn relay_directions_fall_back_to_small_buffers() {
+        let mut p = Pool::new(4, 1000, 4, 100);
+        let relay: Vec<_> = (0..2)
+            .map(|_| p.checkout(Class::Fronted).unwrap())
+            .collect();
+        assert!(relay.iter().all(|&id| !Pool::is_small(id)));
+        assert!(!p.short(), "half free");
+        let f = p.checkout(Class::Fronted).unwrap();
+        assert!(
+            Pool::is_small(f),
+            "fronted past the spare half: a small one"
+        );
+        let c: Vec<_> = (0..2).map(|_| p.checkout(Class::Client).unwrap()).collect();
+        assert!(c.iter().all(|&id| !Pool::is_small(id)) && p.short());
+        let d = p.checkout(Class::Client).unwrap();
+        assert!(Pool::is_small(d) && p.get(d).len() == 100);
+        assert_eq!(p.checkout_relay(Class::Client), None);
+        let h = p.checkout(Class::Handshake).unwrap();
+        assert_eq!(
+            p.grow(h, 10, Class::Client),
+            None,
+            "no relay buffer to grow into"
+        );
+        let last = p.checkout(Class::Client).unwrap();
+        assert!(Pool::is_small(last));
+        assert_eq!(p.checkout(Class::Client), None, "all gone: wait");
+        p.release(c[0]);
+        assert!(!Pool::is_small(p.checkout(Class::Client).unwrap()));
     }
 
     #[test]
@@ -280,12 +339,12 @@ mod tests {
         let f1 = p.checkout(Class::Fronted).unwrap();
         let f2 = p.checkout(Class::Fronted).unwrap();
         assert!(
-            !p.spare_free() && p.checkout(Class::Fronted).is_none(),
+            !p.spare_free() && p.checkout_relay(Class::Fronted).is_none(),
             "4 of 8 free"
         );
         // Our clients get the rest.
         let clients: Vec<_> = (0..4).map(|_| p.checkout(Class::Client).unwrap()).collect();
-        assert!(p.checkout(Class::Client).is_none());
+        assert!(p.checkout_relay(Class::Client).is_none());
         for id in clients.into_iter().chain([f1, f2, g1, g2]) {
             p.release(id);
         }

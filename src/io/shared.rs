@@ -36,6 +36,8 @@ pub(crate) struct Shared {
     pub(crate) telegram: Arc<Telegram>,
     replay: Option<Mutex<ReplayFilter>>,
     pub(crate) active: AtomicUsize,
+    /// Unauthenticated connections per source address, the reserve for known clients.
+    pub(crate) sources: super::sources::Sources,
     pub(crate) stop: AtomicBool,
     pub(crate) grace: Duration,
     pub(crate) stats: Arc<Stats>,
@@ -221,6 +223,11 @@ impl Shared {
             dc,
             replay,
             active: AtomicUsize::new(0),
+            sources: super::sources::Sources::new(
+                config.concurrency,
+                config.per_ip_limit(),
+                std::time::Instant::now(),
+            ),
             stop: AtomicBool::new(false),
             grace,
             stats,

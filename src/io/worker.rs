@@ -35,7 +35,8 @@ const ACCEPT_BATCH: usize = 64;
 /// bigger handshake moves to a relay buffer.
 const HANDSHAKE_BUF_SIZE: usize = 2048;
 
-/// Most handshake buffers per worker (2 KiB each, pages touched only when used).
+/// Most small buffers per worker (2 KiB each, pages touched only when used: 128 MiB of
+/// address space at most, resident only as far as connections use them at once).
 const MAX_HANDSHAKE_BUFFERS: usize = 64 * 1024;
 
 /// How often deadlines are checked.
@@ -71,6 +72,9 @@ struct Slot {
     queued: bool,
     /// In a buffer waiters' queue.
     waiting: bool,
+    /// Counted as unauthenticated in this source bucket ([`super::sources::Sources`]) until
+    /// its handshake succeeds or it closes.
+    source: Option<u32>,
 }
 
 /// A worker's state. Created on the spawning thread, then moved into its own thread.
@@ -120,12 +124,13 @@ impl Worker {
             index,
             poll,
             listener: Some(listener),
-            // Every connection this worker may hold gets a small handshake buffer if it needs
-            // one (capped: past that, handshakes share the relay buffers' spare half).
+            // Every connection this worker may hold gets two small buffers if it needs them:
+            // one for its handshake, one per relay direction when relay buffers run short
+            // (capped: past that, connections wait for buffers).
             pool: Pool::new(
                 buffers,
                 buf_size,
-                max_conns.min(MAX_HANDSHAKE_BUFFERS),
+                (2 * max_conns).min(MAX_HANDSHAKE_BUFFERS),
                 HANDSHAKE_BUF_SIZE,
             ),
             // Room for a reassembled ClientHello or a whole fake server flight (<= 16.8 KB).
@@ -294,7 +299,14 @@ impl Worker {
             return;
         }
         let limit = shared.config.concurrency;
-        if shared.active.fetch_add(1, Ordering::AcqRel) >= limit {
+        let active = shared.active.fetch_add(1, Ordering::AcqRel);
+        // Per source address and the reserve for known clients (issue 12). Behind a PROXY
+        // listener every connection comes from the load balancer: not applied.
+        let source =
+            (!shared.config.proxy_protocol_listener).then(|| shared.sources.bucket(peer.ip()));
+        let refused = active >= limit
+            || source.is_some_and(|b| shared.sources.admit(b, active, now).is_err());
+        if refused {
             shared.active.fetch_sub(1, Ordering::AcqRel);
             shared.stats.limited.fetch_add(1, Ordering::Relaxed);
             drop(stream);
@@ -324,6 +336,7 @@ impl Worker {
                     conn,
                     queued: true,
                     waiting: false,
+                    source,
                 });
                 self.run_queue.push(slot);
             }
@@ -335,6 +348,9 @@ impl Worker {
                     error = e
                 );
                 self.shared.active.fetch_sub(1, Ordering::AcqRel);
+                if let Some(b) = source {
+                    self.shared.sources.release(b);
+                }
                 self.free_slots.push(slot);
             }
         }
@@ -354,6 +370,10 @@ impl Worker {
             s.queued = false;
             let mut ctx = ctx!(self, now, busy);
             let Turn { next, wake_at } = s.conn.ready(&mut ctx);
+            if let Some(b) = s.source.filter(|_| s.conn.is_authenticated()) {
+                s.source = None;
+                self.shared.sources.established(b, now);
+            }
             match wake_at {
                 Some(at) => self.timers.arm(slot, at),
                 None => self.timers.disarm(slot),
@@ -484,9 +504,27 @@ impl Worker {
     fn free_closed(&mut self) {
         let now = Instant::now();
         while let Some(slot) = self.to_free.pop() {
-            let Some(Slot { mut conn, .. }) = self.slab.get_mut(slot).and_then(Option::take) else {
+            let Some(Slot {
+                mut conn,
+                source,
+                waiting,
+                ..
+            }) = self.slab.get_mut(slot).and_then(Option::take)
+            else {
                 continue;
             };
+            if waiting {
+                // Not left behind for a later connection in this slot (issue 12). A slot
+                // waits in one queue at most once; the last waiter takes its place.
+                for q in [&mut self.buf_waiters, &mut self.spare_waiters] {
+                    if let Some(i) = q.iter().position(|&s| s == slot) {
+                        q.swap_remove_back(i);
+                    }
+                }
+            }
+            if let Some(b) = source {
+                self.shared.sources.release(b);
+            }
             conn.report(&self.shared.stats);
             self.timers.disarm(slot);
             self.shared.active.fetch_sub(1, Ordering::AcqRel);
@@ -544,6 +582,54 @@ pub(crate) fn accept_pause_reason(e: &io::Error) -> Option<&'static str> {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Write;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use super::{CLIENT, Pool, R, W, Worker};
+    use crate::config::Config;
+    use crate::io::Shared;
+    use crate::proto::XorShift64;
+    use crate::proto::secret::{Secret, SecretKind};
+
+    /// Issue 12: a connection that closes while it waits for a buffer leaves the waiter
+    /// queues (its entry would otherwise stay, and wake whatever connection gets the slot
+    /// next, the queue growing past its capacity). One relay buffer, no small ones: A's
+    /// handshake holds the buffer, B waits, B's handshake times out before A's.
+    #[test]
+    fn a_waiter_that_closes_leaves_the_queue() {
+        let secret = Secret::generate(SecretKind::Secure, "", &mut XorShift64(12));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut cfg = Config::simple(addr, secret);
+        cfg.timeouts.handshake = Duration::from_millis(100);
+        let shared = Arc::new(Shared::new(cfg, Duration::from_secs(1), addr));
+        let mut w = Worker::new(0, mio::Poll::new().unwrap(), listener, shared, 4, 1).unwrap();
+        w.pool = Pool::new(1, 4096, 0, 2048);
+        let t0 = Instant::now();
+        let run = |w: &mut Worker, now: Instant| {
+            std::thread::sleep(Duration::from_millis(50));
+            w.accept(now);
+            for s in w.slab.iter_mut().flatten() {
+                s.conn.readiness(CLIENT, R | W);
+            }
+            w.run_connections(now);
+        };
+        let mut a = std::net::TcpStream::connect(addr).unwrap();
+        a.write_all(&[1]).unwrap();
+        run(&mut w, t0 + Duration::from_secs(1));
+        assert_eq!(w.pool.in_use(), 1, "A's handshake holds the relay buffer");
+        let mut b = std::net::TcpStream::connect(addr).unwrap();
+        b.write_all(&[1]).unwrap();
+        run(&mut w, t0);
+        assert_eq!(w.buf_waiters.len(), 1, "B waits");
+        w.sweep(t0 + Duration::from_millis(200));
+        w.free_closed();
+        assert_eq!(w.slab.iter().flatten().count(), 1, "B closed, A not");
+        assert!(w.buf_waiters.is_empty(), "{:?}", w.buf_waiters);
+        assert!(w.spare_waiters.is_empty());
+    }
+
     #[test]
     fn accept_pauses_on_resource_errors_only() {
         let err = std::io::Error::from_raw_os_error;

@@ -48,7 +48,7 @@
 //!   afterwards the only honest end is to close, as mtg does.
 
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::dc::DcTable;
 use super::faketls::{self, ClientHello, HelloRead, RecordReader};
@@ -372,6 +372,8 @@ pub struct Handshake {
     mixed: bool,
     /// Whose site a fronted connection goes to (see [`Handshake::front_user`]).
     front_user: Option<UserId>,
+    /// Set by [`Handshake::heard`]: an incomplete handshake still quiet at this time fails.
+    quiet: Option<Instant>,
 }
 
 impl Handshake {
@@ -397,6 +399,7 @@ impl Handshake {
             deadline,
             mixed: expect.faketls && expect.obfs2,
             front_user: None,
+            quiet: None,
         }
     }
 
@@ -404,6 +407,23 @@ impl Handshake {
     /// first user whose host the ClientHello's SNI names; `None`: the default site.
     pub fn front_user(&self) -> Option<UserId> {
         self.front_user
+    }
+
+    /// The client's bytes last arrived at `now`: if the handshake is still incomplete, not
+    /// answered and has bytes, it fails (is fronted) once the client stays quiet for `grace`,
+    /// long before the handshake deadline, as a site answers a cut request at once (issue
+    /// 12). Each call restarts the grace; before the first byte only the deadline counts (a
+    /// site waits for a silent client too), and so does a client waiting for its user's
+    /// `max-connections`. Call after [`Handshake::received`].
+    pub fn heard(&mut self, now: Instant, grace: Duration) {
+        let open = !self.answered() && !matches!(self.state, State::Done(_));
+        self.quiet = (open && self.filled() > 0).then(|| now + grace);
+    }
+
+    /// When the grace of [`Handshake::heard`] ends, if it applies now.
+    pub fn quiet_until(&self) -> Option<Instant> {
+        self.quiet
+            .filter(|_| !self.answered() && self.waiting().is_none())
     }
 
     /// Bytes of the caller's buffer in use: read the next bytes to `buf[filled()..]`.
@@ -417,9 +437,11 @@ impl Handshake {
         matches!(self.state, State::ExpectFrame { tls: Some(_), .. })
     }
 
-    /// When the handshake times out (call [`Handshake::handle_timeout`] then).
+    /// When the handshake times out, or its grace ends (call [`Handshake::handle_timeout`]
+    /// then).
     pub fn poll_timeout(&self) -> Instant {
-        self.deadline
+        self.quiet_until()
+            .map_or(self.deadline, |q| q.min(self.deadline))
     }
 
     /// The decision for a handshake that failed for `why` (timeout, EOF, or a hello too large
@@ -433,10 +455,10 @@ impl Handshake {
         }
     }
 
-    /// The deadline passed: the handshake failed (`Some`), unless it is decided already. A
-    /// connection waiting for its user's `max-connections` is refused.
+    /// The deadline or the grace passed: the handshake failed (`Some`), unless it is decided
+    /// already. A connection waiting for its user's `max-connections` is refused.
     pub fn handle_timeout(&mut self, now: Instant) -> Option<Step> {
-        if now < self.deadline || matches!(self.state, State::Done(_)) {
+        if now < self.poll_timeout() || matches!(self.state, State::Done(_)) {
             return None;
         }
         if let Some(user) = self.waiting() {

@@ -7,7 +7,7 @@ use std::io::ErrorKind;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::dial::Route;
 use super::relay::{Half, write_some};
@@ -24,6 +24,13 @@ use crate::proto::handshake::{Admission, Admit, Close, Env, Expect, Handshake, S
 use crate::proto::secret::SecretKind;
 use crate::proto::shaping::{self, Pacer};
 use crate::proto::users::{UserId, UserReject};
+
+/// How long an incomplete handshake may stay quiet after the client's last byte before it
+/// is fronted (issue 12: it was the whole handshake timeout, a tell). Above one TCP
+/// retransmission of a hello's second segment (Linux's minimum RTO of 200 ms plus the
+/// path's RTT, up to ~300 ms), well under a second; docs/ARCHITECTURE.md ("Grace fronting")
+/// says what it costs.
+pub(super) const HANDSHAKE_GRACE: Duration = Duration::from_millis(500);
 
 /// The handshake phase's data.
 pub(super) struct Hs {
@@ -66,13 +73,19 @@ impl Hs {
         }
     }
 
-    /// When the handshake times out; while it waits for its user's `max-connections`, now
-    /// (the sweep asks the user's limits again).
+    /// When the handshake times out, or its grace ends; while it waits for its user's
+    /// `max-connections`, now (the sweep asks the user's limits again).
     pub(super) fn deadline(&self) -> Instant {
         match self.machine.waiting() {
             Some(_) => self.started,
             None => self.machine.poll_timeout(),
         }
+    }
+
+    /// When the worker must run the handshake again, unless bytes come first: the end of
+    /// its grace (a timer, not the quarter-second sweep: the grace is what a prober times).
+    pub(super) fn wake_at(&self) -> Option<Instant> {
+        self.machine.quiet_until()
     }
 }
 
@@ -173,6 +186,13 @@ impl<S: Sock> Conn<S> {
         ctx: &mut Ctx<'_, impl Net<Sock = S>>,
         want: &mut Want,
     ) -> Phase<S> {
+        // The grace after the client's last byte ended (a timer brought us here).
+        if let Some(step) = hs.machine.handle_timeout(ctx.now) {
+            return match self.follow(hs, step, false, ctx) {
+                Ok(hs) => Phase::Handshake(hs),
+                Err(next) => next,
+            };
+        }
         // Flush the rest of the server flight if there is one.
         if !hs.flight.is_empty() && self.ready[CLIENT] & W != 0 {
             match hs.flight.write_to(&self.client, ctx.pool) {
@@ -246,7 +266,9 @@ impl<S: Sock> Conn<S> {
                 }
                 Ok(n) => {
                     raw += n;
-                    call(&mut hs, id, Call::Received(n), self.peer.ip(), ctx)
+                    let step = call(&mut hs, id, Call::Received(n), self.peer.ip(), ctx);
+                    hs.machine.heard(ctx.now, HANDSHAKE_GRACE);
+                    step
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
                     self.ready[CLIENT] &= !R;

@@ -605,6 +605,7 @@ impl<S: Sock> Relay<S> {
                 ctx.pool,
                 false,
                 false,
+                ctx.now,
             )?;
             if raw >= TURN_BUDGET {
                 want.requeue = true;
@@ -730,6 +731,7 @@ impl<S: Sock> Relay<S> {
                 ctx.pool,
                 shaping.is_some(),
                 false,
+                ctx.now,
             )?;
             if moved >= TURN_BUDGET {
                 want.requeue = true;

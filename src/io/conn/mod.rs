@@ -80,6 +80,8 @@ pub(crate) enum CloseReason {
     UnknownDc,
     /// No traffic for the idle timeout.
     Idle,
+    /// A direction held a relay buffer without writing while they ran short.
+    Stalled,
     /// A socket error (reset, broken pipe…).
     Error(ErrorKind),
     /// The proxy is shutting down.
@@ -98,6 +100,7 @@ impl CloseReason {
             CloseReason::Blocked => "ip-blocked",
             CloseReason::UnknownDc => "unknown-dc",
             CloseReason::Idle => "idle-timeout",
+            CloseReason::Stalled => "stalled",
             CloseReason::Error(_) => "socket-error",
             CloseReason::Shutdown => "shutdown",
             CloseReason::Revoked => "user-revoked",
@@ -285,7 +288,7 @@ impl<S: Sock> Conn<S> {
             Phase::Socks(s) => Some(s.dial.deadline),
             Phase::Middle(d) => Some(d.deadline),
             Phase::Relay(_) if self.cut || self.revoked() => Some(self.started),
-            Phase::Relay(r) => Some(r.deadline),
+            Phase::Relay(r) => Some(r.next_deadline()),
             Phase::Closed(_) => None,
         }
     }
@@ -309,6 +312,11 @@ impl<S: Sock> Conn<S> {
             self.phase,
             Phase::Handshake(_) | Phase::Dial(_) | Phase::Socks(_) | Phase::Middle(_)
         )
+    }
+
+    /// Whether its handshake succeeded (a client of ours, whatever happened next).
+    pub(crate) fn is_authenticated(&self) -> bool {
+        matches!(self.role, Role::Dc(_))
     }
 
     /// Whether it was spliced to the fronting site.
@@ -360,6 +368,9 @@ impl<S: Sock> Conn<S> {
                 Phase::Middle(d) => self.me_exchange(d, ctx, &mut want),
                 other => other,
             };
+            if let Phase::Handshake(hs) = &self.phase {
+                want.wake_at = hs.wake_at();
+            }
         }
         self.relay_turn(ctx, &mut want);
         self.turn(want)
@@ -388,7 +399,8 @@ impl<S: Sock> Conn<S> {
 
     /// Handles the deadline ([`Conn::deadline`]); call when it passed. A handshake fails
     /// (fronted, or closed once answered), a connect attempt moves on to the next address, an
-    /// idle relay closes, a revoked user's relay closes, a cut relay flushes.
+    /// idle relay closes, and so does a stalled one while relay buffers run short, a revoked
+    /// user's relay closes, a cut relay flushes.
     pub(crate) fn handle_timeout(&mut self, ctx: &mut Ctx<'_, impl Net<Sock = S>>) -> Turn {
         let mut want = Want::default();
         if self.deadline().is_none_or(|d| ctx.now < d) {
@@ -412,7 +424,13 @@ impl<S: Sock> Conn<S> {
             Phase::Dial(d) => self.next_address(d, ctx, &mut want),
             Phase::Socks(s) => self.next_address(s.dial, ctx, &mut want),
             Phase::Middle(d) => self.me_failed(d, "no answer in time", ctx, &mut want),
-            Phase::Relay(r) => self.closed(r, CloseReason::Idle, ctx),
+            Phase::Relay(r) if ctx.now >= r.deadline => self.closed(r, CloseReason::Idle, ctx),
+            Phase::Relay(r)
+                if r.stall_deadline().is_some_and(|t| ctx.now >= t) && ctx.pool.short() =>
+            {
+                self.closed(r, CloseReason::Stalled, ctx)
+            }
+            relay @ Phase::Relay(_) => relay,
             closed @ Phase::Closed(_) => closed,
         };
         self.turn(want)

@@ -13,7 +13,7 @@
 //! directions are done.
 
 use std::io::{self, ErrorKind, IoSliceMut};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::{CLIENT, CloseReason, Ctx, R, Release, TURN_BUDGET, UPSTREAM, W, Want};
 use crate::io::pool::{BufId, Class, Pool};
@@ -28,6 +28,12 @@ const HDR: usize = faketls::RECORD_HEADER_LEN;
 
 /// Records one `readv` may fill.
 const MAX_SEGMENTS: usize = 4;
+
+/// How long a direction may hold a relay buffer without writing a byte of it before the
+/// connection is closed, when relay buffers run short ([`Pool::short`]; issue 12: unread
+/// downloads held every buffer). Longer than the stalls of a mobile link (a handover, a
+/// second or two); a reader that slow only while buffers are plentiful keeps its connection.
+pub(super) const STALL: Duration = Duration::from_secs(3);
 
 /// What is relayed, and how.
 // By value, not boxed: it lives in the connection's slab slot (no allocation per connection).
@@ -62,6 +68,27 @@ pub(super) struct Relay<S> {
     pub(super) kind: RelayKind,
     /// Closed when idle until then (moved on by traffic).
     pub(super) deadline: Instant,
+}
+
+impl<S> Relay<S> {
+    /// When a direction holding a relay buffer will have written nothing for [`STALL`] (it is
+    /// then closed if relay buffers run short).
+    pub(super) fn stall_deadline(&self) -> Option<Instant> {
+        let stuck = |h: &Half| {
+            h.since
+                .filter(|_| !h.is_empty() && h.buf.is_some_and(|b| !Pool::is_small(b)))
+        };
+        match (stuck(&self.up), stuck(&self.down)) {
+            (Some(a), Some(b)) => Some(a.min(b) + STALL),
+            (a, b) => a.or(b).map(|t| t + STALL),
+        }
+    }
+
+    /// When the connection must be looked at: its idle deadline, or a stall's.
+    pub(super) fn next_deadline(&self) -> Instant {
+        self.stall_deadline()
+            .map_or(self.deadline, |s| s.min(self.deadline))
+    }
 }
 
 impl<S> Relay<S> {
@@ -149,6 +176,9 @@ pub(super) struct Half {
     /// The last write went with `MSG_MORE` ([`Sock::write_more`]): the destination may hold
     /// its tail until the next write or a [`Sock::push`].
     held: bool,
+    /// When bytes last left, or first waited after it was empty (`None` while empty): a
+    /// direction that keeps bytes without writing is stalled ([`Relay::stall_deadline`]).
+    pub(super) since: Option<Instant>,
 }
 
 impl Half {
@@ -237,7 +267,7 @@ impl Half {
     /// stayed for good.
     pub(super) fn upgrade_small(&mut self, class: Class, pool: &mut Pool) {
         if self.is_empty() && self.buf.is_some_and(Pool::is_small) {
-            if let Some(big) = pool.checkout(class) {
+            if let Some(big) = pool.checkout_relay(class) {
                 self.release(pool);
                 self.buf = Some(big);
             }
@@ -259,6 +289,8 @@ impl Half {
     /// With `paced`, only bytes before [`Half::limit`] are written. With `more`, the write
     /// says more bytes follow at once ([`Sock::write_more`]); the pump then calls
     /// [`Half::push`] before it stops.
+    // Each argument is used per call; a struct of them would be built on every flush.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn flush(
         &mut self,
         dst: &impl Sock,
@@ -267,6 +299,7 @@ impl Half {
         pool: &mut Pool,
         paced: bool,
         more: bool,
+        now: Instant,
     ) -> Result<bool, (usize, io::Error)> {
         let mut progress = false;
         let upto = if paced {
@@ -274,6 +307,10 @@ impl Half {
         } else {
             self.end
         };
+        if !self.is_empty() && self.since.is_none() {
+            // Bytes arrived since the half was last empty: its stall clock starts.
+            self.since = Some(now);
+        }
         if self.start < upto && ready[dst_side] & W != 0 {
             let id = self.buf.expect("non-empty half has a buffer");
             let buf = pool.get(id);
@@ -287,8 +324,10 @@ impl Half {
                 Ok(n) => {
                     self.held = more;
                     self.start += n;
+                    self.since = Some(now);
                     progress = true;
                     if self.is_empty() {
+                        self.since = None;
                         self.start = 0;
                         self.end = 0;
                         self.limit = 0;
@@ -327,6 +366,7 @@ impl Half {
         self.start = 0;
         self.end = 0;
         self.limit = 0;
+        self.since = None;
     }
 }
 
@@ -466,6 +506,7 @@ impl<S: Sock> Relay<S> {
                 ctx.pool,
                 false,
                 more,
+                ctx.now,
             )?;
             if raw >= TURN_BUDGET {
                 want.requeue = true;
@@ -602,6 +643,7 @@ impl<S: Sock> Relay<S> {
                 ctx.pool,
                 shaping.is_some(),
                 more,
+                ctx.now,
             )?;
             if moved >= TURN_BUDGET {
                 want.requeue = true;

@@ -778,6 +778,60 @@ fn reports_each_complete_hello_once_with_its_verdict() {
     assert_eq!(w.hellos, [true, false, false], "ok, replay, wrong key");
 }
 
+/// Issue 12: an incomplete handshake is failed (fronted) once the client stays quiet for the
+/// grace after its last byte, not at the deadline; each new byte restarts the grace; no grace
+/// before the first byte nor after the flight (the deadline, as before).
+#[test]
+fn an_incomplete_handshake_fails_after_the_grace_of_quiet() {
+    let start = crate::testing::t0();
+    let grace = Duration::from_millis(500);
+    let deadline = start + Duration::from_secs(10);
+    let (hello, time) = mtg_hellos().remove(3);
+    for (expect, input) in [(OBFS2, vec![0x42u8; 63]), (EE, hello[..105].to_vec())] {
+        let mut w = World::new(vec![mtg_secret()], time);
+        let mut hs = Handshake::new(expect, deadline);
+        // Nothing yet: only the deadline.
+        hs.heard(start, grace);
+        assert_eq!(hs.poll_timeout(), deadline);
+        let mut buf = vec![0u8; 4096];
+        buf[..40].copy_from_slice(&input[..40]);
+        assert!(matches!(
+            hs.received(&mut buf, 40, &mut w.env()),
+            Step::NeedMore
+        ));
+        hs.heard(start, grace);
+        assert_eq!(hs.poll_timeout(), start + grace);
+        // More bytes 400 ms later restart it.
+        let later = start + Duration::from_millis(400);
+        let n = input.len() - 40;
+        buf[40..input.len()].copy_from_slice(&input[40..]);
+        assert!(matches!(
+            hs.received(&mut buf, n, &mut w.env()),
+            Step::NeedMore
+        ));
+        hs.heard(later, grace);
+        assert!(hs.handle_timeout(start + grace).is_none());
+        assert!(matches!(
+            hs.handle_timeout(later + grace),
+            Some(Step::Front(Reject::Timeout))
+        ));
+        assert_eq!(&buf[..hs.filled()], &input[..], "fronted with every byte");
+    }
+    // After the flight: no grace, the deadline closes.
+    let mut w = World::new(vec![mtg_secret()], time);
+    let mut hs = Handshake::new(EE, deadline);
+    let mut buf = hello.clone();
+    buf.resize(4096, 0);
+    assert!(matches!(
+        hs.received(&mut buf, hello.len(), &mut w.env()),
+        Step::Write(_)
+    ));
+    buf[0..3].copy_from_slice(&[0x17, 0x03, 0x03]);
+    hs.heard(start, grace);
+    assert_eq!(hs.poll_timeout(), deadline);
+    assert!(hs.handle_timeout(start + grace).is_none());
+}
+
 const MIXED: Expect = Expect {
     proxy_header: false,
     faketls: true,
@@ -880,6 +934,9 @@ fn waits_for_max_connections_then_goes_on_or_is_refused_at_the_deadline() {
         );
         assert_eq!(hs.waiting(), Some(user));
         assert!(!hs.answered());
+        // No grace while it waits (issue 12): only the deadline refuses it.
+        hs.heard(t0, Duration::from_millis(500));
+        assert_eq!(hs.poll_timeout(), deadline, "{kind}");
         // Asked again: still full.
         assert!(matches!(hs.handle(&mut buf, &mut w.env()), Step::Wait(_)));
         // A slot came free: on with the handshake (no replay: it was checked once).

@@ -1,0 +1,158 @@
+//! Admission by source address (issue 12: one address took every slot of `concurrency`).
+//!
+//! I/O layer support, shared by the workers, lock-free. Two rules on top of `concurrency`:
+//! * an address (IPv6: its /64) holds at most `concurrency-per-ip` unauthenticated
+//!   connections at once (handshakes, and connections fronted to the site);
+//! * the last eighth of `concurrency` is kept for addresses that completed a handshake in the
+//!   last hour: when the proxy is that full, other addresses are turned away, so a flood from
+//!   many addresses does not lock out the clients that use the proxy.
+//!
+//! Counts live in a fixed table of buckets chosen by a keyed hash of the address (keys from
+//! the OS, so a prober cannot aim at a client's bucket); two addresses in one bucket share its
+//! count (stricter, never looser), which with 4,096 buckets is rare. No allocation after
+//! start, two atomics per accept and one per handshake or close.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// Buckets of the table.
+const BUCKETS: usize = 4096;
+/// How long an address that completed a handshake may use the reserve.
+const KNOWN_FOR: Duration = Duration::from_secs(3600);
+
+/// Why a connection is turned away at accept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// Its address holds `concurrency-per-ip` unauthenticated connections already.
+    PerSource,
+    /// Only the reserve is left, and its address is not a known client's.
+    Reserve,
+}
+
+/// Per-source counts of unauthenticated connections, and when each bucket last saw a
+/// completed handshake.
+pub(crate) struct Sources {
+    /// The bucket hash's key (from the OS).
+    key: [u64; 2],
+    /// Unauthenticated connections per bucket.
+    unauth: [AtomicU32; BUCKETS],
+    /// Seconds since `origin` (plus one; 0: never) of the last handshake completed per bucket.
+    known: [AtomicU32; BUCKETS],
+    origin: Instant,
+    /// Largest count per bucket (0: no limit).
+    cap: u32,
+    /// Slots of `concurrency` kept for known addresses.
+    reserve: usize,
+    concurrency: usize,
+}
+
+impl Sources {
+    /// The rules for `concurrency` slots and `per_ip` unauthenticated connections per address
+    /// (0: no limit).
+    pub(crate) fn new(concurrency: usize, per_ip: usize, origin: Instant) -> Sources {
+        let mut key = [0u8; 16];
+        // Without OS randomness (never seen) the buckets are still right, only guessable.
+        let _ = super::rng::os_fill(&mut key);
+        let half = |i: usize| u64::from_le_bytes(key[i..i + 8].try_into().unwrap_or_default());
+        Sources {
+            key: [half(0), half(8)],
+            unauth: [const { AtomicU32::new(0) }; BUCKETS],
+            known: [const { AtomicU32::new(0) }; BUCKETS],
+            origin,
+            cap: u32::try_from(per_ip).unwrap_or(u32::MAX),
+            reserve: concurrency / 8,
+            concurrency,
+        }
+    }
+
+    /// The bucket of `ip` (an IPv6 address by its /64; an IPv4-mapped one as IPv4).
+    #[inline(never)]
+    pub(crate) fn bucket(&self, ip: IpAddr) -> u32 {
+        let x = match ip.to_canonical() {
+            IpAddr::V4(v4) => u64::from(u32::from(v4)) | 1 << 63,
+            IpAddr::V6(v6) => (u128::from(v6) >> 64) as u64,
+        };
+        // Two keyed multiply-xorshift rounds: enough to keep a prober from aiming at a
+        // client's bucket without knowing the key (not a MAC: nothing is authenticated).
+        let mut h = (x ^ self.key[0]).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        h = (h ^ h >> 29 ^ self.key[1]).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        ((h ^ h >> 32) % BUCKETS as u64) as u32
+    }
+
+    fn secs(&self, now: Instant) -> u32 {
+        now.saturating_duration_since(self.origin).as_secs() as u32 + 1
+    }
+
+    /// Admits a new unauthenticated connection in `bucket`, `active` connections being open
+    /// before it; counts it (give it back with [`Sources::release`] or
+    /// [`Sources::established`]).
+    #[inline(never)]
+    pub(crate) fn admit(&self, bucket: u32, active: usize, now: Instant) -> Result<(), Refused> {
+        let b = bucket as usize % BUCKETS;
+        if active + self.reserve >= self.concurrency {
+            let known = self.known[b].load(Ordering::Relaxed);
+            if known == 0 || self.secs(now) - known > KNOWN_FOR.as_secs() as u32 {
+                return Err(Refused::Reserve);
+            }
+        }
+        let held = self.unauth[b].fetch_add(1, Ordering::AcqRel);
+        if self.cap != 0 && held >= self.cap {
+            self.unauth[b].fetch_sub(1, Ordering::AcqRel);
+            return Err(Refused::PerSource);
+        }
+        Ok(())
+    }
+
+    /// An unauthenticated connection of `bucket` closed.
+    pub(crate) fn release(&self, bucket: u32) {
+        self.unauth[bucket as usize % BUCKETS].fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// A connection of `bucket` completed its handshake: no longer counted, and its address
+    /// may use the reserve for an hour.
+    #[inline(never)]
+    pub(crate) fn established(&self, bucket: u32, now: Instant) {
+        self.release(bucket);
+        self.known[bucket as usize % BUCKETS].store(self.secs(now), Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caps_unauthenticated_connections_per_source_and_keeps_a_reserve() {
+        let t0 = crate::testing::t0();
+        let s = Sources::new(80, 3, t0);
+        let a = s.bucket("192.0.2.1".parse().unwrap());
+        let b = (2..=255u8)
+            .map(|i| s.bucket(IpAddr::from([192, 0, 2, i])))
+            .find(|&b| b != a)
+            .unwrap();
+        for i in 0..3 {
+            assert_eq!(s.admit(a, i, t0), Ok(()));
+        }
+        assert_eq!(s.admit(a, 3, t0), Err(Refused::PerSource));
+        assert_eq!(s.admit(b, 4, t0), Ok(()));
+        // One completes its handshake, one closes: two more fit.
+        s.established(a, t0);
+        s.release(a);
+        assert_eq!(s.admit(a, 3, t0), Ok(()));
+        assert_eq!(s.admit(a, 4, t0), Ok(()));
+        assert_eq!(s.admit(a, 5, t0), Err(Refused::PerSource));
+        // The reserve (80 / 8 = 10): only for an address that completed a handshake lately.
+        assert_eq!(s.admit(b, 70, t0), Err(Refused::Reserve));
+        s.release(a);
+        assert_eq!(s.admit(a, 70, t0), Ok(()));
+        let later = t0 + KNOWN_FOR + Duration::from_secs(2);
+        s.release(a);
+        assert_eq!(s.admit(a, 70, later), Err(Refused::Reserve));
+        // IPv6 by /64.
+        let x = s.bucket("2001:db8:1:2::1".parse().unwrap());
+        assert_eq!(x, s.bucket("2001:db8:1:2:ffff::9".parse().unwrap()));
+        let v4 = s.bucket("192.0.2.1".parse().unwrap());
+        assert_eq!(v4, s.bucket("::ffff:192.0.2.1".parse().unwrap()));
+    }
+}

@@ -1,0 +1,392 @@
+//! Issue 12, under a capable adversary: timing of incomplete handshakes (grace fronting),
+//! buffers nobody can pin, per-source caps on unauthenticated connections. Loopback only, each
+//! test with its own proxy, fake DC and stand-in site.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use common::*;
+use mtpx::config::Config;
+use mtpx::io::Proxy;
+use mtpx::proto::XorShift64;
+use mtpx::proto::faketls;
+use mtpx::proto::obfs2::Tag;
+use mtpx::proto::secret::SecretKind;
+
+fn start(config: Config) -> Proxy {
+    mtpx::io::start(config).expect("start proxy")
+}
+
+fn tag(kind: SecretKind) -> Tag {
+    match kind {
+        SecretKind::Secure => Tag::Padded,
+        SecretKind::FakeTls => Tag::Intermediate,
+        SecretKind::Classic => Tag::Abridged,
+    }
+}
+
+/// Sends `bytes` to `addr` and times until the connection closes; returns what came back.
+fn timed_close(addr: SocketAddr, bytes: &[u8]) -> Closed {
+    let mut s = connect(addr).expect("connect");
+    s.write_all(bytes).expect("write");
+    read_until_closed(&mut s, Duration::from_secs(20)).expect("closed")
+}
+
+// ------------------------------------------------------------------------------------------
+// Grace fronting (item 6)
+
+/// An incomplete handshake (63 random bytes on dd and classic secrets, a ClientHello cut at
+/// 105 bytes on ee) is spliced to the site once the client stays quiet for the grace (500 ms),
+/// not after the handshake timeout (10 s here): the answer through mtpx comes within the grace
+/// of the stand-in site's own (which answers after 300 ms of quiet). Without the grace: 10 s.
+#[test]
+fn incomplete_handshakes_are_fronted_after_a_short_grace() {
+    let mut rng = XorShift64(1201);
+    for kind in [SecretKind::Secure, SecretKind::Classic, SecretKind::FakeTls] {
+        let refused = RefusedPort::new();
+        let front = FakeFront::start();
+        let secret = secret(kind, 1200);
+        let mut cfg = test_config(secret.clone(), 1, &refused);
+        cfg.domain_fronting.port = front.addr.port();
+        cfg.timeouts.handshake = Duration::from_secs(10);
+        cfg.doppelganger.learn = false; // no scout connections to the site
+        let proxy = start(cfg);
+        let probe = if kind == SecretKind::FakeTls {
+            faketls::build_client_hello(&mut rng, &secret.key, &secret.host, unix_now())[..105]
+                .to_vec()
+        } else {
+            let mut b = vec![0u8; 63];
+            mtpx::proto::Rng::fill(&mut rng, &mut b);
+            b[0] = 0x01; // not one of the starts fronted at once
+            b
+        };
+        let site = timed_close(front.addr, &probe);
+        let via = timed_close(proxy.local_addr(), &probe);
+        eprintln!(
+            "{kind:?}: {} bytes: site {:?}, through mtpx {:?}",
+            probe.len(),
+            site.after,
+            via.after
+        );
+        assert_eq!(via.bytes, FRONT_REPLY, "{kind:?}: the site's answer");
+        assert_eq!(site.bytes, FRONT_REPLY);
+        assert!(
+            via.after < site.after + Duration::from_millis(1200),
+            "{kind:?}: fronted after {:?} (site {:?})",
+            via.after,
+            site.after
+        );
+        assert!(
+            via.after >= site.after + Duration::from_millis(400),
+            "{kind:?}: fronted before the grace: {:?} (site {:?})",
+            via.after,
+            site.after
+        );
+        // The site got exactly the probe's bytes.
+        assert!(wait_until(Duration::from_secs(2), || front.count() == 2));
+        assert_eq!(front.received(1), probe);
+    }
+}
+
+/// A real client whose hello arrives in two parts 250 ms apart (a lost second segment,
+/// resent after Linux's minimum RTO of 200 ms) still gets through: the grace (500 ms) is
+/// above one retransmission, and restarts with each byte.
+#[test]
+fn a_hello_in_two_segments_250ms_apart_authenticates() {
+    let refused = RefusedPort::new();
+    let front = FakeFront::start();
+    let dc = FakeDc::start(DcMode::Echo);
+    let secret = secret(SecretKind::FakeTls, 1202);
+    let mut cfg = test_config(secret.clone(), 1, &refused);
+    cfg.domain_fronting.port = front.addr.port();
+    cfg.dc_overrides.push((2, vec![dc.addr]));
+    cfg.doppelganger.learn = false; // no scout connections to the site
+    let proxy = start(cfg);
+    for (i, at) in [100usize, 300].into_iter().enumerate() {
+        let mut opts = ClientOpts::new(Tag::Intermediate, 2, 1203 + i as u64);
+        opts.hello_tcp_split = Some((at, Duration::from_millis(250)));
+        let mut c = TestClient::connect(proxy.local_addr(), &secret, &opts)
+            .unwrap_or_else(|e| panic!("hello split at {at}: {e}"));
+        let data = Pattern::new(1203).take(10_000);
+        assert!(c.echo_round_trip(&data).expect("echo") == data);
+    }
+    assert_eq!(front.count(), 0, "a client was fronted");
+}
+
+// ------------------------------------------------------------------------------------------
+// Per-source caps and the reserve (item 7)
+
+/// Opens `n` sockets from `src` that send nothing.
+fn idle_sockets(src: Ipv4Addr, proxy: SocketAddr, n: usize) -> Vec<TcpStream> {
+    (0..n)
+        .map(|i| connect_from(src, proxy).unwrap_or_else(|e| panic!("idle {i}: {e}")))
+        .collect()
+}
+
+/// How many of `socks` the proxy closed (it never sends them a byte).
+fn closed_count(socks: &[TcpStream]) -> usize {
+    socks
+        .iter()
+        .filter(|s| {
+            s.set_nonblocking(true).expect("nonblocking");
+            let mut b = [0u8; 1];
+            let r = (&**s).read(&mut b);
+            s.set_nonblocking(false).expect("blocking");
+            match r {
+                Ok(_) => true,
+                Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+            }
+        })
+        .count()
+}
+
+/// Waits until the proxy closed `want` of `socks` (and gives it a moment to close more);
+/// returns how many it closed.
+fn turned_away(socks: &[TcpStream], want: usize) -> usize {
+    wait_until(Duration::from_secs(10), || closed_count(socks) >= want);
+    std::thread::sleep(Duration::from_millis(200));
+    closed_count(socks)
+}
+
+fn echo_from(
+    src: Ipv4Addr,
+    proxy: SocketAddr,
+    secret: &mtpx::proto::secret::Secret,
+    seed: u64,
+) -> Result<(), String> {
+    let s = connect_from(src, proxy).map_err(|e| e.to_string())?;
+    let opts = ClientOpts::new(tag(secret.kind), 2, seed);
+    let mut c = TestClient::handshake(s, secret, &opts).map_err(|e| format!("handshake: {e}"))?;
+    let data = Pattern::new(seed).take(20_000);
+    let got = c.echo_round_trip(&data).map_err(|e| format!("echo: {e}"))?;
+    if got != data {
+        return Err("bytes differ".into());
+    }
+    Ok(())
+}
+
+/// 50 idle sockets from one address with `concurrency = 50` took every slot, and a valid
+/// client from elsewhere was closed at once. Now one address holds at most
+/// `concurrency-per-ip` unauthenticated connections (default: a quarter of concurrency, 12
+/// here): the rest are turned away, and the client relays.
+#[test]
+fn one_source_cannot_take_every_slot() {
+    for kind in [SecretKind::FakeTls, SecretKind::Secure] {
+        let refused = RefusedPort::new();
+        let dc = FakeDc::start(DcMode::Echo);
+        let secret = secret(kind, 1210);
+        let mut cfg = test_config(secret.clone(), 2, &refused);
+        cfg.concurrency = 50;
+        cfg.dc_overrides.push((2, vec![dc.addr]));
+        cfg.doppelganger.learn = false;
+        let proxy = start(cfg);
+        let idle = idle_sockets(Ipv4Addr::new(127, 0, 0, 2), proxy.local_addr(), 50);
+        let closed = turned_away(&idle, 50 - 12);
+        eprintln!("{kind:?}: {closed} of 50 idle sockets from one address turned away");
+        assert_eq!(closed, 50 - 12, "{kind:?}: the per-source cap");
+        echo_from(
+            Ipv4Addr::new(127, 0, 0, 1),
+            proxy.local_addr(),
+            &secret,
+            1211,
+        )
+        .unwrap_or_else(|e| panic!("{kind:?}: a client behind 50 idle sockets: {e}"));
+        drop(idle);
+    }
+}
+
+/// The last eighth of `concurrency` is kept for addresses that completed a handshake: with
+/// the proxy that full of idle sockets from several addresses, a client seen before still
+/// relays, a new address is turned away.
+#[test]
+fn a_reserve_of_concurrency_is_kept_for_known_clients() {
+    let refused = RefusedPort::new();
+    let dc = FakeDc::start(DcMode::Echo);
+    let secret = secret(SecretKind::Secure, 1220);
+    let mut cfg = test_config(secret.clone(), 1, &refused);
+    cfg.concurrency = 16;
+    cfg.concurrency_per_ip = Some(0);
+    cfg.dc_overrides.push((2, vec![dc.addr]));
+    let proxy = start(cfg);
+    let addr = proxy.local_addr();
+    let known = Ipv4Addr::new(127, 0, 0, 1);
+    echo_from(known, addr, &secret, 1221).expect("known client, before the flood");
+    let st = proxy.stats();
+    assert!(wait_until(Duration::from_secs(5), || st
+        .closed
+        .load(Ordering::SeqCst)
+        == 1));
+    // 20 idle sockets from 4 other addresses: 14 fit (16 minus the reserve of 2).
+    let idle: Vec<TcpStream> = (0..4)
+        .flat_map(|i| idle_sockets(Ipv4Addr::new(127, 0, 0, 10 + i), addr, 5))
+        .collect();
+    assert_eq!(
+        turned_away(&idle, 20 - 14),
+        20 - 14,
+        "the flood stops at the reserve"
+    );
+    assert!(
+        echo_from(Ipv4Addr::new(127, 0, 0, 30), addr, &secret, 1222).is_err(),
+        "a new address used the reserve"
+    );
+    echo_from(known, addr, &secret, 1223).expect("known client, during the flood");
+    drop(idle);
+}
+
+// ------------------------------------------------------------------------------------------
+// Buffers nobody can pin (item 2)
+
+/// A stand-in site that answers every connection, after its first read, with up to 64 MiB as
+/// fast as it is taken.
+fn big_page_site() -> SocketAddr {
+    let site = std::net::TcpListener::bind("127.0.0.1:0").expect("bind site");
+    let addr = site.local_addr().expect("site addr");
+    std::thread::spawn(move || {
+        for stream in site.incoming() {
+            let Ok(mut stream) = stream else { break };
+            std::thread::spawn(move || {
+                let _ = stream.set_write_timeout(Some(Duration::from_secs(20)));
+                let mut req = [0u8; 256];
+                let _ = stream.read(&mut req);
+                let chunk = vec![b'x'; 1 << 20];
+                for _ in 0..64 {
+                    if stream.write_all(&chunk).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Sends a request and times the first byte of the answer (`None`: nothing within `limit`).
+fn first_byte(addr: SocketAddr, limit: Duration) -> Option<Duration> {
+    let mut s = connect(addr).expect("connect");
+    let t0 = std::time::Instant::now();
+    s.write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("request");
+    s.set_read_timeout(Some(limit)).expect("timeout");
+    let mut b = [0u8; 1];
+    match s.read(&mut b) {
+        Ok(1) => Some(t0.elapsed()),
+        _ => None,
+    }
+}
+
+/// Six fronted connections that fetch a big page and never read held every buffer fronted
+/// connections could take (pool of 8): new probes then got nothing while the site answered
+/// at once. Now a probe past the spare half runs on a small buffer: answered as the site.
+#[test]
+fn fronted_slow_readers_do_not_silence_new_probes() {
+    let site = big_page_site();
+    let refused = RefusedPort::new();
+    let secret = secret(SecretKind::Secure, 1230);
+    let mut cfg = test_config(secret.clone(), 1, &refused);
+    cfg.buffer_count = 8;
+    cfg.timeouts.idle = Duration::from_secs(60);
+    cfg.domain_fronting.port = site.port();
+    let proxy = start(cfg);
+    let readers: Vec<TcpStream> = (0..6)
+        .map(|i| {
+            let mut s = connect(proxy.local_addr()).unwrap_or_else(|e| panic!("reader {i}: {e}"));
+            s.write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+                .expect("request");
+            s
+        })
+        .collect();
+    // Their paths fill up.
+    std::thread::sleep(Duration::from_secs(1));
+    for i in 0..3 {
+        let direct = first_byte(site, Duration::from_secs(3)).expect("the site answers");
+        let via = first_byte(proxy.local_addr(), Duration::from_secs(3));
+        eprintln!("probe {i}: site {direct:?}, through mtpx {via:?}");
+        let via = via.unwrap_or_else(|| panic!("probe {i}: nothing in 3 s behind 6 slow readers"));
+        assert!(
+            via < direct + Duration::from_millis(500),
+            "probe {i}: {via:?} (site {direct:?})"
+        );
+    }
+    drop(readers);
+}
+
+/// Eight clients with the secret that download and never read held every relay buffer of a
+/// pool of 8: a new client and an existing one got no echo in 5 s. Now they run on small
+/// buffers at once (each echo must come within 1 s, before any download is closed), and stuck downloads are closed once they held their buffers for `STALL`
+/// (3 s) while the pool ran short (until a quarter of it is free).
+#[test]
+fn unread_downloads_do_not_stall_other_clients() {
+    let refused = RefusedPort::new();
+    let echo = FakeDc::start(DcMode::Echo);
+    let sink = FakeDc::start(DcMode::Sink {
+        expect_seed: 0,
+        reply_seed: 1240,
+        reply: 64 << 20,
+        after_eof: false,
+    });
+    let secret = secret(SecretKind::Secure, 1241);
+    let mut cfg = test_config(secret.clone(), 1, &refused);
+    cfg.buffer_count = 8;
+    cfg.timeouts.idle = Duration::from_secs(60);
+    cfg.dc_overrides.push((2, vec![echo.addr]));
+    cfg.dc_overrides.push((3, vec![sink.addr]));
+    let proxy = start(cfg);
+    let addr = proxy.local_addr();
+    let st = proxy.stats();
+    let mut existing = TestClient::connect(addr, &secret, &ClientOpts::new(Tag::Padded, 2, 1242))
+        .expect("existing client");
+    existing.rx.set_read_timeout(Duration::from_secs(1));
+    let downloads: Vec<TestClient> = (0..8)
+        .map(|i| {
+            TestClient::connect(addr, &secret, &ClientOpts::new(Tag::Padded, 3, 1250 + i))
+                .unwrap_or_else(|e| panic!("download {i}: {e}"))
+        })
+        .collect();
+    assert!(sink.wait_count(8, Duration::from_secs(5)));
+    // Until their paths are full: the DC's writes stop for 300 ms (the downloads' stall
+    // clocks started before; they are closed 3 s after, well after the echoes' 1 s).
+    let sent = || {
+        (0..8)
+            .map(|i| sink.conn(i).sent.load(Ordering::SeqCst))
+            .sum::<u64>()
+    };
+    let (mut last, mut since) = (u64::MAX, Instant::now());
+    assert!(wait_until(Duration::from_secs(20), || {
+        let now = sent();
+        if now != last {
+            (last, since) = (now, Instant::now());
+        }
+        since.elapsed() >= Duration::from_millis(300)
+    }));
+    let closed_before = st.closed.load(Ordering::SeqCst);
+    assert_eq!(closed_before, 0, "a download closed early");
+    let data = Pattern::new(1243).take(50_000);
+    let t0 = Instant::now();
+    let mut fresh = TestClient::connect(addr, &secret, &ClientOpts::new(Tag::Padded, 2, 1244))
+        .expect("new client");
+    fresh.rx.set_read_timeout(Duration::from_secs(1));
+    assert!(fresh.echo_round_trip(&data).expect("new client's echo") == data);
+    assert!(
+        existing
+            .echo_round_trip(&data)
+            .expect("existing client's echo")
+            == data
+    );
+    eprintln!(
+        "both echoed in {:?} behind 8 unread downloads",
+        t0.elapsed()
+    );
+    // Downloads stuck on relay buffers are closed while the pool is short: until a quarter
+    // of it is free again (2 of 8).
+    assert!(
+        wait_until(Duration::from_secs(8), || st.closed.load(Ordering::SeqCst)
+            >= 2),
+        "closed {}",
+        st.closed.load(Ordering::SeqCst)
+    );
+    drop(downloads);
+}
