@@ -170,9 +170,10 @@ fn echo_from(
 }
 
 /// 50 idle sockets from one address with `concurrency = 50` took every slot, and a valid
-/// client from elsewhere was closed at once. Now one address holds at most
-/// `concurrency-per-ip` unauthenticated connections (default: a quarter of concurrency, 12
-/// here): the rest are turned away, and the client relays.
+/// client from elsewhere was closed at once. Now, once half of `concurrency` is in use, one
+/// address holds at most `concurrency-per-ip` unauthenticated connections (default: a quarter
+/// of concurrency, 12 here): the rest are turned away, and the client relays. Below half,
+/// a burst from one address past the cap is let in (as the site would).
 #[test]
 fn one_source_cannot_take_every_slot() {
     for kind in [SecretKind::FakeTls, SecretKind::Secure] {
@@ -184,10 +185,21 @@ fn one_source_cannot_take_every_slot() {
         cfg.dc_overrides.push((2, vec![dc.addr]));
         cfg.doppelganger.learn = false;
         let proxy = start(cfg);
-        let idle = idle_sockets(Ipv4Addr::new(127, 0, 0, 2), proxy.local_addr(), 50);
-        let closed = turned_away(&idle, 50 - 12);
+        let src = Ipv4Addr::new(127, 0, 0, 2);
+        let first = idle_sockets(src, proxy.local_addr(), 20);
+        assert_eq!(
+            turned_away(&first, 0),
+            0,
+            "{kind:?}: 20 from one address, the proxy under half full: all let in"
+        );
+        // 5 more fill half of concurrency; from there the address is over its cap.
+        let more = idle_sockets(src, proxy.local_addr(), 30);
+        let closed = turned_away(&more, 25);
         eprintln!("{kind:?}: {closed} of 50 idle sockets from one address turned away");
-        assert_eq!(closed, 50 - 12, "{kind:?}: the per-source cap");
+        assert_eq!(
+            closed, 25,
+            "{kind:?}: the per-source cap from half of concurrency"
+        );
         echo_from(
             Ipv4Addr::new(127, 0, 0, 1),
             proxy.local_addr(),
@@ -195,7 +207,7 @@ fn one_source_cannot_take_every_slot() {
             1211,
         )
         .unwrap_or_else(|e| panic!("{kind:?}: a client behind 50 idle sockets: {e}"));
-        drop(idle);
+        drop((first, more));
     }
 }
 
