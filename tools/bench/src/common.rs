@@ -194,6 +194,42 @@ pub fn proc_cpu_ns(pid: u32) -> io::Result<f64> {
     Ok(ns as f64 * 1e-9)
 }
 
+/// Seconds all threads of a process spent on a CPU and waiting for one (runnable, not
+/// running): the first two fields of `/proc/<pid>/task/*/schedstat`. Threads that ended are
+/// missing.
+pub fn proc_sched(pid: u32) -> (f64, f64) {
+    let (mut run, mut wait) = (0u64, 0u64);
+    if let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in dir.flatten() {
+            if let Ok(s) = std::fs::read_to_string(t.path().join("schedstat")) {
+                let mut f = s.split_whitespace().map(|v| v.parse::<u64>().unwrap_or(0));
+                run += f.next().unwrap_or(0);
+                wait += f.next().unwrap_or(0);
+            }
+        }
+    }
+    (run as f64 * 1e-9, wait as f64 * 1e-9)
+}
+
+/// The machine's CPU seconds (all CPUs): busy (not idle or iowait) and in all, from the
+/// first line of `/proc/stat`.
+pub fn machine_cpu() -> (f64, f64) {
+    let s = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let f: Vec<u64> = s
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    let total: u64 = f.iter().take(8).sum();
+    let idle = f.get(3).copied().unwrap_or(0) + f.get(4).copied().unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    ((total - idle.min(total)) as f64 / hz, total as f64 / hz)
+}
+
 /// VmRSS of a process in bytes.
 pub fn proc_rss(pid: u32) -> io::Result<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;

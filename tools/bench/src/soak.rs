@@ -28,7 +28,7 @@ use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -65,6 +65,7 @@ pub struct Opts {
     skew_s: u64,
     clients: usize,
     dd_clients: usize,
+    direct_clients: usize,
     echo_ms: u64,
     echo_max: usize,
     echo_timeout: Duration,
@@ -85,7 +86,8 @@ pub struct Opts {
 const USAGE: &str = "usage: mtpx-bench soak [--mtpx PATH] [--compare OLD_MTPX] [--labels OLD,NEW]
     [--quick] [--duration SECS (180)] [--attacks LIST (all)] [--out FILE (target/soak/soak.md)]
     [--workers N (2)] [--buffers N (48)] [--concurrency N (1500)] [--skew SECS (2)]
-    [--clients N (64)] [--dd-clients N (8 of them)] [--echo-ms MS (50)] [--echo-max BYTES (8192)]
+    [--clients N (64)] [--dd-clients N (8 of them)] [--direct-clients N (8, more; no mtpx)]
+    [--echo-ms MS (50)] [--echo-max BYTES (8192)]
     [--echo-timeout SECS (5)] [--reconnect-every N (40)] [--probe-ms MS (200)]
     [--slowloris N (400)] [--flood N (concurrency + 500)] [--fronted-readers N (buffers)]
     [--client-readers N (1.5 x buffers)] [--empty-floods N (2)] [--empty-rate BYTES/S (8388608)]
@@ -107,6 +109,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
         skew_s: 2,
         clients: 64,
         dd_clients: 8,
+        direct_clients: 8,
         echo_ms: 50,
         echo_max: 8192,
         echo_timeout: Duration::from_secs(5),
@@ -153,6 +156,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
             "--skew" => o.skew_s = n(a, val()?)?,
             "--clients" => o.clients = n(a, val()?)?,
             "--dd-clients" => o.dd_clients = n(a, val()?)?,
+            "--direct-clients" => o.direct_clients = n(a, val()?)?,
             "--echo-ms" => o.echo_ms = n(a, val()?)?,
             "--echo-max" => o.echo_max = n(a, val()?)?,
             "--echo-timeout" => o.echo_timeout = Duration::from_secs(n(a, val()?)?),
@@ -225,15 +229,56 @@ fn phases(o: &Opts) -> Vec<Phase> {
 // ------------------------------------------------------------------------------------------
 // What is measured
 
+/// Client kinds: through the ee mtpx (the target of the attacks), through the dd mtpx, and
+/// the control straight to a fake DC (no mtpx: what the load on the machine and on the fake
+/// DCs costs by itself).
+pub const EE: usize = 0;
+pub const DD: usize = 1;
+pub const DIRECT: usize = 2;
+
+/// One slow echo round trip (see `load::client`).
+pub struct Slow {
+    /// Milliseconds since the phase started (when the echo was sent).
+    pub at_ms: u32,
+    pub kind: u8,
+    pub client: u16,
+    /// Which echo of its connection (0: the first after the handshake's).
+    pub nth: u16,
+    pub size: u32,
+    pub rtt: u32,
+}
+
+/// The first part of a phase, reported apart: attackers start at once (connection storms,
+/// unread downloads filling every socket buffer on the way).
+pub const ONSET_MS: u32 = 3000;
+
+/// CPU over one 250 ms window, in cores (seconds per second).
+#[derive(Clone, Copy, Default)]
+pub struct CpuWindow {
+    pub at_ms: u32,
+    /// The machine (all CPUs), busy.
+    pub machine: f64,
+    /// On a CPU / runnable but waiting for one: [mtpx ee, fake DCs, site, this tool].
+    pub run: [f64; 4],
+    pub wait: [f64; 4],
+}
+
 /// Samples and counts of one phase.
 #[derive(Default)]
 pub struct PhaseStats {
-    /// Echo round trips of established clients, µs: [ee, dd].
-    pub rtt: [Vec<u32>; 2],
+    /// Echo round trips sent [`ONSET_MS`] or more after the phase started, µs: [ee, dd,
+    /// direct].
+    pub rtt_steady: [Vec<u32>; 3],
+    pub cpu_windows: Vec<CpuWindow>,
+    /// Echo round trips of established clients, µs: [ee, dd, direct].
+    pub rtt: [Vec<u32>; 3],
+    /// Echoes of 20 ms or more, one by one.
+    pub slow: Vec<Slow>,
     /// A new connection's first echo, handshake included, µs.
     pub hs: Vec<u32>,
-    /// Echoes: [ee, dd] failures (connect, handshake, echo), and the first few messages.
-    pub errors: [u64; 2],
+    /// Echoes: [ee, dd, direct] failures (connect, handshake, echo), and the first few
+    /// messages.
+    pub errors: [u64; 3],
     pub error_msgs: Vec<String>,
     pub probes: BTreeMap<&'static str, ProbeStats>,
     /// Attackers' counters, gauges (maxima) and connection lifetimes (ms), by attack.
@@ -270,6 +315,9 @@ impl PhaseStats {
 /// Where every thread records, by phase.
 pub struct Rec {
     phase: AtomicUsize,
+    /// When the run started, and when the current phase did (ms after it).
+    t0: Instant,
+    phase_ms: AtomicU64,
     stats: Vec<Mutex<PhaseStats>>,
 }
 
@@ -279,6 +327,12 @@ const SETTLE: usize = usize::MAX;
 impl Rec {
     pub fn phase(&self) -> usize {
         self.phase.load(Ordering::Relaxed)
+    }
+
+    /// Milliseconds from the current phase's start to `t`.
+    pub fn since_phase_ms(&self, t: Instant) -> u32 {
+        let now = t.saturating_duration_since(self.t0).as_millis() as u64;
+        now.saturating_sub(self.phase_ms.load(Ordering::Relaxed)) as u32
     }
 
     pub fn at(&self, phase: usize, f: impl FnOnce(&mut PhaseStats)) {
@@ -309,6 +363,8 @@ pub struct Env {
     pub ee: SocketAddrV4,
     pub dd: SocketAddrV4,
     pub site: SocketAddrV4,
+    /// The fake DCs (the direct clients' targets).
+    pub dcs: Vec<SocketAddrV4>,
     pub ee_key: [u8; 16],
     pub dd_key: [u8; 16],
     pub host: String,
@@ -576,11 +632,17 @@ fn run_once(o: &Arc<Opts>, bin: &Path, label: &str, dir: &Path) -> io::Result<Re
         ee: SocketAddrV4::new(Ipv4Addr::LOCALHOST, ee_port),
         dd: SocketAddrV4::new(Ipv4Addr::LOCALHOST, dd_port),
         site: SocketAddrV4::new(Ipv4Addr::LOCALHOST, site.port),
+        dcs: dc_ports
+            .iter()
+            .map(|&p| SocketAddrV4::new(Ipv4Addr::LOCALHOST, p))
+            .collect(),
         ee_key: ee_secret.key,
         dd_key: dd_secret.key,
         host: HOST.to_string(),
         rec: Rec {
             phase: AtomicUsize::new(SETTLE),
+            t0: Instant::now(),
+            phase_ms: AtomicU64::new(0),
             stats: plan.iter().map(|_| Mutex::default()).collect(),
         },
         stop: AtomicBool::new(false),
@@ -591,10 +653,16 @@ fn run_once(o: &Arc<Opts>, bin: &Path, label: &str, dir: &Path) -> io::Result<Re
 
     // Honest traffic and the recorder, for the whole run.
     let mut threads = Vec::new();
-    for i in 0..o.clients {
+    for i in 0..o.clients + o.direct_clients {
         let e = env.clone();
-        let dd = i >= o.clients - o.dd_clients;
-        threads.push(std::thread::spawn(move || load::client(e, i, dd)));
+        let kind = if i >= o.clients {
+            DIRECT
+        } else if i >= o.clients - o.dd_clients {
+            DD
+        } else {
+            EE
+        };
+        threads.push(std::thread::spawn(move || load::client(e, i, kind)));
     }
     for (kind, n) in [
         (Probe::EeGarbage, 1),
@@ -611,20 +679,49 @@ fn run_once(o: &Arc<Opts>, bin: &Path, label: &str, dir: &Path) -> io::Result<Re
         threads.push(std::thread::spawn(move || attack::recorder(e)));
     }
     {
-        // mtpx's RSS and descriptors, four times a second.
+        // mtpx's RSS and descriptors, and who had the CPUs, four times a second.
         let e = env.clone();
+        let groups: [Vec<u32>; 4] = [
+            vec![ee.pid],
+            dcs.iter().map(|d| d.child.id()).collect(),
+            vec![site.child.id()],
+            vec![std::process::id()],
+        ];
         threads.push(std::thread::spawn(move || {
+            let sample = || {
+                let g = groups.clone().map(|pids| {
+                    pids.iter().fold((0.0, 0.0), |(r, w), &p| {
+                        let (r1, w1) = proc_sched(p);
+                        (r + r1, w + w1)
+                    })
+                });
+                (Instant::now(), machine_cpu().0, g)
+            };
+            let mut last = sample();
             while !e.stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(250));
                 let phase = e.rec.phase();
                 let rss = pids.map(|p| proc_rss(p).unwrap_or(0));
                 let fds = pids.map(proc_fds);
+                let now = sample();
+                let dt = now.0.duration_since(last.0).as_secs_f64().max(1e-3);
+                let mut w = CpuWindow {
+                    at_ms: e.rec.since_phase_ms(last.0),
+                    machine: (now.1 - last.1) / dt,
+                    ..CpuWindow::default()
+                };
+                for k in 0..4 {
+                    w.run[k] = (now.2[k].0 - last.2[k].0) / dt;
+                    w.wait[k] = (now.2[k].1 - last.2[k].1) / dt;
+                }
+                last = now;
                 e.rec.at(phase, |p| {
                     for k in 0..2 {
                         p.rss_max[k] = p.rss_max[k].max(rss[k]);
                         p.fds_max[k] = p.fds_max[k].max(fds[k]);
                     }
+                    p.cpu_windows.push(w);
                 });
-                std::thread::sleep(Duration::from_millis(250));
             }
         }));
     }
@@ -635,6 +732,9 @@ fn run_once(o: &Arc<Opts>, bin: &Path, label: &str, dir: &Path) -> io::Result<Re
         eprintln!("soak: {label}: phase {} ({} s)", ph.name, ph.secs);
         let running: Vec<_> = ph.attacks.iter().map(|a| attack::start(&env, *a)).collect();
         let cpu0 = [ee.cpu(), dd.cpu()];
+        env.rec
+            .phase_ms
+            .store(env.rec.t0.elapsed().as_millis() as u64, Ordering::Relaxed);
         env.rec.phase.store(i, Ordering::Relaxed);
         std::thread::sleep(Duration::from_secs(ph.secs));
         env.rec.phase.store(SETTLE, Ordering::Relaxed);
@@ -655,7 +755,7 @@ fn run_once(o: &Arc<Opts>, bin: &Path, label: &str, dir: &Path) -> io::Result<Re
     let fds_end = pids.map(proc_fds);
     drop((ee, dd, site, dcs));
     let env = Arc::try_unwrap(env).map_err(|_| io::Error::other("threads still running"))?;
-    let phases = plan
+    let phases: Vec<(String, u64, Vec<Attack>, PhaseStats)> = plan
         .into_iter()
         .zip(env.rec.stats)
         .map(|(p, s)| {
@@ -667,6 +767,24 @@ fn run_once(o: &Arc<Opts>, bin: &Path, label: &str, dir: &Path) -> io::Result<Re
             )
         })
         .collect();
+    // Every slow echo, one a line, for a look at when and where they happen.
+    let mut slow = String::from("phase at_ms kind client nth size rtt_ms\n");
+    for (name, _, _, p) in &phases {
+        for e in &p.slow {
+            let _ = writeln!(
+                slow,
+                "{:?} {} {} {} {} {} {:.1}",
+                name,
+                e.at_ms,
+                ["ee", "dd", "direct"][usize::from(e.kind)],
+                e.client,
+                e.nth,
+                e.size,
+                e.rtt as f64 / 1000.0
+            );
+        }
+    }
+    std::fs::write(dir.join(format!("{label}-slow.txt")), slow)?;
     Ok(Report {
         label: label.to_string(),
         phases,
@@ -711,7 +829,7 @@ fn rows(o: &Opts, r: &Report) -> Vec<(String, String)> {
     ];
     for (name, secs, attacks, p) in &r.phases {
         let at = |what: &str| format!("{name}: {what}");
-        let mut all: Vec<u32> = p.rtt[0].iter().chain(&p.rtt[1]).copied().collect();
+        let mut all: Vec<u32> = p.rtt[EE].iter().chain(&p.rtt[DD]).copied().collect();
         all.sort_unstable();
         let mut hs = p.hs.clone();
         hs.sort_unstable();
@@ -734,6 +852,91 @@ fn rows(o: &Opts, r: &Report) -> Vec<(String, String)> {
                 pct(&all, 1.0),
                 pct(&hs, 0.99)
             ),
+        ));
+        let tails: Vec<String> = ["ee", "dd", "direct"]
+            .iter()
+            .zip(&p.rtt)
+            .map(|(k, r)| {
+                let mut r = r.clone();
+                r.sort_unstable();
+                format!("{k} {} / {}", pct(&r, 0.99), pct(&r, 1.0))
+            })
+            .collect();
+        v.push((
+            at(&format!(
+                "echo RTT p99 / max (ms) by kind (direct: {} clients to a fake DC, no mtpx)",
+                o.direct_clients
+            )),
+            format!("{} (direct errors {})", tails.join("; "), p.errors[DIRECT]),
+        ));
+        let steady: Vec<String> = ["ee", "dd", "direct"]
+            .iter()
+            .zip(&p.rtt_steady)
+            .map(|(k, r)| {
+                let mut r = r.clone();
+                r.sort_unstable();
+                format!("{k} {} / {}", pct(&r, 0.99), pct(&r, 1.0))
+            })
+            .collect();
+        v.push((
+            at(&format!(
+                "echo RTT p99 / max (ms) by kind, after the first {} s",
+                ONSET_MS / 1000
+            )),
+            steady.join("; "),
+        ));
+        // Windows wholly after the onset (a window starting before the phase counts in it).
+        let (on, after): (Vec<&CpuWindow>, Vec<&CpuWindow>) = p
+            .cpu_windows
+            .iter()
+            .partition(|w| w.at_ms < ONSET_MS || w.at_ms > u32::MAX / 2);
+        let mean = |ws: &[&CpuWindow], f: &dyn Fn(&CpuWindow) -> f64| {
+            if ws.is_empty() {
+                "-".to_string()
+            } else {
+                format!(
+                    "{:.2}",
+                    ws.iter().map(|w| f(w)).sum::<f64>() / ws.len() as f64
+                )
+            }
+        };
+        let cpu_row = |ws: &[&CpuWindow]| {
+            format!(
+                "machine {}; mtpx ee {} (waiting {}); fake DCs {} (waiting {}); site {}; \
+                 this tool {} (waiting {})",
+                mean(ws, &|w| w.machine),
+                mean(ws, &|w| w.run[0]),
+                mean(ws, &|w| w.wait[0]),
+                mean(ws, &|w| w.run[1]),
+                mean(ws, &|w| w.wait[1]),
+                mean(ws, &|w| w.run[2]),
+                mean(ws, &|w| w.run[3]),
+                mean(ws, &|w| w.wait[3]),
+            )
+        };
+        v.push((
+            at(&format!(
+                "CPU (cores; waiting: runnable, no CPU), first {} s",
+                ONSET_MS / 1000
+            )),
+            cpu_row(&on),
+        ));
+        v.push((
+            at("CPU (cores; waiting: runnable, no CPU), after"),
+            cpu_row(&after),
+        ));
+        let mut slow = [0usize; 3];
+        for s in &p.slow {
+            slow[usize::from(s.kind)] += 1;
+        }
+        // Slow echoes of different clients within 50 ms of each other are one stall.
+        let mut times: Vec<u32> = p.slow.iter().map(|s| s.at_ms).collect();
+        times.sort_unstable();
+        let stalls =
+            times.windows(2).filter(|w| w[1] - w[0] > 50).count() + usize::from(!times.is_empty());
+        v.push((
+            at("echoes ≥ 20 ms: ee / dd / direct; stalls (50 ms apart)"),
+            format!("{} / {} / {}; {stalls}", slow[EE], slow[DD], slow[DIRECT]),
         ));
         for (kind, s) in &p.probes {
             let mut via = s.via.clone();

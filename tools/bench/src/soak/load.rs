@@ -12,7 +12,7 @@ use mtpx::proto::obfs2::{self, AesCtr, Tag};
 use mtpx::proto::tlsprofile::HelloKind;
 use mtpx::proto::{Rng, XorShift64};
 
-use super::{Env, below, site};
+use super::{DD, DIRECT, Env, below, site};
 use crate::common::*;
 
 /// DC ids the clients spread over (every one overridden to a fake DC).
@@ -61,9 +61,35 @@ impl DdConn {
     }
 }
 
+/// A connection straight to a fake DC, as mtpx opens one (the control: no mtpx between).
+pub struct DirectConn {
+    s: TcpStream,
+    enc: obfs2::CompactCtr,
+    dec: obfs2::CompactCtr,
+}
+
+impl DirectConn {
+    fn connect(src: Ipv4Addr, dc: SocketAddrV4, cmd: [u8; CMD_LEN]) -> io::Result<DirectConn> {
+        let mut rng = XorShift64(seed());
+        let mut s = connect_from(src, dc)?;
+        let mut h = obfs2::dc_handshake(&mut rng, Tag::Padded, 2);
+        let mut c = cmd;
+        h.encrypt.apply_keystream(&mut c);
+        let mut sent = h.frame.to_vec();
+        sent.extend_from_slice(&c);
+        s.write_all(&sent)?;
+        Ok(DirectConn {
+            s,
+            enc: h.encrypt,
+            dec: h.decrypt,
+        })
+    }
+}
+
 enum Conn {
     Tls(Client),
     Dd(DdConn),
+    Direct(DirectConn),
 }
 
 impl Conn {
@@ -71,6 +97,7 @@ impl Conn {
         match self {
             Conn::Tls(c) => &c.s,
             Conn::Dd(c) => &c.s,
+            Conn::Direct(c) => &c.s,
         }
     }
 
@@ -84,6 +111,16 @@ impl Conn {
                 c.send(plain, out)?;
                 c.recv_exact(plain.len())?
             }
+            Conn::Direct(c) => {
+                out.clear();
+                out.extend_from_slice(plain);
+                c.enc.apply_keystream(out);
+                c.s.write_all(out)?;
+                let mut v = vec![0u8; plain.len()];
+                c.s.read_exact(&mut v)?;
+                c.dec.apply_keystream(&mut v);
+                v
+            }
         };
         if got != plain {
             return Err(io::Error::other("echo: bytes differ"));
@@ -92,17 +129,17 @@ impl Conn {
     }
 }
 
-/// Client `i`: connects, echoes every `echo_ms` (± half), reconnects every so many echoes,
-/// until the run stops. Latencies and errors go to the phase they started in.
-pub fn client(env: Arc<Env>, i: usize, dd: bool) {
+/// Echo round trips at least this long are kept one by one ([`super::Slow`]).
+const SLOW_US: u32 = 20_000;
+
+/// Client `i` of `kind` ([`EE`], [`DD`] or [`DIRECT`]: the control, straight to a fake DC):
+/// connects, echoes every `echo_ms` (± half), reconnects every so many echoes, until the run
+/// stops. Latencies and errors go to the phase they started in.
+pub fn client(env: Arc<Env>, i: usize, kind: usize) {
     let o = &env.opts;
     let mut rng = XorShift64(seed());
-    let src = if dd {
-        Ipv4Addr::new(127, 0, 2, (i % 250 + 1) as u8)
-    } else {
-        Ipv4Addr::new(127, 0, 1, (i % 250 + 1) as u8)
-    };
-    let kind = usize::from(dd);
+    let src = Ipv4Addr::new(127, 0, 1 + kind as u8, (i % 250 + 1) as u8);
+    let dd = kind == DD;
     let dc = DCS[i % DCS.len()];
     let mut out = Vec::with_capacity(2 * o.echo_max + 64);
     let mut pos = 0u64;
@@ -111,7 +148,10 @@ pub fn client(env: Arc<Env>, i: usize, dd: bool) {
     while !env.stop.load(Ordering::Relaxed) {
         let phase = env.rec.phase();
         let t0 = Instant::now();
-        let conn = if dd {
+        let conn = if kind == DIRECT {
+            DirectConn::connect(src, env.dcs[i % env.dcs.len()], command(OP_ECHO, 0, 0))
+                .map(Conn::Direct)
+        } else if dd {
             DdConn::connect(src, env.dd, &env.dd_key, dc, command(OP_ECHO, 0, 0)).map(Conn::Dd)
         } else {
             let t = Target {
@@ -136,7 +176,7 @@ pub fn client(env: Arc<Env>, i: usize, dd: bool) {
         };
         // The handshake's cost shows in the first echo (the DC answers nothing before it).
         let mut first = Some(t0);
-        for _ in 0..o.reconnect_every {
+        for nth in 0..o.reconnect_every {
             if env.stop.load(Ordering::Relaxed) {
                 return;
             }
@@ -151,10 +191,26 @@ pub fn client(env: Arc<Env>, i: usize, dd: bool) {
                 Ok(()) => {
                     let rtt = t.elapsed().as_micros() as u32;
                     match first.take() {
-                        Some(t0) => env.rec.at(phase, |p| {
+                        Some(t0) if kind != DIRECT => env.rec.at(phase, |p| {
                             p.hs.push(t0.elapsed().as_micros() as u32);
                         }),
-                        None => env.rec.at(phase, |p| p.rtt[kind].push(rtt)),
+                        Some(_) => {}
+                        None => env.rec.at(phase, |p| {
+                            p.rtt[kind].push(rtt);
+                            if env.rec.since_phase_ms(t) >= super::ONSET_MS {
+                                p.rtt_steady[kind].push(rtt);
+                            }
+                            if rtt >= SLOW_US {
+                                p.slow.push(super::Slow {
+                                    at_ms: env.rec.since_phase_ms(t),
+                                    kind: kind as u8,
+                                    client: i as u16,
+                                    nth: nth as u16,
+                                    size: n as u32,
+                                    rtt,
+                                });
+                            }
+                        }),
                     }
                     pos += n as u64;
                 }
