@@ -40,9 +40,12 @@ fn timed_close(addr: SocketAddr, bytes: &[u8]) -> Closed {
 // Grace fronting (item 6)
 
 /// An incomplete handshake (63 random bytes on dd and classic secrets, a ClientHello cut at
-/// 105 bytes on ee) is spliced to the site once the client stays quiet for the grace (500 ms),
-/// not after the handshake timeout (10 s here): the answer through mtpx comes within the grace
-/// of the stand-in site's own (which answers after 300 ms of quiet). Without the grace: 10 s.
+/// 105 bytes on ee) is spliced to the site once the client stays quiet for the grace, not
+/// after the handshake timeout (10 s here). A hello may come in two segments, one resent: the
+/// grace is 500 ms. Part of a bare obfuscated2 frame is never a client's (every client writes
+/// its 64 bytes at once): 20 ms, within the jitter of the path to the site. The answer through
+/// mtpx comes that much after the stand-in site's own (which answers after 300 ms of quiet).
+/// Without the grace: 10 s; with 500 ms for frames too, dd/classic fail the upper bound.
 #[test]
 fn incomplete_handshakes_are_fronted_after_a_short_grace() {
     let mut rng = XorShift64(1201);
@@ -74,14 +77,20 @@ fn incomplete_handshakes_are_fronted_after_a_short_grace() {
         );
         assert_eq!(via.bytes, FRONT_REPLY, "{kind:?}: the site's answer");
         assert_eq!(site.bytes, FRONT_REPLY);
+        // (Upper bounds with room for a loaded machine.)
+        let (early, late) = if kind == SecretKind::FakeTls {
+            (Duration::from_millis(400), Duration::from_millis(1200))
+        } else {
+            (Duration::ZERO, Duration::from_millis(250))
+        };
         assert!(
-            via.after < site.after + Duration::from_millis(1200),
+            via.after < site.after + late,
             "{kind:?}: fronted after {:?} (site {:?})",
             via.after,
             site.after
         );
         assert!(
-            via.after >= site.after + Duration::from_millis(400),
+            via.after >= site.after + early,
             "{kind:?}: fronted before the grace: {:?} (site {:?})",
             via.after,
             site.after

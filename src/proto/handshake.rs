@@ -357,6 +357,11 @@ pub struct Expect {
     pub obfs2: bool,
 }
 
+/// How long part of a bare obfuscated2 frame may stay quiet before it is fronted (see
+/// [`Handshake::heard`]): within the jitter of a path to the site, and room for a client
+/// that writes its frame in two calls back to back.
+pub const FRAME_GRACE: Duration = Duration::from_millis(20);
+
 /// One client's handshake. See the module documentation.
 #[derive(Debug)]
 pub struct Handshake {
@@ -415,8 +420,18 @@ impl Handshake {
     /// 12). Each call restarts the grace; before the first byte only the deadline counts (a
     /// site waits for a silent client too), and so does a client waiting for its user's
     /// `max-connections`. Call after [`Handshake::received`].
+    ///
+    /// A bare obfuscated2 frame (`dd`/classic, not inside records) gets at most
+    /// [`FRAME_GRACE`]: its 64 bytes are one write of every client, so they arrive in one
+    /// segment or not at all (a lost segment is resent whole), and only a prober sends part
+    /// of them; the site answers such bytes at once, and so must we (a 64-byte threshold
+    /// with a fixed delay before it is the tell published attacks look for).
     pub fn heard(&mut self, now: Instant, grace: Duration) {
         let open = !self.answered() && !matches!(self.state, State::Done(_));
+        let grace = match self.state {
+            State::ExpectFrame { tls: None, .. } => grace.min(FRAME_GRACE),
+            _ => grace,
+        };
         self.quiet = (open && self.filled() > 0).then(|| now + grace);
     }
 
