@@ -186,8 +186,10 @@ fn log_diff(old: &Users, new: &Users, d: &Diff) {
 /// Reads the users of the config file at `path` again (and its users file) and puts them in
 /// force; returns what changed. On an error (with its file, line and key) the users in force
 /// stay. (A changed `users-file` path applies here; the file watched for changes stays the
-/// one named at start.)
-pub fn reload(cell: &UsersCell, path: &Path) -> Result<Diff, String> {
+/// one named at start.) Also returns whether an ad tag now needs middle proxies that were not
+/// loaded (`middle_loaded`: some secret had a tag at start): their list and secret are read
+/// at start only, so such clients are closed until a restart, which is logged.
+pub fn reload(cell: &UsersCell, path: &Path, middle_loaded: bool) -> Result<(Diff, bool), String> {
     let (config, _) = crate::config::load(path).map_err(|e| e.to_string())?;
     // `load` checked them already.
     let users = Users::new(config.user_specs()).map_err(|_| String::from("invalid users"))?;
@@ -196,7 +198,15 @@ pub fn reload(cell: &UsersCell, path: &Path) -> Result<Diff, String> {
     if !diff.is_empty() {
         log_diff(&old.users, &live.users, &diff);
     }
-    Ok(diff)
+    let unserved = !middle_loaded && config.has_ad_tag();
+    if unserved {
+        crate::log_event!(
+            Level::Warn,
+            "ad-tag-needs-restart",
+            effect = "clients of a tagged secret are closed until mtpx restarts (the middle-proxy list and secret are loaded at start only)"
+        );
+    }
+    Ok((diff, unserved))
 }
 
 fn stamp(p: Option<&Path>) -> Option<(SystemTime, u64)> {
@@ -207,6 +217,8 @@ fn stamp(p: Option<&Path>) -> Option<(SystemTime, u64)> {
 struct Inner {
     cell: Arc<UsersCell>,
     config: PathBuf,
+    /// Some secret had an ad tag at start (middle proxies loaded).
+    middle_loaded: bool,
     users_file: Option<PathBuf>,
     state_file: Option<PathBuf>,
     reload: AtomicBool,
@@ -250,6 +262,7 @@ impl UsersService {
         let inner = Arc::new(Inner {
             cell,
             config: config.source.clone()?,
+            middle_loaded: config.has_ad_tag(),
             users_file: config.users_file.clone(),
             state_file,
             reload: AtomicBool::new(false),
@@ -320,7 +333,7 @@ fn run(inner: &Inner, done: Vec<u64>) {
             seen = st;
         }
         if changed && !stopping {
-            if let Err(e) = reload(&inner.cell, &inner.config) {
+            if let Err(e) = reload(&inner.cell, &inner.config, inner.middle_loaded) {
                 crate::log_event!(
                     Level::Error,
                     "users-reload-failed",
@@ -638,7 +651,8 @@ mod tests {
             ),
         )
         .unwrap();
-        let diff = reload(&cells, &cfg).unwrap();
+        let (diff, unserved) = reload(&cells, &cfg, false).unwrap();
+        assert!(!unserved, "no ad tag");
         let live = cells.load();
         let names: Vec<&str> = live.users.specs().iter().map(|u| u.name.as_str()).collect();
         assert_eq!(names, ["default", "alice", "carol"]);
@@ -650,7 +664,7 @@ mod tests {
         assert!(Arc::ptr_eq(&live.stats[1], &before.stats[1]));
         // Broken: the error names the file and line; the users stay.
         std::fs::write(d.0.join("users.toml"), "[users.alice]\nsecret = \"nope\"\n").unwrap();
-        let e = reload(&cells, &cfg).unwrap_err();
+        let e = reload(&cells, &cfg, false).unwrap_err();
         let uf = d.0.join("users.toml");
         assert!(
             e.starts_with(&format!("{}:2: users.alice.secret: ", uf.display())),
@@ -659,6 +673,24 @@ mod tests {
         assert!(!e.contains("nope"), "{e}");
         assert_eq!(cells.generation(), 1);
         assert_eq!(cells.load().users.len(), 3);
+        // A user gains an ad tag: served only if middle proxies were loaded at start.
+        std::fs::write(
+            d.0.join("users.toml"),
+            format!(
+                "[users.alice]\nsecret = \"{}\"\nad-tag = \"{}\"\n",
+                hex(2),
+                "ab".repeat(16)
+            ),
+        )
+        .unwrap();
+        assert!(
+            reload(&cells, &cfg, false).unwrap().1,
+            "a tag without middle proxies"
+        );
+        assert!(
+            !reload(&cells, &cfg, true).unwrap().1,
+            "middle proxies loaded"
+        );
     }
 
     #[test]
