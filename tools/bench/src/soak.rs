@@ -281,6 +281,8 @@ pub struct PhaseStats {
     pub errors: [u64; 3],
     pub error_msgs: Vec<String>,
     pub probes: BTreeMap<&'static str, ProbeStats>,
+    /// Every probe, one by one (when, which path, how long).
+    pub probe_log: Vec<ProbeRec>,
     /// Attackers' counters, gauges (maxima) and connection lifetimes (ms), by attack.
     pub counters: BTreeMap<(&'static str, String), u64>,
     pub gauges: BTreeMap<(&'static str, &'static str), u64>,
@@ -290,6 +292,22 @@ pub struct PhaseStats {
     pub rss_max: [u64; 2],
     pub fds_max: [usize; 2],
 }
+
+/// One probe, for the split by time (see `load::prober`).
+pub struct ProbeRec {
+    /// Milliseconds since the phase started (when the connect began).
+    pub at_ms: u32,
+    pub kind: &'static str,
+    /// Through mtpx (else straight to the site).
+    pub via: bool,
+    /// The pair it belongs to: each probe's bytes go to the site first, then through mtpx.
+    pub pair: u32,
+    /// µs to the answer, or why not.
+    pub result: Result<u32, &'static str>,
+}
+
+/// A probe this much slower than its kind's median (same path, same phase) is slow.
+const SLOW_PROBE_US: u32 = 5_000;
 
 #[derive(Default)]
 pub struct ProbeStats {
@@ -785,6 +803,26 @@ fn run_once(o: &Arc<Opts>, bin: &Path, label: &str, dir: &Path) -> io::Result<Re
         }
     }
     std::fs::write(dir.join(format!("{label}-slow.txt")), slow)?;
+    // Every probe, one a line: the pair is the same bytes to the site, then through mtpx.
+    let mut probes = String::from("phase at_ms kind path pair answer_ms\n");
+    for (name, _, _, p) in &phases {
+        for r in &p.probe_log {
+            let _ = writeln!(
+                probes,
+                "{:?} {} {:?} {} {} {}",
+                name,
+                r.at_ms,
+                r.kind,
+                if r.via { "mtpx" } else { "site" },
+                r.pair,
+                match r.result {
+                    Ok(us) => format!("{:.2}", us as f64 / 1000.0),
+                    Err(why) => format!("{why:?}"),
+                }
+            );
+        }
+    }
+    std::fs::write(dir.join(format!("{label}-probes.txt")), probes)?;
     Ok(Report {
         label: label.to_string(),
         phases,
@@ -967,6 +1005,9 @@ fn rows(o: &Opts, r: &Report) -> Vec<(String, String)> {
                 ),
             ));
         }
+        for kind in p.probes.keys() {
+            probe_split(&at, kind, &p.probe_log, &mut v);
+        }
         v.push((
             at("mtpx ee CPU (cores) / RSS max (MiB) / descriptors max"),
             format!(
@@ -1002,6 +1043,111 @@ fn rows(o: &Opts, r: &Report) -> Vec<(String, String)> {
         }
     }
     v
+}
+
+/// Rows of one probe kind split by time: answers in the phase's first [`ONSET_MS`] and after,
+/// via mtpx and at the site, and the slow ones (≥ [`SLOW_PROBE_US`] over the median of their
+/// kind and path in the phase): how many, whether the same bytes were slow at the site just
+/// before, and when.
+fn probe_split(
+    at: &dyn Fn(&str) -> String,
+    kind: &str,
+    log: &[ProbeRec],
+    v: &mut Vec<(String, String)>,
+) {
+    let answers = |via: bool, onset: Option<bool>| -> Vec<u32> {
+        let mut a: Vec<u32> = log
+            .iter()
+            .filter(|r| r.kind == kind && r.via == via)
+            .filter(|r| onset.is_none_or(|on| (r.at_ms < ONSET_MS) == on))
+            .filter_map(|r| r.result.ok())
+            .collect();
+        a.sort_unstable();
+        a
+    };
+    let stat = |a: &[u32]| {
+        format!(
+            "{} / {} / {} ({})",
+            pct(a, 0.5),
+            pct(a, 0.99),
+            pct(a, 1.0),
+            a.len()
+        )
+    };
+    let path = |via: bool| {
+        format!(
+            "first {} s {}, after {}",
+            ONSET_MS / 1000,
+            stat(&answers(via, Some(true))),
+            stat(&answers(via, Some(false)))
+        )
+    };
+    v.push((
+        at(&format!(
+            "probe {kind}: p50 / p99 / max (ms) (count), first {} s and after",
+            ONSET_MS / 1000
+        )),
+        format!("via mtpx {}; site {}", path(true), path(false)),
+    ));
+    let slow_at = |via: bool| -> u32 { percentile(&answers(via, None), 0.5) + SLOW_PROBE_US };
+    let limit = [slow_at(false), slow_at(true)];
+    let is_slow = |r: &ProbeRec| r.result.is_ok_and(|us| us >= limit[usize::from(r.via)]);
+    let slow: Vec<&ProbeRec> = log
+        .iter()
+        .filter(|r| r.kind == kind && is_slow(r))
+        .collect();
+    let count = |via: bool, on: bool| {
+        slow.iter()
+            .filter(|r| r.via == via && (r.at_ms < ONSET_MS) == on)
+            .count()
+    };
+    // The site's probe with the same bytes, just before the slow one through mtpx.
+    let both = slow
+        .iter()
+        .filter(|r| r.via)
+        .filter(|r| {
+            log.iter()
+                .any(|d| d.kind == kind && !d.via && d.pair == r.pair && is_slow(d))
+        })
+        .count();
+    let when = |via: bool| {
+        let mut t: Vec<String> = slow
+            .iter()
+            .filter(|r| r.via == via)
+            .take(12)
+            .map(|r| format!("{} ({})", r.at_ms, ms(r.result.unwrap_or(0))))
+            .collect();
+        if slow.iter().filter(|r| r.via == via).count() > 12 {
+            t.push("…".into());
+        }
+        if t.is_empty() {
+            "-".into()
+        } else {
+            t.join(", ")
+        }
+    };
+    v.push((
+        at(&format!(
+            "probe {kind}: slow (≥ median + {} ms), first {} s / after: via mtpx; site; \
+             via mtpx with the same bytes slow at the site too",
+            SLOW_PROBE_US / 1000,
+            ONSET_MS / 1000
+        )),
+        format!(
+            "{} / {}; {} / {}; {}",
+            count(true, true),
+            count(true, false),
+            count(false, true),
+            count(false, false),
+            both
+        ),
+    ));
+    v.push((
+        at(&format!(
+            "probe {kind}: slow ones, ms into the phase (answer ms): via mtpx; site"
+        )),
+        format!("{}; {}", when(true), when(false)),
+    ));
 }
 
 fn table(o: &Opts, reports: &[Report]) -> String {

@@ -283,6 +283,7 @@ pub fn prober(env: Arc<Env>, kind: Probe, k: usize) {
         _ => env.ee,
     };
     let mut n = k;
+    let mut pair = (k as u32) << 20;
     // Spread the probers over one pause.
     std::thread::sleep(Duration::from_millis(below(
         &mut rng,
@@ -290,13 +291,23 @@ pub fn prober(env: Arc<Env>, kind: Probe, k: usize) {
     )));
     while !env.stop.load(Ordering::Relaxed) {
         let bytes = kind.bytes(&mut rng, &env.host);
+        pair += 1;
         for direct in [true, false] {
             n += 7;
             let src = Ipv4Addr::new(127, 0, 10 + (n / 250 % 4) as u8, (n % 250 + 1) as u8);
             let phase = env.rec.phase();
             let dst = if direct { env.site } else { via };
+            let t = Instant::now();
             let r = probe(src, dst, &bytes, kind.answer(), env.opts.probe_timeout);
+            let at_ms = env.rec.since_phase_ms(t);
             env.rec.at(phase, |p| {
+                p.probe_log.push(super::ProbeRec {
+                    at_ms,
+                    kind: kind.name(),
+                    via: !direct,
+                    pair,
+                    result: r,
+                });
                 let s = p.probes.entry(kind.name()).or_default();
                 match (r, direct) {
                     (Ok(us), true) => s.direct.push(us),
