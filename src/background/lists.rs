@@ -614,7 +614,7 @@ impl ListCache {
 mod tests {
     use super::*;
     use crate::proto::secret::{Secret, SecretKind};
-    use std::io::Write;
+    use crate::testing::{TempDir, http_server};
     use std::net::{SocketAddr, TcpListener};
 
     fn config() -> Config {
@@ -626,54 +626,6 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
-    }
-
-    struct TempDir(PathBuf);
-    impl TempDir {
-        fn new(tag: &str) -> TempDir {
-            let p = std::env::temp_dir().join(format!(
-                "mtpx-lists-{tag}-{}-{}",
-                std::process::id(),
-                NEXT_ID.fetch_add(1, Ordering::Relaxed)
-            ));
-            std::fs::create_dir_all(&p).unwrap();
-            TempDir(p)
-        }
-        fn file(&self, name: &str, text: &str) -> String {
-            let p = self.0.join(name);
-            std::fs::write(&p, text).unwrap();
-            p.display().to_string()
-        }
-    }
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
-    /// Serves `responses` in turn, one per connection, on 127.0.0.1; returns the URL base.
-    fn http_server(responses: Vec<Vec<u8>>) -> (String, std::thread::JoinHandle<Vec<String>>) {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
-        let h = std::thread::spawn(move || {
-            let mut requests = Vec::new();
-            for r in responses {
-                let (mut s, _) = l.accept().unwrap();
-                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-                let mut req = Vec::new();
-                let mut b = [0u8; 1024];
-                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut b) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => req.extend_from_slice(&b[..n]),
-                    }
-                }
-                requests.push(String::from_utf8_lossy(&req).into_owned());
-                let _ = s.write_all(&r);
-            }
-            requests
-        });
-        (format!("http://{addr}"), h)
     }
 
     #[test]

@@ -620,8 +620,7 @@ fn updater(weak: Weak<Telegram>) {
 mod tests {
     use super::*;
     use crate::proto::secret::{Secret, SecretKind};
-    use std::io::Write;
-    use std::net::TcpListener;
+    use crate::testing::{TempDir, http_server};
 
     fn config() -> Config {
         let secret = Secret::generate(SecretKind::Secure, "", &mut crate::proto::XorShift64(9));
@@ -633,54 +632,6 @@ mod tests {
 
     fn sa(s: &str) -> SocketAddr {
         s.parse().unwrap()
-    }
-
-    struct TempDir(PathBuf);
-    impl TempDir {
-        fn new(tag: &str) -> TempDir {
-            let p = std::env::temp_dir().join(format!(
-                "mtpx-tg-{tag}-{}-{}",
-                std::process::id(),
-                NEXT_ID.fetch_add(1, Ordering::Relaxed)
-            ));
-            std::fs::create_dir_all(&p).unwrap();
-            TempDir(p)
-        }
-        fn file(&self, name: &str, data: &[u8]) -> String {
-            let p = self.0.join(name);
-            std::fs::write(&p, data).unwrap();
-            p.display().to_string()
-        }
-    }
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
-    /// Serves `responses` in turn, one per connection, on 127.0.0.1; returns the URL base.
-    fn http_server(responses: Vec<Vec<u8>>) -> (String, std::thread::JoinHandle<Vec<String>>) {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
-        let h = std::thread::spawn(move || {
-            let mut requests = Vec::new();
-            for r in responses {
-                let (mut s, _) = l.accept().unwrap();
-                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-                let mut req = Vec::new();
-                let mut b = [0u8; 1024];
-                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut b) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => req.extend_from_slice(&b[..n]),
-                    }
-                }
-                requests.push(String::from_utf8_lossy(&req).into_owned());
-                let _ = s.write_all(&r);
-            }
-            requests
-        });
-        (format!("http://{addr}"), h)
     }
 
     fn ok(body: &[u8]) -> Vec<u8> {
