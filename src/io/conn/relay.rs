@@ -92,12 +92,17 @@ impl<S> Relay<S> {
 }
 
 impl<S> Relay<S> {
-    /// Stops reading either way (the user's quota ran out): what is buffered is flushed
+    /// Stops relaying either way (the user's quota ran out): what is buffered is flushed
     /// (toward a FakeTLS client, whole records: a record is framed whole when read), then
-    /// both sides are shut and the relay ends.
+    /// both sides are shut and the relay ends once the client's EOF comes (its bytes until
+    /// then are dropped: [`Half::discard`]) or at the idle timeout.
     pub(super) fn cut(&mut self) {
-        self.up.eof = true;
         self.down.eof = true;
+        if matches!(self.kind, RelayKind::Middle { .. }) {
+            self.up.eof = true;
+        } else {
+            self.up.discard = true;
+        }
     }
 
     /// Takes in `n` raw client bytes (records) held after the up half's bytes, as if just
@@ -176,6 +181,11 @@ pub(super) struct Half {
     /// The last write went with `MSG_MORE` ([`Sock::write_more`]): the destination may hold
     /// its tail until the next write or a [`Sock::push`].
     held: bool,
+    /// Cut (the user's quota ran out): the source's bytes are read and dropped until its EOF
+    /// (or the idle timeout), so that closing never resets the connection over unread bytes:
+    /// a reset would destroy the records flushed before it (a site's lingering close does
+    /// the same).
+    pub(super) discard: bool,
     /// When bytes last left, or first waited after it was empty (`None` while empty): a
     /// direction that keeps bytes without writing is stalled ([`Relay::stall_deadline`]).
     pub(super) since: Option<Instant>,
@@ -445,8 +455,26 @@ impl<S: Sock> Relay<S> {
         let mut full = false;
         loop {
             let mut progress = false;
-            // Fill.
-            if !half.eof && ends.ready[CLIENT] & R != 0 {
+            // Fill (or, cut, drain).
+            if half.discard && !half.eof && ends.ready[CLIENT] & R != 0 {
+                let mut sink = [0u8; 4096];
+                match ends.client.read(&mut sink) {
+                    Ok(0) => {
+                        half.eof = true;
+                        progress = true;
+                    }
+                    Ok(n) => {
+                        raw += n;
+                        progress = true;
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => ends.ready[CLIENT] &= !R,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => progress = true,
+                    Err(_) => {
+                        half.eof = true;
+                        progress = true;
+                    }
+                }
+            } else if !half.eof && ends.ready[CLIENT] & R != 0 {
                 half.upgrade_small(class, ctx.pool);
                 if half.buf.is_none() {
                     half.buf = ctx.pool.checkout(class);

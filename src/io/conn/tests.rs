@@ -68,6 +68,15 @@ impl FakeSock {
         self.0.borrow_mut().incoming.push_back(In::Eof);
     }
 
+    /// Data chunks sent to us and not read yet.
+    fn pending(&self) -> usize {
+        let w = self.0.borrow();
+        w.incoming
+            .iter()
+            .filter(|i| matches!(i, In::Data(_)))
+            .count()
+    }
+
     fn reset_by_peer(&self) {
         self.0.borrow_mut().incoming.push_back(In::Reset);
     }
@@ -1058,7 +1067,9 @@ fn a_user_over_quota_is_cut_at_a_record_boundary_even_if_the_client_never_reads(
         let _ = rig.run(UPSTREAM, R);
         let user = rig.shared.users.load().stats[0].clone();
         assert_eq!(user.counts().rejects[UserReject::QuotaCut as usize], 1);
-        // More from either side is no longer read.
+        // More from either side is no longer relayed: the DC's is not read, the client's is
+        // read and dropped (unread, closing would reset the connection and destroy the
+        // records flushed before).
         dc.send(&[1; 100]);
         rig.client.send(&client.seal(b"more"));
         let turn = rig.timeout(Duration::ZERO);
@@ -1068,15 +1079,26 @@ fn a_user_over_quota_is_cut_at_a_record_boundary_even_if_the_client_never_reads(
             let turn = rig.timeout(idle);
             assert_eq!(turn.next, Next::Closed(CloseReason::Idle));
         } else {
-            assert_eq!(turn.next, Next::Closed(CloseReason::Done));
-            // Whole records, all of what was read, then the shutdown.
+            // Whole records, all of what was read, then the shutdown toward the client; the
+            // relay waits for the client's EOF (its late bytes drained), then ends.
+            assert!(!matches!(turn.next, Next::Closed(_)), "{turn:?}");
             assert_eq!(client.open(&rig.client.take_written()), vec![7u8; 30_000]);
-            assert!(rig.client.shut() && dc.shut());
+            assert!(rig.client.shut());
+            let turn = rig.run(CLIENT, R);
+            assert!(!matches!(turn.next, Next::Closed(_)), "{turn:?}");
+            assert_eq!(
+                rig.client.pending(),
+                0,
+                "the client's late bytes were drained"
+            );
+            rig.client.eof();
+            assert_eq!(rig.run(CLIENT, R).next, Next::Closed(CloseReason::Done));
+            assert!(dc.shut());
         }
         assert_eq!(
             rig.conn.bytes()[0],
             0,
-            "the client's late bytes were not read"
+            "the client's late bytes were not relayed"
         );
         assert_eq!(user.counts().used, 30_000);
     }
