@@ -782,9 +782,15 @@ fn a_middle_proxy_dying_mid_session_closes_its_clients_and_new_ones_go_elsewhere
     let mut c = TestClient::connect(proxy.local_addr(), &secret, &ClientOpts::new(tag, 2, 7))
         .expect("handshake");
     echo_packets(&mut c, tag, &[zero_key_packet(), payload(9, 5000)]);
+    // (The fakes' events arrive through a reader thread: wait for them.)
+    let served = |m: &FakeMe| m.events().iter().any(|e| e.contains("\"req\""));
+    assert!(
+        wait_until(Duration::from_secs(5), || mes.iter().any(served)),
+        "one middle proxy served"
+    );
     let serving = mes
         .iter()
-        .position(|m| m.events().iter().any(|e| e.contains("\"req\"")))
+        .position(served)
         .expect("one middle proxy served");
     // Keep-alive: the middle proxy's RPC_PING is answered (RPC_PONG) while the client idles.
     mes[serving].ping();
@@ -822,14 +828,15 @@ fn a_middle_proxy_dying_mid_session_closes_its_clients_and_new_ones_go_elsewhere
         echo_packets(&mut c, tag, &[zero_key_packet(), payload(10 + seed, 700)]);
     }
     let other = &mes[1 - serving];
-    assert_eq!(
+    let handshakes = || {
         other
             .events()
             .iter()
             .filter(|e| e.contains("\"handshake\""))
-            .count(),
-        3
-    );
+            .count()
+    };
+    wait_until(Duration::from_secs(5), || handshakes() >= 3);
+    assert_eq!(handshakes(), 3);
     proxy.shutdown();
     let _ = std::fs::remove_file(&cfg_file);
     let _ = std::fs::remove_file(&sf);
