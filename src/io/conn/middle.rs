@@ -562,37 +562,13 @@ impl<S: Sock> Relay<S> {
                 if let Some(id) = half.buf {
                     let buf = ctx.pool.get(id);
                     if half.end < buf.len() {
-                        match ends.client.read(&mut buf[half.end..]) {
-                            Ok(0) => {
-                                half.eof = true;
-                                progress = true;
-                            }
-                            Ok(n) => {
-                                raw += n;
-                                let m = match reader.as_deref_mut() {
-                                    Some(t) => t
-                                        .deframe_in_place(&mut buf[half.end..half.end + n])
-                                        .map_err(|_| {
-                                            (CLIENT, io::Error::from(ErrorKind::InvalidData))
-                                        })?,
-                                    None => n,
-                                };
-                                me.ciphers.up(&mut buf[half.end..half.end + m]);
-                                half.end += m;
-                                moved += m;
-                                ends.bytes[0] += m as u64;
-                                progress = true;
-                            }
-                            Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                                ends.ready[CLIENT] &= !R;
-                            }
-                            Err(e) if e.kind() == ErrorKind::ConnectionReset => {
-                                half.eof = true;
-                                half.reset = true;
-                                progress = true;
-                            }
-                            Err(e) if e.kind() == ErrorKind::Interrupted => progress = true,
-                            Err(e) => return Err((CLIENT, e)),
+                        let ciphers = &mut me.ciphers;
+                        let read =
+                            half.read_client(ends, buf, reader.as_deref_mut(), |b| ciphers.up(b))?;
+                        if let Some((n, m)) = read {
+                            raw += n;
+                            moved += m;
+                            progress = true;
                         }
                     }
                 }

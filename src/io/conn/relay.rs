@@ -206,6 +206,46 @@ impl Half {
         self.start == self.end
     }
 
+    /// One read from the client into `buf[self.end..]` (`buf`: this half's buffer): TLS
+    /// records deframed and their payload turned into the upstream's bytes in place by `up`;
+    /// EOF and a reset noted. Returns the raw bytes read and the payload bytes added (counted
+    /// toward the client's traffic), or `None` when the client had nothing (would block).
+    pub(super) fn read_client<S: Sock>(
+        &mut self,
+        ends: &mut Ends<'_, S>,
+        buf: &mut [u8],
+        tls: Option<&mut RecordReader>,
+        up: impl FnOnce(&mut [u8]),
+    ) -> Result<Option<(usize, usize)>, (usize, io::Error)> {
+        match ends.client.read(&mut buf[self.end..]) {
+            Ok(0) => self.eof = true,
+            Ok(n) => {
+                let got = &mut buf[self.end..self.end + n];
+                let m = match tls {
+                    Some(t) => t
+                        .deframe_in_place(got)
+                        .map_err(|_| (CLIENT, io::Error::from(ErrorKind::InvalidData)))?,
+                    None => n,
+                };
+                up(&mut buf[self.end..self.end + m]);
+                self.end += m;
+                ends.bytes[0] += m as u64;
+                return Ok(Some((n, m)));
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                ends.ready[CLIENT] &= !R;
+                return Ok(None);
+            }
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => {
+                self.eof = true;
+                self.reset = true;
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err((CLIENT, e)),
+        }
+        Ok(Some((0, 0)))
+    }
+
     /// The buffer held, if any.
     #[cfg(test)]
     pub(super) fn buf(&self) -> Option<BufId> {
@@ -486,40 +526,16 @@ impl<S: Sock> Relay<S> {
                     let buf = ctx.pool.get(id);
                     if half.end < buf.len() {
                         let room = buf.len() - half.end;
-                        match ends.client.read(&mut buf[half.end..]) {
-                            Ok(0) => {
-                                half.eof = true;
-                                progress = true;
+                        let read = half.read_client(ends, buf, tls.as_deref_mut(), |b| {
+                            if let Some(c) = ciphers.as_deref_mut() {
+                                c.up(b);
                             }
-                            Ok(n) => {
-                                raw += n;
-                                full = n == room;
-                                let m = match tls.as_deref_mut() {
-                                    Some(t) => t
-                                        .deframe_in_place(&mut buf[half.end..half.end + n])
-                                        .map_err(|_| {
-                                            (CLIENT, io::Error::from(ErrorKind::InvalidData))
-                                        })?,
-                                    None => n,
-                                };
-                                if let Some(c) = ciphers.as_deref_mut() {
-                                    c.up(&mut buf[half.end..half.end + m]);
-                                }
-                                half.end += m;
-                                moved += m;
-                                ends.bytes[0] += m as u64;
-                                progress = true;
-                            }
-                            Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                                ends.ready[CLIENT] &= !R;
-                            }
-                            Err(e) if e.kind() == ErrorKind::ConnectionReset => {
-                                half.eof = true;
-                                half.reset = true;
-                                progress = true;
-                            }
-                            Err(e) if e.kind() == ErrorKind::Interrupted => progress = true,
-                            Err(e) => return Err((CLIENT, e)),
+                        })?;
+                        if let Some((n, m)) = read {
+                            raw += n;
+                            full = n == room;
+                            moved += m;
+                            progress = true;
                         }
                     }
                 }

@@ -367,43 +367,26 @@ mod tests {
     /// (`get_middleproxy_aes_key_and_iv`), independently of this code:
     /// nonce_srv = 00..0f, nonce_clt = 10..1f, ts = 0x5f5e1000, secret = bytes(range(32, 96)).
     #[test]
-    fn derives_the_keys_of_the_reference_formula_v4() {
+    fn derives_the_keys_of_the_reference_formula() {
         let ns: [u8; 16] = std::array::from_fn(|i| i as u8);
         let nc: [u8; 16] = std::array::from_fn(|i| 16 + i as u8);
         let secret: Vec<u8> = (32..96).collect();
-        let k = derive_keys(
-            &ns,
-            &nc,
-            0x5f5e_1000,
-            sa("203.0.113.7:40000"),
-            sa("149.154.175.50:8888"),
-            &secret,
-        )
-        .unwrap();
-        assert_eq!(hex_encode(&k.write.key), KEY_V4_CLIENT);
-        assert_eq!(hex_encode(&k.write.iv), IV_V4_CLIENT);
-        assert_eq!(hex_encode(&k.read.key), KEY_V4_SERVER);
-        assert_eq!(hex_encode(&k.read.iv), IV_V4_SERVER);
-    }
-
-    #[test]
-    fn derives_the_keys_of_the_reference_formula_v6() {
-        let ns: [u8; 16] = std::array::from_fn(|i| i as u8);
-        let nc: [u8; 16] = std::array::from_fn(|i| 16 + i as u8);
-        let secret: Vec<u8> = (32..96).collect();
-        let k = derive_keys(
-            &ns,
-            &nc,
-            0x5f5e_1000,
-            sa("[2001:db8::7]:40000"),
-            sa("[2001:b28:f23d:f001::d]:8888"),
-            &secret,
-        )
-        .unwrap();
-        assert_eq!(hex_encode(&k.write.key), KEY_V6_CLIENT);
-        assert_eq!(hex_encode(&k.write.iv), IV_V6_CLIENT);
-        assert_eq!(hex_encode(&k.read.key), KEY_V6_SERVER);
-        assert_eq!(hex_encode(&k.read.iv), IV_V6_SERVER);
+        for (ours, theirs, want) in [
+            (
+                "203.0.113.7:40000",
+                "149.154.175.50:8888",
+                [KEY_V4_CLIENT, IV_V4_CLIENT, KEY_V4_SERVER, IV_V4_SERVER],
+            ),
+            (
+                "[2001:db8::7]:40000",
+                "[2001:b28:f23d:f001::d]:8888",
+                [KEY_V6_CLIENT, IV_V6_CLIENT, KEY_V6_SERVER, IV_V6_SERVER],
+            ),
+        ] {
+            let k = derive_keys(&ns, &nc, 0x5f5e_1000, sa(ours), sa(theirs), &secret).unwrap();
+            let got = [&k.write.key[..], &k.write.iv, &k.read.key, &k.read.iv].map(hex_encode);
+            assert_eq!(got, want, "{ours} -> {theirs}");
+        }
     }
 
     #[test]
