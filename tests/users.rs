@@ -574,18 +574,14 @@ fn quota_usage_survives_a_restart_and_reset_quota_applies_while_running() {
     drop(proxy); // saves the state at shutdown
     let state = files.dir.join("proxy.state");
     assert!(state.exists());
-    // A restart: the usage is back; 100 KB more cross the quota: fronted.
+    // A restart with a quota below the saved usage: the usage is back, so the next client is
+    // over quota and fronted (it relayed if the usage were lost). A relay that crosses the
+    // quota is cut at a sweep, at a time the test does not control, so none is run here;
+    // `quota_cuts_a_relay_at_a_record_boundary_then_fronts_new_connections` covers the cut.
+    let users = users_toml(&[("alice", &alice, "quota = \"150KiB\"\n")]);
     let proxy = from_files(&files.dir, &default, &users, dc.addr, site_a.addr.port());
     let addr = proxy.local_addr();
     assert_eq!(counts(&proxy, "alice").used, 200_000);
-    let mut c = TestClient::connect(addr, &alice, &ClientOpts::new(Tag::Padded, 2, 3)).unwrap();
-    echo(&mut c, 60_000, 4);
-    drop(c);
-    assert!(wait_until(Duration::from_secs(5), || counts(
-        &proxy, "alice"
-    )
-    .open
-        == 0));
     // (A dd client gets no answer either way: the refusal shows in the counters, and the
     // site gets the frame.)
     let before = site_a.received().len();
