@@ -20,7 +20,7 @@ pub mod users;
 mod worker;
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
@@ -168,6 +168,12 @@ impl Proxy {
     ) -> crate::proto::tlsprofile::Summary {
         let p = self.shared.profile.lock();
         p.unwrap_or_else(|p| p.into_inner()).get(kind).summary()
+    }
+
+    /// The per-source bucket `ip` counts in (two addresses in one bucket share their counts
+    /// and their standing as a known client).
+    pub fn source_bucket(&self, ip: IpAddr) -> u32 {
+        self.shared.sources.bucket(ip)
     }
 
     /// Connections currently open.
