@@ -213,8 +213,12 @@ fn dc_203_follows_a_config_fetched_over_https() {
     let proxy = mtpx::io::start(cfg).expect("start");
     wait_cdn(&proxy, &[dc.addr]);
     reaches(&proxy, &secret, 203, &dc, 8);
+    // The server's log lines arrive through a reader thread: wait for them.
     assert!(
-        server.requests().iter().any(|r| r == "GET /getProxyConfig"),
+        wait_until(Duration::from_secs(5), || server
+            .requests()
+            .iter()
+            .any(|r| r == "GET /getProxyConfig")),
         "{:?}",
         server.requests()
     );

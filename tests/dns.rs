@@ -583,19 +583,23 @@ fn dns_over_https_and_tls_resolve_through_an_openssl_server() {
     let t0 = Instant::now();
     assert!(resolve(Some(&gone), "front.test", 443, t).is_err());
     assert!(t0.elapsed() < t + Duration::from_secs(1));
-    let q = srv.queries();
-    for want in [
+    // The server's log lines arrive through a reader thread: wait for them.
+    let logged = |wants: &[&str]| {
+        common::wait_until(Duration::from_secs(5), || {
+            let q = srv.queries();
+            wants.iter().all(|w| q.iter().any(|l| l == w))
+        })
+    };
+    let wants = [
         "doh dual.test A",
         "doh dual.test AAAA",
         "dot dual.test A",
         "dot nx.test A",
-    ] {
-        assert!(q.iter().any(|l| l == want), "{want} not in {q:?}");
-    }
+    ];
+    assert!(logged(&wants), "{wants:?} not all in {:?}", srv.queries());
     // End to end through the proxy, both transports.
     fronting_site_found_through(&format!("https://{}/dns-query", srv.doh));
     fronting_site_found_through(&format!("tls://{}", srv.dot));
-    let q = srv.queries();
-    assert!(q.iter().any(|l| l == "doh front.test A"), "{q:?}");
-    assert!(q.iter().any(|l| l == "dot front.test A"), "{q:?}");
+    let wants = ["doh front.test A", "dot front.test A"];
+    assert!(logged(&wants), "{wants:?} not all in {:?}", srv.queries());
 }

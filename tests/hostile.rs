@@ -77,11 +77,15 @@ fn incomplete_handshakes_are_fronted_after_a_short_grace() {
         );
         assert_eq!(via.bytes, FRONT_REPLY, "{kind:?}: the site's answer");
         assert_eq!(site.bytes, FRONT_REPLY);
-        // (Upper bounds with room for a loaded machine.)
+        // Upper bounds with room for a loaded machine (a 500 ms grace for frames would put
+        // dd/classic 500 ms after the site). The lower bound is absolute: the site answers
+        // 300 ms after the last byte it got, which mtpx sends after its grace, so nothing
+        // before 500 + 300 ms (less a timer tick) is the grace's; a slow direct measurement
+        // must not move it.
         let (early, late) = if kind == SecretKind::FakeTls {
-            (Duration::from_millis(400), Duration::from_millis(1200))
+            (Duration::from_millis(790), Duration::from_millis(1200))
         } else {
-            (Duration::ZERO, Duration::from_millis(250))
+            (Duration::ZERO, Duration::from_millis(400))
         };
         assert!(
             via.after < site.after + late,
@@ -90,7 +94,7 @@ fn incomplete_handshakes_are_fronted_after_a_short_grace() {
             site.after
         );
         assert!(
-            via.after >= site.after + early,
+            via.after >= early,
             "{kind:?}: fronted before the grace: {:?} (site {:?})",
             via.after,
             site.after
@@ -194,7 +198,12 @@ fn one_source_cannot_take_every_slot() {
         cfg.dc_overrides.push((2, vec![dc.addr]));
         cfg.doppelganger.learn = false;
         let proxy = start(cfg);
-        let src = Ipv4Addr::new(127, 0, 0, 2);
+        // A flooder outside the client's bucket (a keyed hash: 1 in 4,096 would share it).
+        let client = Ipv4Addr::new(127, 0, 0, 1);
+        let src = (2..=250u8)
+            .map(|i| Ipv4Addr::new(127, 0, 0, i))
+            .find(|ip| proxy.source_bucket((*ip).into()) != proxy.source_bucket(client.into()))
+            .expect("an address in another bucket");
         let first = idle_sockets(src, proxy.local_addr(), 20);
         assert_eq!(
             turned_away(&first, 0),
@@ -209,13 +218,8 @@ fn one_source_cannot_take_every_slot() {
             closed, 25,
             "{kind:?}: the per-source cap from half of concurrency"
         );
-        echo_from(
-            Ipv4Addr::new(127, 0, 0, 1),
-            proxy.local_addr(),
-            &secret,
-            1211,
-        )
-        .unwrap_or_else(|e| panic!("{kind:?}: a client behind 50 idle sockets: {e}"));
+        echo_from(client, proxy.local_addr(), &secret, 1211)
+            .unwrap_or_else(|e| panic!("{kind:?}: a client behind 50 idle sockets: {e}"));
         drop((first, more));
     }
 }
@@ -337,7 +341,7 @@ fn fronted_slow_readers_do_not_silence_new_probes() {
         eprintln!("probe {i}: site {direct:?}, through mtpx {via:?}");
         let via = via.unwrap_or_else(|| panic!("probe {i}: nothing in 3 s behind 6 slow readers"));
         assert!(
-            via < direct + Duration::from_millis(500),
+            via < direct + Duration::from_secs(1),
             "probe {i}: {via:?} (site {direct:?})"
         );
     }
@@ -346,8 +350,9 @@ fn fronted_slow_readers_do_not_silence_new_probes() {
 
 /// Eight clients with the secret that download and never read held every relay buffer of a
 /// pool of 8: a new client and an existing one got no echo in 5 s. Now they run on small
-/// buffers at once (each echo must come within 1 s, before any download is closed), and stuck downloads are closed once they held their buffers for `STALL`
-/// (3 s) while the pool ran short (until a quarter of it is free).
+/// buffers at once (each echo must come within 2 s, before any download is closed), and
+/// stuck downloads are closed once they held their buffers for `STALL` (3 s) while the pool
+/// ran short (until a quarter of it is free).
 #[test]
 fn unread_downloads_do_not_stall_other_clients() {
     let refused = RefusedPort::new();
@@ -369,7 +374,7 @@ fn unread_downloads_do_not_stall_other_clients() {
     let st = proxy.stats();
     let mut existing = TestClient::connect(addr, &secret, &ClientOpts::new(Tag::Padded, 2, 1242))
         .expect("existing client");
-    existing.rx.set_read_timeout(Duration::from_secs(1));
+    existing.rx.set_read_timeout(Duration::from_secs(2));
     let downloads: Vec<TestClient> = (0..8)
         .map(|i| {
             TestClient::connect(addr, &secret, &ClientOpts::new(Tag::Padded, 3, 1250 + i))
@@ -378,7 +383,7 @@ fn unread_downloads_do_not_stall_other_clients() {
         .collect();
     assert!(sink.wait_count(8, Duration::from_secs(5)));
     // Until their paths are full: the DC's writes stop for 300 ms (the downloads' stall
-    // clocks started before; they are closed 3 s after, well after the echoes' 1 s).
+    // clocks started before; they are closed 3 s after, after the echoes' 2 s).
     let sent = || {
         (0..8)
             .map(|i| sink.conn(i).sent.load(Ordering::SeqCst))
@@ -398,7 +403,7 @@ fn unread_downloads_do_not_stall_other_clients() {
     let t0 = Instant::now();
     let mut fresh = TestClient::connect(addr, &secret, &ClientOpts::new(Tag::Padded, 2, 1244))
         .expect("new client");
-    fresh.rx.set_read_timeout(Duration::from_secs(1));
+    fresh.rx.set_read_timeout(Duration::from_secs(2));
     assert!(fresh.echo_round_trip(&data).expect("new client's echo") == data);
     assert!(
         existing

@@ -186,12 +186,16 @@ impl<S: Sock> Conn<S> {
         ctx: &mut Ctx<'_, impl Net<Sock = S>>,
         want: &mut Want,
     ) -> Phase<S> {
-        // The grace after the client's last byte ended (a timer brought us here).
-        if let Some(step) = hs.machine.handle_timeout(ctx.now) {
-            return match self.follow(hs, step, false, ctx) {
-                Ok(hs) => Phase::Handshake(hs),
-                Err(next) => next,
-            };
+        // The grace after the client's last byte ended (a timer brought us here). Bytes
+        // waiting to be read go first: a worker woken late must not front a client whose
+        // next segment came in time (then the check comes once the socket is drained).
+        if self.ready[CLIENT] & R == 0 || hs.eof {
+            if let Some(step) = hs.machine.handle_timeout(ctx.now) {
+                return match self.follow(hs, step, false, ctx) {
+                    Ok(hs) => Phase::Handshake(hs),
+                    Err(next) => next,
+                };
+            }
         }
         // Flush the rest of the server flight if there is one.
         if !hs.flight.is_empty() && self.ready[CLIENT] & W != 0 {
@@ -272,7 +276,7 @@ impl<S: Sock> Conn<S> {
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
                     self.ready[CLIENT] &= !R;
-                    return Phase::Handshake(hs);
+                    return self.quiet_timeout(hs, ctx);
                 }
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => return self.closed(hs, CloseReason::Error(e.kind()), ctx),
@@ -284,6 +288,18 @@ impl<S: Sock> Conn<S> {
                 Ok(back) => return Phase::Handshake(back),
                 Err(next) => return next,
             }
+        }
+    }
+
+    /// The end of a turn with nothing more to read: fails the handshake if the client stayed
+    /// quiet past its grace (or the deadline passed).
+    fn quiet_timeout(&mut self, mut hs: Hs, ctx: &mut Ctx<'_, impl Net<Sock = S>>) -> Phase<S> {
+        match hs.machine.handle_timeout(ctx.now) {
+            Some(step) => match self.follow(hs, step, false, ctx) {
+                Ok(hs) => Phase::Handshake(hs),
+                Err(next) => next,
+            },
+            None => Phase::Handshake(hs),
         }
     }
 

@@ -960,6 +960,28 @@ fn an_incomplete_handshake_is_fronted_after_the_grace() {
     assert_eq!(rig.stats().failures(Reject::Timeout), 1);
 }
 
+/// A worker woken after the grace, with the rest of the hello already in the socket (it came
+/// in time; the worker ran late), reads it before deciding: the client is answered, not
+/// fronted. (Checking the timer first fronted it.)
+#[test]
+fn bytes_waiting_at_the_end_of_the_grace_are_read_before_the_grace_is_judged() {
+    let s = secret(SecretKind::FakeTls);
+    let mut rig = Rig::new(config(s.clone()));
+    let (_, first) = Client::start(&s, Tag::Padded, 2, b"");
+    rig.client.send(&first[..100]);
+    assert_eq!(rig.run(CLIENT, RW).next, Next::Idle);
+    rig.now += super::handshake::HANDSHAKE_GRACE + Duration::from_millis(30);
+    rig.client.send(&first[100..]);
+    rig.go(CLIENT, R);
+    assert_eq!(
+        rig.net.addrs(),
+        vec![addr(DC2)],
+        "fronted: {:?}",
+        rig.net.addrs()
+    );
+    assert_eq!(rig.stats().failures(Reject::Timeout), 0);
+}
+
 #[test]
 fn a_proxy_header_names_the_client_and_is_not_fronted() {
     let s = secret(SecretKind::Secure);
