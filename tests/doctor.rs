@@ -486,11 +486,12 @@ fn everything_reachable_passes() {
 
     assert!(!r.stdout.contains("⚠️"), "{}", r.stdout);
     assert!(has(&report, "✅", "config: no deprecated"), "{}", r.stdout);
-    // Time skew: 0.5 s of 10 s (give or take the round trip: 0.499 or 0.5).
+    // Time skew: 0.5 s of 10 s, give or take half the round trip (a loaded machine may
+    // delay the fake server's thread by tens of ms).
     let time = format!("{ntp_arg}: this clock is ");
     assert!(has(&report, "✅", &time), "{}", r.stdout);
     let secs = skew(&r.stdout, &time);
-    assert!((0.45..0.55).contains(&secs), "offset {secs}\n{}", r.stdout);
+    assert!((0.3..0.7).contains(&secs), "offset {secs}\n{}", r.stdout);
     assert!(r.stdout.contains("behind"), "{}", r.stdout);
     assert!(ntp.requests.load(Ordering::SeqCst) >= 1);
     // Every DC, with its address and a time.
@@ -802,7 +803,7 @@ fn warnings_alone_exit_zero_unless_strict() {
     let time = format!("{ntp_arg}: this clock is ");
     assert!(has(&report, "⚠️", &time), "{}", r.stdout);
     let secs = skew(&r.stdout, &time);
-    assert!((4.95..5.05).contains(&secs), "offset {secs}\n{}", r.stdout);
+    assert!((4.8..5.2).contains(&secs), "offset {secs}\n{}", r.stdout);
     assert!(
         has(&report, "⚠️", &format!("{dead_arg}: unreachable")),
         "{}",

@@ -19,6 +19,16 @@ use mtpx::proto::faketls;
 use mtpx::proto::obfs2::{self, Tag};
 use mtpx::proto::secret::{Secret, SecretKind};
 
+/// The empty-record flood runs real-time flooders (`SCHED_FIFO`) that take a core for up to
+/// 20 s: it takes this lock to write, and the tests that time the proxy to within tens of ms
+/// take it to read, so that they never run beside it.
+static TIMING: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// A read guard of [`TIMING`] (a poisoned lock is someone else's failure).
+fn timing() -> std::sync::RwLockReadGuard<'static, ()> {
+    TIMING.read().unwrap_or_else(|p| p.into_inner())
+}
+
 const ALL_KINDS: [SecretKind; 3] = [SecretKind::FakeTls, SecretKind::Secure, SecretKind::Classic];
 
 fn start(config: Config) -> Proxy {
@@ -310,6 +320,7 @@ fn shaped_download(
 /// ones, as TLS servers with dynamic record sizing do (PROTOCOL.md §7.3).
 #[test]
 fn faketls_dynamic_record_sizing_ramps_up() {
+    let _timing = timing();
     let (sizes, _, _) = shaped_download(1 << 20, |c| c.doppelganger.drs = true);
     let sizes = &sizes;
     assert!(sizes.len() > 60, "{} records", sizes.len());
@@ -335,6 +346,7 @@ fn faketls_dynamic_record_sizing_ramps_up() {
 /// no throughput floor. Unshaped, the same download arrives in a burst.
 #[test]
 fn faketls_shaping_spaces_records() {
+    let _timing = timing();
     let (sizes, arrivals, _) = shaped_download(16 * 16379, |c| {
         let d = &mut c.doppelganger;
         d.delays = true;
@@ -767,6 +779,7 @@ fn dc_refused_closes_client_and_counts() {
 
 #[test]
 fn dc_blackholed_times_out_then_falls_back() {
+    let _timing = timing();
     let refused = RefusedPort::new();
     let hole = Blackhole::new();
     let dc = FakeDc::start(DcMode::Echo);
@@ -861,6 +874,7 @@ fn dc_fallback_gives_up_a_silent_address_sooner() {
 
 #[test]
 fn silent_client_handshake_timeout() {
+    let _timing = timing();
     for kind in ALL_KINDS {
         let what = kind_name(kind);
         let refused = RefusedPort::new();
@@ -1593,6 +1607,7 @@ fn flood_empty_records(mut s: TcpStream, stop: &AtomicBool, sent: &AtomicU64) {
 /// comes back while the flood is still going (before the fix it waited for the flood to end).
 #[test]
 fn empty_record_flood_does_not_hold_the_worker() {
+    let _timing = TIMING.write().unwrap_or_else(|p| p.into_inner());
     const FLOODERS: usize = 3;
     for after_frame in [true, false] {
         let what = if after_frame { "relay" } else { "handshake" };

@@ -107,7 +107,7 @@ fn list_server() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
 /// listed address (an admitted client is waited for until its handshake times out).
 fn closed_at_once(src: Ipv4Addr, proxy: SocketAddr) -> bool {
     let mut s = connect_from(src, proxy).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(1)))
+    s.set_read_timeout(Some(Duration::from_secs(3)))
         .expect("timeout");
     let mut b = [0u8; 64];
     match s.read(&mut b) {

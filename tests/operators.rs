@@ -70,7 +70,7 @@ fn opts(seed: u64) -> ClientOpts {
     ClientOpts::new(Tag::Padded, 2, seed)
 }
 
-/// Connects and reports whether the proxy closed the connection at once (within 1 s) without
+/// Connects and reports whether the proxy closed the connection at once (within 3 s) without
 /// sending anything, as it does for a listed address; an admitted client is left waiting for
 /// its handshake instead.
 fn closed_at_once(proxy: SocketAddr, preamble: &[u8]) -> bool {
@@ -78,7 +78,7 @@ fn closed_at_once(proxy: SocketAddr, preamble: &[u8]) -> bool {
     if !preamble.is_empty() {
         s.write_all(preamble).expect("write preamble");
     }
-    s.set_read_timeout(Some(Duration::from_secs(1)))
+    s.set_read_timeout(Some(Duration::from_secs(3)))
         .expect("timeout");
     let mut b = [0u8; 64];
     match s.read(&mut b) {
@@ -349,7 +349,8 @@ fn http_list_is_fetched_in_the_background_and_every_update_each() {
         r[1].0.duration_since(r[0].0)
     };
     assert!(
-        gap >= Duration::from_millis(2500),
+        // (3 s counted from the start of the first download, which may be slow to arrive.)
+        gap >= Duration::from_millis(2000),
         "downloaded again after {gap:?}, before update-each"
     );
     assert!(server.count() >= 2);

@@ -533,9 +533,10 @@ impl Worker {
             }
             let stats = &self.shared.stats;
             let [bytes_up, bytes_down] = conn.bytes();
-            stats.closed.fetch_add(1, Ordering::Relaxed);
             stats.bytes_up.fetch_add(bytes_up, Ordering::Relaxed);
             stats.bytes_down.fetch_add(bytes_down, Ordering::Relaxed);
+            // After the bytes: whoever sees the close (Acquire) sees its bytes too.
+            stats.closed.fetch_add(1, Ordering::Release);
             let reason = conn.close_reason().unwrap_or(CloseReason::Done);
             if let CloseReason::Rejected(r) = reason {
                 stats.rejected.fetch_add(1, Ordering::Relaxed);
