@@ -17,6 +17,10 @@ use mtpx::proto::faketls;
 use mtpx::proto::obfs2::Tag;
 use mtpx::proto::secret::SecretKind;
 
+fn load(a: &std::sync::atomic::AtomicU64) -> u64 {
+    a.load(Ordering::SeqCst)
+}
+
 fn start(config: Config) -> Proxy {
     mtpx::io::start(config).expect("start proxy")
 }
@@ -269,6 +273,105 @@ fn a_reserve_of_concurrency_is_kept_for_known_clients() {
     );
     echo_from(known, addr, &secret, 1223).expect("known client, during the flood");
     drop(idle);
+}
+
+/// With 1,000 users a hello that matches nobody costs a search over every key. A flood of
+/// them from one address took as much of the worker as it sent; now an address past its share
+/// of handshake work (an eighth of a worker, give or take a 50 ms burst) gets only its hint
+/// tried, for as long as it sends more than its share. Its returning client (the hint) still
+/// relays, and so does another user from another address. (That a user who is not the hint
+/// is then fronted is `proto::handshake` tests' and `io::sources` tests' to show: here the
+/// flood's own rate decides when a full search is allowed again.)
+#[test]
+fn hellos_that_match_nobody_cannot_pin_a_worker_from_one_address() {
+    let refused = RefusedPort::new();
+    let dc = FakeDc::start(DcMode::Echo);
+    let secrets: Vec<_> = (0..1000)
+        .map(|i| secret(SecretKind::FakeTls, 1300 + i))
+        .collect();
+    // (Fronting to a refused port: each flood connection is closed once its hello failed.)
+    let mut cfg = test_config(secrets[0].clone(), 1, &refused);
+    cfg.users = secrets
+        .iter()
+        .enumerate()
+        .map(|(i, secret)| mtpx::proto::users::UserSpec {
+            name: format!("u{i}"),
+            secret: secret.clone(),
+            limits: Default::default(),
+            ad_tag: None,
+        })
+        .collect();
+    cfg.dc_overrides.push((2, vec![dc.addr]));
+    cfg.doppelganger.learn = false;
+    let proxy = start(cfg);
+    let addr = proxy.local_addr();
+    let st = proxy.stats();
+    let (alice, bob) = (&secrets[999], &secrets[998]);
+    let flooder = Ipv4Addr::new(127, 0, 0, 7);
+    let other = (8..=250u8)
+        .map(|i| Ipv4Addr::new(127, 0, 0, i))
+        .find(|ip| proxy.source_bucket((*ip).into()) != proxy.source_bucket(flooder.into()))
+        .expect("an address in another bucket");
+    // Alice's address learns her (the hint).
+    echo_from(flooder, addr, alice, 1301).expect("alice before the flood");
+    assert_eq!(load(&st.search_limited), 0);
+    // Hellos for the users' host under a key nobody has, from alice's address, 32 at a time
+    // (each next one once the proxy closed the oldest): the worker is never idle.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|sc| {
+        let flood = sc.spawn(|| {
+            let mut rng = XorShift64(1302);
+            let stranger = secret(SecretKind::FakeTls, 13_000);
+            let mut open = std::collections::VecDeque::new();
+            let mut sent = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                if open.len() >= 32 {
+                    let mut s: TcpStream = open.pop_front().expect("32 open");
+                    let _ = s.read(&mut [0u8; 1]);
+                }
+                let Ok(mut s) = connect_from(flooder, addr) else {
+                    continue;
+                };
+                let hello = faketls::build_client_hello(&mut rng, &stranger.key, HOST, unix_now());
+                if s.write_all(&hello).is_ok() {
+                    sent += 1;
+                    open.push_back(s);
+                }
+            }
+            sent
+        });
+        let limited = wait_until(Duration::from_secs(20), || load(&st.search_limited) > 0);
+        let during = || -> Result<(), String> {
+            // Over its share: alice (the hint) relays, and bob from elsewhere.
+            echo_from(flooder, addr, alice, 1304).map_err(|e| format!("alice: {e}"))?;
+            echo_from(other, addr, bob, 1305).map_err(|e| format!("bob elsewhere: {e}"))?;
+            // Still limited while the flood goes on.
+            let before = load(&st.search_limited);
+            if !wait_until(Duration::from_secs(10), || {
+                load(&st.search_limited) > before
+            }) {
+                return Err("no longer limited during the flood".into());
+            }
+            Ok(())
+        };
+        let result = if limited {
+            during()
+        } else {
+            Err("never limited".into())
+        };
+        stop.store(true, Ordering::SeqCst);
+        let sent = flood.join().expect("flood thread");
+        eprintln!(
+            "{sent} hellos; {} handshake steps limited; {:?}",
+            load(&st.search_limited),
+            mtpx::proto::Reject::ALL
+                .iter()
+                .map(|r| (r, st.failures(*r)))
+                .filter(|x| x.1 > 0)
+                .collect::<Vec<_>>()
+        );
+        result.unwrap_or_else(|e| panic!("{e} ({sent} hellos)"));
+    });
 }
 
 // ------------------------------------------------------------------------------------------

@@ -82,6 +82,7 @@ fn run(expect: Expect, input: &[u8], mut sizes: impl FnMut() -> usize, eof: bool
         let mut env = Env {
             users: &users,
             hint: None,
+            search_all: true,
             admission: &mut (),
             tolerance_secs: 300,
             dcs: &dcs,

@@ -48,6 +48,9 @@ pub struct Stats {
     /// Fronting addresses refused because they reach mtpx's own listener (at start and
     /// after each resolution of the fronting host).
     pub front_self_loops: AtomicU64,
+    /// Handshake steps that tried only the hint: their address was over its share of
+    /// handshake work (see `io::sources`).
+    pub search_limited: AtomicU64,
     /// Payload bytes from clients of connections that closed (DC and fronted alike).
     pub bytes_up: AtomicU64,
     /// Payload bytes to clients of connections that closed (DC and fronted alike).
@@ -92,6 +95,7 @@ impl Stats {
             dc_failures: AtomicU64::new(0),
             closed: AtomicU64::new(0),
             front_self_loops: AtomicU64::new(0),
+            search_limited: AtomicU64::new(0),
             bytes_up: AtomicU64::new(0),
             bytes_down: AtomicU64::new(0),
             rejects: Default::default(),

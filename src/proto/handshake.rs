@@ -30,7 +30,8 @@
 //! ClientHello HMAC or decrypts the obfuscated2 frame to an allowed tag wins, and its index
 //! comes back as [`Accepted::user`]. A listener with both FakeTLS and `dd`/classic users tells
 //! them apart by the first bytes (a TLS handshake record `16 03 01` is a hello; anything else a
-//! frame).
+//! frame). A client address that spent its share of handshake work gets only its hint tried
+//! ([`Env::search_all`]).
 //!
 //! Once the user is known (and its hello or frame is no replay) the machine asks
 //! [`Env::admission`] whether the user's limits let the connection in, *before* it answers: a
@@ -160,6 +161,10 @@ pub struct Env<'a, R: Rng> {
     pub users: &'a Users,
     /// The user to try first (the one this client address used last).
     pub hint: Option<UserId>,
+    /// Whether to try the users other than `hint`: `false` while the client's address has
+    /// spent its share of a worker's time on handshakes (a search over many users is costly,
+    /// and one address must not be able to pin a worker with hellos that match nobody).
+    pub search_all: bool,
     /// The users' limits.
     pub admission: &'a mut dyn Admission,
     /// Largest tolerated difference between the hello's timestamp and `now_unix`, seconds.
@@ -651,9 +656,14 @@ impl Handshake {
             Some(user) => user,
             None => {
                 let tolerance = env.tolerance_secs;
-                let found = env
-                    .users
-                    .find_faketls(&hello, msg, env.now_unix, tolerance, env.hint);
+                let found = env.users.find_faketls(
+                    &hello,
+                    msg,
+                    env.now_unix,
+                    tolerance,
+                    env.hint,
+                    env.search_all,
+                );
                 let user = match found {
                     Ok(m) => m.user,
                     Err(why) => {
@@ -743,7 +753,9 @@ impl Handshake {
                 }
             }
             None => {
-                let found = env.users.find_obfs2(&frame, waiting.or(env.hint));
+                let found = env
+                    .users
+                    .find_obfs2(&frame, waiting.or(env.hint), env.search_all);
                 let m = match found {
                     Ok(m) => m,
                     Err(r) => return self.fail(r),

@@ -15,7 +15,7 @@
 //! by the workers' 250 ms sweep and at close, so an open relay shows too). mtpx adds
 //! `accepted_connections`, `handshakes`, `connections{secret_kind}`,
 //! `handshake_failures{reason}`, `fronted_connections`, `dc_connect_failures`,
-//! `fronting_self_loops`, `log_lines_dropped` and
+//! `fronting_self_loops`, `handshake_searches_limited`, `log_lines_dropped` and
 //! `buffer_pool_in_use` / `buffer_pool_capacity`, `handshake_buffers_in_use`, and
 //! `middle_proxy_connections`, `middle_proxy_reconnects`, `middle_proxy_sessions_lost`,
 //! `middle_proxy_traffic{direction}` (ad-tag).
@@ -79,6 +79,7 @@ pub(crate) struct Snapshot {
     pub(crate) fronted_open: u64,
     pub(crate) dc_failures: u64,
     pub(crate) front_self_loops: u64,
+    pub(crate) search_limited: u64,
     pub(crate) log_dropped: u64,
     pub(crate) rejects: [u64; Reject::ALL.len()],
     pub(crate) secret_kind: &'static str,
@@ -121,6 +122,7 @@ impl MetricsSource {
             fronted_open: l(&s.fronted).saturating_sub(l(&c.front_closed)),
             dc_failures: l(&s.dc_failures),
             front_self_loops: l(&s.front_self_loops),
+            search_limited: l(&s.search_limited),
             log_dropped: crate::log::dropped(),
             rejects: std::array::from_fn(|i| c.rejects.get(i).map_or(0, l)),
             secret_kind: self.secret_kind,
@@ -315,6 +317,7 @@ fn with_metrics<R>(
     let in_use = one(g(s.pool_in_use));
     let capacity = one(g(s.pool_capacity));
     let self_loops = one(d(s.front_self_loops, |b| b.front_self_loops));
+    let search_limited = one(d(s.search_limited, |b| b.search_limited));
     let log_dropped = one(d(s.log_dropped, |b| b.log_dropped));
     let handshake_bufs = one(g(s.handshake_bufs));
     let (user_labels, user_values) = user_series(s, base);
@@ -440,6 +443,12 @@ fn with_metrics<R>(
             "Fronting addresses refused as this proxy's own listener (at start and per resolution).",
             Kind::Counter,
             &self_loops[..],
+        ),
+        own(
+            "handshake_searches_limited",
+            "Handshake steps that tried only the user the address used last: the address was over its share of handshake work.",
+            Kind::Counter,
+            &search_limited[..],
         ),
         own(
             "log_lines_dropped",

@@ -132,8 +132,32 @@ enum Call {
 
 /// Calls the machine on the bytes in `id` with a fresh environment (the users, the time, the
 /// shared tables behind their locks, the worker's randomness and scratch space) for a client
-/// at `ip`.
+/// at `ip`. The worker's time it takes is charged to `ip`'s source bucket: one over its share
+/// gets only its hint tried (see [`crate::io::sources`]).
 fn call<N: Net>(hs: &mut Hs, id: BufId, what: Call, ip: IpAddr, ctx: &mut Ctx<'_, N>) -> Step {
+    let (sources, now) = (&ctx.shared.sources, ctx.now);
+    let bucket = sources.bucket(ip);
+    let search_all = sources.may_search(bucket, now);
+    if !search_all {
+        ctx.shared
+            .stats
+            .search_limited
+            .fetch_add(1, Ordering::Relaxed);
+    }
+    let t0 = Instant::now();
+    let step = call_machine(hs, id, what, ip, search_all, ctx);
+    ctx.shared.sources.charge(bucket, t0.elapsed(), now);
+    step
+}
+
+fn call_machine<N: Net>(
+    hs: &mut Hs,
+    id: BufId,
+    what: Call,
+    ip: IpAddr,
+    search_all: bool,
+    ctx: &mut Ctx<'_, N>,
+) -> Step {
     let Ctx {
         pool,
         shared,
@@ -156,6 +180,7 @@ fn call<N: Net>(hs: &mut Hs, id: BufId, what: Call, ip: IpAddr, ctx: &mut Ctx<'_
     let mut env: Env<'_, FastRng> = Env {
         users: &hs.live.users,
         hint: shared.recent.get(ip),
+        search_all,
         admission: &mut limits,
         tolerance_secs: config.tolerate_time_skewness.as_secs(),
         dcs: shared.dc.as_ref(),

@@ -106,6 +106,7 @@ impl Admission for Gate {
 struct World {
     users: Users,
     hint: Option<UserId>,
+    search_all: bool,
     gate: Gate,
     dcs: DcTable,
     allow_unknown_dc: bool,
@@ -126,6 +127,7 @@ impl World {
         World {
             users: users_of(secrets),
             hint: None,
+            search_all: true,
             gate: Gate {
                 answer: Admit::Yes,
                 asked: Vec::new(),
@@ -147,6 +149,7 @@ impl World {
         Env {
             users: &self.users,
             hint: self.hint,
+            search_all: self.search_all,
             admission: &mut self.gate,
             tolerance_secs: self.tolerance,
             dcs: &self.dcs,
@@ -881,6 +884,25 @@ fn accepts_ee_dd_and_classic_users_on_one_listener() {
     w.hint = Some(2);
     let out = drive(&mut w, MIXED, &dd, 5, false);
     assert!(matches!(out.end, End::Connect { user: 0, .. }));
+    // A source over its share of handshake work: the hint alone is tried. Right, it relays;
+    // wrong (or none), it is fronted as a wrong secret is, for hellos and frames alike.
+    for (bytes, user) in [(&ee, 1), (&dd, 0), (&classic, 2)] {
+        for (hint, ok) in [
+            (Some(user), true),
+            (Some((user + 1) % 3), false),
+            (None, false),
+        ] {
+            let mut w = World::new(users.clone(), time);
+            (w.hint, w.search_all) = (hint, false);
+            let out = drive(&mut w, MIXED, bytes, 5, false);
+            if ok {
+                assert!(matches!(out.end, End::Connect { .. }), "{out:?}");
+            } else {
+                assert!(matches!(out.end, End::Front(_)), "{hint:?}: {out:?}");
+                assert!(out.flights.is_empty());
+            }
+        }
+    }
     // Only ee users: a dd client's frame is not a TLS record (fronted, as before).
     let out = drive_all(|| World::new(vec![mtg_secret()], time), EE, &dd, false);
     assert!(matches!(out.end, End::Front(_)), "{out:?}");

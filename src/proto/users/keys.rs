@@ -157,14 +157,16 @@ pub struct FakeTlsMatch {
 }
 
 impl Users {
-    /// The ids to try, `first` (a hint, e.g. from [`super::RecentUsers::get`]) first.
-    pub fn candidates(&self, first: Option<UserId>) -> super::Candidates {
-        super::Candidates::new(first, self.len())
+    /// The ids to try, `first` (a hint, e.g. from [`super::RecentUsers::get`]) first, then
+    /// the others if `all`.
+    pub fn candidates(&self, first: Option<UserId>, all: bool) -> super::Candidates {
+        super::Candidates::new(first, if all { self.len() } else { 0 }, self.len())
     }
 
     /// Finds the FakeTLS user whose key made `hello`'s digest: the same check as
     /// [`crate::proto::faketls::verify_client_hello`] (SNI must name the user's host, then the
-    /// HMAC, then the clock), over every FakeTLS user, `first` first. A user whose key matches
+    /// HMAC, then the clock), over every FakeTLS user (only `first` unless `all`), `first`
+    /// first. A user whose key matches
     /// but whose timestamp is off ends the search with `TimeSkew`. When nobody matches: `Sni`
     /// if no user's host is in the SNI, else `Digest`.
     pub fn find_faketls(
@@ -174,6 +176,7 @@ impl Users {
         now_unix: u64,
         tolerance_secs: u64,
         first: Option<UserId>,
+        all: bool,
     ) -> Result<FakeTlsMatch, Reject> {
         let len = u16::try_from(msg.len()).map_err(|_| Reject::Digest)?;
         let (Some(pre), Some(tail)) = (msg.get(..MSG_RANDOM), msg.get(MSG_RANDOM + 32..)) else {
@@ -192,7 +195,7 @@ impl Users {
             }
         }
         let mut sni_seen = false;
-        for id in self.candidates(first) {
+        for id in self.candidates(first, all) {
             let spec = &self.specs[id];
             if spec.secret.kind != SecretKind::FakeTls
                 || !hello.has_sni(msg, spec.secret.host.as_bytes())
@@ -236,7 +239,7 @@ impl Users {
     }
 
     /// Finds the `dd` or classic user whose key decrypts `frame` to a protocol tag, `first`
-    /// first, and gives the same [`ClientHandshake`] as
+    /// first (and only `first` unless `all`), and gives the same [`ClientHandshake`] as
     /// [`crate::proto::obfs2::client_handshake`] with that user's key (reusing the key derived
     /// for the check). A `dd` user's key that yields another tag than padded is
     /// `ObfsTagNotAllowed` unless a later user matches; no match at all is `ObfsTag`. (A wrong
@@ -247,6 +250,7 @@ impl Users {
         &self,
         frame: &[u8; FRAME_LEN],
         first: Option<UserId>,
+        all: bool,
     ) -> Result<Obfs2Match, Reject> {
         // SHA-256(material ‖ key): 48 bytes, one block.
         let one_block = |material: &[u8], key: &[u8; 16]| {
@@ -261,7 +265,7 @@ impl Users {
         let mut iv = [0u8; 16];
         iv.copy_from_slice(&frame[40..56]);
         let mut not_allowed = false;
-        for id in self.candidates(first) {
+        for id in self.candidates(first, all) {
             let secret = &self.specs[id].secret;
             if secret.kind == SecretKind::FakeTls {
                 continue;
@@ -436,10 +440,10 @@ mod tests {
                     timestamp: now as u32,
                 });
                 for first in [None, Some(id), Some(0), Some(29), Some(1000)] {
-                    assert_eq!(u.find_faketls(&hello, &msg, now, 10, first), want);
+                    assert_eq!(u.find_faketls(&hello, &msg, now, 10, first, true), want);
                 }
                 assert_eq!(
-                    u.find_faketls(&hello, &msg, now + 11, 10, None),
+                    u.find_faketls(&hello, &msg, now + 11, 10, None, true),
                     Err(Reject::TimeSkew)
                 );
             }
@@ -456,27 +460,33 @@ mod tests {
         let msg = &rec[5..];
         let hello = parse_client_hello(msg).unwrap();
         assert_eq!(
-            u.find_faketls(&hello, msg, now, 10, None),
+            u.find_faketls(&hello, msg, now, 10, None, true),
             Err(Reject::Digest)
         );
         let rec = build_client_hello(&mut rng, &stranger.secret.key, "c.example", now as u32);
         let hello = parse_client_hello(&rec[5..]).unwrap();
         assert_eq!(
-            u.find_faketls(&hello, &rec[5..], now, 10, None),
+            u.find_faketls(&hello, &rec[5..], now, 10, None, true),
             Err(Reject::Sni)
         );
         // A user's own key with another user's host: that host's users do not match.
         let msg = hello_for(&u, 0, now as u32, 0);
         let mut h = parse_client_hello(&msg).unwrap();
         h.random[0] ^= 1;
-        assert_eq!(u.find_faketls(&h, &msg, now, 10, None), Err(Reject::Digest));
         assert_eq!(
-            u.find_faketls(&h, &msg[..20], now, 10, None),
+            u.find_faketls(&h, &msg, now, 10, None, true),
+            Err(Reject::Digest)
+        );
+        assert_eq!(
+            u.find_faketls(&h, &msg[..20], now, 10, None, true),
             Err(Reject::Malformed)
         );
         // Only dd users: nobody to match a hello.
         let dd = Users::new(vec![user("d", SecretKind::Secure, "", 1)]).unwrap();
-        assert_eq!(dd.find_faketls(&h, &msg, now, 10, None), Err(Reject::Sni));
+        assert_eq!(
+            dd.find_faketls(&h, &msg, now, 10, None, true),
+            Err(Reject::Sni)
+        );
     }
 
     #[test]
@@ -498,14 +508,14 @@ mod tests {
             let key = u.get(id).unwrap().secret.key;
             for tag in [Tag::Padded, Tag::Intermediate, Tag::Abridged] {
                 let (frame, mut to_proxy, mut from_proxy) = client_frame(&mut rng, &key, tag, -3);
-                let got = u.find_obfs2(&frame, None).map(|m| m.user);
+                let got = u.find_obfs2(&frame, None, true).map(|m| m.user);
                 if id % 2 == 0 && tag != Tag::Padded {
                     assert_eq!(got, Err(Reject::ObfsTagNotAllowed), "{id} {tag:?}");
                     continue;
                 }
                 assert_eq!(got, Ok(id), "{id} {tag:?}");
                 // The same streams as client_handshake's, continuing the client's.
-                let mut m = u.find_obfs2(&frame, Some(id)).unwrap();
+                let mut m = u.find_obfs2(&frame, Some(id), true).unwrap();
                 let mut reference = client_handshake(&frame, &key).unwrap();
                 assert_eq!((m.handshake.tag, m.handshake.dc), (tag, -3));
                 assert_eq!((reference.tag, reference.dc), (tag, -3));
@@ -525,7 +535,13 @@ mod tests {
         // The FakeTLS user's key is not an obfs2 user's.
         let key = u.get(20).unwrap().secret.key;
         let (frame, _, _) = client_frame(&mut rng, &key, Tag::Padded, 2);
-        assert_eq!(u.find_obfs2(&frame, Some(20)).err(), Some(Reject::ObfsTag));
-        assert_eq!(u.find_obfs2(&[0u8; 64], None).err(), Some(Reject::ObfsTag));
+        assert_eq!(
+            u.find_obfs2(&frame, Some(20), true).err(),
+            Some(Reject::ObfsTag)
+        );
+        assert_eq!(
+            u.find_obfs2(&[0u8; 64], None, true).err(),
+            Some(Reject::ObfsTag)
+        );
     }
 }

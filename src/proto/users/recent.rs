@@ -88,11 +88,11 @@ impl RecentUsers {
     /// The order in which to try `users` users for `ip`: its last user first, then the others
     /// in config order.
     pub fn candidates(&self, ip: IpAddr, users: usize) -> Candidates {
-        Candidates::new(self.get(ip), users)
+        Candidates::new(self.get(ip), users, users)
     }
 }
 
-/// User ids `0..n`, `first` (when below `n`) moved to the front.
+/// User ids `0..n`, `first` (when below `users`) moved to the front.
 #[derive(Clone, Debug)]
 pub struct Candidates {
     first: Option<UserId>,
@@ -101,10 +101,10 @@ pub struct Candidates {
 }
 
 impl Candidates {
-    /// `first` then every other id below `n` in order.
-    pub fn new(first: Option<UserId>, n: usize) -> Candidates {
+    /// `first` (if below `users`), then every other id below `n` in order.
+    pub fn new(first: Option<UserId>, n: usize, users: usize) -> Candidates {
         Candidates {
-            first: first.filter(|&f| f < n),
+            first: first.filter(|&f| f < users),
             next: 0,
             n,
         }
@@ -145,7 +145,7 @@ mod tests {
 
     #[test]
     fn candidates_put_the_hint_first_once() {
-        let c = |f, n| Candidates::new(f, n).collect::<Vec<_>>();
+        let c = |f, n| Candidates::new(f, n, n).collect::<Vec<_>>();
         assert_eq!(c(None, 4), [0, 1, 2, 3]);
         assert_eq!(c(Some(2), 4), [2, 0, 1, 3]);
         assert_eq!(c(Some(0), 3), [0, 1, 2]);
@@ -153,6 +153,11 @@ mod tests {
         assert_eq!(c(Some(4), 4), [0, 1, 2, 3]);
         assert_eq!(c(Some(0), 0), Vec::<usize>::new());
         assert_eq!(c(None, 0), Vec::<usize>::new());
+        // The hint alone (a source over its share of handshake work).
+        let only = |f, users| Candidates::new(f, 0, users).collect::<Vec<_>>();
+        assert_eq!(only(Some(2), 4), [2]);
+        assert_eq!(only(Some(4), 4), Vec::<usize>::new());
+        assert_eq!(only(None, 4), Vec::<usize>::new());
     }
 
     #[test]

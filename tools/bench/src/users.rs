@@ -126,7 +126,7 @@ pub fn run(budget: f64) -> Vec<Case> {
         for (label, hint) in [("returning", Some(last)), ("new", None)] {
             let us = per_call(budget, || {
                 let h = parse_client_hello(black_box(&msg)).unwrap();
-                let m = u.find_faketls(&h, &msg, NOW, 10, hint).unwrap();
+                let m = u.find_faketls(&h, &msg, NOW, 10, hint, true).unwrap();
                 assert_eq!(m.user, last);
             });
             push(format!("faketls find {n}, {label}"), us);
@@ -161,6 +161,7 @@ pub fn run(budget: f64) -> Vec<Case> {
                 let mut env = Env {
                     users: &u,
                     hint,
+                    search_all: true,
                     admission: &mut (),
                     tolerance_secs: 10,
                     dcs: &dcs,
@@ -200,7 +201,7 @@ pub fn run(budget: f64) -> Vec<Case> {
         let (frame, _, _) = client_frame(&mut XorShift64(3), &key, Tag::Padded, 2);
         for (label, hint) in [("returning", Some(last)), ("new", None)] {
             let us = per_call(budget, || {
-                let m = u.find_obfs2(black_box(&frame), hint).unwrap();
+                let m = u.find_obfs2(black_box(&frame), hint, true).unwrap();
                 assert_eq!(m.user, last);
                 black_box(m.handshake);
             });
