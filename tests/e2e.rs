@@ -2298,6 +2298,12 @@ fn shutdown_grace_expires() {
     .expect("handshake");
     c.send(b"keep me open").expect("send");
     assert!(dc.wait_count(1, Duration::from_secs(5)));
+    // Relaying (the DC got the bytes): a connection still dialing its DC is closed at once.
+    assert!(wait_until(Duration::from_secs(5), || dc
+        .conn(0)
+        .received
+        .load(Ordering::SeqCst)
+        >= 12));
     let t0 = Instant::now();
     proxy.shutdown();
     let took = t0.elapsed();
