@@ -1,6 +1,7 @@
 //! Admission by source address (issue 12: one address took every slot of `concurrency`).
 //!
-//! I/O layer support, shared by the workers, lock-free. Two rules on top of `concurrency`:
+//! I/O layer support, shared by the workers, lock-free. Two rules on top of `concurrency`, and
+//! a budget of handshake work:
 //! * once half of `concurrency` is in use, an address (IPv6: its /64) holds at most
 //!   `concurrency-per-ip` unauthenticated connections at once (handshakes, and connections
 //!   fronted to the site). Below half, nobody is turned away for its address: a load test, a
@@ -9,8 +10,7 @@
 //!   others;
 //! * the last eighth of `concurrency` is kept for addresses that completed a handshake in the
 //!   last hour: when the proxy is that full, other addresses are turned away, so a flood from
-//!   many addresses does not lock out the clients that use the proxy.
-//!
+//!   many addresses does not lock out the clients that use the proxy;
 //! * a source may take an eighth of one worker's time for its handshake steps, give or take
 //!   a burst of 50 ms: past that, its next handshakes try only the user its address used last
 //!   (the hint), not every user. With many users a hello that matches nobody costs a search
@@ -22,7 +22,8 @@
 //! Counts live in a fixed table of buckets chosen by a keyed hash of the address (keys from
 //! the OS, so a prober cannot aim at a client's bucket); two addresses in one bucket share its
 //! count (stricter, never looser), which with 4,096 buckets is rare. No allocation after
-//! start, two atomics per accept and one per handshake or close.
+//! start; two atomics per accept, two per handshake step (the budget), one per completed
+//! handshake or close.
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};

@@ -48,8 +48,8 @@ pub struct Stats {
     /// Fronting addresses refused because they reach mtpx's own listener (at start and
     /// after each resolution of the fronting host).
     pub front_self_loops: AtomicU64,
-    /// Handshake steps that tried only the hint: their address was over its share of
-    /// handshake work (see `io::sources`).
+    /// Handshake steps run while their address was over its share of handshake work (a
+    /// search for the user in such a step tries only the hint; see `io::sources`).
     pub search_limited: AtomicU64,
     /// Payload bytes from clients of connections that closed (DC and fronted alike).
     pub bytes_up: AtomicU64,

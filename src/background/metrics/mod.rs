@@ -446,7 +446,7 @@ fn with_metrics<R>(
         ),
         own(
             "handshake_searches_limited",
-            "Handshake steps that tried only the user the address used last: the address was over its share of handshake work.",
+            "Handshake steps run while their address was over its share of handshake work (a search there tries only the user the address used last).",
             Kind::Counter,
             &search_limited[..],
         ),
