@@ -2014,29 +2014,8 @@ fn stalled_handshakes_do_not_starve_new_clients() {
 #[test]
 fn fronted_slow_readers_do_not_starve_clients() {
     const READERS: usize = 12;
-    // A site that answers every connection with up to 64 MiB, as fast as it is taken.
-    let site = std::net::TcpListener::bind("127.0.0.1:0").expect("bind site");
-    let site_addr = site.local_addr().expect("site addr");
-    let written = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let w2 = written.clone();
-    std::thread::spawn(move || {
-        for stream in site.incoming() {
-            let Ok(mut stream) = stream else { break };
-            let w3 = w2.clone();
-            std::thread::spawn(move || {
-                let _ = stream.set_write_timeout(Some(Duration::from_secs(3)));
-                let mut req = [0u8; 256];
-                let _ = stream.read(&mut req);
-                let chunk = vec![b'x'; 1 << 20];
-                for _ in 0..64 {
-                    if stream.write_all(&chunk).is_err() {
-                        break;
-                    }
-                    w3.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-                }
-            });
-        }
-    });
+    let site = BigPageSite::start(Duration::from_secs(3));
+    let (site_addr, written) = (site.addr, site.written);
     let refused = RefusedPort::new();
     let dc = FakeDc::start(DcMode::Echo);
     let secret = secret(SecretKind::FakeTls, 106);

@@ -377,30 +377,6 @@ fn hellos_that_match_nobody_cannot_pin_a_worker_from_one_address() {
 // ------------------------------------------------------------------------------------------
 // Buffers nobody can pin (item 2)
 
-/// A stand-in site that answers every connection, after its first read, with up to 64 MiB as
-/// fast as it is taken.
-fn big_page_site() -> SocketAddr {
-    let site = std::net::TcpListener::bind("127.0.0.1:0").expect("bind site");
-    let addr = site.local_addr().expect("site addr");
-    std::thread::spawn(move || {
-        for stream in site.incoming() {
-            let Ok(mut stream) = stream else { break };
-            std::thread::spawn(move || {
-                let _ = stream.set_write_timeout(Some(Duration::from_secs(20)));
-                let mut req = [0u8; 256];
-                let _ = stream.read(&mut req);
-                let chunk = vec![b'x'; 1 << 20];
-                for _ in 0..64 {
-                    if stream.write_all(&chunk).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
-
 /// Sends a request and times the first byte of the answer (`None`: nothing within `limit`).
 fn first_byte(addr: SocketAddr, limit: Duration) -> Option<Duration> {
     let mut s = connect(addr).expect("connect");
@@ -420,7 +396,7 @@ fn first_byte(addr: SocketAddr, limit: Duration) -> Option<Duration> {
 /// at once. Now a probe past the spare half runs on a small buffer: answered as the site.
 #[test]
 fn fronted_slow_readers_do_not_silence_new_probes() {
-    let site = big_page_site();
+    let site = BigPageSite::start(Duration::from_secs(20)).addr;
     let refused = RefusedPort::new();
     let secret = secret(SecretKind::Secure, 1230);
     let mut cfg = test_config(secret.clone(), 1, &refused);

@@ -471,6 +471,45 @@ pub fn test_config(secret: Secret, workers: usize, refused: &RefusedPort) -> Con
 }
 
 // ------------------------------------------------------------------------------------------
+// A site with a big page
+
+/// A stand-in site that answers every connection, after its first read, with up to 64 MiB as
+/// fast as it is taken (each write gives up after `write_timeout`); `written` counts the
+/// bytes it got rid of.
+pub struct BigPageSite {
+    pub addr: SocketAddr,
+    pub written: Arc<AtomicU64>,
+}
+
+impl BigPageSite {
+    pub fn start(write_timeout: Duration) -> BigPageSite {
+        let site = TcpListener::bind("127.0.0.1:0").expect("bind site");
+        let addr = site.local_addr().expect("site addr");
+        let written = Arc::new(AtomicU64::new(0));
+        let counter = written.clone();
+        std::thread::spawn(move || {
+            for stream in site.incoming() {
+                let Ok(mut stream) = stream else { break };
+                let counter = counter.clone();
+                std::thread::spawn(move || {
+                    let _ = stream.set_write_timeout(Some(write_timeout));
+                    let mut req = [0u8; 256];
+                    let _ = stream.read(&mut req);
+                    let chunk = vec![b'x'; 1 << 20];
+                    for _ in 0..64 {
+                        if stream.write_all(&chunk).is_err() {
+                            break;
+                        }
+                        counter.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                    }
+                });
+            }
+        });
+        BigPageSite { addr, written }
+    }
+}
+
+// ------------------------------------------------------------------------------------------
 // Fake fronting site
 
 /// What the fake fronting site answers, after the client's bytes stop for a moment or end.

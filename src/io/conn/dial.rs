@@ -325,10 +325,25 @@ impl<S: Sock> Conn<S> {
             Route::Front(_) => (RelayKind::Front, 0),
             Route::Middle { .. } => return self.me_start(dial, ctx),
         };
+        self.begin_relay(dial.upstream, dial.up, dial.down, kind, records, ctx)
+    }
+
+    /// The relay of `kind` over `upstream`, taking in the `records` raw client bytes held
+    /// after the up half's. Its first turn comes right after this one (`Conn::ready`), in
+    /// place.
+    pub(super) fn begin_relay(
+        &mut self,
+        upstream: S,
+        up: Half,
+        down: Half,
+        kind: RelayKind,
+        records: usize,
+        ctx: &mut Ctx<'_, impl Net<Sock = S>>,
+    ) -> Phase<S> {
         let mut relay = Relay {
-            upstream: dial.upstream,
-            up: dial.up,
-            down: dial.down,
+            upstream,
+            up,
+            down,
             kind,
             deadline: ctx.now + ctx.shared.config.timeouts.idle,
         };
@@ -338,7 +353,6 @@ impl<S: Sock> Conn<S> {
                 Err(e) => return self.closed(relay, CloseReason::Error(e.kind()), ctx),
             }
         }
-        // Its first turn comes right after this one (`Conn::ready`), in place.
         Phase::Relay(relay)
     }
 

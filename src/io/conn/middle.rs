@@ -451,20 +451,8 @@ impl<S: Sock> Conn<S> {
             addr = me.theirs,
             failed_before = me.failures
         );
-        let mut relay = Relay {
-            upstream,
-            up,
-            down,
-            kind: RelayKind::Middle { dc, me, tls },
-            deadline: ctx.now + ctx.shared.config.timeouts.idle,
-        };
-        if records > 0 {
-            match relay.take_in_records(records, ctx.pool) {
-                Ok(m) => self.bytes[0] += m as u64,
-                Err(e) => return self.closed(relay, CloseReason::Error(e.kind()), ctx),
-            }
-        }
-        Phase::Relay(relay)
+        let kind = RelayKind::Middle { dc, me, tls };
+        self.begin_relay(upstream, up, down, kind, records, ctx)
     }
 }
 
